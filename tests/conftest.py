@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny phantom datasets, the shipped bundle, and the optional real-data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from voxpipe.pipelines.bundle import shipped_bundle
+from voxpipe.synthetic import write_msd_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path | None:
+    """../shared/data beside the checkout, or $VOXPIPE_REAL_DATA; None when absent (a user's clone)."""
+    candidates = [os.environ.get("VOXPIPE_REAL_DATA"), REPO.parent / "shared" / "data"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    folder = real_data_dir()
+    if folder is None:
+        pytest.skip("real data (../shared/data or $VOXPIPE_REAL_DATA) is not available")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def liver_bundle() -> Path:
+    return shipped_bundle("liver_ct_segresnet")
+
+
+@pytest.fixture(scope="session")
+def tiny_liver_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four training and two test tiny liver phantoms (MSD layout), made once per session."""
+    root = tmp_path_factory.mktemp("tiny_liver")
+    write_msd_dataset(root, task="liver", n_train=4, n_test=2, seed=7, size="tiny")
+    return root
+
+
+# Overrides that make the liver bundle fast enough for unit tests on tiny phantoms.
+TINY_MODEL = {"patch_size": [32, 32, 16], "network_def#init_filters": 4, "progress": False}

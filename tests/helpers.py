@@ -1,0 +1,31 @@
+"""Test helpers importable from bundle configs (pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+
+class OracleNet(torch.nn.Module):
+    """A 'network' that maps normalised intensity to classes voxel by voxel.
+
+    On a noise-free phantom whose intensity encodes its label (see ``label_image``), this predicts
+    the label exactly on whatever grid it is given. Being pointwise, sliding-window blending cannot
+    change its answer, so any difference between its written output and the label comes from the
+    geometry chain (orientation, resampling, inversion, writing): exactly what the tests check.
+    """
+
+    def __init__(self, centres: tuple[float, ...] = (1 / 3, 2 / 3, 1.0)) -> None:
+        super().__init__()
+        self.register_buffer("centres", torch.tensor(centres).view(1, -1, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, X, Y, Z) intensities in [0, 1] → (B, C, X, Y, Z) logits."""
+        return -1000.0 * (x - self.centres) ** 2
+
+
+def label_image(label):
+    """HU image whose value encodes the label: 0 → 0 HU, 1 → 100 HU, 2 → 200 HU.
+
+    With the bundle's [-100, 200] HU window these become 0.333, 0.667 and 1.0, OracleNet's centres.
+    """
+    return (100 * label).astype("int16")

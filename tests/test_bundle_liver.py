@@ -1,0 +1,92 @@
+"""The liver bundle parses, has MONAI's required properties, trains a couple of iterations, and runs
+under MONAI's own runner."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import TINY_MODEL
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from voxpipe.errors import BundleError, InputError
+from voxpipe.pipelines.bundle import find_config, parse_overrides, run_bundle
+
+
+@pytest.mark.parametrize("config,workflow_type", [("train", "train"), ("inference", "infer")])
+def test_bundle_configs_parse_and_declare_monai_properties(liver_bundle, tiny_liver_dataset, config, workflow_type):
+    workflow = ConfigWorkflow(
+        config_file=str(find_config(liver_bundle, config)),
+        meta_file=str(liver_bundle / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type=workflow_type,
+        dataset_dir=str(tiny_liver_dataset),
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_inference_and_train_configs_agree_on_model_and_preprocessing(liver_bundle):
+    train = ConfigParser.load_config_file(find_config(liver_bundle, "train"))
+    infer = ConfigParser.load_config_file(find_config(liver_bundle, "inference"))
+    for key in ("pixdim", "hu_window", "patch_size", "num_classes", "network_def"):
+        assert train[key] == infer[key], key
+    assert train["validate"]["inferer"] == infer["inferer"]  # validate with the deployment inferer
+
+
+@pytest.mark.slow
+def test_training_runs_and_writes_checkpoints_and_metrics(liver_bundle, tiny_liver_dataset, tmp_path):
+    run_bundle(
+        liver_bundle,
+        config="train",
+        overrides={"dataset_dir": str(tiny_liver_dataset), "output_dir": str(tmp_path), "max_epochs": 2, "val_interval": 1, **TINY_MODEL},
+    )
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"loss", "lr", "val_mean_dice", "val_liver", "val_tumour"} <= set(rows[0])
+    assert float(rows[0]["lr"]) == pytest.approx(0.002)  # the lr used during epoch 1
+    assert (tmp_path / "models" / "model.pt").is_file()
+    last = torch.load(tmp_path / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert {"network", "optimizer", "lr_scheduler", "trainer"} <= set(last)
+    assert last["trainer"]["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_monai_runner_trains_the_bundle(liver_bundle, tiny_liver_dataset, tmp_path):
+    """`python -m monai.bundle run` (MONAI's own CLI, not voxpipe) runs the training config."""
+    command = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str(liver_bundle / "configs" / "train.yaml"),
+        "--meta_file", str(liver_bundle / "configs" / "metadata.json"),
+        "--bundle_root", str(liver_bundle),
+        "--dataset_dir", str(tiny_liver_dataset),
+        "--output_dir", str(tmp_path),
+        "--max_epochs", "1",
+        "--patch_size", "[32,32,16]",
+        "--network_def#init_filters", "4",
+        "--progress", "False",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_bundle_errors_name_the_file(liver_bundle, tmp_path):
+    with pytest.raises(BundleError, match="configs/ subfolder"):
+        run_bundle(tmp_path)
+    with pytest.raises(BundleError, match="'nonsense'.*'inference', 'train'"):
+        find_config(liver_bundle, "nonsense")
+    with pytest.raises(BundleError, match=r"train.yaml.*dataset.json"):
+        run_bundle(liver_bundle, overrides={"dataset_dir": str(tmp_path / "absent"), "output_dir": str(tmp_path)})
+
+
+def test_parse_overrides_reads_yaml_values():
+    assert parse_overrides(["max_epochs=3", "patch_size=[64, 64, 32]", "name=segresnet", "lr=1e-3"]) == {
+        "max_epochs": 3, "patch_size": [64, 64, 32], "name": "segresnet", "lr": 1e-3,
+    }
+    with pytest.raises(InputError, match="key=value"):
+        parse_overrides(["max_epochs"])

@@ -1,0 +1,66 @@
+"""The CLI: help, version, one-line errors with exit code 2, and the small commands end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from voxpipe import __version__
+from voxpipe.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "voxpipe.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_the_commands():
+    done = run_cli("--help")
+    assert done.returncode == 0
+    for command in ("demo", "synth", "train", "infer", "evaluate"):
+        assert command in done.stdout
+    for command in ("demo", "synth", "train", "infer", "evaluate"):
+        assert run_cli(command, "--help").returncode == 0
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+def test_bad_path_is_one_line_exit_2_without_traceback(tmp_path):
+    done = run_cli("evaluate", str(tmp_path / "nope"), str(tmp_path / "refs"), "--labels", "liver=1", "-o", str(tmp_path))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("voxpipe: error")]
+    assert len(errors) == 1 and "refs" in errors[0] and "no such folder" in errors[0]
+
+
+def test_bad_bundle_and_missing_weights_exit_2(tmp_path, liver_bundle):
+    assert run_cli("train", str(tmp_path)).returncode == 2
+    image = tmp_path / "img.nii.gz"
+    assert main(["synth", "liver", "-o", str(tmp_path / "ds"), "--n-train", "1", "--n-test", "0", "--size", "tiny"]) == 0
+    done = run_cli("infer", str(liver_bundle), str(tmp_path / "ds" / "imagesTr"), "-o", str(tmp_path / "out"),
+                   "--weights", str(tmp_path / "missing.pt"))
+    assert done.returncode == 2 and "missing.pt" in done.stderr and "hint" in done.stderr
+    assert not image.exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    done = run_cli("--debug", "train", str(tmp_path))
+    assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+def test_synth_and_evaluate_from_the_cli(tmp_path, capsys):
+    assert main(["synth", "lung", "-o", str(tmp_path / "ds"), "--n-train", "2", "--n-test", "0", "--size", "tiny"]) == 0
+    dataset = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert dataset["numTraining"] == 2
+    labels = str(tmp_path / "ds" / "labelsTr")
+    # References scored against themselves: Dice 1 wherever a tumour exists.
+    code = main(["evaluate", labels, labels, "--dataset", str(tmp_path / "ds" / "dataset.json"), "-o", str(tmp_path / "ev")])
+    assert code == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["metrics"]["tumour"]["dice"]["mean"] in (1.0, None)

@@ -1,0 +1,202 @@
+"""The ``voxpipe`` command: parse arguments, call one pipeline function, map errors to exit codes.
+
+Exit codes: 0 success, 2 bad input (a :class:`voxpipe.errors.InputError`: the message names the
+file and the problem), 1 internal failure. No traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from voxpipe import __version__
+from voxpipe.errors import VoxpipeError
+
+logger = logging.getLogger("voxpipe")
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # MONAI and Ignite log every engine event at INFO; show them only with -v.
+    noisy = logging.INFO if verbose else logging.WARNING
+    for name in ("ignite", "monai", "py.warnings"):
+        logging.getLogger(name).setLevel(noisy)
+    # voxpipe sets up logging itself and checks bundle properties itself; MONAI's notes on both, and
+    # on optional GPU codecs, are noise unless asked for.
+    for name in ("monai.bundle", "monai.data.nvimgcodec_pydicom_plugin"):
+        logging.getLogger(name).setLevel(noisy if verbose else logging.ERROR)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _format_dice(value: float) -> str:
+    return "   -  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:6.3f}"
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from voxpipe.pipelines.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        output_dir=Path(args.output),
+        n_train=args.n_train,
+        n_test=args.n_test,
+        seed=args.seed,
+        max_epochs=args.epochs,
+        progress=not args.no_progress,
+    )
+    result = run_demo(settings)
+    structures = result.evaluation.structures
+    print(f"\nPer-case Dice on {len(result.evaluation.rows)} held-out phantoms:")
+    print("  case          " + "".join(f"{s:>9}" for s in structures))
+    for row in result.evaluation.rows:
+        print(f"  {row['case']:<14}" + "".join(f"   {_format_dice(row[f'dice_{s}'])}" for s in structures))
+    print("Mean Dice per label:")
+    for name in structures:
+        stats = result.evaluation.summary["metrics"][name]["dice"]
+        undefined = f" ({stats['n_undefined']} cases with no {name} in reference or prediction)" if stats["n_undefined"] else ""
+        print(f"  {name:<12} {_format_dice(stats['mean'])}  over {stats['n']} cases{undefined}")
+    total = sum(result.seconds.values())
+    print("Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()) + f"; total {total:.0f} s")
+    print(f"Everything is under {result.output_dir}")
+    print(f"  dataset {result.dataset_dir}\n  training run {result.run_dir}\n  predictions {result.prediction_dir}")
+    print(f"  per-case CSV {result.evaluation.per_case_csv}\n  summary {result.evaluation.summary_json}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from voxpipe.synthetic import write_msd_dataset
+
+    manifest = write_msd_dataset(
+        args.output, task=args.task, n_train=args.n_train, n_test=args.n_test, seed=args.seed, size=args.size,
+        progress=True,
+    )
+    print(f"wrote {args.task} phantoms: {manifest}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from voxpipe.pipelines.bundle import parse_overrides, run_bundle
+
+    run_bundle(args.bundle, config=args.config, overrides=parse_overrides(args.set))
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from voxpipe.pipelines.bundle import parse_overrides
+    from voxpipe.pipelines.infer import infer_with_bundle
+
+    outputs = infer_with_bundle(
+        args.model, args.inputs, output_dir=args.output, weights=args.weights, overrides=parse_overrides(args.set)
+    )
+    print(f"wrote {len(outputs)} label map(s) to {args.output}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from voxpipe.errors import InputError
+    from voxpipe.pipelines.evaluate import evaluate_folders, label_groups_from_dataset, parse_label_groups
+
+    if args.labels:
+        groups = parse_label_groups(args.labels)
+    elif args.dataset:
+        groups = label_groups_from_dataset(args.dataset)
+    else:
+        raise InputError("evaluate: expected --labels (e.g. liver=1,tumour=2) or --dataset dataset.json, found neither")
+    result = evaluate_folders(args.predictions, args.references, labels=groups, output_dir=args.output, progress=True)
+    for name in result.structures:
+        stats = result.summary["metrics"][name]["dice"]
+        print(f"{name:<14} mean Dice {_format_dice(stats['mean'])} over {stats['n']} cases")
+    if result.summary["failed"]:
+        print(f"failed cases (scored as empty predictions): {', '.join(result.summary['failed'])}")
+    print(f"wrote {result.per_case_csv} and {result.summary_json}")
+    return 2 if result.summary["failed"] else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voxpipe",
+        description="3D CT/MRI segmentation from file to trustworthy results (MONAI + PyTorch + Ignite).",
+        epilog="Exit codes: 0 success, 2 bad input, 1 internal failure. Run 'voxpipe COMMAND --help' for details.",
+    )
+    parser.add_argument("--version", action="version", version=f"voxpipe {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (MONAI/Ignite events)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser("demo", help="phantoms → train the liver bundle → predict → Dice, on the CPU")
+    demo.add_argument("-o", "--output", default="runs/demo", help="folder for everything the demo writes (default: runs/demo)")
+    demo.add_argument("--n-train", type=int, default=20, help="training phantoms (default: 20)")
+    demo.add_argument("--n-test", type=int, default=6, help="held-out phantoms (default: 6)")
+    demo.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
+    demo.add_argument("--seed", type=int, default=0, help="seed for phantoms and training (default: 0)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_cmd_demo)
+
+    synth = commands.add_parser("synth", help="write a synthetic CT phantom dataset (MSD layout)")
+    synth.add_argument("task", choices=["liver", "lung"], help="liver: MSD Task03 labels; lung: MSD Task06 labels + lung masks")
+    synth.add_argument("-o", "--output", required=True, help="dataset folder to write")
+    synth.add_argument("--n-train", type=int, default=16, help="training cases (default: 16)")
+    synth.add_argument("--n-test", type=int, default=4, help="test cases (default: 4)")
+    synth.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    synth.add_argument("--size", choices=["default", "tiny"], default="default", help="phantom size (default: default)")
+    synth.set_defaults(func=_cmd_synth)
+
+    train = commands.add_parser("train", help="train a bundle (MONAI bundle format)")
+    train.add_argument("bundle", help="bundle folder, e.g. configs/liver_ct_segresnet")
+    train.add_argument("--config", default="train", help="config name in BUNDLE/configs (default: train)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set dataset_dir=/data/Task03_Liver --set max_epochs=50")
+    train.set_defaults(func=_cmd_train)
+
+    infer = commands.add_parser("infer", help="segment images with a trained bundle; outputs on each input's grid")
+    infer.add_argument("model", help="bundle folder (weights from BUNDLE/models/model.pt unless --weights)")
+    infer.add_argument("inputs", nargs="+", help="image files and/or folders of images (.nii.gz, .nrrd, .mha)")
+    infer.add_argument("-o", "--output", required=True, help="output folder for <case>.nii.gz label maps")
+    infer.add_argument("--weights", help="network weights file (default: BUNDLE/models/model.pt)")
+    infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config value")
+    infer.set_defaults(func=_cmd_infer)
+
+    evaluate = commands.add_parser("evaluate", help="Dice per case and label: predictions vs references")
+    evaluate.add_argument("predictions", help="folder of predicted label maps")
+    evaluate.add_argument("references", help="folder of reference label maps (defines the cases)")
+    evaluate.add_argument("--labels", help="structures as name=value[+value], e.g. liver=1,tumour=2,liver_total=1+2")
+    evaluate.add_argument("--dataset", help="take structures from the labels of this MSD dataset.json")
+    evaluate.add_argument("-o", "--output", required=True, help="folder for per_case.csv and summary.json")
+    evaluate.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args))
+    except VoxpipeError as error:
+        if args.debug:
+            raise
+        print(f"voxpipe: error: {error}", file=sys.stderr)
+        if error.hint:
+            print(f"voxpipe: hint: {error.hint}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("voxpipe: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # anything unexpected is our bug: one line, exit 1
+        if args.debug:
+            raise
+        print(f"voxpipe: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""One exception family for voxpipe.
+
+Every message names the file (or setting), the field, what was expected and what was found, so a
+user can fix the input without reading a traceback. The CLI maps :class:`InputError` to exit code 2
+and anything else to exit code 1.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class VoxpipeError(Exception):
+    """Base class of every error voxpipe raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class InputError(VoxpipeError):
+    """The user's input (a file, a folder, an option, a config value) is wrong. Exit code 2."""
+
+    exit_code = 2
+
+
+class GeometryError(InputError):
+    """Two images that must share a voxel grid do not, or a geometry is invalid."""
+
+
+class BundleError(InputError):
+    """A bundle folder or config is missing something or is malformed."""
+
+
+def describe_path(path: str | PathLike[str]) -> str:
+    """Render a path for messages: quoted, as given by the user."""
+    return f"'{path}'"

@@ -1,0 +1,1 @@
+"""What a user runs: training, inference, evaluation, the demo. Built on the other packages."""

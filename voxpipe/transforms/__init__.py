@@ -1,0 +1,1 @@
+"""Everything that touches voxels before or after the network."""
