@@ -44,4 +44,4 @@ def tiny_liver_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # Overrides that make the liver bundle fast enough for unit tests on tiny phantoms.
-TINY_MODEL = {"patch_size": [32, 32, 16], "network_def#init_filters": 4, "progress": False}
+TINY_MODEL = {"patch_size": [32, 32, 16], "network_def#init_filters": 8, "progress": False}

@@ -76,6 +76,9 @@ def test_missing_weights_and_bad_inputs_are_named(liver_bundle, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(InputError, match="notes.txt.*expected an image file"):
         collect_inputs([tmp_path / "notes.txt"])
+    (tmp_path / "scan.mha").write_text("x")
+    with pytest.raises(InputError, match="scan.mha.*found '.mha'"):
+        collect_inputs([tmp_path / "scan.mha"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty.*found none"):
         collect_inputs([tmp_path / "empty"])

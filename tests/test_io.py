@@ -9,7 +9,14 @@ import SimpleITK as sitk
 
 from voxpipe.errors import GeometryError, InputError
 from voxpipe.synthetic import liver_phantom
-from voxpipe.transforms.io import atomic_path, case_id, load_volume, save_nifti, write_label_like, write_volume
+from voxpipe.transforms.io import (
+    atomic_path,
+    case_id,
+    load_volume,
+    save_nifti,
+    write_label_like,
+    write_volume,
+)
 
 
 @pytest.fixture(scope="module")

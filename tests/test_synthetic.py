@@ -89,7 +89,7 @@ def test_spacing_and_sizes_vary_and_are_anisotropic():
     assert len(spacings) == 4
     for p in phantoms:
         sx, sy, sz = p.spacing
-        assert 0.7 <= sx <= 0.9 and sx == sy and 2.0 <= sz <= 3.0
+        assert 0.75 <= sx <= 0.95 and sx == sy and 2.0 <= sz <= 3.0
         assert 96 <= p.image.shape[0] <= 128 and 32 <= p.image.shape[2] <= 56
 
 

@@ -27,14 +27,22 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     noisy = logging.INFO if verbose else logging.WARNING
     for name in ("ignite", "monai", "py.warnings"):
         logging.getLogger(name).setLevel(noisy)
-    # voxpipe sets up logging itself and checks bundle properties itself; MONAI's notes on both, and
-    # on optional GPU codecs, are noise unless asked for.
-    for name in ("monai.bundle", "monai.data.nvimgcodec_pydicom_plugin"):
-        logging.getLogger(name).setLevel(noisy if verbose else logging.ERROR)
     if not verbose:
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _quiet_monai_bundle(verbose: int) -> None:
+    """Silence MONAI's bundle-runner notes (logging set-up, optional GPU codecs) unless -v.
+
+    voxpipe configures logging and checks bundle properties itself. MONAI's loggers set their own
+    level when their module is imported, so this runs after the import, in the commands that need it.
+    """
+    import monai.bundle.workflows  # noqa: F401  (the import creates the loggers)
+
+    for name in ("monai.bundle.workflows", "monai.data.nvimgcodec_pydicom_plugin"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def _format_dice(value: float) -> str:
@@ -44,6 +52,7 @@ def _format_dice(value: float) -> str:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.demo import DemoSettings, run_demo
 
+    _quiet_monai_bundle(args.verbose)
     settings = DemoSettings(
         output_dir=Path(args.output),
         n_train=args.n_train,
@@ -85,6 +94,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.bundle import parse_overrides, run_bundle
 
+    _quiet_monai_bundle(args.verbose)
     run_bundle(args.bundle, config=args.config, overrides=parse_overrides(args.set))
     return 0
 
@@ -93,6 +103,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.bundle import parse_overrides
     from voxpipe.pipelines.infer import infer_with_bundle
 
+    _quiet_monai_bundle(args.verbose)
     outputs = infer_with_bundle(
         args.model, args.inputs, output_dir=args.output, weights=args.weights, overrides=parse_overrides(args.set)
     )
@@ -136,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", default="runs/demo", help="folder for everything the demo writes (default: runs/demo)")
     demo.add_argument("--n-train", type=int, default=20, help="training phantoms (default: 20)")
     demo.add_argument("--n-test", type=int, default=6, help="held-out phantoms (default: 6)")
-    demo.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
+    demo.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
     demo.add_argument("--seed", type=int, default=0, help="seed for phantoms and training (default: 0)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
@@ -159,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     infer = commands.add_parser("infer", help="segment images with a trained bundle; outputs on each input's grid")
     infer.add_argument("model", help="bundle folder (weights from BUNDLE/models/model.pt unless --weights)")
-    infer.add_argument("inputs", nargs="+", help="image files and/or folders of images (.nii.gz, .nrrd, .mha)")
+    infer.add_argument("inputs", nargs="+", help="image files and/or folders of images (.nii.gz, .nii, .nrrd)")
     infer.add_argument("-o", "--output", required=True, help="output folder for <case>.nii.gz label maps")
     infer.add_argument("--weights", help="network weights file (default: BUNDLE/models/model.pt)")
     infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config value")

@@ -166,12 +166,22 @@ def _tube(
     return mask
 
 
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean mask (empty stays empty)."""
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if count <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == int(np.argmax(sizes))
+
+
 def _finish(
     rng: np.random.Generator,
     hu: np.ndarray,
     grid: _Grid,
     *,
-    noise_sigma: tuple[float, float] = (10.0, 20.0),
+    noise_sigma: tuple[float, float] = (10.0, 16.0),
 ) -> np.ndarray:
     """Slight blur (scanner PSF) and Gaussian noise, then round to int16 HU."""
     sigma_vox = [0.6 * min(grid.spacing) / s for s in grid.spacing]
@@ -275,27 +285,31 @@ def liver_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = 
     paint(stomach, rng.uniform(5.0, 20.0))
     paint(stomach & (y > stomach_centre[1] + 0.08 * b), -1000.0, texture=0.0)
 
-    # Liver: right lobe + left lobe, irregular, below the right lung base.
+    # Vessels next to the liver: aorta (contrast) and IVC, of liver-like or brighter density, not liver.
+    flat_z = np.zeros_like(z)
+    aorta = _ellipsoid(x, y, flat_z, (-0.1 * a, -0.42 * b, 0.0), (0.07 * a, 0.07 * a, 1.0)) < 1.0
+    ivc = _ellipsoid(x, y, flat_z, (0.12 * a, -0.32 * b, 0.0), (0.08 * a, 0.07 * a, 1.0)) < 1.0
+    paint(aorta, rng.uniform(130.0, 200.0))
+    paint(ivc, rng.uniform(80.0, 120.0))
+
+    # Liver: right lobe + left lobe, irregular, below the right lung base, kept off the abdominal
+    # wall by a thin properitoneal fat plane. Slivers left where the stomach and vessels cut into
+    # it are opened away (they would be unlearnable partial-volume noise in the label), and only the
+    # main piece is kept, before anything is painted, so image and label agree.
     az = rng.uniform(0.3, 0.36) * fz
     cz = z_top - 0.12 * fz - 0.8 * az
     right_lobe = _blob(rng, grid, coords, (0.38 * a, 0.02 * b, cz), (0.45 * a, 0.6 * b, az), roughness=0.25)
     left_lobe = _blob(
         rng, grid, coords, (-0.1 * a, 0.42 * b, cz + 0.2 * az), (0.38 * a, 0.2 * b, 0.55 * az), roughness=0.25
     )
-    # A thin properitoneal fat plane separates the liver from the abdominal wall.
     gap = rng.uniform(1.5, 3.0)
     inner = (x / (a - fat_t - muscle_t - gap)) ** 2 + (y / (b - fat_t - muscle_t - gap)) ** 2 < 1.0
-    liver = (right_lobe | left_lobe) & inner & ~stomach
-    hu[(right_lobe | left_lobe) & cavity & ~inner] = rng.uniform(-100.0, -70.0)
+    hu[(right_lobe | left_lobe) & cavity & ~inner & ~stomach] = rng.uniform(-100.0, -70.0)
+    liver = (right_lobe | left_lobe) & inner & ~stomach & ~aorta & ~ivc
+    opening_vox = [max(1, int(round(3.0 / s))) for s in grid.spacing]  # ~3 mm structuring element
+    liver = ndimage.binary_opening(liver, structure=np.ones(opening_vox, dtype=bool))
+    liver = _largest_component(liver)
     paint(liver, liver_hu, texture=5.0, new_label=1)
-
-    # Vessels next to the liver, of liver-like or brighter density, not liver.
-    vessel_hu = rng.uniform(130.0, 200.0)
-    paint(_ellipsoid(x, y, np.zeros_like(z), (-0.1 * a, -0.42 * b, 0.0), (0.07 * a, 0.07 * a, 1.0)) < 1.0, vessel_hu)
-    paint(
-        _ellipsoid(x, y, np.zeros_like(z), (0.12 * a, -0.32 * b, 0.0), (0.08 * a, 0.07 * a, 1.0)) < 1.0,
-        rng.uniform(80.0, 120.0),
-    )
 
     # Tumours: hypodense, inside the liver, away from its border.
     liver_now = label == 1
@@ -472,7 +486,7 @@ def lung_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = N
 
 
 _SIZES = {
-    "default": {"in_plane": (96, 128), "slices": (32, 56), "spacing_xy": (0.7, 0.9), "spacing_z": (2.0, 3.0)},
+    "default": {"in_plane": (96, 128), "slices": (32, 56), "spacing_xy": (0.75, 0.95), "spacing_z": (2.0, 3.0)},
     "tiny": {"in_plane": (48, 56), "slices": (16, 20), "spacing_xy": (1.4, 1.8), "spacing_z": (3.0, 4.0)},
 }
 

@@ -70,8 +70,21 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise InputError(f"--set {pair!r}: expected key=value (e.g. max_epochs=10)")
-        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        overrides[key.strip()] = _yaml_value(value)
     return overrides
+
+
+def _yaml_value(text: str) -> Any:
+    """A YAML scalar or list; ``1e-3`` is a float (YAML 1.1 alone would leave it a string)."""
+    if not text.strip():
+        return ""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def run_engines(engines: Sequence[Any]) -> None:

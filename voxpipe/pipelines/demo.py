@@ -22,24 +22,37 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes of the demo. The defaults are the measured ones in the README (≤ 6 min on 2 cores)."""
+    """Sizes of the demo. The defaults are the measured ones in the README (≤ 6 min on 2 cores).
+
+    Compared with the bundle's defaults (meant for real CT), the demo uses a smaller network and
+    patch, a finer in-plane grid (the phantom livers are small, so 1.5 mm voxels would cap Dice near
+    0.95), one patch per image and two images per step (on two CPU cores a step of two 64×64×32
+    patches costs about what one does) and a higher learning rate for a short schedule.
+    """
 
     output_dir: Path
     n_train: int = 20
     n_test: int = 6
     seed: int = 0
-    max_epochs: int = 30
-    val_interval: int = 5
+    max_epochs: int = 60
+    val_interval: int = 20
+    learning_rate: float = 0.003
+    batch_size: int = 2
+    samples_per_image: int = 1
+    pixdim: tuple[float, float, float] = (1.0, 1.0, 2.5)
     patch_size: tuple[int, int, int] = (64, 64, 32)
     init_filters: int = 8
-    learning_rate: float = 0.003
     phantom_size: str = "default"
     progress: bool = True
     bundle_dir: Path = field(default_factory=lambda: shipped_bundle("liver_ct_segresnet"))
 
     def model_overrides(self) -> dict[str, Any]:
         """Overrides that both the train and the inference config must share."""
-        return {"patch_size": list(self.patch_size), "network_def#init_filters": self.init_filters}
+        return {
+            "pixdim": list(self.pixdim),
+            "patch_size": list(self.patch_size),
+            "network_def#init_filters": self.init_filters,
+        }
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,8 @@ def run_demo(settings: DemoSettings) -> DemoResult:
             "max_epochs": settings.max_epochs,
             "val_interval": settings.val_interval,
             "learning_rate": settings.learning_rate,
+            "batch_size": settings.batch_size,
+            "samples_per_image": settings.samples_per_image,
             "progress": settings.progress,
             **settings.model_overrides(),
         },

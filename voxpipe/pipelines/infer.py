@@ -19,6 +19,10 @@ from voxpipe.transforms.io import case_id, find_volumes, volume_suffix
 
 logger = logging.getLogger(__name__)
 
+# What the bundles' MONAI LoadImaged reads here: nibabel for NIfTI, pynrrd for NRRD. MHA/MHD would
+# need ITK, which voxpipe does not install.
+INFER_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+
 
 def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Image files from a mix of files and folders (a folder contributes the images directly in it).
@@ -31,13 +35,16 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = find_volumes(path)
+            found = [p for p in find_volumes(path) if volume_suffix(p) in INFER_SUFFIXES]
             if not found:
-                raise InputError(f"{str(path)!r}: expected image files (.nii.gz, .nrrd, .mha, ...) in this folder, found none")
+                raise InputError(f"{str(path)!r}: expected image files ({', '.join(INFER_SUFFIXES)}) in this folder, found none")
             images.extend(found)
         elif path.is_file():
-            if not volume_suffix(path):
-                raise InputError(f"{str(path)!r}: expected an image file (.nii.gz, .nii, .nrrd, .mha, .mhd), found {path.suffix!r}")
+            if volume_suffix(path) not in INFER_SUFFIXES:
+                raise InputError(
+                    f"{str(path)!r}: expected an image file ({', '.join(INFER_SUFFIXES)}), found {volume_suffix(path) or path.suffix!r}",
+                    hint="convert other formats to NIfTI first, e.g. with SimpleITK",
+                )
             images.append(path)
         else:
             raise InputError(f"{str(path)!r}: expected an image file or folder, found nothing at that path")

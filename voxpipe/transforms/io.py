@@ -176,9 +176,9 @@ def write_label_like(
         with atomic_path(path) as tmp:
             nib.save(out, str(tmp))
         return Path(path)
-    ref = load_volume(reference)
-    _check_shape(label.shape, ref.array.shape[:3], reference)
-    return write_volume(label, ref.affine, path)
+    shape, affine = read_geometry(reference)
+    _check_shape(label.shape, shape, reference)
+    return write_volume(label, affine, path)
 
 
 def write_volume(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str]) -> Path:
@@ -244,7 +244,7 @@ class SaveLabelLiked(MapTransform):
         d = dict(data)
         source = d[self.reference_key]
         reference = Path(str(source.meta["filename_or_obj"]))
-        ref_affine = load_volume_affine(reference)
+        _, ref_affine = read_geometry(reference)
         for key in self.key_iterator(d):
             pred = d[key]
             affine = getattr(pred, "affine", None)
@@ -264,12 +264,20 @@ class SaveLabelLiked(MapTransform):
         return d
 
 
-def load_volume_affine(path: str | os.PathLike[str]) -> np.ndarray:
-    """The RAS affine of an image file, read from its header only (no voxel data)."""
+def read_geometry(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.ndarray]:
+    """Spatial shape (x, y, z) and RAS affine of an image file, from its header only (no voxel data).
+
+    Raises:
+        InputError: the file is missing or its header cannot be read.
+    """
     path = Path(path)
-    if volume_suffix(path) in (".nii.gz", ".nii"):
-        return np.asarray(nib.load(str(path)).affine, dtype=float)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    return sitk_affine(reader)
+    try:
+        if volume_suffix(path) in (".nii.gz", ".nii"):
+            image = nib.load(str(path))
+            return tuple(int(n) for n in image.shape[:3]), np.asarray(image.affine, dtype=float)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+    except Exception as error:  # nibabel and SimpleITK raise many unrelated types for bad headers
+        raise InputError(f"{str(path)!r}: could not read the image header ({error})") from error
+    return tuple(int(n) for n in reader.GetSize()[:3]), sitk_affine(reader)
