@@ -50,7 +50,7 @@ def test_training_runs_and_writes_checkpoints_and_metrics(liver_bundle, tiny_liv
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert {"loss", "lr", "val_mean_dice", "val_liver", "val_tumour"} <= set(rows[0])
     assert float(rows[0]["lr"]) == pytest.approx(0.002)  # the lr used during epoch 1
-    assert (tmp_path / "models" / "model.pt").is_file()
+    assert (tmp_path / "models" / "model.pt").is_file() and (tmp_path / "models" / "model_final.pt").is_file()
     last = torch.load(tmp_path / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
     assert {"network", "optimizer", "lr_scheduler", "trainer"} <= set(last)
     trainer = last["trainer"]  # Ignite stores iteration and epoch length; the epoch follows from them

@@ -27,7 +27,8 @@ class DemoSettings:
     Compared with the bundle's defaults (meant for real CT), the demo uses a smaller network and
     patch, a finer in-plane grid (the phantom livers are small, so 1.5 mm voxels would cap Dice near
     0.95), one patch per image and two images per step (on two CPU cores a step of two 64×64×32
-    patches costs about what one does) and a higher learning rate for a short schedule.
+    patches costs about what one does) and a higher learning rate for a short schedule. It predicts
+    with the final weights; validation (every ``val_interval`` epochs) only monitors progress.
     """
 
     output_dir: Path
@@ -110,7 +111,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         settings.bundle_dir,
         [dataset_dir / "imagesTs"],
         output_dir=prediction_dir,
-        weights=run_dir / "models" / "model.pt",
+        weights=run_dir / "models" / "model_final.pt",
         overrides=settings.model_overrides(),
     )
     seconds["inference"] = time.perf_counter() - started

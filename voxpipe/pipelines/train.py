@@ -13,7 +13,9 @@ matters (Ignite runs handlers of one event in the order they were attached):
    scheduler and trainer state (epoch, iteration), after validation so the state is complete.
 5. ``CheckpointSaver`` (best) on the evaluator – ``models/model.pt``, the network weights with the
    best key validation metric, where inference bundles look for them.
-6. A progress bar over iterations.
+6. At completion only, ``models/model_final.pt``: the weights after the last epoch (nnU-Net's
+   default for inference; on small validation sets "best" is noisy). Written atomically.
+7. A progress bar over iterations.
 
 Why a function and not YAML handlers: the last checkpoint must hold the trainer itself, and a
 handler listed in the trainer's own config that references the trainer is a circular reference
@@ -39,7 +41,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointSaver, LrScheduleHandler, ValidationHandler
 
 from voxpipe.errors import InputError
-from voxpipe.transforms.io import write_text_atomic
+from voxpipe.transforms.io import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +186,14 @@ def build_trainer(
     CheckpointSaver(
         save_dir=str(output_dir / "checkpoints"), save_dict=state, save_interval=1, n_saved=1, epoch_level=True
     ).attach(trainer)
+    final_path = output_dir / "models" / "model_final.pt"
+
+    @trainer.on(Events.COMPLETED)
+    def _save_final_weights(engine: Engine) -> None:
+        with atomic_path(final_path) as tmp:
+            torch.save(network.state_dict(), tmp)
+        logger.info("saved final weights to %s", final_path)
+
     if progress:
         ProgressBar(persist=False).attach(trainer, output_transform=lambda output: {"loss": batch_loss(output)})
     return trainer
