@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", default="runs/demo", help="folder for everything the demo writes (default: runs/demo)")
     demo.add_argument("--n-train", type=int, default=20, help="training phantoms (default: 20)")
     demo.add_argument("--n-test", type=int, default=6, help="held-out phantoms (default: 6)")
-    demo.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
+    demo.add_argument("--epochs", type=int, default=80, help="training epochs (default: 80)")
     demo.add_argument("--seed", type=int, default=0, help="seed for phantoms and training (default: 0)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
