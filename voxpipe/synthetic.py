@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +123,17 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], coarse: tupl
     return np.ascontiguousarray(field_, dtype=np.float32)
 
 
+def _deformed_coordinates(
+    rng: np.random.Generator, grid: _Grid, *, amplitude_mm: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World coordinates displaced by one smooth random field (posture, body habitus): a few mm.
+
+    Shapes drawn in these coordinates deform together, so organs keep their relative positions.
+    """
+    amplitude = float(rng.uniform(*amplitude_mm))
+    return tuple(axis + amplitude * _smooth_noise(rng, grid.shape, (3, 3, 3)) for axis in (grid.x, grid.y, grid.z))  # type: ignore[return-value]
+
+
 def _ellipsoid(
     x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: tuple[float, float, float], axes: tuple[float, float, float]
 ) -> np.ndarray:
@@ -164,6 +175,34 @@ def _tube(
         d2 = ((ii - centre[0]) * sp[0]) ** 2 + ((jj - centre[1]) * sp[1]) ** 2 + ((kk - centre[2]) * sp[2]) ** 2
         mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] |= d2 <= radius**2
     return mask
+
+
+def _lesions(
+    rng: np.random.Generator,
+    grid: _Grid,
+    organ: np.ndarray,
+    *,
+    count: int,
+    radius_mm: tuple[float, float],
+    min_depth: float,
+    roughness: float,
+) -> Iterator[np.ndarray]:
+    """Yield up to ``count`` irregular lesion masks inside ``organ``.
+
+    Each lesion's centre lies at least ``min_depth × radius`` mm inside the organ; a lesion that
+    finds no such place is skipped. A generator, so the caller's own random draws per lesion (its
+    HU) interleave with these in a fixed order and phantoms stay reproducible.
+    """
+    depth = ndimage.distance_transform_edt(organ, sampling=grid.spacing)
+    for _ in range(count):
+        radius = float(rng.uniform(*radius_mm))
+        candidates = np.argwhere(depth > min_depth * radius)
+        if len(candidates) == 0:
+            continue
+        i, j, k = candidates[rng.integers(len(candidates))]
+        centre = (grid.x[i, j, k], grid.y[i, j, k], grid.z[i, j, k])
+        axes = tuple(radius * rng.uniform(0.8, 1.2) for _ in range(3))
+        yield _blob(rng, grid, (grid.x, grid.y, grid.z), centre, axes, roughness=roughness) & organ
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -238,12 +277,7 @@ def liver_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = 
     rng = np.random.default_rng(seed)
     grid = _make_grid(rng, **_SIZES[size])
     fx, fy, fz = grid.fov
-    # One smooth deformation shared by all organs (posture/body habitus), a few mm.
-    amplitude = float(rng.uniform(2.0, 5.0))
-    x = grid.x + amplitude * _smooth_noise(rng, grid.shape, (3, 3, 3))
-    y = grid.y + amplitude * _smooth_noise(rng, grid.shape, (3, 3, 3))
-    z = grid.z + amplitude * _smooth_noise(rng, grid.shape, (3, 3, 3))
-    coords = (x, y, z)
+    coords = x, y, z = _deformed_coordinates(rng, grid, amplitude_mm=(2.0, 5.0))
 
     a, b = 0.45 * fx * rng.uniform(0.92, 1.0), 0.40 * fy * rng.uniform(0.88, 1.0)  # body semi-axes
     fat_t, muscle_t = rng.uniform(4.0, 8.0), rng.uniform(3.0, 5.0)
@@ -314,16 +348,8 @@ def liver_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = 
     # Tumours: hypodense, inside the liver, away from its border.
     liver_now = label == 1
     if liver_now.any():
-        depth = ndimage.distance_transform_edt(liver_now, sampling=grid.spacing)
-        for _ in range(int(rng.integers(0, 5))):
-            radius = float(rng.uniform(3.0, 9.0))
-            candidates = np.argwhere(depth > 0.8 * radius)
-            if len(candidates) == 0:
-                continue
-            i, j, k = candidates[rng.integers(len(candidates))]
-            centre = (grid.x[i, j, k], grid.y[i, j, k], grid.z[i, j, k])
-            axes = tuple(radius * rng.uniform(0.8, 1.2) for _ in range(3))
-            tumour = _blob(rng, grid, (grid.x, grid.y, grid.z), centre, axes, roughness=0.15) & liver_now
+        count = int(rng.integers(0, 5))
+        for tumour in _lesions(rng, grid, liver_now, count=count, radius_mm=(3.0, 9.0), min_depth=0.8, roughness=0.15):
             paint(tumour, rng.uniform(20.0, 35.0), texture=4.0, new_label=2)
 
     # Spine (cortex, cancellous bone, discs, canal) behind everything else in the cavity.
@@ -380,11 +406,7 @@ def lung_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = N
     rng = np.random.default_rng(seed)
     grid = _make_grid(rng, **_SIZES[size])
     fx, fy, fz = grid.fov
-    amplitude = float(rng.uniform(2.0, 4.0))
-    x = grid.x + amplitude * _smooth_noise(rng, grid.shape, (3, 3, 3))
-    y = grid.y + amplitude * _smooth_noise(rng, grid.shape, (3, 3, 3))
-    z = grid.z + amplitude * _smooth_noise(rng, grid.shape, (3, 3, 3))
-    coords = (x, y, z)
+    coords = x, y, z = _deformed_coordinates(rng, grid, amplitude_mm=(2.0, 4.0))
 
     a, b = 0.46 * fx * rng.uniform(0.92, 1.0), 0.38 * fy * rng.uniform(0.88, 1.0)
     fat_t, muscle_t = rng.uniform(3.0, 7.0), rng.uniform(3.0, 5.0)
@@ -467,16 +489,8 @@ def lung_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = N
     label = np.zeros(grid.shape, dtype=np.uint8)
     in_lung = lungs > 0
     if in_lung.any():
-        depth = ndimage.distance_transform_edt(in_lung, sampling=grid.spacing)
-        for _ in range(int(rng.integers(0, 4))):
-            radius = float(rng.uniform(3.0, 12.0))
-            candidates = np.argwhere(depth > 0.6 * radius)
-            if len(candidates) == 0:
-                continue
-            i, j, k = candidates[rng.integers(len(candidates))]
-            centre = (grid.x[i, j, k], grid.y[i, j, k], grid.z[i, j, k])
-            axes = tuple(radius * rng.uniform(0.8, 1.2) for _ in range(3))
-            tumour = _blob(rng, grid, (grid.x, grid.y, grid.z), centre, axes, roughness=0.3) & in_lung
+        count = int(rng.integers(0, 4))
+        for tumour in _lesions(rng, grid, in_lung, count=count, radius_mm=(3.0, 12.0), min_depth=0.6, roughness=0.3):
             hu[tumour] = rng.uniform(0.0, 60.0)
             label[tumour] = 1
 
