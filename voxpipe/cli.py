@@ -17,8 +17,6 @@ from pathlib import Path
 from voxpipe import __version__
 from voxpipe.errors import VoxpipeError
 
-logger = logging.getLogger("voxpipe")
-
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)

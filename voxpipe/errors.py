@@ -7,8 +7,6 @@ and anything else to exit code 1.
 
 from __future__ import annotations
 
-from os import PathLike
-
 
 class VoxpipeError(Exception):
     """Base class of every error voxpipe raises on purpose."""
@@ -33,7 +31,3 @@ class GeometryError(InputError):
 class BundleError(InputError):
     """A bundle folder or config is missing something or is malformed."""
 
-
-def describe_path(path: str | PathLike[str]) -> str:
-    """Render a path for messages: quoted, as given by the user."""
-    return f"'{path}'"

@@ -7,7 +7,6 @@ Everything runs on the CPU with the shipped ``liver_ct_segresnet`` bundle, overr
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +125,3 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     seconds["evaluation"] = time.perf_counter() - started
     return DemoResult(evaluation, out, dataset_dir, run_dir, prediction_dir, seconds)
 
-
-def default_output_dir() -> Path:
-    """``runs/demo`` under the current directory."""
-    return Path(os.getcwd()) / "runs" / "demo"
