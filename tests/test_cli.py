@@ -49,6 +49,21 @@ def test_bad_bundle_and_missing_weights_exit_2(tmp_path, liver_bundle):
     assert not image.exists()
 
 
+def test_weights_for_other_network_settings_give_a_short_error_with_a_hint(tmp_path, liver_bundle):
+    import torch
+
+    from voxpipe.networks import build_network
+
+    weights = tmp_path / "small.pt"
+    torch.save(build_network("segresnet", out_channels=3, init_filters=8).state_dict(), weights)
+    assert main(["synth", "liver", "-o", str(tmp_path / "ds"), "--n-train", "1", "--n-test", "0", "--size", "tiny"]) == 0
+    done = run_cli("infer", str(liver_bundle), str(tmp_path / "ds" / "imagesTr"), "-o", str(tmp_path / "out"),
+                   "--weights", str(weights))  # the bundle's network has init_filters=16
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) <= 3, done.stderr[-2000:]
+    assert "size mismatch" in done.stderr and "network_def#init_filters" in done.stderr
+
+
 def test_debug_shows_the_traceback(tmp_path):
     done = run_cli("--debug", "train", str(tmp_path))
     assert done.returncode != 0 and "Traceback" in done.stderr

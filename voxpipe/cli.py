@@ -25,6 +25,8 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     noisy = logging.INFO if verbose else logging.WARNING
     for name in ("ignite", "monai", "py.warnings"):
         logging.getLogger(name).setLevel(noisy)
+    # Ignite logs an engine's exception in full before re-raising it; the CLI reports it in one line.
+    logging.getLogger("ignite.engine").setLevel(logging.INFO if verbose else logging.CRITICAL)
     if not verbose:
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)

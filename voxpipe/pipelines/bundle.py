@@ -141,10 +141,26 @@ def run_bundle(
         if isinstance(root_cause, VoxpipeError):
             raise root_cause from error
         raise BundleError(
-            f"{str(config_file)!r}: {type(root_cause).__name__}: {root_cause}",
-            hint="run with --debug for the full traceback",
+            f"{str(config_file)!r}: {type(root_cause).__name__}: {_condensed(str(root_cause))}",
+            hint=_hint_for(str(root_cause)),
         ) from error
     return workflow
+
+
+def _condensed(message: str, *, keep: int = 2) -> str:
+    """The first ``keep`` lines of a long error (PyTorch lists every mismatched tensor), joined."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    shown = " ".join(lines[:keep])
+    return shown if len(lines) <= keep else f"{shown} ... ({len(lines) - keep} more lines; --debug shows all)"
+
+
+def _hint_for(message: str) -> str:
+    if "size mismatch" in message or "Missing key(s) in state_dict" in message:
+        return (
+            "the weights were trained with other network settings: pass the same network_def values "
+            "(e.g. --set network_def#init_filters=8) that training used"
+        )
+    return "run with --debug for the full traceback"
 
 
 def _innermost(error: BaseException) -> BaseException:
