@@ -131,6 +131,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 2 if result.summary["failed"] else 0
 
 
+def _cmd_networks(args: argparse.Namespace) -> int:
+    from voxpipe.networks import list_networks, network_cost, network_spec
+
+    print(f"{'name':<16}{'task':<16}{'params (M)':>11}{f'GFLOPs/{args.size}³':>14}  patch sides")
+    for name in list_networks():
+        spec = network_spec(name)
+        cost = network_cost(name, size=args.size)
+        sides = "img_size (fixed)" if spec.fixed_size else (f"multiple of {spec.divisor}" if spec.divisor > 1 else "any")
+        if spec.min_size > max(spec.divisor, 16):
+            sides += f", at least {spec.min_size}"
+        measured = "" if cost.size == args.size else f" (at {cost.size}³)"
+        print(f"{name:<16}{spec.task:<16}{cost.parameters / 1e6:>11.2f}{cost.gflops:>14.1f}  {sides}{measured}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxpipe",
@@ -175,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--weights", help="network weights file (default: BUNDLE/models/model.pt)")
     infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config value")
     infer.set_defaults(func=_cmd_infer)
+
+    networks = commands.add_parser("networks", help="the network registry: names, size and cost")
+    networks.add_argument("action", choices=["list"], help="list: parameters, GFLOPs per patch and accepted patch sizes")
+    networks.add_argument("--size", type=int, default=96, help="patch side for the GFLOPs figure (default: 96)")
+    networks.set_defaults(func=_cmd_networks)
 
     evaluate = commands.add_parser("evaluate", help="Dice per case and label: predictions vs references")
     evaluate.add_argument("predictions", help="folder of predicted label maps")

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
-from voxpipe.networks.registry import build_network, list_networks
+from voxpipe.networks.registry import (
+    NetworkCost,
+    NetworkSpec,
+    build_network,
+    list_networks,
+    network_cost,
+    network_spec,
+)
 
-__all__ = ["build_network", "list_networks"]
+__all__ = ["NetworkCost", "NetworkSpec", "build_network", "list_networks", "network_cost", "network_spec"]
