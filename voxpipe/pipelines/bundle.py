@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,16 +75,19 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
+_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def _yaml_value(text: str) -> Any:
-    """A YAML scalar or list; ``1e-3`` is a float (YAML 1.1 alone would leave it a string)."""
+    """A YAML scalar or list; ``1e-3`` is a float (YAML 1.1 alone would leave it a string).
+
+    Only exponent notation is converted: other strings (``nan``, ``inf``, names) stay strings.
+    """
     if not text.strip():
         return ""
     value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
+    if isinstance(value, str) and _EXPONENT_NUMBER.match(value.strip()):
+        return float(value)
     return value
 
 
