@@ -29,3 +29,19 @@ def label_image(label):
     With the bundle's [-100, 200] HU window these become 0.333, 0.667 and 1.0, OracleNet's centres.
     """
     return (100 * label).astype("int16")
+
+
+# Small versions of each registered network, so tests parametrized over the registry stay quick on 2 CPU cores.
+SMALL = {
+    "unet3d": {"channels": (8, 16, 32), "strides": (2, 2)},
+    "segresnet": {"init_filters": 8},
+    "segresnet_ds": {"init_filters": 8},
+    "dynunet": {"filters": [8, 16, 32, 64, 128]},
+    "attention_unet": {"channels": (8, 16, 32), "strides": (2, 2)},
+    "swin_unetr": {"feature_size": 12, "depths": (1, 1, 1, 1)},
+    "unetr": {"img_size": (32, 32, 32), "hidden_size": 96, "mlp_dim": 192, "num_heads": 4, "feature_size": 8},
+    "densenet121": {"init_features": 16, "growth_rate": 8, "block_config": (2, 2, 2, 2)},
+    "densenet169": {"init_features": 16, "growth_rate": 8, "block_config": (2, 2, 2, 2)},
+    "densenet201": {"init_features": 16, "growth_rate": 8, "block_config": (2, 2, 2, 2)},
+    "resnet": {},
+}

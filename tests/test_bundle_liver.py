@@ -34,8 +34,11 @@ def test_bundle_configs_parse_and_declare_monai_properties(liver_bundle, tiny_li
 def test_configs_agree_on_model_and_preprocessing(liver_bundle, other):
     train = ConfigParser.load_config_file(find_config(liver_bundle, "train"))
     config = ConfigParser.load_config_file(find_config(liver_bundle, other))
-    for key in ("pixdim", "hu_window", "patch_size", "num_classes", "network_def"):
+    for key in ("pixdim", "hu_window", "patch_size", "num_classes"):
         assert train[key] == config[key], key
+    # Training may start from pretrained weights; the network itself must be the same.
+    fine_tuning = ("weights", "freeze")
+    assert {k: v for k, v in train["network_def"].items() if k not in fine_tuning} == config["network_def"]
     assert train["validate"]["inferer"] == config["inferer"]  # validate with the deployment inferer
 
 

@@ -8,7 +8,8 @@ patch sizes each accepts, and reports size and cost (:func:`network_cost`).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,10 @@ class NetworkSpec:
         divisor: every patch side must be a multiple of this (voxels).
         fixed_size: ``True`` when the network is built for one input size (``img_size``).
         min_size: smallest patch side (voxels) it trains on.
+        encoder: regular expressions matching the parameter names of the encoder (the part that
+            ``freeze="encoder"`` and feature extraction keep fixed).
+        head: regular expressions matching the output head (the layers whose shape depends on the
+            number of classes).
     """
 
     builder: Callable[..., torch.nn.Module]
@@ -38,6 +43,8 @@ class NetworkSpec:
     divisor: int
     fixed_size: bool = False
     min_size: int = 16
+    encoder: tuple[str, ...] = ()
+    head: tuple[str, ...] = ()
 
 
 def _segresnet(*, in_channels: int = 1, out_channels: int = 3, init_filters: int = 16, **kwargs: Any) -> torch.nn.Module:
@@ -100,24 +107,49 @@ def _resnet(*, in_channels: int = 1, out_channels: int = 2, depth: int = 18, **k
     return factories[depth](spatial_dims=3, n_input_channels=in_channels, num_classes=out_channels, **kwargs)
 
 
+# Parameter-name patterns. MONAI's UNet and AttentionUnet nest each level in ``.1.submodule``:
+# the down block of a level is its ``.0``, the bottom block sits directly in the deepest submodule.
+_UNET_ENCODER = (r"^model(\.1\.submodule)*\.0\.", r"^model(\.1\.submodule)+\.(conv|residual)\.")
+_DENSENET = {"encoder": (r"^features\.",), "head": (r"^class_layers\.",)}
+
 _REGISTRY: dict[str, NetworkSpec] = {
-    "unet3d": NetworkSpec(_unet3d, "MONAI residual 3D U-Net (Çiçek 2016 style), 4 downsamplings", "segmentation", 16),
-    "segresnet": NetworkSpec(_segresnet, "MONAI SegResNet (Myronenko 2018), 3 downsamplings", "segmentation", 8),
-    "segresnet_ds": NetworkSpec(
-        _segresnet_ds, "MONAI SegResNetDS, deep supervision (training returns a list of scales)", "segmentation", 8
+    "unet3d": NetworkSpec(
+        _unet3d, "MONAI residual 3D U-Net (Çiçek 2016 style), 4 downsamplings", "segmentation", 16,
+        encoder=_UNET_ENCODER, head=(r"^model\.2\.",),
     ),
-    "dynunet": NetworkSpec(_dynunet, "MONAI DynUNet, nnU-Net-like 3D full-resolution layout", "segmentation", 16),
-    "attention_unet": NetworkSpec(_attention_unet, "MONAI Attention U-Net (Oktay 2018)", "segmentation", 8),
+    "segresnet": NetworkSpec(
+        _segresnet, "MONAI SegResNet (Myronenko 2018), 3 downsamplings", "segmentation", 8,
+        encoder=(r"^convInit\.", r"^down_layers\."), head=(r"^conv_final\.",),
+    ),
+    "segresnet_ds": NetworkSpec(
+        _segresnet_ds, "MONAI SegResNetDS, deep supervision (training returns a list of scales)", "segmentation", 8,
+        encoder=(r"^encoder\.",), head=(r"^up_layers\.\d+\.head\.",),
+    ),
+    "dynunet": NetworkSpec(
+        _dynunet, "MONAI DynUNet, nnU-Net-like 3D full-resolution layout", "segmentation", 16,
+        encoder=(r"^input_block\.", r"^downsamples\.", r"^bottleneck\."),
+        head=(r"^output_block\.", r"^deep_supervision_heads\."),
+    ),
+    "attention_unet": NetworkSpec(
+        _attention_unet, "MONAI Attention U-Net (Oktay 2018)", "segmentation", 8,
+        encoder=(r"^model\.0\.", r"^model(\.1\.submodule)+\.0\.", r"^model(\.1\.submodule)+\.conv\."),
+        head=(r"^model\.2\.",),
+    ),
     "swin_unetr": NetworkSpec(
-        _swin_unetr, "MONAI SwinUNETR (Hatamizadeh 2022), Swin transformer encoder", "segmentation", 32, min_size=64
+        _swin_unetr, "MONAI SwinUNETR (Hatamizadeh 2022), Swin transformer encoder", "segmentation", 32, min_size=64,
+        encoder=(r"^swinViT\.", r"^encoder\d+\."), head=(r"^out\.",),
     ),
     "unetr": NetworkSpec(
-        _unetr, "MONAI UNETR (Hatamizadeh 2022), ViT encoder for one img_size", "segmentation", 16, fixed_size=True
+        _unetr, "MONAI UNETR (Hatamizadeh 2022), ViT encoder for one img_size", "segmentation", 16, fixed_size=True,
+        encoder=(r"^vit\.", r"^encoder\d+\."), head=(r"^out\.",),
     ),
-    "densenet121": NetworkSpec(_densenet(nets.DenseNet121), "MONAI 3D DenseNet-121 classifier", "classification", 1),
-    "densenet169": NetworkSpec(_densenet(nets.DenseNet169), "MONAI 3D DenseNet-169 classifier", "classification", 1),
-    "densenet201": NetworkSpec(_densenet(nets.DenseNet201), "MONAI 3D DenseNet-201 classifier", "classification", 1),
-    "resnet": NetworkSpec(_resnet, "MONAI 3D ResNet classifier (depth 18, 34 or 50)", "classification", 1),
+    "densenet121": NetworkSpec(_densenet(nets.DenseNet121), "MONAI 3D DenseNet-121 classifier", "classification", 1, **_DENSENET),
+    "densenet169": NetworkSpec(_densenet(nets.DenseNet169), "MONAI 3D DenseNet-169 classifier", "classification", 1, **_DENSENET),
+    "densenet201": NetworkSpec(_densenet(nets.DenseNet201), "MONAI 3D DenseNet-201 classifier", "classification", 1, **_DENSENET),
+    "resnet": NetworkSpec(
+        _resnet, "MONAI 3D ResNet classifier (depth 18, 34 or 50)", "classification", 1,
+        encoder=(r"^(conv1|bn1|layer\d)\.",), head=(r"^fc\.",),
+    ),
 }
 
 
@@ -139,23 +171,43 @@ def network_spec(name: str) -> NetworkSpec:
     return _REGISTRY[name]
 
 
-def build_network(name: str, *, device: str | torch.device | None = None, **kwargs: Any) -> torch.nn.Module:
-    """Build a registered network by name, optionally moved to ``device``.
+def build_network(
+    name: str,
+    *,
+    device: str | torch.device | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    freeze: str | Sequence[str] | None = None,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """Build a registered network by name, optionally from pretrained weights, moved to ``device``.
 
     Args:
         name: a key of :func:`list_networks`.
         device: where to put the parameters (``None`` leaves them on the CPU).
+        weights: fine-tune from this weights file (voxpipe/MONAI checkpoint or state dict). Tensors
+            whose shape differs (an output head for another class count) keep their initialisation;
+            the load report is logged (see :func:`voxpipe.networks.transfer.load_weights`).
+        freeze: with or without ``weights``: ``"encoder"``, ``"backbone"`` (all but the output head)
+            or module names to freeze (see :func:`voxpipe.networks.transfer.freeze`).
         **kwargs: passed to the MONAI constructor (``in_channels``, ``out_channels``, ...).
 
     Raises:
-        InputError: unknown name (the message lists the valid ones and the closest match) or
-            arguments the network does not accept.
+        InputError: unknown name (the message lists the valid ones and the closest match),
+            arguments the network does not accept, or unusable weights.
     """
     spec = network_spec(name)
     try:
         network = spec.builder(**kwargs)
     except (TypeError, ValueError, AssertionError) as error:
         raise InputError(f"network {name!r}: bad arguments {sorted(kwargs)} ({error})") from error
+    if weights is not None:
+        from voxpipe.networks.transfer import prepare_pretrained  # transfer imports this module
+
+        prepare_pretrained(network, name, weights=weights, freeze_part=freeze)
+    elif freeze:
+        from voxpipe.networks.transfer import freeze as freeze_part
+
+        freeze_part(network, name, freeze)
     return network.to(device) if device is not None else network
 
 

@@ -41,6 +41,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointSaver, LrScheduleHandler, ValidationHandler
 
 from voxpipe.errors import InputError
+from voxpipe.networks.transfer import parameter_groups
 from voxpipe.transforms.io import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -225,13 +226,26 @@ def build_trainer(
 _OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
-def build_optimizer(*, network: torch.nn.Module, name: str = "adamw", lr: float = 1e-3, **kwargs: Any) -> torch.optim.Optimizer:
+def build_optimizer(
+    *,
+    network: torch.nn.Module,
+    name: str = "adamw",
+    lr: float = 1e-3,
+    pretrained_lr_scale: float = 1.0,
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
     """An optimizer over ``network``'s trainable parameters, by name (``adamw``, ``adam``, ``sgd``).
 
     Lets bundles say ``network: "@network_def"`` instead of a ``$@network_def.parameters()``
-    expression. Frozen parameters (``requires_grad=False``) are left out.
+    expression. Frozen parameters (``requires_grad=False``) are left out. When the network was built
+    from pretrained weights (``build_network(..., weights=...)``) and ``pretrained_lr_scale`` is not 1,
+    the reused tensors train at ``lr * pretrained_lr_scale`` and the new ones (the head) at ``lr``.
     """
     if name not in _OPTIMIZERS:
         raise InputError(f"optimizer name: expected one of {sorted(_OPTIMIZERS)}, found {name!r}")
+    report = getattr(network, "voxpipe_load_report", None)
+    if report is not None and pretrained_lr_scale != 1.0:
+        groups = parameter_groups(network, lr=lr, pretrained=report.loaded, pretrained_lr_scale=pretrained_lr_scale)
+        return _OPTIMIZERS[name](groups, lr=lr, **kwargs)
     params = [p for p in network.parameters() if p.requires_grad]
     return _OPTIMIZERS[name](params, lr=lr, **kwargs)
