@@ -1,0 +1,233 @@
+"""Surface distances in mm: Hausdorff, HD95, ASSD, mean surface distance and normalised surface Dice.
+
+Two definitions, both honouring anisotropic voxel spacing:
+
+* ``deepmind`` (default) — the definition of DeepMind's ``surface-distance`` package, which the
+  MSD-era challenges use: surfaces are marching-cubes surface elements ("surfels") on the grid of
+  voxel *corners*, each weighted by its area in mm²; percentiles and averages are area-weighted.
+  Values equal that package's to floating-point rounding (tests compare them).
+* ``medpy`` — medpy's ``hd``/``hd95``/``assd``: surface voxels are the mask minus its erosion
+  (6-connectivity), every voxel counts once, HD95 is ``numpy.percentile(…, 95)`` of both directions
+  pooled, ASSD the mean of the two directed means.
+
+Why not the reference code itself: ``surface-distance`` crops to the masks' bounding box but then
+runs two full Euclidean distance transforms over it and sorts the surfels in a Python loop, seconds
+per liver; MONAI's ``SurfaceDiceMetric`` uses another boundary definition unless ``use_subvoxels``.
+Here the surfels are found with array shifts on the union bounding box and the nearest-surface
+distances come from a k-d tree over the other surface's points (scipy), which gives the same
+Euclidean distances as the distance transform for a fraction of the work. The 256-entry
+surfel-area table is MONAI's port of DeepMind's (``monai.metrics.utils``), evaluated in float64.
+
+Empty masks: these functions return ``inf`` distances when exactly one surface is empty and ``nan``
+when both are, like ``surface-distance``; :mod:`voxpipe.metrics.conventions` maps them to a
+challenge's rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+DEFINITIONS = ("deepmind", "medpy")
+
+
+@lru_cache(maxsize=32)
+def _surfel_area_table(spacing: tuple[float, float, float]) -> np.ndarray:
+    """Area (mm²) of the marching-cubes surface inside a 2×2×2 neighbourhood, per 8-bit code."""
+    from monai.metrics.utils import _get_neighbour_code_to_normals_table
+
+    normals = _get_neighbour_code_to_normals_table(None).double().numpy()  # (256, 4, 3), exact in float32
+    scale = np.array([spacing[1] * spacing[2], spacing[0] * spacing[2], spacing[0] * spacing[1]])
+    return np.linalg.norm(normals * scale, axis=-1).sum(-1)
+
+
+# Bit of each corner of the 2×2×2 neighbourhood (DeepMind's and MONAI's encoding kernel).
+_KERNEL = np.array([[[128, 64], [32, 16]], [[8, 4], [2, 1]]], dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Surface:
+    """Points of one surface (mm, in the cropped frame) and the weight of each (area in mm², or 1)."""
+
+    points: np.ndarray
+    weights: np.ndarray
+
+
+def _union_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...] | None:
+    union = a | b
+    if not union.any():
+        return None
+    box = []
+    for axis in range(union.ndim):
+        other = tuple(i for i in range(union.ndim) if i != axis)
+        hits = np.flatnonzero(union.any(axis=other))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def _deepmind_surface(mask: np.ndarray, spacing: np.ndarray) -> Surface:
+    """Corner points whose 2×2×2 neighbourhood is neither empty nor full, weighted by surfel area."""
+    padded = np.pad(mask, 1).astype(np.uint8)
+    corners = tuple(s - 1 for s in padded.shape)
+    code = np.zeros(corners, dtype=np.uint8)
+    for a in (0, 1):
+        for b in (0, 1):
+            for c in (0, 1):
+                code |= padded[a : a + corners[0], b : b + corners[1], c : c + corners[2]] * _KERNEL[a, b, c]
+    border = (code != 0) & (code != 255)
+    index = np.nonzero(border)
+    areas = _surfel_area_table(tuple(float(s) for s in spacing))[code[index]]
+    return Surface(np.stack(index, axis=1) * spacing, areas)
+
+
+def _medpy_surface(mask: np.ndarray, spacing: np.ndarray) -> Surface:
+    """Voxels of the mask that 6-connected erosion removes, each weighted 1."""
+    padded = np.pad(mask, 1)
+    border = padded & ~ndimage.binary_erosion(padded, structure=ndimage.generate_binary_structure(3, 1))
+    index = np.nonzero(border)
+    return Surface(np.stack(index, axis=1) * spacing, np.ones(len(index[0])))
+
+
+@dataclass(frozen=True)
+class SurfaceDistances:
+    """Distances (mm) from every element of each surface to the other surface, and element weights.
+
+    ``a`` is the prediction, ``b`` the reference. Empty when the mask is empty.
+    """
+
+    a_to_b: np.ndarray
+    b_to_a: np.ndarray
+    a_weights: np.ndarray
+    b_weights: np.ndarray
+    definition: str
+
+    @property
+    def empty(self) -> tuple[bool, bool]:
+        return (len(self.a_to_b) == 0, len(self.b_to_a) == 0)
+
+
+def surface_distances(
+    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], *, definition: str = "deepmind"
+) -> SurfaceDistances:
+    """Nearest-surface distances both ways between two 3D masks on the same grid.
+
+    Args:
+        prediction, reference: boolean (or 0/1) arrays (X, Y, Z) of the same shape.
+        spacing: voxel size (mm) along X, Y, Z.
+        definition: ``deepmind`` (surfels on voxel corners, area-weighted) or ``medpy`` (border voxels).
+
+    Raises:
+        ValueError: shapes differ, not 3D, bad spacing or unknown definition.
+    """
+    a, b = np.asarray(prediction, dtype=bool), np.asarray(reference, dtype=bool)
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"surface distances: expected two 3D masks of one shape, found {a.shape} and {b.shape}")
+    step = np.asarray(spacing, dtype=np.float64)
+    if step.shape != (3,) or not np.all(step > 0):
+        raise ValueError(f"surface distances: expected 3 positive spacings (mm), found {list(spacing)}")
+    if definition not in DEFINITIONS:
+        raise ValueError(f"surface distances: definition must be one of {DEFINITIONS}, found {definition!r}")
+    box = _union_box(a, b)
+    if box is None:
+        nothing = np.zeros(0)
+        return SurfaceDistances(nothing, nothing, nothing, nothing, definition)
+    extract = _deepmind_surface if definition == "deepmind" else _medpy_surface
+    sa, sb = extract(a[box], step), extract(b[box], step)
+
+    def nearest(points: np.ndarray, other: Surface) -> np.ndarray:
+        if len(points) == 0:
+            return np.zeros(0)
+        if len(other.points) == 0:
+            return np.full(len(points), np.inf)
+        return cKDTree(other.points).query(points, k=1)[0]
+
+    return SurfaceDistances(nearest(sa.points, sb), nearest(sb.points, sa), sa.weights, sb.weights, definition)
+
+
+def _weighted_percentile(distances: np.ndarray, weights: np.ndarray, percent: float) -> float:
+    """DeepMind's rule: sort by distance, take the first whose cumulative weight fraction reaches ``percent``."""
+    if len(distances) == 0:
+        return np.inf
+    order = np.lexsort((weights, distances))
+    cumulative = np.cumsum(weights[order]) / np.sum(weights)
+    index = min(int(np.searchsorted(cumulative, percent / 100.0)), len(distances) - 1)
+    return float(distances[order][index])
+
+
+def hausdorff(d: SurfaceDistances, percent: float = 100.0) -> float:
+    """Symmetric (robust) Hausdorff distance in mm: the larger of the two directed percentiles.
+
+    ``percent=100`` is the classic maximum; 95 is HD95. ``nan`` when both masks are empty, ``inf``
+    when one is. Under ``medpy`` both directions are pooled and ``numpy.percentile`` is used.
+    """
+    empty_a, empty_b = d.empty
+    if empty_a and empty_b:
+        return float("nan")
+    if empty_a or empty_b:
+        return float("inf")
+    if d.definition == "medpy":
+        pooled = np.hstack((d.a_to_b, d.b_to_a))
+        return float(pooled.max() if percent >= 100 else np.percentile(pooled, percent))
+    if percent >= 100:
+        return float(max(d.a_to_b.max(), d.b_to_a.max()))
+    return max(_weighted_percentile(d.a_to_b, d.a_weights, percent), _weighted_percentile(d.b_to_a, d.b_weights, percent))
+
+
+def directed_means(d: SurfaceDistances) -> tuple[float, float]:
+    """Weighted mean distance prediction→reference and reference→prediction (mm)."""
+
+    def mean(values: np.ndarray, weights: np.ndarray) -> float:
+        if len(values) == 0:
+            return float("nan")
+        return float(np.sum(values * weights) / np.sum(weights))
+
+    return mean(d.a_to_b, d.a_weights), mean(d.b_to_a, d.b_weights)
+
+
+def assd(d: SurfaceDistances) -> float:
+    """Average symmetric surface distance (mm).
+
+    ``deepmind``: the weighted mean over the elements of *both* surfaces (each surfel counts by its
+    area), i.e. ``(Σ d·w over both) / (Σ w over both)``. ``medpy``: the mean of the two directed
+    means (medpy's ``assd``). ``nan``/``inf`` for empty masks as in :func:`hausdorff`.
+    """
+    empty_a, empty_b = d.empty
+    if empty_a and empty_b:
+        return float("nan")
+    if empty_a or empty_b:
+        return float("inf")
+    if d.definition == "medpy":
+        return float(np.mean(directed_means(d)))
+    total = np.sum(d.a_to_b * d.a_weights) + np.sum(d.b_to_a * d.b_weights)
+    return float(total / (np.sum(d.a_weights) + np.sum(d.b_weights)))
+
+
+def mean_surface_distance(d: SurfaceDistances) -> float:
+    """Mean surface distance (mm): the mean of the two directed mean distances.
+
+    (With ``surface-distance`` this is ``mean(compute_average_surface_distance(...))``. Note that
+    LiTS calls the *maximum* surface distance "MSD"; that is :func:`hausdorff` here.)
+    """
+    empty_a, empty_b = d.empty
+    if empty_a and empty_b:
+        return float("nan")
+    if empty_a or empty_b:
+        return float("inf")
+    return float(np.mean(directed_means(d)))
+
+
+def normalised_surface_dice(d: SurfaceDistances, tolerance: float) -> float:
+    """Normalised surface Dice at ``tolerance`` mm: the weight fraction of both surfaces within tolerance of the other.
+
+    ``nan`` when both masks are empty, 0 when one is.
+    """
+    empty_a, empty_b = d.empty
+    if empty_a and empty_b:
+        return float("nan")
+    inside = np.sum(d.a_weights[d.a_to_b <= tolerance]) + np.sum(d.b_weights[d.b_to_a <= tolerance])
+    return float(inside / (np.sum(d.a_weights) + np.sum(d.b_weights)))
