@@ -11,7 +11,7 @@ import pytest
 
 from voxpipe.errors import GeometryError, InputError
 from voxpipe.metrics import dice
-from voxpipe.pipelines.evaluate import evaluate_folders, parse_label_groups
+from voxpipe.pipelines.evaluate import ScoringOptions, evaluate_folders, parse_label_groups
 from voxpipe.transforms.io import save_nifti
 
 AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
@@ -91,3 +91,66 @@ def test_non_integral_labels_are_refused(folders):
     save_nifti(np.full((4, 4, 4), 0.5, np.float32), AFFINE, pred / "a.nii.gz")
     with pytest.raises(InputError, match="non-integral"):
         evaluate_folders(pred, ref, labels={"liver": (1,)}, output_dir=out)
+
+
+def test_every_metric_conventions_and_lits_global_dice(folders):
+    pred, ref, out = folders
+    labels = {"liver": (1,), "tumour": (2,)}
+    nnunet = evaluate_folders(pred, ref, labels=labels, output_dir=out / "n", options=ScoringOptions(convention="nnunet"))
+    flare = evaluate_folders(pred, ref, labels=labels, output_dir=out / "f", options=ScoringOptions(convention="flare"))
+    a_n = next(r for r in nnunet.rows if r["case"] == "a")
+    a_f = next(r for r in flare.rows if r["case"] == "a")
+    assert math.isnan(a_n["dice_tumour"]) and math.isnan(a_n["hd95_tumour"])
+    assert a_f["dice_tumour"] == a_f["nsd_tumour"] == 1.0 and a_f["hd95_tumour"] == 0.0  # both empty: perfect
+    for metric in ("dice", "iou", "sensitivity", "precision", "specificity", "volume_diff_ml", "hd", "hd95", "assd", "msd",
+                   "nsd", "lesion_recall", "lesion_f1"):  # fmt: skip
+        assert f"{metric}_liver" in a_n
+    # Case a: the prediction is the first of the reference's two slabs → volume −16 voxels.
+    assert a_n["volume_diff_ml_liver"] == pytest.approx(-16 * 0.8 * 0.8 * 2.5 / 1000)
+    # A failed case gets the worst value of every metric, whatever the convention.
+    c = next(r for r in flare.rows if r["case"] == "c")
+    diagonal = float(np.linalg.norm(np.array([4, 4, 4]) * [0.8, 0.8, 2.5]))
+    assert c["dice_tumour"] == 0.0 and c["hd95_liver"] == pytest.approx(diagonal) and c["nsd_liver"] == 0.0
+    # LiTS global Dice pools voxels over cases: liver TP = 16 (a) + 28 (b) + 0 (c, missing).
+    lits = nnunet.summary["aggregates"]["lits"]["liver"]
+    assert lits["dice_global"] == pytest.approx(2 * 44 / (2 * 44 + 2 + 16 + 28))  # FP 2 (b); FN 16 (a) + 28 (c)
+    ci = nnunet.summary["metrics"]["liver"]["dice"]["ci95"]
+    assert ci[0] <= nnunet.summary["metrics"]["liver"]["dice"]["mean"] <= ci[1]
+
+
+def test_parallel_workers_give_the_same_rows(folders):
+    pred, ref, out = folders
+    one = evaluate_folders(pred, ref, labels={"liver": (1,)}, output_dir=out / "1")
+    two = evaluate_folders(pred, ref, labels={"liver": (1,)}, output_dir=out / "2", workers=2)
+    assert (out / "1" / "per_case.csv").read_text() == (out / "2" / "per_case.csv").read_text()
+    assert one.summary == two.summary
+
+
+def test_resample_pred_puts_a_prediction_on_the_reference_grid(tmp_path):
+    ref = np.zeros((8, 8, 4), np.uint8)
+    ref[2:6, 2:6, 1:3] = 1
+    fine = np.repeat(np.repeat(ref, 2, axis=0), 2, axis=1)  # the same object at half the in-plane spacing
+    fine_affine = np.diag([0.4, 0.4, 2.5, 1.0])
+    fine_affine[:3, 3] = [-0.2, -0.2, 0.0]  # voxel centres of the fine grid inside the coarse voxels
+    save_nifti(ref, AFFINE, tmp_path / "ref" / "x.nii.gz")
+    save_nifti(fine, fine_affine, tmp_path / "pred" / "x.nii.gz")
+    with pytest.raises(GeometryError, match="resample"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "ref", labels={"o": (1,)}, output_dir=tmp_path / "out")
+    result = evaluate_folders(tmp_path / "pred", tmp_path / "ref", labels={"o": (1,)}, output_dir=tmp_path / "out",
+                              resample_predictions=True)  # fmt: skip
+    assert result.rows[0]["dice_o"] == 1.0
+
+
+def test_report_is_one_self_contained_html(folders, tmp_path):
+    from voxpipe.pipelines.report import write_report
+
+    pred, ref, out = folders
+    result = evaluate_folders(pred, ref, labels={"liver": (1,), "tumour": (2,)}, output_dir=out)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,loss,val_mean_dice\n1,0.9,0.5\n2,0.7,\n3,0.5,0.7\n")
+    page = write_report(result, pred, ref, output_dir=out, run_dir=run).read_text()
+    assert page.count("data:image/png;base64,") >= 4  # metrics, ≥2 overlays, curves
+    assert "http://" not in page and "https://" not in page and "src='file" not in page  # opens offline
+    assert "sortTable" in page and "<td>a</td>" in page and "missing" in page
+    assert {p.name for p in out.glob("*.png")} >= {"metrics.png", "curves.png"}

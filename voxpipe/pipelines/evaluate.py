@@ -1,12 +1,17 @@
-"""Score a folder of predicted label maps against reference label maps.
+"""Score a folder of predicted label maps against reference label maps, as a challenge would.
 
 Cases are matched by id (file name without the image suffix). Each structure is a named group of
-label values (``liver_total = {1, 2}`` in LiTS). Per case and structure: Dice (NaN when both are
-empty). A missing prediction is a failed case scored as an empty prediction (never dropped); a
-prediction whose grid differs from its reference is an error naming both geometries.
+label values (``liver_total = {1, 2}`` in LiTS). Per case and structure: Dice, IoU, sensitivity,
+precision, specificity, volume difference (ml and relative), Hausdorff, HD95, ASSD, mean surface
+distance and normalised surface Dice at a tolerance (all in mm, the reference's voxel spacing), and
+lesion-wise detection on connected components. Empty masks follow a named convention
+(:mod:`voxpipe.metrics.conventions`). A missing or unreadable prediction is a failed case with the
+worst value of every metric (never dropped); a prediction whose grid differs from its reference is
+an error naming both geometries unless ``resample_predictions`` is set.
 
-Outputs: ``per_case.csv`` (one row per case) and ``summary.json`` (mean, median, std, count per
-structure, plus the failed cases), both written atomically.
+Outputs: ``per_case.csv`` (one row per case), ``summary.json`` (mean, median, std and a 95%
+bootstrap CI per structure and metric, plus MSD- and LiTS-style aggregates and the failed cases),
+both written atomically.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,18 @@ import numpy as np
 from tqdm import tqdm
 
 from voxpipe.errors import GeometryError, InputError
-from voxpipe.metrics.overlap import dice
+from voxpipe.metrics import surface
+from voxpipe.metrics.conventions import apply_convention, check_convention, worst_values
+from voxpipe.metrics.lesions import detect_lesions
+from voxpipe.metrics.overlap import (
+    confusion,
+    dice_from,
+    iou_from,
+    precision_from,
+    sensitivity_from,
+    specificity_from,
+    volume_difference,
+)
 from voxpipe.transforms.io import Volume, case_id, find_volumes, load_volume, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -78,14 +95,18 @@ def label_groups_from_dataset(dataset_json: str | os.PathLike[str]) -> dict[str,
     return {str(name): (int(value),) for value, name in labels.items() if int(value) != 0}
 
 
+def _same_grid(pred: Volume, ref: Volume) -> bool:
+    return pred.array.shape[:3] == ref.array.shape[:3] and np.allclose(pred.affine, ref.affine, atol=GEOMETRY_ATOL_MM)
+
+
 def _check_same_grid(pred: Volume, ref: Volume) -> None:
-    same_shape = pred.array.shape[:3] == ref.array.shape[:3]
-    if not same_shape or not np.allclose(pred.affine, ref.affine, atol=GEOMETRY_ATOL_MM):
+    if not _same_grid(pred, ref):
         raise GeometryError(
             f"{str(pred.path)!r}: prediction grid (shape {pred.array.shape[:3]}, spacing "
             f"{tuple(round(s, 4) for s in pred.spacing)}, origin {tuple(np.round(pred.affine[:3, 3], 3))}) does not "
             f"match reference {str(ref.path)!r} (shape {ref.array.shape[:3]}, spacing "
-            f"{tuple(round(s, 4) for s in ref.spacing)}, origin {tuple(np.round(ref.affine[:3, 3], 3))})"
+            f"{tuple(round(s, 4) for s in ref.spacing)}, origin {tuple(np.round(ref.affine[:3, 3], 3))})",
+            hint="resample the prediction onto the reference grid (voxpipe evaluate --resample-pred)",
         )
 
 
@@ -99,36 +120,168 @@ def _integer_labels(volume: Volume) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
-def score_case(
-    prediction: np.ndarray | None, reference: np.ndarray, groups: Mapping[str, Sequence[int]]
+METRICS = (
+    "dice", "iou", "sensitivity", "precision", "specificity", "volume_diff_ml", "volume_diff_rel",
+    "hd", "hd95", "assd", "msd", "nsd", "lesion_recall", "lesion_precision", "lesion_f1",
+)  # fmt: skip
+COUNTS = ("tp", "fp", "fn", "lesions_ref", "lesions_pred")
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How cases are scored.
+
+    Attributes:
+        tolerance: NSD tolerance in mm.
+        convention: empty-mask convention (``nnunet``, ``flare``, ``lits``).
+        definition: surface definition (``deepmind`` or ``medpy``).
+        lesion_threshold: IoU for a lesion match.
+        surface: compute surface distances (the slow part) at all.
+    """
+
+    tolerance: float = 2.0
+    convention: str = "nnunet"
+    definition: str = "deepmind"
+    lesion_threshold: float = 0.1
+    surface: bool = True
+
+
+def score_structure(
+    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], options: ScoringOptions
 ) -> dict[str, float]:
-    """Dice per structure; ``prediction=None`` (missing) is scored as an empty prediction."""
-    scores = {}
+    """Every metric of one structure (boolean masks on one grid, spacing in mm), convention applied."""
+    c = confusion(prediction, reference)
+    diff_ml, diff_rel = volume_difference(prediction, reference, spacing)
+    values: dict[str, float] = {
+        "dice": dice_from(c), "iou": iou_from(c), "sensitivity": sensitivity_from(c),
+        "precision": precision_from(c), "specificity": specificity_from(c),
+        "volume_diff_ml": diff_ml, "volume_diff_rel": diff_rel,
+    }  # fmt: skip
+    if options.surface:
+        d = surface.surface_distances(prediction, reference, spacing, definition=options.definition)
+        values.update(
+            hd=surface.hausdorff(d), hd95=surface.hausdorff(d, 95), assd=surface.assd(d),
+            msd=surface.mean_surface_distance(d), nsd=surface.normalised_surface_dice(d, options.tolerance),
+        )  # fmt: skip
+    lesions = detect_lesions(prediction, reference, threshold=options.lesion_threshold)
+    values.update(lesion_recall=lesions.recall, lesion_precision=lesions.precision, lesion_f1=lesions.f1)
+    pred_empty, ref_empty = c.empty
+    values = apply_convention(values, prediction_empty=pred_empty, reference_empty=ref_empty,
+                              convention=options.convention, worst_distance=_diagonal(reference.shape, spacing))  # fmt: skip
+    values.update(tp=c.tp, fp=c.fp, fn=c.fn, lesions_ref=lesions.n_reference, lesions_pred=lesions.n_predicted)
+    return values
+
+
+def _diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    return float(np.linalg.norm(np.asarray(shape[:3]) * np.asarray(spacing[:3], dtype=float)))
+
+
+def score_case(
+    prediction: np.ndarray | None,
+    reference: np.ndarray,
+    groups: Mapping[str, Sequence[int]],
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    options: ScoringOptions | None = None,
+) -> dict[str, float]:
+    """``<metric>_<structure>`` for every structure; ``prediction=None`` (failed) scores the worst values."""
+    options = options or ScoringOptions()
+    scores: dict[str, float] = {}
     for name, values in groups.items():
         ref_mask = np.isin(reference, values)
         pred_mask = np.isin(prediction, values) if prediction is not None else np.zeros_like(ref_mask)
-        scores[f"dice_{name}"] = dice(pred_mask, ref_mask)
+        result = score_structure(pred_mask, ref_mask, spacing, options)
+        if prediction is None:
+            result = worst_values(result, worst_distance=_diagonal(reference.shape, spacing))
+        scores.update({f"{metric}_{name}": value for metric, value in result.items()})
     return scores
 
 
-def _summarise(rows: list[dict[str, Any]], structures: Sequence[str]) -> dict[str, Any]:
+def _bootstrap_ci(values: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+    """95% percentile-bootstrap interval of the mean (cases resampled with replacement)."""
+    if values.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _summarise(rows: list[dict[str, Any]], structures: Sequence[str], options: ScoringOptions) -> dict[str, Any]:
     summary: dict[str, Any] = {"cases": len(rows), "failed": [r["case"] for r in rows if r["status"] != "ok"]}
     metrics: dict[str, Any] = {}
     for name in structures:
-        values = np.array([r[f"dice_{name}"] for r in rows], dtype=float)
-        valid = values[~np.isnan(values)]
-        metrics[name] = {
-            "dice": {
+        metrics[name] = {}
+        for metric in METRICS:
+            key = f"{metric}_{name}"
+            if key not in rows[0]:
+                continue
+            values = np.array([r[key] for r in rows], dtype=float)
+            valid = values[np.isfinite(values)]
+            ci = _bootstrap_ci(valid)
+            metrics[name][metric] = {
                 "mean": float(valid.mean()) if valid.size else None,
                 "median": float(np.median(valid)) if valid.size else None,
                 "std": float(valid.std()) if valid.size else None,
+                "ci95": list(ci) if ci else None,
                 "n": int(valid.size),
                 "n_undefined": int(values.size - valid.size),
             }
-        }
     summary["metrics"] = metrics
-    summary["convention"] = "nnunet: Dice is undefined (NaN, left out of means) when prediction and reference are both empty"
+    # Challenge aggregates. MSD ranks on the mean per class over cases; LiTS also pools all voxels.
+    summary["aggregates"] = {
+        "msd": {name: {m: metrics[name][m]["mean"] for m in ("dice", "nsd") if m in metrics[name]} for name in structures},
+        "lits": {
+            name: {
+                "dice_per_case": metrics[name]["dice"]["mean"],
+                "dice_global": _global_dice(rows, name),
+            }
+            for name in structures
+        },
+    }
+    summary["options"] = {
+        "convention": options.convention, "surface_definition": options.definition,
+        "nsd_tolerance_mm": options.tolerance, "lesion_iou_threshold": options.lesion_threshold,
+    }  # fmt: skip
     return summary
+
+
+def _global_dice(rows: list[dict[str, Any]], name: str) -> float | None:
+    tp = sum(r[f"tp_{name}"] for r in rows)
+    denominator = sum(2 * r[f"tp_{name}"] + r[f"fp_{name}"] + r[f"fn_{name}"] for r in rows)
+    return 2 * tp / denominator if denominator else None
+
+
+def resample_nearest(prediction: Volume, reference: Volume) -> np.ndarray:
+    """The prediction's labels on the reference grid (nearest neighbour in physical space; 0 outside)."""
+    from scipy import ndimage
+
+    mapping = np.linalg.inv(prediction.affine) @ reference.affine  # reference voxel → prediction voxel
+    return ndimage.affine_transform(
+        np.asarray(prediction.array)[..., 0] if np.asarray(prediction.array).ndim == 4 else np.asarray(prediction.array),
+        mapping[:3, :3], offset=mapping[:3, 3], output_shape=reference.array.shape[:3], order=0, mode="constant", cval=0,
+    )  # fmt: skip
+
+
+def _score_one(job: tuple[str, Path, Path | None, dict[str, tuple[int, ...]], ScoringOptions, bool]) -> dict[str, Any]:
+    cid, ref_path, pred_path, groups, options, resample = job
+    reference = load_volume(ref_path)
+    ref_labels = _integer_labels(reference)
+    spacing = tuple(float(s) for s in reference.spacing[:3])
+    status, prediction = "ok", None
+    if pred_path is None:
+        status = "missing"
+    else:
+        try:
+            predicted = load_volume(pred_path)
+        except InputError as error:
+            logger.warning("%s: unreadable prediction (%s); scored with the worst values", cid, error)
+            status = "unreadable"
+        else:
+            if resample and not _same_grid(predicted, reference):
+                predicted = Volume(path=predicted.path, array=resample_nearest(predicted, reference), affine=reference.affine)
+            _check_same_grid(predicted, reference)
+            prediction = _integer_labels(predicted)
+    return {"case": cid, "status": status, **score_case(prediction, ref_labels, groups, spacing, options)}
 
 
 def evaluate_folders(
@@ -137,6 +290,9 @@ def evaluate_folders(
     *,
     labels: Mapping[str, Sequence[int]],
     output_dir: str | os.PathLike[str],
+    options: ScoringOptions | None = None,
+    workers: int = 1,
+    resample_predictions: bool = False,
     progress: bool = False,
 ) -> EvaluationResult:
     """Score every reference case against the prediction with the same case id.
@@ -146,35 +302,45 @@ def evaluate_folders(
         reference_dir: folder of reference label maps; defines the cases.
         labels: structure name → label values it covers.
         output_dir: receives ``per_case.csv`` and ``summary.json``.
+        options: metrics settings (tolerance, convention, surface definition).
+        workers: processes scoring cases in parallel (1 = in this process).
+        resample_predictions: put predictions on another grid onto the reference grid (nearest).
         progress: show a progress bar over cases.
 
     Raises:
-        InputError: no reference cases, or unreadable/non-integral files.
-        GeometryError: a prediction is not on its reference's grid.
+        InputError: no reference cases, or unreadable/non-integral references.
+        GeometryError: a prediction is not on its reference's grid (and no resampling asked).
     """
+    options = options or ScoringOptions()
+    check_convention(options.convention)
     references = find_volumes(reference_dir)
     if not references:
         raise InputError(f"{str(reference_dir)!r}: expected reference label maps, found no image files")
-    predictions = {case_id(p): p for p in find_volumes(prediction_dir)}
+    predictions = {case_id(p): p for p in find_volumes(prediction_dir)} if Path(prediction_dir).is_dir() else {}
+    groups = {k: tuple(v) for k, v in labels.items()}
+    jobs = [(case_id(r), r, predictions.get(case_id(r)), groups, options, resample_predictions) for r in references]
+    for cid, _, pred, *_ in jobs:
+        if pred is None:
+            logger.warning("%s: no prediction found in %s; scored with the worst values", cid, prediction_dir)
+    bar = tqdm(total=len(jobs), desc="evaluate", unit="case", disable=not progress)
     rows: list[dict[str, Any]] = []
-    for ref_path in tqdm(references, desc="evaluate", unit="case", disable=not progress):
-        cid = case_id(ref_path)
-        reference = load_volume(ref_path)
-        ref_labels = _integer_labels(reference)
-        pred_path = predictions.get(cid)
-        if pred_path is None:
-            logger.warning("%s: no prediction found in %s; scored as an empty prediction", cid, prediction_dir)
-            rows.append({"case": cid, "status": "missing", **score_case(None, ref_labels, labels)})
-            continue
-        prediction = load_volume(pred_path)
-        _check_same_grid(prediction, reference)
-        rows.append({"case": cid, "status": "ok", **score_case(_integer_labels(prediction), ref_labels, labels)})
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            for row in pool.map(_score_one, jobs):
+                rows.append(row)
+                bar.update()
+    else:
+        for job in jobs:
+            rows.append(_score_one(job))
+            bar.update()
+    bar.close()
     structures = list(labels)
-    summary = _summarise(rows, structures)
+    summary = _summarise(rows, structures, options)
     summary["labels"] = {name: list(values) for name, values in labels.items()}
     out = Path(output_dir)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["case", "status", *(f"dice_{s}" for s in structures)])
+    fields = ["case", "status", *(f"{m}_{s}" for s in structures for m in (*METRICS, *COUNTS) if f"{m}_{s}" in rows[0])]
+    writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
