@@ -61,11 +61,11 @@ def _overlay(case: str, prediction_dir: Path, reference_dir: Path, folder: Path,
     preds = {case_id(p): p for p in find_volumes(prediction_dir)}
     if case not in refs:
         return None
-    reference = np.asarray(load_volume(refs[case]).array)
+    loaded = load_volume(refs[case])
+    reference, spacing = np.asarray(loaded.array), loaded.spacing
     prediction = np.asarray(load_volume(preds[case]).array) if case in preds else np.zeros_like(reference)
     if prediction.shape != reference.shape:
         return None
-    spacing = load_volume(refs[case]).spacing
     mask = reference > 0 if (reference > 0).any() else prediction > 0
     centre = [int(round(c.mean())) for c in np.nonzero(mask)] if mask.any() else [s // 2 for s in reference.shape[:3]]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4))
