@@ -45,8 +45,10 @@ def _quiet_monai_bundle(verbose: int) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
-def _format_dice(value: float) -> str:
-    return "   -  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:6.3f}"
+def _format_metric(value: float | None) -> str:
+    """Six characters: the value to 3 decimals, or a dash when it is undefined (None, nan, inf)."""
+    undefined = value is None or (isinstance(value, float) and not math.isfinite(value))
+    return "   -  " if undefined else f"{value:6.3f}"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -66,12 +68,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nPer-case Dice on {len(result.evaluation.rows)} held-out phantoms:")
     print("  case          " + "".join(f"{s:>9}" for s in structures))
     for row in result.evaluation.rows:
-        print(f"  {row['case']:<14}" + "".join(f"   {_format_dice(row[f'dice_{s}'])}" for s in structures))
+        print(f"  {row['case']:<14}" + "".join(f"   {_format_metric(row[f'dice_{s}'])}" for s in structures))
     print("Mean Dice per label:")
     for name in structures:
         stats = result.evaluation.summary["metrics"][name]["dice"]
         undefined = f" ({stats['n_undefined']} cases with no {name} in reference or prediction)" if stats["n_undefined"] else ""
-        print(f"  {name:<12} {_format_dice(stats['mean'])}  over {stats['n']} cases{undefined}")
+        print(f"  {name:<12} {_format_metric(stats['mean'])}  over {stats['n']} cases{undefined}")
     total = sum(result.seconds.values())
     print("Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()) + f"; total {total:.0f} s")
     print(f"Everything is under {result.output_dir}")
@@ -109,10 +111,6 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     )
     print(f"wrote {len(outputs)} label map(s) to {args.output}")
     return 0
-
-
-def _format_metric(value: float | None, digits: int = 3) -> str:
-    return "     -" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:6.{digits}f}"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -180,17 +180,24 @@ def _weighted_percentile(distances: np.ndarray, weights: np.ndarray, percent: fl
     return float(distances[order][index])
 
 
+def _empty_distance(d: SurfaceDistances) -> float | None:
+    """``nan`` when both surfaces are empty, ``inf`` when one is, ``None`` when both have elements."""
+    empty_a, empty_b = d.empty
+    if empty_a and empty_b:
+        return float("nan")
+    if empty_a or empty_b:
+        return float("inf")
+    return None
+
+
 def hausdorff(d: SurfaceDistances, percent: float = 100.0) -> float:
     """Symmetric (robust) Hausdorff distance in mm: the larger of the two directed percentiles.
 
     ``percent=100`` is the classic maximum; 95 is HD95. ``nan`` when both masks are empty, ``inf``
     when one is. Under ``medpy`` both directions are pooled and ``numpy.percentile`` is used.
     """
-    empty_a, empty_b = d.empty
-    if empty_a and empty_b:
-        return float("nan")
-    if empty_a or empty_b:
-        return float("inf")
+    if (undefined := _empty_distance(d)) is not None:
+        return undefined
     if d.definition == "medpy":
         pooled = np.hstack((d.a_to_b, d.b_to_a))
         return float(pooled.max() if percent >= 100 else np.percentile(pooled, percent))
@@ -218,11 +225,8 @@ def assd(d: SurfaceDistances) -> float:
     (medpy 0.5's ``assd``: the mean of both directions' distances pooled). ``nan``/``inf`` for empty
     masks as in :func:`hausdorff`.
     """
-    empty_a, empty_b = d.empty
-    if empty_a and empty_b:
-        return float("nan")
-    if empty_a or empty_b:
-        return float("inf")
+    if (undefined := _empty_distance(d)) is not None:
+        return undefined
     total = np.sum(d.a_to_b * d.a_weights) + np.sum(d.b_to_a * d.b_weights)
     return float(total / (np.sum(d.a_weights) + np.sum(d.b_weights)))
 
@@ -233,11 +237,8 @@ def mean_surface_distance(d: SurfaceDistances) -> float:
     (With ``surface-distance`` this is ``mean(compute_average_surface_distance(...))``. Note that
     LiTS calls the *maximum* surface distance "MSD"; that is :func:`hausdorff` here.)
     """
-    empty_a, empty_b = d.empty
-    if empty_a and empty_b:
-        return float("nan")
-    if empty_a or empty_b:
-        return float("inf")
+    if (undefined := _empty_distance(d)) is not None:
+        return undefined
     return float(np.mean(directed_means(d)))
 
 

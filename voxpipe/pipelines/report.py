@@ -55,10 +55,8 @@ def _metric_plots(result: EvaluationResult, folder: Path) -> str:
     return _png(figure, folder / "metrics.png")
 
 
-def _overlay(case: str, prediction_dir: Path, reference_dir: Path, folder: Path, title: str) -> str | None:
+def _overlay(case: str, preds: dict[str, Path], refs: dict[str, Path], folder: Path, title: str) -> str | None:
     """Axial, coronal and sagittal slices through the reference's centre, reference green, prediction red."""
-    refs = {case_id(p): p for p in find_volumes(reference_dir)}
-    preds = {case_id(p): p for p in find_volumes(prediction_dir)}
     if case not in refs:
         return None
     loaded = load_volume(refs[case])
@@ -179,11 +177,13 @@ def write_report(
     )
     overlays = []
     seen = set()
+    refs = {case_id(p): p for p in find_volumes(reference_dir)}
+    preds = {case_id(p): p for p in find_volumes(prediction_dir)} if Path(prediction_dir).is_dir() else {}
     for title, case in picks:
         if case in seen:
             continue
         seen.add(case)
-        image = _overlay(case, Path(prediction_dir), Path(reference_dir), folder, title)
+        image = _overlay(case, preds, refs, folder, title)
         if image:
             overlays.append(f"<img src='data:image/png;base64,{image}'>")
     if overlays:
