@@ -86,7 +86,7 @@ def test_bundle_errors_name_the_file(liver_bundle, tmp_path):
         run_bundle(tmp_path)
     with pytest.raises(BundleError, match="'nonsense'.*'inference', 'train'"):
         find_config(liver_bundle, "nonsense")
-    with pytest.raises(InputError, match=r"absent/dataset.json.*found no file"):
+    with pytest.raises(InputError, match=r"absent'.*expected a dataset folder.*found nothing at that path"):
         run_bundle(liver_bundle, overrides={"dataset_dir": str(tmp_path / "absent"), "output_dir": str(tmp_path)})
 
 
@@ -96,3 +96,20 @@ def test_parse_overrides_reads_yaml_values():
     }
     with pytest.raises(InputError, match="key=value"):
         parse_overrides(["max_epochs"])
+
+
+def test_training_config_reads_a_saved_split_and_caches_on_disk(liver_bundle, tiny_liver_dataset, tmp_path):
+    from voxpipe.pipelines.data import make_split, msd_datalist, save_split
+
+    split = make_split(msd_datalist(tiny_liver_dataset), folds=2, seed=1)
+    save_split(split, tmp_path / "split.json")
+    parser = ConfigParser()
+    parser.read_config(str(find_config(liver_bundle, "train")))
+    parser.update({"dataset_dir": str(tiny_liver_dataset), "split_file": str(tmp_path / "split.json"), "fold": 1,
+                   "cache": "disk", "cache_dir": str(tmp_path / "cache")})
+    train, val = parser.get_parsed_content("train#dataset"), parser.get_parsed_content("validate#dataset")
+    assert [d["case"] for d in train.data] == split["folds"][1]["train"]
+    assert [d["case"] for d in val.data] == split["folds"][1]["val"]
+    label = val[0]["label"]
+    assert torch.equal(label, label.round()) and set(torch.unique(label).tolist()) <= {0, 1, 2}
+    assert any((tmp_path / "cache").iterdir())  # PersistentDataset wrote its cache

@@ -38,7 +38,7 @@ def _phantom_files(folder, orientations, suffix=".nii.gz"):
     return cases
 
 
-@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
 def test_outputs_line_up_voxel_for_voxel_with_the_label(liver_bundle, oracle_weights, tmp_path, suffix):
     """Native-spacing preprocessing: the geometry chain must be exact for every storage orientation."""
     cases = _phantom_files(tmp_path / "in", ["RAS", "LPS", "LPI", "LAS"], suffix)
@@ -52,6 +52,21 @@ def test_outputs_line_up_voxel_for_voxel_with_the_label(liver_bundle, oracle_wei
         assert written.shape == phantom.label.shape
         assert np.allclose(written.affine, phantom.affine, atol=1e-4), image_path.name
         assert np.array_equal(np.asanyarray(written.dataobj), phantom.label), image_path.name
+
+
+def test_a_dicom_series_folder_is_one_input_and_its_output_lies_on_its_grid(liver_bundle, oracle_weights, tmp_path):
+    from voxpipe.synthetic import liver_phantom
+    from voxpipe.synthetic_dicom import write_dicom_series
+
+    phantom = liver_phantom(4, orientation="LPS", size="tiny")
+    write_dicom_series(label_image(phantom.label), phantom.affine, tmp_path / "in" / "series1")
+    assert collect_inputs([tmp_path / "in" / "series1"]) == [tmp_path / "in" / "series1"]
+    (out,) = infer_with_bundle(liver_bundle, [tmp_path / "in" / "series1"], output_dir=tmp_path / "out",
+                               weights=oracle_weights, overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]})
+    assert out.name == "series1.nii.gz"
+    written = nib.load(out)
+    assert np.allclose(written.affine, phantom.affine, atol=1e-4)
+    assert np.array_equal(np.asanyarray(written.dataobj), phantom.label)
 
 
 def test_outputs_align_after_resampling_to_the_training_grid(liver_bundle, oracle_weights, tmp_path):
@@ -76,9 +91,9 @@ def test_missing_weights_and_bad_inputs_are_named(liver_bundle, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(InputError, match="notes.txt.*expected an image file"):
         collect_inputs([tmp_path / "notes.txt"])
-    (tmp_path / "scan.mha").write_text("x")
-    with pytest.raises(InputError, match="scan.mha.*found '.mha'"):
-        collect_inputs([tmp_path / "scan.mha"])
+    (tmp_path / "scan.dcm.zip").write_text("x")
+    with pytest.raises(InputError, match="scan.dcm.zip.*found '.zip'"):
+        collect_inputs([tmp_path / "scan.dcm.zip"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="empty.*found none"):
+    with pytest.raises(InputError, match="empty.*or DICOM slices in this folder, found neither"):
         collect_inputs([tmp_path / "empty"])

@@ -95,3 +95,53 @@ def test_real_nrrd_and_nifti_geometry_match_simpleitk(real_data, tmp_path):
         assert np.allclose(written.GetOrigin(), image.GetOrigin(), atol=1e-3)
         assert np.allclose(written.GetDirection(), image.GetDirection(), atol=1e-5)
         assert np.allclose(written.GetSpacing(), image.GetSpacing(), atol=1e-4)
+
+
+def test_labels_are_cast_to_integers_only_when_integral(tmp_path, lps_phantom):
+    as_float = save_nifti(lps_phantom.label.astype(np.float32), lps_phantom.affine, tmp_path / "float.nii.gz")
+    loaded = load_volume(as_float, label=True)
+    assert loaded.array.dtype == np.uint8 and np.array_equal(loaded.array, lps_phantom.label)
+    wide = save_nifti(lps_phantom.label.astype(np.int32) * 300, lps_phantom.affine, tmp_path / "wide.nii.gz")
+    assert load_volume(wide, label=True).array.dtype == np.int16
+    soft = save_nifti(lps_phantom.label.astype(np.float32) * 0.4, lps_phantom.affine, tmp_path / "soft.nii.gz")
+    with pytest.raises(InputError, match=r"soft.nii.gz.*non-integral voxels \(e.g. 0.4\)"):
+        load_volume(soft, label=True)
+
+
+def test_two_file_formats_load_but_are_not_written(tmp_path, lps_phantom):
+    header = tmp_path / "case.nhdr"
+    image = sitk.GetImageFromArray(lps_phantom.image.transpose(2, 1, 0))
+    sitk.WriteImage(image, str(header))  # writes case.nhdr + case.raw.gz
+    assert np.array_equal(load_volume(header).array, lps_phantom.image)
+    with pytest.raises(InputError, match=r"cannot be written atomically.*\.nii\.gz, \.nii, \.nrrd, \.mha"):
+        write_volume(lps_phantom.image, lps_phantom.affine, tmp_path / "out.mhd")
+
+
+def test_load_volumed_feeds_monai_spatial_transforms(tmp_path, lps_phantom):
+    from monai.transforms import Compose, EnsureChannelFirstd, Orientationd, Spacingd
+
+    from voxpipe.transforms.io import LoadVolumed
+
+    image = write_volume(lps_phantom.image, lps_phantom.affine, tmp_path / "image.nrrd")
+    label = save_nifti(lps_phantom.label.astype(np.float32), lps_phantom.affine, tmp_path / "label.nii.gz")
+    chain = Compose([LoadVolumed(["image", "label"]), EnsureChannelFirstd(["image", "label"]),
+                     Orientationd(["image", "label"], axcodes="RAS"),
+                     Spacingd(["image", "label"], pixdim=(2.0, 2.0, 4.0), mode=["bilinear", "nearest"])])
+    out = chain({"image": str(image), "label": str(label)})
+    assert out["image"].meta["filename_or_obj"] == str(image)
+    assert np.allclose(out["image"].affine, out["label"].affine)
+    assert np.allclose(np.diag(np.asarray(out["image"].affine))[:3], (2.0, 2.0, 4.0))  # RAS, resampled
+    assert set(np.unique(out["label"].numpy()).tolist()) <= {0, 1, 2}
+
+
+def test_convert_dicom_series_to_nifti_keeps_geometry(tmp_path, lps_phantom, capsys):
+    from voxpipe.cli import main
+    from voxpipe.synthetic_dicom import write_dicom_series
+
+    write_dicom_series(lps_phantom.image, lps_phantom.affine, tmp_path / "dicom")
+    assert main(["data", "convert", str(tmp_path / "dicom"), "-o", str(tmp_path / "ct.nii.gz")]) == 0
+    converted = load_volume(tmp_path / "ct.nii.gz")
+    assert np.array_equal(converted.array, lps_phantom.image)
+    assert np.allclose(converted.affine, lps_phantom.affine, atol=1e-5)
+    assert main(["data", "convert", str(tmp_path / "missing"), "-o", str(tmp_path / "x.nii.gz")]) == 2
+    assert "missing" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()

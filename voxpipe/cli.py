@@ -324,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--report", action="store_true", help="also write report.html (plots, table, overlays)")
     evaluate.add_argument("--run", help="with --report: a training run folder whose metrics.csv gives the curves")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    from voxpipe.cli_data import add_data_commands
+
+    add_data_commands(commands)
     return parser
 
 

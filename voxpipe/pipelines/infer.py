@@ -15,17 +15,18 @@ from typing import Any
 
 from voxpipe.errors import InputError
 from voxpipe.pipelines.bundle import run_bundle
-from voxpipe.transforms.io import case_id, find_volumes, volume_suffix
+from voxpipe.transforms.io import VOLUME_SUFFIXES, case_id, find_volumes, volume_suffix
 
 logger = logging.getLogger(__name__)
 
-# What the bundles' MONAI LoadImaged reads here: nibabel for NIfTI, pynrrd for NRRD. MHA/MHD would
-# need ITK, which voxpipe does not install.
-INFER_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+# What the bundles' LoadVolumed reads (nibabel for NIfTI, SimpleITK for the rest); a folder without
+# such files is read as a DICOM series.
+INFER_SUFFIXES = VOLUME_SUFFIXES
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Image files from a mix of files and folders (a folder contributes the images directly in it).
+    """Image files from a mix of files and folders (a folder contributes the images directly in it;
+    a folder holding no image files but DICOM slices is one input, a DICOM series).
 
     Raises:
         InputError: a path does not exist, is not an image, a folder holds no images, two inputs share
@@ -37,13 +38,21 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         if path.is_dir():
             found = [p for p in find_volumes(path) if volume_suffix(p) in INFER_SUFFIXES]
             if not found:
-                raise InputError(f"{str(path)!r}: expected image files ({', '.join(INFER_SUFFIXES)}) in this folder, found none")
+                from voxpipe.transforms.dicom import discover_series
+
+                try:
+                    discover_series(path)
+                except InputError:
+                    raise InputError(
+                        f"{str(path)!r}: expected image files ({', '.join(INFER_SUFFIXES)}) or DICOM slices in this folder, found neither"
+                    ) from None
+                found = [path]
             images.extend(found)
         elif path.is_file():
             if volume_suffix(path) not in INFER_SUFFIXES:
                 raise InputError(
                     f"{str(path)!r}: expected an image file ({', '.join(INFER_SUFFIXES)}), found {volume_suffix(path) or path.suffix!r}",
-                    hint="convert other formats to NIfTI first, e.g. with SimpleITK",
+                    hint="convert other formats with `voxpipe data convert`",
                 )
             images.append(path)
         else:

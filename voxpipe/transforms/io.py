@@ -2,9 +2,15 @@
 
 Contract: a volume is a numpy array indexed ``(x, y, z)`` (voxel axes as stored) plus a 4×4 affine
 mapping voxel indices to RAS+ world coordinates in mm, the nibabel convention. NIfTI goes through
-nibabel so the stored sform/qform is reproduced exactly; NRRD/MHA/MHD go through SimpleITK (whose LPS
-direction is converted to RAS). Writers never leave a partial file: they write a temporary file next
-to the target and rename it.
+nibabel so the stored sform/qform is reproduced exactly; NRRD/NHDR/MHA/MHD go through SimpleITK (whose
+LPS direction is converted to RAS); a folder is a DICOM series, loaded and checked by
+:mod:`voxpipe.transforms.dicom`. Label maps are cast to integers, after checking that the stored
+values really are integral. Writers (NIfTI, NRRD, MHA: single-file formats only) never leave a
+partial file: they write a temporary file next to the target and rename it.
+
+Inside MONAI chains use :class:`LoadVolumed` (or ``LoadImaged(reader=VolumeReader())``): the same
+loaders, returning ``MetaTensor`` objects with the RAS affine that ``Orientationd``/``Spacingd``
+and ``Invertd`` expect.
 
 MONAI's ``SaveImaged`` is not used for predictions because it writes in place (a killed run leaves a
 truncated file) and rebuilds the header from the resampled affine, which can drift from the source
@@ -26,14 +32,17 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.transforms import MapTransform
+from monai.data import ImageReader
+from monai.transforms import LoadImage, MapTransform
+from monai.utils import MetaKeys, SpaceKeys
 
 from voxpipe.errors import GeometryError, InputError
 
 logger = logging.getLogger(__name__)
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # single-file formats: the rename is atomic
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -74,30 +83,89 @@ def find_volumes(folder: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_file() and volume_suffix(p) and not p.name.startswith("."))
 
 
-def load_volume(path: str | os.PathLike[str]) -> Volume:
-    """Load a NIfTI, NRRD or MHA/MHD file as :class:`Volume` with a RAS affine.
+def load_volume(
+    path: str | os.PathLike[str], *, label: bool = False, series_uid: str | None = None
+) -> Volume:
+    """Load a NIfTI, NRRD/NHDR or MHA/MHD file, or a DICOM series folder, as :class:`Volume`.
+
+    Args:
+        path: image file, or a folder holding a DICOM series (searched recursively).
+        label: the volume is a label map: cast to the smallest integer type holding its values,
+            after checking that they are integral and finite (see :func:`as_label`).
+        series_uid: for a DICOM folder with several series, the SeriesInstanceUID to load
+            (default: the series with most slices, see :mod:`voxpipe.transforms.dicom`).
 
     Raises:
-        InputError: the file is missing, has an unknown suffix, or cannot be read; the message
-            names the file and the reader's reason.
+        InputError: the file is missing, has an unknown suffix, cannot be read, is a label map with
+            non-integral values, or is a DICOM series with refused geometry; the message names the
+            file and the reason.
     """
     path = Path(path)
+    if path.is_dir():
+        from voxpipe.transforms.dicom import load_dicom_series
+
+        array, affine, _ = load_dicom_series(path, series_uid=series_uid)
+        volume = Volume(array, affine, path)
+        return Volume(as_label(array, path), affine, path) if label else volume
     suffix = volume_suffix(path)
     if not path.is_file():
-        raise InputError(f"{str(path)!r}: expected an image file, found nothing at that path")
+        raise InputError(f"{str(path)!r}: expected an image file or DICOM folder, found nothing at that path")
     if not suffix:
         raise InputError(
-            f"{str(path)!r}: unknown image format; expected one of {', '.join(VOLUME_SUFFIXES)}"
+            f"{str(path)!r}: unknown image format; expected one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder"
         )
     try:
         if suffix in (".nii.gz", ".nii"):
             image = nib.load(str(path))
-            return Volume(np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=float), path)
-        image = sitk.ReadImage(str(path))
+            array, affine = np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=float)
+        else:
+            image = sitk.ReadImage(str(path))
+            if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+                raise InputError(
+                    f"{str(path)!r}: expected a 3D single-component image, found {image.GetDimension()}D with "
+                    f"{image.GetNumberOfComponentsPerPixel()} components"
+                )
+            array, affine = sitk.GetArrayFromImage(image).transpose(2, 1, 0), sitk_affine(image)
+    except InputError:
+        raise
     except Exception as error:  # the readers raise many unrelated types for corrupt files
         raise InputError(f"{str(path)!r}: could not be read as {suffix} ({error})") from error
-    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    return Volume(array, sitk_affine(image), path)
+    if array.ndim != 3:
+        raise InputError(f"{str(path)!r}: expected a 3D volume, found array shape {array.shape}")
+    return Volume(as_label(array, path) if label else array, affine, path)
+
+
+def as_label(array: np.ndarray, path: str | os.PathLike[str] = "<array>") -> np.ndarray:
+    """``array`` as the smallest integer type (uint8, int16, int32) that holds its values.
+
+    Label maps arrive as uint8, int16, uint16, int32 or float32 depending on the tool that wrote
+    them; float ones are accepted only when every value is finite and integral.
+
+    Raises:
+        InputError: NaN/Inf or non-integral values (the message gives how many and an example).
+    """
+    array = np.asarray(array)
+    if array.dtype.kind == "b":
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise InputError(f"{str(path)!r}: label map has {int((~finite).sum())} NaN/Inf voxels; expected integer labels")
+        fractional = array != np.round(array)
+        if fractional.any():
+            example = float(array[fractional].flat[0])
+            raise InputError(
+                f"{str(path)!r}: label map has {int(fractional.sum())} non-integral voxels (e.g. {example:g}); "
+                "expected integer labels (a resampled or probability map?)"
+            )
+    elif array.dtype.kind not in "iu":
+        raise InputError(f"{str(path)!r}: expected a numeric label map, found dtype {array.dtype}")
+    low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return array.astype(dtype, copy=False)
+    raise InputError(f"{str(path)!r}: label values {low}..{high} do not fit int32")
 
 
 def sitk_affine(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
@@ -106,7 +174,7 @@ def sitk_affine(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
     affine = np.eye(4)
     affine[:3, :3] = direction * np.asarray(image.GetSpacing(), dtype=float)
     affine[:3, 3] = image.GetOrigin()
-    return _LPS_TO_RAS @ affine
+    return LPS_TO_RAS @ affine
 
 
 @contextlib.contextmanager
@@ -184,11 +252,14 @@ def write_label_like(
 def write_volume(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write ``array`` (x, y, z) with a RAS ``affine`` to NIfTI, NRRD or MHA (by suffix), atomically."""
     suffix = volume_suffix(path)
+    if suffix not in WRITE_SUFFIXES:
+        raise InputError(
+            f"{str(path)!r}: output format {suffix or Path(path).suffix or '(none)'!r} cannot be written atomically; "
+            f"expected one of {', '.join(WRITE_SUFFIXES)} (.nhdr/.mhd keep the data in a second file)"
+        )
     if suffix in (".nii.gz", ".nii"):
         return save_nifti(array, affine, path)
-    if not suffix:
-        raise InputError(f"{str(path)!r}: unknown output format; expected one of {', '.join(VOLUME_SUFFIXES)}")
-    lps = _LPS_TO_RAS @ np.asarray(affine, dtype=float)
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=float)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
     image.SetSpacing([float(s) for s in spacing])
@@ -271,6 +342,10 @@ def read_geometry(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.nda
         InputError: the file is missing or its header cannot be read.
     """
     path = Path(path)
+    if path.is_dir():
+        from voxpipe.transforms.dicom import dicom_geometry
+
+        return dicom_geometry(path)
     try:
         if volume_suffix(path) in (".nii.gz", ".nii"):
             image = nib.load(str(path))
@@ -281,3 +356,67 @@ def read_geometry(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.nda
     except Exception as error:  # nibabel and SimpleITK raise many unrelated types for bad headers
         raise InputError(f"{str(path)!r}: could not read the image header ({error})") from error
     return tuple(int(n) for n in reader.GetSize()[:3]), sitk_affine(reader)
+
+
+class VolumeReader(ImageReader):
+    """MONAI ``ImageReader`` over :func:`load_volume`: NIfTI, NRRD/NHDR, MHA/MHD and DICOM folders.
+
+    Use as ``LoadImaged(keys, reader=VolumeReader())``. The returned metadata holds the RAS
+    ``affine``/``original_affine`` and ``spatial_shape`` as MONAI's own readers do, so
+    ``Orientationd``, ``Spacingd`` and ``Invertd`` work unchanged. ``label=True`` applies
+    :func:`as_label` (integer cast with the integrality check).
+    """
+
+    def __init__(self, *, label: bool = False, series_uid: str | None = None) -> None:
+        super().__init__()
+        self.label = label
+        self.series_uid = series_uid
+
+    def verify_suffix(self, filename: Sequence[os.PathLike[str] | str] | os.PathLike[str] | str) -> bool:
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
+        return all(Path(n).is_dir() or volume_suffix(n) for n in names)
+
+    def read(self, data: Sequence[os.PathLike[str] | str] | os.PathLike[str] | str, **kwargs: Any) -> Volume:
+        names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        if len(names) != 1:
+            raise InputError(f"{names!r}: VolumeReader reads one volume (a file or a DICOM folder) at a time")
+        return load_volume(names[0], label=self.label, series_uid=self.series_uid)
+
+    def get_data(self, img: Volume) -> tuple[np.ndarray, dict[str, Any]]:
+        meta = {
+            MetaKeys.AFFINE: img.affine.copy(),
+            MetaKeys.ORIGINAL_AFFINE: img.affine.copy(),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(img.array.shape),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+            "pixdim": np.asarray([1.0, *img.spacing, 1, 1, 1, 1]),
+        }
+        return np.asarray(img.array), meta
+
+
+class LoadVolumed(MapTransform):
+    """Dict transform: load ``keys`` with :class:`VolumeReader` into ``MetaTensor`` objects.
+
+    Images become float32; keys in ``label_keys`` keep the integer type chosen by
+    :func:`as_label` (non-integral label files are refused). ``meta["filename_or_obj"]`` is the
+    source path, as with ``LoadImaged``, so :class:`SaveLabelLiked` and ``Invertd`` work.
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str],
+        *,
+        label_keys: str | Sequence[str] = ("label",),
+        image_dtype: Any = np.float32,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_keys = {label_keys} if isinstance(label_keys, str) else set(label_keys)
+        self._image = LoadImage(reader=VolumeReader(), image_only=True, dtype=image_dtype)
+        self._label = LoadImage(reader=VolumeReader(label=True), image_only=True, dtype=None)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = (self._label if key in self.label_keys else self._image)(d[key])
+        return d
