@@ -84,3 +84,18 @@ def test_folder_layout_reports_missing_pairs(tmp_path, clean_dataset):
     shutil.copy(clean_dataset / "labelsTr" / "liver_002.nii.gz", tmp_path / "labels" / "c.nii.gz")
     report = check_dataset(tmp_path, modality="CT")
     assert {(p.case, p.code) for p in report.problems} == {("b", "missing-pair"), ("c", "missing-pair")}
+
+
+@pytest.mark.realdata
+def test_real_ct_pairs_pass_the_check(real_data, tmp_path):
+    pairs = {"lung2": ("pyradiomics/lung2_image.nrrd", "pyradiomics/lung2_label.nrrd"),
+             "ts_ct_sm": ("totalsegmentator/example_ct_sm.nii.gz", "totalsegmentator/example_seg.nii.gz")}
+    for case, (image, label) in pairs.items():
+        if not (real_data / image).is_file() or not (real_data / label).is_file():
+            pytest.skip(f"{image} or {label} is absent")
+        for folder, source in (("images", image), ("labels", label)):
+            target = tmp_path / folder / (case + (".nrrd" if source.endswith(".nrrd") else ".nii.gz"))
+            target.parent.mkdir(exist_ok=True)
+            target.symlink_to(real_data / source)
+    report = check_dataset(tmp_path, modality="CT")
+    assert report.n_cases == 2 and report.problems == [], report.table()

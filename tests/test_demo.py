@@ -20,7 +20,8 @@ def test_reduced_demo_runs_end_to_end(tmp_path):
     result = run_demo(settings)
     assert [r["case"] for r in result.evaluation.rows] == ["liver_003", "liver_004"]
     assert all(r["status"] == "ok" for r in result.evaluation.rows)
-    assert set(result.seconds) == {"phantoms", "training", "inference", "evaluation"}
+    assert set(result.seconds) == {"phantoms", "data check", "training", "inference", "evaluation"}
+    assert (result.output_dir / "data_check.json").is_file()
     rows = list(csv.DictReader(open(result.evaluation.per_case_csv)))
     assert len(rows) == 2 and "dice_liver" in rows[0]
     for case in ("liver_003", "liver_004"):

@@ -1,4 +1,4 @@
-"""The end-to-end demo: phantoms → train the liver bundle → predict held-out cases → Dice.
+"""The end-to-end demo: phantoms → integrity check → train the liver bundle → predict held-out cases → Dice.
 
 Everything runs on the CPU with the shipped ``liver_ct_segresnet`` bundle, overriding only sizes
 (a smaller network and patch, fewer epochs) so it finishes in a few minutes on two cores.
@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voxpipe.errors import VoxpipeError
 from voxpipe.pipelines.bundle import run_bundle, shipped_bundle
+from voxpipe.pipelines.check import check_dataset, write_report
 from voxpipe.pipelines.evaluate import EvaluationResult, evaluate_folders, label_groups_from_dataset
 from voxpipe.pipelines.infer import infer_with_bundle
 from voxpipe.synthetic import write_msd_dataset
@@ -86,6 +88,14 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         progress=settings.progress,
     )
     seconds["phantoms"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    check = check_dataset(dataset_dir)  # what a user runs on real data before training
+    write_report(check, out / "data_check.json")
+    if not check.ok:
+        raise VoxpipeError(f"{dataset_dir}: the phantom dataset failed its integrity check:\n{check.table()}")
+    logger.info("data check: %d cases, no errors", check.n_cases)
+    seconds["data check"] = time.perf_counter() - started
 
     started = time.perf_counter()
     logger.info("training %s on %d phantoms for %d epochs", settings.bundle_dir.name, settings.n_train, settings.max_epochs)
