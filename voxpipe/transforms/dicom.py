@@ -265,11 +265,15 @@ def series_geometry(
 
 
 def _pixels(path: Path) -> tuple[np.ndarray, float, float]:
+    """Stored pixel values of one slice (rows, columns) and its RescaleSlope / RescaleIntercept."""
     try:
         ds = pydicom.dcmread(path, force=True)
+    except Exception as error:  # pydicom raises many types for corrupt files
+        raise InputError(f"{str(path)!r}: could not be read as DICOM ({error})") from error
+    try:
         array = ds.pixel_array
-    except Exception as error:  # pydicom raises many types for undecodable pixel data
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?") if "ds" in locals() else "?"
+    except Exception as error:  # and for undecodable pixel data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise InputError(
             f"{str(path)!r}: could not decode the pixel data (transfer syntax {syntax}: {error}); "
             "compressed syntaxes need Pillow (JPEG, JPEG 2000) or pylibjpeg plugins installed"
@@ -279,6 +283,13 @@ def _pixels(path: Path) -> tuple[np.ndarray, float, float]:
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
         array = array.max() + array.min() - array  # MONOCHROME1 stores inverted grey levels
     return array, float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def _rescaled(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """``raw × slope + intercept``, in int32 when both are integers (a quarter of float64's memory)."""
+    if slope.is_integer() and intercept.is_integer():
+        return raw.astype(np.int32) * int(slope) + int(intercept)
+    return raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
 def load_dicom_series(
@@ -309,10 +320,10 @@ def load_dicom_series(
     for index, offset in zip(geometry.order, geometry.offsets, strict=True):
         raw, slope, intercept = _pixels(info.files[index])
         integral &= slope.is_integer() and intercept.is_integer()
-        values = raw.astype(np.float64) * slope + intercept if (slope, intercept) != (1.0, 0.0) else raw
+        values = _rescaled(raw, slope, intercept)
         if np.any(offset):  # undo the in-plane shift of a tilted slice; arrays are (row=y, column=x)
             fill = float(values.min())
-            values = ndimage.shift(values.astype(np.float64), (offset[1], offset[0]), order=1, mode="constant", cval=fill)
+            values = ndimage.shift(values.astype(np.float32), (offset[1], offset[0]), order=1, mode="constant", cval=fill)
             integral = integral and bool(np.allclose(offset, np.round(offset)))
         slices.append(values.T)
     stack = np.stack(slices, axis=-1)
@@ -331,8 +342,8 @@ def _resample_along_z(stack: np.ndarray, positions: np.ndarray, spacing: float, 
     targets = np.minimum(np.arange(n_out) * spacing, positions[-1])
     upper = np.clip(np.searchsorted(positions, targets, side="right"), 1, len(positions) - 1)
     lower = upper - 1
-    weight = (targets - positions[lower]) / (positions[upper] - positions[lower])
-    data = stack.astype(np.float64)
+    weight = ((targets - positions[lower]) / (positions[upper] - positions[lower])).astype(np.float32)
+    data = stack.astype(np.float32)
     return data[..., lower] * (1 - weight) + data[..., upper] * weight
 
 
