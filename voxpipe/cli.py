@@ -146,7 +146,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.report:
         from voxpipe.pipelines.report import write_report
 
-        report = write_report(result, args.predictions, args.references, output_dir=args.output, run_dir=args.run)
+        report = write_report(result, args.predictions, args.references, output_dir=args.output, run_dir=args.run,
+                              images_dir=args.images)  # fmt: skip
         print(f"wrote {report}")
     print(f"wrote {result.per_case_csv} and {result.summary_json}")
     return 2 if result.summary["failed"] else 0
@@ -307,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lesion detection per case and structure; summary with bootstrap CIs and MSD/LiTS aggregates.",
     )  # fmt: skip
     evaluate.add_argument("predictions", help="folder of predicted label maps")
-    evaluate.add_argument("references", help="folder of reference label maps (defines the cases)")
+    evaluate.add_argument("references", help="folder of reference label maps: NIfTI, NRRD, MHA or DICOM-SEG .dcm (defines the cases)")
     evaluate.add_argument("--labels", help="structures as name=value[+value], e.g. liver=1,tumour=2,liver_total=1+2")
     evaluate.add_argument("--dataset", help="take structures from the labels of this MSD dataset.json")
     evaluate.add_argument("-o", "--output", required=True, help="folder for per_case.csv and summary.json")
@@ -323,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="resample predictions on another grid onto the reference grid (nearest) instead of failing")
     evaluate.add_argument("--report", action="store_true", help="also write report.html (plots, table, overlays)")
     evaluate.add_argument("--run", help="with --report: a training run folder whose metrics.csv gives the curves")
+    evaluate.add_argument("--images", help="with --report: folder of the cases' images (same case ids) drawn under the overlays")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     from voxpipe.cli_data import add_data_commands

@@ -110,6 +110,34 @@ def _check_same_grid(pred: Volume, ref: Volume) -> None:
         )
 
 
+def find_references(reference_dir: str | os.PathLike[str]) -> list[Path]:
+    """Reference label maps in a folder: image files and DICOM-SEG ``.dcm`` files (case id = file stem)."""
+    from voxpipe.transforms.dicom_seg import is_dicom_seg
+
+    folder = Path(reference_dir)
+    volumes = find_volumes(folder)
+    segs = [p for p in sorted(folder.glob("*.dcm")) if not p.name.startswith(".") and is_dicom_seg(p)]
+    return sorted(volumes + segs, key=lambda p: case_id(p))
+
+
+def load_reference(path: str | os.PathLike[str], *, grid: Volume | None = None) -> Volume:
+    """A reference label map; a DICOM-SEG is placed on ``grid`` (the prediction's), else on its own lattice.
+
+    Raises:
+        GeometryError: a DICOM-SEG whose frames do not lie on ``grid``.
+    """
+    from voxpipe.transforms.dicom_seg import is_dicom_seg, read_seg, seg_grid, seg_to_label_map
+
+    path = Path(path)
+    if not is_dicom_seg(path):
+        return load_volume(path)
+    seg = read_seg(path)
+    if grid is not None:
+        return Volume(seg_to_label_map(seg, grid.array.shape[:3], grid.affine), np.asarray(grid.affine, dtype=float), path)
+    shape, affine = seg_grid(seg)
+    return Volume(seg_to_label_map(seg, shape, affine), affine, path)
+
+
 def _integer_labels(volume: Volume) -> np.ndarray:
     array = np.asarray(volume.array)
     if not np.issubdtype(array.dtype, np.integer):
@@ -264,10 +292,7 @@ def resample_nearest(prediction: Volume, reference: Volume) -> np.ndarray:
 
 def _score_one(job: tuple[str, Path, Path | None, dict[str, tuple[int, ...]], ScoringOptions, bool]) -> dict[str, Any]:
     cid, ref_path, pred_path, groups, options, resample = job
-    reference = load_volume(ref_path)
-    ref_labels = _integer_labels(reference)
-    spacing = tuple(float(s) for s in reference.spacing[:3])
-    status, prediction = "ok", None
+    status, predicted = "ok", None
     if pred_path is None:
         status = "missing"
     else:
@@ -276,11 +301,20 @@ def _score_one(job: tuple[str, Path, Path | None, dict[str, tuple[int, ...]], Sc
         except InputError as error:
             logger.warning("%s: unreadable prediction (%s); scored with the worst values", cid, error)
             status = "unreadable"
-        else:
-            if resample and not _same_grid(predicted, reference):
-                predicted = Volume(path=predicted.path, array=resample_nearest(predicted, reference), affine=reference.affine)
-            _check_same_grid(predicted, reference)
-            prediction = _integer_labels(predicted)
+    try:
+        reference = load_reference(ref_path, grid=predicted)
+    except GeometryError:
+        if not resample:
+            raise
+        reference = load_reference(ref_path)  # a SEG on its own lattice; the prediction is resampled onto it
+    ref_labels = _integer_labels(reference)
+    spacing = tuple(float(s) for s in reference.spacing[:3])
+    prediction = None
+    if predicted is not None:
+        if resample and not _same_grid(predicted, reference):
+            predicted = Volume(path=predicted.path, array=resample_nearest(predicted, reference), affine=reference.affine)
+        _check_same_grid(predicted, reference)
+        prediction = _integer_labels(predicted)
     return {"case": cid, "status": status, **score_case(prediction, ref_labels, groups, spacing, options)}
 
 
@@ -299,7 +333,9 @@ def evaluate_folders(
 
     Args:
         prediction_dir: folder of predicted label maps.
-        reference_dir: folder of reference label maps; defines the cases.
+        reference_dir: folder of reference label maps (NIfTI, NRRD, MHA or DICOM-SEG ``.dcm``); defines
+            the cases. A DICOM-SEG is placed on its prediction's grid, which must be the grid of the
+            image the SEG annotates.
         labels: structure name → label values it covers.
         output_dir: receives ``per_case.csv`` and ``summary.json``.
         options: metrics settings (tolerance, convention, surface definition).
@@ -313,9 +349,9 @@ def evaluate_folders(
     """
     options = options or ScoringOptions()
     check_convention(options.convention)
-    references = find_volumes(reference_dir)
+    references = find_references(reference_dir)
     if not references:
-        raise InputError(f"{str(reference_dir)!r}: expected reference label maps, found no image files")
+        raise InputError(f"{str(reference_dir)!r}: expected reference label maps (images or DICOM-SEG), found none")
     predictions = {case_id(p): p for p in find_volumes(prediction_dir)} if Path(prediction_dir).is_dir() else {}
     groups = {k: tuple(v) for k, v in labels.items()}
     jobs = [(case_id(r), r, predictions.get(case_id(r)), groups, options, resample_predictions) for r in references]

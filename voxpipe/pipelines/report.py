@@ -20,9 +20,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from voxpipe.pipelines.evaluate import EvaluationResult  # noqa: E402
+from voxpipe.errors import InputError  # noqa: E402
+from voxpipe.pipelines.evaluate import EvaluationResult, find_references, load_reference  # noqa: E402
 from voxpipe.transforms.io import case_id, find_volumes, load_volume, write_text_atomic  # noqa: E402
 
 PLOTTED = ("dice", "nsd", "hd95", "assd")
@@ -55,15 +57,37 @@ def _metric_plots(result: EvaluationResult, folder: Path) -> str:
     return _png(figure, folder / "metrics.png")
 
 
-def _overlay(case: str, preds: dict[str, Path], refs: dict[str, Path], folder: Path, title: str) -> str | None:
-    """Axial, coronal and sagittal slices through the reference's centre, reference green, prediction red."""
+def _background(case: str, images: dict[str, Path], shape: tuple[int, ...]) -> np.ndarray:
+    """The case's image (grey, 1st–99th percentile window) when it is on the label grid, else black."""
+    if case in images:
+        try:
+            array = np.asarray(load_volume(images[case]).array, dtype=np.float32)
+        except InputError:
+            array = None
+        if array is not None and array.shape[:3] == shape[:3]:
+            low, high = np.percentile(array[:: 4, :: 4, :: 2], [1, 99])
+            return np.clip((array - low) / max(high - low, 1e-6), 0, 1)
+    return np.zeros(shape[:3], dtype=np.float32)
+
+
+def _overlay(
+    case: str, preds: dict[str, Path], refs: dict[str, Path], images: dict[str, Path], folder: Path, title: str
+) -> str | None:
+    """Axial, coronal and sagittal slices through the reference's centre, reference green, prediction red,
+    over the image when one is given; radiological display (anterior up, patient's right on the left)."""
     if case not in refs:
         return None
-    loaded = load_volume(refs[case])
+    predicted = load_volume(preds[case]) if case in preds else None
+    loaded = load_reference(refs[case], grid=predicted)
     reference, spacing = np.asarray(loaded.array), loaded.spacing
-    prediction = np.asarray(load_volume(preds[case]).array) if case in preds else np.zeros_like(reference)
+    prediction = np.asarray(predicted.array) if predicted is not None else np.zeros_like(reference)
     if prediction.shape != reference.shape:
         return None
+    image = _background(case, images, reference.shape)
+    # Displayed in radiological convention: arrays turned to RAS, patient's right on the image's left.
+    orientation = nib.orientations.io_orientation(loaded.affine)
+    reference, prediction, image = (nib.orientations.apply_orientation(a, orientation) for a in (reference, prediction, image))
+    spacing = [float(spacing[int(np.flatnonzero(orientation[:, 0] == axis)[0])]) for axis in range(3)]
     mask = reference > 0 if (reference > 0).any() else prediction > 0
     centre = [int(round(c.mean())) for c in np.nonzero(mask)] if mask.any() else [s // 2 for s in reference.shape[:3]]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4))
@@ -73,11 +97,13 @@ def _overlay(case: str, preds: dict[str, Path], refs: dict[str, Path], folder: P
         pred_slice = np.take(prediction, centre[axis], axis=axis)
         others = [s for i, s in enumerate(spacing[:3]) if i != axis]
         aspect = others[1] / others[0]
-        ax.imshow(np.zeros_like(ref_slice, dtype=float).T, cmap="gray", origin="lower", aspect=aspect)
+        ax.imshow(np.take(image, centre[axis], axis=axis).T, cmap="gray", origin="lower", aspect=aspect, vmin=0, vmax=1)
         for values, colour in ((ref_slice, "lime"), (pred_slice, "red")):
             for label in np.unique(values[values > 0]):
                 ax.contour((values == label).T.astype(float), levels=[0.5], colors=colour, linewidths=1.2,
                            linestyles="solid" if label == 1 else "dashed")  # fmt: skip
+        if axis != 0:
+            ax.invert_xaxis()
         ax.set_title(f"{name} {centre[axis]}")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -145,10 +171,12 @@ def write_report(
     *,
     output_dir: str | os.PathLike[str],
     run_dir: str | os.PathLike[str] | None = None,
+    images_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``report.html`` (+ PNGs) for an evaluation; returns the HTML path.
 
-    Overlays show the best, median and worst case by Dice of the first structure.
+    Overlays show the best, median and worst case by Dice of the first structure, over the case's
+    image from ``images_dir`` (same case id, same grid) when given.
     """
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,13 +205,14 @@ def write_report(
     )
     overlays = []
     seen = set()
-    refs = {case_id(p): p for p in find_volumes(reference_dir)}
+    refs = {case_id(p): p for p in find_references(reference_dir)}
     preds = {case_id(p): p for p in find_volumes(prediction_dir)} if Path(prediction_dir).is_dir() else {}
+    images = {case_id(p): p for p in find_volumes(images_dir)} if images_dir else {}
     for title, case in picks:
         if case in seen:
             continue
         seen.add(case)
-        image = _overlay(case, preds, refs, folder, title)
+        image = _overlay(case, preds, refs, images, folder, title)
         if image:
             overlays.append(f"<img src='data:image/png;base64,{image}'>")
     if overlays:

@@ -1,0 +1,144 @@
+"""DICOM-SEG references: placed exactly on the prediction grid, or refused; scored by `evaluate`."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from voxpipe.errors import GeometryError, InputError
+from voxpipe.pipelines.evaluate import evaluate_folders
+from voxpipe.synthetic import liver_phantom
+from voxpipe.transforms.dicom_seg import SEG_SOP_CLASS, is_dicom_seg, read_seg, seg_grid, seg_to_label_map
+from voxpipe.transforms.io import LPS_TO_RAS, load_volume, save_nifti, write_volume
+
+
+def _item(**values):
+    item = pydicom.Dataset()
+    for key, value in values.items():
+        setattr(item, key, value)
+    return item
+
+
+def write_seg(label: np.ndarray, affine: np.ndarray, path, *, segments=(1, 2), overlap: bool = False):
+    """A minimal BINARY DICOM-SEG of ``label`` (x, y, z) on ``affine``: one frame per segment and slice."""
+    lps = LPS_TO_RAS @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    row, col = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
+    frames, per_frame = [], []
+    for segment in segments:
+        for k in range(label.shape[2]):
+            mask = (label[:, :, k] == segment) | (overlap and segment == 2 and (label[:, :, k] == 1))
+            if mask.any():
+                frames.append(mask.T)
+                position = lps[:3, 3] + k * lps[:3, 2]
+                per_frame.append(_item(
+                    PlanePositionSequence=DicomSequence([_item(ImagePositionPatient=[f"{v:.6f}" for v in position])]),
+                    SegmentIdentificationSequence=DicomSequence([_item(ReferencedSegmentNumber=segment)]),
+                ))  # fmt: skip
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SEG_SOP_CLASS, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SEG_SOP_CLASS, meta.MediaStorageSOPInstanceUID, "SEG"
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
+    ds.SegmentationType, ds.Rows, ds.Columns, ds.NumberOfFrames = "BINARY", label.shape[1], label.shape[0], len(frames)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.SegmentSequence = DicomSequence([_item(SegmentNumber=s, SegmentLabel=f"segment {s}") for s in segments])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([_item(
+        PlaneOrientationSequence=DicomSequence([_item(ImageOrientationPatient=[f"{v:.8f}" for v in (*row, *col)])]),
+        PixelMeasuresSequence=DicomSequence([_item(PixelSpacing=[f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"],
+                                                   SliceThickness=f"{spacing[2]:.6f}", SpacingBetweenSlices=f"{spacing[2]:.6f}")]),
+    )])  # fmt: skip
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    ds.PixelData = np.packbits(np.stack(frames).astype(np.uint8).reshape(-1), bitorder="little").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return liver_phantom(6, orientation="LPS", size="tiny")
+
+
+def test_seg_lands_exactly_on_its_image_grid(tmp_path, phantom):
+    path = write_seg(phantom.label, phantom.affine, tmp_path / "case.dcm")
+    assert is_dicom_seg(path) and not is_dicom_seg(save_nifti(phantom.label, phantom.affine, tmp_path / "x.nii.gz"))
+    seg = read_seg(path)
+    assert seg.labels == {1: "segment 1", 2: "segment 2"}
+    assert np.array_equal(seg_to_label_map(seg, phantom.label.shape, phantom.affine), phantom.label)
+    # Its own lattice spans the frames: same geometry along the slices that hold labels.
+    shape, affine = seg_grid(seg)
+    own = seg_to_label_map(seg, shape, affine)
+    assert own.sum() == phantom.label.sum() and np.allclose(affine[:3, :3], phantom.affine[:3, :3], atol=1e-5)
+
+
+def test_off_grid_and_overlapping_segs_are_refused(tmp_path, phantom):
+    seg = read_seg(write_seg(phantom.label, phantom.affine, tmp_path / "case.dcm"))
+    coarse = phantom.affine @ np.diag([2.0, 2.0, 1.0, 1.0])
+    with pytest.raises(GeometryError, match="do not lie on the image grid"):
+        seg_to_label_map(seg, phantom.label.shape, coarse)
+    shifted = phantom.affine.copy()
+    shifted[:3, 3] += 0.3 * phantom.affine[:3, 0]
+    with pytest.raises(GeometryError, match="falls between voxels"):
+        seg_to_label_map(seg, phantom.label.shape, shifted)
+    overlapping = read_seg(write_seg(phantom.label, phantom.affine, tmp_path / "overlap.dcm", overlap=True))
+    with pytest.raises(InputError, match="segments 1 and 2 overlap"):
+        seg_to_label_map(overlapping, phantom.label.shape, phantom.affine)
+
+
+def test_evaluate_scores_against_seg_references(tmp_path, phantom):
+    refs, preds = tmp_path / "refs", tmp_path / "preds"
+    refs.mkdir()
+    write_seg(phantom.label, phantom.affine, refs / "case_a.dcm")
+    write_seg(phantom.label, phantom.affine, refs / "case_b.dcm")
+    write_volume(phantom.label, phantom.affine, preds / "case_a.nrrd")  # perfect; case_b missing
+    result = evaluate_folders(preds, refs, labels={"liver": (1,), "tumour": (2,)}, output_dir=tmp_path / "out")
+    rows = {r["case"]: r for r in result.rows}
+    assert rows["case_a"]["status"] == "ok" and rows["case_a"]["dice_liver"] == 1.0 and rows["case_a"]["hd95_liver"] == 0.0
+    assert rows["case_b"]["status"] == "missing" and rows["case_b"]["dice_liver"] == 0.0
+    # A prediction on another grid: an error naming the SEG, or resampled onto the SEG's own lattice.
+    coarse = phantom.affine @ np.diag([2.0, 2.0, 1.0, 1.0])
+    shutil.rmtree(preds)
+    write_volume(phantom.label[::2, ::2], coarse, preds / "case_a.nii.gz")
+    with pytest.raises(GeometryError, match="case_a.dcm"):
+        evaluate_folders(preds, refs, labels={"liver": (1,)}, output_dir=tmp_path / "out2")
+    resampled = evaluate_folders(preds, refs, labels={"liver": (1,)}, output_dir=tmp_path / "out3", resample_predictions=True)
+    assert resampled.rows[0]["dice_liver"] > 0.8
+
+
+@pytest.mark.realdata
+def test_dcmqi_liver_seg_equals_its_manual_nrrd(real_data, tmp_path):
+    seg, nrrd = real_data / "dcmqi" / "liver.dcm", real_data / "dcmqi" / "liver_seg.nrrd"
+    if not seg.is_file() or not nrrd.is_file():
+        pytest.skip("dcmqi files are absent")
+    manual = load_volume(nrrd)
+    assert np.array_equal(seg_to_label_map(read_seg(seg), manual.array.shape, manual.affine), manual.array)
+    (tmp_path / "refs").mkdir()
+    shutil.copy(seg, tmp_path / "refs" / "liver.dcm")
+    write_volume(manual.array, manual.affine, tmp_path / "preds" / "liver.nrrd")
+    result = evaluate_folders(tmp_path / "preds", tmp_path / "refs", labels={"liver": (1,)}, output_dir=tmp_path / "out")
+    assert result.rows[0]["dice_liver"] == 1.0 and result.rows[0]["hd_liver"] == 0.0
+
+
+def test_report_draws_seg_references_over_the_image(tmp_path, phantom):
+    from voxpipe.pipelines.report import _background, write_report
+
+    refs, preds, images = tmp_path / "refs", tmp_path / "preds", tmp_path / "images"
+    refs.mkdir()
+    write_seg(phantom.label, phantom.affine, refs / "case_a.dcm")
+    write_volume(phantom.label, phantom.affine, preds / "case_a.nii.gz")
+    write_volume(phantom.image, phantom.affine, images / "case_a.nii.gz")
+    result = evaluate_folders(preds, refs, labels={"liver": (1,)}, output_dir=tmp_path / "out")
+    page = write_report(result, preds, refs, output_dir=tmp_path / "out", images_dir=images).read_text()
+    assert (tmp_path / "out" / "overlay_case_a.png").is_file() and page.count("data:image/png;base64,") >= 2
+    background = _background("case_a", {"case_a": images / "case_a.nii.gz"}, phantom.label.shape)
+    assert 0.0 <= background.min() < 0.1 and background.max() > 0.9  # the CT, windowed to [0, 1]
+    assert not _background("case_a", {}, phantom.label.shape).any()  # no image: black
