@@ -97,3 +97,62 @@ def test_missing_weights_and_bad_inputs_are_named(liver_bundle, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty.*or DICOM slices in this folder, found neither"):
         collect_inputs([tmp_path / "empty"])
+
+
+def test_failing_cases_are_reported_and_the_rest_written_then_resumed(liver_bundle, oracle_weights, tmp_path):
+    import json
+    import os
+
+    from voxpipe.pipelines.infer import InferenceFailed
+
+    phantom = liver_phantom(30, size="tiny")
+    inputs = tmp_path / "in"
+    save_nifti(np.stack([label_image(phantom.label)] * 2, axis=-1), phantom.affine, inputs / "0.nii.gz")  # 4D: fails first
+    save_nifti(label_image(phantom.label), phantom.affine, inputs / "a.nii.gz")
+    save_nifti(np.stack([label_image(phantom.label)] * 2, axis=-1), phantom.affine, inputs / "b.nii.gz")  # 4D: fails in the run
+    (inputs / "c.nii.gz").write_bytes(b"not an image")  # fails before the run
+    save_nifti(label_image(phantom.label), phantom.affine, inputs / "d.nii.gz")
+    out = tmp_path / "out"
+    overrides = {**ORACLE, "pixdim": [0.0, 0.0, 0.0]}
+    with pytest.raises(InferenceFailed) as caught:
+        infer_with_bundle(liver_bundle, [inputs], output_dir=out, weights=oracle_weights, overrides=overrides)
+    assert sorted(os.path.basename(p) for p in caught.value.failures) == ["0.nii.gz", "b.nii.gz", "c.nii.gz"]
+    assert "3 of 5 cases failed" in str(caught.value) and "expected a 3D volume" in str(caught.value)
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["a.nii.gz", "d.nii.gz"]  # the rest were written
+    for name in ("a", "d"):
+        assert np.array_equal(np.asanyarray(nib.load(out / f"{name}.nii.gz").dataobj), phantom.label)
+    # Statistics of the written cases: volumes from the label, intensities from the source image.
+    stats = json.loads((out / "statistics.json").read_text())
+    voxel_ml = abs(np.linalg.det(phantom.affine[:3, :3])) / 1000
+    assert stats["a"]["liver"]["volume_ml"] == pytest.approx((phantom.label == 1).sum() * voxel_ml)
+    assert stats["a"]["tumour"]["lesion_count"] >= 1 and stats["a"]["tumour"]["largest_lesion_diameter_mm"] > 0
+    assert "liver_mean" in (out / "statistics.csv").read_text().splitlines()[0]
+    # Resume: finished cases are not redone; with the bad inputs gone, the run completes.
+    written = (out / "a.nii.gz").stat().st_mtime_ns
+    for name in ("0", "b", "c"):
+        (inputs / f"{name}.nii.gz").unlink()
+    outputs = infer_with_bundle(liver_bundle, [inputs], output_dir=out, weights=oracle_weights, overrides=overrides, resume=True)
+    assert [p.name for p in outputs] == ["a.nii.gz", "d.nii.gz"] and (out / "a.nii.gz").stat().st_mtime_ns == written
+
+
+def test_postprocessing_per_class():
+    from voxpipe.transforms.postprocess import PostProcessd, postprocess_labels
+
+    label = np.zeros((20, 20, 20), np.int16)
+    label[2:12, 2:12, 2:12] = 1  # liver
+    label[5:7, 5:7, 5:7] = 0  # a hole inside it
+    label[14:16, 14:16, 14:16] = 1  # a liver island
+    label[11:14, 4:6, 4:6] = 2  # a tumour touching the liver
+    label[17:19, 1:3, 1:3] = 2  # a tumour far from it
+    label[0, 19, 19] = 2  # a one-voxel tumour
+    out = postprocess_labels(label, fill_holes=[1], largest=[[1]], inside={2: [1]}, min_size_mm3={2: 5}, voxel_mm3=1.0)
+    assert out[6, 6, 6] == 1 and out[15, 15, 15] == 0  # hole filled, island gone
+    assert out[12, 5, 5] == 2 and out[18, 2, 2] == 0 and out[0, 19, 19] == 0
+    # Sizes are in mm³ from the tensor's affine: 8 voxels of 1 mm³ survive a 5 mm³ limit, not at 0.5 mm.
+    tumour = np.zeros((1, 10, 10, 10), np.float32)
+    tumour[0, 1:3, 1:3, 1:3] = 2
+    from monai.data import MetaTensor
+
+    coarse = PostProcessd("pred", min_size_mm3={"2": 5})({"pred": MetaTensor(torch.tensor(tumour), affine=torch.eye(4))})
+    fine = PostProcessd("pred", min_size_mm3={"2": 5})({"pred": MetaTensor(torch.tensor(tumour), affine=torch.diag(torch.tensor([0.5, 0.5, 0.5, 1.0])))})
+    assert coarse["pred"].sum() == 16 and fine["pred"].sum() == 0

@@ -107,9 +107,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     _quiet_monai_bundle(args.verbose)
     outputs = infer_with_bundle(
-        args.model, args.inputs, output_dir=args.output, weights=args.weights, overrides=parse_overrides(args.set)
-    )
-    print(f"wrote {len(outputs)} label map(s) to {args.output}")
+        args.model, args.inputs, output_dir=args.output, weights=args.weights, overrides=parse_overrides(args.set),
+        resume=args.resume, statistics=not args.no_statistics,
+    )  # fmt: skip
+    print(f"{len(outputs)} label map(s) in {args.output}" + ("" if args.no_statistics else " (+ statistics.csv, statistics.json)"))
     return 0
 
 
@@ -266,12 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set dataset_dir=/data/Task03_Liver --set max_epochs=50")
     train.set_defaults(func=_cmd_train)
 
-    infer = commands.add_parser("infer", help="segment images with a trained bundle; outputs on each input's grid")
+    infer = commands.add_parser(
+        "infer", help="segment images with a trained bundle; outputs on each input's grid",
+        description="Failing cases are reported at the end (exit code 2) after every other case was written.",
+    )  # fmt: skip
     infer.add_argument("model", help="bundle folder (weights from BUNDLE/models/model.pt unless --weights)")
-    infer.add_argument("inputs", nargs="+", help="image files and/or folders of images (.nii.gz, .nii, .nrrd)")
+    infer.add_argument("inputs", nargs="+", help="image files (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd), folders of them, DICOM series folders")
     infer.add_argument("-o", "--output", required=True, help="output folder for <case>.nii.gz label maps")
     infer.add_argument("--weights", help="network weights file (default: BUNDLE/models/model.pt)")
     infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config value")
+    infer.add_argument("--resume", action="store_true", help="skip inputs whose output already exists (outputs are written atomically)")
+    infer.add_argument("--no-statistics", action="store_true",
+                       help="do not write statistics.csv/.json (volumes, mean/std HU, lesion count and largest diameter)")
     infer.set_defaults(func=_cmd_infer)
 
     networks = commands.add_parser("networks", help="the network registry: names, size and cost; loading weights")

@@ -141,7 +141,7 @@ def run_bundle(
     except VoxpipeError:
         raise
     except Exception as error:
-        root_cause = _innermost(error)
+        root_cause = innermost_error(error)
         if isinstance(root_cause, VoxpipeError):
             raise root_cause from error
         raise BundleError(
@@ -167,8 +167,10 @@ def _hint_for(message: str) -> str:
     return "run with --debug for the full traceback"
 
 
-def _innermost(error: BaseException) -> BaseException:
+def innermost_error(error: BaseException) -> BaseException:
     """The original exception under MONAI's 'Failed to instantiate' / 'applying transform' wrappers."""
-    while error.__cause__ is not None:
+    seen = {id(error)}
+    while error.__cause__ is not None and id(error.__cause__) not in seen:  # re-raised causes can form a cycle
         error = error.__cause__
+        seen.add(id(error))
     return error

@@ -8,8 +8,8 @@ LPS direction is converted to RAS); a folder is a DICOM series, loaded and check
 values really are integral. Writers (NIfTI, NRRD, MHA: single-file formats only) never leave a
 partial file: they write a temporary file next to the target and rename it.
 
-Inside MONAI chains use :class:`LoadVolumed` (or ``LoadImaged(reader=VolumeReader())``): the same
-loaders, returning ``MetaTensor`` objects with the RAS affine that ``Orientationd``/``Spacingd``
+Inside MONAI chains use :class:`LoadVolumed` (or ``LoadImaged(reader=VolumeReader())``, which
+however falls back to MONAI's readers on files voxpipe refuses): the same loaders, returning ``MetaTensor`` objects with the RAS affine that ``Orientationd``/``Spacingd``
 and ``Invertd`` expect.
 
 MONAI's ``SaveImaged`` is not used for predictions because it writes in place (a killed run leaves a
@@ -32,8 +32,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.data import ImageReader
-from monai.transforms import LoadImage, MapTransform
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import MapTransform
 from monai.utils import MetaKeys, SpaceKeys
 
 from voxpipe.errors import GeometryError, InputError
@@ -361,7 +361,8 @@ def read_geometry(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.nda
 class VolumeReader(ImageReader):
     """MONAI ``ImageReader`` over :func:`load_volume`: NIfTI, NRRD/NHDR, MHA/MHD and DICOM folders.
 
-    Use as ``LoadImaged(keys, reader=VolumeReader())``. The returned metadata holds the RAS
+    Use as ``LoadImaged(keys, reader=VolumeReader())`` (but ``LoadImage`` falls back to its default
+    readers when this one refuses a file; :class:`LoadVolumed` does not). The returned metadata holds the RAS
     ``affine``/``original_affine`` and ``spatial_shape`` as MONAI's own readers do, so
     ``Orientationd``, ``Spacingd`` and ``Invertd`` work unchanged. ``label=True`` applies
     :func:`as_label` (integer cast with the integrality check).
@@ -395,11 +396,15 @@ class VolumeReader(ImageReader):
 
 
 class LoadVolumed(MapTransform):
-    """Dict transform: load ``keys`` with :class:`VolumeReader` into ``MetaTensor`` objects.
+    """Dict transform: load ``keys`` with :func:`load_volume` into ``MetaTensor`` objects.
 
     Images become float32; keys in ``label_keys`` keep the integer type chosen by
     :func:`as_label` (non-integral label files are refused). ``meta["filename_or_obj"]`` is the
     source path, as with ``LoadImaged``, so :class:`SaveLabelLiked` and ``Invertd`` work.
+
+    Not built on ``LoadImage``: when a user-given reader fails, ``LoadImage`` silently tries its
+    default readers, so a file voxpipe refuses (a 4D "label", a gapped DICOM series) would load
+    anyway; here the refusal and its message reach the user.
     """
 
     def __init__(
@@ -412,11 +417,17 @@ class LoadVolumed(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_keys = {label_keys} if isinstance(label_keys, str) else set(label_keys)
-        self._image = LoadImage(reader=VolumeReader(), image_only=True, dtype=image_dtype)
-        self._label = LoadImage(reader=VolumeReader(label=True), image_only=True, dtype=None)
+        self.image_dtype = image_dtype
+        self._image, self._label = VolumeReader(), VolumeReader(label=True)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = (self._label if key in self.label_keys else self._image)(d[key])
+            is_label = key in self.label_keys
+            reader = self._label if is_label else self._image
+            array, meta = reader.get_data(reader.read(d[key]))
+            if not is_label:
+                array = array.astype(self.image_dtype, copy=False)
+            meta["filename_or_obj"] = str(d[key])
+            d[key] = MetaTensor.ensure_torch_and_prune_meta(array, meta)
         return d
