@@ -142,3 +142,45 @@ def test_report_draws_seg_references_over_the_image(tmp_path, phantom):
     background = _background("case_a", {"case_a": images / "case_a.nii.gz"}, phantom.label.shape)
     assert 0.0 <= background.min() < 0.1 and background.max() > 0.9  # the CT, windowed to [0, 1]
     assert not _background("case_a", {}, phantom.label.shape).any()  # no image: black
+
+
+def test_written_seg_reads_back_exactly_and_tilted_series_are_refused(tmp_path, phantom):
+    import highdicom as hd
+
+    from voxpipe.synthetic_dicom import write_dicom_series
+    from voxpipe.transforms.dicom_seg import write_dicom_seg
+
+    write_dicom_series(phantom.image, phantom.affine, tmp_path / "ct")
+    out = write_dicom_seg(phantom.label, tmp_path / "ct", tmp_path / "seg.dcm", names={1: "liver", 2: "tumour"})
+    assert np.array_equal(seg_to_label_map(read_seg(out), phantom.label.shape, phantom.affine), phantom.label)
+    seg = hd.seg.segread(out)  # highdicom reads it too, with the codes
+    assert [s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning for s in seg.SegmentSequence] == ["Liver", "Neoplasm"]
+    assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == phantom.label.shape[2]
+    write_dicom_series(phantom.image, phantom.affine, tmp_path / "tilted", tilt_pixels=1)
+    with pytest.raises(GeometryError, match="resampled on loading"):
+        write_dicom_seg(phantom.label, tmp_path / "tilted", tmp_path / "bad.dcm", names={1: "liver", 2: "tumour"})
+    assert not (tmp_path / "bad.dcm").exists()
+    with pytest.raises(InputError, match=r"label values \[2\] have no name"):
+        write_dicom_seg(phantom.label, tmp_path / "ct", tmp_path / "bad.dcm", names={1: "liver"})
+
+
+@pytest.mark.realdata
+def test_totalsegmentator_labels_round_trip_through_seg_on_the_jpeg2000_series(real_data, tmp_path):
+    import json
+
+    from voxpipe.pipelines.evaluate import resample_nearest
+    from voxpipe.transforms.dicom_seg import write_dicom_seg
+
+    folder = real_data / "totalsegmentator"
+    if not (folder / "example_ct_dicom").is_dir() or not (folder / "example_seg_dicom.nii.gz").is_file():
+        pytest.skip("TotalSegmentator DICOM example is absent")
+    ct = load_volume(folder / "example_ct_dicom")
+    label = resample_nearest(load_volume(folder / "example_seg_dicom.nii.gz", label=True), ct).astype(np.uint8)  # same lattice, other axis order
+    classes = json.loads((folder / "class_map_total_and_total_mr.json").read_text())["total"]
+    present = sorted(int(v) for v in np.unique(label) if v)
+    out = write_dicom_seg(label, folder / "example_ct_dicom", tmp_path / "seg.dcm", names={v: classes[str(v)] for v in present})
+    seg = read_seg(out)
+    assert len(seg.labels) == len(present) and seg.labels[present.index(5) + 1] == "liver"
+    renumbered = np.zeros(256, np.uint8)
+    renumbered[present] = np.arange(1, len(present) + 1)
+    assert np.array_equal(seg_to_label_map(seg, ct.array.shape, ct.affine), renumbered[label])

@@ -62,11 +62,17 @@ def test_a_dicom_series_folder_is_one_input_and_its_output_lies_on_its_grid(live
     write_dicom_series(label_image(phantom.label), phantom.affine, tmp_path / "in" / "series1")
     assert collect_inputs([tmp_path / "in" / "series1"]) == [tmp_path / "in" / "series1"]
     (out,) = infer_with_bundle(liver_bundle, [tmp_path / "in" / "series1"], output_dir=tmp_path / "out",
-                               weights=oracle_weights, overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]})
+                               weights=oracle_weights, overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]}, dicom_seg=True)
     assert out.name == "series1.nii.gz"
     written = nib.load(out)
     assert np.allclose(written.affine, phantom.affine, atol=1e-4)
     assert np.array_equal(np.asanyarray(written.dataobj), phantom.label)
+    # The DICOM-SEG beside it references the series and reads back to the same label map.
+    from voxpipe.transforms.dicom_seg import read_seg, seg_to_label_map
+
+    seg = read_seg(tmp_path / "out" / "series1.dcm")
+    assert seg.labels == {1: "liver", 2: "tumour"}
+    assert np.array_equal(seg_to_label_map(seg, phantom.label.shape, phantom.affine), phantom.label)
 
 
 def test_outputs_align_after_resampling_to_the_training_grid(liver_bundle, oracle_weights, tmp_path):

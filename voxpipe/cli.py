@@ -108,7 +108,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     _quiet_monai_bundle(args.verbose)
     outputs = infer_with_bundle(
         args.model, args.inputs, output_dir=args.output, weights=args.weights, overrides=parse_overrides(args.set),
-        resume=args.resume, statistics=not args.no_statistics,
+        resume=args.resume, statistics=not args.no_statistics, dicom_seg=args.dicom_seg,
     )  # fmt: skip
     print(f"{len(outputs)} label map(s) in {args.output}" + ("" if args.no_statistics else " (+ statistics.csv, statistics.json)"))
     return 0
@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("-o", "--output", required=True, help="output folder for <case>.nii.gz label maps")
     infer.add_argument("--weights", help="network weights file (default: BUNDLE/models/model.pt)")
     infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config value")
+    infer.add_argument("--dicom-seg", action="store_true",
+                       help="for DICOM series inputs also write <case>.dcm, a DICOM-SEG referencing the series")
     infer.add_argument("--resume", action="store_true", help="skip inputs whose output already exists (outputs are written atomically)")
     infer.add_argument("--no-statistics", action="store_true",
                        help="do not write statistics.csv/.json (volumes, mean/std HU, lesion count and largest diameter)")

@@ -113,6 +113,7 @@ def infer_with_bundle(
     overrides: Mapping[str, Any] | None = None,
     resume: bool = False,
     statistics: bool = True,
+    dicom_seg: bool = False,
 ) -> list[Path]:
     """Segment every input image; one ``<case id>.nii.gz`` per image on the image's exact grid.
 
@@ -124,6 +125,8 @@ def infer_with_bundle(
         overrides: further config overrides (e.g. ``{"patch_size": [64, 64, 32]}``).
         resume: skip inputs whose output exists and is readable.
         statistics: write per-case statistics of the written label maps.
+        dicom_seg: for DICOM series inputs, also write ``<case id>.dcm``, a DICOM-SEG referencing
+            the series (:func:`voxpipe.transforms.dicom_seg.write_dicom_seg`).
 
     Returns:
         Paths of the label maps (written or, with ``resume``, already present), in input order.
@@ -183,8 +186,15 @@ def infer_with_bundle(
     missing = [str(p) for p in outputs if not p.is_file()]
     if missing:
         raise InputError(f"{str(bundle_dir)!r}: inference finished but wrote no output for {missing}")
+    written = [p for p in images if str(p) not in failures]
     if statistics and outputs:
-        _write_statistics(bundle_dir, overrides or {}, [p for p in images if str(p) not in failures], out_dir)
+        _write_statistics(bundle_dir, overrides or {}, written, out_dir)
+    if dicom_seg:
+        from voxpipe.transforms.dicom_seg import write_dicom_seg
+
+        for image in (p for p in written if p.is_dir()):
+            label = load_volume(_output_path(out_dir, image), label=True)
+            write_dicom_seg(label.array, image, out_dir / f"{case_id(image)}.dcm", names=_label_names(bundle_dir))
     if failures:
         listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures.items())
         raise InferenceFailed(
@@ -198,19 +208,24 @@ def _stamp(path: Path) -> int | None:
     return path.stat().st_mtime_ns if path.is_file() else None
 
 
-def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str, Any], images: list[Path], out_dir: Path) -> None:
-    """Per-case statistics from the written label maps and their source images."""
+def _label_names(bundle_dir: str | os.PathLike[str]) -> dict[int, str]:
+    """Label value → name from the bundle's metadata (``outputs.pred.channel_def``)."""
     import json
 
+    metadata = json.loads((Path(bundle_dir) / "configs" / "metadata.json").read_text())
+    channels = metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
+    return {int(k): str(v) for k, v in channels.items() if int(k)} or {1: "foreground"}
+
+
+def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str, Any], images: list[Path], out_dir: Path) -> None:
+    """Per-case statistics from the written label maps and their source images."""
     from monai.bundle import ConfigParser
 
     from voxpipe.pipelines.stats import case_statistics, write_statistics
 
     config = ConfigParser.load_config_file(str(find_config(bundle_dir, "inference")))
     lesion_labels = overrides.get("lesion_labels", config.get("lesion_labels", []))
-    metadata = json.loads((Path(bundle_dir) / "configs" / "metadata.json").read_text())
-    channels = metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
-    names = {int(k): str(v) for k, v in channels.items()} or {1: "foreground"}
+    names = _label_names(bundle_dir)
     per_case = {}
     for image in images:
         label = load_volume(_output_path(out_dir, image))

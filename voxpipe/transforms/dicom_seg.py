@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -175,3 +176,92 @@ def seg_to_label_map(seg: SegFrames, shape: tuple[int, ...], affine: np.ndarray)
             )
         label[where] = segment
     return label
+
+
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+          "AccessionNumber", "ReferringPhysicianName")
+
+
+def _codes(name: str) -> tuple[Any, Any]:
+    """(segmented property category, type) SNOMED codes for a structure name."""
+    from pydicom.sr.codedict import codes
+
+    lowered = name.lower()
+    if any(word in lowered for word in ("tumour", "tumor", "lesion", "nodule", "cancer", "neoplasm")):
+        return codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm
+    for word, code in (("liver", codes.SCT.Liver), ("lung", codes.SCT.Lung)):
+        if word in lowered:
+            return codes.SCT.AnatomicalStructure, code
+    return codes.SCT.Tissue, codes.SCT.Tissue
+
+
+def write_dicom_seg(
+    label: np.ndarray,
+    series_folder: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    names: dict[int, str],
+    series_uid: str | None = None,
+) -> Path:
+    """Write ``label`` (x, y, z, on the grid voxpipe loads the series with) as a DICOM-SEG of that series.
+
+    highdicom builds the object: one segment per named non-zero label, numbered 1..n in label-value
+    order and SNOMED-coded from its name (liver, lung, tumour/lesion/nodule, else tissue), frames
+    referencing the source slices, empty frames omitted, BINARY. The file is written atomically.
+
+    Raises:
+        GeometryError: the label is not on the series' grid, or the series was resampled on loading
+            (gantry tilt, non-uniform spacing), so its voxels are not the source slices' pixels.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from voxpipe import __version__
+    from voxpipe.transforms.dicom import choose_series, discover_series, series_geometry
+    from voxpipe.transforms.io import atomic_path
+
+    folder = Path(series_folder)
+    info = choose_series(discover_series(folder), series_uid, folder=folder)
+    headers = [pydicom.dcmread(p, stop_before_pixels=True, force=True) for p in info.files]
+    geometry = series_geometry(headers, info.files)
+    for ds in headers:  # type-2 attributes highdicom copies into the SEG; empty is legal, absent is not
+        for keyword in _TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        for keyword in ("SOPClassUID", "SOPInstanceUID"):  # anonymisers sometimes blank the root copies
+            if not ds.get(keyword) and ds.get("file_meta") is not None and ds.file_meta.get(f"MediaStorage{keyword}"):
+                setattr(ds, keyword, ds.file_meta.get(f"MediaStorage{keyword}"))
+        if "FrameOfReferenceUID" not in ds or "StudyInstanceUID" not in ds:
+            raise InputError(f"{str(info.files[0])!r}: expected FrameOfReferenceUID and StudyInstanceUID, which a DICOM-SEG must reference")
+    if geometry.resample_z or np.any(geometry.offsets):
+        raise GeometryError(
+            f"{str(folder)!r}: the series was resampled on loading (gantry tilt or non-uniform spacing); a DICOM-SEG must "
+            "follow the source slices, so write NIfTI for this series instead"
+        )
+    if tuple(label.shape) != tuple(geometry.shape):
+        raise GeometryError(f"{str(folder)!r}: label shape {tuple(label.shape)} does not match the series grid {geometry.shape}")
+    present = sorted(int(v) for v in np.unique(label) if v)
+    unnamed = [v for v in present if v not in names]
+    if unnamed:
+        raise InputError(f"{str(path)!r}: label values {unnamed} have no name; expected names for {present}")
+    algorithm = hd.AlgorithmIdentificationSequence(name="voxpipe", family=codes.DCM.ArtificialIntelligence, version=__version__)
+    described = sorted(v for v in names if v)
+    descriptions = []
+    for number, value in enumerate(described, start=1):  # highdicom numbers segments 1..n: label values in order
+        category, kind = _codes(names[value])
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=names[value], segmented_property_category=category,
+            segmented_property_type=kind, algorithm_type="AUTOMATIC", algorithm_identification=algorithm,
+        ))  # fmt: skip
+    remap = np.zeros(int(max(described, default=0)) + 1, dtype=np.uint16)
+    remap[described] = np.arange(1, len(described) + 1)
+    frames = np.stack([remap[label[:, :, k]].T for k in range(label.shape[2])])
+    seg = hd.seg.Segmentation(
+        source_images=[headers[i] for i in geometry.order], pixel_array=frames, segmentation_type="BINARY",
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="voxpipe", manufacturer_model_name="voxpipe", software_versions=__version__,
+        device_serial_number="0", series_description="voxpipe segmentation",
+    )  # fmt: skip
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
+    return Path(path)
