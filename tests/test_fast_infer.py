@@ -1,0 +1,49 @@
+"""FastSlidingWindowInferer: same windows as MONAI inside the body box, background outside, bf16 close."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import SegResNet
+
+from voxpipe.errors import InputError
+from voxpipe.pipelines.fast_infer import FastSlidingWindowInferer, body_box
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return SegResNet(spatial_dims=3, in_channels=1, out_channels=3, init_filters=8).eval()
+
+
+def test_body_box_grows_by_the_margin_and_clips():
+    image = torch.zeros(1, 1, 40, 30, 20)
+    image[0, 0, 10:20, 5:8, 3:4] = 1.0
+    assert body_box(image, threshold=0.0, margin=[4, 10, 2]) == (slice(6, 24), slice(0, 18), slice(1, 6))
+    assert body_box(torch.zeros(1, 1, 4, 4, 4), threshold=0.0, margin=[1, 1, 1]) is None
+
+
+def test_crop_matches_monai_inside_the_box_and_is_background_outside(net):
+    image = torch.zeros(1, 1, 64, 64, 32)
+    image[0, 0, 20:40, 24:44, 8:24] = torch.rand(20, 20, 16) + 0.1
+    inferer = FastSlidingWindowInferer([32, 32, 16], sw_batch_size=2, precision="fp32", margin=[8, 8, 4])
+    with torch.no_grad():
+        fast = inferer(image, net)
+        box = body_box(image, threshold=0.0, margin=[8, 8, 4])
+        plain = sliding_window_inference(image[(slice(None), slice(None), *box)], [32, 32, 16], 2, net, overlap=0.25, mode="gaussian")
+    assert fast.shape == (1, 3, 64, 64, 32) and fast.dtype == torch.float32
+    assert torch.allclose(fast[(slice(None), slice(None), *box)], plain, atol=1e-5)
+    outside = torch.ones(64, 64, 32, dtype=torch.bool)
+    outside[box] = False
+    assert (fast.argmax(1)[0][outside] == 0).all()
+
+
+def test_bf16_agrees_with_fp32_and_fp16_needs_cuda(net):
+    image = torch.rand(1, 1, 48, 48, 24)
+    with torch.no_grad():
+        full = FastSlidingWindowInferer([32, 32, 16], precision="fp32", crop_body=False)(image, net)
+        half = FastSlidingWindowInferer([32, 32, 16], precision="bf16", crop_body=False)(image, net)
+    assert half.dtype == torch.float32 and (full.argmax(1) == half.argmax(1)).float().mean() > 0.9
+    with pytest.raises(InputError, match="needs CUDA"):
+        FastSlidingWindowInferer([32, 32, 16], precision="fp16")(image, net)
