@@ -139,6 +139,3 @@ def add_data_commands(commands: Any) -> None:
     download.add_argument("--keep-archive", action="store_true", help="keep the .tar after extraction")
     download.add_argument("--no-progress", action="store_true", help="no progress bar")
     download.set_defaults(func=_cmd_download)
-
-
-

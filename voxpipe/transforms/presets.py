@@ -147,6 +147,3 @@ def compose(parts: Sequence[Sequence[Callable[..., Any]] | Callable[..., Any]], 
         else:
             flat.append(part)
     return Compose(flat, **kwargs)
-
-
-
