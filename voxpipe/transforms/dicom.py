@@ -66,6 +66,7 @@ class SeriesInfo:
     description: str
     modality: str
     files: tuple[Path, ...]
+    headers: tuple[pydicom.Dataset, ...] = field(default=(), repr=False, compare=False)  # read at discovery
 
     @property
     def n_slices(self) -> int:
@@ -125,6 +126,7 @@ def discover_series(root: str | os.PathLike[str]) -> list[SeriesInfo]:
             description=str(items[0][1].get("SeriesDescription", "")),
             modality=str(items[0][1].get("Modality", "")),
             files=tuple(p for p, _ in items),
+            headers=tuple(ds for _, ds in items),
         )
         for uid, items in groups.items()
     ]
@@ -311,7 +313,7 @@ def load_dicom_series(
         InputError / GeometryError: see the module table; messages name the files.
     """
     info = choose_series(discover_series(folder), series_uid, folder=folder)
-    headers = [pydicom.dcmread(p, stop_before_pixels=True, force=True) for p in info.files]
+    headers = list(info.headers)
     geometry = series_geometry(headers, info.files, tilt=tilt, nonuniform=nonuniform)
     for message in geometry.warnings:
         logger.warning("%s", message)
@@ -350,6 +352,6 @@ def _resample_along_z(stack: np.ndarray, positions: np.ndarray, spacing: float, 
 def dicom_geometry(folder: str | os.PathLike[str], *, series_uid: str | None = None) -> tuple[tuple[int, ...], np.ndarray]:
     """Shape (x, y, z) and RAS affine a DICOM series loads with, from headers only."""
     info = choose_series(discover_series(folder), series_uid, folder=folder)
-    headers = [pydicom.dcmread(p, stop_before_pixels=True, force=True) for p in info.files]
+    headers = list(info.headers)
     geometry = series_geometry(headers, info.files)
     return geometry.shape, geometry.affine

@@ -13,6 +13,7 @@ segments are an error (a label map cannot hold both).
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,7 +223,7 @@ def write_dicom_seg(
 
     folder = Path(series_folder)
     info = choose_series(discover_series(folder), series_uid, folder=folder)
-    headers = [pydicom.dcmread(p, stop_before_pixels=True, force=True) for p in info.files]
+    headers = [copy.copy(ds) for ds in info.headers]  # defaults are filled in below; keep the originals
     geometry = series_geometry(headers, info.files)
     for ds in headers:  # type-2 attributes highdicom copies into the SEG; empty is legal, absent is not
         for keyword in _TYPE2:
