@@ -45,3 +45,23 @@ SMALL = {
     "densenet201": {"init_features": 16, "growth_rate": 8, "block_config": (2, 2, 2, 2)},
     "resnet": {},
 }
+
+
+class PauseAt:
+    """Training handler for the kill-and-resume test: at ``iteration``, write ``marker`` and wait to be killed."""
+
+    def __init__(self, iteration: int, marker: str) -> None:
+        self.iteration = iteration
+        self.marker = marker
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=self.iteration), self)
+
+    def __call__(self, engine) -> None:
+        import pathlib
+        import time
+
+        pathlib.Path(self.marker).write_text(f"epoch {engine.state.epoch} iteration {engine.state.iteration}")
+        time.sleep(120)  # the test sends SIGKILL now

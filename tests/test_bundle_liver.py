@@ -54,8 +54,11 @@ def test_training_runs_and_writes_checkpoints_and_metrics(liver_bundle, tiny_liv
     assert {"loss", "lr", "val_mean_dice", "val_liver", "val_tumour"} <= set(rows[0])
     assert float(rows[0]["lr"]) == pytest.approx(0.002)  # the lr used during epoch 1
     assert (tmp_path / "models" / "model.pt").is_file() and (tmp_path / "models" / "model_final.pt").is_file()
-    last = torch.load(tmp_path / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
-    assert {"network", "optimizer", "lr_scheduler", "trainer"} <= set(last)
+    assert (tmp_path / "progress.png").stat().st_size > 1000
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert {"network", "optimizer", "lr_scheduler", "trainer", "best", "summary", "rng"} <= set(last)
+    assert last["best"]["best_epoch"] in (1, 2)
     trainer = last["trainer"]  # Ignite stores iteration and epoch length; the epoch follows from them
     assert trainer["iteration"] == 2 * trainer["epoch_length"] and trainer["max_epochs"] == 2
 

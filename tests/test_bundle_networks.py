@@ -37,8 +37,8 @@ def test_liver_bundle_trains_any_segmentation_network(name, liver_bundle, tiny_l
     patch = [64, 64, 64] if network_spec(name).min_size >= 64 else [32, 32, 16]
     if network_spec(name).fixed_size:
         kwargs["img_size"] = patch
-    if name == "segresnet_ds":
-        kwargs["dsdepth"] = 1  # one output scale: the bundle's loss takes one tensor
+    if name == "dynunet":  # deep supervision on: the bundle's DeepSupervisionLoss weighs every scale
+        kwargs.update(deep_supervision=True, deep_supr_num=2)
     network_def = {"_target_": "voxpipe.networks.build_network", "name": name, "out_channels": "@num_classes", **kwargs}
     rows = _train(liver_bundle, tiny_liver_dataset, tmp_path, network_def=network_def, patch_size=patch)
     assert len(rows) == 1 and 0.0 <= float(rows[0]["val_mean_dice"]) <= 1.0

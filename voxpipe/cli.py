@@ -97,7 +97,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.bundle import parse_overrides, run_bundle
 
     _quiet_monai_bundle(args.verbose)
-    run_bundle(args.bundle, config=args.config, overrides=parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    if args.resume:
+        overrides["resume"] = True
+    run_bundle(args.bundle, config=args.config, overrides=overrides)
     return 0
 
 
@@ -265,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default="train", help="config name in BUNDLE/configs (default: train)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set dataset_dir=/data/Task03_Liver --set max_epochs=50")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from OUTPUT_DIR/checkpoints/last.pt (weights, optimizer, scheduler, epoch, "
+                       "best metric, RNG states); starts from epoch 1 if there is none")
     train.set_defaults(func=_cmd_train)
 
     infer = commands.add_parser(
