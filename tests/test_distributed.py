@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
 from monai.bundle import ConfigParser
 
 from voxpipe.pipelines.bundle import find_config

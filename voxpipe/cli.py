@@ -83,11 +83,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    if args.task == "nodules":
+        from voxpipe.synthetic_nodules import write_nodule_dataset
+
+        n_train = 200 if args.n_train is None else args.n_train
+        n_test = 100 if args.n_test is None else args.n_test
+        size = 32 if args.size == "tiny" else 48
+        manifest = write_nodule_dataset(args.output, n_train=n_train, n_test=n_test, seed=args.seed, size=size, progress=True)
+        print(f"wrote {n_train} training and {n_test} test nodule patches ({size}³ at 1 mm): {manifest}")
+        return 0
     from voxpipe.synthetic import write_msd_dataset
 
     manifest = write_msd_dataset(
-        args.output, task=args.task, n_train=args.n_train, n_test=args.n_test, seed=args.seed, size=args.size,
-        progress=True,
+        args.output, task=args.task, n_train=16 if args.n_train is None else args.n_train,
+        n_test=4 if args.n_test is None else args.n_test, seed=args.seed, size=args.size, progress=True,
     )
     print(f"wrote {args.task} phantoms: {manifest}")
     return 0
@@ -254,13 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
-    synth = commands.add_parser("synth", help="write a synthetic CT phantom dataset (MSD layout)")
-    synth.add_argument("task", choices=["liver", "lung"], help="liver: MSD Task03 labels; lung: MSD Task06 labels + lung masks")
+    synth = commands.add_parser("synth", help="write a synthetic CT dataset: liver/lung phantoms (MSD layout) or nodule patches")
+    synth.add_argument("task", choices=["liver", "lung", "nodules"],
+                       help="liver: MSD Task03 labels; lung: MSD Task06 labels + lung masks; "
+                       "nodules: benign/malignant nodule patches with masks (dataset.json + labels.csv)")
     synth.add_argument("-o", "--output", required=True, help="dataset folder to write")
-    synth.add_argument("--n-train", type=int, default=16, help="training cases (default: 16)")
-    synth.add_argument("--n-test", type=int, default=4, help="test cases (default: 4)")
+    synth.add_argument("--n-train", type=int, help="training cases (default: 16 phantoms, 200 nodule patches)")
+    synth.add_argument("--n-test", type=int, help="test cases (default: 4 phantoms, 100 nodule patches)")
     synth.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    synth.add_argument("--size", choices=["default", "tiny"], default="default", help="phantom size (default: default)")
+    synth.add_argument("--size", choices=["default", "tiny"], default="default",
+                       help="phantom size; nodule patches are 48³ (default) or 32³ (tiny) voxels at 1 mm")
     synth.set_defaults(func=_cmd_synth)
 
     train = commands.add_parser("train", help="train a bundle (MONAI bundle format)")

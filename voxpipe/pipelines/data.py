@@ -245,6 +245,18 @@ def split_datalist(
     Raises:
         InputError: unknown part/fold, or split case ids that the dataset does not have.
     """
+    return select_split(load_datalist(source), split_file, part=part, fold=fold, source=source)
+
+
+def select_split(
+    entries: Sequence[dict[str, Any]],
+    split_file: str | os.PathLike[str],
+    *,
+    part: str = "train",
+    fold: int | None = None,
+    source: str | os.PathLike[str] = "the dataset",
+) -> list[dict[str, Any]]:
+    """The ``entries`` (dicts with a ``case``) in ``part`` (fold ``fold``) of a split saved by ``voxpipe data split``."""
     split_path = Path(split_file)
     try:
         split = json.loads(split_path.read_text())
@@ -258,7 +270,7 @@ def split_datalist(
         wanted = split[part]
     else:
         raise InputError(f"{str(split_path)!r}: expected part in {[k for k in ('train', 'val', 'test') if k in split or 'folds' in split]}, found {part!r}")
-    by_case = {entry["case"]: entry for entry in load_datalist(source)}
+    by_case = {entry["case"]: entry for entry in entries}
     unknown = sorted(set(wanted) - set(by_case))
     if unknown:
         raise InputError(f"{str(split_path)!r}: cases {unknown[:5]} are not in the dataset {str(source)!r}")

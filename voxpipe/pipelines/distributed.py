@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import ignite.distributed as idist
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 from monai.data import DataLoader, DistributedSampler
 from monai.utils import set_determinism
+from torch.utils.data import WeightedRandomSampler
 
 from voxpipe.errors import InputError
 
@@ -56,6 +58,7 @@ def data_loader(
     shuffle: bool = False,
     num_workers: int = 0,
     part: str = "train",
+    sample_weights: Sequence[float] | None = None,
     **kwargs: Any,
 ) -> DataLoader:
     """MONAI's ``DataLoader``, with a ``DistributedSampler`` when running under ``torchrun``.
@@ -63,10 +66,18 @@ def data_loader(
     ``part="train"`` pads the shards to equal length (every rank runs the same number of steps, as
     DDP needs); ``part="val"`` does not, so no case is counted twice in the metrics. MONAI's
     ``DataLoader`` seeds the random transforms of each worker from torch's generator, so a seeded
-    run is reproducible with any ``num_workers``.
+    run is reproducible with any ``num_workers``. ``sample_weights`` (one per item) draw items with
+    replacement in proportion to them (torch's ``WeightedRandomSampler``: class-balanced sampling),
+    one process only.
     """
     if part not in ("train", "val"):
         raise InputError(f"data_loader part: expected 'train' or 'val', found {part!r}")
+    if sample_weights is not None:
+        if idist.get_world_size() > 1:
+            raise InputError("balanced sampling: expected a single process, found a torchrun launch",
+                             hint="use class weights in the loss instead (balance: class_weights)")
+        sampler = WeightedRandomSampler(list(sample_weights), num_samples=len(dataset), replacement=True)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, **kwargs)
     if idist.get_world_size() > 1:
         sampler = DistributedSampler(dataset, shuffle=shuffle, even_divisible=part == "train")
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, **kwargs)
