@@ -113,6 +113,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bundle_run(args: argparse.Namespace) -> int:
+    from voxpipe.pipelines.bundle import parse_overrides, run_bundle
+
+    _quiet_monai_bundle(args.verbose)
+    run_bundle(args.bundle, config=args.config, overrides=parse_overrides(args.set), weights=args.weights, safe=args.safe)
+    return 0
+
+
 def _cmd_infer(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.bundle import parse_overrides
     from voxpipe.pipelines.infer import infer_with_bundle
@@ -284,6 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from OUTPUT_DIR/checkpoints/last.pt (weights, optimizer, scheduler, epoch, "
                        "best metric, RNG states); starts from epoch 1 if there is none")
     train.set_defaults(func=_cmd_train)
+
+    bundle = commands.add_parser("bundle", help="run any MONAI bundle (ours or the Model Zoo's), offline, optionally in safe mode")
+    bundle_actions = bundle.add_subparsers(dest="action", required=True, metavar="ACTION")
+    bundle_run = bundle_actions.add_parser(
+        "run", help="run one config of a bundle folder unmodified ($ expressions, @ references, % macros), offline"
+    )
+    bundle_run.add_argument("bundle", help="bundle folder (configs/metadata.json and configs/CONFIG.{json,yaml})")
+    bundle_run.add_argument("--config", default="inference", help="config name in BUNDLE/configs (default: inference)")
+    bundle_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a config value, e.g. --set dataset_dir=/data/Task09_Spleen")
+    bundle_run.add_argument("--weights", help="weights file for the config's CheckpointLoader(s); nothing is downloaded")
+    bundle_run.add_argument("--safe", action="store_true",
+                            help="refuse $ expressions and _target_s outside monai/torch/ignite/voxpipe/numpy "
+                            "(a bundle is code; see README, Bundles)")
+    bundle_run.set_defaults(func=_cmd_bundle_run)
 
     infer = commands.add_parser(
         "infer", help="segment images with a trained bundle; outputs on each input's grid",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from voxpipe.errors import BundleError, InputError, VoxpipeError
 
@@ -97,19 +97,51 @@ def run_engines(engines: Sequence[Any]) -> None:
         engine.run()
 
 
+CHECKPOINT_LOADERS = ("CheckpointLoader", "monai.handlers.CheckpointLoader", "monai.handlers.checkpoint_loader.CheckpointLoader")
+
+
+def weights_keys(config: Any, path: str = "") -> list[str]:
+    """Config ids that hold the weights path of every ``CheckpointLoader`` in a config.
+
+    ``load_path: "@checkpoint"`` gives ``checkpoint`` (the key users override); a literal or an
+    expression gives the handler's own ``...#load_path`` id.
+    """
+    found: list[str] = []
+    items = config.items() if isinstance(config, Mapping) else enumerate(config) if isinstance(config, list) else ()
+    for key, value in items:
+        child = f"{path}#{key}" if path else str(key)
+        if isinstance(value, Mapping) and value.get("_target_") in CHECKPOINT_LOADERS and "load_path" in value:
+            load_path = value["load_path"]
+            is_ref = isinstance(load_path, str) and load_path.startswith("@")
+            found.append(load_path[1:] if is_ref else f"{child}#load_path")
+        else:
+            found += weights_keys(value, child)
+    return found
+
+
 def run_bundle(
     bundle_dir: str | os.PathLike[str],
     *,
     config: str = "train",
     overrides: Mapping[str, Any] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    safe: bool = False,
 ) -> ConfigWorkflow:
     """Initialise, run and finalise one config of a bundle with MONAI's ``ConfigWorkflow``.
 
+    Runs voxpipe's bundles and third-party (Model Zoo) bundles unmodified and offline: nothing is
+    downloaded (``large_files.yml`` is not read), and a weights file that is not there is an error
+    naming the config key that wanted it, before anything runs. The bundle's ``logging.conf`` is not
+    applied (voxpipe's CLI owns logging).
+
     Args:
-        bundle_dir: bundle folder (``configs/metadata.json``, ``configs/<config>.yaml``).
+        bundle_dir: bundle folder (``configs/metadata.json``, ``configs/<config>.yaml|json``).
         config: config name: ``train``, ``inference``, ``evaluate`` or any other file in configs/.
         overrides: config ids and values, e.g. ``{"dataset_dir": "...", "max_epochs": 2}``;
             ``bundle_root`` defaults to ``bundle_dir``.
+        weights: a weights file for every ``CheckpointLoader`` of the config (:func:`weights_keys`).
+        safe: refuse ``$`` expressions and ``_target_``s outside the allow-list before anything is
+            built (:func:`voxpipe.pipelines.bundle_safety.check_safe`).
 
     Returns:
         The finished workflow (its ``parser`` gives access to the built components).
@@ -123,7 +155,16 @@ def run_bundle(
     meta_file = root / "configs" / "metadata.json"
     if not meta_file.is_file():
         raise BundleError(f"{str(meta_file)!r}: expected the bundle's metadata.json, found no file")
+    if safe:
+        from voxpipe.pipelines.bundle_safety import check_safe
+
+        check_safe([config_file])
     values = {"bundle_root": str(root), **(overrides or {})}
+    keys = weights_keys(ConfigParser.load_config_file(config_file))
+    if weights is not None:
+        if not keys:
+            raise BundleError(f"{str(config_file)!r}: --weights given, but the config has no CheckpointLoader to take them")
+        values.update({key: str(weights) for key in keys})
     try:
         workflow = ConfigWorkflow(
             config_file=str(config_file),
@@ -136,6 +177,13 @@ def run_bundle(
         missing = workflow.check_properties()
         if missing:
             raise BundleError(f"{str(config_file)!r}: required bundle properties missing: {missing}")
+        for key in keys:
+            wanted = workflow.parser.get_parsed_content(key)
+            if not Path(str(wanted)).is_file():
+                raise BundleError(
+                    f"{str(config_file)!r}: {key}: expected the network weights file {str(wanted)!r}, found no file",
+                    hint=f"pass --weights FILE (or --set {key}=FILE); voxpipe downloads nothing on its own",
+                )
         workflow.run()
         workflow.finalize()
     except VoxpipeError:
