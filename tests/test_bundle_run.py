@@ -91,3 +91,40 @@ def test_our_shipped_bundles_pass_safe_mode():
             from monai.bundle import ConfigParser
 
             assert unsafe_entries(ConfigParser.load_config_file(config), file=config.name) == [], config
+
+
+@pytest.mark.slow
+def test_exported_zip_runs_with_voxpipe_and_loads_with_monai(liver_bundle, tiny_liver_dataset, tmp_path):
+    from monai.bundle import download, load
+
+    from voxpipe.networks import build_network
+
+    torch.manual_seed(0)
+    weights = tmp_path / "trained.pt"
+    torch.save(build_network("segresnet", out_channels=3, init_filters=8).state_dict(), weights)
+    archive = tmp_path / "liver_ct_segresnet.zip"
+    assert main(["bundle", "export", str(liver_bundle), "-o", str(archive), "--weights", str(weights)]) == 0
+    import zipfile
+
+    names = zipfile.ZipFile(archive).namelist()
+    assert "liver_ct_segresnet/models/model.pt" in names and "liver_ct_segresnet/configs/inference.yaml" in names
+    metadata = json.loads(zipfile.ZipFile(archive).read("liver_ct_segresnet/configs/metadata.json"))
+    assert "models/model.pt" in metadata["checksums"]["files"]
+
+    # MONAI's own loader: download from a file:// URL (no network), then load the weights by bundle name.
+    download(name="liver_ct_segresnet", bundle_dir=str(tmp_path / "monai"), url=archive.as_uri(), progress=False)
+    state = load(name="liver_ct_segresnet", bundle_dir=str(tmp_path / "monai"), device="cpu")
+    assert all(torch.equal(state[k], v) for k, v in torch.load(weights, weights_only=True).items())
+
+    # voxpipe runs the zip directly; the packaged models/model.pt is the default checkpoint.
+    output = tmp_path / "predictions"
+    assert main(["bundle", "run", str(archive), "--set", f"dataset_dir={tiny_liver_dataset}", "--set", f"output_dir={output}",
+                 "--set", "network_def#init_filters=8", "--set", "patch_size=[32,32,16]", "--safe"]) == 0
+    assert len(list(output.glob("*.nii.gz"))) == len(list((tiny_liver_dataset / "imagesTs").glob("*.nii.gz")))
+
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(tampered, "w") as target:
+        for item in source.namelist():
+            data = source.read(item)
+            target.writestr(item, data + b" " if item.endswith("inference.yaml") else data)
+    assert main(["bundle", "run", str(tampered)]) == 2

@@ -121,6 +121,14 @@ def _cmd_bundle_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bundle_export(args: argparse.Namespace) -> int:
+    from voxpipe.pipelines.bundle_export import export_bundle
+
+    written = export_bundle(args.bundle, args.output, weights=args.weights, name=args.name)
+    print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def _cmd_infer(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.bundle import parse_overrides
     from voxpipe.pipelines.infer import infer_with_bundle
@@ -298,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     bundle_run = bundle_actions.add_parser(
         "run", help="run one config of a bundle folder unmodified ($ expressions, @ references, % macros), offline"
     )
-    bundle_run.add_argument("bundle", help="bundle folder (configs/metadata.json and configs/CONFIG.{json,yaml})")
+    bundle_run.add_argument("bundle", help="bundle folder (configs/metadata.json and configs/CONFIG.{json,yaml}) or bundle zip")
     bundle_run.add_argument("--config", default="inference", help="config name in BUNDLE/configs (default: inference)")
     bundle_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="override a config value, e.g. --set dataset_dir=/data/Task09_Spleen")
@@ -307,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="refuse $ expressions and _target_s outside monai/torch/ignite/voxpipe/numpy "
                             "(a bundle is code; see README, Bundles)")
     bundle_run.set_defaults(func=_cmd_bundle_run)
+    bundle_export = bundle_actions.add_parser(
+        "export", help="package configs, docs and trained weights as a bundle zip (checksums in metadata.json)"
+    )
+    bundle_export.add_argument("bundle", help="bundle folder")
+    bundle_export.add_argument("-o", "--output", required=True, help="zip file to write")
+    bundle_export.add_argument("--weights", help="trained weights (default: BUNDLE/models/model.pt)")
+    bundle_export.add_argument("--name", help="bundle folder name inside the zip (default: the folder's name)")
+    bundle_export.set_defaults(func=_cmd_bundle_export)
 
     infer = commands.add_parser(
         "infer", help="segment images with a trained bundle; outputs on each input's grid",

@@ -135,7 +135,8 @@ def run_bundle(
     applied (voxpipe's CLI owns logging).
 
     Args:
-        bundle_dir: bundle folder (``configs/metadata.json``, ``configs/<config>.yaml|json``).
+        bundle_dir: bundle folder (``configs/metadata.json``, ``configs/<config>.yaml|json``), or a
+            bundle zip (extracted to a temporary folder, checksums verified).
         config: config name: ``train``, ``inference``, ``evaluate`` or any other file in configs/.
         overrides: config ids and values, e.g. ``{"dataset_dir": "...", "max_epochs": 2}``;
             ``bundle_root`` defaults to ``bundle_dir``.
@@ -151,6 +152,10 @@ def run_bundle(
             message names the config file and the underlying error.
     """
     root = Path(bundle_dir).resolve()
+    if root.is_file() and root.suffix == ".zip":  # a zip from `voxpipe bundle export` or the Model Zoo
+        from voxpipe.pipelines.bundle_export import open_bundle_zip
+
+        root = open_bundle_zip(root)
     config_file = find_config(root, config)
     meta_file = root / "configs" / "metadata.json"
     if not meta_file.is_file():
@@ -160,7 +165,13 @@ def run_bundle(
 
         check_safe([config_file])
     values = {"bundle_root": str(root), **(overrides or {})}
-    keys = weights_keys(ConfigParser.load_config_file(config_file))
+    raw = ConfigParser(ConfigParser.load_config_file(config_file))
+    keys = weights_keys(raw.get())
+    for key in keys:  # a plain relative weights path means the bundle's file (MONAI's runner, run from the bundle folder)
+        value = values.get(key, raw.get(key))
+        if isinstance(value, str) and value and value[0] not in "$@%" and not Path(value).is_absolute() \
+                and not Path(value).exists() and (root / value).exists():
+            values[key] = str(root / value)
     if weights is not None:
         if not keys:
             raise BundleError(f"{str(config_file)!r}: --weights given, but the config has no CheckpointLoader to take them")

@@ -1,0 +1,107 @@
+"""Package a trained bundle as one zip, and open such a zip for running.
+
+MONAI can download and extract a bundle zip (``monai.bundle.download(url=...)``) but has no
+command that writes one; a Model Zoo zip is ``<name>/configs/...``, ``<name>/models/model.pt``,
+``<name>/docs/...``. :func:`export_bundle` writes exactly that layout, with the trained weights
+as ``models/model.pt`` (checked to load with ``torch.load(weights_only=True)``) and the SHA-256 of
+every other file recorded in ``configs/metadata.json`` under ``checksums``. :func:`open_bundle_zip`
+extracts one (MONAI's ``extractall``) and verifies those checksums before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from voxpipe.errors import BundleError
+from voxpipe.transforms.io import atomic_path
+
+PACKAGED = ("configs", "docs")
+SKIPPED_SUFFIXES = (".pyc",)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_bundle(
+    bundle_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write ``output`` (a .zip): ``<name>/configs/``, ``<name>/docs/``, ``<name>/models/model.pt``.
+
+    Args:
+        bundle_dir: the bundle folder.
+        output: zip file to write (atomically).
+        weights: trained weights (default ``<bundle_dir>/models/model.pt``).
+        name: folder name inside the zip (default: the bundle folder's name).
+
+    Raises:
+        BundleError: no metadata.json, no weights, or weights that are not a plain state dict.
+    """
+    root = Path(bundle_dir)
+    name = name or root.resolve().name
+    metadata_path = root / "configs" / "metadata.json"
+    if not metadata_path.is_file():
+        raise BundleError(f"{str(metadata_path)!r}: expected the bundle's metadata.json, found no file")
+    weights = Path(weights) if weights else root / "models" / "model.pt"
+    if not weights.is_file():
+        raise BundleError(f"{str(weights)!r}: expected trained weights to package, found no file", hint="pass --weights FILE")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise BundleError(f"{str(weights)!r}: expected weights that load with torch.load(weights_only=True), found: {error}") from error
+    if not isinstance(state, dict):
+        raise BundleError(f"{str(weights)!r}: expected a state dict, found {type(state).__name__}")
+
+    files = {
+        path.relative_to(root).as_posix(): path
+        for folder in PACKAGED
+        for path in sorted((root / folder).rglob("*"))
+        if path.is_file() and path.suffix not in SKIPPED_SUFFIXES and path != metadata_path
+    }
+    files["models/model.pt"] = weights
+    metadata = json.loads(metadata_path.read_text())
+    metadata["checksums"] = {"algorithm": "sha256", "files": {rel: _sha256(path) for rel, path in files.items()}}
+    output = Path(output)
+    with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for rel, path in files.items():
+            archive.write(path, f"{name}/{rel}")
+        archive.writestr(f"{name}/configs/metadata.json", json.dumps(metadata, indent=4))
+    return output
+
+
+def open_bundle_zip(archive: str | os.PathLike[str], *, into: str | os.PathLike[str] | None = None) -> Path:
+    """Extract a bundle zip (one top folder) and verify the checksums in its metadata; return the bundle folder.
+
+    Raises:
+        BundleError: not one top folder with configs/metadata.json, or a file whose SHA-256 differs.
+    """
+    from monai.apps.utils import extractall
+
+    target = Path(into) if into else Path(tempfile.mkdtemp(prefix="voxpipe-bundle-"))
+    extractall(str(archive), str(target), has_base=False)
+    tops = [p for p in target.iterdir() if (p / "configs" / "metadata.json").is_file()]
+    if len(tops) != 1:
+        raise BundleError(f"{str(archive)!r}: expected one bundle folder with configs/metadata.json, found {len(tops)}")
+    folder = tops[0]
+    checksums = json.loads((folder / "configs" / "metadata.json").read_text()).get("checksums", {}).get("files", {})
+    for rel, expected in checksums.items():
+        path = folder / rel
+        found = _sha256(path) if path.is_file() else "no file"
+        if found != expected:
+            raise BundleError(f"{str(archive)!r}: {rel}: expected SHA-256 {expected}, found {found}")
+    return folder
