@@ -117,7 +117,21 @@ def _cmd_bundle_run(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.bundle import parse_overrides, run_bundle
 
     _quiet_monai_bundle(args.verbose)
-    run_bundle(args.bundle, config=args.config, overrides=parse_overrides(args.set), weights=args.weights, safe=args.safe)
+    run_bundle(args.bundle, config=args.config, overrides=parse_overrides(args.set), weights=args.weights, safe=args.safe,
+               validate=True)
+    return 0
+
+
+def _cmd_bundle_validate(args: argparse.Namespace) -> int:
+    from voxpipe.pipelines.bundle_validate import validate_bundle
+
+    problems = validate_bundle(args.bundle)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {args.bundle}", file=sys.stderr)
+        return 2
+    print(f"{args.bundle}: no problems")
     return 0
 
 
@@ -315,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
                             help="refuse $ expressions and _target_s outside monai/torch/ignite/voxpipe/numpy "
                             "(a bundle is code; see README, Bundles)")
     bundle_run.set_defaults(func=_cmd_bundle_run)
+    bundle_validate = bundle_actions.add_parser(
+        "validate", help="report every problem of a bundle at once (syntax, references, targets, arguments, "
+        "properties, metadata schema) without running it; exit 2 on any"
+    )
+    bundle_validate.add_argument("bundle", help="bundle folder")
+    bundle_validate.set_defaults(func=_cmd_bundle_validate)
     bundle_export = bundle_actions.add_parser(
         "export", help="package configs, docs and trained weights as a bundle zip (checksums in metadata.json)"
     )

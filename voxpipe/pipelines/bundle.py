@@ -126,6 +126,7 @@ def run_bundle(
     overrides: Mapping[str, Any] | None = None,
     weights: str | os.PathLike[str] | None = None,
     safe: bool = False,
+    validate: bool = False,
 ) -> ConfigWorkflow:
     """Initialise, run and finalise one config of a bundle with MONAI's ``ConfigWorkflow``.
 
@@ -143,6 +144,8 @@ def run_bundle(
         weights: a weights file for every ``CheckpointLoader`` of the config (:func:`weights_keys`).
         safe: refuse ``$`` expressions and ``_target_``s outside the allow-list before anything is
             built (:func:`voxpipe.pipelines.bundle_safety.check_safe`).
+        validate: check this config and ``metadata.json`` first and stop with every problem
+            (:func:`voxpipe.pipelines.bundle_validate.validate_bundle`); ``voxpipe bundle run`` does.
 
     Returns:
         The finished workflow (its ``parser`` gives access to the built components).
@@ -164,6 +167,14 @@ def run_bundle(
         from voxpipe.pipelines.bundle_safety import check_safe
 
         check_safe([config_file])
+    if validate:
+        from voxpipe.pipelines.bundle_validate import validate_bundle
+
+        problems = validate_bundle(root, configs=[config_file.stem], overrides=overrides)
+        if problems:
+            listing = "\n  ".join(str(problem) for problem in problems)
+            raise BundleError(f"{str(root)!r}: {len(problems)} problem(s) found before running:\n  {listing}",
+                              hint="fix them, or see `voxpipe bundle validate` for the whole bundle")
     values = {"bundle_root": str(root), **(overrides or {})}
     raw = ConfigParser(ConfigParser.load_config_file(config_file))
     keys = weights_keys(raw.get())
