@@ -66,3 +66,23 @@ def test_lung_bundle_trains_and_infers_on_tiny_phantoms(lung_bundle, tiny_lung, 
         assert predicted.shape == source.shape and np.allclose(predicted.affine, source.affine)
         assert set(np.unique(np.asarray(predicted.dataobj))) <= {0, 1}
     assert (tmp_path / "predictions" / "statistics.csv").is_file()
+
+
+@pytest.mark.slow
+def test_monai_runner_trains_the_lung_bundle(lung_bundle, tiny_lung, tmp_path):
+    """`python -m monai.bundle run` (MONAI's own CLI) trains it with one dataset_dir override."""
+    import os
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str(lung_bundle / "configs" / "train.yaml"),
+        "--meta_file", str(lung_bundle / "configs" / "metadata.json"),
+        "--bundle_root", str(lung_bundle), "--dataset_dir", str(tiny_lung), "--output_dir", str(tmp_path),
+        "--max_epochs", "1", "--patch_size", "[32,32,32]", "--network_def#channels", "[8,16,32]",
+        "--network_def#strides", "[2,2]", "--progress", "False",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "models" / "model_final.pt").is_file()
