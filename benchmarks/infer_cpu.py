@@ -57,7 +57,10 @@ def _child(kind: str, args: argparse.Namespace, queue: mp.Queue) -> None:
         if kind == "monai":
             logits = sliding_window_inference(image, roi, 4, net, overlap=0.25, mode="gaussian")
         else:
-            logits = FastSlidingWindowInferer(roi, sw_batch_size=4, overlap=0.25, mode="gaussian", precision=args.precision)(image, net)
+            inferer = FastSlidingWindowInferer(roi, sw_batch_size=4, overlap=0.25, mode="gaussian", precision=args.precision,
+                                               channels_last=args.channels_last, skip_air=not args.no_skip_air)
+            logits = inferer(image, net)
+            print(f"  voxpipe windows run {inferer.last_counts['run']}, skipped as air {inferer.last_counts['skipped']}", flush=True)
     labels = logits.argmax(1)[0].to(torch.uint8).numpy()
     seconds = time.perf_counter() - started
     queue.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, labels))
@@ -81,6 +84,8 @@ def main() -> None:
     parser.add_argument("--weights", help="trained checkpoint (default: seeded random init)")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--channels-last", action="store_true", help="voxpipe path in channels-last 3D (faster, less exact)")
+    parser.add_argument("--no-skip-air", action="store_true", help="run every window, also those entirely in air")
     args = parser.parse_args()
     print(f"volume {tuple(args.size)}, SegResNet(init_filters={args.init_filters}), roi {args.roi}³, overlap 0.25, "
           f"sw_batch 4, gaussian, {args.threads} threads, weights: {args.weights or 'random init (seed 0)'}")

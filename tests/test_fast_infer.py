@@ -27,7 +27,8 @@ def test_body_box_grows_by_the_margin_and_clips():
 def test_crop_matches_monai_inside_the_box_and_is_background_outside(net):
     image = torch.zeros(1, 1, 64, 64, 32)
     image[0, 0, 20:40, 24:44, 8:24] = torch.rand(20, 20, 16) + 0.1
-    inferer = FastSlidingWindowInferer([32, 32, 16], sw_batch_size=2, precision="fp32", margin=[8, 8, 4])
+    inferer = FastSlidingWindowInferer([32, 32, 16], sw_batch_size=2, precision="fp32", margin=[8, 8, 4],
+                                       skip_air=False, channels_last=False)
     with torch.no_grad():
         fast = inferer(image, net)
         box = body_box(image, threshold=0.0, margin=[8, 8, 4])
@@ -47,3 +48,19 @@ def test_bf16_agrees_with_fp32_and_fp16_needs_cuda(net):
     assert half.dtype == torch.float32 and (full.argmax(1) == half.argmax(1)).float().mean() > 0.9
     with pytest.raises(InputError, match="needs CUDA"):
         FastSlidingWindowInferer([32, 32, 16], precision="fp16")(image, net)
+
+
+def test_air_windows_are_skipped_and_channels_last_changes_nothing_that_matters(net):
+    image = torch.zeros(1, 1, 96, 96, 32)
+    image[0, 0, 10:40, 12:40, 4:28] = torch.rand(30, 28, 24) + 0.1
+    image[0, 0, 70:80, 70:80, 10:14] = 0.5  # a second island: the body box spans most of the volume
+    with torch.no_grad():
+        plain = FastSlidingWindowInferer([32, 32, 16], precision="fp32", skip_air=False, channels_last=False)
+        reference = plain(image, net)
+        fast = FastSlidingWindowInferer([32, 32, 16], precision="fp32", channels_last=True)
+        out = fast(image, net)
+    assert fast.last_counts["skipped"] > 0 and fast.last_counts["run"] < plain.last_counts["run"]
+    body = image[0, 0] > 0
+    assert (out.argmax(1)[0][body] == reference.argmax(1)[0][body]).float().mean() > 0.999
+    assert torch.allclose(out[0][:, body], reference[0][:, body], atol=1e-3)  # channels-last: same values to ~1e-4
+    assert all(p.is_contiguous() for p in net.parameters())  # the network is given back in its own layout

@@ -1,14 +1,22 @@
 """Sliding-window inference that skips air and runs in reduced precision, as a MONAI ``Inferer``.
 
-MONAI's ``SlidingWindowInferer`` runs every window of the volume in the network's precision. On CT
-a large part of the grid is air around the body, and on CPUs with bf16 support a bf16 forward pass
-is several times faster. :class:`FastSlidingWindowInferer` wraps MONAI's ``sliding_window_inference``
-(the same window grid rule, Gaussian blending and overlap) with two changes:
+MONAI's ``SlidingWindowInferer`` runs every window of the volume in the network's precision and
+memory layout. On CT a large part of the grid is air around the body; on CPUs with bf16 support a
+bf16 forward pass is about twice as fast, and oneDNN's 3D convolutions are about twice as fast again
+on channels-last tensors. :class:`FastSlidingWindowInferer` wraps MONAI's ``sliding_window_inference``
+(the same window grid rule, Gaussian blending and overlap) with these changes:
 
 * **body crop**: windows run only over the bounding box of ``input > threshold`` (the normalised
   image; for a CT window clipped to [0, 1], 0 is everything below the window) plus ``margin``
   voxels; outside it the output is the ``background`` class with certainty;
-* **precision**: ``"bf16"`` autocast on CPU, ``"fp16"`` AMP on CUDA, or ``"fp32"``.
+* **air windows skipped**: a window with no voxel above ``threshold`` is not run; it returns
+  background with certainty (every voxel it covers is air, so no foreground voxel is affected);
+* **precision**: ``"bf16"`` autocast on CPU, ``"fp16"`` AMP on CUDA, or ``"fp32"``;
+* **channels-last 3D** (opt-in): the network's 5D weights and the windows are converted for the
+  call (and the network converted back afterwards). About 1.45× faster again here, but oneDNN's
+  channels-last convolutions differ from the default ones by ~1e-3 relative, and on the briefly
+  trained demo network that moved tumour agreement with plain fp32 from 0.992 to 0.971 (below the
+  0.99 the project asks for), so it is off by default.
 
 Outputs stay float32 logits of the full input size, so ``Activationsd``/``Invertd`` work unchanged.
 """
@@ -52,8 +60,57 @@ def body_box(image: torch.Tensor, *, threshold: float, margin: Sequence[int]) ->
     return tuple(box)
 
 
+class _WindowPredictor:
+    """The callable MONAI's sliding window runs on each batch of windows: skips air, channels-last, autocast."""
+
+    def __init__(self, network: Any, *, precision: str, threshold: float, background: int, skip_air: bool,
+                 channels_last: bool) -> None:
+        self.network, self.precision, self.threshold = network, precision, threshold
+        self.background, self.skip_air, self.channels_last = background, skip_air, channels_last
+        self.classes: int | None = None
+        self.skipped = 0
+        self.run = 0
+
+    def _forward(self, windows: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and windows.ndim == 5:
+            windows = windows.contiguous(memory_format=torch.channels_last_3d)
+        with _autocast(windows.device, self.precision):
+            out = self.network(windows)
+        self.classes = out.shape[1]
+        self.run += windows.shape[0]
+        return out.float().contiguous()
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        """(N, C_in, *roi) → (N, C_out, *roi) float32 logits."""
+        if not self.skip_air:
+            return self._forward(windows)
+        body = windows.flatten(1).amax(dim=1) > self.threshold
+        if bool(body.all()) or (self.classes is None and not bool(body.any())):
+            return self._forward(windows)  # the first call may have to learn the number of classes
+        out = torch.full((windows.shape[0], self.classes, *windows.shape[2:]), -20.0, device=windows.device)
+        out[:, self.background] = 20.0
+        if bool(body.any()):
+            out[body] = self._forward(windows[body])
+        self.skipped += int((~body).sum())
+        return out
+
+
+@contextlib.contextmanager
+def _channels_last(network: Any, enabled: bool) -> Any:
+    """Convert ``network``'s 5D parameters to channels-last 3D for the block, and back after it."""
+    if not enabled or not isinstance(network, torch.nn.Module):
+        yield
+        return
+    network.to(memory_format=torch.channels_last_3d)
+    try:
+        yield
+    finally:
+        network.to(memory_format=torch.contiguous_format)
+
+
 class FastSlidingWindowInferer(Inferer):
-    """``SlidingWindowInferer`` with a body crop and reduced precision (see module doc).
+    """``SlidingWindowInferer`` with a body crop, air-window skipping, reduced precision and a
+    channels-last layout (see module doc).
 
     Args:
         roi_size, sw_batch_size, overlap, mode: as MONAI's ``SlidingWindowInferer``.
@@ -61,7 +118,9 @@ class FastSlidingWindowInferer(Inferer):
         crop_body: run windows only over the body's bounding box.
         threshold: input value above which a voxel counts as body (0 for a [0, 1] CT window).
         margin: voxels added around the box per side (default: half the window).
-        background: output channel set to certainty outside the box.
+        background: output channel set to certainty outside the box and in skipped windows.
+        skip_air: do not run windows without any voxel above ``threshold``.
+        channels_last: run the network in channels-last 3D layout (faster, less exact; see module doc).
     """
 
     def __init__(
@@ -76,6 +135,8 @@ class FastSlidingWindowInferer(Inferer):
         threshold: float = 0.0,
         margin: Sequence[int] | None = None,
         background: int = 0,
+        skip_air: bool = True,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
@@ -85,12 +146,18 @@ class FastSlidingWindowInferer(Inferer):
         self.precision, self.crop_body, self.threshold = precision, crop_body, threshold
         self.margin = [int(v) for v in margin] if margin is not None else [r // 2 for r in self.roi_size]
         self.background = background
+        self.skip_air, self.channels_last = skip_air, channels_last
+        self.last_counts: dict[str, int] = {}
 
     def _windows(self, inputs: torch.Tensor, network: Any) -> torch.Tensor:
-        with _autocast(inputs.device, self.precision):
+        predictor = _WindowPredictor(network, precision=self.precision, threshold=self.threshold,
+                                     background=self.background, skip_air=self.skip_air,
+                                     channels_last=self.channels_last)
+        with _channels_last(network, self.channels_last):
             out = sliding_window_inference(
-                inputs, self.roi_size, self.sw_batch_size, network, overlap=self.overlap, mode=self.mode
+                inputs, self.roi_size, self.sw_batch_size, predictor, overlap=self.overlap, mode=self.mode
             )
+        self.last_counts = {"run": predictor.run, "skipped": predictor.skipped}
         return out.float()
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
