@@ -11,7 +11,6 @@ SHA-256 per file.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -27,7 +26,7 @@ import torch
 
 from voxpipe.errors import InputError, VoxpipeError
 from voxpipe.networks.registry import NetworkSpec, build_network, network_spec
-from voxpipe.transforms.io import atomic_path, write_text_atomic
+from voxpipe.transforms.io import atomic_path, sha256_file, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +70,6 @@ def default_input_shape(name: str, *, in_channels: int = 1, **kwargs: Any) -> tu
     if spec.fixed_size:
         return (1, in_channels, 96, 96, 96)
     return (1, in_channels, size, size, size)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -167,7 +158,7 @@ def _export_one(
             except Exception as error:  # a trace that baked in its shape fails on another one
                 logger.debug("%s rejects shape %s: %s", fmt, tuple(second.shape), error)
     return ExportedFile(
-        file=target.name, format=fmt, sha256=_sha256(target), max_abs_diff=difference, tolerance=tolerance,
+        file=target.name, format=fmt, sha256=sha256_file(target), max_abs_diff=difference, tolerance=tolerance,
         checked_with=checked_with, dynamic_shape=dynamic_shape, seconds=round(time.perf_counter() - start, 2),
     )  # fmt: skip
 

@@ -10,7 +10,6 @@ extracts one (MONAI's ``extractall``) and verifies those checksums before anythi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -20,18 +19,10 @@ from pathlib import Path
 import torch
 
 from voxpipe.errors import BundleError
-from voxpipe.transforms.io import atomic_path
+from voxpipe.transforms.io import atomic_path, sha256_file
 
 PACKAGED = ("configs", "docs")
 SKIPPED_SUFFIXES = (".pyc",)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_bundle(
@@ -75,7 +66,7 @@ def export_bundle(
     }
     files["models/model.pt"] = weights
     metadata = json.loads(metadata_path.read_text())
-    metadata["checksums"] = {"algorithm": "sha256", "files": {rel: _sha256(path) for rel, path in files.items()}}
+    metadata["checksums"] = {"algorithm": "sha256", "files": {rel: sha256_file(path) for rel, path in files.items()}}
     output = Path(output)
     with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for rel, path in files.items():
@@ -101,7 +92,7 @@ def open_bundle_zip(archive: str | os.PathLike[str], *, into: str | os.PathLike[
     checksums = json.loads((folder / "configs" / "metadata.json").read_text()).get("checksums", {}).get("files", {})
     for rel, expected in checksums.items():
         path = folder / rel
-        found = _sha256(path) if path.is_file() else "no file"
+        found = sha256_file(path) if path.is_file() else "no file"
         if found != expected:
             raise BundleError(f"{str(archive)!r}: {rel}: expected SHA-256 {expected}, found {found}")
     return folder
