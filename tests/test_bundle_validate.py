@@ -35,7 +35,8 @@ def test_a_broken_copy_gets_every_fault_reported_at_once(tmp_path, capsys):
     _replace(configs / "train.yaml", '    max_epochs: "@max_epochs"\n    train_data_loader',
              '    max_epoch: "@max_epochs"\n    train_data_loader')                                       # 3 bad kwarg, 4 property gone
     _replace(configs / "train.yaml", "_target_: voxpipe.transforms.presets.compose", "_target_: Compos")  # 5 unknown short name
-    _replace(configs / "inference.yaml", "inferer:\n  _target_: SlidingWindowInferer", "inferrer:\n  _target_: SlidingWindowInferer")
+    fast = "  _target_: voxpipe.pipelines.fast_infer.FastSlidingWindowInferer"
+    _replace(configs / "inference.yaml", f"inferer:\n{fast}", f"inferrer:\n{fast}")
     _replace(configs / "evaluate.yaml", "num_classes: 3\n", "num_classes: [3\n")                       # 8 YAML syntax
     metadata = json.loads((configs / "metadata.json").read_text())
     del metadata["version"]                                                                          # 9 schema: required
@@ -67,5 +68,6 @@ def test_bundle_run_validates_first(tmp_path, capsys):
     _replace(bundle / "configs" / "inference.yaml", "  sw_batch_size: 4\n", "  sw_batch_sise: 4\n")
     assert main(["bundle", "run", str(bundle), "--set", "dataset_dir=/nowhere"]) == 2
     err = capsys.readouterr().err
-    assert "inference.yaml: inferer#sw_batch_sise: 'SlidingWindowInferer' takes no argument 'sw_batch_sise'" in err
+    assert ("inference.yaml: inferer#sw_batch_sise: 'voxpipe.pipelines.fast_infer.FastSlidingWindowInferer' "
+            "takes no argument 'sw_batch_sise'") in err
     assert "did you mean 'sw_batch_size'?" in err

@@ -79,3 +79,23 @@ def test_synth_and_evaluate_from_the_cli(tmp_path, capsys):
     assert code == 0
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["metrics"]["tumour"]["dice"]["mean"] in (1.0, None)
+
+
+def test_infer_options_reach_the_bundle_and_unknown_ones_are_refused(tmp_path, liver_bundle, capsys):
+    from pathlib import Path
+
+    import torch
+
+    from voxpipe.networks import build_network
+
+    weights = tmp_path / "small.pt"
+    torch.save(build_network("segresnet", out_channels=3, init_filters=8).state_dict(), weights)
+    assert main(["synth", "liver", "-o", str(tmp_path / "ds"), "--n-train", "1", "--n-test", "0", "--size", "tiny"]) == 0
+    out = tmp_path / "out"
+    assert main(["infer", str(liver_bundle), str(tmp_path / "ds" / "imagesTr"), "-o", str(out), "--weights", str(weights),
+                 "--set", "network_def#init_filters=8", "--format", "nrrd", "--precision", "fp32", "--save-probabilities",
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert sorted(p.suffix for p in out.iterdir() if not p.name.startswith("statistics")) == [".npz", ".nrrd"]
+    zoo = Path(__file__).parent / "data" / "zoo_style_bundle"
+    assert main(["infer", str(zoo), str(tmp_path / "ds" / "imagesTr"), "-o", str(out), "--weights", str(weights), "--tta"]) == 2
+    assert "expected the keys ['tta']" in capsys.readouterr().err

@@ -64,3 +64,29 @@ def test_air_windows_are_skipped_and_channels_last_changes_nothing_that_matters(
     assert (out.argmax(1)[0][body] == reference.argmax(1)[0][body]).float().mean() > 0.999
     assert torch.allclose(out[0][:, body], reference[0][:, body], atol=1e-3)  # channels-last: same values to ~1e-4
     assert all(p.is_contiguous() for p in net.parameters())  # the network is given back in its own layout
+
+
+def test_flip_tta_averages_the_flipped_passes_and_compile_is_optional(net):
+    image = torch.rand(1, 1, 40, 36, 20)
+    with torch.no_grad():
+        tta = FastSlidingWindowInferer([32, 32, 16], precision="fp32", crop_body=False, tta=True)
+        out = tta(image, net)
+        flips = [[], [2], [3], [4], [2, 3], [2, 4], [3, 4], [2, 3, 4]]
+        manual = sum(
+            torch.flip(sliding_window_inference(torch.flip(image, f), [32, 32, 16], 4, net, overlap=0.25, mode="gaussian"), f)
+            for f in flips
+        ) / len(flips)
+    assert tta.last_counts["passes"] == 8 and torch.allclose(out, manual, atol=1e-5)
+    with pytest.raises(InputError, match="stitch_device"):
+        FastSlidingWindowInferer([32, 32, 16], stitch_device="gpu")
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch):
+    from voxpipe.pipelines import fast_infer
+
+    monkeypatch.setattr(fast_infer, "cpu_bf16_supported", lambda: False)
+    assert fast_infer.resolve_precision(torch.device("cpu"), "auto") == "fp32"
+    monkeypatch.setattr(fast_infer, "cpu_bf16_supported", lambda: True)
+    assert fast_infer.resolve_precision(torch.device("cpu"), "auto") == "bf16"
+    assert fast_infer.resolve_precision(torch.device("cuda"), "auto") == "fp16"
+    assert fast_infer.resolve_precision(torch.device("cpu"), "fp32") == "fp32"

@@ -62,7 +62,7 @@ def test_a_dicom_series_folder_is_one_input_and_its_output_lies_on_its_grid(live
     write_dicom_series(label_image(phantom.label), phantom.affine, tmp_path / "in" / "series1")
     assert collect_inputs([tmp_path / "in" / "series1"]) == [tmp_path / "in" / "series1"]
     (out,) = infer_with_bundle(liver_bundle, [tmp_path / "in" / "series1"], output_dir=tmp_path / "out",
-                               weights=oracle_weights, overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]}, dicom_seg=True)
+                               weights=oracle_weights, overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]}, output_format="dicom-seg")
     assert out.name == "series1.nii.gz"
     written = nib.load(out)
     assert np.allclose(written.affine, phantom.affine, atol=1e-4)
@@ -73,6 +73,44 @@ def test_a_dicom_series_folder_is_one_input_and_its_output_lies_on_its_grid(live
     seg = read_seg(tmp_path / "out" / "series1.dcm")
     assert seg.labels == {1: "liver", 2: "tumour"}
     assert np.array_equal(seg_to_label_map(seg, phantom.label.shape, phantom.affine), phantom.label)
+
+
+@pytest.mark.parametrize("output_format", ["nrrd", "mha"])
+def test_other_formats_probabilities_tta_and_precision(liver_bundle, oracle_weights, tmp_path, output_format):
+    from voxpipe.transforms.io import load_volume, read_geometry
+
+    cases = _phantom_files(tmp_path / "in", ["LPS"])
+    (out,) = infer_with_bundle(
+        liver_bundle, list(cases), output_dir=tmp_path / "out", weights=oracle_weights, overrides=ORACLE,
+        output_format=output_format, precision="fp32", tta=True, save_probabilities=True, progress=True,
+    )  # fmt: skip
+    (image, phantom), = cases.items()
+    assert out.name == f"case_LPS.{output_format}" and not list((tmp_path / "out").glob("*.nii.gz"))
+    shape, affine = read_geometry(out)
+    assert shape == phantom.label.shape and np.allclose(affine, phantom.affine, atol=1e-4)
+    labels = load_volume(out, label=True).array
+    assert dice(labels == 1, phantom.label == 1) > 0.95  # resampled to 1.5 × 1.5 × 2.5 mm and back
+    saved = np.load(tmp_path / "out" / "case_LPS_probabilities.npz")
+    assert saved["probabilities"].dtype == np.float16 and saved["probabilities"].shape == (3, *shape)
+    assert (saved["probabilities"].argmax(0) == labels).mean() > 0.99  # before post-processing, same labels
+    assert np.allclose(saved["affine"], affine, atol=1e-4)
+
+
+def test_options_a_bundle_lacks_and_dicom_seg_for_files_are_refused(liver_bundle, oracle_weights, tmp_path):
+    from pathlib import Path
+
+    from voxpipe.pipelines.infer import run_options
+
+    zoo = Path(__file__).parent / "data" / "zoo_style_bundle"
+    with pytest.raises(InputError, match="expected the keys \\['precision', 'tta'\\]"):
+        run_options(zoo, precision="bf16", tta=True)
+    assert run_options(liver_bundle, precision="fp32", output_format="nrrd", device="cpu") == {
+        "precision": "fp32", "output_ext": ".nrrd", "device#preference": "cpu"}
+    with pytest.raises(InputError, match="precision: expected one of"):
+        run_options(liver_bundle, precision="int8")
+    cases = _phantom_files(tmp_path / "in", ["RAS"])
+    with pytest.raises(InputError, match="format 'dicom-seg': expected DICOM series folders, found image files"):
+        infer_with_bundle(liver_bundle, list(cases), output_dir=tmp_path / "out", weights=oracle_weights, output_format="dicom-seg")
 
 
 def test_outputs_align_after_resampling_to_the_training_grid(liver_bundle, oracle_weights, tmp_path):

@@ -9,6 +9,8 @@
 - :class:`RunCheckpoint` – ``checkpoints/last.pt`` with everything a resume needs, including the RNG
   states of torch, numpy, Python and every random transform (MONAI's ``CheckpointSaver`` has no RNG).
 - :class:`ProgressPlot` – ``progress.png`` with loss and validation curves after each validation.
+- :class:`CaseProgress` – Ignite's progress bar over the cases an inference run segments, switched by
+  a config value (Ignite's ``ProgressBar`` cannot be switched off from a config without an expression).
 
 Only rank 0 writes files and logs; collective operations run on every rank.
 """
@@ -317,3 +319,16 @@ class ProgressPlot:
         from voxpipe.pipelines.report import plot_curves  # matplotlib only when drawing
 
         plot_curves(self.summary.rows, self.path)
+
+
+class CaseProgress:
+    """Ignite ``ProgressBar`` over an evaluator's iterations (one case each in inference), when ``enabled``."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = bool(enabled)
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled and is_main_process():
+            from ignite.handlers import ProgressBar
+
+            ProgressBar(persist=True, bar_format="{desc}cases {n_fmt}/{total_fmt} [{elapsed}<{remaining}]").attach(engine)

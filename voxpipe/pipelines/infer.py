@@ -1,7 +1,8 @@
 """Predict label maps for image files with a bundle's inference config.
 
-The bundle does the work (MONAI preprocessing, sliding-window inferer, ``Invertd`` back to the
-source grid, :mod:`voxpipe.transforms.postprocess`, :class:`voxpipe.transforms.io.SaveLabelLiked`);
+The bundle does the work (MONAI preprocessing, :class:`voxpipe.pipelines.fast_infer.FastSlidingWindowInferer`,
+:class:`voxpipe.transforms.invert.ResampleArgmaxd` back to the source grid slab by slab,
+:mod:`voxpipe.transforms.postprocess`, :class:`voxpipe.transforms.io.SaveLabelLiked`);
 this module turns a user's inputs (files, folders of files, DICOM series folders) into the bundle's
 ``datalist``, checks the weights exist first, and gives batch behaviour:
 
@@ -12,6 +13,10 @@ this module turns a user's inputs (files, folders of files, DICOM series folders
 * failures are summarised at the end in one :class:`InferenceFailed` error (exit code 2) after all
   other cases were written; ``statistics.csv``/``.json`` (:mod:`voxpipe.pipelines.stats`) cover the
   written cases.
+
+Run options (precision, flip TTA, ``torch.compile``, output format, float16 probabilities, progress
+bars) are the inference config's own keys, set as overrides; a bundle without such a key gets a
+clear error rather than a silently ignored option.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ logger = logging.getLogger(__name__)
 # What the bundles' LoadVolumed reads (nibabel for NIfTI, SimpleITK for the rest); a folder without
 # such files is read as a DICOM series.
 INFER_SUFFIXES = VOLUME_SUFFIXES
+# Label-map formats (single files, written atomically); "dicom-seg" writes <case>.dcm beside a .nii.gz.
+OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "dicom-seg")
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -92,8 +99,12 @@ class InferenceFailed(InputError):
         self.failures = failures
 
 
-def _output_path(output_dir: Path, image: Path) -> Path:
-    return output_dir / f"{case_id(image)}.nii.gz"
+def _output_path(output_dir: Path, image: Path, output_format: str = "nii.gz") -> Path:
+    return output_dir / f"{case_id(image)}.{'nii.gz' if output_format == 'dicom-seg' else output_format}"
+
+
+def _seg_path(output_dir: Path, image: Path) -> Path:
+    return output_dir / f"{case_id(image)}.dcm"
 
 
 def _complete(path: Path) -> bool:
@@ -102,6 +113,54 @@ def _complete(path: Path) -> bool:
     except InputError:
         return False
     return True
+
+
+def run_options(
+    bundle_dir: str | os.PathLike[str],
+    *,
+    precision: str | None = None,
+    tta: bool | None = None,
+    compile: bool | None = None,
+    output_format: str = "nii.gz",
+    probabilities_dir: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Config overrides for the run options that were given (``None``: the bundle's own value).
+
+    Raises:
+        InputError: an unknown value, or the bundle's inference config has no key for an option
+            (``progress`` excepted: without the key there are no progress bars).
+    """
+    from monai.bundle import ConfigParser
+
+    from voxpipe.pipelines.fast_infer import PRECISIONS
+
+    if output_format not in OUTPUT_FORMATS:
+        raise InputError(f"format: expected one of {', '.join(OUTPUT_FORMATS)}, found {output_format!r}")
+    if precision is not None and precision not in PRECISIONS:
+        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
+    wanted: dict[str, Any] = {
+        "precision": precision, "tta": tta, "compile": compile, "progress": progress,
+        "output_ext": None if output_format in ("nii.gz", "dicom-seg") else f".{output_format}",
+        "probabilities_dir": str(Path(probabilities_dir).resolve()) if probabilities_dir else None,
+    }  # fmt: skip
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"device: expected auto, cpu or cuda, found {device!r}")
+    wanted["device#preference"] = device
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    config_file = find_config(bundle_dir, "inference")
+    config = ConfigParser(ConfigParser.load_config_file(str(config_file)))
+    if "progress" not in config:  # progress bars are cosmetic: a bundle without the key runs without them
+        wanted.pop("progress", None)
+    missing = [k for k in wanted if k not in config]
+    if missing:
+        raise InputError(
+            f"{str(config_file)!r}: expected the keys {missing} for the options given, found none "
+            "(voxpipe's bundles have them; a third-party bundle may not)",
+            hint="leave these options out, or add the keys to the bundle's inference config",
+        )
+    return wanted
 
 
 def infer_with_bundle(
@@ -114,8 +173,15 @@ def infer_with_bundle(
     resume: bool = False,
     statistics: bool = True,
     dicom_seg: bool = False,
+    output_format: str = "nii.gz",
+    precision: str | None = None,
+    tta: bool | None = None,
+    compile: bool | None = None,
+    save_probabilities: bool = False,
+    progress: bool | None = None,
+    device: str | None = None,
 ) -> list[Path]:
-    """Segment every input image; one ``<case id>.nii.gz`` per image on the image's exact grid.
+    """Segment every input image; one ``<case id>.<format>`` per image on the image's exact grid.
 
     Args:
         bundle_dir: bundle folder with ``configs/inference.yaml``.
@@ -127,6 +193,16 @@ def infer_with_bundle(
         statistics: write per-case statistics of the written label maps.
         dicom_seg: for DICOM series inputs, also write ``<case id>.dcm``, a DICOM-SEG referencing
             the series (:func:`voxpipe.transforms.dicom_seg.write_dicom_seg`).
+        output_format: label-map format (:data:`OUTPUT_FORMATS`); ``"dicom-seg"`` needs DICOM series
+            inputs and writes ``<case id>.dcm`` for every input (the ``.nii.gz`` label map stays
+            beside it: statistics and ``resume`` read it).
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (default: the bundle's).
+        tta: flip test-time augmentation (default: the bundle's, off in voxpipe's bundles).
+        compile: ``torch.compile`` the network (default: the bundle's, off).
+        save_probabilities: also write ``<case id>_probabilities.npz`` (float16 ``(C, X, Y, Z)`` on
+            the source grid, with ``affine``).
+        progress: progress bars over cases and windows (default: the bundle's, off).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (the config's ``device#preference``).
 
     Returns:
         Paths of the label maps (written or, with ``resume``, already present), in input order.
@@ -136,15 +212,32 @@ def infer_with_bundle(
         InferenceFailed: some cases failed; every other case was written first.
     """
     images = collect_inputs(inputs)
+    if output_format == "dicom-seg":
+        dicom_seg = True
+        not_dicom = [str(p) for p in images if not p.is_dir()]
+        if not_dicom:
+            raise InputError(f"format 'dicom-seg': expected DICOM series folders, found image files {not_dicom}",
+                             hint="DICOM-SEG references the source slices; use --format nii.gz for these inputs")
+    out_dir = Path(output_dir)
+    options = run_options(
+        bundle_dir, precision=precision, tta=tta, compile=compile, output_format=output_format,
+        probabilities_dir=out_dir if save_probabilities else None, progress=progress, device=device,
+    )  # fmt: skip
     checkpoint = Path(weights) if weights is not None else Path(bundle_dir) / "models" / "model.pt"
     if not checkpoint.is_file():
         raise InputError(
             f"{str(checkpoint)!r}: expected network weights (the inference config's 'checkpoint'), found no file",
             hint="train the bundle first (voxpipe train) or pass --weights FILE",
         )
-    out_dir = Path(output_dir)
     failures: dict[str, str] = {}
-    done = [p for p in images if resume and _complete(_output_path(out_dir, p))]
+
+    def output(image: Path) -> Path:
+        return _output_path(out_dir, image, output_format)
+
+    def finished(image: Path) -> bool:
+        return _complete(output(image)) and not (dicom_seg and image.is_dir() and not _seg_path(out_dir, image).is_file())
+
+    done = [p for p in images if resume and finished(p)]
     if done:
         logger.info("resume: %d of %d cases already have outputs; skipped", len(done), len(images))
     pending = []
@@ -159,15 +252,16 @@ def infer_with_bundle(
     values = {
         "output_dir": str(out_dir.resolve()),
         "checkpoint": str(checkpoint.resolve()),
+        **options,
         **(overrides or {}),
     }
     while pending:
-        before = {p: _stamp(_output_path(out_dir, p)) for p in pending}
+        before = {p: _stamp(output(p)) for p in pending}
         try:
             run_bundle(bundle_dir, config="inference", overrides={**values, "datalist": [{"image": str(p.resolve())} for p in pending]})
             pending = []
         except Exception as error:  # one case's failure must not cost the others
-            fresh = [p for p in pending if _stamp(_output_path(out_dir, p)) != before[p]]
+            fresh = [p for p in pending if _stamp(output(p)) != before[p]]
             unwritten = [p for p in pending if p not in fresh]
             if not unwritten or (fresh and pending.index(unwritten[0]) < pending.index(fresh[-1])):
                 raise  # not attributable to one case: a set-up error, reported as is
@@ -182,19 +276,19 @@ def infer_with_bundle(
             failures[str(failed)] = reason
             logger.error("%s: inference failed (%s); continuing with the next case", failed, failures[str(failed)])
             pending = pending[pending.index(failed) + 1 :]
-    outputs = [_output_path(out_dir, p) for p in images if str(p) not in failures]
+    outputs = [output(p) for p in images if str(p) not in failures]
     missing = [str(p) for p in outputs if not p.is_file()]
     if missing:
         raise InputError(f"{str(bundle_dir)!r}: inference finished but wrote no output for {missing}")
     written = [p for p in images if str(p) not in failures]
     if statistics and outputs:
-        _write_statistics(bundle_dir, overrides or {}, written, out_dir)
+        _write_statistics(bundle_dir, overrides or {}, written, out_dir, output)
     if dicom_seg:
         from voxpipe.transforms.dicom_seg import write_dicom_seg
 
-        for image in (p for p in written if p.is_dir()):
-            label = load_volume(_output_path(out_dir, image), label=True)
-            write_dicom_seg(label.array, image, out_dir / f"{case_id(image)}.dcm", names=_label_names(bundle_dir))
+        for image in (p for p in written if p.is_dir() and p not in done):
+            label = load_volume(output(image), label=True)
+            write_dicom_seg(label.array, image, _seg_path(out_dir, image), names=_label_names(bundle_dir))
     if failures:
         listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures.items())
         raise InferenceFailed(
@@ -217,7 +311,8 @@ def _label_names(bundle_dir: str | os.PathLike[str]) -> dict[int, str]:
     return {int(k): str(v) for k, v in channels.items() if int(k)} or {1: "foreground"}
 
 
-def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str, Any], images: list[Path], out_dir: Path) -> None:
+def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str, Any], images: list[Path], out_dir: Path,
+                      output: Any) -> None:
     """Per-case statistics from the written label maps and their source images."""
     from monai.bundle import ConfigParser
 
@@ -228,7 +323,7 @@ def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str
     names = _label_names(bundle_dir)
     per_case = {}
     for image in images:
-        label = load_volume(_output_path(out_dir, image))
+        label = load_volume(output(image))
         source = load_volume(image)
         intensity = source.array if source.array.shape == label.array.shape else None
         per_case[case_id(image)] = case_statistics(label.array, label.affine, names=names, image=intensity, lesion_labels=lesion_labels)

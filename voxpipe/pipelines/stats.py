@@ -22,6 +22,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from voxpipe.transforms.io import write_text_atomic
+from voxpipe.transforms.postprocess import foreground_box
 
 _FULL = ndimage.generate_binary_structure(3, 3)
 
@@ -65,11 +66,13 @@ def case_statistics(
         count = int(mask.sum())
         entry: dict[str, Any] = {"volume_ml": count * voxel_ml}
         if image is not None:
-            inside = np.asarray(image, dtype=np.float64)[mask]
+            inside = np.asarray(image)[mask].astype(np.float64)
             entry["mean"] = float(inside.mean()) if count else None
             entry["std"] = float(inside.std()) if count else None
+            del inside
         if int(value) in {int(v) for v in lesion_labels}:
-            components, n = ndimage.label(mask, structure=_FULL)
+            box = foreground_box(mask)  # label components in the lesions' bounding box, not the whole scan
+            components, n = ndimage.label(mask[box] if box else mask, structure=_FULL)
             entry["lesion_count"] = int(n)
             if n:
                 sizes = np.bincount(components.ravel())[1:]

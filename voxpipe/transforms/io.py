@@ -290,7 +290,8 @@ def _check_shape(found: Sequence[int], expected: Sequence[int], reference: Path)
 class SaveLabelLiked(MapTransform):
     """Write ``data[key]`` (a (1, x, y, z) or (x, y, z) label map) on the grid of its source image.
 
-    Used as the last post-processing step of inference bundles, after ``Invertd`` has brought the
+    Used as the last post-processing step of inference bundles, after
+    :class:`voxpipe.transforms.invert.ResampleArgmaxd` (or MONAI's ``Invertd``) has brought the
     prediction back to the source grid. The source file is ``data[reference_key].meta
     ["filename_or_obj"]``; the output is ``output_dir/<case id><output_postfix><output_ext>``.
     Before writing, the prediction's affine (tracked by MONAI through the inversion) is compared with

@@ -12,7 +12,9 @@ label map, in millimetres from the prediction's own affine, in this order:
 3. ``inside``: ``{2: [1]}`` removes components of label 2 that neither lie in nor touch label 1;
 4. ``min_size_mm3``: ``{2: 20}`` removes components of label 2 smaller than 20 mm³.
 
-Removed voxels become background (0).
+Removed voxels become background (0). Everything runs inside the bounding box of the labelled voxels
+(plus one voxel), so the int32 component maps cover the organ rather than the whole scan: on a
+512 × 512 × 600 CT that is the difference between ~0.3 and 1.2 GB for one map.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from scipy import ndimage
 
@@ -45,31 +48,67 @@ def postprocess_labels(
     min_size_mm3: Mapping[int, float] | None = None,
 ) -> np.ndarray:
     """Post-process an integer label map ``(X, Y, Z)``; returns a new array (see module doc for the order)."""
+    if np.ndim(label) != 3:
+        raise InputError(f"post-processing: expected a 3D label map (X, Y, Z), found shape {np.shape(label)}")
     out = np.array(label, copy=True)
-    if out.ndim != 3:
-        raise InputError(f"post-processing: expected a 3D label map (X, Y, Z), found shape {out.shape}")
+    box = foreground_box(out)
+    if box is not None:
+        _postprocess_in_place(out[box], voxel_mm3=voxel_mm3, fill_holes=fill_holes, largest=largest, inside=inside,
+                              min_size_mm3=min_size_mm3)
+    return out
+
+
+def foreground_box(label: np.ndarray) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of ``label != 0`` grown by one voxel (clipped), or ``None`` if empty.
+
+    Component labelling and morphology inside this box give the same result as on the whole array
+    at a fraction of the memory (scipy's int32 component maps are 4 bytes per voxel).
+    """
+    box = []
+    for axis in range(label.ndim):
+        others = tuple(a for a in range(label.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(label, axis=others))
+        if hits.size == 0:
+            return None
+        box.append(slice(max(int(hits[0]) - 1, 0), min(int(hits[-1]) + 2, label.shape[axis])))
+    return tuple(box)
+
+
+def _postprocess_in_place(
+    out: np.ndarray,
+    *,
+    voxel_mm3: float,
+    fill_holes: Sequence[int],
+    largest: Sequence[Sequence[int]],
+    inside: Mapping[int, Sequence[int]] | None,
+    min_size_mm3: Mapping[int, float] | None,
+) -> None:
     for value in fill_holes:
         filled = ndimage.binary_fill_holes(out == value)
         out[filled & (out == 0)] = value
+        del filled
     for group in largest:
         mask = np.isin(out, list(group))
         components, count = ndimage.label(mask, structure=_FULL)
         if count > 1:
             sizes = np.bincount(components.ravel())[1:]
             out[mask & (components != int(np.argmax(sizes)) + 1)] = 0
+        del mask, components
     for value, hosts in (inside or {}).items():
         components, count = ndimage.label(out == int(value), structure=_FULL)
         if count:
             near_host = ndimage.binary_dilation(np.isin(out, list(hosts)), structure=_FULL)
             touching = np.unique(components[near_host & (components > 0)])
+            del near_host
             out[(components > 0) & ~np.isin(components, touching)] = 0
+        del components
     for value, limit in (min_size_mm3 or {}).items():
         components, count = ndimage.label(out == int(value), structure=_FULL)
         if count:
             sizes_mm3 = np.bincount(components.ravel())[1:] * voxel_mm3
             small = np.flatnonzero(sizes_mm3 < float(limit)) + 1
             out[np.isin(components, small)] = 0
-    return out
+        del components
 
 
 class PostProcessd(MapTransform):
@@ -107,13 +146,14 @@ class PostProcessd(MapTransform):
             voxel = _voxel_mm3(affine) if affine is not None else 1.0
             array = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
             squeeze = array.ndim == 4
-            labels = np.rint(array[0] if squeeze else array).astype(np.int16)
+            labels = array[0] if squeeze else array
+            if not np.issubdtype(labels.dtype, np.integer):  # AsDiscreted gives float class indices
+                labels = np.rint(labels).astype(np.int16)
             result = postprocess_labels(labels, voxel_mm3=voxel, **self.options)
             result = result[None] if squeeze else result
             if isinstance(pred, torch.Tensor):
-                out = pred.clone()
-                out[...] = torch.as_tensor(result, dtype=pred.dtype)
-                d[key] = out
+                out = torch.as_tensor(result.astype(array.dtype, copy=False))
+                d[key] = MetaTensor(out, meta=pred.meta, applied_operations=pred.applied_operations) if isinstance(pred, MetaTensor) else out
             else:
                 d[key] = result.astype(array.dtype)
         return d
