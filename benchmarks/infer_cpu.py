@@ -13,14 +13,28 @@ without it the network is a seeded random init, whose near-tied logits make agre
 pessimistic.
 
     python benchmarks/infer_cpu.py [--weights W --init-filters 8] [--size 256 256 160]
+
+``--memory`` measures instead the peak RSS of a whole file-to-file run on a 512 × 512 × 600 CT
+(int16 NIfTI, 0.75 × 0.75 × 0.8 mm, an upsampled liver phantom; 3 classes; the liver bundle's
+1.5 × 1.5 × 2.5 mm grid): (a) the same chain with MONAI's ``SlidingWindowInferer``, ``Invertd``
+and ``AsDiscreted`` and (b) ``voxpipe infer`` (fast inferer, slab-wise ``ResampleArgmaxd``,
+post-processing, statistics). Each runs in its own subprocess and reports its own
+``ru_maxrss``. The budget is 3 GB.
+
+    python benchmarks/infer_cpu.py --memory [--weights W --init-filters 8] [--size 512 512 600]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,8 +90,95 @@ def run(kind: str, args: argparse.Namespace) -> tuple[float, float, np.ndarray]:
     return result
 
 
+BUNDLE = Path(__file__).resolve().parents[1] / "configs" / "liver_ct_segresnet"
+
+
+def large_ct(size: tuple[int, int, int], folder: Path) -> Path:
+    """An upsampled liver phantom as an int16 NIfTI of ``size`` voxels at 0.75 × 0.75 × 0.8 mm."""
+    from voxpipe.synthetic import liver_phantom
+    from voxpipe.transforms.io import save_nifti
+
+    path = folder / f"ct_{'x'.join(map(str, size))}.nii"
+    if not path.is_file():
+        phantom = liver_phantom(0, orientation="RAS", size="default")
+        zoom = np.array(size) / np.array(phantom.image.shape)
+        hu = ndimage.zoom(phantom.image.astype(np.int16), zoom, order=0)
+        save_nifti(hu, np.diag([0.75, 0.75, 0.8, 1.0]), path)
+    return path
+
+
+def _memory_child(kind: str, image: str, weights: str, init_filters: int, out: str) -> None:
+    """One file-to-file run; prints its own peak RSS (MiB) and seconds as JSON on the last line."""
+    started = time.perf_counter()
+    overrides = {"network_def#init_filters": init_filters, "progress": False}
+    if kind == "voxpipe":
+        from voxpipe.pipelines.infer import infer_with_bundle
+
+        infer_with_bundle(BUNDLE, [image], output_dir=out, weights=weights, overrides=overrides)
+    else:  # the bundle's chain with MONAI's inferer and inversion (the shipped configs before voxpipe's own)
+        from monai.bundle import ConfigParser
+
+        from voxpipe.pipelines.bundle import find_config, run_bundle
+
+        chain = ConfigParser.load_config_file(str(find_config(BUNDLE, "inference")))["postprocessing"]["transforms"]
+        chain[1:2] = [{"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+                       "nearest_interp": False, "to_tensor": True},
+                      {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]
+        monai = {
+            "inferer": {"_target_": "SlidingWindowInferer", "roi_size": "@patch_size", "sw_batch_size": 4, "overlap": 0.25,
+                        "mode": "gaussian"},
+            "postprocessing#transforms": chain,
+        }
+        run_bundle(BUNDLE, config="inference", overrides={
+            "output_dir": out, "checkpoint": weights, "datalist": [{"image": image}], **overrides, **monai,
+        })  # fmt: skip
+    seconds = time.perf_counter() - started
+    print(json.dumps({"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds}))
+
+
+def memory(args: argparse.Namespace) -> None:
+    size = tuple(args.size if args.size != [256, 256, 160] else [512, 512, 600])
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        image = large_ct(size, folder)
+        weights = args.weights
+        if weights is None:
+            weights = str(folder / "random.pt")
+            torch.save(network(args.init_filters, None).state_dict(), weights)
+        print(f"volume {size} int16 at 0.75 × 0.75 × 0.8 mm ({image.stat().st_size / 2**20:.0f} MiB), liver bundle, "
+              f"SegResNet(init_filters={args.init_filters}), 3 classes")
+        results = {}
+        for kind in ("voxpipe", "monai"):
+            command = [sys.executable, __file__, "--memory-child", kind, str(image), weights, str(args.init_filters), str(folder / kind)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"  {kind:8s} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+                continue
+            results[kind] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"  {kind:8s} {results[kind]['seconds']:7.1f} s   peak RSS {results[kind]['rss_mib']:7.0f} MiB", flush=True)
+        if len(results) == 2:
+            a = nib_labels(folder / "voxpipe", image)
+            b = nib_labels(folder / "monai", image)
+            print("  Dice agreement of the written label maps: " + ", ".join(
+                f"class {c} {2 * ((a == c) & (b == c)).sum() / max((a == c).sum() + (b == c).sum(), 1):.4f}" for c in (1, 2)))
+        if "voxpipe" in results:
+            verdict = "within" if results["voxpipe"]["rss_mib"] <= 3 * 1024 else "OVER"
+            print(f"voxpipe peak RSS {results['voxpipe']['rss_mib'] / 1024:.2f} GiB: {verdict} the 3 GB budget")
+
+
+def nib_labels(folder: Path, image: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asanyarray(nib.load(folder / image.name.replace(".nii", ".nii.gz")).dataobj)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
+        kind, image, weights, init_filters, out = sys.argv[2:7]
+        _memory_child(kind, image, weights, int(init_filters), out)
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memory", action="store_true", help="peak RSS of file-to-file runs on a 512 × 512 × 600 CT")
     parser.add_argument("--size", type=int, nargs=3, default=[256, 256, 160])
     parser.add_argument("--roi", type=int, default=96)
     parser.add_argument("--init-filters", type=int, default=16)
@@ -87,6 +188,9 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="voxpipe path in channels-last 3D (faster, less exact)")
     parser.add_argument("--no-skip-air", action="store_true", help="run every window, also those entirely in air")
     args = parser.parse_args()
+    if args.memory:
+        memory(args)
+        return
     print(f"volume {tuple(args.size)}, SegResNet(init_filters={args.init_filters}), roi {args.roi}³, overlap 0.25, "
           f"sw_batch 4, gaussian, {args.threads} threads, weights: {args.weights or 'random init (seed 0)'}")
     results = {kind: run(kind, args) for kind in ("monai", "voxpipe")}
