@@ -139,12 +139,10 @@ class ResampleArgmaxd(MapTransform):
         return d
 
     def _save_probabilities(self, probabilities: torch.Tensor, affine: np.ndarray, source: str) -> None:
-        from voxpipe.transforms.io import case_id
+        from voxpipe.transforms.io import atomic_path, case_id
 
         assert self.probabilities_dir is not None
-        self.probabilities_dir.mkdir(parents=True, exist_ok=True)
         path = self.probabilities_dir / f"{case_id(source)}_probabilities.npz"
-        partial = path.with_name(f".{path.name}.partial.npz")
-        np.savez_compressed(partial, probabilities=probabilities.numpy(), affine=affine)
-        os.replace(partial, path)
+        with atomic_path(path) as tmp:  # the temporary name ends in .npz, so numpy adds no suffix
+            np.savez_compressed(tmp, probabilities=probabilities.numpy(), affine=affine)
         logger.info("wrote %s", path)
