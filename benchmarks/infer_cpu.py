@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from voxpipe.metrics.overlap import dice
+
 
 def volume(size: tuple[int, int, int]) -> torch.Tensor:
     from voxpipe.synthetic import liver_phantom
@@ -159,8 +161,7 @@ def memory(args: argparse.Namespace) -> None:
         if len(results) == 2:
             a = nib_labels(folder / "voxpipe", image)
             b = nib_labels(folder / "monai", image)
-            print("  Dice agreement of the written label maps: " + ", ".join(
-                f"class {c} {2 * ((a == c) & (b == c)).sum() / max((a == c).sum() + (b == c).sum(), 1):.4f}" for c in (1, 2)))
+            print("  Dice agreement of the written label maps: " + ", ".join(f"class {c} {dice(a == c, b == c):.4f}" for c in (1, 2)))
         if "voxpipe" in results:
             verdict = "within" if results["voxpipe"]["rss_mib"] <= 3 * 1024 else "OVER"
             print(f"voxpipe peak RSS {results['voxpipe']['rss_mib'] / 1024:.2f} GiB: {verdict} the 3 GB budget")
@@ -198,11 +199,7 @@ def main() -> None:
         counts = np.bincount(labels.ravel(), minlength=3)
         print(f"  {kind:8s} {seconds:7.1f} s   peak RSS {rss:7.0f} MiB   voxels per class {counts.tolist()}")
     plain, fast = results["monai"][2], results["voxpipe"][2]
-    agreement = []
-    for c in (1, 2):
-        a, b = plain == c, fast == c
-        total = a.sum() + b.sum()
-        agreement.append(float(2 * (a & b).sum() / total) if total else float("nan"))
+    agreement = [dice(plain == c, fast == c) for c in (1, 2)]
     print(f"speed-up {results['monai'][0] / results['voxpipe'][0]:.2f}×; Dice agreement liver {agreement[0]:.4f}, tumour {agreement[1]:.4f}")
 
 
