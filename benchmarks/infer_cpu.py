@@ -44,7 +44,7 @@ from voxpipe.metrics.overlap import dice
 
 
 def volume(size: tuple[int, int, int]) -> torch.Tensor:
-    from voxpipe.synthetic import liver_phantom
+    from voxpipe.phantoms.ct import liver_phantom
 
     phantom = liver_phantom(0, size="default")
     hu = ndimage.zoom(phantom.image.astype(np.float32), np.array(size) / np.array(phantom.image.shape), order=1)
@@ -63,7 +63,7 @@ def network(init_filters: int, weights: str | None) -> torch.nn.Module:
 def _child(kind: str, args: argparse.Namespace, queue: mp.Queue) -> None:
     from monai.inferers import sliding_window_inference
 
-    from voxpipe.pipelines.fast_infer import FastSlidingWindowInferer
+    from voxpipe.pipelines.inference.sliding_window import FastSlidingWindowInferer
 
     torch.set_num_threads(args.threads)
     image, net = volume(tuple(args.size)), network(args.init_filters, args.weights)
@@ -97,7 +97,7 @@ BUNDLE = Path(__file__).resolve().parents[1] / "configs" / "liver_ct_segresnet"
 
 def large_ct(size: tuple[int, int, int], folder: Path) -> Path:
     """An upsampled liver phantom as an int16 NIfTI of ``size`` voxels at 0.75 × 0.75 × 0.8 mm."""
-    from voxpipe.synthetic import liver_phantom
+    from voxpipe.phantoms.ct import liver_phantom
     from voxpipe.transforms.io import save_nifti
 
     path = folder / f"ct_{'x'.join(map(str, size))}.nii"
@@ -114,13 +114,14 @@ def _memory_child(kind: str, image: str, weights: str, init_filters: int, out: s
     started = time.perf_counter()
     overrides = {"network_def#init_filters": init_filters, "progress": False}
     if kind == "voxpipe":
-        from voxpipe.pipelines.infer import infer_with_bundle
+        from voxpipe.pipelines.inference.infer import infer_with_bundle
 
         infer_with_bundle(BUNDLE, [image], output_dir=out, weights=weights, overrides=overrides)
     else:  # the bundle's chain with MONAI's inferer and inversion (the shipped configs before voxpipe's own)
         from monai.bundle import ConfigParser
 
-        from voxpipe.pipelines.bundle import find_config, run_bundle
+        from voxpipe.pipelines.bundles.config import find_config
+        from voxpipe.pipelines.bundles.run import run_bundle
 
         chain = ConfigParser.load_config_file(str(find_config(BUNDLE, "inference")))["postprocessing"]["transforms"]
         chain[1:2] = [{"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",

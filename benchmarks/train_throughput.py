@@ -36,7 +36,7 @@ def write_cases(root: Path, *, cases: int, matrix: int, slices: int) -> list[dic
     That is a 400 mm field of view and LiTS-like volumes (512 × 512 × 300 by default): loading and
     resampling cost what they cost on real abdominal CT, which is what the cache saves.
     """
-    from voxpipe.synthetic import liver_phantom
+    from voxpipe.phantoms.ct import liver_phantom
     from voxpipe.transforms.io import save_nifti
 
     datalist = []
@@ -99,7 +99,7 @@ def train(loader, *, epochs: int, init_filters: int, bf16: bool) -> tuple[list[f
     torch.manual_seed(0)
     network = build_network("segresnet", out_channels=3, init_filters=init_filters)
     if bf16:
-        from voxpipe.pipelines.train import CpuBf16Autocast
+        from voxpipe.pipelines.training.trainer import CpuBf16Autocast
 
         network = CpuBf16Autocast(network)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
@@ -134,7 +134,7 @@ def main() -> None:
     from monai.transforms import Compose
     from monai.utils import set_determinism
 
-    from voxpipe.pipelines.data import cached_dataset
+    from voxpipe.pipelines.data.caching import cached_dataset
 
     with tempfile.TemporaryDirectory() as folder:
         datalist = write_cases(Path(folder), cases=args.cases, matrix=args.matrix, slices=args.slices)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from voxpipe.pipelines.bundle import shipped_bundle
-from voxpipe.synthetic import write_msd_dataset
+from voxpipe.phantoms.ct import write_msd_dataset
+from voxpipe.pipelines.bundles.config import shipped_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,8 @@ from conftest import TINY_MODEL
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from voxpipe.errors import BundleError, InputError
-from voxpipe.pipelines.bundle import find_config, parse_overrides, run_bundle
+from voxpipe.pipelines.bundles.config import find_config, parse_overrides
+from voxpipe.pipelines.bundles.run import run_bundle
 
 
 @pytest.mark.parametrize("config,workflow_type", [("train", "train"), ("inference", "infer")])
@@ -104,7 +105,8 @@ def test_parse_overrides_reads_yaml_values():
 
 
 def test_training_config_reads_a_saved_split_and_caches_on_disk(liver_bundle, tiny_liver_dataset, tmp_path):
-    from voxpipe.pipelines.data import make_split, msd_datalist, save_split
+    from voxpipe.pipelines.data.datalists import msd_datalist
+    from voxpipe.pipelines.data.splits import make_split, save_split
 
     split = make_split(msd_datalist(tiny_liver_dataset), folds=2, seed=1)
     save_split(split, tmp_path / "split.json")

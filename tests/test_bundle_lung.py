@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from voxpipe.pipelines.bundle import find_config, run_bundle, shipped_bundle
-from voxpipe.pipelines.infer import infer_with_bundle
-from voxpipe.synthetic import write_msd_dataset
+from voxpipe.phantoms.ct import write_msd_dataset
+from voxpipe.pipelines.bundles.config import find_config, shipped_bundle
+from voxpipe.pipelines.bundles.run import run_bundle
+from voxpipe.pipelines.inference.infer import infer_with_bundle
 
 SMALL_UNET = {"patch_size": [32, 32, 32], "network_def#channels": [8, 16, 32], "network_def#strides": [2, 2],
               "progress": False}

@@ -11,8 +11,8 @@ from conftest import TINY_MODEL
 from helpers import SMALL
 
 from voxpipe.networks import list_networks, network_spec
-from voxpipe.pipelines.bundle import run_bundle
-from voxpipe.synthetic import write_msd_dataset
+from voxpipe.phantoms.ct import write_msd_dataset
+from voxpipe.pipelines.bundles.run import run_bundle
 
 SEGMENTATION = sorted(n for n in list_networks() if network_spec(n).task == "segmentation")
 

@@ -13,8 +13,8 @@ import torch
 from monai.networks.nets import UNet
 
 from voxpipe.cli import main
-from voxpipe.pipelines.bundle import weights_keys
-from voxpipe.pipelines.bundle_safety import target_problem, unsafe_entries
+from voxpipe.pipelines.bundles.config import weights_keys
+from voxpipe.pipelines.bundles.safety import target_problem, unsafe_entries
 
 ZOO = Path(__file__).parent / "data" / "zoo_style_bundle"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from voxpipe.cli import main
-from voxpipe.pipelines.bundle_validate import validate_bundle
+from voxpipe.pipelines.bundles.validate import validate_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def test_a_broken_copy_gets_every_fault_reported_at_once(tmp_path, capsys):
     _replace(configs / "train.yaml", '    max_epochs: "@max_epochs"\n    train_data_loader',
              '    max_epoch: "@max_epochs"\n    train_data_loader')                                       # 3 bad kwarg, 4 property gone
     _replace(configs / "train.yaml", "_target_: voxpipe.transforms.presets.compose", "_target_: Compos")  # 5 unknown short name
-    fast = "  _target_: voxpipe.pipelines.fast_infer.FastSlidingWindowInferer"
+    fast = "  _target_: voxpipe.pipelines.inference.sliding_window.FastSlidingWindowInferer"
     _replace(configs / "inference.yaml", f"inferer:\n{fast}", f"inferrer:\n{fast}")
     _replace(configs / "evaluate.yaml", "num_classes: 3\n", "num_classes: [3\n")                       # 8 YAML syntax
     metadata = json.loads((configs / "metadata.json").read_text())
@@ -48,7 +48,7 @@ def test_a_broken_copy_gets_every_fault_reported_at_once(tmp_path, capsys):
     expected = [
         "train.yaml: optimizer#lr: reference '@learning_rat' points to no config id (hint: did you mean 'learning_rate'?)",
         "train.yaml: loss#loss#_target_: 'monai.losses.DiceCELos' does not exist in module 'monai.losses' (hint: did you mean 'DiceCELoss'?)",
-        "train.yaml: train#trainer#max_epoch: 'voxpipe.pipelines.train.build_trainer' takes no argument 'max_epoch' "
+        "train.yaml: train#trainer#max_epoch: 'voxpipe.pipelines.training.trainer.build_trainer' takes no argument 'max_epoch' "
         "(hint: did you mean 'max_epochs'?)",
         "train.yaml: train#trainer#max_epochs: required bundle property 'max_epochs' is missing",
         "train.yaml: train#preprocessing#_target_: 'Compos' is neither a MONAI component nor a module path (hint: did you mean 'Compose'?)",
@@ -68,6 +68,6 @@ def test_bundle_run_validates_first(tmp_path, capsys):
     _replace(bundle / "configs" / "inference.yaml", "  sw_batch_size: 4\n", "  sw_batch_sise: 4\n")
     assert main(["bundle", "run", str(bundle), "--set", "dataset_dir=/nowhere"]) == 2
     err = capsys.readouterr().err
-    assert ("inference.yaml: inferer#sw_batch_sise: 'voxpipe.pipelines.fast_infer.FastSlidingWindowInferer' "
+    assert ("inference.yaml: inferer#sw_batch_sise: 'voxpipe.pipelines.inference.sliding_window.FastSlidingWindowInferer' "
             "takes no argument 'sw_batch_sise'") in err
     assert "did you mean 'sw_batch_size'?" in err

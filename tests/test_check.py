@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from voxpipe.cli import main
-from voxpipe.pipelines.check import check_dataset
-from voxpipe.synthetic import write_msd_dataset
+from voxpipe.phantoms.ct import write_msd_dataset
+from voxpipe.pipelines.data.check import check_dataset
 
 
 @pytest.fixture(scope="module")

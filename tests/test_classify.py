@@ -18,8 +18,10 @@ from monai.data import MetaTensor
 
 from voxpipe.errors import InputError
 from voxpipe.metrics.classification import roc_auc
-from voxpipe.pipelines.bundle import run_bundle, shipped_bundle
-from voxpipe.pipelines.classify import (
+from voxpipe.phantoms.nodules import nodule_patch, write_nodule_dataset
+from voxpipe.pipelines.bundles.config import shipped_bundle
+from voxpipe.pipelines.bundles.run import run_bundle
+from voxpipe.pipelines.training.classification import (
     RoiCropd,
     class_weights,
     classification_datalist,
@@ -27,8 +29,7 @@ from voxpipe.pipelines.classify import (
     load_classification_datalist,
     sample_weights,
 )
-from voxpipe.pipelines.distributed import data_loader
-from voxpipe.synthetic_nodules import nodule_patch, write_nodule_dataset
+from voxpipe.pipelines.training.distributed import data_loader
 
 # A small DenseNet121 layout: quick enough for CI, still learns the synthetic task.
 SMALL_DENSENET = {"network_def#init_features": 16, "network_def#growth_rate": 8, "network_def#block_config": [2, 2, 2, 2]}

@@ -14,17 +14,10 @@ import pytest
 
 from voxpipe.cli import main
 from voxpipe.errors import InputError
-from voxpipe.pipelines.data import (
-    cached_dataset,
-    detect_layout,
-    estimate_cache_bytes,
-    load_datalist,
-    make_split,
-    msd_datalist,
-    save_split,
-    split_datalist,
-)
-from voxpipe.pipelines.download import download_msd
+from voxpipe.pipelines.data.caching import cached_dataset, estimate_cache_bytes
+from voxpipe.pipelines.data.datalists import detect_layout, load_datalist, msd_datalist, split_datalist
+from voxpipe.pipelines.data.download import download_msd
+from voxpipe.pipelines.data.splits import make_split, save_split
 from voxpipe.transforms.io import read_geometry
 
 

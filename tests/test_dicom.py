@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from voxpipe.errors import GeometryError, InputError
-from voxpipe.synthetic_dicom import oblique_affine, write_dicom_series
+from voxpipe.phantoms.dicom import oblique_affine, write_dicom_series
 from voxpipe.transforms.dicom import discover_series, load_dicom_series
 from voxpipe.transforms.io import load_volume, read_geometry, sitk_affine
 

@@ -12,8 +12,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from voxpipe.errors import GeometryError, InputError
-from voxpipe.pipelines.evaluate import evaluate_folders
-from voxpipe.synthetic import liver_phantom
+from voxpipe.phantoms.ct import liver_phantom
+from voxpipe.pipelines.evaluation.evaluate import evaluate_folders
 from voxpipe.transforms.dicom_seg import SEG_SOP_CLASS, is_dicom_seg, read_seg, seg_grid, seg_to_label_map
 from voxpipe.transforms.io import LPS_TO_RAS, load_volume, save_nifti, write_volume
 
@@ -129,7 +129,7 @@ def test_dcmqi_liver_seg_equals_its_manual_nrrd(real_data, tmp_path):
 
 
 def test_report_draws_seg_references_over_the_image(tmp_path, phantom):
-    from voxpipe.pipelines.report import _background, write_report
+    from voxpipe.pipelines.evaluation.report import _background, write_report
 
     refs, preds, images = tmp_path / "refs", tmp_path / "preds", tmp_path / "images"
     refs.mkdir()
@@ -147,7 +147,7 @@ def test_report_draws_seg_references_over_the_image(tmp_path, phantom):
 def test_written_seg_reads_back_exactly_and_tilted_series_are_refused(tmp_path, phantom):
     import highdicom as hd
 
-    from voxpipe.synthetic_dicom import write_dicom_series
+    from voxpipe.phantoms.dicom import write_dicom_series
     from voxpipe.transforms.dicom_seg import write_dicom_seg
 
     write_dicom_series(phantom.image, phantom.affine, tmp_path / "ct")
@@ -168,7 +168,7 @@ def test_written_seg_reads_back_exactly_and_tilted_series_are_refused(tmp_path, 
 def test_totalsegmentator_labels_round_trip_through_seg_on_the_jpeg2000_series(real_data, tmp_path):
     import json
 
-    from voxpipe.pipelines.evaluate import resample_nearest
+    from voxpipe.pipelines.evaluation.evaluate import resample_nearest
     from voxpipe.transforms.dicom_seg import write_dicom_seg
 
     folder = real_data / "totalsegmentator"

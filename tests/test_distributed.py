@@ -11,7 +11,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from voxpipe.pipelines.bundle import find_config
+from voxpipe.pipelines.bundles.config import find_config
 
 SETTINGS = {"patch_size": [32, 32, 16], "network_def#init_filters": 8, "val_fraction": 0.75, "val_interval": 1}
 

@@ -11,7 +11,7 @@ import pytest
 
 from voxpipe.errors import GeometryError, InputError
 from voxpipe.metrics import dice
-from voxpipe.pipelines.evaluate import ScoringOptions, evaluate_folders, parse_label_groups
+from voxpipe.pipelines.evaluation.evaluate import ScoringOptions, evaluate_folders, parse_label_groups
 from voxpipe.transforms.io import save_nifti
 
 AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
@@ -142,7 +142,7 @@ def test_resample_pred_puts_a_prediction_on_the_reference_grid(tmp_path):
 
 
 def test_report_is_one_self_contained_html(folders, tmp_path):
-    from voxpipe.pipelines.report import write_report
+    from voxpipe.pipelines.evaluation.report import write_report
 
     pred, ref, out = folders
     result = evaluate_folders(pred, ref, labels={"liver": (1,), "tumour": (2,)}, output_dir=out)

@@ -8,7 +8,7 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import SegResNet
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.fast_infer import FastSlidingWindowInferer, body_box
+from voxpipe.pipelines.inference.sliding_window import FastSlidingWindowInferer, body_box
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +82,11 @@ def test_flip_tta_averages_the_flipped_passes_and_compile_is_optional(net):
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch):
-    from voxpipe.pipelines import fast_infer
+    from voxpipe.pipelines.inference import sliding_window
 
-    monkeypatch.setattr(fast_infer, "cpu_bf16_supported", lambda: False)
-    assert fast_infer.resolve_precision(torch.device("cpu"), "auto") == "fp32"
-    monkeypatch.setattr(fast_infer, "cpu_bf16_supported", lambda: True)
-    assert fast_infer.resolve_precision(torch.device("cpu"), "auto") == "bf16"
-    assert fast_infer.resolve_precision(torch.device("cuda"), "auto") == "fp16"
-    assert fast_infer.resolve_precision(torch.device("cpu"), "fp32") == "fp32"
+    monkeypatch.setattr(sliding_window, "cpu_bf16_supported", lambda: False)
+    assert sliding_window.resolve_precision(torch.device("cpu"), "auto") == "fp32"
+    monkeypatch.setattr(sliding_window, "cpu_bf16_supported", lambda: True)
+    assert sliding_window.resolve_precision(torch.device("cpu"), "auto") == "bf16"
+    assert sliding_window.resolve_precision(torch.device("cuda"), "auto") == "fp16"
+    assert sliding_window.resolve_precision(torch.device("cpu"), "fp32") == "fp32"

@@ -15,8 +15,8 @@ from helpers import OracleNet, label_image
 
 from voxpipe.errors import InputError
 from voxpipe.metrics import dice
-from voxpipe.pipelines.infer import collect_inputs, infer_with_bundle
-from voxpipe.synthetic import liver_phantom
+from voxpipe.phantoms.ct import liver_phantom
+from voxpipe.pipelines.inference.infer import collect_inputs, infer_with_bundle
 from voxpipe.transforms.io import save_nifti, write_volume
 
 ORACLE = {"network_def": {"_target_": "helpers.OracleNet"}, "patch_size": [32, 32, 16]}
@@ -55,8 +55,8 @@ def test_outputs_line_up_voxel_for_voxel_with_the_label(liver_bundle, oracle_wei
 
 
 def test_a_dicom_series_folder_is_one_input_and_its_output_lies_on_its_grid(liver_bundle, oracle_weights, tmp_path):
-    from voxpipe.synthetic import liver_phantom
-    from voxpipe.synthetic_dicom import write_dicom_series
+    from voxpipe.phantoms.ct import liver_phantom
+    from voxpipe.phantoms.dicom import write_dicom_series
 
     phantom = liver_phantom(4, orientation="LPS", size="tiny")
     write_dicom_series(label_image(phantom.label), phantom.affine, tmp_path / "in" / "series1")
@@ -99,7 +99,7 @@ def test_other_formats_probabilities_tta_and_precision(liver_bundle, oracle_weig
 def test_options_a_bundle_lacks_and_dicom_seg_for_files_are_refused(liver_bundle, oracle_weights, tmp_path):
     from pathlib import Path
 
-    from voxpipe.pipelines.infer import run_options
+    from voxpipe.pipelines.inference.infer import run_options
 
     zoo = Path(__file__).parent / "data" / "zoo_style_bundle"
     with pytest.raises(InputError, match="expected the keys \\['precision', 'tta'\\]"):
@@ -147,7 +147,7 @@ def test_failing_cases_are_reported_and_the_rest_written_then_resumed(liver_bund
     import json
     import os
 
-    from voxpipe.pipelines.infer import InferenceFailed
+    from voxpipe.pipelines.inference.infer import InferenceFailed
 
     phantom = liver_phantom(30, size="tiny")
     inputs = tmp_path / "in"

@@ -18,8 +18,8 @@ from monai.transforms import (
 from scipy import ndimage
 
 from voxpipe.errors import InputError
-from voxpipe.synthetic import liver_phantom
-from voxpipe.synthetic_dicom import oblique_affine
+from voxpipe.phantoms.ct import liver_phantom
+from voxpipe.phantoms.dicom import oblique_affine
 from voxpipe.transforms.invert import ResampleArgmaxd, resample_argmax
 from voxpipe.transforms.io import LoadVolumed, write_volume
 

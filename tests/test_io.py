@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from voxpipe.errors import GeometryError, InputError
-from voxpipe.synthetic import liver_phantom
+from voxpipe.phantoms.ct import liver_phantom
 from voxpipe.transforms.io import (
     atomic_path,
     case_id,
@@ -136,7 +136,7 @@ def test_load_volumed_feeds_monai_spatial_transforms(tmp_path, lps_phantom):
 
 def test_convert_dicom_series_to_nifti_keeps_geometry(tmp_path, lps_phantom, capsys):
     from voxpipe.cli import main
-    from voxpipe.synthetic_dicom import write_dicom_series
+    from voxpipe.phantoms.dicom import write_dicom_series
 
     write_dicom_series(lps_phantom.image, lps_phantom.affine, tmp_path / "dicom")
     assert main(["data", "convert", str(tmp_path / "dicom"), "-o", str(tmp_path / "ct.nii.gz")]) == 0

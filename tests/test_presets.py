@@ -10,8 +10,8 @@ import torch
 from monai.transforms import RandAffined, RandFlipd, Randomizable
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.fingerprint import compute_fingerprint, target_spacing
-from voxpipe.synthetic import liver_phantom
+from voxpipe.phantoms.ct import liver_phantom
+from voxpipe.pipelines.data.fingerprint import compute_fingerprint, target_spacing
 from voxpipe.transforms.augment import LEVELS, augmentation
 from voxpipe.transforms.intensity import CT_WINDOWS
 from voxpipe.transforms.io import save_nifti

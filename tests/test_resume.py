@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import REPO, TINY_MODEL
 
-from voxpipe.pipelines.bundle import run_bundle
+from voxpipe.pipelines.bundles.run import run_bundle
 
 
 def _losses(run: Path) -> list[float]:

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from voxpipe.errors import InputError
-from voxpipe.synthetic import ORIENTATIONS, liver_phantom, lung_phantom, write_msd_dataset
+from voxpipe.phantoms.ct import ORIENTATIONS, liver_phantom, lung_phantom, write_msd_dataset
 
 
 @pytest.fixture(scope="module")

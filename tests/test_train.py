@@ -12,8 +12,8 @@ from monai.engines import SupervisedEvaluator
 
 from voxpipe.errors import InputError
 from voxpipe.networks import build_network
-from voxpipe.pipelines.handlers import EpochSummary, NanGuard, TrainingDiverged, batch_loss
-from voxpipe.pipelines.train import (
+from voxpipe.pipelines.training.handlers import EpochSummary, NanGuard, TrainingDiverged, batch_loss
+from voxpipe.pipelines.training.trainer import (
     CpuBf16Autocast,
     DeepSupervisionLoss,
     build_optimizer,

@@ -13,7 +13,7 @@ from voxpipe.cli import main
 from voxpipe.errors import InputError
 from voxpipe.networks import build_network, list_networks, network_spec
 from voxpipe.networks.transfer import freeze, load_weights, parameter_groups, read_state_dict
-from voxpipe.pipelines.train import build_optimizer
+from voxpipe.pipelines.training.trainer import build_optimizer
 
 
 def small_kwargs(name: str) -> dict:

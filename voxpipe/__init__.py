@@ -1,12 +1,20 @@
 """voxpipe: 3D CT/MRI segmentation and classification from file to trustworthy results.
 
-Built on MONAI (transforms, networks, bundles), PyTorch and PyTorch-Ignite. See ARCHITECTURE in the
-README for the layout: ``transforms``, ``networks`` and ``metrics`` are building blocks;
-``pipelines`` is what users run; ``cli`` is a thin shell over ``pipelines``.
+Built on MONAI (transforms, networks, bundles), PyTorch and PyTorch-Ignite. Layout (README, Layout):
+``transforms``, ``networks``, ``metrics`` and ``phantoms`` are building blocks; ``pipelines`` is what
+users run, one subpackage per capability; ``cli`` is a thin shell over ``pipelines``.
 """
 
 from __future__ import annotations
 
+import warnings
+
+from voxpipe import _moved
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
+
+# Old dotted paths (copied bundles, scripts) keep working for one release, and say where things went.
+_moved.install()
+warnings.filterwarnings("default", category=_moved.VoxpipeDeprecationWarning)

@@ -1,4 +1,6 @@
-"""Networks by name: ``build_network("segresnet", ...)`` for bundles and code alike."""
+"""Networks by name: ``build_network("segresnet", ...)`` for bundles and code alike; transfer and export.
+A building block: may import voxpipe.transforms (io) and errors, never voxpipe.pipelines or voxpipe.cli.
+"""
 
 from __future__ import annotations
 

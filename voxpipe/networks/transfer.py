@@ -273,7 +273,7 @@ def prepare_pretrained(
 ) -> LoadReport:
     """Load ``weights`` into ``network``, log the report, optionally freeze a part, and remember the report.
 
-    The report is kept as ``network.voxpipe_load_report`` so :func:`voxpipe.pipelines.train.build_optimizer`
+    The report is kept as ``network.voxpipe_load_report`` so :func:`voxpipe.pipelines.training.trainer.build_optimizer`
     can give reused tensors their own learning rate.
     """
     report = load_weights(network, weights, strict=strict)

@@ -13,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from voxpipe.errors import VoxpipeError
-from voxpipe.pipelines.bundle import run_bundle, shipped_bundle
-from voxpipe.pipelines.check import check_dataset, write_report
-from voxpipe.pipelines.evaluate import EvaluationResult, evaluate_folders, label_groups_from_dataset
-from voxpipe.pipelines.infer import infer_with_bundle
-from voxpipe.synthetic import write_msd_dataset
+from voxpipe.phantoms.ct import write_msd_dataset
+from voxpipe.pipelines.bundles.config import shipped_bundle
+from voxpipe.pipelines.bundles.run import run_bundle
+from voxpipe.pipelines.data.check import check_dataset, write_report
+from voxpipe.pipelines.evaluation.evaluate import (
+    EvaluationResult,
+    evaluate_folders,
+    label_groups_from_dataset,
+)
+from voxpipe.pipelines.inference.infer import infer_with_bundle
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ preset         intensity
 ``mri``        z-score over non-zero voxels
 =============  =================================================================
 
-With ``fingerprint=`` (see :mod:`voxpipe.pipelines.fingerprint`), ``spacing="auto"`` takes the
+With ``fingerprint=`` (see :mod:`voxpipe.pipelines.data.fingerprint`), ``spacing="auto"`` takes the
 fingerprint's suggested spacing and CT presets take the window from its foreground 0.5–99.5th
 intensity percentiles instead of the table.
 

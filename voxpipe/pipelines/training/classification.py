@@ -1,7 +1,7 @@
 """Classification of 3D patches (e.g. lung nodules): datalists with class labels, class balance,
 ROI crops and the validation metrics.
 
-Training itself is the same assembly as segmentation (:func:`voxpipe.pipelines.train.build_trainer`
+Training itself is the same assembly as segmentation (:func:`voxpipe.pipelines.training.trainer.build_trainer`
 with a MONAI ``SupervisedEvaluator``); the ``lung_nodule_ct_densenet`` bundle wires it. What MONAI
 lacks and this module adds: a datalist reader for integer class labels with optional masks (MONAI's
 ``load_decathlon_datalist`` resolves every value as a path), a seeded grouped split, inverse-frequency
@@ -26,7 +26,7 @@ from monai.handlers import ROCAUC, ConfusionMatrix, from_engine
 from monai.transforms import MapTransform
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.data import make_split, select_split
+from voxpipe.pipelines.data.splits import make_split, select_split
 from voxpipe.transforms.io import case_id
 
 CONFUSION_METRICS = {"accuracy": "accuracy", "f1": "f1 score", "sensitivity": "sensitivity", "specificity": "specificity"}

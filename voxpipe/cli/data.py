@@ -1,7 +1,6 @@
 """``voxpipe data ...``: convert, list DICOM series, check, split, fingerprint and download datasets.
 
-Kept apart from :mod:`voxpipe.cli` so each file stays about one concern; ``cli.build_parser`` calls
-:func:`add_data_commands`.
+:func:`voxpipe.cli.main.build_parser` calls :func:`add_commands`.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ def _cmd_series(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from voxpipe.pipelines.check import check_dataset, write_report
+    from voxpipe.pipelines.data.check import check_dataset, write_report
 
     labels = [int(v) for v in args.labels.split(",")] if args.labels else None
     report = check_dataset(args.dataset, layout=args.layout, modality=args.modality, labels=labels,
@@ -48,7 +47,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from voxpipe.pipelines.data import load_datalist, make_split, save_split
+    from voxpipe.pipelines.data.datalists import load_datalist
+    from voxpipe.pipelines.data.splits import make_split, save_split
 
     split = make_split(load_datalist(args.dataset, layout=args.layout), val=args.val, test=args.test,
                        folds=args.folds, seed=args.seed, group_key=args.group_by)  # fmt: skip
@@ -62,7 +62,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 
 def _cmd_fingerprint(args: argparse.Namespace) -> int:
-    from voxpipe.pipelines.fingerprint import compute_fingerprint, save_fingerprint
+    from voxpipe.pipelines.data.fingerprint import compute_fingerprint, save_fingerprint
 
     fingerprint = compute_fingerprint(args.dataset, progress=not args.no_progress)
     path = save_fingerprint(fingerprint, args.output)
@@ -75,7 +75,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from voxpipe.pipelines.download import download_msd
+    from voxpipe.pipelines.data.download import download_msd
 
     target = download_msd(args.task, args.output, url=args.url, md5=args.md5, keep_archive=args.keep_archive,
                           progress=not args.no_progress)  # fmt: skip
@@ -83,7 +83,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data_commands(commands: Any) -> None:
+def add_commands(commands: Any) -> None:
     """Register ``voxpipe data`` and its actions on the top-level subparsers."""
     data = commands.add_parser("data", help="datasets: convert, DICOM series, check, split, fingerprint, download")
     actions = data.add_subparsers(dest="data_action", required=True, metavar="ACTION")

@@ -1,6 +1,6 @@
 """Predict label maps for image files with a bundle's inference config.
 
-The bundle does the work (MONAI preprocessing, :class:`voxpipe.pipelines.fast_infer.FastSlidingWindowInferer`,
+The bundle does the work (MONAI preprocessing, :class:`voxpipe.pipelines.inference.sliding_window.FastSlidingWindowInferer`,
 :class:`voxpipe.transforms.invert.ResampleArgmaxd` back to the source grid slab by slab,
 :mod:`voxpipe.transforms.postprocess`, :class:`voxpipe.transforms.io.SaveLabelLiked`);
 this module turns a user's inputs (files, folders of files, DICOM series folders) into the bundle's
@@ -11,7 +11,7 @@ this module turns a user's inputs (files, folders of files, DICOM series folders
 * ``resume=True`` skips cases whose output already exists (outputs are written atomically, so an
   existing output is complete);
 * failures are summarised at the end in one :class:`InferenceFailed` error (exit code 2) after all
-  other cases were written; ``statistics.csv``/``.json`` (:mod:`voxpipe.pipelines.stats`) cover the
+  other cases were written; ``statistics.csv``/``.json`` (:mod:`voxpipe.pipelines.inference.stats`) cover the
   written cases.
 
 Run options (precision, flip TTA, ``torch.compile``, output format, float16 probabilities, progress
@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from voxpipe.errors import BundleError, InputError
-from voxpipe.pipelines.bundle import find_config, innermost_error, run_bundle
+from voxpipe.pipelines.bundles.config import find_config
+from voxpipe.pipelines.bundles.run import innermost_error, run_bundle
 from voxpipe.transforms.io import (
     VOLUME_SUFFIXES,
     case_id,
@@ -134,7 +135,7 @@ def run_options(
     """
     from monai.bundle import ConfigParser
 
-    from voxpipe.pipelines.fast_infer import PRECISIONS
+    from voxpipe.pipelines.inference.sliding_window import PRECISIONS
 
     if output_format not in OUTPUT_FORMATS:
         raise InputError(f"format: expected one of {', '.join(OUTPUT_FORMATS)}, found {output_format!r}")
@@ -316,7 +317,7 @@ def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str
     """Per-case statistics from the written label maps and their source images."""
     from monai.bundle import ConfigParser
 
-    from voxpipe.pipelines.stats import case_statistics, write_statistics
+    from voxpipe.pipelines.inference.stats import case_statistics, write_statistics
 
     config = ConfigParser.load_config_file(str(find_config(bundle_dir, "inference")))
     lesion_labels = overrides.get("lesion_labels", config.get("lesion_labels", []))

@@ -37,9 +37,9 @@ from monai.bundle import ConfigParser
 from monai.bundle.config_item import ComponentLocator
 from monai.bundle.properties import InferProperties, TrainProperties
 
-from voxpipe.pipelines.bundle import CONFIG_SUFFIXES
+from voxpipe.pipelines.bundles.config import CONFIG_SUFFIXES
 
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "bundle_metadata.json"
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "bundle_metadata.json"
 NON_ARG_KEYS = {"_target_", "_disabled_", "_requires_", "_desc_", "_mode_"}
 # The ids MONAI's runner adds to every config (bundle_root comes from the command line or voxpipe).
 RUNNER_IDS = {"bundle_root", "_meta_"}

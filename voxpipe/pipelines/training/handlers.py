@@ -263,7 +263,7 @@ class RunCheckpoint:
     ``objects`` maps names to things with ``state_dict``/``load_state_dict`` (network, optimizer,
     scheduler, grad scaler, the trainer engine, the handlers above). The file is written atomically
     (temp file + rename), so a kill during the write leaves the previous checkpoint. :meth:`restore`,
-    attached to the trainer's ``STARTED`` event by :func:`~voxpipe.pipelines.train.build_trainer`,
+    attached to the trainer's ``STARTED`` event by :func:`~voxpipe.pipelines.training.trainer.build_trainer`,
     loads it back with ``torch.load(weights_only=True)``; the trainer then continues with the next epoch.
     """
 
@@ -316,7 +316,7 @@ class ProgressPlot:
     def draw(self, engine: Engine | None = None) -> None:
         if not is_main_process() or not self.summary.rows:
             return
-        from voxpipe.pipelines.report import plot_curves  # matplotlib only when drawing
+        from voxpipe.pipelines.training.curves import plot_curves  # matplotlib only when drawing
 
         plot_curves(self.summary.rows, self.path)
 

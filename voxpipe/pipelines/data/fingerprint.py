@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.data import load_datalist
+from voxpipe.pipelines.data.datalists import load_datalist
 from voxpipe.transforms.io import load_volume, write_text_atomic
 
 logger = logging.getLogger(__name__)

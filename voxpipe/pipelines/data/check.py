@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.data import detect_layout, load_datalist
+from voxpipe.pipelines.data.datalists import detect_layout, load_datalist
 from voxpipe.transforms.io import Volume, load_volume, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def check_dataset(
     """Read every image and label of a dataset and collect every problem.
 
     Args:
-        source: dataset folder, MSD ``dataset.json`` or CSV (see :func:`voxpipe.pipelines.data.load_datalist`).
+        source: dataset folder, MSD ``dataset.json`` or CSV (see :func:`voxpipe.pipelines.data.datalists.load_datalist`).
         layout: force a layout instead of detecting it.
         modality: ``"CT"`` enables the HU-range check (default: from dataset.json; LiTS is CT).
         labels: allowed label values (default: the keys of dataset.json ``labels``; LiTS {0, 1, 2}).

@@ -49,7 +49,7 @@ from monai.utils import optional_import
 
 from voxpipe.errors import InputError
 from voxpipe.networks.transfer import parameter_groups
-from voxpipe.pipelines.handlers import (
+from voxpipe.pipelines.training.handlers import (
     BestModel,
     EpochSummary,
     NanGuard,

@@ -558,7 +558,7 @@ def write_msd_dataset(
     dataset = {
         "name": f"{name} (voxpipe synthetic phantoms)",
         "description": f"Synthetic {task} CT phantoms made by voxpipe {__version__}, seed {seed}",
-        "reference": "voxpipe.synthetic",
+        "reference": "voxpipe.phantoms.ct",
         "licence": "CC0",
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},

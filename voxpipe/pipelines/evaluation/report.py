@@ -13,7 +13,6 @@ import html
 import io
 import math
 import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,9 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from voxpipe.errors import InputError  # noqa: E402
-from voxpipe.pipelines.evaluate import EvaluationResult, find_references, load_reference  # noqa: E402
-from voxpipe.transforms.io import atomic_path, case_id, find_volumes, load_volume, write_text_atomic  # noqa: E402
+from voxpipe.pipelines.evaluation.evaluate import EvaluationResult, find_references, load_reference  # noqa: E402
+from voxpipe.pipelines.training.curves import plot_curves  # noqa: E402
+from voxpipe.transforms.io import case_id, find_volumes, load_volume, write_text_atomic  # noqa: E402
 
 PLOTTED = ("dice", "nsd", "hd95", "assd")
 
@@ -120,36 +120,6 @@ def _curves(run_dir: Path, folder: Path) -> str | None:
     if not rows:
         return None
     return base64.b64encode(plot_curves(rows, folder / "curves.png").read_bytes()).decode()
-
-
-def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Training loss and every ``val_*`` column per epoch, side by side, as a PNG (written atomically).
-
-    ``rows`` are ``metrics.csv`` rows (dicts with ``epoch``, ``loss`` and optional ``val_*`` values;
-    empty strings mean "not validated that epoch").
-    """
-    epochs = [int(r["epoch"]) for r in rows]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.plot(epochs, [float(r["loss"]) for r in rows])
-    left.set_title("training loss")
-    left.set_xlabel("epoch")
-    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("val_")]
-    for key in keys:
-        points = [(e, float(r[key])) for e, r in zip(epochs, rows, strict=True) if r.get(key) not in (None, "")]
-        if points:
-            right.plot(*zip(*points, strict=True), marker="o", label=key)
-    right.set_title("validation")
-    right.set_xlabel("epoch")
-    if keys:
-        right.legend(fontsize=8)
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=90)
-    plt.close(figure)
-    return path
 
 
 def _table(result: EvaluationResult) -> str:

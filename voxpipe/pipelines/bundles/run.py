@@ -9,86 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from voxpipe.errors import BundleError, InputError, VoxpipeError
+from voxpipe.errors import BundleError, VoxpipeError
+from voxpipe.pipelines.bundles.config import WORKFLOW_TYPES, find_config, weights_keys
 
 logger = logging.getLogger(__name__)
-
-WORKFLOW_TYPES = {"train": "train", "inference": "infer", "evaluate": "infer"}
-CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
-
-
-def shipped_bundle(name: str) -> Path:
-    """The folder of a bundle shipped in this repository's ``configs/`` (e.g. ``liver_ct_segresnet``).
-
-    Raises:
-        BundleError: no such bundle (e.g. voxpipe was installed without its source tree).
-    """
-    root = Path(__file__).resolve().parents[2] / "configs"
-    folder = root / name
-    if not (folder / "configs").is_dir():
-        shipped = sorted(p.name for p in root.iterdir() if (p / "configs").is_dir()) if root.is_dir() else []
-        raise BundleError(
-            f"{str(folder)!r}: expected the shipped bundle {name!r}, found {shipped or 'no configs/ folder'}",
-            hint="install voxpipe from its source tree (pip install -e .) so configs/ is available",
-        )
-    return folder
-
-
-def find_config(bundle_dir: str | os.PathLike[str], config: str) -> Path:
-    """The config file ``configs/<config>.{yaml,yml,json}`` of a bundle folder.
-
-    Raises:
-        BundleError: the folder is not a bundle, or has no such config (the message lists those it has).
-    """
-    root = Path(bundle_dir)
-    configs = root / "configs"
-    if not configs.is_dir():
-        raise BundleError(f"{str(root)!r}: expected a MONAI bundle folder with a configs/ subfolder, found none")
-    for suffix in CONFIG_SUFFIXES:
-        candidate = configs / f"{config}{suffix}"
-        if candidate.is_file():
-            return candidate
-    available = sorted(p.stem for p in configs.iterdir() if p.suffix in CONFIG_SUFFIXES and p.stem != "metadata")
-    raise BundleError(f"{str(configs)!r}: expected a config named {config!r}, found {available}")
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings; values are YAML scalars/lists (``3`` → int, ``[1, 2]`` → list).
-
-    Raises:
-        InputError: an item without ``=``.
-    """
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--set {pair!r}: expected key=value (e.g. max_epochs=10)")
-        overrides[key.strip()] = _yaml_value(value)
-    return overrides
-
-
-_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-def _yaml_value(text: str) -> Any:
-    """A YAML scalar or list; ``1e-3`` is a float (YAML 1.1 alone would leave it a string).
-
-    Only exponent notation is converted: other strings (``nan``, ``inf``, names) stay strings.
-    """
-    if not text.strip():
-        return ""
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and _EXPONENT_NUMBER.match(value.strip()):
-        return float(value)
-    return value
 
 
 def run_engines(engines: Sequence[Any]) -> None:
@@ -96,27 +26,6 @@ def run_engines(engines: Sequence[Any]) -> None:
     for engine in engines:
         engine.run()
 
-
-CHECKPOINT_LOADERS = ("CheckpointLoader", "monai.handlers.CheckpointLoader", "monai.handlers.checkpoint_loader.CheckpointLoader")
-
-
-def weights_keys(config: Any, path: str = "") -> list[str]:
-    """Config ids that hold the weights path of every ``CheckpointLoader`` in a config.
-
-    ``load_path: "@checkpoint"`` gives ``checkpoint`` (the key users override); a literal or an
-    expression gives the handler's own ``...#load_path`` id.
-    """
-    found: list[str] = []
-    items = config.items() if isinstance(config, Mapping) else enumerate(config) if isinstance(config, list) else ()
-    for key, value in items:
-        child = f"{path}#{key}" if path else str(key)
-        if isinstance(value, Mapping) and value.get("_target_") in CHECKPOINT_LOADERS and "load_path" in value:
-            load_path = value["load_path"]
-            is_ref = isinstance(load_path, str) and load_path.startswith("@")
-            found.append(load_path[1:] if is_ref else f"{child}#load_path")
-        else:
-            found += weights_keys(value, child)
-    return found
 
 
 def run_bundle(
@@ -143,9 +52,9 @@ def run_bundle(
             ``bundle_root`` defaults to ``bundle_dir``.
         weights: a weights file for every ``CheckpointLoader`` of the config (:func:`weights_keys`).
         safe: refuse ``$`` expressions and ``_target_``s outside the allow-list before anything is
-            built (:func:`voxpipe.pipelines.bundle_safety.check_safe`).
+            built (:func:`voxpipe.pipelines.bundles.safety.check_safe`).
         validate: check this config and ``metadata.json`` first and stop with every problem
-            (:func:`voxpipe.pipelines.bundle_validate.validate_bundle`); ``voxpipe bundle run`` does.
+            (:func:`voxpipe.pipelines.bundles.validate.validate_bundle`); ``voxpipe bundle run`` does.
 
     Returns:
         The finished workflow (its ``parser`` gives access to the built components).
@@ -156,7 +65,7 @@ def run_bundle(
     """
     root = Path(bundle_dir).resolve()
     if root.is_file() and root.suffix == ".zip":  # a zip from `voxpipe bundle export` or the Model Zoo
-        from voxpipe.pipelines.bundle_export import open_bundle_zip
+        from voxpipe.pipelines.bundles.export import open_bundle_zip
 
         root = open_bundle_zip(root)
     config_file = find_config(root, config)
@@ -164,11 +73,11 @@ def run_bundle(
     if not meta_file.is_file():
         raise BundleError(f"{str(meta_file)!r}: expected the bundle's metadata.json, found no file")
     if safe:
-        from voxpipe.pipelines.bundle_safety import check_safe
+        from voxpipe.pipelines.bundles.safety import check_safe
 
         check_safe([config_file])
     if validate:
-        from voxpipe.pipelines.bundle_validate import validate_bundle
+        from voxpipe.pipelines.bundles.validate import validate_bundle
 
         problems = validate_bundle(root, configs=[config_file.stem], overrides=overrides)
         if problems:

@@ -1,0 +1,76 @@
+"""``voxpipe evaluate``: challenge-grade metrics of a prediction folder against references."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from voxpipe.cli.common import format_metric
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from voxpipe.errors import InputError
+    from voxpipe.pipelines.evaluation.evaluate import (
+        ScoringOptions,
+        evaluate_folders,
+        label_groups_from_dataset,
+        parse_label_groups,
+    )
+
+    if args.labels:
+        groups = parse_label_groups(args.labels)
+    elif args.dataset:
+        groups = label_groups_from_dataset(args.dataset)
+    else:
+        raise InputError("evaluate: expected --labels (e.g. liver=1,tumour=2) or --dataset dataset.json, found neither")
+    options = ScoringOptions(
+        tolerance=args.tolerance, convention=args.convention, definition=args.surface,
+        lesion_threshold=args.lesion_iou, surface=not args.no_surface,
+    )  # fmt: skip
+    result = evaluate_folders(
+        args.predictions, args.references, labels=groups, output_dir=args.output, options=options,
+        workers=args.workers, resample_predictions=args.resample_pred, progress=True,
+    )  # fmt: skip
+    shown = ["dice", "nsd", "hd95", "assd"] if options.surface else ["dice", "iou", "sensitivity", "precision"]
+    print(f"{'structure':<14}" + "".join(f"{m:>9}" for m in shown) + "   cases   (means; convention " + options.convention + ")")
+    for name in result.structures:
+        stats = result.summary["metrics"][name]
+        print(f"{name:<14}" + "".join(f"   {format_metric(stats[m]['mean'])}" for m in shown) + f"   {stats['dice']['n']:>5}")
+    if result.summary["failed"]:
+        print(f"failed cases (scored with the worst values): {', '.join(result.summary['failed'])}")
+    if args.report:
+        from voxpipe.pipelines.evaluation.report import write_report
+
+        report = write_report(result, args.predictions, args.references, output_dir=args.output, run_dir=args.run,
+                              images_dir=args.images)  # fmt: skip
+        print(f"wrote {report}")
+    print(f"wrote {result.per_case_csv} and {result.summary_json}")
+    return 2 if result.summary["failed"] else 0
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``evaluate`` on the top-level subparsers."""
+    evaluate = commands.add_parser(
+        "evaluate", help="challenge-grade metrics per case and structure: predictions vs references",
+        description="Dice, IoU, sensitivity, precision, specificity, volume difference, HD, HD95, ASSD, MSD, NSD and "
+        "lesion detection per case and structure; summary with bootstrap CIs and MSD/LiTS aggregates.",
+    )  # fmt: skip
+    evaluate.add_argument("predictions", help="folder of predicted label maps")
+    evaluate.add_argument("references", help="folder of reference label maps: NIfTI, NRRD, MHA or DICOM-SEG .dcm (defines the cases)")
+    evaluate.add_argument("--labels", help="structures as name=value[+value], e.g. liver=1,tumour=2,liver_total=1+2")
+    evaluate.add_argument("--dataset", help="take structures from the labels of this MSD dataset.json")
+    evaluate.add_argument("-o", "--output", required=True, help="folder for per_case.csv and summary.json")
+    evaluate.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default: 2)")
+    evaluate.add_argument("--convention", choices=["nnunet", "flare", "lits"], default="nnunet",
+                          help="empty-mask convention (default: nnunet; see voxpipe/metrics/conventions.py)")
+    evaluate.add_argument("--surface", choices=["deepmind", "medpy"], default="deepmind",
+                          help="surface-distance definition (default: deepmind, as surface-distance computes it)")
+    evaluate.add_argument("--no-surface", action="store_true", help="skip surface distances (HD, HD95, ASSD, MSD, NSD)")
+    evaluate.add_argument("--lesion-iou", type=float, default=0.1, help="IoU for a lesion to count as detected (default: 0.1)")
+    evaluate.add_argument("--workers", type=int, default=1, help="processes scoring cases in parallel (default: 1)")
+    evaluate.add_argument("--resample-pred", action="store_true",
+                          help="resample predictions on another grid onto the reference grid (nearest) instead of failing")
+    evaluate.add_argument("--report", action="store_true", help="also write report.html (plots, table, overlays)")
+    evaluate.add_argument("--run", help="with --report: a training run folder whose metrics.csv gives the curves")
+    evaluate.add_argument("--images", help="with --report: folder of the cases' images (same case ids) drawn under the overlays")
+    evaluate.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,33 @@
+"""``voxpipe train``: run a bundle's train config (resume, overrides)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from voxpipe.cli.common import quiet_monai_bundle
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from voxpipe.pipelines.bundles.config import parse_overrides
+    from voxpipe.pipelines.bundles.run import run_bundle
+
+    quiet_monai_bundle(args.verbose)
+    overrides = parse_overrides(args.set)
+    if args.resume:
+        overrides["resume"] = True
+    run_bundle(args.bundle, config=args.config, overrides=overrides)
+    return 0
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``train`` on the top-level subparsers."""
+    train = commands.add_parser("train", help="train a bundle (MONAI bundle format)")
+    train.add_argument("bundle", help="bundle folder, e.g. configs/liver_ct_segresnet")
+    train.add_argument("--config", default="train", help="config name in BUNDLE/configs (default: train)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set dataset_dir=/data/Task03_Liver --set max_epochs=50")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from OUTPUT_DIR/checkpoints/last.pt (weights, optimizer, scheduler, epoch, "
+                       "best metric, RNG states); starts from epoch 1 if there is none")
+    train.set_defaults(func=_cmd_train)

@@ -1,0 +1,146 @@
+"""A bundle's files: the shipped bundles, config files by name, ``--set`` overrides, weights keys.
+
+What :mod:`~voxpipe.pipelines.bundles.run`, ``validate``, ``export`` and the ``voxpipe export`` verb
+all need to read from a bundle folder without running it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from monai.bundle import ConfigParser
+
+from voxpipe.errors import BundleError, InputError
+
+WORKFLOW_TYPES = {"train": "train", "inference": "infer", "evaluate": "infer"}
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def shipped_bundle(name: str) -> Path:
+    """The folder of a bundle shipped in this repository's ``configs/`` (e.g. ``liver_ct_segresnet``).
+
+    Raises:
+        BundleError: no such bundle (e.g. voxpipe was installed without its source tree).
+    """
+    root = Path(__file__).resolve().parents[3] / "configs"
+    folder = root / name
+    if not (folder / "configs").is_dir():
+        shipped = sorted(p.name for p in root.iterdir() if (p / "configs").is_dir()) if root.is_dir() else []
+        raise BundleError(
+            f"{str(folder)!r}: expected the shipped bundle {name!r}, found {shipped or 'no configs/ folder'}",
+            hint="install voxpipe from its source tree (pip install -e .) so configs/ is available",
+        )
+    return folder
+
+
+def find_config(bundle_dir: str | os.PathLike[str], config: str) -> Path:
+    """The config file ``configs/<config>.{yaml,yml,json}`` of a bundle folder.
+
+    Raises:
+        BundleError: the folder is not a bundle, or has no such config (the message lists those it has).
+    """
+    root = Path(bundle_dir)
+    configs = root / "configs"
+    if not configs.is_dir():
+        raise BundleError(f"{str(root)!r}: expected a MONAI bundle folder with a configs/ subfolder, found none")
+    for suffix in CONFIG_SUFFIXES:
+        candidate = configs / f"{config}{suffix}"
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.stem for p in configs.iterdir() if p.suffix in CONFIG_SUFFIXES and p.stem != "metadata")
+    raise BundleError(f"{str(configs)!r}: expected a config named {config!r}, found {available}")
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are YAML scalars/lists (``3`` → int, ``[1, 2]`` → list).
+
+    Raises:
+        InputError: an item without ``=``.
+    """
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set {pair!r}: expected key=value (e.g. max_epochs=10)")
+        overrides[key.strip()] = _yaml_value(value)
+    return overrides
+
+
+_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _yaml_value(text: str) -> Any:
+    """A YAML scalar or list; ``1e-3`` is a float (YAML 1.1 alone would leave it a string).
+
+    Only exponent notation is converted: other strings (``nan``, ``inf``, names) stay strings.
+    """
+    if not text.strip():
+        return ""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _EXPONENT_NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
+CHECKPOINT_LOADERS = ("CheckpointLoader", "monai.handlers.CheckpointLoader", "monai.handlers.checkpoint_loader.CheckpointLoader")
+
+
+def weights_keys(config: Any, path: str = "") -> list[str]:
+    """Config ids that hold the weights path of every ``CheckpointLoader`` in a config.
+
+    ``load_path: "@checkpoint"`` gives ``checkpoint`` (the key users override); a literal or an
+    expression gives the handler's own ``...#load_path`` id.
+    """
+    found: list[str] = []
+    items = config.items() if isinstance(config, Mapping) else enumerate(config) if isinstance(config, list) else ()
+    for key, value in items:
+        child = f"{path}#{key}" if path else str(key)
+        if isinstance(value, Mapping) and value.get("_target_") in CHECKPOINT_LOADERS and "load_path" in value:
+            load_path = value["load_path"]
+            is_ref = isinstance(load_path, str) and load_path.startswith("@")
+            found.append(load_path[1:] if is_ref else f"{child}#load_path")
+        else:
+            found += weights_keys(value, child)
+    return found
+
+
+def bundle_network(bundle_dir: str | os.PathLike[str], *, config: str = "inference",
+                   overrides: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any], list[int] | None, list[str] | None]:  # fmt: skip
+    """The registry name, resolved arguments, patch size and label names of a bundle's ``network_def``.
+
+    Raises:
+        BundleError / InputError: no such config, or its ``network_def`` is not ``voxpipe.networks.build_network``.
+    """
+    parser = ConfigParser()
+    parser.read_config(str(find_config(bundle_dir, config)))
+    parser.update({"bundle_root": str(Path(bundle_dir).resolve()), **(overrides or {})})
+    definition = parser.get("network_def")
+    if not isinstance(definition, Mapping) or not str(definition.get("_target_", "")).endswith("build_network"):
+        raise InputError(
+            f"{str(bundle_dir)!r}: expected network_def with _target_ voxpipe.networks.build_network, "
+            f"found {definition.get('_target_') if isinstance(definition, Mapping) else definition!r}",
+            hint="for other bundles export the network in Python with voxpipe.networks.export.export_network",
+        )
+    kwargs = {k: parser.get_parsed_content(f"network_def#{k}") for k in definition if not k.startswith("_")}
+    name = kwargs.pop("name")
+    for key in ("device", "weights", "freeze"):
+        kwargs.pop(key, None)
+    patch = parser.get_parsed_content("patch_size") if "patch_size" in parser.get() else None
+    return name, kwargs, (list(patch) if patch is not None else None), _label_names(Path(bundle_dir))
+
+
+def _label_names(bundle_dir: Path) -> list[str] | None:
+    """Class names in channel order from metadata.json ``network_data_format.outputs.pred.channel_def``."""
+    meta = bundle_dir / "configs" / "metadata.json"
+    try:
+        outputs = json.loads(meta.read_text())["network_data_format"]["outputs"]
+        channels = next(iter(outputs.values()))["channel_def"]
+        return [channels[k] for k in sorted(channels, key=int)]
+    except (OSError, ValueError, KeyError, StopIteration, TypeError):
+        return None

@@ -1,0 +1,212 @@
+"""Datalists: MSD, LiTS, plain folders and CSV read into what MONAI datasets take.
+
+A datalist is a list of dicts with absolute ``image`` (and ``label``) paths. Every entry here also
+carries ``case`` (the case identifier) and, when known, ``patient``.
+
+Layouts recognised by :func:`load_datalist`:
+
+* **MSD**: a folder with ``dataset.json`` (Task03 Liver, Task06 Lung); MONAI's
+  ``load_decathlon_datalist`` resolves the paths.
+* **LiTS**: ``volume-N.nii[.gz]`` with ``segmentation-N.nii[.gz]`` anywhere below the folder.
+* **Folder**: ``images/`` and ``labels/`` matched by case id (an nnU-Net ``_0000`` channel suffix on
+  image names is ignored).
+* **CSV**: columns ``image`` and optionally ``label``, ``case``, ``patient``; relative paths are
+  resolved against the CSV's folder.
+
+:func:`msd_datalist` (the function the bundles call) and :func:`split_datalist` pick one part of a
+split (:mod:`voxpipe.pipelines.data.splits`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from monai.data import load_decathlon_datalist
+
+from voxpipe.errors import InputError
+from voxpipe.pipelines.data.splits import make_split, select_split
+from voxpipe.transforms.io import case_id, find_volumes, volume_suffix
+
+logger = logging.getLogger(__name__)
+
+PARTS = ("all", "train", "val", "test")
+LAYOUTS = ("msd", "lits", "folder", "csv")
+_LITS = re.compile(r"^(volume|segmentation)-(\d+)$")
+_CHANNEL = re.compile(r"_\d{4}$")  # nnU-Net's per-channel image suffix
+
+
+def detect_layout(source: str | os.PathLike[str]) -> str:
+    """``"msd"``, ``"lits"``, ``"folder"`` or ``"csv"`` for a dataset path.
+
+    Raises:
+        InputError: the path matches no known layout (the message lists what was looked for).
+    """
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{str(path)!r}: expected a dataset folder or CSV file, found nothing at that path")
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return "csv"
+    if path.is_file() and path.name == "dataset.json":
+        return "msd"
+    if path.is_dir():
+        if (path / "dataset.json").is_file():
+            return "msd"
+        if (path / "images").is_dir():
+            return "folder"
+        if any(_LITS.match(case_id(p)) for p in path.rglob("volume-*")):
+            return "lits"
+    raise InputError(
+        f"{str(path)!r}: expected a dataset: a folder with dataset.json (MSD), volume-N/segmentation-N files "
+        "(LiTS), images/ + labels/ folders, or a .csv file; found none of these"
+    )
+
+
+def load_datalist(
+    source: str | os.PathLike[str], *, layout: str | None = None, section: str = "training", check_files: bool = True
+) -> list[dict[str, Any]]:
+    """All cases of a dataset as datalist dicts (``image``, optional ``label``, ``case``, ``patient``).
+
+    Args:
+        source: dataset folder, MSD ``dataset.json`` or CSV file.
+        layout: one of :data:`LAYOUTS`; detected when omitted.
+        section: MSD only: ``"training"`` or ``"test"``.
+        check_files: raise when a listed file does not exist (``voxpipe data check`` turns this off
+            to report every missing file instead of the first).
+
+    Raises:
+        InputError: unknown layout, malformed manifest, a missing listed file (named).
+    """
+    layout = layout or detect_layout(source)
+    readers: dict[str, Callable[..., list[dict[str, Any]]]] = {
+        "msd": lambda: _msd_entries(Path(source), section),
+        "lits": lambda: _lits_entries(Path(source)),
+        "folder": lambda: _folder_entries(Path(source)),
+        "csv": lambda: _csv_entries(Path(source)),
+    }
+    if layout not in readers:
+        raise InputError(f"dataset layout: expected one of {LAYOUTS}, found {layout!r}")
+    entries = readers[layout]()
+    if check_files:
+        for entry in entries:
+            for key in ("image", "label"):
+                if entry.get(key) and not Path(entry[key]).exists():
+                    raise InputError(
+                        f"{str(source)!r}: case {entry['case']!r}: {key} {entry[key]!r} does not exist"
+                    )
+    return entries
+
+
+def _msd_entries(path: Path, section: str) -> list[dict[str, Any]]:
+    manifest = path if path.is_file() else path / "dataset.json"
+    if not manifest.is_file():
+        raise InputError(f"{str(manifest)!r}: expected an MSD dataset.json in the dataset folder, found no file")
+    try:
+        sections = json.loads(manifest.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{str(manifest)!r}: not valid JSON ({error})") from error
+    if section not in sections:
+        raise InputError(f"{str(manifest)!r}: expected a {section!r} list, found keys {sorted(sections)}")
+    entries = load_decathlon_datalist(str(manifest), is_segmentation=True, data_list_key=section, base_dir=str(manifest.parent))
+    return [{**entry, "case": case_id(entry["image"])} for entry in entries]
+
+
+def _lits_entries(root: Path) -> list[dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(root.rglob("*")):
+        match = _LITS.match(case_id(path)) if volume_suffix(path) else None
+        if match:
+            entry = found.setdefault(match.group(2), {"case": f"volume-{match.group(2)}"})
+            entry["image" if match.group(1) == "volume" else "label"] = str(path)
+    return [found[k] for k in sorted(found, key=int)]
+
+
+def _folder_entries(root: Path) -> list[dict[str, Any]]:
+    labels = {case_id(p): p for p in find_volumes(root / "labels")} if (root / "labels").is_dir() else {}
+    entries = []
+    for image in find_volumes(root / "images"):
+        case = _CHANNEL.sub("", case_id(image))
+        entry: dict[str, Any] = {"image": str(image), "case": case}
+        if case in labels:
+            entry["label"] = str(labels.pop(case))
+        entries.append(entry)
+    for case, label in sorted(labels.items()):  # a label without its image: kept so the check reports it
+        entries.append({"image": "", "label": str(label), "case": case})
+    return entries
+
+
+def _csv_entries(path: Path) -> list[dict[str, Any]]:
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "image" not in rows[0]:
+        raise InputError(f"{str(path)!r}: expected a CSV with an 'image' column, found columns {list(rows[0]) if rows else []}")
+    entries = []
+    for number, row in enumerate(rows, start=2):
+        if not row.get("image"):
+            raise InputError(f"{str(path)!r}: line {number}: expected an image path, found an empty 'image' cell")
+        entry: dict[str, Any] = {"image": str((path.parent / row["image"]).resolve())}
+        if row.get("label"):
+            entry["label"] = str((path.parent / row["label"]).resolve())
+        entry["case"] = row.get("case") or case_id(row["image"])
+        if "patient" in row:  # every entry gets the key (a batch collates them), the case id when blank
+            entry["patient"] = row["patient"] or entry["case"]
+        entries.append(entry)
+    return entries
+
+
+def split_datalist(
+    source: str | os.PathLike[str], split_file: str | os.PathLike[str], *, part: str = "train", fold: int | None = None
+) -> list[dict[str, Any]]:
+    """The entries of ``source`` in ``part`` of the saved split (fold ``fold`` for k-fold splits).
+
+    Raises:
+        InputError: unknown part/fold, or split case ids that the dataset does not have.
+    """
+    return select_split(load_datalist(source), split_file, part=part, fold=fold, source=source)
+
+
+
+def msd_datalist(
+    dataset_dir: str | os.PathLike[str],
+    *,
+    section: str = "training",
+    part: str = "all",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    split_file: str | os.PathLike[str] | None = None,
+    fold: int | None = None,
+) -> list[dict[str, Any]]:
+    """Entries of a dataset (any layout; the name is historical) for one part of a split.
+
+    Args:
+        dataset_dir: dataset folder (MSD ``dataset.json``, LiTS, images/labels) or CSV.
+        section: MSD section, ``"training"`` (image + label) or ``"test"`` (image only).
+        part: ``"all"``, or ``"train"`` / ``"val"`` (/ ``"test"`` with a split file).
+        val_fraction: without ``split_file``: fraction of cases in a seeded validation part.
+        seed: seed of that split.
+        split_file: a split saved by ``voxpipe data split`` (takes precedence over the fraction).
+        fold: the fold of a k-fold split file.
+
+    Raises:
+        InputError: missing/malformed manifest, unknown part, a listed file that does not exist.
+    """
+    if part not in PARTS:
+        raise InputError(f"datalist part: expected one of {PARTS}, found {part!r}")
+    if split_file and part != "all":
+        return split_datalist(dataset_dir, split_file, part=part, fold=fold)
+    entries = load_datalist(dataset_dir, section=section)
+    if part == "all":
+        return entries
+    if part == "test":
+        raise InputError("datalist part 'test' needs a split file (voxpipe data split --test ...)")
+    split = make_split(entries, val=val_fraction, seed=seed)
+    wanted = set(split[part])
+    return [e for e in entries if e["case"] in wanted]
+
+
