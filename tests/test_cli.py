@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import sys
 import pytest
 
 from voxpipe import __version__
-from voxpipe.cli import main
+from voxpipe.cli import build_parser, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -23,6 +24,29 @@ def test_help_lists_the_commands():
         assert command in done.stdout
     for command in ("demo", "synth", "train", "infer", "evaluate"):
         assert run_cli(command, "--help").returncode == 0
+
+
+def _every_parser(parser, name="voxpipe"):
+    """``(command line, parser)`` for the parser and every sub-command below it, depth first."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for verb, sub in action.choices.items():
+                yield from _every_parser(sub, f"{name} {verb}")
+
+
+def test_every_command_and_sub_command_renders_its_help(capsys):
+    """Promise: `voxpipe ... --help` works for every verb (a stray % in a help string used to crash it)."""
+    commands = list(_every_parser(build_parser()))
+    assert {"voxpipe bundle", "voxpipe bundle run", "voxpipe data check", "voxpipe networks load"} <= {c for c, _ in commands}
+    shown = {}
+    for command, _parser in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command.split()[1:], "--help"])
+        assert exit_info.value.code == 0, command
+        shown[command] = capsys.readouterr().out
+        assert shown[command].startswith(f"usage: {command}"), command
+    assert "% macros" in " ".join(shown["voxpipe bundle"].split())
 
 
 def test_version(capsys):

@@ -45,7 +45,7 @@ def add_commands(commands: Any) -> None:
     bundle = commands.add_parser("bundle", help="run any MONAI bundle (ours or the Model Zoo's), offline, optionally in safe mode")
     bundle_actions = bundle.add_subparsers(dest="action", required=True, metavar="ACTION")
     bundle_run = bundle_actions.add_parser(
-        "run", help="run one config of a bundle folder unmodified ($ expressions, @ references, % macros), offline"
+        "run", help="run one config of a bundle folder unmodified ($ expressions, @ references, %% macros), offline"
     )
     bundle_run.add_argument("bundle", help="bundle folder (configs/metadata.json and configs/CONFIG.{json,yaml}) or bundle zip")
     bundle_run.add_argument("--config", default="inference", help="config name in BUNDLE/configs (default: inference)")
