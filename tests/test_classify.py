@@ -109,8 +109,10 @@ def test_nodule_bundle_learns_the_synthetic_task_and_evaluates(nodules, tmp_path
     """A small DenseNet121 trained for a minute on the CPU separates the classes on held-out patches."""
     bundle = shipped_bundle("lung_nodule_ct_densenet")
     run = tmp_path / "run"
-    run_bundle(bundle, overrides={"dataset_dir": str(nodules), "output_dir": str(run), "max_epochs": 20,
-                                  "progress": False, "learning_rate": 0.003, **SMALL_DENSENET})
+    # The bundle's own learning rate: 0.003 for 20 epochs reached 0.97 on a CPU without AMX but 0.75 on
+    # one with AMX (other oneDNN kernels, another trajectory); at 0.001 the AUC rises steadily with epochs.
+    run_bundle(bundle, overrides={"dataset_dir": str(nodules), "output_dir": str(run), "max_epochs": 24,
+                                  "progress": False, **SMALL_DENSENET})
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert {"val_auc", "val_accuracy", "val_f1", "val_sensitivity", "val_specificity"} <= set(rows[0])
     assert (run / "progress.png").is_file() and (run / "models" / "model.pt").is_file()
