@@ -1,25 +1,46 @@
-"""Safe mode for bundles: refuse the config entries that run code, before anything is instantiated.
+"""Safe mode for bundles: build only components of known kinds, run no code, load nothing unsafely.
 
-A MONAI bundle is code. ``$`` strings are Python expressions evaluated with ``eval`` (``"$__import__('os')
-.system(...)"`` runs a shell command), ``_target_`` names any importable callable, and a ``%``
-macro pulls in config text from another file. MONAI has no switch to turn these off, so
-:func:`check_safe` walks every config file of a bundle (after ``%`` macros are expanded) and lists
-every offending key path at once:
+A MONAI bundle is code. ``$`` strings are Python expressions run with ``eval``; a ``_target_`` can
+name any importable callable (``torch.load`` with ``weights_only: false`` unpickles code, so does
+``numpy.load`` with ``allow_pickle: true``); ``%`` macros pull config text in from other files; and
+MONAI's runner puts the bundle folder on ``sys.path``, so its ``scripts/`` package (or any module
+there that shadows an installed one) is imported and run. MONAI has no switch to turn these off.
 
-- any string value or key starting with ``$`` (expressions, ``$import`` lines in ``imports``);
-- a ``_target_`` outside the allow-list :data:`ALLOWED_PACKAGES` (short names such as ``Compose``
-  resolve to MONAI components and are allowed), or inside it but in :data:`DENIED_MODULES`
-  (parts of those packages that download or run code: ``torch.hub``, ``monai.bundle``, ...).
+The rule (:func:`unsafe_entries`), checked on the configuration *as it will run* (config files
+merged, ``--set`` overrides and ``--weights`` applied, ``_meta_`` included, ``%`` macros expanded:
+:func:`check_safe_parser`), lists every offending key path at once:
 
-Weights are loaded with ``torch.load(weights_only=True)`` everywhere in voxpipe and in MONAI's
-``CheckpointLoader``, which unpickles tensors and plain containers only. Safe mode lowers the risk of
-running someone else's bundle; it does not make it zero (an allowed function can still write files
-where the config tells it to). Read the configs of a bundle you do not trust.
+1. **No code.** No string value or key starts with ``$`` (expressions, ``$import``), and
+   ``_mode_`` is ``default``, ``callable`` or ``partial`` (``debug`` starts a debugger).
+2. **Components of known kinds only.** A ``_target_`` (after following ``@`` references) must
+   resolve inside ``monai``, ``torch``, ``ignite`` or ``voxpipe``, outside :data:`DENIED_MODULES`,
+   to a class of one of the kinds in :func:`component_kinds` (transforms, networks and losses,
+   optimisers and schedulers, inferers, engines, handlers, datasets, loaders and samplers, metrics,
+   image readers and writers) or to one of :data:`BUNDLE_SAFE_FUNCTIONS` (voxpipe's functions that
+   bundles call, and a few MONAI helpers). Functions that load or evaluate (``torch.load``,
+   ``numpy.load``, ``pickle.*``, ``eval``, ``importlib``, ``subprocess``, ``os.*``, ``shutil.*``,
+   ``open``, bundle runners, ``monai.bundle.*``, ``torch.hub``) are none of these, so they are refused.
+3. **No unsafe switches.** Keyword values that turn a safe loader into an unsafe one or fetch
+   something are refused wherever they appear: ``weights_only`` false, ``allow_pickle`` true,
+   ``pickle_module``, ``trust_remote_code`` true, ``pretrained`` / ``download`` true, and a
+   ``reader`` / ``writer`` given as a dotted path (``LoadImage`` imports it with ``pydoc.locate``).
+4. **No bundle code.** A ``_target_`` in the bundle's own ``scripts/`` package (or anything that is
+   not installed) is refused, and :func:`voxpipe.pipelines.bundles.run.run_bundle` does not put the
+   bundle folder on ``sys.path`` in safe mode.
+
+Weights are read with ``torch.load(weights_only=True)`` by voxpipe and by MONAI's
+``CheckpointLoader``, which never unpickles code. What safe mode does not stop: an allowed component
+writes wherever the config says (an output folder can be any folder you can write to), reads any
+file you can read, and uses as much memory and time as the config asks for. Read the configs of a
+bundle you do not trust; run it as a user who can write only where the outputs go.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import pydoc
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,12 +50,80 @@ from monai.bundle.config_item import ComponentLocator
 
 from voxpipe.errors import BundleError
 
-ALLOWED_PACKAGES = ("monai", "torch", "ignite", "voxpipe", "numpy")
+ALLOWED_PACKAGES = ("monai", "torch", "ignite", "voxpipe")
+# Parts of the allowed packages that download, load code or run bundles, whatever kind their classes are.
 DENIED_MODULES = (
-    "torch.hub", "torch.package", "torch.utils.cpp_extension", "torch.ops", "torch.jit.load",
-    "monai.bundle", "monai.apps", "monai.utils.module", "numpy.ctypeslib", "numpy.distutils",
+    "torch.hub", "torch.package", "torch.utils.cpp_extension", "torch.jit", "torch.ops", "torch.classes",
+    "torch.utils.data.datapipes", "torch.distributed.rpc",
+    "monai.bundle", "monai.apps", "monai.utils.module", "monai.data.dataset.LMDBDataset", "monai.data.LMDBDataset",
+    "voxpipe.pipelines.bundles", "voxpipe.cli", "voxpipe._moved",
 )
+# Functions (not component classes) that bundles may call: they build or list things and run no code
+# from the config. run_engines is the one runner here: it calls .run() on engines the config built.
+BUNDLE_SAFE_FUNCTIONS = frozenset({
+    "voxpipe.networks.registry.build_network",
+    "voxpipe.runtime.select_device",
+    "voxpipe.transforms.presets.compose",
+    "voxpipe.pipelines.bundles.run.run_engines",
+    "voxpipe.pipelines.data.datalists.msd_datalist",
+    "voxpipe.pipelines.data.datalists.split_datalist",
+    "voxpipe.pipelines.data.caching.cached_dataset",
+    "voxpipe.pipelines.training.trainer.build_trainer",
+    "voxpipe.pipelines.training.trainer.build_optimizer",
+    "voxpipe.pipelines.training.trainer.build_scheduler",
+    "voxpipe.pipelines.training.distributed.initialize",
+    "voxpipe.pipelines.training.distributed.data_loader",
+    "voxpipe.pipelines.training.classification.classification_datalist",
+    "voxpipe.pipelines.training.classification.classification_metrics",
+    "voxpipe.pipelines.training.classification.classification_loss",
+    "voxpipe.pipelines.training.classification.balanced_sample_weights",
+    "voxpipe.pipelines.evaluation.evaluate.batch_image_meta",
+    "monai.data.decathlon_datalist.load_decathlon_datalist",
+    "monai.data.utils.partition_dataset",
+    "monai.data.utils.list_data_collate",
+    "monai.data.utils.pad_list_data_collate",
+    "monai.data.utils.decollate_batch",
+    "monai.handlers.utils.from_engine",
+    "monai.engines.utils.default_prepare_batch",
+})
+# voxpipe's own handler classes (Ignite handlers are plain classes with an attach method).
+BUNDLE_SAFE_CLASSES = frozenset({
+    "voxpipe.pipelines.training.handlers.CaseProgress",
+    "voxpipe.pipelines.training.handlers.ProgressPlot",
+})
+SAFE_MODES = ("default", "callable", "partial")
 _LOCATOR = ComponentLocator()
+_MAX_REFERENCE_DEPTH = 20
+
+
+@functools.lru_cache(maxsize=1)
+def component_kinds() -> tuple[tuple[str, type], ...]:
+    """``(kind, base class)`` pairs a safe ``_target_`` class must derive from (handlers apart)."""
+    import ignite.engine
+    import ignite.metrics
+    import monai.data
+    import monai.inferers
+    import monai.metrics
+    import monai.transforms
+    import torch
+    import torch.utils.data
+
+    return (
+        ("transform", monai.transforms.Transform),
+        ("network or loss", torch.nn.Module),
+        ("optimiser", torch.optim.Optimizer),
+        ("learning-rate scheduler", torch.optim.lr_scheduler.LRScheduler),
+        ("learning-rate scheduler", torch.optim.lr_scheduler.ReduceLROnPlateau),
+        ("inferer", monai.inferers.Inferer),
+        ("engine", ignite.engine.Engine),
+        ("dataset", torch.utils.data.Dataset),
+        ("data loader", torch.utils.data.DataLoader),
+        ("sampler", torch.utils.data.Sampler),
+        ("metric", monai.metrics.Metric),
+        ("metric", ignite.metrics.Metric),
+        ("image reader", monai.data.ImageReader),
+        ("image writer", monai.data.ImageWriter),
+    )
 
 
 def _walk(node: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
@@ -46,21 +135,112 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
         yield from _walk(value, child)
 
 
-def target_problem(target: str) -> str | None:
-    """Why a ``_target_`` name is refused in safe mode, or ``None`` when it is allowed."""
+def _in(name: str, prefixes: Sequence[str]) -> str | None:
+    return next((p for p in prefixes if name == p or name.startswith(p + ".")), None)
+
+
+def _is_bundle_code(obj: Any, bundle_root: Path | None) -> bool:
+    if bundle_root is None:
+        return False
+    try:
+        source = inspect.getsourcefile(obj) or inspect.getfile(obj)
+    except (TypeError, OSError):
+        return False
+    return Path(source).resolve().is_relative_to(bundle_root.resolve())
+
+
+def target_problem(target: str, *, bundle_root: str | os.PathLike[str] | None = None) -> str | None:
+    """Why a ``_target_`` name is refused in safe mode, or ``None`` when it is allowed.
+
+    Only modules inside the allowed packages are imported to answer (those are installed code, not
+    the bundle's); the bundle's own ``scripts`` package is never imported.
+    """
+    if not isinstance(target, str) or not target:
+        return f"_target_ {target!r} is not a component name"
+    if target.split(".")[0] == "scripts":
+        return f"_target_ {target!r} is in the bundle's own scripts/ package: importing it runs the bundle's code"
     if "." not in target:
-        if _LOCATOR.get_component_module_name(target) is None:
+        module = _LOCATOR.get_component_module_name(target)
+        if module is None:
             return f"_target_ {target!r} is not a MONAI component name"
-        return None
+        target = f"{module[0] if isinstance(module, list) else module}.{target}"
     if target.split(".")[0] not in ALLOWED_PACKAGES:
         return f"_target_ {target!r} is outside the allowed packages {', '.join(ALLOWED_PACKAGES)}"
-    for denied in DENIED_MODULES:
-        if target == denied or target.startswith(denied + "."):
-            return f"_target_ {target!r} is in {denied}, which can download or run code"
-    return None
+    denied = _in(target, DENIED_MODULES)
+    if denied and target not in BUNDLE_SAFE_FUNCTIONS:
+        return f"_target_ {target!r} is in {denied}, which downloads, loads code or runs bundles"
+    try:
+        obj = pydoc.locate(target)
+    except pydoc.ErrorDuringImport as error:
+        return f"_target_ {target!r} does not import ({error.value})"
+    if obj is None:
+        return f"_target_ {target!r} does not exist"
+    if _is_bundle_code(obj, Path(bundle_root) if bundle_root else None):
+        return f"_target_ {target!r} is defined inside the bundle folder: importing it runs the bundle's code"
+    module = getattr(obj, "__module__", "") or ""
+    qualified = f"{module}.{getattr(obj, '__qualname__', '')}"
+    if module.split(".")[0] not in ALLOWED_PACKAGES:
+        return f"_target_ {target!r} is {qualified}, outside the allowed packages {', '.join(ALLOWED_PACKAGES)}"
+    if qualified in BUNDLE_SAFE_FUNCTIONS or qualified in BUNDLE_SAFE_CLASSES:
+        return None
+    denied = _in(qualified, DENIED_MODULES)
+    if denied:
+        return f"_target_ {target!r} is {qualified}, in {denied}, which downloads, loads code or runs bundles"
+    if inspect.isclass(obj):
+        if any(issubclass(obj, base) for _, base in component_kinds()):
+            return None
+        if _in(module, ("monai.handlers", "ignite.handlers")) and hasattr(obj, "attach"):
+            return None  # Ignite/MONAI handlers: classes that attach to engines
+        kinds = sorted({kind for kind, _ in component_kinds()} | {"handler"})
+        return f"_target_ {target!r} is a class of no component kind safe mode builds ({', '.join(kinds)})"
+    return (f"_target_ {target!r} is a function, not a component; safe mode calls only components "
+            f"and voxpipe's bundle-safe functions (functions that load, evaluate or run code are refused)")
 
 
-def unsafe_entries(config: Any, *, file: str) -> list[str]:
+def _follow(config: Any, value: Any) -> tuple[Any, bool]:
+    """The literal ``value`` stands for after following ``@`` references: ``(value, resolved)``.
+
+    ``resolved`` is False when a reference points nowhere or into something that is not a literal
+    (a component, an expression): then safe mode cannot tell what the value will be.
+    """
+    for _ in range(_MAX_REFERENCE_DEPTH):
+        if not (isinstance(value, str) and value.startswith("@")):
+            return value, not (isinstance(value, str) and value.startswith("$"))
+        node = config
+        for part in value[1:].replace("::", "#").split("#"):
+            if isinstance(node, Mapping) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return value, False
+        if isinstance(node, Mapping) and "_target_" in node:
+            return node, False
+        value = node
+    return value, False
+
+
+def _falsy(value: Any) -> bool:
+    return value is False or value == 0 or (isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off"))
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, (int, float)) and bool(value)) or \
+        (isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on"))
+
+
+# keyword → (is it unsafe?, why)
+_UNSAFE_KEYWORDS = {
+    "weights_only": (_falsy, "weights_only: false lets torch.load unpickle code"),
+    "allow_pickle": (_truthy, "allow_pickle: true lets numpy.load unpickle code"),
+    "pickle_module": (lambda v: v is not None, "pickle_module replaces the unpickler torch.load uses"),
+    "trust_remote_code": (_truthy, "trust_remote_code: true runs code that comes with downloaded weights"),
+    "pretrained": (_truthy, "pretrained: true downloads and loads weights from the internet"),
+    "download": (_truthy, "download: true fetches data from the internet"),
+}
+
+
+def unsafe_entries(config: Any, *, file: str, bundle_root: str | os.PathLike[str] | None = None) -> list[str]:
     """Every entry of a parsed config that safe mode refuses, as ``'file: key#path: why'`` lines."""
     problems = []
     for path, key, value in _walk(config, ""):
@@ -69,27 +249,58 @@ def unsafe_entries(config: Any, *, file: str) -> list[str]:
         if isinstance(value, str) and value.startswith("$"):
             shown = value if len(value) <= 70 else value[:67] + "..."
             problems.append(f"{file}: {path}: expression {shown!r} runs Python")
-        elif key == "_target_" and isinstance(value, str):
-            why = target_problem(value)
+            continue
+        if key == "_target_":
+            target, resolved = _follow(config, value)
+            why = target_problem(target, bundle_root=bundle_root) if resolved else \
+                f"_target_ {value!r} does not name a component literally (safe mode cannot check it)"
             if why:
                 problems.append(f"{file}: {path}: {why}")
+        elif key == "_mode_":
+            mode, resolved = _follow(config, value)
+            if not resolved or mode not in SAFE_MODES:
+                problems.append(f"{file}: {path}: _mode_ {value!r}: safe mode allows only {', '.join(SAFE_MODES)}")
+        elif key in _UNSAFE_KEYWORDS:
+            literal, resolved = _follow(config, value)
+            unsafe, why = _UNSAFE_KEYWORDS[key]
+            if not resolved:
+                problems.append(f"{file}: {path}: {key} is {value!r}, which safe mode cannot check ({why.split(' ', 2)[-1]})")
+            elif unsafe(literal):
+                problems.append(f"{file}: {path}: {why}")
+        elif key in ("reader", "writer"):
+            literal, resolved = _follow(config, value)
+            if resolved and isinstance(literal, str) and "." in literal:
+                problems.append(f"{file}: {path}: {key} {literal!r} is a dotted path that LoadImage/SaveImage would import")
     return problems
 
 
-def check_safe(config_files: Sequence[str | os.PathLike[str]]) -> None:
-    """Raise :class:`BundleError` listing every entry of ``config_files`` that safe mode refuses.
+def _expanded(parser: ConfigParser) -> Any:
+    """The parser's config with ``%`` macros and relative ids resolved, on a copy (the parser is untouched)."""
+    copy = ConfigParser(parser.get())
+    copy.resolve_macro_and_relative_ids()
+    return copy.get()
 
-    ``%`` macros are expanded first (MONAI's ``ConfigParser``), so text pulled in from other files
-    is checked too.
+
+def check_safe_parser(parser: ConfigParser, *, name: str, bundle_root: str | os.PathLike[str] | None = None) -> None:
+    """Raise :class:`BundleError` listing every entry safe mode refuses in what ``parser`` will run.
+
+    Give the workflow's own parser after overrides are applied and before anything is built, so
+    the check sees exactly the configuration that runs (``name`` labels the lines, e.g. the config
+    file names).
     """
-    problems: list[str] = []
-    for config_file in config_files:
-        parser = ConfigParser(ConfigParser.load_config_file(config_file))
-        parser.resolve_macro_and_relative_ids()
-        problems += unsafe_entries(parser.get(), file=Path(config_file).name)
+    problems = unsafe_entries(_expanded(parser), file=name, bundle_root=bundle_root)
     if problems:
         listing = "\n  ".join(problems)
         raise BundleError(
             f"safe mode refused {len(problems)} entr{'y' if len(problems) == 1 else 'ies'} that would run code:\n  {listing}",
-            hint="run without --safe only if you trust the bundle's author (a bundle is code)",
+            hint="run without --safe only if you trust the bundle's author (a bundle is code; see README, Bundles)",
         )
+
+
+def check_safe(config_files: Sequence[str | os.PathLike[str]], *, overrides: Mapping[str, Any] | None = None,
+               bundle_root: str | os.PathLike[str] | None = None) -> None:
+    """:func:`check_safe_parser` on ``config_files`` merged in order, with ``overrides`` applied."""
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in config_files])
+    parser.update(dict(overrides or {}))
+    check_safe_parser(parser, name=", ".join(Path(f).name for f in config_files), bundle_root=bundle_root)
