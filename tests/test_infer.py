@@ -200,3 +200,23 @@ def test_postprocessing_per_class():
     coarse = PostProcessd("pred", min_size_mm3={"2": 5})({"pred": MetaTensor(torch.tensor(tumour), affine=torch.eye(4))})
     fine = PostProcessd("pred", min_size_mm3={"2": 5})({"pred": MetaTensor(torch.tensor(tumour), affine=torch.diag(torch.tensor([0.5, 0.5, 0.5, 1.0])))})
     assert coarse["pred"].sum() == 16 and fine["pred"].sum() == 0
+
+
+@pytest.mark.parametrize("folder,name,out", [
+    ("Patient #12", "CT #3", "run #2"),
+    ("@home", "@scan", "@out"),
+    ("$HOME", "$ct", "$out"),
+    ("100%", "50% dose", "%out"),
+    ("Müller Straße", "Ärzte ü", "résultats é"),
+    ("a b", "c d", "e f"),
+])
+def test_promise_any_characters_in_input_and_output_paths(liver_bundle, oracle_weights, tmp_path, folder, name, out):
+    """MONAI's parser turns '#' into '::' and reads '$', '@', '%' at the start of a string: user paths must not go through it."""
+    phantom = liver_phantom(31, orientation="LPS", size="tiny")
+    image = write_volume(label_image(phantom.label), phantom.affine, tmp_path / folder / f"{name}.nii.gz")
+    (written,) = infer_with_bundle(liver_bundle, [image], output_dir=tmp_path / out, weights=oracle_weights,
+                                   overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]})
+    assert written == tmp_path / out / f"{name}.nii.gz" and written.is_file()
+    assert np.array_equal(np.asanyarray(nib.load(written).dataobj), phantom.label)
+    assert sorted(p.name for p in (tmp_path / out).iterdir()) == sorted([f"{name}.nii.gz", "statistics.csv", "statistics.json"])
+    assert not any("::" in str(p) for p in tmp_path.rglob("*"))

@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_runner_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.runner_arguments = extra  # `voxpipe bundle run B --key value`, as MONAI's runner takes them
     _configure_logging(args.verbose, args.quiet)
     try:
         return int(args.func(args))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from voxpipe.cli.bundle import config_names
 from voxpipe.cli.common import quiet_monai_bundle
 
 
@@ -16,7 +17,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     if args.resume:
         overrides["resume"] = True
-    run_bundle(args.bundle, config=args.config, overrides=overrides)
+    run_bundle(args.bundle, config=config_names(args.config, "train"), overrides=overrides)
     return 0
 
 
@@ -24,7 +25,8 @@ def add_commands(commands: Any) -> None:
     """Register ``train`` on the top-level subparsers."""
     train = commands.add_parser("train", help="train a bundle (MONAI bundle format)")
     train.add_argument("bundle", help="bundle folder, e.g. configs/liver_ct_segresnet")
-    train.add_argument("--config", default="train", help="config name in BUNDLE/configs (default: train)")
+    train.add_argument("--config", action="append", metavar="NAME",
+                       help="config name in BUNDLE/configs (default: train); several are merged in order")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set dataset_dir=/data/Task03_Liver --set max_epochs=50")
     train.add_argument("--resume", action="store_true",

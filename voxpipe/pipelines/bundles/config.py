@@ -6,6 +6,7 @@ all need to read from a bundle folder without running it.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -58,7 +59,12 @@ def find_config(bundle_dir: str | os.PathLike[str], config: str) -> Path:
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings; values are YAML scalars/lists (``3`` → int, ``[1, 2]`` → list).
+    """Parse ``key=value`` strings into config ids and values, as MONAI's runner reads its arguments.
+
+    Keys are config ids (``network_def#img_size``). Values: ``@ref``, ``$expression`` and
+    ``%file#id`` stay strings for MONAI to resolve; otherwise a Python literal (``3``, ``False``,
+    ``[64, 64, 32]``, ``{"_target_": "UNet", ...}``), else a YAML scalar or flow collection (``true``,
+    ``null``, ``1e-3``, ``{a: 1}``), else the text itself.
 
     Raises:
         InputError: an item without ``=``.
@@ -68,46 +74,97 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise InputError(f"--set {pair!r}: expected key=value (e.g. max_epochs=10)")
-        overrides[key.strip()] = _yaml_value(value)
+        overrides[key.strip()] = override_value(value)
+    return overrides
+
+
+def parse_runner_arguments(arguments: Sequence[str]) -> dict[str, Any]:
+    """``--key value`` / ``--key=value`` pairs as ``python -m monai.bundle run`` takes them → overrides.
+
+    Raises:
+        InputError: an argument that is not ``--key`` followed by a value.
+    """
+    overrides: dict[str, Any] = {}
+    items = list(arguments)
+    while items:
+        item = items.pop(0)
+        if not item.startswith("--") or len(item) < 3:
+            raise InputError(f"{item!r}: expected --key value (MONAI's runner syntax) or --set key=value")
+        key, sep, value = item[2:].partition("=")
+        if not sep:
+            if not items:
+                raise InputError(f"{item!r}: expected a value after it")
+            value = items.pop(0)
+        overrides[key] = override_value(value)
     return overrides
 
 
 _EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
-def _yaml_value(text: str) -> Any:
-    """A YAML scalar or list; ``1e-3`` is a float (YAML 1.1 alone would leave it a string).
-
-    Only exponent notation is converted: other strings (``nan``, ``inf``, names) stay strings.
-    """
+def override_value(text: str) -> Any:
+    """One override value (see :func:`parse_overrides`); ``1e-3`` is a float, ``nan`` stays a string."""
     if not text.strip():
         return ""
-    value = yaml.safe_load(text)
+    if text.lstrip()[:1] in ("@", "$", "%"):
+        return text  # a reference, an expression or a macro: MONAI resolves it
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
     if isinstance(value, str) and _EXPONENT_NUMBER.match(value.strip()):
         return float(value)
+    return text if isinstance(value, str) else value
+
+
+def protect_paths(value: Any) -> Any:
+    """``value`` with every path-like string that holds ``#`` turned into a :class:`~pathlib.Path`.
+
+    MONAI's ``ConfigParser`` rewrites ``#`` to its id separator ``::`` in every string it parses
+    (``'/data/Patient #12/ct.nii.gz'`` becomes ``'/data/Patient ::12/ct.nii.gz'``), and no escape
+    exists. Non-string values pass through untouched, and MONAI components and voxpipe's bundle
+    functions take ``os.PathLike`` wherever they take a path. Path-like: absolute, ``./`` / ``../`` /
+    ``~`` relative, or naming something whose parent folder exists. Lists and dicts are walked.
+    """
+    if isinstance(value, str):
+        looks_like_path = value.startswith(("/", "./", "../", "~")) or (os.sep in value and Path(value).parent.exists())
+        return Path(value) if "#" in value and looks_like_path and value[:1] not in ("@", "$", "%") else value
+    if isinstance(value, list):
+        return [protect_paths(v) for v in value]
+    if isinstance(value, dict):
+        return {k: protect_paths(v) for k, v in value.items()}
     return value
 
 
 CHECKPOINT_LOADERS = ("CheckpointLoader", "monai.handlers.CheckpointLoader", "monai.handlers.checkpoint_loader.CheckpointLoader")
 
 
-def weights_keys(config: Any, path: str = "") -> list[str]:
-    """Config ids that hold the weights path of every ``CheckpointLoader`` in a config.
+def checkpoint_loaders(config: Any, path: str = "") -> list[tuple[str, str]]:
+    """``(loader id, weights key)`` for every ``CheckpointLoader`` in a config.
 
-    ``load_path: "@checkpoint"`` gives ``checkpoint`` (the key users override); a literal or an
-    expression gives the handler's own ``...#load_path`` id.
+    The weights key is the config id users override: ``load_path: "@checkpoint"`` gives
+    ``checkpoint``; a literal or an expression gives the handler's own ``...#load_path`` id.
     """
-    found: list[str] = []
+    found: list[tuple[str, str]] = []
     items = config.items() if isinstance(config, Mapping) else enumerate(config) if isinstance(config, list) else ()
     for key, value in items:
         child = f"{path}#{key}" if path else str(key)
         if isinstance(value, Mapping) and value.get("_target_") in CHECKPOINT_LOADERS and "load_path" in value:
             load_path = value["load_path"]
             is_ref = isinstance(load_path, str) and load_path.startswith("@")
-            found.append(load_path[1:] if is_ref else f"{child}#load_path")
+            found.append((child, load_path[1:] if is_ref else f"{child}#load_path"))
         else:
-            found += weights_keys(value, child)
+            found += checkpoint_loaders(value, child)
     return found
+
+
+def weights_keys(config: Any) -> list[str]:
+    """Config ids that hold the weights path of every ``CheckpointLoader`` in a config (each once)."""
+    return list(dict.fromkeys(key for _, key in checkpoint_loaders(config)))
 
 
 def bundle_network(bundle_dir: str | os.PathLike[str], *, config: str = "inference",

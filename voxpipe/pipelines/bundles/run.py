@@ -7,16 +7,18 @@ failures name the bundle and config file instead of ending in a long instantiati
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from voxpipe.errors import BundleError, VoxpipeError
-from voxpipe.pipelines.bundles.config import WORKFLOW_TYPES, find_config, weights_keys
+from voxpipe.pipelines.bundles.config import WORKFLOW_TYPES, checkpoint_loaders, find_config, protect_paths
 
 logger = logging.getLogger(__name__)
 
@@ -28,65 +30,132 @@ def run_engines(engines: Sequence[Any]) -> None:
 
 
 
+class _Workflow(ConfigWorkflow):
+    """MONAI's ``ConfigWorkflow``, except that in safe mode ``run`` leaves ``sys.path`` alone.
+
+    MONAI's ``run`` puts the bundle folder on ``sys.path``: any module there (its ``scripts/``, or a
+    file that shadows an installed package imported later) would then run as code.
+    """
+
+    def __init__(self, *args: Any, safe: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.safe = safe
+
+    def run(self) -> Any:
+        if not self.safe:
+            return super().run()
+        if self.run_id not in self.parser:
+            raise ValueError(f"run ID '{self.run_id}' doesn't exist in the config file.")
+        return self._run_expr(id=self.run_id)
+
+
+@contextlib.contextmanager
+def _importable(root: Path, *, enabled: bool) -> Iterator[None]:
+    """The bundle folder on ``sys.path`` (its ``scripts/`` package importable) while the block runs.
+
+    MONAI's runner does this at ``run``; voxpipe does it from validation on, since components are
+    built (and their modules imported) before ``run``. A ``scripts`` package another bundle left in
+    ``sys.modules`` is dropped first, so each bundle imports its own.
+    """
+    if not enabled:
+        yield
+        return
+    entry = str(root)
+    before = sys.path.count(entry)
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        source = getattr(sys.modules[name], "__file__", None) or ""
+        if not Path(source).resolve().is_relative_to(root):
+            del sys.modules[name]
+    sys.path.insert(1, entry)
+    try:
+        yield
+    finally:
+        for _ in range(sys.path.count(entry) - before):
+            sys.path.remove(entry)
+
+
+def _is_false(value: Any) -> bool:
+    return value is False or value == 0 or (isinstance(value, str) and value.strip().lower() in ("false", "no", "0"))
+
+
+def _loaders_in_use(workflow: ConfigWorkflow, loaders: Sequence[tuple[str, str]]) -> list[str]:
+    """The weights keys of the loaders that will load: not ``_disabled_``, and not switched off by ``load_pretrain``.
+
+    ``load_pretrain`` is the Model Zoo's switch (``_disabled_: "$not @load_pretrain"``, or an
+    ``initialize`` expression that calls the loader only ``if @load_pretrain``).
+    """
+    parser = workflow.parser
+    if "load_pretrain" in parser and _is_false(parser.get_parsed_content("load_pretrain")):
+        return []
+    keys = []
+    for loader_id, key in loaders:
+        loader = parser.get(loader_id)
+        if isinstance(loader, Mapping) and "_disabled_" in loader:
+            disabled = parser.get_parsed_content(f"{loader_id}#_disabled_")
+            if disabled is True or (isinstance(disabled, str) and disabled.strip().lower() == "true"):
+                continue
+        keys.append(key)
+    return list(dict.fromkeys(keys))
+
+
 def run_bundle(
     bundle_dir: str | os.PathLike[str],
     *,
-    config: str = "train",
+    config: str | Sequence[str] = "train",
     overrides: Mapping[str, Any] | None = None,
     weights: str | os.PathLike[str] | None = None,
     safe: bool = False,
     validate: bool = False,
+    run_id: str = "run",
 ) -> ConfigWorkflow:
-    """Initialise, run and finalise one config of a bundle with MONAI's ``ConfigWorkflow``.
+    """Initialise, run and finalise a bundle's config(s) with MONAI's ``ConfigWorkflow``.
 
-    Runs voxpipe's bundles and third-party (Model Zoo) bundles unmodified and offline: nothing is
-    downloaded (``large_files.yml`` is not read), and a weights file that is not there is an error
-    naming the config key that wanted it, before anything runs. The bundle's ``logging.conf`` is not
-    applied (voxpipe's CLI owns logging).
+    Runs voxpipe's bundles and third-party (Model Zoo) bundles unmodified and offline, as
+    ``python -m monai.bundle run`` does: several configs are merged in order, the bundle folder is
+    importable (its ``scripts/``), nothing is downloaded (``large_files.yml`` is not read), and a
+    weights file that is not there is an error naming the config key that wanted it, before
+    anything runs (unless its loader is ``_disabled_`` or ``load_pretrain`` is false). The
+    bundle's ``logging.conf`` is not applied (voxpipe's CLI owns logging).
 
     Args:
         bundle_dir: bundle folder (``configs/metadata.json``, ``configs/<config>.yaml|json``), or a
             bundle zip (extracted to a temporary folder, checksums verified).
-        config: config name: ``train``, ``inference``, ``evaluate`` or any other file in configs/.
+        config: config name (``train``, ``inference``, ``evaluate`` or any other file in configs/), or
+            several merged in order (``["train", "evaluate"]``, MONAI's ``--config_file`` list).
         overrides: config ids and values, e.g. ``{"dataset_dir": "...", "max_epochs": 2}``;
-            ``bundle_root`` defaults to ``bundle_dir``.
+            ``bundle_root`` defaults to ``bundle_dir``. Path strings holding ``#`` are passed as
+            ``Path`` objects (:func:`~voxpipe.pipelines.bundles.config.protect_paths`).
         weights: a weights file for every ``CheckpointLoader`` of the config (:func:`weights_keys`).
-        safe: refuse ``$`` expressions and ``_target_``s outside the allow-list before anything is
-            built (:func:`voxpipe.pipelines.bundles.safety.check_safe`).
-        validate: check this config and ``metadata.json`` first and stop with every problem
-            (:func:`voxpipe.pipelines.bundles.validate.validate_bundle`); ``voxpipe bundle run`` does.
+        safe: build only components of known kinds and run no code, checked on the configuration
+            as it will run, before anything is built (:mod:`voxpipe.pipelines.bundles.safety`).
+        validate: check the configuration that will run and ``metadata.json`` first and stop on
+            errors (warnings are logged; :func:`voxpipe.pipelines.bundles.validate.validate_bundle`);
+            ``voxpipe bundle run`` does.
+        run_id: the config id to run (MONAI's ``run_id``; default ``run``).
 
     Returns:
         The finished workflow (its ``parser`` gives access to the built components).
 
     Raises:
-        BundleError: missing files, or a failure while building or running the workflow; the
-            message names the config file and the underlying error.
+        BundleError: missing files, refused by safe mode or validation, or a failure while building
+            or running the workflow; the message names the config file and the underlying error.
     """
     root = Path(bundle_dir).resolve()
     if root.is_file() and root.suffix == ".zip":  # a zip from `voxpipe bundle export` or the Model Zoo
         from voxpipe.pipelines.bundles.export import open_bundle_zip
 
         root = open_bundle_zip(root)
-    config_file = find_config(root, config)
+    names = [config] if isinstance(config, str) else list(config)
+    config_files = [find_config(root, name) for name in names]
+    label = str(config_files[0]) if len(config_files) == 1 else " + ".join(repr(str(f)) for f in config_files)
+    label = repr(label) if len(config_files) == 1 else label
     meta_file = root / "configs" / "metadata.json"
     if not meta_file.is_file():
         raise BundleError(f"{str(meta_file)!r}: expected the bundle's metadata.json, found no file")
-    if safe:
-        from voxpipe.pipelines.bundles.safety import check_safe
-
-        check_safe([config_file])
-    if validate:
-        from voxpipe.pipelines.bundles.validate import validate_bundle
-
-        problems = validate_bundle(root, configs=[config_file.stem], overrides=overrides)
-        if problems:
-            listing = "\n  ".join(str(problem) for problem in problems)
-            raise BundleError(f"{str(root)!r}: {len(problems)} problem(s) found before running:\n  {listing}",
-                              hint="fix them, or see `voxpipe bundle validate` for the whole bundle")
-    values = {"bundle_root": str(root), **(overrides or {})}
-    raw = ConfigParser(ConfigParser.load_config_file(config_file))
-    keys = weights_keys(raw.get())
+    values: dict[str, Any] = {"bundle_root": str(root), **(overrides or {})}
+    raw = ConfigParser(ConfigParser.load_config_files([str(f) for f in config_files]))
+    loaders = checkpoint_loaders(raw.get())
+    keys = list(dict.fromkeys(key for _, key in loaders))
     for key in keys:  # a plain relative weights path means the bundle's file (MONAI's runner, run from the bundle folder)
         value = values.get(key, raw.get(key))
         if isinstance(value, str) and value and value[0] not in "$@%" and not Path(value).is_absolute() \
@@ -94,39 +163,65 @@ def run_bundle(
             values[key] = str(root / value)
     if weights is not None:
         if not keys:
-            raise BundleError(f"{str(config_file)!r}: --weights given, but the config has no CheckpointLoader to take them")
+            raise BundleError(f"{label}: --weights given, but the config has no CheckpointLoader to take them")
         values.update({key: str(weights) for key in keys})
-    try:
-        workflow = ConfigWorkflow(
-            config_file=str(config_file),
-            meta_file=str(meta_file),
-            logging_file=False,
-            workflow_type=WORKFLOW_TYPES.get(config),
-            **values,
-        )
-        workflow.initialize()
-        missing = workflow.check_properties()
-        if missing:
-            raise BundleError(f"{str(config_file)!r}: required bundle properties missing: {missing}")
-        for key in keys:
-            wanted = workflow.parser.get_parsed_content(key)
-            if not Path(str(wanted)).is_file():
-                raise BundleError(
-                    f"{str(config_file)!r}: {key}: expected the network weights file {str(wanted)!r}, found no file",
-                    hint=f"pass --weights FILE (or --set {key}=FILE); voxpipe downloads nothing on its own",
-                )
-        workflow.run()
-        workflow.finalize()
-    except VoxpipeError:
-        raise
-    except Exception as error:
-        root_cause = innermost_error(error)
-        if isinstance(root_cause, VoxpipeError):
-            raise root_cause from error
-        raise BundleError(
-            f"{str(config_file)!r}: {type(root_cause).__name__}: {_condensed(str(root_cause))}",
-            hint=_hint_for(str(root_cause)),
-        ) from error
+    values = {key: protect_paths(value) for key, value in values.items()}
+    with _importable(root, enabled=not safe):
+        try:
+            # Overrides go through the parser, not ConfigWorkflow's keywords (``workflow_type`` would collide).
+            workflow = _Workflow(config_file=[str(f) for f in config_files], meta_file=str(meta_file), logging_file=False,
+                                 workflow_type=WORKFLOW_TYPES.get(names[-1]), run_id=run_id, safe=safe)
+            workflow.parser.update(values)
+        except Exception as error:
+            raise BundleError(f"{label}: {type(error).__name__}: {_condensed(str(error))}") from error
+        if safe:
+            from voxpipe.pipelines.bundles.safety import check_safe_parser
+
+            check_safe_parser(workflow.parser, name=" + ".join(f.name for f in config_files), bundle_root=root)
+        if validate:
+            from voxpipe.pipelines.bundles.validate import validate_bundle
+
+            problems = validate_bundle(root, configs=names, overrides=values)
+            for warning in (p for p in problems if p.severity == "warning"):
+                logger.warning("%s", warning)
+            errors = [p for p in problems if p.severity != "warning"]
+            if errors:
+                listing = "\n  ".join(str(problem) for problem in errors)
+                raise BundleError(f"{str(root)!r}: {len(errors)} problem(s) found before running:\n  {listing}",
+                                  hint="fix them, or see `voxpipe bundle validate` for the whole bundle")
+        if run_id not in workflow.parser:
+            raise BundleError(f"{label}: expected a config id {run_id!r} to run, found none",
+                              hint="name the id to run with --run-id (MONAI's run_id)")
+        try:
+            workflow.initialize()
+            try:
+                missing = workflow.check_properties()
+            except Exception as error:  # MONAI's own check fails on some layouts (a dict where it expects an id)
+                logger.debug("%s: MONAI's property check failed (%s: %s); skipped, as MONAI's runner does", label,
+                             type(error).__name__, error)
+                missing = None
+            if missing:
+                logger.warning("%s: bundle properties missing (MONAI's runner runs it anyway): %s", label, missing)
+            for key in _loaders_in_use(workflow, loaders):
+                wanted = workflow.parser.get_parsed_content(key)
+                if not Path(str(wanted)).is_file():
+                    raise BundleError(
+                        f"{label}: {key}: expected the network weights file {str(wanted)!r}, found no file",
+                        hint=f"pass --weights FILE (or --set {key}=FILE, or --set load_pretrain=False where the "
+                             "bundle has that switch); voxpipe downloads nothing on its own",
+                    )
+            workflow.run()
+            workflow.finalize()
+        except VoxpipeError:
+            raise
+        except Exception as error:
+            root_cause = innermost_error(error)
+            if isinstance(root_cause, VoxpipeError):
+                raise root_cause from error
+            raise BundleError(
+                f"{label}: {type(root_cause).__name__}: {_condensed(str(root_cause))}",
+                hint=_hint_for(str(root_cause)),
+            ) from error
     return workflow
 
 
