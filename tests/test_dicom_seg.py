@@ -108,8 +108,8 @@ def test_evaluate_scores_against_seg_references(tmp_path, phantom):
     coarse = phantom.affine @ np.diag([2.0, 2.0, 1.0, 1.0])
     shutil.rmtree(preds)
     write_volume(phantom.label[::2, ::2], coarse, preds / "case_a.nii.gz")
-    with pytest.raises(GeometryError, match="case_a.dcm"):
-        evaluate_folders(preds, refs, labels={"liver": (1,)}, output_dir=tmp_path / "out2")
+    failed = evaluate_folders(preds, refs, labels={"liver": (1,)}, output_dir=tmp_path / "out2")
+    assert failed.rows[0]["status"] == "wrong_grid" and "case_a.dcm" in failed.rows[0]["reason"]
     resampled = evaluate_folders(preds, refs, labels={"liver": (1,)}, output_dir=tmp_path / "out3", resample_predictions=True)
     assert resampled.rows[0]["dice_liver"] > 0.8
 

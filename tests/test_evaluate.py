@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
-from voxpipe.errors import GeometryError, InputError
+from voxpipe.errors import InputError
 from voxpipe.metrics import dice
 from voxpipe.pipelines.evaluation.evaluate import ScoringOptions, evaluate_folders, parse_label_groups
 from voxpipe.transforms.io import save_nifti
@@ -79,18 +80,38 @@ def test_evaluation_csv_and_summary_are_right(folders):
     assert result.summary == summary
 
 
-def test_prediction_on_another_grid_is_an_error_naming_both(folders):
+def test_prediction_on_another_grid_fails_that_case_naming_both(folders):
+    """Promise: one bad case never stops the run; it is listed with its reason and scored the worst."""
     pred, ref, out = folders
     save_nifti(np.zeros((4, 4, 4), np.uint8), np.diag([1.0, 1.0, 1.0, 1.0]), pred / "a.nii.gz")
-    with pytest.raises(GeometryError, match=r"a.nii.gz.*spacing \(1.0, 1.0, 1.0\).*spacing \(0.8, 0.8, 2.5\)"):
-        evaluate_folders(pred, ref, labels={"liver": (1,)}, output_dir=out)
+    result = evaluate_folders(pred, ref, labels={"liver": (1,)}, output_dir=out)
+    rows = {r["case"]: r for r in result.rows}
+    assert rows["a"]["status"] == "wrong_grid" and rows["a"]["dice_liver"] == 0.0
+    assert re.search(r"a.nii.gz.*spacing \(1.0, 1.0, 1.0\).*spacing \(0.8, 0.8, 2.5\)", rows["a"]["reason"])
+    assert rows["b"]["status"] == "ok" and "a" in result.summary["failed"]
+    assert (out / "per_case.csv").is_file() and (out / "summary.json").is_file()
 
 
-def test_non_integral_labels_are_refused(folders):
+def test_non_integral_labels_fail_that_case(folders):
     pred, ref, out = folders
     save_nifti(np.full((4, 4, 4), 0.5, np.float32), AFFINE, pred / "a.nii.gz")
-    with pytest.raises(InputError, match="non-integral"):
-        evaluate_folders(pred, ref, labels={"liver": (1,)}, output_dir=out)
+    rows = {r["case"]: r for r in evaluate_folders(pred, ref, labels={"liver": (1,)}, output_dir=out).rows}
+    assert rows["a"]["status"] == "not_labels" and "non-integral" in rows["a"]["reason"] and rows["b"]["status"] == "ok"
+
+
+def test_an_unreadable_reference_is_listed_and_the_rest_scored(folders, capsys):
+    from voxpipe.cli import main
+
+    pred, ref, out = folders
+    (ref / "a.nii.gz").write_bytes(b"not an image at all")
+    assert main(["evaluate", str(pred), str(ref), "--labels", "liver=1", "-o", str(out)]) == 2
+    shown = capsys.readouterr().out
+    assert "a: " in shown and "could not be read" in shown
+    rows = {r["case"]: r for r in csv.DictReader(open(out / "per_case.csv"))}
+    assert rows["a"]["status"] == "reference_failed" and rows["a"]["dice_liver"] == ""
+    assert rows["b"]["status"] == "ok"
+    summary = json.loads((out / "summary.json").read_text())
+    assert "could not be read" in summary["failed_reasons"]["a"] and summary["metrics"]["liver"]["dice"]["n"] == len(rows) - 1
 
 
 def test_every_metric_conventions_and_lits_global_dice(folders):
@@ -134,8 +155,8 @@ def test_resample_pred_puts_a_prediction_on_the_reference_grid(tmp_path):
     fine_affine[:3, 3] = [-0.2, -0.2, 0.0]  # voxel centres of the fine grid inside the coarse voxels
     save_nifti(ref, AFFINE, tmp_path / "ref" / "x.nii.gz")
     save_nifti(fine, fine_affine, tmp_path / "pred" / "x.nii.gz")
-    with pytest.raises(GeometryError, match="resample"):
-        evaluate_folders(tmp_path / "pred", tmp_path / "ref", labels={"o": (1,)}, output_dir=tmp_path / "out")
+    failed = evaluate_folders(tmp_path / "pred", tmp_path / "ref", labels={"o": (1,)}, output_dir=tmp_path / "out")
+    assert failed.rows[0]["status"] == "wrong_grid" and "resample" in failed.rows[0]["reason"]
     result = evaluate_folders(tmp_path / "pred", tmp_path / "ref", labels={"o": (1,)}, output_dir=tmp_path / "out",
                               resample_predictions=True)  # fmt: skip
     assert result.rows[0]["dice_o"] == 1.0

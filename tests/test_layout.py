@@ -28,7 +28,7 @@ PIPELINE_LAYERS = {
     "data": set(),
     "training": {"data"},
     "inference": {"bundles", "training"},
-    "evaluation": {"inference", "training"},
+    "evaluation": {"data", "inference", "training"},
 }
 
 # Every voxpipe _target_ the 0.1 bundles shipped with, and where it lives now.

@@ -37,7 +37,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         stats = result.summary["metrics"][name]
         print(f"{name:<14}" + "".join(f"   {format_metric(stats[m]['mean'])}" for m in shown) + f"   {stats['dice']['n']:>5}")
     if result.summary["failed"]:
-        print(f"failed cases (scored with the worst values): {', '.join(result.summary['failed'])}")
+        print(f"{len(result.summary['failed'])} failed case(s) (predictions scored with the worst values; "
+              "unusable references not scored):")
+        for case, reason in result.summary["failed_reasons"].items():
+            print(f"  {case}: {reason}")
     if args.report:
         from voxpipe.pipelines.evaluation.report import write_report
 

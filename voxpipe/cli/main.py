@@ -74,6 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("voxpipe: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a full disk, no permission, a folder where a file should be: the machine's problem
+        if args.debug:
+            raise
+        where = f"{error.filename!r}: " if getattr(error, "filename", None) else ""
+        print(f"voxpipe: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     except Exception as error:  # anything unexpected is our bug: one line, exit 1
         if args.debug:
             raise

@@ -17,6 +17,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +92,35 @@ def _is_state_dict(value: Any) -> bool:
     return isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
 
 
+def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors that name the file.
+
+    ``mmap=True`` maps the tensors instead of reading them (zip-format files; others are read), so
+    checking that a large weights file loads costs next to nothing.
+
+    Raises:
+        InputError: no such file; the file needs pickled code (refused); it is truncated, not a torch
+            file, or otherwise unreadable.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise InputError(f"{str(source)!r}: expected a weights file, found no file")
+    try:
+        use_mmap = mmap and zipfile.is_zipfile(source)
+        return torch.load(source, map_location="cpu", weights_only=True, mmap=use_mmap)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f"a pickled reference to {found.group(1)}" if found else "pickled objects or data that is not a torch file"
+        raise InputError(
+            f"{str(source)!r}: expected tensors only, found {what}, which torch.load(weights_only=True) refuses",
+            hint="re-save the weights with torch.save(model.state_dict(), path); voxpipe never unpickles code",
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise InputError(f"{str(source)!r}: expected a torch weights file, could not read it "
+                         f"({type(error).__name__}: {reason}; truncated or not a torch file?)") from error
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The network state dict in a weights file: a raw state dict, a MONAI bundle ``models/model.pt``,
     or a voxpipe/Ignite checkpoint (``{"network": ..., "optimizer": ...}``) and similar containers.
@@ -100,19 +130,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             it holds no state dict (the message lists the keys it does hold).
     """
     source = Path(path)
-    if not source.is_file():
-        raise InputError(f"{str(source)!r}: expected a weights file, found no file")
-    try:
-        content = torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        what = f"a pickled reference to {found.group(1)}" if found else "pickled objects"
-        raise InputError(
-            f"{str(source)!r}: expected tensors only, found {what}, which torch.load(weights_only=True) refuses",
-            hint="re-save the weights with torch.save(model.state_dict(), path); voxpipe never unpickles code",
-        ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise InputError(f"{str(source)!r}: expected a torch weights file, could not read it ({error})") from error
+    content = load_torch_file(source)
     if _is_state_dict(content):
         return dict(content)
     if isinstance(content, Mapping):

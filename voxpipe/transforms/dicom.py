@@ -36,9 +36,10 @@ and direction (tested). The array contract is the one of :mod:`voxpipe.transform
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,9 +193,13 @@ def series_geometry(
     orientations = np.stack([_vector(ds, "ImageOrientationPatient", 6, p) for ds, p in zip(headers, files, strict=True)])
     pixel_spacings = np.stack([_vector(ds, "PixelSpacing", 2, p) for ds, p in zip(headers, files, strict=True)])
     positions = np.stack([_vector(ds, "ImagePositionPatient", 3, p) for ds, p in zip(headers, files, strict=True)])
-    sizes = {(int(ds.Rows), int(ds.Columns)) for ds in headers}
-    if len(sizes) > 1:
-        raise GeometryError(f"{str(folder)!r}: slices of one series have different matrix sizes {sorted(sizes)}")
+    by_size: dict[tuple[int, int], list[Path]] = {}
+    for ds, path in zip(headers, files, strict=True):
+        by_size.setdefault((int(ds.Rows), int(ds.Columns)), []).append(path)
+    if len(by_size) > 1:
+        listing = "; ".join(f"{rows}×{columns} in {len(paths)} slice(s), e.g. {str(paths[0])!r}"
+                            for (rows, columns), paths in sorted(by_size.items(), key=lambda item: -len(item[1])))
+        raise GeometryError(f"{str(folder)!r}: slices of one series have different matrix sizes (rows×columns): {listing}")
     bad = np.flatnonzero(np.abs(orientations - orientations[0]).max(axis=1) > ORIENTATION_TOL)
     if bad.size:
         raise GeometryError(
@@ -269,15 +274,17 @@ def series_geometry(
 def _pixels(path: Path) -> tuple[np.ndarray, float, float]:
     """Stored pixel values of one slice (rows, columns) and its RescaleSlope / RescaleIntercept."""
     try:
-        ds = pydicom.dcmread(path, force=True)
+        with _quiet_pydicom():
+            ds = pydicom.dcmread(path, force=True)
     except Exception as error:  # pydicom raises many types for corrupt files
-        raise InputError(f"{str(path)!r}: could not be read as DICOM ({error})") from error
+        raise InputError(f"{str(path)!r}: could not be read as DICOM ({_one_line(error)})") from error
     try:
-        array = ds.pixel_array
+        with _quiet_pydicom():  # some decoders log a traceback through pydicom's logger before raising
+            array = ds.pixel_array
     except Exception as error:  # and for undecodable pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise InputError(
-            f"{str(path)!r}: could not decode the pixel data (transfer syntax {syntax}: {error}); "
+            f"{str(path)!r}: could not decode the pixel data (transfer syntax {syntax}: {_one_line(error)}); "
             "compressed syntaxes need Pillow (JPEG, JPEG 2000) or pylibjpeg plugins installed"
         ) from error
     if int(ds.get("SamplesPerPixel", 1)) != 1 or array.ndim != 2:
@@ -285,6 +292,22 @@ def _pixels(path: Path) -> tuple[np.ndarray, float, float]:
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
         array = array.max() + array.min() - array  # MONOCHROME1 stores inverted grey levels
     return array, float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """pydicom logs decoder failures with a traceback; voxpipe raises one line naming the slice instead."""
+    pydicom_logger = logging.getLogger("pydicom")
+    level = pydicom_logger.level
+    pydicom_logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        pydicom_logger.setLevel(level)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__
 
 
 def _rescaled(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
@@ -321,6 +344,10 @@ def load_dicom_series(
     integral = True
     for index, offset in zip(geometry.order, geometry.offsets, strict=True):
         raw, slope, intercept = _pixels(info.files[index])
+        expected = (int(headers[index].Rows), int(headers[index].Columns))
+        if raw.shape != expected:
+            raise InputError(f"{str(info.files[index])!r}: pixel data of {raw.shape[0]}×{raw.shape[1]}; expected the "
+                             f"header's Rows × Columns {expected[0]}×{expected[1]}")
         integral &= slope.is_integer() and intercept.is_integer()
         values = _rescaled(raw, slope, intercept)
         if np.any(offset):  # undo the in-plane shift of a tilted slice; arrays are (row=y, column=x)

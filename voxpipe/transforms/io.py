@@ -20,9 +20,11 @@ header by floating-point error; :class:`SaveLabelLiked` copies the source header
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +39,8 @@ from monai.data import ImageReader, MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import MetaKeys, SpaceKeys
 
-from voxpipe.errors import GeometryError, InputError
+from voxpipe.errors import GeometryError, InputError, OutputError
+from voxpipe.transforms.headers import check_affine, check_declared_size, itk_reason, nifti_geometry_note
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ def find_volumes(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def load_volume(
-    path: str | os.PathLike[str], *, label: bool = False, series_uid: str | None = None
+    path: str | os.PathLike[str], *, label: bool = False, series_uid: str | None = None, finite: bool = True
 ) -> Volume:
     """Load a NIfTI, NRRD/NHDR or MHA/MHD file, or a DICOM series folder, as :class:`Volume`.
 
@@ -95,19 +98,21 @@ def load_volume(
             after checking that they are integral and finite (see :func:`as_label`).
         series_uid: for a DICOM folder with several series, the SeriesInstanceUID to load
             (default: the series with most slices, see :mod:`voxpipe.transforms.dicom`).
+        finite: refuse NaN/Inf and complex intensities (:func:`check_intensities`); ``False`` only
+            for tools that report such voxels themselves (``voxpipe data check``).
 
     Raises:
-        InputError: the file is missing, has an unknown suffix, cannot be read, is a label map with
-            non-integral values, or is a DICOM series with refused geometry; the message names the
-            file and the reason.
+        InputError: the file is missing, has an unknown suffix, a header that declares more data than
+            the file holds, cannot be read, has NaN/Inf/complex intensities or an affine that places no
+            voxel, is a label map with non-integral values, or is a DICOM series with refused geometry;
+            the message names the file and the reason.
     """
     path = Path(path)
     if path.is_dir():
         from voxpipe.transforms.dicom import load_dicom_series
 
         array, affine, _ = load_dicom_series(path, series_uid=series_uid)
-        volume = Volume(array, affine, path)
-        return Volume(as_label(array, path), affine, path) if label else volume
+        return Volume(as_label(array, path), affine, path) if label else Volume(array, affine, path)
     suffix = volume_suffix(path)
     if not path.is_file():
         raise InputError(f"{str(path)!r}: expected an image file or DICOM folder, found nothing at that path")
@@ -115,10 +120,13 @@ def load_volume(
         raise InputError(
             f"{str(path)!r}: unknown image format; expected one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder"
         )
+    check_declared_size(path)  # from the header alone, before anything is allocated
     try:
         if suffix in (".nii.gz", ".nii"):
-            image = nib.load(str(path))
-            array, affine = np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=float)
+            nifti_geometry_note(path)
+            with _quiet_nibabel():
+                image = nib.load(str(path))
+                array, affine = np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=float)
         else:
             image = sitk.ReadImage(str(path))
             if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
@@ -129,11 +137,60 @@ def load_volume(
             array, affine = sitk.GetArrayFromImage(image).transpose(2, 1, 0), sitk_affine(image)
     except InputError:
         raise
+    except MemoryError as error:
+        raise InputError(f"{str(path)!r}: not enough memory to load it ({_declared(path)})") from error
     except Exception as error:  # the readers raise many unrelated types for corrupt files
-        raise InputError(f"{str(path)!r}: could not be read as {suffix} ({error})") from error
+        raise InputError(f"{str(path)!r}: could not be read as {suffix} ({itk_reason(error)})") from error
     if array.ndim != 3:
         raise InputError(f"{str(path)!r}: expected a 3D volume, found array shape {array.shape}")
-    return Volume(as_label(array, path) if label else array, affine, path)
+    check_affine(path, affine)
+    if label:
+        return Volume(as_label(array, path), affine, path)
+    return Volume(check_intensities(array, path) if finite else array, affine, path)
+
+
+def check_intensities(array: np.ndarray, path: str | os.PathLike[str] = "<array>") -> np.ndarray:
+    """``array`` if its voxels are real and finite; NaN/Inf or complex intensities are refused.
+
+    A NaN voxel becomes NaN logits and NaN statistics (``mean=-inf`` in ``statistics.csv``) without
+    any error, and a complex volume would silently lose its imaginary part: refuse both, naming the file.
+
+    Raises:
+        InputError: complex dtype, or non-finite voxels (how many, and of which kind).
+    """
+    if array.dtype.kind == "c":
+        raise InputError(f"{str(path)!r}: voxels are {array.dtype} (complex); expected real intensities",
+                         hint="store the magnitude (or the channel you mean) as a real image")
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{str(path)!r}: voxels are {array.dtype}; expected a numeric image")
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            nan = int(np.isnan(array).sum())
+            inf = int((~finite).sum()) - nan
+            raise InputError(f"{str(path)!r}: {nan} NaN and {inf} ±Inf voxels; expected finite intensities",
+                             hint="replace them (e.g. with the background value) before segmenting")
+    return array
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """nibabel logs header fixes without the file's name; voxpipe says what it assumed itself."""
+    nib_logger = logging.getLogger("nibabel.global")
+    level = nib_logger.level
+    nib_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        nib_logger.setLevel(level)
+
+
+def _declared(path: Path) -> str:
+    try:
+        shape, _ = read_geometry(path)
+        return f"{' × '.join(map(str, shape))} voxels"
+    except InputError:
+        return "size unknown"
 
 
 def as_label(array: np.ndarray, path: str | os.PathLike[str] = "<array>") -> np.ndarray:
@@ -186,16 +243,74 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     a kill never leaves a half-written output under the final name.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        raise OutputError(f"{str(target)!r}: expected a file to write, found a folder at that path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        blocking = next((p for p in target.parents if p.is_file()), None)
+        found = f"{str(blocking)!r} is a file" if blocking is not None else (error.strerror or str(error))
+        raise OutputError(f"{str(target)!r}: could not create its folder {str(target.parent)!r} ({found})",
+                          errno=error.errno) from error
     suffix = volume_suffix(target) or target.suffix
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    try:
+        # The writer's pid in the name lets remove_stale_temporaries tell a killed run's leftovers from a live one's.
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}-", suffix=f".tmp{suffix}", dir=target.parent)
+    except OSError as error:
+        raise OutputError(f"{str(target)!r}: could not write in {str(target.parent)!r} ({error.strerror or error})",
+                          errno=error.errno) from error
     os.close(handle)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        os.replace(tmp, target)
+        try:
+            yield tmp
+            os.replace(tmp, target)
+        except OSError as error:
+            if error.errno is None:
+                raise
+            raise OutputError(f"{str(target)!r}: could not be written ({error.strerror or error})",
+                              hint="free disk space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else None,
+                              errno=error.errno) from error
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]{8}\.tmp(\..+)?$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` left in ``folder`` when its process was killed.
+
+    Only voxpipe's own naming (``.<name>.<pid>-<random>.tmp<suffix>``) whose process is gone, and
+    the pid-less names of earlier voxpipe versions; a live process's temporary file is kept.
+    Returns the removed paths.
+    """
+    root = Path(folder)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for path in root.iterdir():
+        match = _TEMPORARY.match(path.name)
+        if not match or not path.is_file():
+            continue
+        pid = match.group("pid")
+        if pid is not None and _alive(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    if removed:
+        logger.info("removed %d temporary file(s) a killed run left in %s", len(removed), root)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -276,7 +391,12 @@ def write_volume(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[
     image.SetOrigin([float(v) for v in lps[:3, 3]])
     image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as error:  # ITK reports a full disk or a permission problem as a RuntimeError
+            space = "No space left" in str(error) or "disk" in str(error).lower()
+            raise OutputError(f"{str(path)!r}: could not be written ({itk_reason(error)})",
+                              errno=errno.ENOSPC if space else None) from error
     return Path(path)
 
 
@@ -357,16 +477,26 @@ def read_geometry(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.nda
         from voxpipe.transforms.dicom import dicom_geometry
 
         return dicom_geometry(path)
+    if not path.is_file():
+        raise InputError(f"{str(path)!r}: expected an image file or DICOM folder, found nothing at that path")
+    check_declared_size(path)
     try:
         if volume_suffix(path) in (".nii.gz", ".nii"):
-            image = nib.load(str(path))
-            return tuple(int(n) for n in image.shape[:3]), np.asarray(image.affine, dtype=float)
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
+            nifti_geometry_note(path)
+            with _quiet_nibabel():
+                image = nib.load(str(path))
+                shape, affine = tuple(int(n) for n in image.shape[:3]), np.asarray(image.affine, dtype=float)
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            shape, affine = tuple(int(n) for n in reader.GetSize()[:3]), sitk_affine(reader)
+    except InputError:
+        raise
     except Exception as error:  # nibabel and SimpleITK raise many unrelated types for bad headers
-        raise InputError(f"{str(path)!r}: could not read the image header ({error})") from error
-    return tuple(int(n) for n in reader.GetSize()[:3]), sitk_affine(reader)
+        raise InputError(f"{str(path)!r}: could not read the image header ({itk_reason(error)})") from error
+    check_affine(path, affine)
+    return shape, affine
 
 
 class VolumeReader(ImageReader):

@@ -18,6 +18,7 @@ from typing import Any
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from voxpipe.errors import BundleError, VoxpipeError
+from voxpipe.networks.transfer import load_torch_file
 from voxpipe.pipelines.bundles.config import WORKFLOW_TYPES, checkpoint_loaders, find_config, protect_paths
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ def run_bundle(
             raise BundleError(f"{label}: --weights given, but the config has no CheckpointLoader to take them")
         values.update({key: str(weights) for key in keys})
     values = {key: protect_paths(value) for key, value in values.items()}
+    weights_in_use: list[str] = []
     with _importable(root, enabled=not safe):
         try:
             # Overrides go through the parser, not ConfigWorkflow's keywords (``workflow_type`` would collide).
@@ -210,6 +212,8 @@ def run_bundle(
                         hint=f"pass --weights FILE (or --set {key}=FILE, or --set load_pretrain=False where the "
                              "bundle has that switch); voxpipe downloads nothing on its own",
                     )
+                load_torch_file(wanted, mmap=True)  # a broken or hostile file is named here, not as the config's error
+                weights_in_use.append(str(wanted))
             workflow.run()
             workflow.finalize()
         except VoxpipeError:
@@ -218,6 +222,12 @@ def run_bundle(
             root_cause = innermost_error(error)
             if isinstance(root_cause, VoxpipeError):
                 raise root_cause from error
+            message = str(root_cause)
+            if weights_in_use and ("state_dict" in message or "size mismatch" in message):
+                raise BundleError(
+                    f"{', '.join(repr(w) for w in weights_in_use)}: the weights do not fit the network of {label} "
+                    f"({type(root_cause).__name__}: {_condensed(message)})", hint=_hint_for(message),
+                ) from error
             raise BundleError(
                 f"{label}: {type(root_cause).__name__}: {_condensed(str(root_cause))}",
                 hint=_hint_for(str(root_cause)),
@@ -242,9 +252,13 @@ def _hint_for(message: str) -> str:
 
 
 def innermost_error(error: BaseException) -> BaseException:
-    """The original exception under MONAI's 'Failed to instantiate' / 'applying transform' wrappers."""
+    """The error under MONAI's 'Failed to instantiate' / 'applying transform' wrappers.
+
+    The first voxpipe error in the chain of causes (it was written for the user and names the
+    file), else the innermost cause.
+    """
     seen = {id(error)}
-    while error.__cause__ is not None and id(error.__cause__) not in seen:  # re-raised causes can form a cycle
-        error = error.__cause__
+    while not isinstance(error, VoxpipeError) and error.__cause__ is not None and id(error.__cause__) not in seen:
+        error = error.__cause__  # re-raised causes can form a cycle
         seen.add(id(error))
     return error

@@ -26,7 +26,12 @@ import numpy as np
 from tqdm import tqdm
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.data.datalists import detect_layout, load_datalist
+from voxpipe.pipelines.data.datalists import (
+    dataset_label_values,
+    dataset_modality,
+    detect_layout,
+    load_datalist,
+)
 from voxpipe.transforms.io import Volume, load_volume, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -86,9 +91,12 @@ def _dataset_info(source: Path, layout: str) -> tuple[set[int] | None, str | Non
         return {0, 1, 2}, "CT"
     if layout != "msd" or not manifest.is_file():
         return None, None
-    info = json.loads(manifest.read_text())
-    labels = {int(k) for k in info.get("labels", {})} or None
-    modalities = [str(v).upper() for v in info.get("modality", {}).values()]
+    try:
+        info = json.loads(manifest.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"{str(manifest)!r}: could not read dataset.json ({error})") from error
+    labels = set(dataset_label_values(info, source=manifest)) or None
+    modalities = dataset_modality(info)
     return labels, ("CT" if modalities == ["CT"] else (modalities[0] if modalities else None))
 
 
@@ -153,7 +161,7 @@ def _read(path: str | None, case: str, key: str, add: Any, *, label: bool) -> Vo
         add(Problem(case, path, "error", "missing-file", f"{key} file does not exist"))
         return None
     try:
-        return load_volume(path)
+        return load_volume(path, finite=False)  # NaN/Inf are reported below, with the other problems
     except InputError as error:
         add(Problem(case, path, "error", "unreadable", str(error)))
         return None

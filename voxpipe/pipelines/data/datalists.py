@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,58 @@ PARTS = ("all", "train", "val", "test")
 LAYOUTS = ("msd", "lits", "folder", "csv")
 _LITS = re.compile(r"^(volume|segmentation)-(\d+)$")
 _CHANNEL = re.compile(r"_\d{4}$")  # nnU-Net's per-channel image suffix
+
+
+def dataset_label_groups(info: Mapping[str, Any], *, source: str | os.PathLike[str] = "dataset.json") -> dict[str, tuple[int, ...]]:
+    """Label name → the values it covers, from a ``dataset.json`` in either convention.
+
+    MSD: ``{"0": "background", "1": "liver"}`` (value → name). nnU-Net v2: ``{"background": 0,
+    "liver": 1}`` (name → value), where a region-based label lists several values
+    (``"whole_tumour": [1, 2, 3]``). Background (value 0 alone) is included.
+
+    Raises:
+        InputError: ``labels`` is not a mapping, or an entry is neither convention (names the key).
+    """
+    labels = info.get("labels", {})
+    if not isinstance(labels, Mapping):
+        raise InputError(f"{str(source)!r}: 'labels': expected a mapping, found {type(labels).__name__}")
+    groups: dict[str, tuple[int, ...]] = {}
+    msd = all(str(key).strip().lstrip("-").isdigit() for key in labels)
+    for key, value in labels.items():
+        try:
+            if msd:
+                groups[str(value)] = (int(key),)
+            elif isinstance(value, (list, tuple)):
+                groups[str(key)] = tuple(int(v) for v in value)
+            else:
+                groups[str(key)] = (int(value),)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{str(source)!r}: labels entry {key!r}: {value!r}: expected MSD's \"value\": \"name\" or "
+                             f"nnU-Net v2's \"name\": value (or a list of values for a region)") from error
+    return groups
+
+
+def dataset_label_values(info: Mapping[str, Any], *, source: str | os.PathLike[str] = "dataset.json") -> dict[int, str]:
+    """Label value → name from a ``dataset.json`` (MSD or nnU-Net v2 convention; see :func:`dataset_label_groups`).
+
+    Raises:
+        InputError: region-based labels (one name, several values), which a label map cannot hold as values.
+    """
+    values: dict[int, str] = {}
+    for name, group in dataset_label_groups(info, source=source).items():
+        if len(group) != 1:
+            raise InputError(f"{str(source)!r}: label {name!r} is region-based ({list(group)}); expected one value per label",
+                             hint="region-based labels (nnU-Net v2 regions) can be scored with voxpipe evaluate --dataset")
+        values[group[0]] = name
+    return values
+
+
+def dataset_modality(info: Mapping[str, Any]) -> list[str]:
+    """Channel modalities (``modality`` in MSD, ``channel_names`` in nnU-Net v2), upper case, in channel order."""
+    channels = info.get("modality") or info.get("channel_names") or {}
+    if not isinstance(channels, Mapping):
+        return []
+    return [str(channels[k]).upper() for k in sorted(channels, key=lambda k: int(k) if str(k).isdigit() else 0)]
 
 
 def detect_layout(source: str | os.PathLike[str]) -> str:

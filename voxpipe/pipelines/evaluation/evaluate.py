@@ -86,13 +86,18 @@ def parse_label_groups(text: str) -> dict[str, tuple[int, ...]]:
 
 
 def label_groups_from_dataset(dataset_json: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
-    """Structures from the ``labels`` of an MSD ``dataset.json`` (background left out)."""
+    """Structures from the ``labels`` of a ``dataset.json``, MSD (value → name) or nnU-Net v2 (name →
+    value, or a list of values for a region-based label); background left out."""
+    from voxpipe.pipelines.data.datalists import dataset_label_groups
+
     path = Path(dataset_json)
     try:
-        labels = json.loads(path.read_text())["labels"]
-    except (OSError, ValueError, KeyError) as error:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
         raise InputError(f"{str(path)!r}: expected a dataset.json with a 'labels' mapping ({error})") from error
-    return {str(name): (int(value),) for value, name in labels.items() if int(value) != 0}
+    if not isinstance(info, dict) or "labels" not in info:
+        raise InputError(f"{str(path)!r}: expected a dataset.json with a 'labels' mapping, found none")
+    return {name: group for name, group in dataset_label_groups(info, source=path).items() if group != (0,)}
 
 
 def _same_grid(pred: Volume, ref: Volume) -> bool:
@@ -235,13 +240,15 @@ def _bootstrap_ci(values: np.ndarray, *, resamples: int = 1000, seed: int = 0) -
 
 
 def _summarise(rows: list[dict[str, Any]], structures: Sequence[str], options: ScoringOptions) -> dict[str, Any]:
-    summary: dict[str, Any] = {"cases": len(rows), "failed": [r["case"] for r in rows if r["status"] != "ok"]}
+    summary: dict[str, Any] = {"cases": len(rows), "failed": [r["case"] for r in rows if r["status"] != "ok"],
+                               "failed_reasons": {r["case"]: r.get("reason", "") for r in rows if r["status"] != "ok"}}
+    template = _template(rows)
     metrics: dict[str, Any] = {}
     for name in structures:
         metrics[name] = {}
         for metric in METRICS:
             key = f"{metric}_{name}"
-            if key not in rows[0]:
+            if key not in template:
                 continue
             values = np.array([r[key] for r in rows], dtype=float)
             valid = values[np.isfinite(values)]
@@ -273,6 +280,11 @@ def _summarise(rows: list[dict[str, Any]], structures: Sequence[str], options: S
     return summary
 
 
+def _template(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A scored row (its keys are the metrics computed), else the first row."""
+    return next((r for r in rows if r["status"] != "reference_failed"), rows[0])
+
+
 def _global_dice(rows: list[dict[str, Any]], name: str) -> float | None:
     tp = sum(r[f"tp_{name}"] for r in rows)
     denominator = sum(2 * r[f"tp_{name}"] + r[f"fp_{name}"] + r[f"fn_{name}"] for r in rows)
@@ -291,31 +303,55 @@ def resample_nearest(prediction: Volume, reference: Volume) -> np.ndarray:
 
 
 def _score_one(job: tuple[str, Path, Path | None, dict[str, tuple[int, ...]], ScoringOptions, bool]) -> dict[str, Any]:
+    """One case's row. A bad case never stops the others: it is scored and marked instead.
+
+    Prediction problems (missing, unreadable, another grid, non-integral values) score the worst
+    value of every metric, as a missing prediction does; a reference that cannot be read cannot be
+    scored at all (its metrics are left empty and out of the means). Either way the row's
+    ``status`` says what happened and ``reason`` why.
+    """
     cid, ref_path, pred_path, groups, options, resample = job
-    status, predicted = "ok", None
+    status, predicted, reason = "ok", None, ""
     if pred_path is None:
-        status = "missing"
+        status, reason = "missing", "no prediction with this case id"
     else:
         try:
             predicted = load_volume(pred_path)
         except InputError as error:
-            logger.warning("%s: unreadable prediction (%s); scored with the worst values", cid, error)
-            status = "unreadable"
+            status, reason = "unreadable", _one_line(error)
+            logger.warning("%s: unreadable prediction (%s); scored with the worst values", cid, reason)
     try:
-        reference = load_reference(ref_path, grid=predicted)
-    except GeometryError:
-        if not resample:
-            raise
-        reference = load_reference(ref_path)  # a SEG on its own lattice; the prediction is resampled onto it
-    ref_labels = _integer_labels(reference)
+        try:
+            reference = load_reference(ref_path, grid=predicted)
+        except GeometryError as error:
+            if predicted is None:
+                raise
+            reference = load_reference(ref_path)  # a SEG on its own lattice; the prediction is resampled onto it
+            if not resample:
+                status, reason, predicted = "wrong_grid", _one_line(error), None
+                logger.warning("%s: %s; scored with the worst values", cid, reason)
+        ref_labels = _integer_labels(reference)
+    except InputError as error:
+        reason = _one_line(error)
+        logger.warning("%s: reference could not be used (%s); the case is not scored", cid, reason)
+        empty = {f"{m}_{s}": float("nan") for s in groups for m in (*METRICS, *COUNTS)}
+        return {"case": cid, "status": "reference_failed", "reason": reason, **empty}
     spacing = tuple(float(s) for s in reference.spacing[:3])
     prediction = None
     if predicted is not None:
-        if resample and not _same_grid(predicted, reference):
-            predicted = Volume(path=predicted.path, array=resample_nearest(predicted, reference), affine=reference.affine)
-        _check_same_grid(predicted, reference)
-        prediction = _integer_labels(predicted)
-    return {"case": cid, "status": status, **score_case(prediction, ref_labels, groups, spacing, options)}
+        try:
+            if resample and not _same_grid(predicted, reference):
+                predicted = Volume(path=predicted.path, array=resample_nearest(predicted, reference), affine=reference.affine)
+            _check_same_grid(predicted, reference)
+            prediction = _integer_labels(predicted)
+        except InputError as error:
+            status, reason = ("wrong_grid" if isinstance(error, GeometryError) else "not_labels"), _one_line(error)
+            logger.warning("%s: %s; scored with the worst values", cid, reason)
+    return {"case": cid, "status": status, "reason": reason, **score_case(prediction, ref_labels, groups, spacing, options)}
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def evaluate_folders(
@@ -343,9 +379,11 @@ def evaluate_folders(
         resample_predictions: put predictions on another grid onto the reference grid (nearest).
         progress: show a progress bar over cases.
 
+    A case whose prediction or reference is bad is listed in ``summary["failed"]`` with its reason
+    in ``summary["failed_reasons"]`` (and the row's ``status``/``reason``); every other case is scored.
+
     Raises:
-        InputError: no reference cases, or unreadable/non-integral references.
-        GeometryError: a prediction is not on its reference's grid (and no resampling asked).
+        InputError: no reference cases.
     """
     options = options or ScoringOptions()
     check_convention(options.convention)
@@ -375,8 +413,9 @@ def evaluate_folders(
     summary["labels"] = {name: list(values) for name, values in labels.items()}
     out = Path(output_dir)
     buffer = io.StringIO()
-    fields = ["case", "status", *(f"{m}_{s}" for s in structures for m in (*METRICS, *COUNTS) if f"{m}_{s}" in rows[0])]
-    writer = csv.DictWriter(buffer, fieldnames=fields)
+    template = _template(rows)
+    fields = ["case", "status", "reason", *(f"{m}_{s}" for s in structures for m in (*METRICS, *COUNTS) if f"{m}_{s}" in template)]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})

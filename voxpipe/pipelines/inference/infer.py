@@ -21,13 +21,14 @@ clear error rather than a silently ignored option.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from voxpipe.errors import BundleError, InputError
+from voxpipe.errors import BundleError, InputError, OutputError
 from voxpipe.pipelines.bundles.config import find_config
 from voxpipe.pipelines.bundles.run import innermost_error, run_bundle
 from voxpipe.transforms.io import (
@@ -36,6 +37,7 @@ from voxpipe.transforms.io import (
     find_volumes,
     load_volume,
     read_geometry,
+    remove_stale_temporaries,
     volume_suffix,
 )
 
@@ -231,6 +233,7 @@ def infer_with_bundle(
             hint="train the bundle first (voxpipe train) or pass --weights FILE",
         )
     failures: dict[str, str] = {}
+    remove_stale_temporaries(out_dir)  # a killed run's half-written outputs, never under a final name
 
     def output(image: Path) -> Path:
         return _output_path(out_dir, image, output_format)
@@ -264,6 +267,13 @@ def infer_with_bundle(
         except Exception as error:  # one case's failure must not cost the others
             fresh = [p for p in pending if _stamp(output(p)) != before[p]]
             unwritten = [p for p in pending if p not in fresh]
+            machine = _machine_problem(error)
+            if machine is not None:  # a full disk fails every case that follows: stop, and say which were not run
+                for index, case in enumerate(unwritten):
+                    failures[str(case)] = machine if index == 0 else f"not run ({machine})"
+                logger.error("%s: %s; stopping", unwritten[0] if unwritten else out_dir, machine)
+                pending = []
+                break
             if not unwritten or (fresh and pending.index(unwritten[0]) < pending.index(fresh[-1])):
                 raise  # not attributable to one case: a set-up error, reported as is
             # Attributable to a case when the engine was already writing cases, or when voxpipe's own
@@ -282,21 +292,42 @@ def infer_with_bundle(
     if missing:
         raise InputError(f"{str(bundle_dir)!r}: inference finished but wrote no output for {missing}")
     written = [p for p in images if str(p) not in failures]
-    if statistics and outputs:
-        _write_statistics(bundle_dir, overrides or {}, written, out_dir, output)
-    if dicom_seg:
-        from voxpipe.transforms.dicom_seg import write_dicom_seg
+    unwritten_summaries = ""
+    try:
+        if statistics and outputs:
+            _write_statistics(bundle_dir, overrides or {}, written, out_dir, output)
+        if dicom_seg:
+            from voxpipe.transforms.dicom_seg import write_dicom_seg
 
-        for image in (p for p in written if p.is_dir() and p not in done):
-            label = load_volume(output(image), label=True)
-            write_dicom_seg(label.array, image, _seg_path(out_dir, image), names=_label_names(bundle_dir))
+            for image in (p for p in written if p.is_dir() and p not in done):
+                label = load_volume(output(image), label=True)
+                write_dicom_seg(label.array, image, _seg_path(out_dir, image), names=_label_names(bundle_dir))
+    except Exception as error:
+        machine = _machine_problem(error)
+        if machine is None or not failures:
+            raise
+        unwritten_summaries = f"\n  statistics / DICOM-SEG not written: {machine}"  # the case list matters more
     if failures:
-        listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures.items())
+        listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures.items()) + unwritten_summaries
         raise InferenceFailed(
             f"{len(failures)} of {len(images)} cases failed (the other {len(outputs)} were written to {str(out_dir)!r}):\n  {listing}",
             outputs=outputs, failures=failures,
         )  # fmt: skip
     return outputs
+
+
+def _machine_problem(error: BaseException) -> str | None:
+    """The reason when ``error`` (or its cause) is the machine's: a full disk or quota, a read-only or forbidden output."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return f"{current.strerror or current} ({current.filename or 'output folder'})"
+        if isinstance(current, OutputError) and current.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _stamp(path: Path) -> int | None:

@@ -34,7 +34,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.transforms import Randomizable
 
-from voxpipe.errors import VoxpipeError
+from voxpipe.errors import InputError, VoxpipeError
 from voxpipe.transforms.io import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -287,12 +287,23 @@ class RunCheckpoint:
         if not self.path.is_file():
             logger.info("resume: no checkpoint at %s, starting from epoch 1", self.path)
             return
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        from voxpipe.networks.transfer import load_torch_file
+
+        state = load_torch_file(self.path)
         max_epochs = engine.state.max_epochs
+        found = sorted(str(k) for k in state)[:12] if isinstance(state, dict) else type(state).__name__
+        missing = [name for name in [*self.objects, "rng"] if not isinstance(state, dict) or name not in state]
+        if missing:
+            raise InputError(f"{str(self.path)!r}: expected a resumable checkpoint with the states {missing}, found "
+                             f"{found} (a weights-only file?)",
+                             hint="resume needs the last.pt that training wrote; start without --resume to train from epoch 1")
         for name, obj in self.objects.items():
-            if name not in state:
-                raise VoxpipeError(f"{str(self.path)!r}: expected a saved {name!r} state, found keys {sorted(state)}")
-            obj.load_state_dict(state[name])
+            try:
+                obj.load_state_dict(state[name])
+            except (RuntimeError, KeyError, ValueError, TypeError) as error:
+                raise InputError(f"{str(self.path)!r}: the saved {name!r} state does not fit this run "
+                                 f"({' '.join(str(error).split())[:200]})",
+                                 hint="resume with the same bundle settings that wrote the checkpoint") from error
         engine.state.max_epochs = max_epochs  # the bundle may have raised max_epochs for the resumed run
         set_rng_state(state["rng"], self.transforms)
         logger.info("resumed from %s: epoch %d of %d done", self.path, engine.state.epoch, max_epochs)
