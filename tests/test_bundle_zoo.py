@@ -209,3 +209,21 @@ def test_promise_monai_property_check_failures_do_not_stop_a_run(tmp_path, tiny_
     out = tmp_path / "out"
     assert main(["bundle", "run", str(variant(tmp_path / "b")), *data_args(tiny_liver_dataset, out), "--weights", str(weights)]) == 0
     assert len(outputs(out)) == 2
+
+
+def test_promise_paths_with_hash_reach_the_bundle_intact(tmp_path):
+    """MONAI's parser turns '#' into '::' in strings; voxpipe passes such paths as Path objects."""
+    from monai.bundle import ConfigParser
+
+    from voxpipe.pipelines.bundles.config import protect_paths
+
+    folder = tmp_path / "Patient #12"
+    folder.mkdir()
+    values = protect_paths({"dataset_dir": str(folder), "datalist": [{"image": str(folder / "ct #3.nii.gz")}],
+                            "relative": "./run #2", "ref": "@network_def#init_filters", "text": "case #1", "n": 3})
+    # References, plain text and numbers are left to MONAI (a reference's '#' is its id separator).
+    assert values["ref"] == "@network_def#init_filters" and values["text"] == "case #1" and values["n"] == 3
+    parser = ConfigParser(values)
+    assert str(parser.get_parsed_content("dataset_dir")) == str(folder)
+    assert str(parser.get_parsed_content("datalist")[0]["image"]) == str(folder / "ct #3.nii.gz")
+    assert str(parser.get_parsed_content("relative")) == "run #2"  # Path("./run #2")

@@ -283,9 +283,13 @@ def _pixels(path: Path) -> tuple[np.ndarray, float, float]:
             array = ds.pixel_array
     except Exception as error:  # and for undecodable pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        reason = _one_line(error)
+        missing = any(words in reason.lower() for words in ("no pixel data handler", "missing required", "not installed",
+                                                             "no plugins", "no available"))
         raise InputError(
-            f"{str(path)!r}: could not decode the pixel data (transfer syntax {syntax}: {_one_line(error)}); "
-            "compressed syntaxes need Pillow (JPEG, JPEG 2000) or pylibjpeg plugins installed"
+            f"{str(path)!r}: could not decode the pixel data (transfer syntax {syntax}: {reason})"
+            + ("; compressed syntaxes need Pillow (JPEG, JPEG 2000) or pylibjpeg plugins installed" if missing
+               else "; the slice's compressed data are damaged or truncated")
         ) from error
     if int(ds.get("SamplesPerPixel", 1)) != 1 or array.ndim != 2:
         raise InputError(f"{str(path)!r}: expected a single-channel 2D slice, found pixel array shape {array.shape}")
