@@ -117,12 +117,15 @@ def test_promise_unplaceable_geometry_is_refused_and_a_fallback_is_named(tmp_pat
     assert "fallback.nii: no qform or sform" in caplog.text and "assumed voxel sizes [0.800000011920929" in caplog.text
 
 
-def test_promise_header_faults_of_itk_formats_are_one_line(tmp_path, capsys):
+def test_promise_header_faults_of_itk_formats_are_one_line(tmp_path, capfd):
+    """ITK's MetaIO prints its parse errors to the process's own stdout/stderr: they become the one line's reason."""
     (tmp_path / "bad.mha").write_text("ObjectType = Image\nNDims = 3\nDimSize = 8 8\nElementType = MET_FOO\n"
                                       "ElementDataFile = LOCAL\n")
     assert main(["data", "convert", str(tmp_path / "bad.mha"), "-o", str(tmp_path / "o.nii.gz")]) == 2
-    line = one_error_line(capsys.readouterr().err)
-    assert "bad.mha" in line and "ITK ERROR" not in line and "itkImageFileReader" not in line
+    out, err = capfd.readouterr()
+    line = one_error_line(err)
+    assert "bad.mha" in line and "ElementType required and not defined" in line
+    assert "MetaImage" not in out + err and "ITK ERROR" not in line and "itkImageFileReader" not in line
 
 
 # --- outputs and exit codes ---------------------------------------------------------------------

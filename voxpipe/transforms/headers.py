@@ -13,11 +13,15 @@ Why our own: nibabel and SimpleITK check none of this before reading, and MONAI 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
 import re
+import sys
+import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +221,38 @@ def itk_reason(error: BaseException) -> str:
     match = re.search(r"ITK ERROR: [^:]*\): *(.+)", text)
     reason = match.group(1) if match else next((line for line in text.splitlines() if line.strip()), text)
     return " ".join(reason.split())[:300]
+
+
+@contextlib.contextmanager
+def native_output_captured(lines: list[str]) -> Iterator[None]:
+    """Collect what C++ code (ITK's MetaIO, NRRD IO) writes to the process's stdout/stderr into ``lines``.
+
+    Those libraries print their parse errors straight to file descriptors 1 and 2, around Python's
+    own streams; the caller folds the first line into its one-line error instead.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no real descriptors (an embedded interpreter): nothing to capture
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            lines.extend(line.strip() for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+
+
+def with_native_reason(reason: str, lines: list[str]) -> str:
+    """``reason`` preceded by the first line a native library printed, when it printed one."""
+    first = next((line for line in lines if "warning" not in line.lower()), None)
+    return f"{first.rstrip('.')}; {reason}" if first and first not in reason else reason

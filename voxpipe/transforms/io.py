@@ -40,7 +40,14 @@ from monai.transforms import MapTransform
 from monai.utils import MetaKeys, SpaceKeys
 
 from voxpipe.errors import GeometryError, InputError, OutputError
-from voxpipe.transforms.headers import check_affine, check_declared_size, itk_reason, nifti_geometry_note
+from voxpipe.transforms.headers import (
+    check_affine,
+    check_declared_size,
+    itk_reason,
+    native_output_captured,
+    nifti_geometry_note,
+    with_native_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +128,7 @@ def load_volume(
             f"{str(path)!r}: unknown image format; expected one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder"
         )
     check_declared_size(path)  # from the header alone, before anything is allocated
+    native: list[str] = []
     try:
         if suffix in (".nii.gz", ".nii"):
             nifti_geometry_note(path)
@@ -128,7 +136,8 @@ def load_volume(
                 image = nib.load(str(path))
                 array, affine = np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=float)
         else:
-            image = sitk.ReadImage(str(path))
+            with native_output_captured(native):
+                image = sitk.ReadImage(str(path))
             if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
                 raise InputError(
                     f"{str(path)!r}: expected a 3D single-component image, found {image.GetDimension()}D with "
@@ -140,7 +149,7 @@ def load_volume(
     except MemoryError as error:
         raise InputError(f"{str(path)!r}: not enough memory to load it ({_declared(path)})") from error
     except Exception as error:  # the readers raise many unrelated types for corrupt files
-        raise InputError(f"{str(path)!r}: could not be read as {suffix} ({itk_reason(error)})") from error
+        raise InputError(f"{str(path)!r}: could not be read as {suffix} ({with_native_reason(itk_reason(error), native)})") from error
     if array.ndim != 3:
         raise InputError(f"{str(path)!r}: expected a 3D volume, found array shape {array.shape}")
     check_affine(path, affine)
@@ -480,6 +489,7 @@ def read_geometry(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.nda
     if not path.is_file():
         raise InputError(f"{str(path)!r}: expected an image file or DICOM folder, found nothing at that path")
     check_declared_size(path)
+    native: list[str] = []
     try:
         if volume_suffix(path) in (".nii.gz", ".nii"):
             nifti_geometry_note(path)
@@ -489,12 +499,13 @@ def read_geometry(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.nda
         else:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
-            reader.ReadImageInformation()
+            with native_output_captured(native):
+                reader.ReadImageInformation()
             shape, affine = tuple(int(n) for n in reader.GetSize()[:3]), sitk_affine(reader)
     except InputError:
         raise
     except Exception as error:  # nibabel and SimpleITK raise many unrelated types for bad headers
-        raise InputError(f"{str(path)!r}: could not read the image header ({itk_reason(error)})") from error
+        raise InputError(f"{str(path)!r}: could not read the image header ({with_native_reason(itk_reason(error), native)})") from error
     check_affine(path, affine)
     return shape, affine
 
