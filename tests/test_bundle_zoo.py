@@ -227,3 +227,7 @@ def test_promise_paths_with_hash_reach_the_bundle_intact(tmp_path):
     assert str(parser.get_parsed_content("dataset_dir")) == str(folder)
     assert str(parser.get_parsed_content("datalist")[0]["image"]) == str(folder / "ct #3.nii.gz")
     assert str(parser.get_parsed_content("relative")) == "run #2"  # Path("./run #2")
+    # A config id that names a path protects a bare relative value too; other ids keep their text.
+    assert protect_paths("run #2", key="output_dir") == Path("run #2")
+    assert protect_paths("run #2", key="train#handlers#0#save_dir") == Path("run #2")
+    assert protect_paths("case #1", key="description") == "case #1"

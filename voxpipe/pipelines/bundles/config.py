@@ -121,22 +121,30 @@ def override_value(text: str) -> Any:
     return text if isinstance(value, str) else value
 
 
-def protect_paths(value: Any) -> Any:
+_PATH_KEY = re.compile(r"(dir|path|file|root|folder|checkpoint|ckpt\w*)$", re.IGNORECASE)
+
+
+def protect_paths(value: Any, *, key: str = "") -> Any:
     """``value`` with every path-like string that holds ``#`` turned into a :class:`~pathlib.Path`.
 
     MONAI's ``ConfigParser`` rewrites ``#`` to its id separator ``::`` in every string it parses
     (``'/data/Patient #12/ct.nii.gz'`` becomes ``'/data/Patient ::12/ct.nii.gz'``), and no escape
     exists. Non-string values pass through untouched, and MONAI components and voxpipe's bundle
     functions take ``os.PathLike`` wherever they take a path. Path-like: absolute, ``./`` / ``../`` /
-    ``~`` relative, or naming something whose parent folder exists. Lists and dicts are walked.
+    ``~`` relative, naming something whose parent folder exists, or the value of a config id that
+    names a path (``output_dir``, ``data_list_file_path``, ``checkpoint``, ...: ``key``). Lists and
+    dicts are walked. References, expressions and macros (``@``, ``$``, ``%``) are left to MONAI.
     """
     if isinstance(value, str):
-        looks_like_path = value.startswith(("/", "./", "../", "~")) or (os.sep in value and Path(value).parent.exists())
-        return Path(value) if "#" in value and looks_like_path and value[:1] not in ("@", "$", "%") else value
+        if "#" not in value or value[:1] in ("@", "$", "%"):
+            return value
+        named = bool(_PATH_KEY.search(re.split(r"#|::", key)[-1])) if key else False
+        looks_like_path = named or value.startswith(("/", "./", "../", "~")) or (os.sep in value and Path(value).parent.exists())
+        return Path(value) if looks_like_path else value
     if isinstance(value, list):
-        return [protect_paths(v) for v in value]
+        return [protect_paths(v, key=key) for v in value]
     if isinstance(value, dict):
-        return {k: protect_paths(v) for k, v in value.items()}
+        return {k: protect_paths(v, key=str(k)) for k, v in value.items()}
     return value
 
 

@@ -166,7 +166,7 @@ def run_bundle(
         if not keys:
             raise BundleError(f"{label}: --weights given, but the config has no CheckpointLoader to take them")
         values.update({key: str(weights) for key in keys})
-    values = {key: protect_paths(value) for key, value in values.items()}
+    values = {key: protect_paths(value, key=key) for key, value in values.items()}
     weights_in_use: list[str] = []
     with _importable(root, enabled=not safe):
         try:
