@@ -68,6 +68,26 @@ def test_promise_a_lying_header_is_refused_before_allocating(tmp_path, capsys, d
     assert grown_mib < 100 and not (tmp_path / "out.nii.gz").exists()
 
 
+def test_promise_a_volume_larger_than_memory_is_refused_before_decompressing(tmp_path, monkeypatch):
+    """A gzip bomb declares its size honestly; what stops it is the memory it would take."""
+    from voxpipe.transforms import headers
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((256, 256, 256))
+    header.set_data_dtype(np.int16)
+    header.set_sform(np.eye(4), 1)
+    with gzip.open(tmp_path / "bomb.nii.gz", "wb", compresslevel=1) as handle:
+        handle.write(header.binaryblock + b"\0" * 4 + b"\0" * (256**3 * 2))
+    assert (tmp_path / "bomb.nii.gz").stat().st_size < 200_000
+    assert read_geometry(tmp_path / "bomb.nii.gz")[0] == (256, 256, 256)  # honest, and fits here
+    monkeypatch.setattr(headers, "available_memory", lambda: 64 * 2**20)
+    opened = []
+    monkeypatch.setattr(headers.gzip, "open", lambda *a, **k: opened.append(a) or gzip.open(*a, **k))
+    with pytest.raises(InputError, match=r"bomb.nii.gz'.*needs about 0.1 GiB, more than the 0.1 GiB of memory available"):
+        read_geometry(tmp_path / "bomb.nii.gz")
+    assert opened == []  # refused from the header, nothing decompressed
+
+
 def test_promise_truncated_mha_and_nrrd_data_are_named(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 8, 8), np.int16)), str(tmp_path / "ok.mha"))
     data = (tmp_path / "ok.mha").read_bytes()

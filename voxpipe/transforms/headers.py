@@ -3,7 +3,7 @@
 A header can lie: a NIfTI that declares 1024³ int16 over 4 kB of data makes nibabel allocate 2 GiB
 before failing (and 32767³ ends in a bare ``MemoryError`` that blames the machine, not the file).
 :func:`check_declared_size` compares what the header declares with what the file holds, and with a
-sane maximum (:data:`MAX_VOXELS`), and refuses with the file's name. :func:`check_affine` refuses a
+sane maximum (:data:`MAX_VOXELS`) and the memory available, and refuses with the file's name. :func:`check_affine` refuses a
 geometry that cannot place voxels in space (zero or non-finite spacing), and :func:`nifti_geometry_note`
 says what nibabel assumes for a NIfTI without qform/sform. :func:`itk_reason` turns ITK's multi-line
 exception dump into its one line of reason.
@@ -62,6 +62,17 @@ def _gzip_size_at_least(path: Path, needed: int) -> int:
     return total
 
 
+def available_memory() -> int | None:
+    """MemAvailable in bytes (Linux ``/proc/meminfo``), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _refuse_size(path: Path, shape: tuple[int, ...], itemsize: int, holds: int | None, needed: int) -> None:
     voxels = int(np.prod(shape, dtype=np.float64))
     declared = f"{' × '.join(map(str, shape))} voxels of {itemsize} byte{'s' if itemsize != 1 else ''}"
@@ -70,6 +81,13 @@ def _refuse_size(path: Path, shape: tuple[int, ...], itemsize: int, holds: int |
     if voxels > MAX_VOXELS:
         raise InputError(f"{str(path)!r}: the header declares {declared} ({voxels * itemsize / 2**30:.1f} GiB); "
                          f"expected at most {MAX_VOXELS:,} voxels (a damaged or hostile header?)")
+    free = available_memory()
+    # Loading holds the data and a float32 copy (about twice its size). A gzip bomb is honest about its
+    # size, so this is what stops it, before anything is decompressed.
+    if free is not None and 2 * voxels * max(itemsize, 4) > free:
+        raise InputError(f"{str(path)!r}: the header declares {declared} ({voxels * itemsize / 2**30:.1f} GiB); loading it "
+                         f"needs about {2 * voxels * max(itemsize, 4) / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB "
+                         "of memory available", hint="free memory, or crop/resample the volume first")
     if holds is not None and holds < needed:
         raise InputError(f"{str(path)!r}: the header declares {declared}, which needs {needed:,} bytes, "
                          f"but the file holds only {holds:,} (truncated, or the header lies)")
@@ -121,8 +139,7 @@ def check_declared_size(path: str | os.PathLike[str]) -> None:
         shape = tuple(int(n) for n in header.get_data_shape())
         itemsize = int(np.dtype(header.get_data_dtype()).itemsize)
         needed = int(header.get("vox_offset", 352)) + int(np.prod(shape, dtype=np.float64)) * itemsize
-        if any(n <= 0 for n in shape) or int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
-            _refuse_size(path, shape, itemsize, None, needed)
+        _refuse_size(path, shape, itemsize, None, needed)  # dimensions, maximum and memory: from the header alone
         holds = _gzip_size_at_least(path, needed) if name.endswith(".gz") else path.stat().st_size
         _refuse_size(path, shape, itemsize, holds, needed)
         return
@@ -145,8 +162,7 @@ def check_declared_size(path: str | os.PathLike[str]) -> None:
         except (KeyError, ValueError):
             return  # the reader reports a malformed header
         data_bytes = int(np.prod(shape, dtype=np.float64)) * itemsize
-        if any(n <= 0 for n in shape) or int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
-            _refuse_size(path, shape, itemsize, None, data_bytes)
+        _refuse_size(path, shape, itemsize, None, data_bytes)
         if data_file and (data_file.upper() == "LIST" or "%" in data_file or " " in data_file.strip()):
             return  # several data files: left to the reader
         source = (path.parent / data_file) if data_file else path
