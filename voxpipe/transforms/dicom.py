@@ -289,7 +289,8 @@ def _pixels(path: Path) -> tuple[np.ndarray, float, float]:
         raise InputError(
             f"{str(path)!r}: could not decode the pixel data (transfer syntax {syntax}: {reason})"
             + ("; compressed syntaxes need Pillow (JPEG, JPEG 2000) or pylibjpeg plugins installed" if missing
-               else "; the slice's compressed data are damaged or truncated")
+               else "; the slice's compressed data are damaged or truncated" if getattr(syntax, "is_compressed", False)
+               else "; the slice's pixel data are missing or truncated")
         ) from error
     if int(ds.get("SamplesPerPixel", 1)) != 1 or array.ndim != 2:
         raise InputError(f"{str(path)!r}: expected a single-channel 2D slice, found pixel array shape {array.shape}")
