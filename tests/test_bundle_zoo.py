@@ -231,3 +231,12 @@ def test_promise_paths_with_hash_reach_the_bundle_intact(tmp_path):
     assert protect_paths("run #2", key="output_dir") == Path("run #2")
     assert protect_paths("run #2", key="train#handlers#0#save_dir") == Path("run #2")
     assert protect_paths("case #1", key="description") == "case #1"
+
+
+def test_promise_a_syntax_error_stops_the_run_with_its_line(tmp_path, capsys):
+    bundle = variant(tmp_path / "b")
+    (bundle / "configs" / "inference.json").write_text('{"run": [1,\n')
+    assert main(["bundle", "run", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert "inference.json: JSON syntax error at line 2, column 1" in err and "internal error" not in err
+    assert "required bundle property" not in err  # not every property reported missing because the file did not parse

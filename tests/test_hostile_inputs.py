@@ -82,7 +82,8 @@ def test_promise_a_volume_larger_than_memory_is_refused_before_decompressing(tmp
     assert read_geometry(tmp_path / "bomb.nii.gz")[0] == (256, 256, 256)  # honest, and fits here
     monkeypatch.setattr(headers, "available_memory", lambda: 64 * 2**20)
     opened = []
-    monkeypatch.setattr(headers.gzip, "open", lambda *a, **k: opened.append(a) or gzip.open(*a, **k))
+    counting = headers._gzip_size_at_least
+    monkeypatch.setattr(headers, "_gzip_size_at_least", lambda *a: opened.append(a) or counting(*a))
     with pytest.raises(InputError, match=r"bomb.nii.gz'.*needs about 0.1 GiB, more than the 0.1 GiB of memory available"):
         read_geometry(tmp_path / "bomb.nii.gz")
     assert opened == []  # refused from the header, nothing decompressed

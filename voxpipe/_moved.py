@@ -125,8 +125,7 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self, origin=f"moved to {MOVED_MODULES[fullname]}")
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        module = _MovedModule(spec.name, f"Moved to {MOVED_MODULES[spec.name]} (deprecated path).")
-        return module
+        return _MovedModule(spec.name, f"Moved to {MOVED_MODULES[spec.name]} (deprecated path).")
 
     def exec_module(self, module: types.ModuleType) -> None:
         """Nothing to run: attributes are forwarded on access."""

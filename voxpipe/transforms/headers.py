@@ -73,23 +73,31 @@ def available_memory() -> int | None:
     return None
 
 
-def _refuse_size(path: Path, shape: tuple[int, ...], itemsize: int, holds: int | None, needed: int) -> None:
+def _declared(shape: tuple[int, ...], itemsize: int) -> str:
+    return f"{' × '.join(map(str, shape))} voxels of {itemsize} byte{'s' if itemsize != 1 else ''}"
+
+
+def _refuse_declared(path: Path, shape: tuple[int, ...], itemsize: int) -> None:
+    """Dimensions, the maximum and the memory available, from the header alone."""
     voxels = int(np.prod(shape, dtype=np.float64))
-    declared = f"{' × '.join(map(str, shape))} voxels of {itemsize} byte{'s' if itemsize != 1 else ''}"
     if any(n <= 0 for n in shape):
-        raise InputError(f"{str(path)!r}: the header declares {declared}; expected every dimension >= 1")
+        raise InputError(f"{str(path)!r}: the header declares {_declared(shape, itemsize)}; expected every dimension >= 1")
     if voxels > MAX_VOXELS:
-        raise InputError(f"{str(path)!r}: the header declares {declared} ({voxels * itemsize / 2**30:.1f} GiB); "
+        raise InputError(f"{str(path)!r}: the header declares {_declared(shape, itemsize)} ({voxels * itemsize / 2**30:.1f} GiB); "
                          f"expected at most {MAX_VOXELS:,} voxels (a damaged or hostile header?)")
     free = available_memory()
     # Loading holds the data and a float32 copy (about twice its size). A gzip bomb is honest about its
     # size, so this is what stops it, before anything is decompressed.
     if free is not None and 2 * voxels * max(itemsize, 4) > free:
-        raise InputError(f"{str(path)!r}: the header declares {declared} ({voxels * itemsize / 2**30:.1f} GiB); loading it "
-                         f"needs about {2 * voxels * max(itemsize, 4) / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB "
-                         "of memory available", hint="free memory, or crop/resample the volume first")
-    if holds is not None and holds < needed:
-        raise InputError(f"{str(path)!r}: the header declares {declared}, which needs {needed:,} bytes, "
+        raise InputError(f"{str(path)!r}: the header declares {_declared(shape, itemsize)} ({voxels * itemsize / 2**30:.1f} GiB); "
+                         f"loading it needs about {2 * voxels * max(itemsize, 4) / 2**30:.1f} GiB, more than the "
+                         f"{free / 2**30:.1f} GiB of memory available", hint="free memory, or crop/resample the volume first")
+
+
+def _refuse_short(path: Path, shape: tuple[int, ...], itemsize: int, holds: int, needed: int) -> None:
+    """The file holds less than the header declares."""
+    if holds < needed:
+        raise InputError(f"{str(path)!r}: the header declares {_declared(shape, itemsize)}, which needs {needed:,} bytes, "
                          f"but the file holds only {holds:,} (truncated, or the header lies)")
 
 
@@ -116,8 +124,30 @@ def _text_header(path: Path, *, limit: int = 65536) -> tuple[dict[str, str], int
     return fields, min(offset, len(head))
 
 
-def check_declared_size(path: str | os.PathLike[str]) -> None:
-    """Refuse a file whose header declares more voxels than it holds, or more than :data:`MAX_VOXELS`.
+def check_header(path: str | os.PathLike[str]) -> None:
+    """Everything checked from an image file's header before its voxels are read.
+
+    :func:`check_declared_size`, and for NIfTI :func:`nifti_geometry_note`; the NIfTI header is read
+    once, as stored.
+
+    Raises:
+        InputError / GeometryError: see those functions.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        check_declared_size(path)
+        return
+    try:
+        header = raw_nifti_header(path)
+    except Exception:
+        return  # the reader reports an unreadable header
+    check_declared_size(path, nifti_header=header)
+    nifti_geometry_note(path, header)
+
+
+def check_declared_size(path: str | os.PathLike[str], *, nifti_header: Any = None) -> None:
+    """Refuse a file whose header declares more voxels than it holds, more than :data:`MAX_VOXELS`,
+    or more than the memory available can load.
 
     NIfTI (``.nii``, ``.nii.gz``), NRRD/NHDR (raw or gzip data, attached or detached) and MetaImage
     (``.mha``/``.mhd``, raw or compressed). Compressed data are counted by decompressing only up to
@@ -130,18 +160,16 @@ def check_declared_size(path: str | os.PathLike[str]) -> None:
     path = Path(path)
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
         try:
-            header = nib.load(str(path)).header
+            header = nifti_header if nifti_header is not None else raw_nifti_header(path)
+            shape = tuple(int(n) for n in header.get_data_shape())
+            itemsize = int(np.dtype(header.get_data_dtype()).itemsize)
         except Exception:
             return  # the reader reports it
-        shape = tuple(int(n) for n in header.get_data_shape())
-        itemsize = int(np.dtype(header.get_data_dtype()).itemsize)
-        needed = int(header.get("vox_offset", 352)) + int(np.prod(shape, dtype=np.float64)) * itemsize
-        _refuse_size(path, shape, itemsize, None, needed)  # dimensions, maximum and memory: from the header alone
+        needed = int(header["vox_offset"]) + int(np.prod(shape, dtype=np.float64)) * itemsize
+        _refuse_declared(path, shape, itemsize)
         holds = _gzip_size_at_least(path, needed) if name.endswith(".gz") else path.stat().st_size
-        _refuse_size(path, shape, itemsize, holds, needed)
+        _refuse_short(path, shape, itemsize, holds, needed)
         return
     if name.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
         fields, header_bytes = _text_header(path)
@@ -162,7 +190,7 @@ def check_declared_size(path: str | os.PathLike[str]) -> None:
         except (KeyError, ValueError):
             return  # the reader reports a malformed header
         data_bytes = int(np.prod(shape, dtype=np.float64)) * itemsize
-        _refuse_size(path, shape, itemsize, None, data_bytes)
+        _refuse_declared(path, shape, itemsize)
         if data_file and (data_file.upper() == "LIST" or "%" in data_file or " " in data_file.strip()):
             return  # several data files: left to the reader
         source = (path.parent / data_file) if data_file else path
@@ -171,8 +199,7 @@ def check_declared_size(path: str | os.PathLike[str]) -> None:
         offset = 0 if data_file else header_bytes
         if compressed:
             return  # the maximum was checked; the reader checks the compressed stream itself
-        holds = source.stat().st_size - offset
-        _refuse_size(path, shape, itemsize, holds, data_bytes)
+        _refuse_short(path, shape, itemsize, source.stat().st_size - offset, data_bytes)
 
 
 def check_affine(path: str | os.PathLike[str], affine: np.ndarray) -> None:
@@ -207,7 +234,7 @@ def raw_nifti_header(path: str | os.PathLike[str]) -> Any:
         return klass.from_fileobj(handle, check=False)
 
 
-def nifti_geometry_note(path: str | os.PathLike[str]) -> None:
+def nifti_geometry_note(path: str | os.PathLike[str], header: Any = None) -> None:
     """Refuse or explain the geometry of a NIfTI file that has neither a qform nor an sform.
 
     nibabel then falls back to the pixdim scaling with the origin at the volume centre; with a zero
@@ -217,10 +244,11 @@ def nifti_geometry_note(path: str | os.PathLike[str]) -> None:
     Raises:
         GeometryError: no qform/sform and a zero, negative or non-finite pixdim.
     """
-    try:
-        header = raw_nifti_header(path)
-    except Exception:
-        return  # the reader reports an unreadable header
+    if header is None:
+        try:
+            header = raw_nifti_header(path)
+        except Exception:
+            return  # the reader reports an unreadable header
     if int(header["qform_code"]) or int(header["sform_code"]):
         return
     zooms = [float(v) for v in np.asarray(header["pixdim"][1:4], dtype=float)]

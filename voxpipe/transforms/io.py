@@ -42,10 +42,9 @@ from monai.utils import MetaKeys, SpaceKeys
 from voxpipe.errors import GeometryError, InputError, OutputError
 from voxpipe.transforms.headers import (
     check_affine,
-    check_declared_size,
+    check_header,
     itk_reason,
     native_output_captured,
-    nifti_geometry_note,
     with_native_reason,
 )
 
@@ -127,11 +126,10 @@ def load_volume(
         raise InputError(
             f"{str(path)!r}: unknown image format; expected one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder"
         )
-    check_declared_size(path)  # from the header alone, before anything is allocated
+    check_header(path)  # from the header alone, before anything is allocated
     native: list[str] = []
     try:
         if suffix in (".nii.gz", ".nii"):
-            nifti_geometry_note(path)
             with _quiet_nibabel():
                 image = nib.load(str(path))
                 array, affine = np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=float)
@@ -147,7 +145,7 @@ def load_volume(
     except InputError:
         raise
     except MemoryError as error:
-        raise InputError(f"{str(path)!r}: not enough memory to load it ({_declared(path)})") from error
+        raise InputError(f"{str(path)!r}: not enough memory to load it ({_declared_shape(path)})") from error
     except Exception as error:  # the readers raise many unrelated types for corrupt files
         raise InputError(f"{str(path)!r}: could not be read as {suffix} ({with_native_reason(itk_reason(error), native)})") from error
     if array.ndim != 3:
@@ -194,7 +192,7 @@ def _quiet_nibabel() -> Iterator[None]:
         nib_logger.setLevel(level)
 
 
-def _declared(path: Path) -> str:
+def _declared_shape(path: Path) -> str:
     try:
         shape, _ = read_geometry(path)
         return f"{' × '.join(map(str, shape))} voxels"
@@ -488,11 +486,10 @@ def read_geometry(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.nda
         return dicom_geometry(path)
     if not path.is_file():
         raise InputError(f"{str(path)!r}: expected an image file or DICOM folder, found nothing at that path")
-    check_declared_size(path)
+    check_header(path)
     native: list[str] = []
     try:
         if volume_suffix(path) in (".nii.gz", ".nii"):
-            nifti_geometry_note(path)
             with _quiet_nibabel():
                 image = nib.load(str(path))
                 shape, affine = tuple(int(n) for n in image.shape[:3]), np.asarray(image.affine, dtype=float)

@@ -121,6 +121,20 @@ def override_value(text: str) -> Any:
     return text if isinstance(value, str) else value
 
 
+def is_true(value: Any) -> bool:
+    """A config switch that is on: ``True``, a non-zero number, or ``"true"``/``"yes"``/``"1"``/``"on"``."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "yes", "1", "on")
+    return value is True or (isinstance(value, (int, float)) and bool(value))
+
+
+def is_false(value: Any) -> bool:
+    """A config switch that is off: ``False``, ``0``, or ``"false"``/``"no"``/``"0"``/``"off"``."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("false", "no", "0", "off")
+    return value is False or (isinstance(value, (int, float)) and value == 0)
+
+
 _PATH_KEY = re.compile(r"(dir|path|file|root|folder|checkpoint|ckpt\w*)$", re.IGNORECASE)
 
 

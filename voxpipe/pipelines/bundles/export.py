@@ -16,9 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import torch
-
 from voxpipe.errors import BundleError
+from voxpipe.networks.transfer import load_torch_file
 from voxpipe.transforms.io import atomic_path, sha256_file
 
 PACKAGED = ("configs", "docs")
@@ -51,10 +50,7 @@ def export_bundle(
     weights = Path(weights) if weights else root / "models" / "model.pt"
     if not weights.is_file():
         raise BundleError(f"{str(weights)!r}: expected trained weights to package, found no file", hint="pass --weights FILE")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise BundleError(f"{str(weights)!r}: expected weights that load with torch.load(weights_only=True), found: {error}") from error
+    state = load_torch_file(weights)  # weights_only=True; a file that needs pickled code is refused, naming it
     if not isinstance(state, dict):
         raise BundleError(f"{str(weights)!r}: expected a state dict, found {type(state).__name__}")
 

@@ -1,8 +1,9 @@
 """Run MONAI bundles (ours and others') through MONAI's own ``ConfigWorkflow``.
 
-voxpipe adds what the bare runner lacks: the config is found by name inside a bundle folder,
-``bundle_root`` is set to that folder, ``--set key=value`` overrides are parsed as YAML scalars, and
-failures name the bundle and config file instead of ending in a long instantiation traceback.
+voxpipe adds what the bare runner lacks: configs are found by name inside a bundle folder,
+``bundle_root`` is set to that folder, the configuration that will run is validated (and, in safe
+mode, checked for code) before anything is built, weights files are checked before the run, and
+failures name the culprit instead of ending in a long instantiation traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from voxpipe.errors import BundleError, VoxpipeError
 from voxpipe.networks.transfer import load_torch_file
-from voxpipe.pipelines.bundles.config import WORKFLOW_TYPES, checkpoint_loaders, find_config, protect_paths
+from voxpipe.pipelines.bundles.config import (
+    WORKFLOW_TYPES,
+    checkpoint_loaders,
+    find_config,
+    is_false,
+    is_true,
+    protect_paths,
+    weights_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +37,6 @@ def run_engines(engines: Sequence[Any]) -> None:
     """Run Ignite engines in order; the ``run`` entry of voxpipe bundles (no ``$`` expression needed)."""
     for engine in engines:
         engine.run()
-
 
 
 class _Workflow(ConfigWorkflow):
@@ -75,10 +83,6 @@ def _importable(root: Path, *, enabled: bool) -> Iterator[None]:
             sys.path.remove(entry)
 
 
-def _is_false(value: Any) -> bool:
-    return value is False or value == 0 or (isinstance(value, str) and value.strip().lower() in ("false", "no", "0"))
-
-
 def _loaders_in_use(workflow: ConfigWorkflow, loaders: Sequence[tuple[str, str]]) -> list[str]:
     """The weights keys of the loaders that will load: not ``_disabled_``, and not switched off by ``load_pretrain``.
 
@@ -86,14 +90,13 @@ def _loaders_in_use(workflow: ConfigWorkflow, loaders: Sequence[tuple[str, str]]
     ``initialize`` expression that calls the loader only ``if @load_pretrain``).
     """
     parser = workflow.parser
-    if "load_pretrain" in parser and _is_false(parser.get_parsed_content("load_pretrain")):
+    if "load_pretrain" in parser and is_false(parser.get_parsed_content("load_pretrain")):
         return []
     keys = []
     for loader_id, key in loaders:
         loader = parser.get(loader_id)
         if isinstance(loader, Mapping) and "_disabled_" in loader:
-            disabled = parser.get_parsed_content(f"{loader_id}#_disabled_")
-            if disabled is True or (isinstance(disabled, str) and disabled.strip().lower() == "true"):
+            if is_true(parser.get_parsed_content(f"{loader_id}#_disabled_")):
                 continue
         keys.append(key)
     return list(dict.fromkeys(keys))
@@ -148,49 +151,32 @@ def run_bundle(
         root = open_bundle_zip(root)
     names = [config] if isinstance(config, str) else list(config)
     config_files = [find_config(root, name) for name in names]
-    label = str(config_files[0]) if len(config_files) == 1 else " + ".join(repr(str(f)) for f in config_files)
-    label = repr(label) if len(config_files) == 1 else label
+    label = " + ".join(repr(str(f)) for f in config_files)
     meta_file = root / "configs" / "metadata.json"
     if not meta_file.is_file():
         raise BundleError(f"{str(meta_file)!r}: expected the bundle's metadata.json, found no file")
-    values: dict[str, Any] = {"bundle_root": str(root), **(overrides or {})}
-    raw = ConfigParser(ConfigParser.load_config_files([str(f) for f in config_files]))
-    loaders = checkpoint_loaders(raw.get())
-    keys = list(dict.fromkeys(key for _, key in loaders))
-    for key in keys:  # a plain relative weights path means the bundle's file (MONAI's runner, run from the bundle folder)
-        value = values.get(key, raw.get(key))
-        if isinstance(value, str) and value and value[0] not in "$@%" and not Path(value).is_absolute() \
-                and not Path(value).exists() and (root / value).exists():
-            values[key] = str(root / value)
-    if weights is not None:
-        if not keys:
-            raise BundleError(f"{label}: --weights given, but the config has no CheckpointLoader to take them")
-        values.update({key: str(weights) for key in keys})
-    values = {key: protect_paths(value, key=key) for key, value in values.items()}
     weights_in_use: list[str] = []
     with _importable(root, enabled=not safe):
         try:
-            # Overrides go through the parser, not ConfigWorkflow's keywords (``workflow_type`` would collide).
+            # Overrides go through the parser below, not ConfigWorkflow's keywords (``workflow_type`` would collide).
             workflow = _Workflow(config_file=[str(f) for f in config_files], meta_file=str(meta_file), logging_file=False,
                                  workflow_type=WORKFLOW_TYPES.get(names[-1]), run_id=run_id, safe=safe)
-            workflow.parser.update(values)
         except Exception as error:
+            if validate:  # a syntax error: the validator gives its line and column
+                _stop_on_errors(root, names, overrides)
             raise BundleError(f"{label}: {type(error).__name__}: {_condensed(str(error))}") from error
+        values = _run_values(workflow.parser, root, label, overrides, weights)
+        try:
+            workflow.parser.update(values)
+        except Exception as error:  # an override of a nested id whose parent does not exist
+            raise BundleError(f"{label}: --set: {type(error).__name__}: {_condensed(str(error))}") from error
+        loaders = checkpoint_loaders(workflow.parser.get())
         if safe:
             from voxpipe.pipelines.bundles.safety import check_safe_parser
 
             check_safe_parser(workflow.parser, name=" + ".join(f.name for f in config_files), bundle_root=root)
         if validate:
-            from voxpipe.pipelines.bundles.validate import validate_bundle
-
-            problems = validate_bundle(root, configs=names, overrides=values)
-            for warning in (p for p in problems if p.severity == "warning"):
-                logger.warning("%s", warning)
-            errors = [p for p in problems if p.severity != "warning"]
-            if errors:
-                listing = "\n  ".join(str(problem) for problem in errors)
-                raise BundleError(f"{str(root)!r}: {len(errors)} problem(s) found before running:\n  {listing}",
-                                  hint="fix them, or see `voxpipe bundle validate` for the whole bundle")
+            _stop_on_errors(root, names, values)
         if run_id not in workflow.parser:
             raise BundleError(f"{label}: expected a config id {run_id!r} to run, found none",
                               hint="name the id to run with --run-id (MONAI's run_id)")
@@ -233,6 +219,37 @@ def run_bundle(
                 hint=_hint_for(str(root_cause)),
             ) from error
     return workflow
+
+
+def _run_values(parser: ConfigParser, root: Path, label: str, overrides: Mapping[str, Any] | None,
+                weights: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The ids voxpipe sets on the bundle: ``bundle_root``, the overrides, the weights paths; ``#`` paths protected."""
+    values: dict[str, Any] = {"bundle_root": str(root), **(overrides or {})}
+    keys = weights_keys(parser.get())
+    for key in keys:  # a plain relative weights path means the bundle's file (MONAI's runner, run from the bundle folder)
+        value = values.get(key, parser.get(key))
+        if isinstance(value, str) and value and value[0] not in "$@%" and not Path(value).is_absolute() \
+                and not Path(value).exists() and (root / value).exists():
+            values[key] = str(root / value)
+    if weights is not None:
+        if not keys:
+            raise BundleError(f"{label}: --weights given, but the config has no CheckpointLoader to take them")
+        values.update({key: str(weights) for key in keys})
+    return {key: protect_paths(value, key=key) for key, value in values.items()}
+
+
+def _stop_on_errors(root: Path, names: Sequence[str], overrides: Mapping[str, Any] | None) -> None:
+    """Validate the configuration that will run; log its warnings, raise its errors all at once."""
+    from voxpipe.pipelines.bundles.validate import validate_bundle
+
+    problems = validate_bundle(root, configs=list(names), overrides=overrides)
+    for warning in (p for p in problems if p.severity == "warning"):
+        logger.warning("%s", warning)
+    errors = [p for p in problems if p.severity != "warning"]
+    if errors:
+        listing = "\n  ".join(str(problem) for problem in errors)
+        raise BundleError(f"{str(root)!r}: {len(errors)} problem(s) found before running:\n  {listing}",
+                          hint="fix them, or see `voxpipe bundle validate` for the whole bundle")
 
 
 def _condensed(message: str, *, keep: int = 2) -> str:

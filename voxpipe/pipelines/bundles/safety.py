@@ -49,6 +49,7 @@ from monai.bundle import ConfigParser
 from monai.bundle.config_item import ComponentLocator
 
 from voxpipe.errors import BundleError
+from voxpipe.pipelines.bundles.config import is_false, is_true
 
 ALLOWED_PACKAGES = ("monai", "torch", "ignite", "voxpipe")
 # Parts of the allowed packages that download, load code or run bundles, whatever kind their classes are.
@@ -220,23 +221,14 @@ def _follow(config: Any, value: Any) -> tuple[Any, bool]:
     return value, False
 
 
-def _falsy(value: Any) -> bool:
-    return value is False or value == 0 or (isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off"))
-
-
-def _truthy(value: Any) -> bool:
-    return value is True or (isinstance(value, (int, float)) and bool(value)) or \
-        (isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on"))
-
-
 # keyword → (is it unsafe?, why)
 _UNSAFE_KEYWORDS = {
-    "weights_only": (_falsy, "weights_only: false lets torch.load unpickle code"),
-    "allow_pickle": (_truthy, "allow_pickle: true lets numpy.load unpickle code"),
+    "weights_only": (is_false, "weights_only: false lets torch.load unpickle code"),
+    "allow_pickle": (is_true, "allow_pickle: true lets numpy.load unpickle code"),
     "pickle_module": (lambda v: v is not None, "pickle_module replaces the unpickler torch.load uses"),
-    "trust_remote_code": (_truthy, "trust_remote_code: true runs code that comes with downloaded weights"),
-    "pretrained": (_truthy, "pretrained: true downloads and loads weights from the internet"),
-    "download": (_truthy, "download: true fetches data from the internet"),
+    "trust_remote_code": (is_true, "trust_remote_code: true runs code that comes with downloaded weights"),
+    "pretrained": (is_true, "pretrained: true downloads and loads weights from the internet"),
+    "download": (is_true, "download: true fetches data from the internet"),
 }
 
 

@@ -147,11 +147,10 @@ def _accepted(target: Any) -> tuple[set[str], bool] | None:
     return names, any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
 
 
-def _check_config(label: str, config: Any, bundle_root: Path, extra_ids: set[str],
-                  origin: Mapping[str, str] | None = None) -> list[Problem]:
+def _check_config(label: str, config: Any, bundle_root: Path, origin: Mapping[str, str] | None = None) -> list[Problem]:
     """Macros, references and components of one (merged) config; ``origin`` names the file of each top-level key."""
     problems: list[Problem] = []
-    ids = _ids(config) | RUNNER_IDS | extra_ids
+    ids = _ids(config) | RUNNER_IDS
 
     def file_of(key: str) -> str:
         return (origin or {}).get(key.split("#")[0], label)
@@ -253,11 +252,11 @@ def _check_component(file: str, key: str, component: Mapping[str, Any], bundle_r
     ]
 
 
-def _check_properties(label: str, workflow_type: str | None, config: Any, extra_ids: set[str]) -> list[Problem]:
+def _check_properties(label: str, workflow_type: str | None, config: Any) -> list[Problem]:
     properties = {"train": TrainProperties, "infer": InferProperties}.get(workflow_type or "")
     if properties is None or not isinstance(config, Mapping):
         return []
-    ids = _ids(config) | RUNNER_IDS | extra_ids
+    ids = _ids(config) | RUNNER_IDS
     problems = []
     for name, spec in properties.items():
         wanted = _normal(spec.get("id", ""))
@@ -338,8 +337,10 @@ def validate_configs(
     root = Path(bundle_dir)
     config, origin, problems = merge_configs(config_files, overrides)
     label = " + ".join(p.name for p in config_files)
-    problems += _check_config(label, config, root, set(), origin)
-    problems += _check_properties(label, workflow_type, config, set())
+    syntax_ok = not problems  # with a file that does not parse, every property would look missing
+    problems += _check_config(label, config, root, origin)
+    if syntax_ok:
+        problems += _check_properties(label, workflow_type, config)
     return problems
 
 
@@ -380,22 +381,21 @@ def validate_bundle(
     for path in files:
         found = validate_configs(root, [path], overrides=overrides, workflow_type=WORKFLOW_TYPES.get(path.stem))
         if _dangling(found) and path.stem not in BASE_CONFIGS:
-            merged = _as_fragment(root, path, stems, overrides)
-            found = found if merged is None else merged
+            found = _as_fragment(root, path, stems, overrides, alone=found)
         problems += found
     return problems
 
 
-def _as_fragment(root: Path, path: Path, stems: Mapping[str, Path], overrides: Mapping[str, Any] | None) -> list[Problem] | None:
+def _as_fragment(root: Path, path: Path, stems: Mapping[str, Path], overrides: Mapping[str, Any] | None, *,
+                 alone: list[Problem]) -> list[Problem]:
     """Problems of ``path`` checked on top of the configs that resolve its references, as MONAI merges them.
 
     Greedy: prepend the config that leaves the fewest dangling references, up to two of them
-    (``multi_gpu_train_diffusion`` on ``train_autoencoder`` + ``train_diffusion``). ``None`` when no
-    base resolves more than ``path`` alone. Only the fragment's own problems are returned (each base
-    is validated on its own).
+    (``multi_gpu_train_diffusion`` on ``train_autoencoder`` + ``train_diffusion``). ``alone`` (the
+    problems of ``path`` by itself) when no base resolves more. Only the fragment's own problems are
+    returned (each base is validated on its own).
     """
-    chain = [path]
-    best = validate_configs(root, chain, overrides=overrides)
+    chain, best = [path], alone
     for _ in range(2):
         if not _dangling(best):
             break
@@ -409,4 +409,4 @@ def _as_fragment(root: Path, path: Path, stems: Mapping[str, Path], overrides: M
         if dangling >= _dangling(best):
             break
         chain, best = [base, *chain], own
-    return best if len(chain) > 1 else None
+    return best
