@@ -29,6 +29,7 @@ PIPELINE_LAYERS = {
     "training": {"data"},
     "inference": {"bundles", "training"},
     "evaluation": {"data", "inference", "training"},
+    "deploy": {"bundles", "inference"},
 }
 
 # Every voxpipe _target_ the 0.1 bundles shipped with, and where it lives now.

@@ -299,6 +299,15 @@ def _pixels(path: Path) -> tuple[np.ndarray, float, float]:
     return array, float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
+def slice_hu(path: str | os.PathLike[str]) -> np.ndarray:
+    """One slice's pixels (rows, columns) rescaled to modality units (HU for CT).
+
+    Raises:
+        InputError: the file is not DICOM or its pixel data cannot be decoded (the message names it).
+    """
+    return _rescaled(*_pixels(Path(path)))
+
+
 @contextlib.contextmanager
 def _quiet_pydicom() -> Iterator[None]:
     """pydicom logs decoder failures with a traceback; voxpipe raises one line naming the slice instead."""

@@ -203,12 +203,16 @@ def write_dicom_seg(
     *,
     names: dict[int, str],
     series_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    seg_series_uid: str | None = None,
 ) -> Path:
     """Write ``label`` (x, y, z, on the grid voxpipe loads the series with) as a DICOM-SEG of that series.
 
     highdicom builds the object: one segment per named non-zero label, numbered 1..n in label-value
     order and SNOMED-coded from its name (liver, lung, tumour/lesion/nodule, else tissue), frames
     referencing the source slices, empty frames omitted, BINARY. The file is written atomically.
+    ``sop_instance_uid`` and ``seg_series_uid`` (the SEG's own UIDs) are generated unless given: a
+    caller that may write the same result twice (the DICOM node, after a restart) passes fixed ones.
 
     Raises:
         GeometryError: the label is not on the series' grid, or the series was resampled on loading
@@ -259,7 +263,8 @@ def write_dicom_seg(
     frames = np.stack([remap[label[:, :, k]].T for k in range(label.shape[2])])
     seg = hd.seg.Segmentation(
         source_images=[headers[i] for i in geometry.order], pixel_array=frames, segmentation_type="BINARY",
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(),
+        segment_descriptions=descriptions, series_instance_uid=seg_series_uid or hd.UID(), series_number=900,
+        sop_instance_uid=sop_instance_uid or hd.UID(),
         instance_number=1, manufacturer="voxpipe", manufacturer_model_name="voxpipe", software_versions=__version__,
         device_serial_number="0", series_description="voxpipe segmentation",
     )  # fmt: skip

@@ -79,10 +79,13 @@ def volume_suffix(path: str | os.PathLike[str]) -> str:
 
 
 def case_id(path: str | os.PathLike[str]) -> str:
-    """The case identifier of an image file: its name without the image-format suffix."""
+    """The case identifier of an image file (its name without the image-format suffix) or of a DICOM
+    series folder (its whole name: folders named by series UID hold dots that are not suffixes)."""
     name = Path(path).name
     suffix = volume_suffix(name)
-    return name[: len(name) - len(suffix)] if suffix else Path(name).stem
+    if suffix:
+        return name[: len(name) - len(suffix)]
+    return name if Path(path).is_dir() else Path(name).stem
 
 
 def find_volumes(folder: str | os.PathLike[str]) -> list[Path]:

@@ -111,6 +111,7 @@ def run_bundle(
     safe: bool = False,
     validate: bool = False,
     run_id: str = "run",
+    check_only: bool = False,
 ) -> ConfigWorkflow:
     """Initialise, run and finalise a bundle's config(s) with MONAI's ``ConfigWorkflow``.
 
@@ -136,6 +137,9 @@ def run_bundle(
             errors (warnings are logged; :func:`voxpipe.pipelines.bundles.validate.validate_bundle`);
             ``voxpipe bundle run`` does.
         run_id: the config id to run (MONAI's ``run_id``; default ``run``).
+        check_only: stop after the checks that need no building (files, overrides, safe mode,
+            validation): a long-running caller (``voxpipe serve``) refuses a bundle at start-up
+            rather than at its first case.
 
     Returns:
         The finished workflow (its ``parser`` gives access to the built components).
@@ -180,6 +184,8 @@ def run_bundle(
         if run_id not in workflow.parser:
             raise BundleError(f"{label}: expected a config id {run_id!r} to run, found none",
                               hint="name the id to run with --run-id (MONAI's run_id)")
+        if check_only:
+            return workflow
         try:
             workflow.initialize()
             try:

@@ -183,6 +183,7 @@ def infer_with_bundle(
     save_probabilities: bool = False,
     progress: bool | None = None,
     device: str | None = None,
+    safe: bool = False,
 ) -> list[Path]:
     """Segment every input image; one ``<case id>.<format>`` per image on the image's exact grid.
 
@@ -206,6 +207,8 @@ def infer_with_bundle(
             the source grid, with ``affine``).
         progress: progress bars over cases and windows (default: the bundle's, off).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (the config's ``device#preference``).
+        safe: run the bundle in safe mode (known component kinds only, no code;
+            :mod:`voxpipe.pipelines.bundles.safety`).
 
     Returns:
         Paths of the label maps (written or, with ``resume``, already present), in input order.
@@ -226,12 +229,7 @@ def infer_with_bundle(
         bundle_dir, precision=precision, tta=tta, compile=compile, output_format=output_format,
         probabilities_dir=out_dir if save_probabilities else None, progress=progress, device=device,
     )  # fmt: skip
-    checkpoint = Path(weights) if weights is not None else Path(bundle_dir) / "models" / "model.pt"
-    if not checkpoint.is_file():
-        raise InputError(
-            f"{str(checkpoint)!r}: expected network weights (the inference config's 'checkpoint'), found no file",
-            hint="train the bundle first (voxpipe train) or pass --weights FILE",
-        )
+    checkpoint = _checkpoint(bundle_dir, weights)
     failures: dict[str, str] = {}
     remove_stale_temporaries(out_dir)  # a killed run's half-written outputs, never under a final name
 
@@ -262,7 +260,8 @@ def infer_with_bundle(
     while pending:
         before = {p: _stamp(output(p)) for p in pending}
         try:
-            run_bundle(bundle_dir, config="inference", overrides={**values, "datalist": [{"image": str(p.resolve())} for p in pending]})
+            run_bundle(bundle_dir, config="inference", safe=safe,
+                       overrides={**values, "datalist": [{"image": str(p.resolve())} for p in pending]})
             pending = []
         except Exception as error:  # one case's failure must not cost the others
             fresh = [p for p in pending if _stamp(output(p)) != before[p]]
@@ -301,7 +300,7 @@ def infer_with_bundle(
 
             for image in (p for p in written if p.is_dir() and p not in done):
                 label = load_volume(output(image), label=True)
-                write_dicom_seg(label.array, image, _seg_path(out_dir, image), names=_label_names(bundle_dir))
+                write_dicom_seg(label.array, image, _seg_path(out_dir, image), names=label_names(bundle_dir))
     except Exception as error:
         machine = _machine_problem(error)
         if machine is None or not failures:
@@ -314,6 +313,37 @@ def infer_with_bundle(
             outputs=outputs, failures=failures,
         )  # fmt: skip
     return outputs
+
+
+def _checkpoint(bundle_dir: str | os.PathLike[str], weights: str | os.PathLike[str] | None) -> Path:
+    checkpoint = Path(weights) if weights is not None else Path(bundle_dir) / "models" / "model.pt"
+    if not checkpoint.is_file():
+        raise InputError(
+            f"{str(checkpoint)!r}: expected network weights (the inference config's 'checkpoint'), found no file",
+            hint="train the bundle first (voxpipe train) or pass --weights FILE",
+        )
+    return checkpoint
+
+
+def check_inference_bundle(
+    bundle_dir: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    safe: bool = False,
+) -> None:
+    """The checks :func:`infer_with_bundle` makes before its first case, without running one.
+
+    The weights file exists, the overrides apply, and (``safe``) the configuration as it will run
+    passes safe mode. For callers that run the bundle later, case by case (``voxpipe serve``).
+
+    Raises:
+        InputError: missing weights.
+        BundleError: the configuration is refused (safe mode, a bad override).
+    """
+    checkpoint = _checkpoint(bundle_dir, weights)
+    values = {"checkpoint": str(checkpoint.resolve()), **(overrides or {}), "datalist": []}
+    run_bundle(bundle_dir, config="inference", overrides=values, safe=safe, check_only=True)
 
 
 def _machine_problem(error: BaseException) -> str | None:
@@ -334,7 +364,7 @@ def _stamp(path: Path) -> int | None:
     return path.stat().st_mtime_ns if path.is_file() else None
 
 
-def _label_names(bundle_dir: str | os.PathLike[str]) -> dict[int, str]:
+def label_names(bundle_dir: str | os.PathLike[str]) -> dict[int, str]:
     """Label value → name from the bundle's metadata (``outputs.pred.channel_def``)."""
     import json
 
@@ -352,7 +382,7 @@ def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str
 
     config = ConfigParser.load_config_file(str(find_config(bundle_dir, "inference")))
     lesion_labels = overrides.get("lesion_labels", config.get("lesion_labels", []))
-    names = _label_names(bundle_dir)
+    names = label_names(bundle_dir)
     per_case = {}
     for image in images:
         label = load_volume(output(image))

@@ -1,0 +1,435 @@
+"""``voxpipe serve``: a DICOM node that segments the CT series a PACS sends it and sends the results back.
+
+pynetdicom does the networking (a Storage SCP that receives, a Storage SCU that sends);
+:mod:`voxpipe.pipelines.deploy.jobs` keeps instances and jobs on disk; the bundle's inference
+(:func:`voxpipe.pipelines.inference.infer.infer_with_bundle`) segments; highdicom writes the
+DICOM-SEG (:func:`voxpipe.transforms.dicom_seg.write_dicom_seg`) and the SR
+(:mod:`voxpipe.pipelines.deploy.report`). What voxpipe adds is the policy a node next to a PACS needs
+and neither library has: when a series is complete (nothing received for ``idle`` seconds), one job
+at a time from an on-disk queue, a failed series recorded with its reason while the node goes on,
+results sent until the destination acknowledges each one, and a restart that resumes from disk.
+
+Safe by default: the SCP listens on 127.0.0.1 unless told otherwise, accepts associations only from
+the allowed calling AE titles (by default the destination's), refuses instances whose UIDs are not
+UIDs (they name files), and runs the bundle in safe mode unless ``trust_bundle``. Logs name series
+UIDs and AE titles, never a patient's name or ID.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydicom.uid import generate_uid
+
+from voxpipe.errors import InputError, OutputError, VoxpipeError
+from voxpipe.pipelines.deploy.jobs import JobStore, is_uid
+
+logger = logging.getLogger(__name__)
+
+BODY_HU = -500.0  # a CT voxel above this is tissue, not air
+MIN_BODY_FRACTION = 0.01  # of the sampled slices' pixels; below it the series shows no body
+MIN_FREE_BYTES = 256 * 2**20  # below this free space an instance is refused (out of resources), not half-stored
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+# Status codes of C-STORE (PS3.4 B.2.3)
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer to send results to: ``AET@HOST:PORT``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def parse_destination(text: str) -> Destination:
+    """``AET@HOST:PORT`` → :class:`Destination`.
+
+    Raises:
+        InputError: not of that form (AE titles: 1–16 characters, no backslash or control characters).
+    """
+    match = re.fullmatch(r"([^@\\\x00-\x1f]{1,16})@(\[[0-9a-fA-F:]+\]|[^:@\s]+):(\d{1,5})", text.strip())
+    if not match or not match.group(1).strip() or not 0 < int(match.group(3)) < 65536:
+        raise InputError(f"--send-to: expected AET@HOST:PORT (e.g. ORTHANC@127.0.0.1:4242), found {text!r}")
+    return Destination(match.group(1).strip(), match.group(2).strip("[]"), int(match.group(3)))
+
+
+class DeliveryError(OutputError):
+    """The destination could not be reached or refused an instance; the results are kept and sent again later."""
+
+
+def send_dimse(paths: Sequence[Path], destination: Destination, *, calling_aet: str, timeout: float = 30.0) -> list[str]:
+    """C-STORE each file to ``destination``; the SOP Instance UIDs it acknowledged with Success.
+
+    Raises:
+        DeliveryError: no association (peer down, AE title refused); instances refused with a
+            failure status are named (the ones acknowledged before are still returned through
+            ``error.acknowledged``).
+    """
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    datasets = [pydicom.dcmread(path) for path in paths]
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not association.is_established:
+        raise DeliveryError(f"{destination}: could not open an association (peer down, or it refused AE title {calling_aet!r})")
+    acknowledged: list[str] = []
+    refused: list[str] = []
+    try:
+        for ds in datasets:
+            status = association.send_c_store(ds)
+            code = getattr(status, "Status", None)
+            if code == SUCCESS or (code is not None and 0xB000 <= code <= 0xBFFF):  # warnings store the instance too
+                acknowledged.append(str(ds.SOPInstanceUID))
+            else:
+                refused.append(f"{ds.SOPInstanceUID} ({'no answer' if code is None else f'status 0x{code:04X}'})")
+    finally:
+        association.release()
+    if refused:
+        error = DeliveryError(f"{destination}: refused {', '.join(refused)}")
+        error.acknowledged = acknowledged  # type: ignore[attr-defined]
+        raise error
+    return acknowledged
+
+
+def result_uid(series_uid: str, revision: int, kind: str) -> str:
+    """A UID for one result object, the same every time the job runs (so a rerun resends the same instance)."""
+    return generate_uid(entropy_srcs=["voxpipe", series_uid, str(revision), kind])
+
+
+def screen_series(folder: Path, *, modality: str | None) -> None:
+    """Refuse, before the network runs, a series that is not for this bundle.
+
+    Raises:
+        InputError: the series' Modality is not the bundle's, or (CT) its sampled slices show no body.
+    """
+    from voxpipe.transforms.dicom import discover_series, slice_hu
+
+    info = discover_series(folder)[0]
+    found = sorted({str(ds.get("Modality", "")) or "none" for ds in info.headers})
+    if modality and found != [modality]:
+        raise InputError(f"{str(folder)!r}: expected Modality {modality} (the bundle's input), found {', '.join(found)}")
+    if modality == "CT":
+        sample = info.files[:: max(1, len(info.files) // 8)][:8]
+        above = total = 0
+        for path in sample:
+            hu = slice_hu(path)
+            above += int((hu > BODY_HU).sum())
+            total += hu.size
+        if total and above / total < MIN_BODY_FRACTION:
+            raise InputError(f"{str(folder)!r}: expected a body in the field of view, found "
+                             f"{100 * above / total:.2f}% of the sampled pixels above {BODY_HU:.0f} HU "
+                             f"(at least {100 * MIN_BODY_FRACTION:.0f}% expected)")
+
+
+class DicomNode:
+    """Receive series, segment them one by one, send DICOM-SEG + SR to ``send_to`` (or STOW-RS them).
+
+    Args:
+        bundle: bundle folder whose inference config segments one series.
+        workdir: the node's folder (instances, jobs, results, ``node.log``).
+        ae_title: the node's AE title (the called AE title senders use).
+        port, bind: where the Storage SCP listens (``port=0`` picks a free port: :attr:`port`).
+        send_to: where results go (DIMSE); required unless ``dicomweb`` is given.
+        allow_aet: calling AE titles accepted; default: the destination's AE title.
+        idle: seconds without a new instance after which a series is complete.
+        weights, overrides: as for ``voxpipe infer``.
+        trust_bundle: run the bundle's code (default: safe mode).
+        dicomweb: a DICOMweb base URL to poll (QIDO-RS), fetch from (WADO-RS) and, without
+            ``send_to``, store to (STOW-RS); the Storage SCP is not started.
+        poll: seconds between DICOMweb polls.
+        retry: seconds before a failed delivery is tried again.
+
+    Raises:
+        InputError: bad options, missing weights, or a bundle refused by safe mode (at construction,
+            before anything listens).
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike[str],
+        *,
+        workdir: str | os.PathLike[str],
+        ae_title: str = "VOXPIPE",
+        port: int = 11112,
+        bind: str = "127.0.0.1",
+        send_to: str | Destination | None = None,
+        allow_aet: Sequence[str] = (),
+        idle: float = 5.0,
+        weights: str | os.PathLike[str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        trust_bundle: bool = False,
+        dicomweb: str | None = None,
+        poll: float = 10.0,
+        retry: float = 30.0,
+    ) -> None:
+        from voxpipe.pipelines.inference.infer import check_inference_bundle
+
+        self.bundle = Path(bundle)
+        self.store = JobStore(workdir)
+        if not 1 <= len(ae_title.strip()) <= 16:
+            raise InputError(f"--ae-title: expected 1 to 16 characters, found {ae_title!r}")
+        self.ae_title = ae_title.strip()
+        self.destination = parse_destination(send_to) if isinstance(send_to, str) else send_to
+        if self.destination is None and dicomweb is None:
+            raise InputError("--send-to: expected the destination of the results (AET@HOST:PORT), found none",
+                             hint="give --send-to, or --dicomweb URL to poll and store over DICOMweb")
+        self.allow_aet = [a.strip() for a in allow_aet] or ([self.destination.ae_title] if self.destination else [])
+        self.bind, self.port, self.idle, self.poll, self.retry = bind, int(port), float(idle), float(poll), float(retry)
+        self.weights, self.overrides, self.safe = weights, dict(overrides or {}), not trust_bundle
+        self.dicomweb_url = dicomweb
+        check_inference_bundle(self.bundle, weights=weights, overrides=self.overrides, safe=self.safe)
+        self.modality = _bundle_modality(self.bundle)
+        self._server: Any = None
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._retry_at: dict[str, float] = {}
+        self._poller: Any = None
+        self._log_handler: logging.Handler | None = None
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start listening (or polling) and the worker; returns at once."""
+        self._log_handler = logging.FileHandler(self.store.root / "node.log")
+        self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._log_handler.setLevel(logging.INFO)
+        package_logger = logging.getLogger("voxpipe")
+        package_logger.addHandler(self._log_handler)
+        if package_logger.getEffectiveLevel() > logging.INFO:  # node.log records every job's steps, whatever the console shows
+            package_logger.setLevel(logging.INFO)
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its debug output dumps datasets (patient data)
+        recovered = self.store.recover()
+        if recovered:
+            logger.info("restart: %d interrupted job(s) queued again: %s", len(recovered), ", ".join(recovered))
+        if self.dicomweb_url is None:
+            self._server = self._start_scp()
+            self.port = self._server.server_address[1]
+            logger.info("listening as %s on %s:%d (calling AE titles allowed: %s); results to %s", self.ae_title,
+                        self.bind, self.port, ", ".join(self.allow_aet) or "any", self.destination)
+        else:
+            from voxpipe.pipelines.deploy.dicomweb import DicomwebPoller
+
+            self._poller = DicomwebPoller(self.dicomweb_url, self.store, modality=self.modality, settle=self.idle)
+            logger.info("polling %s every %.0f s; results to %s", self.dicomweb_url, self.poll,
+                        self.destination or f"{self.dicomweb_url} (STOW-RS)")
+        self._worker = threading.Thread(target=self._work, name="voxpipe-node-worker", daemon=True)
+        self._worker.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop listening; wait (up to ``timeout`` s) for the job in progress. Unfinished jobs resume at the next start."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self._worker is not None:
+            self._worker.join(timeout)
+        if self._log_handler is not None:
+            logging.getLogger("voxpipe").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+    def serve_forever(self) -> None:
+        """Start, then run until interrupted (Ctrl-C, SIGTERM)."""
+        import signal
+
+        self.start()
+        previous = signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            logger.info("stopping")
+            self.stop()
+
+    # -- receiving --------------------------------------------------------------------------------
+    def _start_scp(self) -> Any:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
+
+        ae = AE(ae_title=self.ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        ae.require_calling_aet = self.allow_aet
+        ae.require_called_aet = True
+        ae.maximum_associations = 8
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, self._on_rejected)]
+        try:
+            return ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
+        except OSError as error:
+            raise InputError(f"--port {self.port}: could not listen on {self.bind}:{self.port} ({error.strerror or error})",
+                             hint="choose another port, or stop what is listening there") from error
+
+    def _on_rejected(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        logger.warning("association from %s (%s) rejected: calling AE title not allowed (allowed: %s)",
+                       requestor.ae_title, requestor.address, ", ".join(self.allow_aet))
+
+    def _on_store(self, event: Any) -> int:
+        """Keep one instance on disk, then acknowledge it (status codes of PS3.4 B.2.3)."""
+        calling = str(event.assoc.requestor.ae_title)
+        try:
+            ds = event.dataset
+            uids = {k: str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+            modality = str(ds.get("Modality", ""))
+        except Exception as error:  # the dataset does not decode
+            logger.warning("instance from %s refused: could not be decoded (%s)", calling, type(error).__name__)
+            return CANNOT_UNDERSTAND
+        bad = [k for k, v in uids.items() if not is_uid(v)]
+        if bad:
+            logger.warning("instance from %s refused: expected UIDs in %s, found %s", calling, ", ".join(bad),
+                           ", ".join(repr(uids[k][:70]) for k in bad))
+            return CANNOT_UNDERSTAND
+        if shutil.disk_usage(self.store.root).free < MIN_FREE_BYTES:
+            logger.error("instance %s from %s refused: less than %d MiB free in %s", uids["SOPInstanceUID"], calling,
+                         MIN_FREE_BYTES // 2**20, self.store.root)
+            return OUT_OF_RESOURCES
+        try:
+            self.store.store_instance(
+                event.encoded_dataset(include_meta=True), series_uid=uids["SeriesInstanceUID"],
+                study_uid=uids["StudyInstanceUID"], sop_uid=uids["SOPInstanceUID"], modality=modality, calling_aet=calling,
+            )  # fmt: skip
+        except OSError as error:
+            logger.error("instance %s from %s refused: could not be stored (%s)", uids["SOPInstanceUID"], calling,
+                         error.strerror or error)
+            return OUT_OF_RESOURCES
+        return SUCCESS
+
+    # -- working ----------------------------------------------------------------------------------
+    def _work(self) -> None:
+        next_poll = 0.0
+        while not self._stop.is_set():
+            try:
+                if self._poller is not None and time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + self.poll
+                    self._poller.poll()
+                self.store.complete_idle(self.idle)
+                job = self._next_job()
+                if job is None:
+                    self._stop.wait(0.2)
+                    continue
+                self.process(job["series_uid"])
+            except Exception:  # the node must go on: log the bug and keep serving
+                logger.exception("node worker error; continuing")
+                self._stop.wait(1.0)
+
+    def _next_job(self) -> dict[str, Any] | None:
+        now = time.monotonic()
+        for job in self.store.jobs():
+            if job["state"] == "queued" or (job["state"] == "sending" and self._retry_at.get(job["series_uid"], 0) <= now):
+                return job
+        return None
+
+    def process(self, series_uid: str) -> dict[str, Any]:
+        """Run one job as far as it goes now: predict (if queued), then send what is unsent."""
+        from voxpipe.pipelines.inference.infer import InferenceFailed
+
+        job = self.store.get(series_uid)
+        if job is None:
+            raise KeyError(series_uid)
+        if job["state"] == "queued":
+            job = self.store.update(series_uid, state="running", attempts=job.get("attempts", 0) + 1, reason=None)
+            started = time.monotonic()
+            try:
+                results = self._predict(job)
+            except InferenceFailed as error:  # the one case's own reason, not the batch summary
+                return self.store.update(series_uid, state="failed", reason=next(iter(error.failures.values())))
+            except VoxpipeError as error:
+                return self.store.update(series_uid, state="failed", reason=str(error).splitlines()[0])
+            except Exception as error:  # voxpipe's bug: recorded, and the node goes on with the next series
+                logger.exception("series %s: internal error", series_uid)
+                return self.store.update(series_uid, state="failed", reason=f"internal error: {type(error).__name__}: {error}")
+            job = self.store.update(series_uid, state="sending", results=results,
+                                    inference_seconds=round(time.monotonic() - started, 3))
+        if job["state"] == "sending":
+            job = self._deliver(job)
+        return job
+
+    def _predict(self, job: dict[str, Any]) -> dict[str, dict[str, str]]:
+        """Segment the series; write the label map, statistics, DICOM-SEG and SR; their paths and UIDs."""
+        import json
+
+        from voxpipe.pipelines.deploy.report import write_measurement_report
+        from voxpipe.pipelines.inference.infer import infer_with_bundle, label_names
+        from voxpipe.transforms.dicom import discover_series
+        from voxpipe.transforms.dicom_seg import write_dicom_seg
+        from voxpipe.transforms.io import case_id, load_volume
+
+        uid, revision = job["series_uid"], job.get("revision", 0)
+        series = self.store.series_dir(uid)
+        out = self.store.results_dir(uid)
+        if out.exists():  # what an interrupted run left; the results are made again (same UIDs)
+            shutil.rmtree(out)
+        screen_series(series, modality=self.modality)
+        [label_path] = infer_with_bundle(
+            self.bundle, [series], output_dir=out, weights=self.weights, overrides=self.overrides, safe=self.safe,
+            progress=False,
+        )  # fmt: skip
+        names = label_names(self.bundle)
+        seg_path, sr_path = out / "seg.dcm", out / "sr.dcm"
+        write_dicom_seg(load_volume(label_path, label=True).array, series, seg_path, names=names,
+                        sop_instance_uid=result_uid(uid, revision, "seg"),
+                        seg_series_uid=result_uid(uid, revision, "seg-series"))
+        statistics = json.loads((out / "statistics.json").read_text())[case_id(series)]
+        write_measurement_report(seg_path, discover_series(series)[0].headers, statistics, sr_path,
+                                 sop_instance_uid=result_uid(uid, revision, "sr"),
+                                 series_instance_uid=result_uid(uid, revision, "sr-series"))
+        return {
+            "seg": {"path": str(seg_path.relative_to(self.store.root)), "sop_instance_uid": result_uid(uid, revision, "seg")},
+            "sr": {"path": str(sr_path.relative_to(self.store.root)), "sop_instance_uid": result_uid(uid, revision, "sr")},
+        }
+
+    def _deliver(self, job: dict[str, Any]) -> dict[str, Any]:
+        uid = job["series_uid"]
+        pending = [item for item in job["results"].values() if item["sop_instance_uid"] not in job["sent"]]
+        paths = [self.store.root / item["path"] for item in pending]
+        try:
+            if self.destination is not None:
+                acknowledged = send_dimse(paths, self.destination, calling_aet=self.ae_title)
+            else:
+                acknowledged = self._poller.stow(paths)
+        except DeliveryError as error:
+            sent = job["sent"] + [u for u in getattr(error, "acknowledged", []) if u not in job["sent"]]
+            self._retry_at[uid] = time.monotonic() + self.retry
+            logger.warning("series %s: delivery failed (%s); retry in %.0f s", uid, error, self.retry)
+            return self.store.update(uid, sent=sent, last_error=str(error))
+        sent = job["sent"] + [u for u in acknowledged if u not in job["sent"]]
+        received = datetime.fromisoformat(job["last_received"])
+        seconds = (datetime.now(timezone.utc) - received).total_seconds()
+        self._retry_at.pop(uid, None)
+        return self.store.update(uid, state="done", sent=sent, last_error=None,
+                                 seconds_from_last_instance=round(seconds, 3))
+
+
+def _bundle_modality(bundle: Path) -> str | None:
+    """The input modality in the bundle's metadata (``network_data_format.inputs.image.modality``), if stated."""
+    import json
+
+    try:
+        metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+        return str(metadata["network_data_format"]["inputs"]["image"]["modality"]).upper() or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

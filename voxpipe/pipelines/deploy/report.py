@@ -1,0 +1,112 @@
+"""The measurement report the node sends with each DICOM-SEG: a DICOM SR (TID 1500) built by highdicom.
+
+One volumetric measurement group per segment of the SEG (TID 1411), referencing that segment and
+the source series, with the structure's volume (mL); lesion classes add the number of lesions and the
+largest lesion's largest 3D diameter (mm). The figures are the ones ``statistics.json`` holds for the
+case (:mod:`voxpipe.pipelines.inference.stats`), so the SR and the CSV cannot disagree.
+
+highdicom builds and validates the SR; voxpipe only chooses the codes: SNOMED CT ``Volume`` and
+``Diameter`` (derivation ``Maximum``), UCUM ``ml`` / ``mm``, and NCIt ``Count`` for the lesion count
+(DCM has no concept for it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+
+def write_measurement_report(
+    seg_path: str | os.PathLike[str],
+    source_headers: Sequence[pydicom.Dataset],
+    statistics: Mapping[str, Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    *,
+    sop_instance_uid: str,
+    series_instance_uid: str,
+) -> Path:
+    """Write a Comprehensive 3D SR measurement report for the SEG at ``seg_path``.
+
+    Args:
+        seg_path: the DICOM-SEG the report refers to (its segments are the measured regions).
+        source_headers: headers of the source series' instances (evidence beside the SEG, which comes
+            first: highdicom takes the patient and study attributes from it).
+        statistics: ``{structure name: {"volume_ml", ["lesion_count", "largest_lesion_diameter_mm"]}}``
+            for one case, keyed by the SEG's segment labels.
+        path: the SR file to write (atomically).
+        sop_instance_uid, series_instance_uid: the SR's own UIDs.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from voxpipe import __version__
+    from voxpipe.transforms.io import atomic_path
+
+    seg = pydicom.dcmread(seg_path)
+    millilitre = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
+    millimetre = codes.UCUM.Millimeter
+    count = hd.sr.CodedConcept("C25463", "NCIt", "Count")
+    lesions = hd.sr.CodedConcept("{lesions}", "UCUM", "lesions")
+    algorithm = hd.sr.AlgorithmIdentification(name="voxpipe", version=__version__)
+    groups = []
+    for segment in seg.SegmentSequence:
+        name = str(segment.SegmentLabel)
+        figures = statistics.get(name)
+        if figures is None:
+            continue
+        measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=float(figures["volume_ml"]), unit=millilitre,
+                                          algorithm_id=algorithm)]
+        if "lesion_count" in figures:
+            measurements.append(hd.sr.Measurement(name=count, value=float(figures["lesion_count"]), unit=lesions,
+                                                  algorithm_id=algorithm))
+            measurements.append(hd.sr.Measurement(
+                name=codes.SCT.Diameter, value=float(figures.get("largest_lesion_diameter_mm", 0.0)), unit=millimetre,
+                derivation=codes.SCT.Maximum, algorithm_id=algorithm,
+            ))  # fmt: skip
+        kind = segment.SegmentedPropertyTypeCodeSequence[0]
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"segment {segment.SegmentNumber}: {name}"),
+            referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, int(segment.SegmentNumber)),
+            finding_type=hd.sr.CodedConcept(kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning),
+            measurements=measurements,
+        ))  # fmt: skip
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name="voxpipe"),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups,
+    )  # fmt: skip
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[seg, *source_headers], content=report[0], series_instance_uid=series_instance_uid, series_number=901,
+        sop_instance_uid=sop_instance_uid, instance_number=1, manufacturer="voxpipe", is_complete=True,
+        series_description="voxpipe measurements",
+    )  # fmt: skip
+    with atomic_path(path) as tmp:
+        sr.save_as(tmp)
+    return Path(path)
+
+
+def read_report_volumes(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
+    """``{tracking identifier: {concept meaning: value}}`` from an SR written by :func:`write_measurement_report`.
+
+    What a PACS-side check (or a test) reads back: the measurements per group, by their concept names.
+    """
+    import highdicom as hd
+
+    sr = hd.sr.srread(path)
+    out: dict[str, dict[str, float]] = {}
+    for group in sr.content.get_volumetric_roi_measurement_groups():
+        values = {}
+        for measurement in group.get_measurements():
+            meaning = measurement.name.meaning
+            if measurement.derivation is not None:
+                meaning = f"{measurement.derivation.meaning} {meaning}"
+            values[meaning] = float(measurement.value)
+        out[str(group.tracking_identifier)] = values
+    return out
