@@ -65,3 +65,110 @@ class PauseAt:
 
         pathlib.Path(self.marker).write_text(f"epoch {engine.state.epoch} iteration {engine.state.iteration}")
         time.sleep(120)  # the test sends SIGKILL now
+
+
+ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def orthanc_binary() -> str | None:
+    """The Orthanc executable (Debian's package puts it in /usr/sbin), or None."""
+    import shutil
+    from pathlib import Path
+
+    return shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").is_file() else None)
+
+
+class OrthancServer:
+    """A fresh Orthanc on free localhost ports with a generated configuration (tests and benchmarks/serve_latency.py).
+
+    ``modalities`` maps a name to ``(AE title, port)`` of peers on 127.0.0.1 Orthanc may send to. The
+    DICOMweb plugin is loaded when installed (:attr:`dicomweb`).
+    """
+
+    def __init__(self, folder, *, modalities: dict[str, tuple[str, int]], binary: str | None = None) -> None:
+        import json
+        import subprocess
+        import time
+        from pathlib import Path
+
+        import requests
+
+        binary = binary or orthanc_binary()
+        if binary is None:
+            raise FileNotFoundError("Orthanc is not installed")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.http_port, self.dicom_port = free_port(), free_port()
+        self.dicomweb = Path(ORTHANC_DICOMWEB_PLUGIN).is_file()
+        config = {
+            "Name": "voxpipe-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+            "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "HttpServerEnabled": True, "DicomServerEnabled": True,
+            "DicomModalities": {name: [aet, "127.0.0.1", port] for name, (aet, port) in modalities.items()},
+            "DicomCheckCalledAet": True, "Plugins": [ORTHANC_DICOMWEB_PLUGIN] if self.dicomweb else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }  # fmt: skip
+        (folder / "orthanc.json").write_text(json.dumps(config, indent=2))
+        self.log_path = folder / "orthanc.log"
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if requests.get(f"{self.url}/system", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Orthanc did not start: {self.log_path.read_text()[-2000:]}")
+
+    def upload(self, paths) -> None:
+        import requests
+
+        for path in paths:
+            requests.post(f"{self.url}/instances", data=path.read_bytes(), timeout=60).raise_for_status()
+
+    def series(self, modality: str) -> list[dict]:
+        import requests
+
+        found = requests.get(f"{self.url}/series", params={"expand": ""}, timeout=10).json()
+        return [s for s in found if s["MainDicomTags"].get("Modality") == modality]
+
+    def send(self, series_id: str, modality: str) -> None:
+        """Orthanc C-STOREs a series to one of its modalities (REST ``/modalities/{name}/store``)."""
+        import requests
+
+        answer = requests.post(f"{self.url}/modalities/{modality}/store", json={"Resources": [series_id], "Synchronous": True},
+                               timeout=600)
+        answer.raise_for_status()
+
+    def download(self, series: dict, folder) -> list:
+        from pathlib import Path
+
+        import requests
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for instance in series["Instances"]:
+            path = folder / f"{instance}.dcm"
+            path.write_bytes(requests.get(f"{self.url}/instances/{instance}/file", timeout=60).content)
+            paths.append(path)
+        return paths
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except Exception:
+                self.process.kill()

@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from helpers import OracleNet, label_image
+from helpers import OracleNet, OrthancServer, free_port, label_image, orthanc_binary
 from pydicom.uid import generate_uid
 
 from voxpipe.errors import InputError
@@ -222,7 +222,7 @@ def test_failing_series_are_recorded_with_reasons_and_the_good_one_is_processed(
 
 def test_results_are_kept_until_the_destination_takes_them(liver_bundle, oracle_weights, tmp_path):
     _, files = write_series(tmp_path / "series")
-    down = Destination("PACS", "127.0.0.1", _free_port())
+    down = Destination("PACS", "127.0.0.1", free_port())
     node = make_node(liver_bundle, tmp_path / "node", down, oracle_weights, retry=0.3)
     node.start()
     try:
@@ -252,13 +252,6 @@ def test_the_bundle_runs_in_safe_mode_unless_trusted(liver_bundle, oracle_weight
         DicomNode(liver_bundle, workdir=tmp_path / "node", send_to="PACS@127.0.0.1:104", weights=tmp_path / "none.pt")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _serve_process(liver_bundle, oracle_weights, workdir, peer, port):
     """``voxpipe serve`` as its own process (the kill test needs one to kill)."""
@@ -285,7 +278,7 @@ def _listening(port: int) -> bool:
 def test_kill_9_mid_job_then_restart_completes_once_and_sends_once(liver_bundle, oracle_weights, tmp_path, peer):
     _, files = write_series(tmp_path / "series")
     uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
-    workdir, port = tmp_path / "node", _free_port()
+    workdir, port = tmp_path / "node", free_port()
     store = JobStore(workdir)
     process = _serve_process(liver_bundle, oracle_weights, workdir, peer, port)
     try:
@@ -338,79 +331,28 @@ def test_new_instances_for_a_finished_series_run_it_again(tmp_path):
 
 
 # -- Orthanc: a real PACS, where installed ----------------------------------------------------------
-ORTHANC = "/usr/sbin/Orthanc"
-DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
-
-
-def _orthanc_required() -> bool:
-    return os.environ.get("VOXPIPE_REQUIRE_ORTHANC") == "1"
-
-
 @pytest.fixture
 def orthanc(tmp_path):
     """A fresh Orthanc on free localhost ports; skipped when Orthanc is not installed (a user's machine)."""
-    import shutil
-
-    binary = shutil.which("Orthanc") or (ORTHANC if Path(ORTHANC).is_file() else None)
-    if binary is None:
-        if _orthanc_required():
+    if orthanc_binary() is None:
+        if os.environ.get("VOXPIPE_REQUIRE_ORTHANC") == "1":
             pytest.fail("Orthanc is required here (VOXPIPE_REQUIRE_ORTHANC=1) but not installed: apt-get install orthanc")
         pytest.skip("Orthanc is not installed (Debian: apt-get install orthanc orthanc-dicomweb)")
-    requests = pytest.importorskip("requests")
-    http, dicom, node_port = _free_port(), _free_port(), _free_port()
-    config = {
-        "Name": "voxpipe-test", "StorageDirectory": str(tmp_path / "orthanc-db"), "IndexDirectory": str(tmp_path / "orthanc-db"),
-        "HttpPort": http, "DicomPort": dicom, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "HttpServerEnabled": True, "DicomServerEnabled": True,
-        "DicomModalities": {"voxpipe": ["VOXPIPE", "127.0.0.1", node_port]}, "DicomCheckCalledAet": True,
-        "Plugins": [DICOMWEB_PLUGIN] if Path(DICOMWEB_PLUGIN).is_file() else [],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "StableAge": 1,
-    }  # fmt: skip
-    (tmp_path / "orthanc.json").write_text(json.dumps(config))
-    log = (tmp_path / "orthanc.log").open("w")
-    process = subprocess.Popen([binary, str(tmp_path / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{http}"
-
-    def up():
-        try:
-            return requests.get(f"{url}/system", timeout=1).ok
-        except requests.RequestException:
-            return process.poll() is not None
-
-    wait_for(up, timeout=60, what="Orthanc to start")
-    assert process.poll() is None, (tmp_path / "orthanc.log").read_text()
-    yield {"url": url, "dicom_port": dicom, "node_port": node_port, "dicomweb": bool(config["Plugins"])}
-    process.terminate()
-    process.wait(30)
-    log.close()
+    node_port = free_port()
+    server = OrthancServer(tmp_path / "orthanc", modalities={"voxpipe": ("VOXPIPE", node_port)})
+    server.node_port = node_port
+    yield server
+    server.stop()
 
 
-def _orthanc_series(requests, url: str, modality: str) -> list[dict]:
-    series = requests.get(f"{url}/series", params={"expand": ""}, timeout=10).json()
-    return [s for s in series if s["MainDicomTags"].get("Modality") == modality]
-
-
-def _download(requests, url: str, series: dict, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for instance in series["Instances"]:
-        path = folder / f"{instance}.dcm"
-        path.write_bytes(requests.get(f"{url}/instances/{instance}/file", timeout=30).content)
-        paths.append(path)
-    return paths
-
-
-def _check_results_in_orthanc(requests, orthanc, tmp_path, phantom, source: Path, node_dir: Path):
-    url = orthanc["url"]
-    wait_for(lambda: _orthanc_series(requests, url, "SEG") and _orthanc_series(requests, url, "SR"), timeout=120,
-             what="the SEG and SR in Orthanc")
-    [seg_file] = _download(requests, url, _orthanc_series(requests, url, "SEG")[0], tmp_path / "from-orthanc" / "seg")
-    [sr_file] = _download(requests, url, _orthanc_series(requests, url, "SR")[0], tmp_path / "from-orthanc" / "sr")
+def _check_results_in_orthanc(orthanc, tmp_path, phantom, source: Path, node_dir: Path):
+    wait_for(lambda: orthanc.series("SEG") and orthanc.series("SR"), timeout=120, what="the SEG and SR in Orthanc")
+    [seg_file] = orthanc.download(orthanc.series("SEG")[0], tmp_path / "from-orthanc" / "seg")
+    [sr_file] = orthanc.download(orthanc.series("SR")[0], tmp_path / "from-orthanc" / "sr")
     shape, affine = dicom_geometry(source)
     assert np.array_equal(seg_to_label_map(read_seg(seg_file), shape, affine), phantom.label)
-    assert pydicom.dcmread(seg_file).ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(
-        next(source.glob("*.dcm"))).SeriesInstanceUID
     series_uid = pydicom.dcmread(next(source.glob("*.dcm"))).SeriesInstanceUID
+    assert pydicom.dcmread(seg_file).ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     statistics = json.loads((node_dir / "results" / series_uid / "statistics.json").read_text())[series_uid]
     report = read_report_volumes(sr_file)
     assert report["segment 1: liver"]["Volume"] == pytest.approx(statistics["liver"]["volume_ml"], rel=1e-5)
@@ -419,20 +361,15 @@ def _check_results_in_orthanc(requests, orthanc, tmp_path, phantom, source: Path
 
 @pytest.mark.slow
 def test_orthanc_sends_a_series_and_receives_seg_and_sr_over_dimse(liver_bundle, oracle_weights, tmp_path, orthanc):
-    import requests
-
     phantom, files = write_series(tmp_path / "series")
-    for path in files:  # into Orthanc over its REST API, as a modality would have stored it
-        assert requests.post(f"{orthanc['url']}/instances", data=path.read_bytes(), timeout=30).ok
-    node = make_node(liver_bundle, tmp_path / "node", Destination("ORTHANC", "127.0.0.1", orthanc["dicom_port"]), oracle_weights,
-                     port=orthanc["node_port"])
+    orthanc.upload(files)  # into Orthanc over its REST API, as a modality would have stored it
+    node = make_node(liver_bundle, tmp_path / "node", Destination("ORTHANC", "127.0.0.1", orthanc.dicom_port), oracle_weights,
+                     port=orthanc.node_port)
     node.start()
     try:
-        [ct] = _orthanc_series(requests, orthanc["url"], "CT")
-        answer = requests.post(f"{orthanc['url']}/modalities/voxpipe/store", json={"Resources": [ct["ID"]], "Synchronous": True},
-                               timeout=120)
-        assert answer.ok, answer.text
-        _check_results_in_orthanc(requests, orthanc, tmp_path, phantom, tmp_path / "series", tmp_path / "node")
+        [ct] = orthanc.series("CT")
+        orthanc.send(ct["ID"], "voxpipe")  # Orthanc C-STOREs the series to the node
+        _check_results_in_orthanc(orthanc, tmp_path, phantom, tmp_path / "series", tmp_path / "node")
     finally:
         node.stop()
     [job] = node.store.jobs()
@@ -441,23 +378,42 @@ def test_orthanc_sends_a_series_and_receives_seg_and_sr_over_dimse(liver_bundle,
 
 @pytest.mark.slow
 def test_orthanc_dicomweb_poll_fetch_and_stow(liver_bundle, oracle_weights, tmp_path, orthanc):
-    import requests
 
-    if not orthanc["dicomweb"]:
-        if _orthanc_required():
+    if not orthanc.dicomweb:
+        if os.environ.get("VOXPIPE_REQUIRE_ORTHANC") == "1":
             pytest.fail("orthanc-dicomweb is required here but not installed")
         pytest.skip("the Orthanc DICOMweb plugin is not installed (Debian: orthanc-dicomweb)")
     phantom, files = write_series(tmp_path / "series")
-    for path in files:
-        assert requests.post(f"{orthanc['url']}/instances", data=path.read_bytes(), timeout=30).ok
-    node = DicomNode(liver_bundle, workdir=tmp_path / "node", dicomweb=f"{orthanc['url']}/dicom-web", poll=0.3, idle=0.5,
+    orthanc.upload(files)
+    node = DicomNode(liver_bundle, workdir=tmp_path / "node", dicomweb=f"{orthanc.url}/dicom-web", poll=0.3, idle=0.5,
                      weights=oracle_weights, overrides=ORACLE, trust_bundle=True)
     node.start()
     try:
-        _check_results_in_orthanc(requests, orthanc, tmp_path, phantom, tmp_path / "series", tmp_path / "node")
+        _check_results_in_orthanc(orthanc, tmp_path, phantom, tmp_path / "series", tmp_path / "node")
         time.sleep(1.0)  # more polls: the node's own SEG/SR are not fetched, the CT is not run twice
     finally:
         node.stop()
     [job] = node.store.jobs()
     assert job["state"] == "done" and job["calling_aet"] == "DICOMweb" and job["instances"] == len(files)
-    assert len(_orthanc_series(requests, orthanc["url"], "SEG")) == 1
+    assert len(orthanc.series("SEG")) == 1
+
+
+def test_instances_stored_before_a_kill_without_a_record_are_recovered(tmp_path):
+    _, files = write_series(tmp_path / "series")
+    uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    store = JobStore(tmp_path / "node")
+    (store.series_dir(uid)).mkdir(parents=True)
+    for path in files[:3]:  # acknowledged, then killed before the job record was written
+        (store.series_dir(uid) / f"{pydicom.dcmread(path).SOPInstanceUID}.dcm").write_bytes(path.read_bytes())
+    restarted = JobStore(tmp_path / "node")
+    restarted.recover()
+    job = restarted.get(uid)
+    assert job["state"] == "receiving" and job["modality"] == "CT"
+    assert restarted.complete_idle(0.0) == [uid] and restarted.get(uid)["instances"] == 3
+
+
+def test_status_of_a_folder_that_is_not_a_node_is_an_error(tmp_path):
+    from voxpipe.cli.main import main
+
+    assert main(["serve", "--status", str(tmp_path / "nothing")]) == 2
+    assert not (tmp_path / "nothing").exists()

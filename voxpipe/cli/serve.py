@@ -16,7 +16,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         if args.bundle is not None:
             raise InputError(f"--status: expected only the work folder, found a bundle argument too ({args.bundle!r})")
-        print(format_status(JobStore(args.status)))
+        print(format_status(JobStore(args.status, create=False)))
         return 0
     if args.bundle is None:
         raise InputError("serve: expected a bundle folder (or --status WORKDIR), found none")

@@ -76,15 +76,27 @@ def durable_write(path: Path, data: bytes) -> None:
         os.close(folder)
 
 
+def _new_job(series_uid: str, *, study_uid: str, modality: str, calling_aet: str, received: str) -> dict[str, Any]:
+    return {
+        "series_uid": series_uid, "study_uid": study_uid, "modality": modality, "calling_aet": calling_aet,
+        "state": "receiving", "first_received": received, "last_received": received, "revision": 0, "attempts": 0,
+        "reason": None, "results": {}, "sent": [], "history": [[_now(), "receiving"]],
+    }  # fmt: skip
+
+
 class JobStore:
     """Received instances and job records under ``workdir`` (thread-safe; one node per folder).
 
     Raises:
-        InputError: ``workdir`` cannot be created or written.
+        InputError: ``workdir`` cannot be created or written (or, with ``create=False``, is not a
+            node's work folder).
     """
 
-    def __init__(self, workdir: str | os.PathLike[str]) -> None:
+    def __init__(self, workdir: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(workdir)
+        if not create and not (self.root / "jobs").is_dir():
+            raise InputError(f"{str(self.root)!r}: expected a node work folder (with jobs/), found "
+                             f"{'a folder without one' if self.root.is_dir() else 'nothing at that path'}")
         try:
             for name in ("incoming", "jobs", "results"):
                 (self.root / name).mkdir(parents=True, exist_ok=True)
@@ -160,12 +172,7 @@ class JobStore:
             self._last_received[series_uid] = time.monotonic()
             job = self.get(series_uid)
             if job is None:
-                job = {
-                    "series_uid": series_uid, "study_uid": study_uid, "modality": modality, "calling_aet": calling_aet,
-                    "state": "receiving", "first_received": _now(), "last_received": _now(), "revision": 0,
-                    "attempts": 0, "reason": None, "results": {}, "sent": [], "history": [[_now(), "receiving"]],
-                }  # fmt: skip
-                self.save(job)
+                self.save(_new_job(series_uid, study_uid=study_uid, modality=modality, calling_aet=calling_aet, received=_now()))
                 logger.info("series %s: receiving from %s", series_uid, calling_aet)
             elif new and job["state"] != "receiving":
                 # New instances for a series already queued or finished: it changed, so it is run again
@@ -205,8 +212,24 @@ class JobStore:
         return datetime.fromtimestamp(newest, timezone.utc).isoformat(timespec="milliseconds")
 
     def recover(self) -> list[str]:
-        """After a restart: jobs that were running are queued again (or failed after :data:`MAX_ATTEMPTS`)."""
+        """After a restart: jobs that were running are queued again (or failed after :data:`MAX_ATTEMPTS`).
+
+        A series folder without a job record (the node was killed between storing a first instance
+        and writing its record) gets one, so what was acknowledged is processed.
+        """
+        import pydicom
+
         recovered = []
+        for folder in sorted(p for p in (self.root / "incoming").iterdir() if p.is_dir() and is_uid(p.name)):
+            if self.get(folder.name) is not None or not any(folder.glob("*.dcm")):
+                continue
+            try:
+                ds = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
+            except Exception:  # unreadable: the job fails with the loader's reason
+                ds = pydicom.Dataset()
+            self.save(_new_job(folder.name, study_uid=str(ds.get("StudyInstanceUID", "")), modality=str(ds.get("Modality", "")),
+                               calling_aet="", received=self.newest_received(folder.name)))
+            logger.info("series %s: instances without a job record found; receiving", folder.name)
         for job in self.jobs():
             if job["state"] != "running":
                 continue

@@ -300,8 +300,8 @@ class DicomNode:
             return CANNOT_UNDERSTAND
         bad = [k for k, v in uids.items() if not is_uid(v)]
         if bad:
-            logger.warning("instance from %s refused: expected UIDs in %s, found %s", calling, ", ".join(bad),
-                           ", ".join(repr(uids[k][:70]) for k in bad))
+            # The values are not logged: a field that is not a UID may hold anything, patient data included.
+            logger.warning("instance from %s refused: expected UIDs in %s, found other text", calling, ", ".join(bad))
             return CANNOT_UNDERSTAND
         if shutil.disk_usage(self.store.root).free < MIN_FREE_BYTES:
             logger.error("instance %s from %s refused: less than %d MiB free in %s", uids["SOPInstanceUID"], calling,
