@@ -35,7 +35,8 @@ from voxpipe.transforms.dicom_seg import read_seg, seg_to_label_map
 pynetdicom = pytest.importorskip("pynetdicom")
 
 ORACLE = {"network_def": {"_target_": "helpers.OracleNet"}, "patch_size": [32, 32, 16], "pixdim": [0.0, 0.0, 0.0]}
-PATIENT_NAME, PATIENT_ID = "Doe^Janet", "MRN-31415926"
+# A birth date in the wrong format: pydicom's validation warnings quote such values, if let through.
+PATIENT_NAME, PATIENT_ID, BIRTH_DATE = "Doe^Janet", "MRN-31415926", "1961-07-14"
 TESTS = Path(__file__).resolve().parent
 
 
@@ -52,7 +53,7 @@ def write_series(folder: Path, *, seed: int = 3, modality: str = "CT", hu: np.nd
     files = write_dicom_series(label_image(phantom.label) if hu is None else hu, phantom.affine, folder, modality=modality)
     for path in files:
         ds = pydicom.dcmread(path)
-        ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, BIRTH_DATE
         ds.save_as(path, enforce_file_format=True)
     return phantom, files
 
@@ -139,8 +140,14 @@ def test_destinations_and_uids_are_parsed_strictly():
     assert is_uid("1.2.840.10008.5.1.4.1.1.2") and not is_uid("../../etc/passwd") and not is_uid("1." * 40)
 
 
-def test_series_round_trip_seg_on_the_source_grid_and_sr_equal_to_statistics(liver_bundle, oracle_weights, tmp_path, peer):
+def test_series_round_trip_seg_on_the_source_grid_and_sr_equal_to_statistics(liver_bundle, oracle_weights, tmp_path, peer,
+                                                                              caplog, capfd):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     phantom, files = write_series(tmp_path / "series")
+    caplog.clear()  # what writing the test series printed is the test's, not the node's
+    capfd.readouterr()
     node = make_node(liver_bundle, tmp_path / "node", peer.destination(), oracle_weights)
     node.start()
     try:
@@ -171,7 +178,10 @@ def test_series_round_trip_seg_on_the_source_grid_and_sr_equal_to_statistics(liv
     assert report["segment 1: liver"]["Volume"] == pytest.approx((phantom.label == 1).sum() * voxel_ml, rel=1e-5)
     # Patient data never reach the log; UIDs do.
     log = (tmp_path / "node" / "node.log").read_text()
-    assert series_uid in log and PATIENT_NAME not in log and PATIENT_ID not in log and "Janet" not in log
+    assert series_uid in log and not {PATIENT_NAME, "Janet", PATIENT_ID, BIRTH_DATE} & set(log.split())
+    console = caplog.text + "".join(capfd.readouterr())
+    assert series_uid in console
+    assert [secret for secret in (PATIENT_NAME, "Janet", PATIENT_ID, BIRTH_DATE) if secret in console or secret in log] == []
     assert "done: 1" in format_status(JobStore(tmp_path / "node"))
 
 
@@ -417,3 +427,13 @@ def test_status_of_a_folder_that_is_not_a_node_is_an_error(tmp_path):
 
     assert main(["serve", "--status", str(tmp_path / "nothing")]) == 2
     assert not (tmp_path / "nothing").exists()
+
+
+def test_failure_reasons_are_redacted_of_patient_data(tmp_path):
+    from voxpipe.pipelines.deploy.node import patient_data_redactor
+
+    _, files = write_series(tmp_path / "series")
+    redact = patient_data_redactor(tmp_path / "series")
+    message = f"Unable to convert '{BIRTH_DATE}' to 'DA'; patient {PATIENT_NAME} ({PATIENT_ID}), Janet"
+    assert redact(message) == "Unable to convert '<redacted>' to 'DA'; patient <redacted> (<redacted>), <redacted>"
+    assert patient_data_redactor(tmp_path / "nothing")("kept as is") == "kept as is"

@@ -183,6 +183,24 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
           "AccessionNumber", "ReferringPhysicianName")
 
 
+_DATE_TIME = ("DA", "TM", "DT")
+
+
+def _parses(ds: pydicom.Dataset, keyword: str) -> bool:
+    """Whether a date/time attribute converts to its pydicom value type (what highdicom does when copying it)."""
+    from pydicom import valuerep
+
+    value = ds[keyword].value
+    if not value:
+        return True
+    kind = {"DA": valuerep.DA, "TM": valuerep.TM, "DT": valuerep.DT}[ds[keyword].VR]
+    try:
+        kind(str(value))
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def _codes(name: str) -> tuple[Any, Any]:
     """(segmented property category, type) SNOMED codes for a structure name."""
     from pydicom.sr.codedict import codes
@@ -233,6 +251,8 @@ def write_dicom_seg(
         for keyword in _TYPE2:
             if keyword not in ds:
                 setattr(ds, keyword, "")
+            elif ds[keyword].VR in _DATE_TIME and not _parses(ds, keyword):
+                setattr(ds, keyword, "")  # a malformed date (1961-07-14) would stop highdicom; type 2 may be empty
         for keyword in ("SOPClassUID", "SOPInstanceUID"):  # anonymisers sometimes blank the root copies
             if not ds.get(keyword) and ds.get("file_meta") is not None and ds.file_meta.get(f"MediaStorage{keyword}"):
                 setattr(ds, keyword, ds.file_meta.get(f"MediaStorage{keyword}"))

@@ -217,7 +217,7 @@ class DicomNode:
         package_logger.addHandler(self._log_handler)
         if package_logger.getEffectiveLevel() > logging.INFO:  # node.log records every job's steps, whatever the console shows
             package_logger.setLevel(logging.INFO)
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its debug output dumps datasets (patient data)
+        _keep_patient_data_out_of_logs()
         recovered = self.store.recover()
         if recovered:
             logger.info("restart: %d interrupted job(s) queued again: %s", len(recovered), ", ".join(recovered))
@@ -353,15 +353,19 @@ class DicomNode:
         if job["state"] == "queued":
             job = self.store.update(series_uid, state="running", attempts=job.get("attempts", 0) + 1, reason=None)
             started = time.monotonic()
+            redact = patient_data_redactor(self.store.series_dir(series_uid))
             try:
                 results = self._predict(job)
             except InferenceFailed as error:  # the one case's own reason, not the batch summary
-                return self.store.update(series_uid, state="failed", reason=next(iter(error.failures.values())))
+                return self.store.update(series_uid, state="failed", reason=redact(next(iter(error.failures.values()))))
             except VoxpipeError as error:
-                return self.store.update(series_uid, state="failed", reason=str(error).splitlines()[0])
+                return self.store.update(series_uid, state="failed", reason=redact(str(error).splitlines()[0]))
             except Exception as error:  # voxpipe's bug: recorded, and the node goes on with the next series
-                logger.exception("series %s: internal error", series_uid)
-                return self.store.update(series_uid, state="failed", reason=f"internal error: {type(error).__name__}: {error}")
+                import traceback
+
+                logger.error("series %s: internal error\n%s", series_uid, redact("".join(traceback.format_exception(error))))
+                return self.store.update(series_uid, state="failed",
+                                         reason=redact(f"internal error: {type(error).__name__}: {error}"))
             job = self.store.update(series_uid, state="sending", results=results,
                                     inference_seconds=round(time.monotonic() - started, 3))
         if job["state"] == "sending":
@@ -422,6 +426,54 @@ class DicomNode:
         self._retry_at.pop(uid, None)
         return self.store.update(uid, state="done", sent=sent, last_error=None,
                                  seconds_from_last_instance=round(seconds, 3))
+
+
+# Patient-identifying attributes (PS3.15 E.1 basic profile, the ones a library message might quote).
+_IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames", "PatientAddress",
+                "PatientTelephoneNumbers", "AccessionNumber", "ReferringPhysicianName", "IssuerOfPatientID",
+                "MedicalRecordLocator", "PatientMotherBirthName", "PatientBirthName")
+
+
+def patient_data_redactor(series: Path) -> Any:
+    """A function that replaces, in a message, every identifying value of the series' first instance by ``<redacted>``.
+
+    Failure reasons come from many libraries; some quote header values (highdicom: "Unable to convert
+    '1961-07-14' to 'DA'"). Reasons go to the job record and the log, so they are redacted first.
+    """
+    import pydicom
+
+    values: set[str] = set()
+    first = next(iter(sorted(series.glob("*.dcm"))), None)
+    if first is not None:
+        try:
+            ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=list(_IDENTIFYING))
+            for keyword in _IDENTIFYING:
+                element = ds.get(keyword)
+                raw = element if not isinstance(element, pydicom.DataElement) else element.value
+                for value in (raw if isinstance(raw, (list, pydicom.multival.MultiValue)) else [raw]):
+                    text = str(value or "").strip()
+                    values.update(part for part in {text, *text.replace("^", " ").split()} if len(part) >= 3)
+        except Exception:  # an unreadable header: nothing to redact from it
+            pass
+    ordered = sorted(values, key=len, reverse=True)
+
+    def redact(message: str) -> str:
+        for value in ordered:
+            message = message.replace(value, "<redacted>")
+        return message
+
+    return redact
+
+
+def _keep_patient_data_out_of_logs() -> None:
+    """Silence the libraries that would print header values: pynetdicom's debug output dumps whole
+    datasets, and pydicom's validation warnings quote the offending value (a too-long PatientName)."""
+    import warnings
+
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+    warnings.filterwarnings("ignore", message=r"(?s).*Invalid value for VR")
 
 
 def _bundle_modality(bundle: Path) -> str | None:
