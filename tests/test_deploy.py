@@ -437,3 +437,12 @@ def test_failure_reasons_are_redacted_of_patient_data(tmp_path):
     message = f"Unable to convert '{BIRTH_DATE}' to 'DA'; patient {PATIENT_NAME} ({PATIENT_ID}), Janet"
     assert redact(message) == "Unable to convert '<redacted>' to 'DA'; patient <redacted> (<redacted>), <redacted>"
     assert patient_data_redactor(tmp_path / "nothing")("kept as is") == "kept as is"
+
+
+def test_a_partly_fetched_series_is_discarded_whole(tmp_path):
+    store = JobStore(tmp_path)
+    series = generate_uid()
+    store.store_instance(b"a", series_uid=series, study_uid=generate_uid(), sop_uid=generate_uid(), modality="CT",
+                         calling_aet="DICOMweb")
+    store.discard(series)
+    assert store.get(series) is None and not store.series_dir(series).exists() and store.complete_idle(0.0) == []

@@ -87,6 +87,7 @@ class DicomwebPoller:
             try:
                 self._fetch(study, series)
             except (requests.RequestException, OSError, ValueError) as error:
+                self.store.discard(series)  # a partial series must not be run: fetched whole at the next poll
                 logger.warning("series %s: WADO-RS retrieve failed (%s); trying again at the next poll", series, error)
                 continue
             self._seen.pop(series, None)

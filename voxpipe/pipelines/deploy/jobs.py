@@ -183,6 +183,16 @@ class JobStore:
                             results={}, sent=[])
             return new
 
+    def discard(self, series_uid: str) -> None:
+        """Forget a series that was only partly fetched (its instances, results and record), so it is fetched anew."""
+        import shutil
+
+        with self._lock:
+            for folder in (self.series_dir(series_uid), self.results_dir(series_uid)):
+                shutil.rmtree(folder, ignore_errors=True)
+            self._record_path(series_uid).unlink(missing_ok=True)
+            self._last_received.pop(series_uid, None)
+
     def instance_count(self, series_uid: str) -> int:
         folder = self.series_dir(series_uid)
         return sum(1 for _ in folder.glob("*.dcm")) if folder.is_dir() else 0

@@ -410,6 +410,10 @@ class DicomNode:
         uid = job["series_uid"]
         pending = [item for item in job["results"].values() if item["sop_instance_uid"] not in job["sent"]]
         paths = [self.store.root / item["path"] for item in pending]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:  # results deleted by hand: made again (same UIDs), then sent
+            logger.warning("series %s: results %s are gone; the series is run again", uid, ", ".join(missing))
+            return self.store.update(uid, state="queued")
         try:
             if self.destination is not None:
                 acknowledged = send_dimse(paths, self.destination, calling_aet=self.ae_title)
