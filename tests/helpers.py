@@ -14,13 +14,14 @@ class OracleNet(torch.nn.Module):
     geometry chain (orientation, resampling, inversion, writing): exactly what the tests check.
     """
 
-    def __init__(self, centres: tuple[float, ...] = (1 / 3, 2 / 3, 1.0)) -> None:
+    def __init__(self, centres: tuple[float, ...] = (1 / 3, 2 / 3, 1.0), sharpness: float = 1000.0) -> None:
         super().__init__()
         self.register_buffer("centres", torch.tensor(centres).view(1, -1, 1, 1, 1))
+        self.sharpness = float(sharpness)  # not a buffer: the state dict stays the same; lower = softer probabilities
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z) intensities in [0, 1] → (B, C, X, Y, Z) logits."""
-        return -1000.0 * (x - self.centres) ** 2
+        return -self.sharpness * (x - self.centres) ** 2
 
 
 def label_image(label):

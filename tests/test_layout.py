@@ -30,6 +30,7 @@ PIPELINE_LAYERS = {
     "inference": {"bundles", "training"},
     "evaluation": {"data", "inference", "training"},
     "deploy": {"bundles", "inference"},
+    "annotation": {"bundles", "data", "inference", "training"},
 }
 
 # Every voxpipe _target_ the 0.1 bundles shipped with, and where it lives now.

@@ -201,7 +201,7 @@ def _parses(ds: pydicom.Dataset, keyword: str) -> bool:
     return True
 
 
-def _codes(name: str) -> tuple[Any, Any]:
+def structure_codes(name: str) -> tuple[Any, Any]:
     """(segmented property category, type) SNOMED codes for a structure name."""
     from pydicom.sr.codedict import codes
 
@@ -273,7 +273,7 @@ def write_dicom_seg(
     described = sorted(v for v in names if v)
     descriptions = []
     for number, value in enumerate(described, start=1):  # highdicom numbers segments 1..n: label values in order
-        category, kind = _codes(names[value])
+        category, kind = structure_codes(names[value])
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=names[value], segmented_property_category=category,
             segmented_property_type=kind, algorithm_type="AUTOMATIC", algorithm_identification=algorithm,

@@ -583,3 +583,52 @@ class LoadVolumed(MapTransform):
             meta["filename_or_obj"] = str(d[key])
             d[key] = MetaTensor.ensure_torch_and_prune_meta(array, meta)
         return d
+
+
+def place_on_grid(
+    array: np.ndarray, affine: np.ndarray, shape: Sequence[int], target_affine: np.ndarray, *, path: str | os.PathLike[str],
+    tolerance: float = 1e-2,
+) -> np.ndarray:
+    """A label map stored on its own lattice (cropped, flipped, axes permuted) placed exactly on a target grid.
+
+    Exact or refused: the two grids must share spacing and axes up to order and sign, and ``array``'s
+    first voxel must lie on a target voxel (within ``tolerance`` voxels). Voxels outside the target
+    must be empty. Nothing is interpolated: label maps saved by a viewer (a cropped Slicer
+    ``.seg.nrrd``, a NIfTI written in another orientation) come back voxel for voxel.
+
+    Raises:
+        GeometryError: the lattices differ, or labelled voxels fall outside the target grid.
+    """
+    array = np.asarray(array)
+    source, target = np.asarray(affine, dtype=float), np.asarray(target_affine, dtype=float)
+    relative = np.linalg.solve(target[:3, :3], source[:3, :3])
+    rounded = np.round(relative)
+    permutation = np.abs(rounded).argmax(axis=0)
+    describe = (f"its grid (spacing {np.round(np.linalg.norm(source[:3, :3], axis=0), 4).tolist()} mm) vs the image's "
+                f"(spacing {np.round(np.linalg.norm(target[:3, :3], axis=0), 4).tolist()} mm, shape {list(shape)})")
+    if (np.abs(relative - rounded).max() > 1e-3 or sorted(permutation.tolist()) != [0, 1, 2]
+            or not np.array_equal(np.abs(rounded).sum(axis=0), np.ones(3))):
+        raise GeometryError(f"{str(path)!r}: expected a label map on the image's voxel grid, found another lattice: {describe}")
+    start = np.linalg.solve(target, source[:, 3])[:3]
+    if np.abs(start - np.round(start)).max() > tolerance:
+        raise GeometryError(f"{str(path)!r}: expected a label map on the image's voxel grid, found it shifted by "
+                            f"{np.round(start - np.round(start), 3).tolist()} voxels: {describe}")
+    start = np.round(start).astype(int)
+    order = [int(np.flatnonzero(permutation == axis)[0]) for axis in range(3)]
+    placed = np.transpose(array, order)
+    low = start.copy()
+    for axis, source_axis in enumerate(order):
+        if rounded[axis, source_axis] < 0:
+            placed = np.flip(placed, axis)
+            low[axis] = start[axis] - (placed.shape[axis] - 1)
+    out = np.zeros(tuple(int(s) for s in shape), dtype=array.dtype)
+    lo = np.maximum(low, 0)
+    hi = np.minimum(low + np.array(placed.shape), np.array(shape))
+    inside = tuple(slice(int(a - b), int(c - b)) for a, b, c in zip(lo, low, hi, strict=True))
+    kept = placed[inside] if np.all(hi > lo) else placed[:0, :0, :0]
+    if int(np.count_nonzero(kept)) != int(np.count_nonzero(placed)):
+        raise GeometryError(f"{str(path)!r}: {int(np.count_nonzero(placed)) - int(np.count_nonzero(kept))} labelled voxels lie "
+                            f"outside the image: {describe}")
+    if np.all(hi > lo):
+        out[tuple(slice(int(a), int(c)) for a, c in zip(lo, hi, strict=True))] = kept
+    return out

@@ -1,0 +1,232 @@
+"""``voxpipe annotate prelabel``: predict every case, score the model's uncertainty, write a ranked worklist.
+
+The bundle's own inference runs (:func:`voxpipe.pipelines.inference.infer.infer_with_bundle`, flip
+TTA on by default, probabilities saved). Per case the work folder then gets a 3D Slicer
+``.seg.nrrd`` (:mod:`voxpipe.transforms.slicer_seg`), a DICOM-SEG for DICOM inputs, and a
+thumbnail of its most uncertain slice. ``worklist.csv`` and ``worklist.html`` list the cases in
+review order; ``annotation.json`` records what was run. MONAI Label offers the same three
+strategies (``first``, ``random``, epistemic ``uncertainty``) behind a server; here they are files.
+
+Layout of ``WORKDIR``::
+
+    annotation.json              bundle, weights, label names, strategy, round, cases (image → files)
+    prelabel/<case>.nii.gz       the model's label map on the image grid (+ statistics.csv/.json)
+    prelabel/<case>.seg.nrrd     the same as a Slicer segmentation (named, coloured segments)
+    prelabel/<case>.dcm          DICOM-SEG, for DICOM series inputs
+    thumbnails/<case>.png        the most uncertain slice: image + pre-label contour, entropy map
+    worklist.csv, worklist.html  cases in review order, with their uncertainty
+    labels/original, labels/final   filled by ``voxpipe annotate ingest``
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import logging
+import os
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voxpipe.errors import InputError
+from voxpipe.pipelines.annotation.uncertainty import case_uncertainty
+from voxpipe.transforms.io import case_id, load_volume, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("uncertainty", "random", "first")
+MANIFEST = "annotation.json"
+
+
+def read_manifest(workdir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``annotation.json`` of a work folder.
+
+    Raises:
+        InputError: the folder has none (``prelabel`` was not run there) or it is not JSON.
+    """
+    path = Path(workdir) / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{str(path)!r}: expected the work folder of `voxpipe annotate prelabel`, found no {MANIFEST}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise InputError(f"{str(path)!r}: expected JSON, found a file that does not parse ({error})") from error
+
+
+def prelabel(
+    bundle: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    workdir: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    strategy: str = "uncertainty",
+    seed: int = 0,
+    tta: bool = True,
+    keep_probabilities: bool = False,
+    safe: bool = False,
+) -> list[dict[str, Any]]:
+    """Pre-label ``inputs`` into ``workdir`` and rank them; the worklist rows, review order first.
+
+    Cases already corrected in this work folder (``labels/final``) are not predicted again and stay
+    out of the worklist: after ``finetune``, running ``prelabel`` with the new weights re-ranks the
+    cases that remain.
+
+    Raises:
+        InputError: bad inputs or strategy (before anything runs).
+        InferenceFailed: some cases failed; the others are in the worklist.
+    """
+    from voxpipe.pipelines.inference.infer import (
+        InferenceFailed,
+        collect_inputs,
+        infer_with_bundle,
+        label_names,
+    )
+    from voxpipe.transforms.slicer_seg import write_slicer_seg
+
+    if strategy not in STRATEGIES:
+        raise InputError(f"--strategy: expected one of {', '.join(STRATEGIES)}, found {strategy!r}")
+    root = Path(workdir)
+    images = collect_inputs(inputs)
+    done = {case_id(p) for p in (root / "labels" / "final").glob("*.nii.gz")} if (root / "labels" / "final").is_dir() else set()
+    todo = [p for p in images if case_id(p) not in done]
+    out = root / "prelabel"
+    failures: dict[str, str] = {}
+    if todo:
+        try:
+            infer_with_bundle(bundle, todo, output_dir=out, weights=weights, overrides=overrides, tta=tta,
+                              save_probabilities=True, dicom_seg=any(p.is_dir() for p in todo), progress=False, safe=safe)
+        except InferenceFailed as error:
+            failures = dict(error.failures)
+    names = label_names(bundle)
+    statistics = json.loads((out / "statistics.json").read_text()) if (out / "statistics.json").is_file() else {}
+    rows = []
+    for image in (p for p in todo if str(p) not in failures):
+        case = case_id(image)
+        label_file = out / f"{case}.nii.gz"
+        label = load_volume(label_file, label=True)
+        seg_file = write_slicer_seg(label.array, label.affine, out / f"{case}.seg.nrrd", names=names)
+        probabilities_file = out / f"{case}_probabilities.npz"
+        with np.load(probabilities_file) as stored:
+            figures = case_uncertainty(stored["probabilities"])
+        if not keep_probabilities:
+            probabilities_file.unlink()
+        thumbnail = _thumbnail(image, label.array, figures, root / "thumbnails" / f"{case}.png")
+        row = {
+            "case": case, "image": str(image.resolve()), "prelabel": str(seg_file.relative_to(root)),
+            "mean_entropy": round(figures["mean_entropy"], 6), "uncertain_fraction": round(figures["uncertain_fraction"], 6),
+            "worst_slice": figures["worst_slice"], "thumbnail": str(thumbnail.relative_to(root)),
+        }  # fmt: skip
+        for name, fields in statistics.get(case, {}).items():
+            row[f"{name}_ml"] = round(float(fields.get("volume_ml", 0.0)), 3)
+        rows.append(row)
+    rows = _ranked(rows, strategy, seed)
+    manifest_path = root / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"round": 0, "cases": {}}
+    manifest.update({
+        "bundle": str(Path(bundle).resolve()), "weights": str(Path(weights).resolve()) if weights else None,
+        "overrides": dict(overrides or {}), "names": {str(k): v for k, v in names.items()}, "strategy": strategy,
+        "seed": seed, "tta": tta, "round": int(manifest.get("round", 0)) + 1,
+    })  # fmt: skip
+    for row in rows:
+        manifest["cases"][row["case"]] = {"image": row["image"], "label": f"prelabel/{row['case']}.nii.gz",
+                                          "seg_nrrd": row["prelabel"]}
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    _write_worklist(root, rows, strategy=strategy, done=sorted(done), failures=failures, round_=manifest["round"])
+    if failures:
+        listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures.items())
+        raise InferenceFailed(f"{len(failures)} of {len(todo)} cases failed (the others are in {str(root / 'worklist.csv')!r}):"
+                              f"\n  {listing}", outputs=[], failures=failures)
+    return rows
+
+
+def _ranked(rows: list[dict[str, Any]], strategy: str, seed: int) -> list[dict[str, Any]]:
+    """Review order: most uncertain first (ties by case id), a seeded shuffle, or input order."""
+    if strategy == "uncertainty":
+        rows = sorted(rows, key=lambda r: (-r["mean_entropy"], -r["uncertain_fraction"], r["case"]))
+    elif strategy == "random":
+        rows = list(rows)
+        random.Random(seed).shuffle(rows)
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    return [{"rank": r.pop("rank"), **r} for r in rows]
+
+
+def _thumbnail(image: Path, label: np.ndarray, figures: Mapping[str, Any], path: Path) -> Path:
+    """Two panels of the most uncertain slice: the image (CT window) with the pre-label's contours, and the entropy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from voxpipe.transforms.io import atomic_path
+
+    z = int(figures["worst_slice"])
+    try:
+        volume = load_volume(image).array
+        plane = np.asarray(volume[:, :, z], dtype=np.float32) if volume.shape == label.shape else None
+    except InputError:
+        plane = None
+    figure, axes = plt.subplots(1, 2, figsize=(4.8, 2.4), dpi=80)
+    if plane is not None:
+        axes[0].imshow(np.clip(plane, -160, 240).T, cmap="gray", origin="lower")
+    for value, colour in zip(sorted(int(v) for v in np.unique(label[:, :, z]) if v), ("#f5a623", "#d0021b", "#4a90e2", "#7ed321"),
+                             strict=False):
+        axes[0].contour((label[:, :, z] == value).T, levels=[0.5], colors=colour, linewidths=1.0, origin="lower")
+    axes[1].imshow(figures["entropy"][:, :, z].T, cmap="magma", vmin=0, vmax=1, origin="lower")
+    axes[0].set_title(f"slice {z}", fontsize=8)
+    axes[1].set_title("entropy", fontsize=8)
+    for axis in axes:
+        axis.set_axis_off()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return path
+
+
+def _write_worklist(root: Path, rows: list[dict[str, Any]], *, strategy: str, done: list[str], failures: Mapping[str, str],
+                    round_: int) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns or ["rank", "case"], restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(root / "worklist.csv", buffer.getvalue())
+    volume_columns = [c for c in columns if c.endswith("_ml")]
+    body = []
+    for row in rows:
+        volumes = "".join(f"<td>{row.get(c, '')}</td>" for c in volume_columns)
+        body.append(
+            f"<tr><td>{row['rank']}</td><td><b>{html.escape(row['case'])}</b><br><small>{html.escape(row['image'])}</small></td>"
+            f"<td>{row['mean_entropy']:.3f}</td><td>{100 * row['uncertain_fraction']:.1f}%</td>{volumes}"
+            f"<td><a href=\"{html.escape(row['prelabel'])}\">{html.escape(Path(row['prelabel']).name)}</a></td>"
+            f"<td><img src=\"{html.escape(row['thumbnail'])}\" alt=\"slice {row['worst_slice']}\"></td></tr>"
+        )
+    extra = ""
+    if done:
+        extra += f"<p>Already corrected (not listed): {html.escape(', '.join(done))}</p>"
+    if failures:
+        extra += "<p>Failed:</p><ul>" + "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in failures.items()) + "</ul>"
+    order = {"uncertainty": "most uncertain first (mean normalised entropy of the flip-TTA probabilities inside the "
+                            "possible foreground)", "random": "seeded random order", "first": "input order"}[strategy]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>voxpipe worklist</title>
+<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;
+vertical-align:middle;font-size:14px}}th{{background:#f3f3f3}}small{{color:#777}}</style></head><body>
+<h1>Worklist, round {round_}</h1>
+<p>{len(rows)} case(s) to review, {html.escape(order)}. Open the image and its <code>.seg.nrrd</code> in 3D Slicer,
+correct the segments in Segment Editor, save as <code>&lt;case&gt;.seg.nrrd</code> (or NIfTI / DICOM-SEG) into one folder, then
+run <code>voxpipe annotate ingest</code>.</p>{extra}
+<table><tr><th>rank</th><th>case</th><th>mean entropy</th><th>uncertain</th>{''.join(f'<th>{html.escape(c[:-3])} (mL)</th>' for c in volume_columns)}
+<th>pre-label</th><th>most uncertain slice</th></tr>
+{chr(10).join(body)}
+</table></body></html>
+"""
+    write_text_atomic(root / "worklist.html", page)
