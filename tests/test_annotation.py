@@ -224,3 +224,39 @@ def test_cli_three_commands_report_bad_folders(tmp_path):
 
     assert main(["annotate", "ingest", str(tmp_path / "nowork"), str(tmp_path)]) == 2
     assert main(["annotate", "finetune", str(tmp_path / "nowork"), "configs/liver_ct_segresnet", "-o", str(tmp_path / "o")]) == 2
+
+
+def test_dicom_inputs_get_a_dicom_seg_and_a_dicom_seg_correction_is_ingested(liver_bundle, oracle_weights, tmp_path):
+    from voxpipe.phantoms.dicom import write_dicom_series
+
+    phantom = liver_phantom(47, size="tiny")
+    write_dicom_series(label_image(phantom.label), phantom.affine, tmp_path / "series_a")
+    work = tmp_path / "work"
+    [row] = prelabel(liver_bundle, [tmp_path / "series_a"], work, weights=oracle_weights, overrides=SOFT_ORACLE, tta=False)
+    assert row["case"] == "series_a" and (work / "prelabel" / "series_a.dcm").is_file()
+    corrected = tmp_path / "corrected"
+    corrected.mkdir()
+    shutil.copy(work / "prelabel" / "series_a.dcm", corrected / "series_a.dcm")  # the DICOM-SEG, saved back unchanged
+    result = ingest(work, corrected)
+    assert result["summary"]["cases_accepted_unchanged"] == 1 and {r["dice"] for r in result["rows"]} == {1.0}
+
+
+@pytest.mark.slow
+def test_a_simulated_round_of_active_learning_raises_dice_on_the_remaining_cases(liver_bundle, tmp_path):
+    from conftest import TINY_MODEL
+
+    from voxpipe.phantoms.ct import write_msd_dataset
+    from voxpipe.pipelines.annotation.simulate import simulate_round
+    from voxpipe.pipelines.bundles.run import run_bundle
+
+    write_msd_dataset(tmp_path / "base", n_train=2, n_test=0, seed=1, size="tiny")
+    run_bundle(liver_bundle, config="train", overrides={"dataset_dir": str(tmp_path / "base"), "output_dir": str(tmp_path / "base_run"),
+                                                        "max_epochs": 4, "val_interval": 4, "val_fraction": 0.0, **TINY_MODEL})
+    write_msd_dataset(tmp_path / "pool", n_train=6, n_test=0, seed=2, size="tiny")
+    pool = [(image, tmp_path / "pool" / "labelsTr" / image.name) for image in sorted((tmp_path / "pool" / "imagesTr").glob("*.nii.gz"))]
+    result = simulate_round(liver_bundle, pool, tmp_path / "work", weights=tmp_path / "base_run" / "models" / "model_final.pt",
+                            n_correct=3, finetune_epochs=16, overrides=TINY_MODEL, train_overrides={"val_interval": 16}, tta=False)
+    print(result["dice_before"], result["dice_after"])
+    assert len(result["corrected"]) == 3 and len(result["remaining"]) == 3
+    assert result["edit_effort"]["cases"] == 3
+    assert result["dice_after"]["liver"] > result["dice_before"]["liver"] + 0.05

@@ -15,7 +15,7 @@ def _cmd_prelabel(args: argparse.Namespace) -> int:
     quiet_monai_bundle(args.verbose)
     rows = prelabel(args.bundle, args.inputs, args.output, weights=args.weights, overrides=parse_overrides(args.set),
                     strategy=args.strategy, seed=args.seed, tta=not args.no_tta, keep_probabilities=args.keep_probabilities,
-                    safe=args.safe)
+                    safe=args.safe, precision=args.precision, device=args.device)
     print(f"{len(rows)} case(s) pre-labelled; review order in {args.output}/worklist.html ({args.strategy})")
     for row in rows[:10]:
         print(f"  {row['rank']:3d}  {row['case']:<30s} mean entropy {row['mean_entropy']:.3f}  "
@@ -69,6 +69,8 @@ def add_commands(commands: Any) -> None:
     pre.add_argument("--seed", type=int, default=0, help="seed of --strategy random")
     pre.add_argument("--no-tta", action="store_true", help="no flip TTA (8x faster; the uncertainty is then the plain softmax entropy)")
     pre.add_argument("--keep-probabilities", action="store_true", help="keep <case>_probabilities.npz (float16, large)")
+    pre.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="network precision (as for voxpipe infer)")
+    pre.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the network runs (as for voxpipe infer)")
     pre.add_argument("--safe", action="store_true", help="run the bundle in safe mode (known components only, no code)")
     pre.set_defaults(func=_cmd_prelabel)
     ing = verbs.add_parser("ingest", help="read corrected segmentations, keep original and final, write the edit-effort report")

@@ -70,6 +70,8 @@ def prelabel(
     tta: bool = True,
     keep_probabilities: bool = False,
     safe: bool = False,
+    precision: str | None = None,
+    device: str | None = None,
 ) -> list[dict[str, Any]]:
     """Pre-label ``inputs`` into ``workdir`` and rank them; the worklist rows, review order first.
 
@@ -100,7 +102,8 @@ def prelabel(
     if todo:
         try:
             infer_with_bundle(bundle, todo, output_dir=out, weights=weights, overrides=overrides, tta=tta,
-                              save_probabilities=True, dicom_seg=any(p.is_dir() for p in todo), progress=False, safe=safe)
+                              save_probabilities=True, dicom_seg=any(p.is_dir() for p in todo), progress=False, safe=safe,
+                              precision=precision, device=device)
         except InferenceFailed as error:
             failures = dict(error.failures)
     names = label_names(bundle)
@@ -116,7 +119,7 @@ def prelabel(
             figures = case_uncertainty(stored["probabilities"])
         if not keep_probabilities:
             probabilities_file.unlink()
-        thumbnail = _thumbnail(image, label.array, figures, root / "thumbnails" / f"{case}.png")
+        thumbnail = _thumbnail(image, label.array, label.affine, figures, root / "thumbnails" / f"{case}.png")
         row = {
             "case": case, "image": str(image.resolve()), "prelabel": str(seg_file.relative_to(root)),
             "mean_entropy": round(figures["mean_entropy"], 6), "uncertain_fraction": round(figures["uncertain_fraction"], 6),
@@ -157,29 +160,39 @@ def _ranked(rows: list[dict[str, Any]], strategy: str, seed: int) -> list[dict[s
     return [{"rank": r.pop("rank"), **r} for r in rows]
 
 
-def _thumbnail(image: Path, label: np.ndarray, figures: Mapping[str, Any], path: Path) -> Path:
-    """Two panels of the most uncertain slice: the image (CT window) with the pre-label's contours, and the entropy."""
+def _thumbnail(image: Path, label: np.ndarray, affine: np.ndarray, figures: dict[str, Any], path: Path) -> Path:
+    """Two panels of the most uncertain axial slice, in radiological convention (patient's right on the left,
+    anterior up): the image (CT window) with the pre-label's contours, and the entropy. Sets
+    ``figures["worst_slice"]`` to that slice's index along the inferior → superior axis."""
     import matplotlib
+    import nibabel as nib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from voxpipe.transforms.io import atomic_path
 
-    z = int(figures["worst_slice"])
+    orientation = nib.io_orientation(np.asarray(affine))  # storage axes → RAS
+    to_ras = lambda a: nib.apply_orientation(np.asarray(a), orientation)  # noqa: E731
+    label_ras, entropy_ras = to_ras(label), to_ras(figures["entropy"])
+    region = label_ras > 0
+    per_slice = (entropy_ras * (region | (entropy_ras > 0.1))).sum(axis=(0, 1))
+    z = int(per_slice.argmax())
+    figures["worst_slice"] = z
     try:
         volume = load_volume(image).array
-        plane = np.asarray(volume[:, :, z], dtype=np.float32) if volume.shape == label.shape else None
+        plane = np.asarray(to_ras(volume)[:, :, z], dtype=np.float32) if volume.shape == label.shape else None
     except InputError:
         plane = None
+    view = lambda a: np.flipud(np.asarray(a).T)[:, ::-1]  # rows: anterior at the top; columns: patient's right on the left  # noqa: E731
     figure, axes = plt.subplots(1, 2, figsize=(4.8, 2.4), dpi=80)
     if plane is not None:
-        axes[0].imshow(np.clip(plane, -160, 240).T, cmap="gray", origin="lower")
-    for value, colour in zip(sorted(int(v) for v in np.unique(label[:, :, z]) if v), ("#f5a623", "#d0021b", "#4a90e2", "#7ed321"),
+        axes[0].imshow(view(np.clip(plane, -160, 240)), cmap="gray")
+    for value, colour in zip(sorted(int(v) for v in np.unique(label_ras[:, :, z]) if v), ("#f5a623", "#d0021b", "#4a90e2", "#7ed321"),
                              strict=False):
-        axes[0].contour((label[:, :, z] == value).T, levels=[0.5], colors=colour, linewidths=1.0, origin="lower")
-    axes[1].imshow(figures["entropy"][:, :, z].T, cmap="magma", vmin=0, vmax=1, origin="lower")
-    axes[0].set_title(f"slice {z}", fontsize=8)
+        axes[0].contour(view(label_ras[:, :, z] == value), levels=[0.5], colors=colour, linewidths=1.0)
+    axes[1].imshow(view(entropy_ras[:, :, z]), cmap="magma", vmin=0, vmax=1)
+    axes[0].set_title(f"axial slice {z}", fontsize=8)
     axes[1].set_title("entropy", fontsize=8)
     for axis in axes:
         axis.set_axis_off()

@@ -24,8 +24,7 @@ def case_uncertainty(probabilities: np.ndarray) -> dict[str, Any]:
 
     Returns:
         ``mean_entropy`` (normalised, over the region), ``uncertain_fraction`` (of the region above
-        :data:`UNCERTAIN`), ``region_voxels`` and ``worst_slice`` (the z index with the most entropy
-        in the region).
+        :data:`UNCERTAIN`), ``region_voxels``, and ``entropy`` (the normalised entropy map) for the thumbnail.
     """
     p = np.asarray(probabilities, dtype=np.float32)
     classes = p.shape[0]
@@ -37,11 +36,9 @@ def case_uncertainty(probabilities: np.ndarray) -> dict[str, Any]:
     region = (p[0] < 1.0 - FOREGROUND_FLOOR) | (p.argmax(0) > 0)
     count = int(region.sum())
     inside = entropy[region]
-    per_slice = (entropy * region).sum(axis=(0, 1))
     return {
         "mean_entropy": float(inside.mean()) if count else 0.0,
         "uncertain_fraction": float((inside > UNCERTAIN).mean()) if count else 0.0,
         "region_voxels": count,
-        "worst_slice": int(per_slice.argmax()) if count else int(p.shape[3] // 2),
         "entropy": entropy,
     }
