@@ -17,9 +17,7 @@ edit); HD95 is empty when only one side is empty (infinite distance).
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import json
 import logging
 import os
@@ -251,14 +249,10 @@ def _format(value: Any) -> str:
 
 
 def _write_report(root: Path, rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
-    writer.writeheader()
-    writer.writerows({k: _format(v) for k, v in row.items()} for row in rows)
-    write_text_atomic(root / "edit_effort.csv", buffer.getvalue())
+    from voxpipe.pipelines.training.handlers import rows_to_csv
+
+    write_text_atomic(root / "edit_effort.csv", rows_to_csv([{k: _format(v) for k, v in row.items()} for row in rows]))
+    columns = list(dict.fromkeys(k for row in rows for k in row))
     write_text_atomic(root / "edit_effort.json", json.dumps({"summary": summary, "cases": rows}, indent=2) + "\n")
     shown = [c for c in columns if c != "correction"]
     table = "".join("<tr>" + "".join(f"<td>{html.escape(_format(row.get(c)))}</td>" for c in shown) + "</tr>" for row in rows)

@@ -20,9 +20,7 @@ Layout of ``WORKDIR``::
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import json
 import logging
 import os
@@ -205,14 +203,10 @@ def _thumbnail(image: Path, label: np.ndarray, affine: np.ndarray, figures: dict
 
 def _write_worklist(root: Path, rows: list[dict[str, Any]], *, strategy: str, done: list[str], failures: Mapping[str, str],
                     round_: int) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns or ["rank", "case"], restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(root / "worklist.csv", buffer.getvalue())
+    from voxpipe.pipelines.training.handlers import rows_to_csv
+
+    write_text_atomic(root / "worklist.csv", rows_to_csv(rows) if rows else "rank,case\n")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
     volume_columns = [c for c in columns if c.endswith("_ml")]
     body = []
     for row in rows:
