@@ -21,7 +21,7 @@ from voxpipe.errors import GeometryError, InputError
 from voxpipe.metrics import dice
 from voxpipe.metrics.surface import hausdorff, surface_distances
 from voxpipe.phantoms.ct import liver_phantom
-from voxpipe.pipelines.annotation.ingest import IngestFailed, ingest, lesion_edits
+from voxpipe.pipelines.annotation.ingest import IngestFailed, ingest, lesion_edits, read_correction
 from voxpipe.pipelines.annotation.prelabel import prelabel
 from voxpipe.transforms.io import load_volume, place_on_grid, save_nifti, write_volume
 from voxpipe.transforms.slicer_seg import read_slicer_seg, write_slicer_seg
@@ -88,19 +88,17 @@ def test_seg_nrrd_that_slicer_saved_cropped_and_layered_lands_on_the_grid(tmp_pa
     cropped_origin = lps @ np.array([box[0].start, box[1].start, box[2].start, 1.0])
     ijk_to_lps = lps.copy()
     ijk_to_lps[:, 3] = cropped_origin
-    # Two segments in two layers (Slicer does this when segments overlap or were imported separately).
-    layers = np.stack([(phantom.label[box] == 1).astype(np.uint8), (phantom.label[box] == 2).astype(np.uint8)])
+    # Two segments in two layers, overlapping: a liver painted over its tumour (Slicer allows it).
+    layers = np.stack([(phantom.label[box] > 0).astype(np.uint8), (phantom.label[box] == 2).astype(np.uint8)])
     segmentation = {"voxels": layers, "ijkToLPS": ijk_to_lps, "encoding": "gzip", "containedRepresentationNames": ["Binary labelmap"],
                     "masterRepresentation": "Binary labelmap", "referenceImageExtentOffset": [0, 0, 0],
                     "segments": [{"id": "Segment_1", "name": "Liver", "labelValue": 1, "layer": 0, "color": [1, 0, 0]},
                                  {"id": "Segment_2", "name": "tumour", "labelValue": 1, "layer": 1, "color": [0, 1, 0]}]}
     slicerio.write_segmentation(str(tmp_path / "cropped.seg.nrrd"), segmentation)
-    seg = read_slicer_seg(tmp_path / "cropped.seg.nrrd")
-    placed = place_on_grid(seg.label, seg.affine, phantom.label.shape, phantom.affine, path=seg.path)
-    remapped = np.zeros_like(placed)
-    for number, name in seg.names.items():
-        remapped[placed == number] = {"liver": 1, "tumour": 2}[name.lower()]
-    assert np.array_equal(remapped, phantom.label)
+    label = read_correction(tmp_path / "cropped.seg.nrrd", names=NAMES, shape=phantom.label.shape, affine=phantom.affine)
+    assert np.array_equal(label, phantom.label)  # cropped extent placed back; the tumour wins over the liver
+    with pytest.raises(InputError, match="overlap"):
+        read_slicer_seg(tmp_path / "cropped.seg.nrrd")  # as one label map of its own, overlaps are an error
 
 
 def test_place_on_grid_is_exact_or_refuses():
@@ -260,3 +258,16 @@ def test_a_simulated_round_of_active_learning_raises_dice_on_the_remaining_cases
     assert len(result["corrected"]) == 3 and len(result["remaining"]) == 3
     assert result["edit_effort"]["cases"] == 3
     assert result["dice_after"]["liver"] > result["dice_before"]["liver"] + 0.05
+
+
+def test_segmentations_saved_by_slicer_itself_are_read_as_slicer_reads_them():
+    slicerio = pytest.importorskip("slicerio")
+    path = slicerio.get_testdata_file("Segmentation.seg.nrrd")  # saved by 3D Slicer; shipped with slicerio
+    theirs = slicerio.read_segmentation(path)
+    mine = read_slicer_seg(path)
+    assert list(mine.names.values()) == [s["name"] for s in theirs["segments"]]
+    for value, name in mine.names.items():
+        assert np.array_equal(mine.label == value, slicerio.segment_mask(theirs, slicerio.segment_from_name(theirs, name)) > 0)
+    assert np.allclose(np.diag([-1.0, -1.0, 1.0, 1.0]) @ theirs["ijkToLPS"], mine.affine)
+    with pytest.raises(InputError, match="'tissue' and 'overlapping sphere' overlap"):
+        read_slicer_seg(slicerio.get_testdata_file("SegmentationOverlapping.seg.nrrd"))

@@ -15,8 +15,9 @@ a named, coloured segment over the image.
 Reading: what Slicer saves. That is 3D single-layer files, or 4D files with overlapping segments in
 several layers (the first axis of kind ``list``). The stored array may be cropped to the segments'
 extent, so its own origin is used (the caller places it on the image grid, exactly or not at all).
-Each segment becomes the label value of its ``LabelValue`` in its ``Layer``. Voxels that two segments
-claim are an error: a label map cannot hold both.
+Each segment is the voxels of its ``LabelValue`` in its ``Layer``
+(:func:`read_slicer_segments`). :func:`read_slicer_seg` makes one label map of them, and there
+voxels that two segments claim are an error.
 """
 
 from __future__ import annotations
@@ -119,11 +120,14 @@ def is_slicer_seg(path: str | os.PathLike[str]) -> bool:
     return Path(path).name.lower().endswith(".seg.nrrd")
 
 
-def read_slicer_seg(path: str | os.PathLike[str]) -> SlicerSegmentation:
-    """Read a Slicer segmentation (3D, or 4D with layers) as a label map on its own grid.
+def read_slicer_segments(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every segment of a Slicer segmentation (3D, or 4D with layers) as a mask on the file's own grid.
+
+    Returns:
+        ``({segment name: boolean mask (x, y, z)}, RAS affine)``, in the file's segment order.
 
     Raises:
-        InputError: not readable, no segments, a segment without a label value, or overlapping segments.
+        InputError: not readable, no segments, a segment without an integer label value or layer.
     """
     import nrrd
 
@@ -151,17 +155,15 @@ def read_slicer_seg(path: str | os.PathLike[str]) -> SlicerSegmentation:
         lps = LPS_TO_RAS @ lps
     elif space not in ("left-posterior-superior", "lps"):
         raise InputError(f"{str(path)!r}: expected space LPS or RAS, found {space!r}")
-    affine = LPS_TO_RAS @ lps
-    segments = {}
+    segments: dict[int, dict[str, str]] = {}
     for key, value in header.items():
         if key.startswith("Segment") and "_" in key and key[len("Segment"):key.index("_")].isdigit():
             index, field = int(key[len("Segment"):key.index("_")]), key[key.index("_") + 1:]
             segments.setdefault(index, {})[field] = str(value)
     if not segments:
         raise InputError(f"{str(path)!r}: expected Slicer segment fields (Segment0_Name, Segment0_LabelValue, ...), found none")
-    label = np.zeros(layers.shape[1:], dtype=np.uint16)
-    names: dict[int, str] = {}
-    for number, (index, fields) in enumerate(sorted(segments.items()), start=1):
+    masks: dict[str, np.ndarray] = {}
+    for index, fields in sorted(segments.items()):
         name = fields.get("Name", fields.get("ID", f"Segment_{index}"))
         try:
             value, layer = int(fields.get("LabelValue", 1)), int(fields.get("Layer", 0))
@@ -170,7 +172,24 @@ def read_slicer_seg(path: str | os.PathLike[str]) -> SlicerSegmentation:
                              f"{fields.get('LabelValue')!r}, {fields.get('Layer')!r}") from None
         if not 0 <= layer < layers.shape[0]:
             raise InputError(f"{str(path)!r}: segment {name!r}: layer {layer} does not exist (the file has {layers.shape[0]})")
-        mask = layers[layer] == value
+        if name in masks:
+            raise InputError(f"{str(path)!r}: two segments are named {name!r}; expected unique names")
+        masks[name] = layers[layer] == value
+    return masks, LPS_TO_RAS @ lps
+
+
+def read_slicer_seg(path: str | os.PathLike[str]) -> SlicerSegmentation:
+    """Read a Slicer segmentation as one label map on its own grid (segments numbered 1.. in file order).
+
+    Raises:
+        InputError: as :func:`read_slicer_segments`, or segments that overlap (a label map holds one
+            label per voxel; :func:`voxpipe.pipelines.annotation.ingest.read_correction` resolves overlaps by
+            the bundle's label order instead).
+    """
+    masks, affine = read_slicer_segments(path)
+    label = np.zeros(next(iter(masks.values())).shape, dtype=np.uint16)
+    names: dict[int, str] = {}
+    for number, (name, mask) in enumerate(masks.items(), start=1):
         clash = mask & (label > 0)
         if clash.any():
             other = names[int(label[clash][0])]
@@ -178,4 +197,4 @@ def read_slicer_seg(path: str | os.PathLike[str]) -> SlicerSegmentation:
                              "expected non-overlapping segments (a label map holds one label per voxel)")
         label[mask] = number
         names[number] = name
-    return SlicerSegmentation(path, label, affine, names)
+    return SlicerSegmentation(Path(path), label, affine, names)

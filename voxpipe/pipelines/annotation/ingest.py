@@ -1,6 +1,7 @@
 """``voxpipe annotate ingest``: take the reviewer's corrections in, keep both versions, and measure the edit.
 
-Corrections may be 3D Slicer ``.seg.nrrd`` files (segments mapped back to label values by *name*),
+Corrections may be 3D Slicer ``.seg.nrrd`` files (segments mapped back to label values by *name*;
+overlapping segments, which Slicer allows, resolve to the higher label value: a tumour inside its organ),
 DICOM-SEG (by segment label), or label-map images (NIfTI, NRRD, MHA: values as they are), one per
 case, named after the case. Each must lie on the image's voxel grid: a cropped or re-oriented
 lattice is placed exactly (:func:`voxpipe.transforms.io.place_on_grid`), and any other grid is
@@ -63,7 +64,7 @@ def read_correction(path: Path, *, names: Mapping[int, str], shape: tuple[int, .
     """
     from voxpipe.transforms.dicom_seg import is_dicom_seg, read_seg, seg_to_label_map
     from voxpipe.transforms.io import place_on_grid
-    from voxpipe.transforms.slicer_seg import is_slicer_seg, read_slicer_seg
+    from voxpipe.transforms.slicer_seg import is_slicer_seg, read_slicer_segments
 
     by_name = {name.strip().casefold(): int(value) for value, name in names.items()}
     expected = ", ".join(f"{names[v]!r}" for v in sorted(names))
@@ -81,8 +82,19 @@ def read_correction(path: Path, *, names: Mapping[int, str], shape: tuple[int, .
         return lookup[own]
 
     if is_slicer_seg(path):
-        seg = read_slicer_seg(path)
-        return remap(place_on_grid(seg.label, seg.affine, shape, affine, path=path), seg.names)
+        masks, own_affine = read_slicer_segments(path)
+        unknown = [name for name, mask in masks.items() if name.strip().casefold() not in by_name and mask.any()]
+        if unknown:
+            raise InputError(f"{str(path)!r}: segment {unknown[0]!r} is not a structure of this bundle; expected "
+                             f"segments named {expected}", hint="rename the segment in Slicer, or delete it")
+        # Overlapping segments (Slicer allows them: a liver painted over its tumour) resolve by label value,
+        # the higher wins: the MSD/LiTS convention of a tumour inside its organ.
+        label = np.zeros(tuple(shape), dtype=np.uint16)
+        known = sorted(((by_name[n.strip().casefold()], m) for n, m in masks.items() if n.strip().casefold() in by_name),
+                       key=lambda item: item[0])
+        for value, mask in known:
+            label[place_on_grid(mask.astype(np.uint8), own_affine, shape, affine, path=path) > 0] = value
+        return label
     if path.suffix.lower() == ".dcm":
         if not is_dicom_seg(path):
             raise InputError(f"{str(path)!r}: expected a DICOM-SEG (Modality SEG), found another DICOM object or no DICOM")
