@@ -1,4 +1,5 @@
-"""``voxpipe evaluate``: challenge-grade metrics of a prediction folder against references."""
+"""``voxpipe evaluate`` (segmentations: challenge-grade metrics against references) and
+``voxpipe evaluate-detections`` (nodule candidates: FROC and CPM by the LUNA16 rules)."""
 
 from __future__ import annotations
 
@@ -77,3 +78,46 @@ def add_commands(commands: Any) -> None:
     evaluate.add_argument("--run", help="with --report: a training run folder whose metrics.csv gives the curves")
     evaluate.add_argument("--images", help="with --report: folder of the cases' images (same case ids) drawn under the overlays")
     evaluate.set_defaults(func=_cmd_evaluate)
+    _add_detections(commands)
+
+
+def _cmd_evaluate_detections(args: argparse.Namespace) -> int:
+    from voxpipe.pipelines.evaluation.detections import evaluate_detections
+
+    result = evaluate_detections(args.candidates, args.annotations, output_dir=args.output, excluded=args.excluded,
+                                 seriesuids=args.seriesuids, n_bootstrap=args.bootstrap, seed=args.seed,
+                                 max_marks=args.max_marks)
+    ci = result.ci.get("sensitivity_ci95", {})
+    print(f"{result.n_scans} scans, {result.n_nodules} nodules: {result.true_positives} detected, {result.false_negatives} "
+          f"missed; {result.false_positives} false positives ({result.ignored_on_excluded} on excluded findings and "
+          f"{result.ignored_double_hits} double hits ignored)")
+    print("FPs/scan  sensitivity  95% CI")
+    for rate, value in result.sensitivity_at.items():
+        interval = ci.get(str(rate))
+        print(f"{rate:8g}  {value:11.3f}  " + (f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""))
+    cpm_ci = result.ci.get("cpm_ci95")
+    print(f"CPM {result.cpm:.3f}" + (f"  95% CI [{cpm_ci[0]:.3f}, {cpm_ci[1]:.3f}] ({result.ci['bootstrap_samples']} "
+                                     "bootstrap resamples of the scans)" if cpm_ci else ""))
+    print(f"wrote {args.output}/summary.json, froc.csv, froc.png, froc.html")
+    return 0
+
+
+def _add_detections(commands: Any) -> None:
+    detections = commands.add_parser(
+        "evaluate-detections", help="nodule detection by the LUNA16 rules: FROC, CPM with bootstrap CIs",
+        description="Scores a LUNA16 candidate list (seriesuid,coordX,coordY,coordZ,probability; world mm) against "
+        "annotations.csv (seriesuid,coordX,coordY,coordZ,diameter_mm) as noduleCADEvaluationLUNA16.py does: a hit is "
+        "a candidate centre inside a nodule's sphere, several hits on one nodule count once, hits on excluded findings "
+        "are ignored, at most 100 candidates per scan, FPs per scan over all listed scans; CPM = mean sensitivity at "
+        "1/8 ... 8 FPs per scan.",
+    )  # fmt: skip
+    detections.add_argument("candidates", help="candidates CSV (LUNA16 format)")
+    detections.add_argument("annotations", help="annotations CSV (LUNA16 annotations.csv)")
+    detections.add_argument("--excluded", help="annotations_excluded.csv: findings whose hits are neither TP nor FP")
+    detections.add_argument("--seriesuids", help="CSV of the scans evaluated, one UID per row (default: every scan in "
+                            "the annotations or the candidates)")
+    detections.add_argument("-o", "--output", required=True, help="folder for summary.json, froc.csv, froc.png, froc.html")
+    detections.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the scans for the CIs (default 1000; 0: none)")
+    detections.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    detections.add_argument("--max-marks", type=int, default=100, help="candidates kept per scan, highest first (default 100, as LUNA16)")
+    detections.set_defaults(func=_cmd_evaluate_detections)
