@@ -145,3 +145,15 @@ def test_convert_dicom_series_to_nifti_keeps_geometry(tmp_path, lps_phantom, cap
     assert np.allclose(converted.affine, lps_phantom.affine, atol=1e-5)
     assert main(["data", "convert", str(tmp_path / "missing"), "-o", str(tmp_path / "x.nii.gz")]) == 2
     assert "missing" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
+
+
+def test_atomic_outputs_get_the_mode_of_a_plain_file(tmp_path):
+    import os
+    import stat
+
+    from voxpipe.transforms.io import write_text_atomic
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = write_text_atomic(tmp_path / "out.json", "{}")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -245,12 +245,17 @@ def sitk_affine(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
     return LPS_TO_RAS @ affine
 
 
+_UMASK = os.umask(0)  # read once, at import (setting it back at once); reading it later would race with threads
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` (same suffix); rename it onto ``target`` on success.
 
     On any exception the temporary file is removed and ``target`` is left untouched, so a crash or
-    a kill never leaves a half-written output under the final name.
+    a kill never leaves a half-written output under the final name. The file gets the usual mode
+    (``0666`` less the umask), not the temporary file's ``0600``.
     """
     target = Path(target)
     if target.is_dir():
@@ -274,6 +279,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         try:
             yield tmp
+            if tmp.exists():  # mkstemp makes 0600 files; an output gets the mode a plain open() would give it
+                os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, target)
         except OSError as error:
             if error.errno is None:
