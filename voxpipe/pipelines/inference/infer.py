@@ -184,6 +184,7 @@ def infer_with_bundle(
     progress: bool | None = None,
     device: str | None = None,
     safe: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> list[Path]:
     """Segment every input image; one ``<case id>.<format>`` per image on the image's exact grid.
 
@@ -209,6 +210,10 @@ def infer_with_bundle(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (the config's ``device#preference``).
         safe: run the bundle in safe mode (known component kinds only, no code;
             :mod:`voxpipe.pipelines.bundles.safety`).
+        shard: ``(k, n)``: run only the k-th of n shards (1 ≤ k ≤ n) of the inputs, every n-th case
+            from the k-th on, in input order (:func:`parse_shard`, :func:`shard_from_environment`).
+            Shards write into one output folder; each merges the statistics of all shards finished so
+            far, so the last one to finish leaves the complete ``statistics.csv``.
 
     Returns:
         Paths of the label maps (written or, with ``resume``, already present), in input order.
@@ -218,6 +223,13 @@ def infer_with_bundle(
         InferenceFailed: some cases failed; every other case was written first.
     """
     images = collect_inputs(inputs)
+    if shard is not None:
+        k, n = check_shard(shard)
+        total = len(images)
+        images = images[k - 1 :: n]
+        logger.info("shard %d/%d: %d of %d cases", k, n, len(images), total)
+        if not images:
+            return []
     if output_format == "dicom-seg":
         dicom_seg = True
         not_dicom = [str(p) for p in images if not p.is_dir()]
@@ -294,7 +306,7 @@ def infer_with_bundle(
     unwritten_summaries = ""
     try:
         if statistics and outputs:
-            _write_statistics(bundle_dir, overrides or {}, written, out_dir, output)
+            _write_statistics(bundle_dir, overrides or {}, written, out_dir, output, shard=shard)
         if dicom_seg:
             from voxpipe.transforms.dicom_seg import write_dicom_seg
 
@@ -313,6 +325,40 @@ def infer_with_bundle(
             outputs=outputs, failures=failures,
         )  # fmt: skip
     return outputs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` (1 ≤ K ≤ N) → ``(K, N)``.
+
+    Raises:
+        InputError: not of that form.
+    """
+    k, _, n = str(text).partition("/")
+    if not (k.strip().isdigit() and n.strip().isdigit()):
+        raise InputError(f"--shard: expected K/N with 1 <= K <= N (e.g. 2/8), found {text!r}")
+    return check_shard((int(k), int(n)))
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    k, n = (int(v) for v in shard)
+    if not 1 <= k <= n:
+        raise InputError(f"--shard: expected K/N with 1 <= K <= N (e.g. 2/8), found {k}/{n}")
+    return k, n
+
+
+def shard_from_environment() -> tuple[int, int] | None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): this rank's shard, ``(RANK + 1, WORLD_SIZE)``; else None.
+
+    With CUDA, each rank also takes its own GPU (``LOCAL_RANK``), so ``cuda`` means that GPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return int(os.environ.get("RANK", "0")) + 1, world
 
 
 def _checkpoint(bundle_dir: str | os.PathLike[str], weights: str | os.PathLike[str] | None) -> Path:
@@ -374,11 +420,11 @@ def label_names(bundle_dir: str | os.PathLike[str]) -> dict[int, str]:
 
 
 def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str, Any], images: list[Path], out_dir: Path,
-                      output: Any) -> None:
+                      output: Any, *, shard: tuple[int, int] | None = None) -> None:
     """Per-case statistics from the written label maps and their source images."""
     from monai.bundle import ConfigParser
 
-    from voxpipe.pipelines.inference.stats import case_statistics, write_statistics
+    from voxpipe.pipelines.inference.stats import case_statistics, write_shard_statistics, write_statistics
 
     config = ConfigParser.load_config_file(str(find_config(bundle_dir, "inference")))
     lesion_labels = overrides.get("lesion_labels", config.get("lesion_labels", []))
@@ -389,4 +435,7 @@ def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str
         source = load_volume(image)
         intensity = source.array if source.array.shape == label.array.shape else None
         per_case[case_id(image)] = case_statistics(label.array, label.affine, names=names, image=intensity, lesion_labels=lesion_labels)
-    write_statistics(per_case, out_dir)
+    if shard is None:
+        write_statistics(per_case, out_dir)
+    else:
+        write_shard_statistics(per_case, out_dir, shard)

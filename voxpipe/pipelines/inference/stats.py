@@ -105,3 +105,28 @@ def write_statistics(per_case: Mapping[str, Mapping[str, Any]], output_dir: str 
     writer.writeheader()
     writer.writerows(rows)
     return json_path, write_text_atomic(folder / "statistics.csv", buffer.getvalue())
+
+
+def write_shard_statistics(per_case: Mapping[str, Mapping[str, Any]], output_dir: str | os.PathLike[str],
+                           shard: tuple[int, int]) -> tuple[Path, Path]:
+    """One shard's statistics (``statistics-shard-K-of-N.json``), then ``statistics.csv``/``.json`` of all shards so far.
+
+    The merge runs under an exclusive lock on ``.statistics.lock`` in ``output_dir`` (``fcntl.flock``;
+    a local disk or an NFS that supports it). Every shard writes its part before it takes the lock,
+    so the last shard to merge sees every part: the final files cover all finished shards, whichever
+    finishes last. Parts of a run with another shard count are ignored.
+    """
+    import fcntl
+
+    folder = Path(output_dir)
+    k, n = shard
+    write_text_atomic(folder / f"statistics-shard-{k}-of-{n}.json", json.dumps(per_case, indent=2) + "\n")
+    with open(folder / ".statistics.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            merged: dict[str, Any] = {}
+            for part in sorted(folder.glob(f"statistics-shard-*-of-{n}.json")):
+                merged.update(json.loads(part.read_text()))
+            return write_statistics(dict(sorted(merged.items())), folder)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

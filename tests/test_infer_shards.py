@@ -1,0 +1,74 @@
+"""Sharded inference: shards K/N split the inputs; two torchrun ranks write what one process writes, case for case."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from helpers import OracleNet, label_image
+
+from voxpipe.errors import InputError
+from voxpipe.phantoms.ct import liver_phantom
+from voxpipe.pipelines.inference.infer import infer_with_bundle, parse_shard
+from voxpipe.transforms.io import write_volume
+
+ORACLE = {"network_def": {"_target_": "helpers.OracleNet"}, "patch_size": [32, 32, 16], "pixdim": [0.0, 0.0, 0.0]}
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shard_inputs")
+    for index in range(5):
+        phantom = liver_phantom(60 + index, size="tiny")
+        write_volume(label_image(phantom.label), phantom.affine, folder / f"case_{index}.nii.gz")
+    weights = folder.parent / "oracle.pt"
+    torch.save(OracleNet().state_dict(), weights)
+    return folder, weights
+
+
+def test_shards_are_parsed_strictly():
+    assert parse_shard("2/8") == (2, 8) and parse_shard("1/1") == (1, 1)
+    for bad in ("0/4", "5/4", "2", "a/b", "-1/3", "1/0"):
+        with pytest.raises(InputError, match="K/N"):
+            parse_shard(bad)
+
+
+def test_shards_split_the_inputs_and_merge_their_statistics(liver_bundle, inputs, tmp_path):
+    folder, weights = inputs
+    written = [infer_with_bundle(liver_bundle, [folder], output_dir=tmp_path / "out", weights=weights, overrides=ORACLE,
+                                 shard=(k, 2), progress=False) for k in (1, 2)]
+    assert [p.name for p in written[0]] == ["case_0.nii.gz", "case_2.nii.gz", "case_4.nii.gz"]
+    assert [p.name for p in written[1]] == ["case_1.nii.gz", "case_3.nii.gz"]
+    merged = json.loads((tmp_path / "out" / "statistics.json").read_text())
+    assert sorted(merged) == [f"case_{i}" for i in range(5)]
+    assert sorted(json.loads((tmp_path / "out" / "statistics-shard-2-of-2.json").read_text())) == ["case_1", "case_3"]
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_write_what_one_process_writes(liver_bundle, inputs, tmp_path):
+    folder, weights = inputs
+    single = infer_with_bundle(liver_bundle, [folder], output_dir=tmp_path / "single", weights=weights, overrides=ORACLE,
+                               progress=False)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "voxpipe.cli",
+               "infer", str(liver_bundle), str(folder), "-o", str(tmp_path / "ranks"), "--weights", str(weights),
+               "--no-progress", "--set", f"network_def={json.dumps(ORACLE['network_def'])}",
+               "--set", "patch_size=[32, 32, 16]", "--set", "pixdim=[0.0, 0.0, 0.0]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "(shard 1/2)" in done.stdout and "(shard 2/2)" in done.stdout
+    for path in single:
+        mine, theirs = nib.load(path), nib.load(tmp_path / "ranks" / path.name)
+        assert np.array_equal(np.asanyarray(mine.dataobj), np.asanyarray(theirs.dataobj)) and np.allclose(mine.affine, theirs.affine)
+    with (tmp_path / "single" / "statistics.csv").open() as a, (tmp_path / "ranks" / "statistics.csv").open() as b:
+        assert list(csv.DictReader(a)) == list(csv.DictReader(b))
