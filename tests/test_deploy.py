@@ -363,10 +363,13 @@ def _check_results_in_orthanc(orthanc, tmp_path, phantom, source: Path, node_dir
     assert np.array_equal(seg_to_label_map(read_seg(seg_file), shape, affine), phantom.label)
     series_uid = pydicom.dcmread(next(source.glob("*.dcm"))).SeriesInstanceUID
     assert pydicom.dcmread(seg_file).ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
-    statistics = json.loads((node_dir / "results" / series_uid / "statistics.json").read_text())[series_uid]
+    import csv
+
+    [row] = list(csv.DictReader((node_dir / "results" / series_uid / "statistics.csv").open()))
     report = read_report_volumes(sr_file)
-    assert report["segment 1: liver"]["Volume"] == pytest.approx(statistics["liver"]["volume_ml"], rel=1e-5)
-    assert report["segment 2: tumour"]["Volume"] == pytest.approx(statistics["tumour"]["volume_ml"], rel=1e-5)
+    assert report["segment 1: liver"]["Volume"] == pytest.approx(float(row["liver_volume_ml"]), rel=1e-5)
+    assert report["segment 2: tumour"]["Volume"] == pytest.approx(float(row["tumour_volume_ml"]), rel=1e-5)
+    assert report["segment 2: tumour"]["Count"] == float(row["tumour_lesion_count"])
 
 
 @pytest.mark.slow
