@@ -40,6 +40,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    if args.task == "nodules-ct":
+        from voxpipe.phantoms.chest import write_nodule_ct_dataset
+
+        n = 10 if args.n_train is None else args.n_train
+        root = write_nodule_ct_dataset(args.output, n=n, seed=args.seed, size=args.size)
+        print(f"wrote {n} chest CTs with nodules (LUNA16 layout: images/, annotations.csv, annotations_excluded.csv, "
+              f"seriesuids.csv; world mm, LPS): {root}")
+        return 0
     if args.task == "nodules":
         from voxpipe.phantoms.nodules import write_nodule_dataset
 
@@ -70,12 +78,14 @@ def add_commands(commands: Any) -> None:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
-    synth = commands.add_parser("synth", help="write a synthetic CT dataset: liver/lung phantoms (MSD layout) or nodule patches")
-    synth.add_argument("task", choices=["liver", "lung", "nodules"],
+    synth = commands.add_parser("synth", help="write a synthetic CT dataset: liver/lung phantoms (MSD layout), nodule "
+                                "patches, or chest CTs with annotated nodules (LUNA16 layout)")
+    synth.add_argument("task", choices=["liver", "lung", "nodules", "nodules-ct"],
                        help="liver: MSD Task03 labels; lung: MSD Task06 labels + lung masks; "
-                       "nodules: benign/malignant nodule patches with masks (dataset.json + labels.csv)")
+                       "nodules: benign/malignant nodule patches with masks (dataset.json + labels.csv); "
+                       "nodules-ct: chest CTs with 0-6 nodules of 3-30 mm, annotations.csv in world mm (LPS) as LUNA16")
     synth.add_argument("-o", "--output", required=True, help="dataset folder to write")
-    synth.add_argument("--n-train", type=int, help="training cases (default: 16 phantoms, 200 nodule patches)")
+    synth.add_argument("--n-train", type=int, help="training cases (default: 16 phantoms, 200 nodule patches, 10 chest CTs)")
     synth.add_argument("--n-test", type=int, help="test cases (default: 4 phantoms, 100 nodule patches)")
     synth.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     synth.add_argument("--size", choices=["default", "tiny"], default="default",
