@@ -39,3 +39,16 @@ def test_annotations_are_world_lps_centres_that_simpleitk_maps_onto_the_nodule(t
     result = luna16_froc(perfect, truth, excluded=read_findings(root / "annotations_excluded.csv", value="diameter_mm"),
                          seriesuids=read_seriesuids(root / "seriesuids.csv"), n_bootstrap=0)
     assert result.cpm == 1.0 and result.false_positives == 0
+
+
+def test_box_files_hold_each_nodule_in_world_mm(tmp_path):
+    from voxpipe.transforms.boxes import read_boxes_json
+
+    root = write_nodule_ct_dataset(tmp_path / "nct", n=2, seed=5, size="tiny")
+    rows = list(csv.DictReader((root / "annotations.csv").open()))
+    for uid in read_seriesuids(root / "seriesuids.csv"):
+        boxes, space, items = read_boxes_json(root / "boxes" / f"{uid}.json")
+        centres = [np.array([float(r[k]) for k in ("coordX", "coordY", "coordZ")]) for r in rows if r["seriesuid"] == uid]
+        assert space == "world_lps" and len(boxes) == len(centres)
+        for box, centre in zip(boxes, centres, strict=True):  # the centre of mass lies inside its box
+            assert np.all(box[:3] <= centre) and np.all(centre <= box[3:])

@@ -15,7 +15,8 @@ as LUNA16 excludes them.
 Coordinates follow LUNA16: ``coordX, coordY, coordZ`` are the nodule centre in world mm in the
 image's LPS physical space (ITK's, as in the ``.mhd`` files), and ``diameter_mm`` is the diameter of
 the sphere of the same volume. ``instances/<uid>.nii.gz`` is the instance label map (nodule i → i,
-in CSV order) on the image grid. Images are ``.mha`` files named by series UID.
+in CSV order) on the image grid, and ``boxes/<uid>.json`` the nodules' boxes in world mm
+(``world_lps``, ``cccwhd``; :mod:`voxpipe.transforms.boxes`). Images are ``.mha`` files named by series UID.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from voxpipe.transforms.boxes import boxes_from_instances, voxel_boxes_to_world, write_boxes_json
 from voxpipe.transforms.io import LPS_TO_RAS, atomic_path, save_nifti, write_text_atomic, write_volume
 
 KINDS = ("solid", "part-solid", "calcified")
@@ -149,7 +151,7 @@ def chest_case(seed: int, *, size: str = "default", max_nodules: int = 6) -> Che
 def write_nodule_ct_dataset(output_dir: str | os.PathLike[str], *, n: int = 10, seed: int = 0, size: str = "default") -> Path:
     """Write ``n`` chest CTs with nodules in the LUNA16 layout; the folder.
 
-    Files: ``images/<uid>.mha``, ``instances/<uid>.nii.gz``, ``annotations.csv``,
+    Files: ``images/<uid>.mha``, ``instances/<uid>.nii.gz``, ``boxes/<uid>.json``, ``annotations.csv``,
     ``annotations_excluded.csv``, ``seriesuids.csv``, ``nodules.json`` (kind, location and voxel
     count of every nodule; the coordinate convention).
     """
@@ -159,6 +161,10 @@ def write_nodule_ct_dataset(output_dir: str | os.PathLike[str], *, n: int = 10, 
         case = chest_case(seed * 1000 + index, size=size)
         write_volume(case.image, case.affine, root / "images" / f"{case.series_uid}.mha")
         save_nifti(case.instances, case.affine, root / "instances" / f"{case.series_uid}.nii.gz")
+        voxel_boxes, values = boxes_from_instances(case.instances)
+        write_boxes_json(root / "boxes" / f"{case.series_uid}.json", voxel_boxes_to_world(voxel_boxes, case.affine),
+                         space="world_lps", mode="cccwhd", labels=[1] * len(values), image=f"images/{case.series_uid}.mha",
+                         extra=[{"instance": int(v)} for v in values])
         uids.append(case.series_uid)
         for number, nodule in enumerate(case.nodules, start=1):
             rows.append([case.series_uid, *(f"{v:.6f}" for v in nodule["coord"]), f"{nodule['diameter_mm']:.6f}"])
