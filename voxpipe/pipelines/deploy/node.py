@@ -294,6 +294,8 @@ class DicomNode:
         try:
             ds = event.dataset
             uids = {k: str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+            if not uids["SOPInstanceUID"]:  # anonymisers blank it; the C-STORE request always names the instance
+                uids["SOPInstanceUID"] = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
             modality = str(ds.get("Modality", ""))
         except Exception as error:  # the dataset does not decode
             logger.warning("instance from %s refused: could not be decoded (%s)", calling, type(error).__name__)
