@@ -61,7 +61,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     manifest = write_msd_dataset(
         args.output, task=args.task, n_train=16 if args.n_train is None else args.n_train,
-        n_test=4 if args.n_test is None else args.n_test, seed=args.seed, size=args.size, progress=True,
+        n_test=4 if args.n_test is None else args.n_test, seed=args.seed, size=args.size, progress=True, fov=args.fov,
     )
     print(f"wrote {args.task} phantoms: {manifest}")
     return 0
@@ -90,4 +90,7 @@ def add_commands(commands: Any) -> None:
     synth.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     synth.add_argument("--size", choices=["default", "tiny"], default="default",
                        help="phantom size; nodule patches are 48³ (default) or 32³ (tiny) voxels at 1 mm")
+    synth.add_argument("--fov", choices=["phantom", "clinical"], default="phantom",
+                       help="liver/lung: clinical puts each phantom into clinical CT geometry (512 x 512 at 0.6-0.98 mm, "
+                            "1-5 mm slices, 100-600 slices, a table, optional arms, padding outside a circular field of view)")
     synth.set_defaults(func=_cmd_synth)

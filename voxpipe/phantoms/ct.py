@@ -520,8 +520,12 @@ def write_msd_dataset(
     size: str = "default",
     test_labels: bool = True,
     progress: bool = False,
+    fov: str = "phantom",
 ) -> Path:
     """Write a phantom dataset in the Medical Segmentation Decathlon layout.
+
+    ``fov="clinical"`` puts each phantom into clinical CT geometry (512 × 512, table, circular field
+    of view, 100–600 slices: :mod:`voxpipe.phantoms.clinical`); ``"phantom"`` keeps its own small grid.
 
     Layout: ``imagesTr/``, ``labelsTr/``, ``imagesTs/`` and ``dataset.json`` (name, modality
     ``{"0": "CT"}``, labels, ``training`` and ``test`` lists), all NIfTI ``.nii.gz``. Because phantoms
@@ -536,6 +540,8 @@ def write_msd_dataset(
         raise InputError(f"phantom task: expected one of {sorted(TASKS)}, found {task!r}")
     if size not in _SIZES:
         raise InputError(f"phantom size: expected one of {sorted(_SIZES)}, found {size!r}")
+    if fov not in ("phantom", "clinical"):
+        raise InputError(f"phantom field of view: expected phantom or clinical, found {fov!r}")
     if n_train < 0 or n_test < 0 or n_train + n_test == 0:
         raise InputError(f"phantom counts: expected n_train, n_test >= 0 and not both 0, found {n_train}, {n_test}")
     make, name, labels = TASKS[task]
@@ -544,6 +550,10 @@ def write_msd_dataset(
     cases = [(i, i < n_train) for i in range(n_train + n_test)]
     for index, is_train in tqdm(cases, desc=f"phantoms ({task})", disable=not progress, unit="case"):
         phantom = make((seed, index), size=size)
+        if fov == "clinical":
+            from voxpipe.phantoms.clinical import clinical_ct
+
+            phantom = clinical_ct(phantom, np.random.default_rng((seed, index, 512)))
         case = f"{task}_{index:03d}.nii.gz"
         split = "Tr" if is_train else "Ts"
         save_nifti(phantom.image, phantom.affine, root / f"images{split}" / case)
