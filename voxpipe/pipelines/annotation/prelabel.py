@@ -138,7 +138,7 @@ def prelabel(
         manifest["cases"][row["case"]] = {"image": row["image"], "label": f"prelabel/{row['case']}.nii.gz",
                                           "seg_nrrd": row["prelabel"]}
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
-    _write_worklist(root, rows, strategy=strategy, done=sorted(done), failures=failures, round_=manifest["round"])
+    _write_worklist(root, rows, strategy=strategy, done=sorted(done), failures=failures, round_=manifest["round"], tta=tta)
     if failures:
         listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures.items())
         raise InferenceFailed(f"{len(failures)} of {len(todo)} cases failed (the others are in {str(root / 'worklist.csv')!r}):"
@@ -202,7 +202,7 @@ def _thumbnail(image: Path, label: np.ndarray, affine: np.ndarray, figures: dict
 
 
 def _write_worklist(root: Path, rows: list[dict[str, Any]], *, strategy: str, done: list[str], failures: Mapping[str, str],
-                    round_: int) -> None:
+                    round_: int, tta: bool = True) -> None:
     from voxpipe.pipelines.training.handlers import rows_to_csv
 
     write_text_atomic(root / "worklist.csv", rows_to_csv(rows) if rows else "rank,case\n")
@@ -222,8 +222,9 @@ def _write_worklist(root: Path, rows: list[dict[str, Any]], *, strategy: str, do
         extra += f"<p>Already corrected (not listed): {html.escape(', '.join(done))}</p>"
     if failures:
         extra += "<p>Failed:</p><ul>" + "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in failures.items()) + "</ul>"
-    order = {"uncertainty": "most uncertain first (mean normalised entropy of the flip-TTA probabilities inside the "
-                            "possible foreground)", "random": "seeded random order", "first": "input order"}[strategy]
+    source = "flip-TTA probabilities" if tta else "probabilities (no TTA)"
+    order = {"uncertainty": f"most uncertain first (mean normalised entropy of the {source} inside the possible foreground)",
+             "random": "seeded random order", "first": "input order"}[strategy]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>voxpipe worklist</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;
 vertical-align:middle;font-size:14px}}th{{background:#f3f3f3}}small{{color:#777}}</style></head><body>
