@@ -72,3 +72,21 @@ def test_two_torchrun_ranks_write_what_one_process_writes(liver_bundle, inputs, 
         assert np.array_equal(np.asanyarray(mine.dataobj), np.asanyarray(theirs.dataobj)) and np.allclose(mine.affine, theirs.affine)
     with (tmp_path / "single" / "statistics.csv").open() as a, (tmp_path / "ranks" / "statistics.csv").open() as b:
         assert list(csv.DictReader(a)) == list(csv.DictReader(b))
+
+
+def test_timings_cover_every_stage_and_change_nothing(liver_bundle, inputs, tmp_path):
+    from voxpipe.pipelines.inference.timings import Timings
+
+    folder, weights = inputs
+    plain = infer_with_bundle(liver_bundle, [folder], output_dir=tmp_path / "plain", weights=weights, overrides=ORACLE,
+                              progress=False)
+    timings = Timings()
+    timed = infer_with_bundle(liver_bundle, [folder], output_dir=tmp_path / "timed", weights=weights, overrides=ORACLE,
+                              progress=False, timings=timings)
+    assert timings.cases == 5
+    assert {"load", "resample", "intensity", "network", "stitch", "invert", "post-process", "write", "statistics"} <= set(timings.seconds)
+    assert all(v >= 0 for v in timings.seconds.values()) and timings.seconds["network"] > 0
+    for a, b in zip(plain, timed, strict=True):
+        assert np.array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
+    written = json.loads(timings.write(tmp_path).read_text())
+    assert written["cases"] == 5 and "network" in written["seconds"] and "total" in timings.table()

@@ -14,13 +14,21 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     quiet_monai_bundle(args.verbose)
     shard = parse_shard(args.shard) if args.shard else shard_from_environment()
+    timings = None
+    if args.timings:
+        from voxpipe.pipelines.inference.timings import Timings
+
+        timings = Timings()
     outputs = infer_with_bundle(
         args.model, args.inputs, output_dir=args.output, weights=args.weights, overrides=parse_overrides(args.set),
         resume=args.resume, statistics=not args.no_statistics, dicom_seg=args.dicom_seg, output_format=args.format,
         precision=args.precision, tta=True if args.tta else None, compile=True if args.compile else None,
         save_probabilities=args.save_probabilities, progress=False if args.no_progress else True, device=args.device,
-        shard=shard,
+        shard=shard, timings=timings,
     )  # fmt: skip
+    if timings is not None:
+        print(timings.table())
+        print(f"wrote {timings.write(args.output)}")
     where = f" (shard {shard[0]}/{shard[1]})" if shard else ""
     print(f"{len(outputs)} label map(s) in {args.output}{where}" + ("" if args.no_statistics else " (+ statistics.csv, statistics.json)"))
     return 0
@@ -52,6 +60,9 @@ def add_commands(commands: Any) -> None:
                             "stitched on the GPU when it fits, else on the CPU")
     infer.add_argument("--no-progress", action="store_true", help="no progress bars over cases and windows")
     infer.add_argument("--resume", action="store_true", help="skip inputs whose output already exists (outputs are written atomically)")
+    infer.add_argument("--timings", action="store_true",
+                       help="print and write timings.json: seconds per stage (load, resample, intensity, network, stitch, "
+                            "invert, post-process, write, statistics)")
     infer.add_argument("--shard", metavar="K/N",
                        help="run only shard K of N (every N-th input from the K-th on; e.g. a SLURM array task); under "
                             "torchrun each rank takes its own shard (RANK+1 of WORLD_SIZE) without this option")

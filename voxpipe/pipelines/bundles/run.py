@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,7 @@ def run_bundle(
     validate: bool = False,
     run_id: str = "run",
     check_only: bool = False,
+    before_run: Callable[[ConfigWorkflow], None] | None = None,
 ) -> ConfigWorkflow:
     """Initialise, run and finalise a bundle's config(s) with MONAI's ``ConfigWorkflow``.
 
@@ -140,6 +141,8 @@ def run_bundle(
         check_only: stop after the checks that need no building (files, overrides, safe mode,
             validation): a long-running caller (``voxpipe serve``) refuses a bundle at start-up
             rather than at its first case.
+        before_run: called with the initialised workflow just before it runs (``voxpipe infer
+            --timings`` wraps its transforms and inferer there).
 
     Returns:
         The finished workflow (its ``parser`` gives access to the built components).
@@ -206,6 +209,8 @@ def run_bundle(
                     )
                 load_torch_file(wanted, mmap=True)  # a broken or hostile file is named here, not as the config's error
                 weights_in_use.append(str(wanted))
+            if before_run is not None:
+                before_run(workflow)
             workflow.run()
             workflow.finalize()
         except VoxpipeError:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,7 @@ def infer_with_bundle(
     device: str | None = None,
     safe: bool = False,
     shard: tuple[int, int] | None = None,
+    timings: Any = None,
 ) -> list[Path]:
     """Segment every input image; one ``<case id>.<format>`` per image on the image's exact grid.
 
@@ -214,6 +216,8 @@ def infer_with_bundle(
             from the k-th on, in input order (:func:`parse_shard`, :func:`shard_from_environment`).
             Shards write into one output folder; each merges the statistics of all shards finished so
             far, so the last one to finish leaves the complete ``statistics.csv``.
+        timings: a :class:`voxpipe.pipelines.inference.timings.Timings` to fill with the seconds of
+            each stage (load, resample, network, stitch, invert, post-process, write, statistics, ...).
 
     Returns:
         Paths of the label maps (written or, with ``resume``, already present), in input order.
@@ -273,7 +277,8 @@ def infer_with_bundle(
         before = {p: _stamp(output(p)) for p in pending}
         try:
             run_bundle(bundle_dir, config="inference", safe=safe,
-                       overrides={**values, "datalist": [{"image": str(p.resolve())} for p in pending]})
+                       overrides={**values, "datalist": [{"image": str(p.resolve())} for p in pending]},
+                       before_run=timings.instrument if timings is not None else None)
             pending = []
         except Exception as error:  # one case's failure must not cost the others
             fresh = [p for p in pending if _stamp(output(p)) != before[p]]
@@ -305,14 +310,20 @@ def infer_with_bundle(
     written = [p for p in images if str(p) not in failures]
     unwritten_summaries = ""
     try:
+        started = time.perf_counter()
         if statistics and outputs:
             _write_statistics(bundle_dir, overrides or {}, written, out_dir, output, shard=shard)
+        if timings is not None and statistics and outputs:
+            timings.add("statistics", time.perf_counter() - started)
+        started = time.perf_counter()
         if dicom_seg:
             from voxpipe.transforms.dicom_seg import write_dicom_seg
 
             for image in (p for p in written if p.is_dir() and p not in done):
                 label = load_volume(output(image), label=True)
                 write_dicom_seg(label.array, image, _seg_path(out_dir, image), names=label_names(bundle_dir))
+            if timings is not None:
+                timings.add("DICOM-SEG", time.perf_counter() - started)
     except Exception as error:
         machine = _machine_problem(error)
         if machine is None or not failures:

@@ -1,0 +1,161 @@
+"""``voxpipe infer --timings``: where the time of a run goes, stage by stage.
+
+Why our own: MONAI's ``Compose`` can log per-transform statistics but not their durations, and
+Ignite's timers see a whole iteration. Here the bundle's workflow is instrumented just before it
+runs (:func:`voxpipe.pipelines.bundles.run.run_bundle`'s ``before_run``):
+- every transform of its ``preprocessing`` and ``postprocessing`` Composes is wrapped in a timer;
+- so is its inferer. For voxpipe's ``FastSlidingWindowInferer`` the network and the stitching are
+  timed apart: windows run through a timed network.
+
+Stages, by transform class:
+- *load*: LoadVolumed, LoadImaged, EnsureChannelFirstd;
+- *resample*: Orientationd, Spacingd;
+- *intensity*: the other preprocessing transforms;
+- *network*: the forward passes;
+- *stitch*: the rest of the inferer (window grid, blending, TTA flips);
+- *invert*: Activationsd, ResampleArgmaxd, Invertd, AsDiscreted;
+- *post-process*: PostProcessd and MONAI's component filters;
+- *write*: SaveLabelLiked, SaveImaged;
+- *statistics* and *DICOM-SEG*: after the run.
+
+Durations are wall-clock, synchronised on CUDA, and summed over cases.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from voxpipe.transforms.io import write_text_atomic
+
+STAGES = ("load", "resample", "intensity", "network", "stitch", "invert", "post-process", "write", "statistics", "DICOM-SEG")
+_BY_CLASS = {
+    "LoadVolumed": "load", "LoadImaged": "load", "EnsureChannelFirstd": "load",
+    "Orientationd": "resample", "Spacingd": "resample",
+    "Activationsd": "invert", "ResampleArgmaxd": "invert", "Invertd": "invert", "AsDiscreted": "invert",
+    "PostProcessd": "post-process", "KeepLargestConnectedComponentd": "post-process",
+    "RemoveSmallObjectsd": "post-process", "FillHolesd": "post-process",
+    "SaveLabelLiked": "write", "SaveImaged": "write",
+}  # fmt: skip
+
+
+def _synchronise() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+class Timings:
+    """Seconds per stage over a run, and the number of cases."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.cases = 0
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def timed(self, stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _synchronise()
+                self.add(stage, time.perf_counter() - started)
+
+        return call
+
+    def instrument(self, workflow: Any) -> None:
+        """Wrap the transforms and the inferer of an initialised inference workflow (its config ids
+        ``preprocessing``, ``postprocessing``, ``evaluator``); ids a bundle lacks are left alone."""
+        parser = workflow.parser
+        for key, default in (("preprocessing", "intensity"), ("postprocessing", "post-process")):
+            if key not in parser:
+                continue
+            compose = parser.get_parsed_content(key)
+            transforms = getattr(compose, "transforms", None)
+            if not isinstance(transforms, (list, tuple)):
+                continue
+            wrapped = [_TimedTransform(t, _BY_CLASS.get(type(t).__name__, default), self) for t in transforms]
+            if key == "preprocessing" and wrapped:
+                wrapped[0].counts_cases = True
+            compose.transforms = type(transforms)(wrapped)
+        if "evaluator" in parser:
+            evaluator = parser.get_parsed_content("evaluator")
+            inferer = getattr(evaluator, "inferer", None)
+            if inferer is not None:
+                evaluator.inferer = _TimedInferer(inferer, self)
+
+    def table(self) -> str:
+        total = sum(self.seconds.values()) or 1.0
+        lines = [f"{'stage':<13}{'seconds':>9}{'per case':>10}{'share':>8}"]
+        for stage in [s for s in STAGES if s in self.seconds] + sorted(set(self.seconds) - set(STAGES)):
+            value = self.seconds[stage]
+            lines.append(f"{stage:<13}{value:9.2f}{value / max(self.cases, 1):10.2f}{100 * value / total:7.1f}%")
+        lines.append(f"{'total':<13}{sum(self.seconds.values()):9.2f}{sum(self.seconds.values()) / max(self.cases, 1):10.2f}"
+                     f"   ({self.cases} case(s))")
+        return "\n".join(lines)
+
+    def write(self, folder: Path) -> Path:
+        document = {"cases": self.cases, "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+                    "total_seconds": round(sum(self.seconds.values()), 4)}
+        return write_text_atomic(Path(folder) / "timings.json", json.dumps(document, indent=2) + "\n")
+
+
+class _TimedTransform:
+    """A transform of a Compose that adds its duration to a stage (attributes pass through)."""
+
+    def __init__(self, transform: Any, stage: str, timings: Timings) -> None:
+        self.transform, self.stage, self.timings = transform, stage, timings
+        self.counts_cases = False
+
+    def __call__(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.counts_cases:
+            self.timings.cases += 1
+        return self.timings.timed(self.stage, self.transform)(data, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transform, name)
+
+
+def _timed_network(network: Any, timings: Timings) -> Any:
+    """``network`` inside a module whose forward adds its duration to the *network* stage (``.to``,
+    ``torch.compile`` and channels-last conversion reach the wrapped module)."""
+    import torch
+
+    class TimedNetwork(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wrapped = network
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return timings.timed("network", self.wrapped)(*args, **kwargs)
+
+    return TimedNetwork()
+
+
+class _TimedInferer:
+    """The inferer, timed as a whole; its network calls timed apart (network vs stitch)."""
+
+    def __init__(self, inferer: Any, timings: Timings) -> None:
+        self.inferer, self.timings = inferer, timings
+        self._networks: dict[int, Any] = {}  # one wrapper per network, so a compiled inferer compiles once
+
+    def __call__(self, inputs: Any, network: Any, *args: Any, **kwargs: Any) -> Any:
+        before = self.timings.seconds.get("network", 0.0)
+        started = time.perf_counter()
+        timed = self._networks.setdefault(id(network), _timed_network(network, self.timings))
+        try:
+            return self.inferer(inputs, timed, *args, **kwargs)
+        finally:
+            _synchronise()
+            network_seconds = self.timings.seconds.get("network", 0.0) - before
+            self.timings.add("stitch", time.perf_counter() - started - network_seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inferer, name)
