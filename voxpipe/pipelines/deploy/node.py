@@ -380,6 +380,7 @@ class DicomNode:
 
         from voxpipe.pipelines.deploy.report import write_measurement_report
         from voxpipe.pipelines.inference.infer import infer_with_bundle, label_names
+        from voxpipe.pipelines.inference.timings import Timings
         from voxpipe.transforms.dicom import discover_series
         from voxpipe.transforms.dicom_seg import write_dicom_seg
         from voxpipe.transforms.io import case_id, load_volume
@@ -390,10 +391,12 @@ class DicomNode:
         if out.exists():  # what an interrupted run left; the results are made again (same UIDs)
             shutil.rmtree(out)
         screen_series(series, modality=self.modality)
+        timings = Timings()
         [label_path] = infer_with_bundle(
             self.bundle, [series], output_dir=out, weights=self.weights, overrides=self.overrides, safe=self.safe,
-            progress=False,
+            progress=False, timings=timings,
         )  # fmt: skip
+        self.store.update(uid, stage_seconds={k: round(v, 3) for k, v in timings.seconds.items()})
         names = label_names(self.bundle)
         seg_path, sr_path = out / "seg.dcm", out / "sr.dcm"
         write_dicom_seg(load_volume(label_path, label=True).array, series, seg_path, names=names,
