@@ -31,8 +31,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from voxpipe.transforms.boxes import boxes_from_instances, voxel_boxes_to_world, write_boxes_json
-from voxpipe.transforms.io import LPS_TO_RAS, atomic_path, save_nifti, write_text_atomic, write_volume
+from voxpipe.transforms.boxes import (
+    boxes_from_instances,
+    points_to_world,
+    voxel_boxes_to_world,
+    write_boxes_json,
+)
+from voxpipe.transforms.io import atomic_path, save_nifti, write_text_atomic, write_volume
 
 KINDS = ("solid", "part-solid", "calcified")
 LOCATIONS = ("isolated", "juxtapleural", "juxtavascular")
@@ -48,10 +53,6 @@ class ChestCase:
     instances: np.ndarray
     nodules: list[dict[str, Any]] = field(default_factory=list)
     excluded: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _world_lps(affine: np.ndarray, index: np.ndarray) -> np.ndarray:
-    return (LPS_TO_RAS @ affine @ np.r_[index, 1.0])[:3]
 
 
 def _sphere(shape: tuple[int, ...], spacing: np.ndarray, centre: np.ndarray, radius: float) -> tuple[tuple[slice, ...], np.ndarray]:
@@ -141,9 +142,9 @@ def chest_case(seed: int, *, size: str = "default", max_nodules: int = 6) -> Che
         instances[mask] = number
         centre = np.array(ndimage.center_of_mass(mask))
         diameter = 2 * (3 * mask.sum() * voxel_ml * 1000 / (4 * np.pi)) ** (1 / 3)
-        records.append({"coord": _world_lps(phantom.affine, centre), "diameter_mm": float(diameter), "kind": nodule["kind"],
+        records.append({"coord": points_to_world(centre, phantom.affine, space="world_lps")[0], "diameter_mm": float(diameter), "kind": nodule["kind"],
                         "location": nodule["location"], "voxels": int(mask.sum())})
-    skipped = [{"coord": _world_lps(phantom.affine, e["centre"]), "diameter_mm": e["diameter_mm"]} for e in excluded]
+    skipped = [{"coord": points_to_world(e["centre"], phantom.affine, space="world_lps")[0], "diameter_mm": e["diameter_mm"]} for e in excluded]
     uid = generate_uid(prefix="1.2.826.0.1.3680043.8.498.", entropy_srcs=["voxpipe chest phantom", str(seed), size])
     return ChestCase(uid, np.clip(np.round(hu), -1024, 3071).astype(np.int16), phantom.affine, instances, records, skipped)
 

@@ -69,29 +69,29 @@ def read_correction(path: Path, *, names: Mapping[int, str], shape: tuple[int, .
     by_name = {name.strip().casefold(): int(value) for value, name in names.items()}
     expected = ", ".join(f"{names[v]!r}" for v in sorted(names))
 
+    def value_of(name: str, present: bool) -> int | None:
+        """The bundle's label value for a segment name; an unknown name is refused unless its segment is empty."""
+        value = by_name.get(str(name).strip().casefold())
+        if value is None and present:
+            raise InputError(f"{str(path)!r}: segment {name!r} is not a structure of this bundle; expected "
+                             f"segments named {expected}", hint="rename the segment in Slicer, or delete it")
+        return value  # None: an empty segment the reviewer added and left empty
+
     def remap(own: np.ndarray, own_names: Mapping[int, str]) -> np.ndarray:
         lookup = np.zeros(int(max(own_names, default=0)) + 1, dtype=np.uint16)
         for number, name in own_names.items():
-            value = by_name.get(str(name).strip().casefold())
-            if value is None:
-                if np.any(own == number):
-                    raise InputError(f"{str(path)!r}: segment {name!r} is not a structure of this bundle; expected "
-                                     f"segments named {expected}", hint="rename the segment in Slicer, or delete it")
-                continue  # an empty segment the reviewer added and left empty
-            lookup[number] = value
+            value = value_of(name, bool(np.any(own == number)))
+            if value is not None:
+                lookup[number] = value
         return lookup[own]
 
     if is_slicer_seg(path):
         masks, own_affine = read_slicer_segments(path)
-        unknown = [name for name, mask in masks.items() if name.strip().casefold() not in by_name and mask.any()]
-        if unknown:
-            raise InputError(f"{str(path)!r}: segment {unknown[0]!r} is not a structure of this bundle; expected "
-                             f"segments named {expected}", hint="rename the segment in Slicer, or delete it")
+        values = {name: value_of(name, bool(mask.any())) for name, mask in masks.items()}
         # Overlapping segments (Slicer allows them: a liver painted over its tumour) resolve by label value,
         # the higher wins: the MSD/LiTS convention of a tumour inside its organ.
         label = np.zeros(tuple(shape), dtype=np.uint16)
-        known = sorted(((by_name[n.strip().casefold()], m) for n, m in masks.items() if n.strip().casefold() in by_name),
-                       key=lambda item: item[0])
+        known = sorted(((values[n], m) for n, m in masks.items() if values[n] is not None), key=lambda item: item[0])
         for value, mask in known:
             label[place_on_grid(mask.astype(np.uint8), own_affine, shape, affine, path=path) > 0] = value
         return label

@@ -127,7 +127,5 @@ class DicomwebPoller:
         stored = [str(item.ReferencedSOPInstanceUID) for item in response.get("ReferencedSOPSequence", [])]
         failed = [str(item.ReferencedSOPInstanceUID) for item in response.get("FailedSOPSequence", [])]
         if failed:
-            error = DeliveryError(f"{self.url}: STOW-RS refused {', '.join(failed)}")
-            error.acknowledged = stored  # type: ignore[attr-defined]
-            raise error
+            raise DeliveryError(f"{self.url}: STOW-RS refused {', '.join(failed)}", acknowledged=stored)
         return stored

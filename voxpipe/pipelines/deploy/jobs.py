@@ -271,7 +271,8 @@ def format_status(store: JobStore) -> str:
     for job in jobs:
         detail = job.get("reason") or ", ".join(f"{kind} sent" if item["sop_instance_uid"] in job.get("sent", []) else kind
                                                 for kind, item in job.get("results", {}).items())
-        lines.append(f"{job['state']:<10} {job.get('instances', store.instance_count(job['series_uid'])):>9}  "
+        instances = job["instances"] if "instances" in job else store.instance_count(job["series_uid"])  # count files only if needed
+        lines.append(f"{job['state']:<10} {instances:>9}  "
                      f"{job.get('first_received', ''):<23.23}  {job['series_uid']:<64}  {detail}")
     counts = {state: sum(job["state"] == state for job in jobs) for state in STATES}
     lines.append("  ".join(f"{state}: {n}" for state, n in counts.items() if n))

@@ -70,7 +70,14 @@ def parse_destination(text: str) -> Destination:
 
 
 class DeliveryError(OutputError):
-    """The destination could not be reached or refused an instance; the results are kept and sent again later."""
+    """The destination could not be reached or refused an instance; the results are kept and sent again later.
+
+    ``acknowledged``: the SOP Instance UIDs the destination did store before the failure.
+    """
+
+    def __init__(self, message: str, *, acknowledged: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.acknowledged = list(acknowledged)
 
 
 def send_dimse(paths: Sequence[Path], destination: Destination, *, calling_aet: str, timeout: float = 30.0) -> list[str]:
@@ -78,8 +85,7 @@ def send_dimse(paths: Sequence[Path], destination: Destination, *, calling_aet: 
 
     Raises:
         DeliveryError: no association (peer down, AE title refused); instances refused with a
-            failure status are named (the ones acknowledged before are still returned through
-            ``error.acknowledged``).
+            failure status are named (the ones acknowledged before are in ``error.acknowledged``).
     """
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -106,9 +112,7 @@ def send_dimse(paths: Sequence[Path], destination: Destination, *, calling_aet: 
     finally:
         association.release()
     if refused:
-        error = DeliveryError(f"{destination}: refused {', '.join(refused)}")
-        error.acknowledged = acknowledged  # type: ignore[attr-defined]
-        raise error
+        raise DeliveryError(f"{destination}: refused {', '.join(refused)}", acknowledged=acknowledged)
     return acknowledged
 
 
@@ -425,7 +429,7 @@ class DicomNode:
             else:
                 acknowledged = self._poller.stow(paths)
         except DeliveryError as error:
-            sent = job["sent"] + [u for u in getattr(error, "acknowledged", []) if u not in job["sent"]]
+            sent = job["sent"] + [u for u in error.acknowledged if u not in job["sent"]]
             self._retry_at[uid] = time.monotonic() + self.retry
             logger.warning("series %s: delivery failed (%s); retry in %.0f s", uid, error, self.retry)
             return self.store.update(uid, sent=sent, last_error=str(error))
