@@ -158,7 +158,8 @@ def test_series_round_trip_seg_on_the_source_grid_and_sr_equal_to_statistics(liv
         node.stop()
     assert job["state"] == "done", job.get("reason")
     assert job["instances"] == len(files) and job["calling_aet"] == "PACS"
-    assert job["stage_seconds"]["network"] > 0 and "invert" in job["stage_seconds"]  # where the job's time went
+    # Where the job's time went (the oracle network takes well under a millisecond: present, not positive).
+    assert {"network", "invert", "write"} <= set(job["stage_seconds"]) and min(job["stage_seconds"].values()) >= 0
     [seg_file], [sr_file] = peer.by_modality("SEG"), peer.by_modality("SR")
     # The SEG references the source series and lands exactly on its grid.
     seg_ds = pydicom.dcmread(seg_file)

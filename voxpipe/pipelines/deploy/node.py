@@ -400,7 +400,7 @@ class DicomNode:
             self.bundle, [series], output_dir=out, weights=self.weights, overrides=self.overrides, safe=self.safe,
             progress=False, timings=timings,
         )  # fmt: skip
-        self.store.update(uid, stage_seconds={k: round(v, 3) for k, v in timings.seconds.items()})
+        self.store.update(uid, stage_seconds={k: round(v, 6) for k, v in timings.seconds.items()})
         names = label_names(self.bundle)
         seg_path, sr_path = out / "seg.dcm", out / "sr.dcm"
         write_dicom_seg(load_volume(label_path, label=True).array, series, seg_path, names=names,

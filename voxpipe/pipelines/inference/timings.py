@@ -102,7 +102,7 @@ class Timings:
         return "\n".join(lines)
 
     def write(self, folder: Path) -> Path:
-        document = {"cases": self.cases, "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+        document = {"cases": self.cases, "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
                     "total_seconds": round(sum(self.seconds.values()), 4)}
         return write_text_atomic(Path(folder) / "timings.json", json.dumps(document, indent=2) + "\n")
 
