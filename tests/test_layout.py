@@ -31,6 +31,7 @@ PIPELINE_LAYERS = {
     "evaluation": {"data", "inference", "training"},
     "deploy": {"bundles", "inference"},
     "annotation": {"bundles", "data", "inference", "training"},
+    "planning": {"bundles", "data"},
 }
 
 # Every voxpipe _target_ the 0.1 bundles shipped with, and where it lives now.

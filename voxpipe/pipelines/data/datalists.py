@@ -7,6 +7,10 @@ Layouts recognised by :func:`load_datalist`:
 
 * **MSD**: a folder with ``dataset.json`` (Task03 Liver, Task06 Lung); MONAI's
   ``load_decathlon_datalist`` resolves the paths.
+* **nnU-Net v2 raw**: ``dataset.json`` (``channel_names``, ``labels`` as name → value,
+  ``file_ending``) with ``imagesTr/<case>_0000<file_ending>``, ``_0001``… (one file per channel) and
+  ``labelsTr/<case><file_ending>``; ``imagesTs`` is the test section. A case with several channels
+  has ``image`` as the list of its channel files, in channel order.
 * **LiTS**: ``volume-N.nii[.gz]`` with ``segmentation-N.nii[.gz]`` anywhere below the folder.
 * **Folder**: ``images/`` and ``labels/`` matched by case id (an nnU-Net ``_0000`` channel suffix on
   image names is ignored).
@@ -37,7 +41,7 @@ from voxpipe.transforms.io import case_id, find_volumes, volume_suffix
 logger = logging.getLogger(__name__)
 
 PARTS = ("all", "train", "val", "test")
-LAYOUTS = ("msd", "lits", "folder", "csv")
+LAYOUTS = ("msd", "nnunet", "lits", "folder", "csv")
 _LITS = re.compile(r"^(volume|segmentation)-(\d+)$")
 _CHANNEL = re.compile(r"_\d{4}$")  # nnU-Net's per-channel image suffix
 
@@ -95,7 +99,7 @@ def dataset_modality(info: Mapping[str, Any]) -> list[str]:
 
 
 def detect_layout(source: str | os.PathLike[str]) -> str:
-    """``"msd"``, ``"lits"``, ``"folder"`` or ``"csv"`` for a dataset path.
+    """``"msd"``, ``"nnunet"``, ``"lits"``, ``"folder"`` or ``"csv"`` for a dataset path.
 
     Raises:
         InputError: the path matches no known layout (the message lists what was looked for).
@@ -106,10 +110,10 @@ def detect_layout(source: str | os.PathLike[str]) -> str:
     if path.is_file() and path.suffix.lower() == ".csv":
         return "csv"
     if path.is_file() and path.name == "dataset.json":
-        return "msd"
+        return "nnunet" if _is_nnunet(path.parent) else "msd"
     if path.is_dir():
         if (path / "dataset.json").is_file():
-            return "msd"
+            return "nnunet" if _is_nnunet(path) else "msd"
         if (path / "images").is_dir():
             return "folder"
         if any(_LITS.match(case_id(p)) for p in path.rglob("volume-*")):
@@ -138,6 +142,7 @@ def load_datalist(
     layout = layout or detect_layout(source)
     readers: dict[str, Callable[..., list[dict[str, Any]]]] = {
         "msd": lambda: _msd_entries(Path(source), section),
+        "nnunet": lambda: _nnunet_entries(Path(source), section),
         "lits": lambda: _lits_entries(Path(source)),
         "folder": lambda: _folder_entries(Path(source)),
         "csv": lambda: _csv_entries(Path(source)),
@@ -148,10 +153,10 @@ def load_datalist(
     if check_files:
         for entry in entries:
             for key in ("image", "label"):
-                if entry.get(key) and not Path(entry[key]).exists():
-                    raise InputError(
-                        f"{str(source)!r}: case {entry['case']!r}: {key} {entry[key]!r} does not exist"
-                    )
+                paths = entry.get(key) or []
+                for item in [paths] if isinstance(paths, str) else paths:
+                    if not Path(item).exists():
+                        raise InputError(f"{str(source)!r}: case {entry['case']!r}: {key} {item!r} does not exist")
     return entries
 
 
@@ -167,6 +172,49 @@ def _msd_entries(path: Path, section: str) -> list[dict[str, Any]]:
         raise InputError(f"{str(manifest)!r}: expected a {section!r} list, found keys {sorted(sections)}")
     entries = load_decathlon_datalist(str(manifest), is_segmentation=True, data_list_key=section, base_dir=str(manifest.parent))
     return [{**entry, "case": case_id(entry["image"])} for entry in entries]
+
+
+def _is_nnunet(folder: Path) -> bool:
+    """A dataset.json without MSD's ``training`` list next to an ``imagesTr`` folder: nnU-Net v2's raw layout."""
+    try:
+        info = json.loads((folder / "dataset.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(info, dict) and "training" not in info and (folder / "imagesTr").is_dir()
+
+
+def _nnunet_entries(path: Path, section: str) -> list[dict[str, Any]]:
+    root = path.parent if path.is_file() else path
+    manifest = root / "dataset.json"
+    info = json.loads(manifest.read_text())
+    ending = info.get("file_ending", ".nii.gz")
+    if not isinstance(ending, str) or not ending.startswith("."):
+        raise InputError(f"{str(manifest)!r}: 'file_ending': expected a suffix such as '.nii.gz', found {ending!r}")
+    channels = info.get("channel_names", info.get("modality"))
+    if not isinstance(channels, Mapping) or not channels:
+        raise InputError(f"{str(manifest)!r}: 'channel_names': expected a mapping such as {{\"0\": \"CT\"}}, found {channels!r}")
+    n_channels = len(channels)
+    images_dir = root / ("imagesTr" if section == "training" else "imagesTs")
+    if not images_dir.is_dir():
+        return []
+    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
+    cases: dict[str, dict[int, Path]] = {}
+    for file in sorted(images_dir.iterdir()):
+        match = pattern.match(file.name)
+        if match and not file.name.startswith("."):
+            cases.setdefault(match.group(1), {})[int(match.group(2))] = file
+    entries = []
+    for case, files in sorted(cases.items()):
+        if sorted(files) != list(range(n_channels)):
+            raise InputError(f"{str(images_dir)!r}: case {case!r}: expected channels {list(range(n_channels))} "
+                             f"(files {case}_0000{ending}...), found {sorted(files)}")
+        images = [str(files[c]) for c in range(n_channels)]
+        entry: dict[str, Any] = {"image": images[0] if n_channels == 1 else images, "case": case}
+        label = root / "labelsTr" / f"{case}{ending}"
+        if section == "training":
+            entry["label"] = str(label)
+        entries.append(entry)
+    return entries
 
 
 def _lits_entries(root: Path) -> list[dict[str, Any]]:
