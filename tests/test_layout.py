@@ -28,7 +28,7 @@ PIPELINE_LAYERS = {
     "data": set(),
     "training": {"data"},
     "inference": {"bundles", "training"},
-    "evaluation": {"data", "inference", "training"},
+    "evaluation": {"bundles", "data", "inference", "training"},
     "deploy": {"bundles", "inference"},
     "annotation": {"bundles", "data", "inference", "training"},
     "planning": {"bundles", "data"},

@@ -1,5 +1,6 @@
-"""``voxpipe evaluate`` (segmentations: challenge-grade metrics against references) and
-``voxpipe evaluate-detections`` (nodule candidates: FROC and CPM by the LUNA16 rules)."""
+"""``voxpipe evaluate`` (segmentations: challenge-grade metrics against references),
+``voxpipe evaluate-detections`` (nodule candidates: FROC and CPM by the LUNA16 rules) and
+``voxpipe select`` (configuration, ensemble and post-processing chosen by cross-validation)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"wrote {report}")
     print(f"wrote {result.per_case_csv} and {result.summary_json}")
     return 2 if result.summary["failed"] else 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from voxpipe.pipelines.evaluation.select import select_runs
+
+    selection = select_runs(args.runs, args.output, write_bundle=not args.no_bundle)
+    winner = selection["winner"]
+    print(f"{len(selection['candidates'])} candidates on {len(selection['cases'])} out-of-fold cases")
+    print(f"winner: {' + '.join(winner['members'])}, post-processing {winner['postprocessing']}, "
+          f"mean foreground Dice {winner['mean_foreground_dice']:.4f}")
+    for line in selection["why"]:
+        print(f"  {line}")
+    print(f"wrote {args.output}/selection.json, selection.md" + (f", {selection['bundle']}" if selection.get("bundle") else ""))
+    return 0
 
 
 def add_commands(commands: Any) -> None:
@@ -121,3 +136,16 @@ def _add_detections(commands: Any) -> None:
     detections.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     detections.add_argument("--max-marks", type=int, default=100, help="candidates kept per scan, highest first (default 100, as LUNA16)")
     detections.set_defaults(func=_cmd_evaluate_detections)
+
+    select = commands.add_parser(
+        "select", help="choose configuration, fold ensemble and post-processing by cross-validation",
+        description="Score, on the out-of-fold predictions of voxpipe train --folds runs, each configuration, every "
+        "ensemble of them (mean of probabilities) and the post-processing options (largest component per class, of "
+        "all foreground, fill holes, minimum lesion size); choose by mean foreground Dice with bootstrap CIs, "
+        "refusing post-processing that lowers a lesion class's lesion-wise F1. Writes selection.json, selection.md and "
+        "bundle/ (the winner's fold models as one ensemble, its post-processing) for voxpipe infer.",
+    )
+    select.add_argument("runs", nargs="+", metavar="RUN_DIR", help="output_dir of voxpipe train BUNDLE --folds (holds cv.json)")
+    select.add_argument("-o", "--output", required=True, help="folder for selection.json, selection.md and bundle/")
+    select.add_argument("--no-bundle", action="store_true", help="score and choose only; write no inference bundle")
+    select.set_defaults(func=_cmd_select)

@@ -15,6 +15,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     quiet_monai_bundle(args.verbose)
     overrides = parse_overrides(args.set)
+    if args.folds:
+        from voxpipe.pipelines.evaluation.crossval import train_folds
+
+        record = train_folds(args.bundle, folds=args.folds, overrides=overrides, resume=args.resume)
+        print(f"wrote {record} (out-of-fold probabilities in fold_*/validation/; compare runs with voxpipe select)")
+        return 0
     if args.resume:
         overrides["resume"] = True
     run_bundle(args.bundle, config=config_names(args.config, "train"), overrides=overrides)
@@ -32,4 +38,8 @@ def add_commands(commands: Any) -> None:
     train.add_argument("--resume", action="store_true",
                        help="continue from OUTPUT_DIR/checkpoints/last.pt (weights, optimizer, scheduler, epoch, "
                        "best metric, RNG states); starts from epoch 1 if there is none")
+    train.add_argument("--folds", metavar="all|K,K...",
+                       help="cross-validation: train these folds of the config's k-fold split_file one after the other "
+                       "(OUTPUT_DIR/fold_K each, resumable), then predict each fold's validation cases with "
+                       "probabilities (fold_K/validation/); finished folds are skipped; OUTPUT_DIR/cv.json lists them")
     train.set_defaults(func=_cmd_train)

@@ -8,12 +8,20 @@ component that reaches that IoU with no reference lesion is a false positive. Co
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 _STRUCTURE = np.ones((3, 3, 3), dtype=bool)
+# Structure names that denote lesions (counted one by one), not organs: tumour, metastasis, nodule, ...
+LESION_NAME = re.compile(r"tumou?r|lesion|nodule|metasta|cancer|mass|cyst|edema|oedema|enhancing|necro", re.IGNORECASE)
+
+
+def is_lesion_name(name: str) -> bool:
+    """Whether a structure's name denotes lesions (scored lesion by lesion) rather than an organ."""
+    return bool(LESION_NAME.search(name))
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,3 @@
-"""Evaluation: challenge-grade scoring of prediction folders against references, and the HTML report.
-May import voxpipe.pipelines.data, .inference and .training (curves), voxpipe.metrics, voxpipe.transforms and errors.
+"""Evaluation: challenge-grade scoring against references, the HTML report, cross-validation and selection.
+May import voxpipe.pipelines.bundles, .data, .inference and .training, building blocks (metrics, transforms, networks) and errors.
 """

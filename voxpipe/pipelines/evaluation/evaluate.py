@@ -229,7 +229,7 @@ def score_case(
     return scores
 
 
-def _bootstrap_ci(values: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+def bootstrap_ci(values: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float] | None:
     """95% percentile-bootstrap interval of the mean (cases resampled with replacement)."""
     if values.size < 2:
         return None
@@ -252,7 +252,7 @@ def _summarise(rows: list[dict[str, Any]], structures: Sequence[str], options: S
                 continue
             values = np.array([r[key] for r in rows], dtype=float)
             valid = values[np.isfinite(values)]
-            ci = _bootstrap_ci(valid)
+            ci = bootstrap_ci(valid)
             metrics[name][metric] = {
                 "mean": float(valid.mean()) if valid.size else None,
                 "median": float(np.median(valid)) if valid.size else None,

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from voxpipe.metrics.lesions import is_lesion_name
 from voxpipe.pipelines.bundles.config import shipped_bundle
 from voxpipe.transforms.io import write_text_atomic
 
 TEMPLATE = "liver_ct_segresnet"
 _ORGAN_SPECIFIC = {"voxpipe.transforms.postprocess.PostProcessd"}
-# Label names counted lesion by lesion in statistics.csv (count, largest diameter).
-_LESION = re.compile(r"tumou?r|lesion|nodule|metasta|cancer|mass|cyst|edema|enhancing", re.IGNORECASE)
+
 
 
 def _normalise(transform: dict[str, Any], norm: dict[str, Any]) -> dict[str, Any]:
@@ -46,15 +45,16 @@ def _rewrite(items: list[Any], norm: dict[str, Any]) -> list[Any]:
 
 
 def _configure(config: dict[str, Any], plan: dict[str, Any], fingerprint: dict[str, Any], spec: dict[str, Any],
-               norm: dict[str, Any]) -> dict[str, Any]:
+               norm: dict[str, Any], split_file: Path, run_name: str) -> dict[str, Any]:
     config = copy.deepcopy(config)
     labels = fingerprint["labels"]
     names = [labels[k] for k in sorted(labels, key=int) if k != "0"]
-    lesions = [int(k) for k in sorted(labels, key=int) if k != "0" and _is_lesion(labels[k])]
+    lesions = [int(k) for k in sorted(labels, key=int) if k != "0" and is_lesion_name(labels[k])]
     values = {"dataset_dir": fingerprint["dataset"], "num_classes": len(labels), "label_names": names,
               "pixdim": [round(float(v), 5) for v in plan["target_spacing"]], "patch_size": plan["patch_size"],
               "batch_size": plan["batch_size"], "samples_per_image": 1, "crop_pos": 1, "crop_neg": 2,
-              "lesion_labels": lesions, "output_dir": "runs/planned" if "max_epochs" in config else config.get("output_dir")}
+              "lesion_labels": lesions, "output_dir": f"runs/{run_name}" if "max_epochs" in config else config.get("output_dir"),
+              "split_file": str(split_file), "fold": 0}
     if norm["scheme"] == "CTNormalization":
         values["hu_window"] = norm["window"]
     else:
@@ -62,6 +62,10 @@ def _configure(config: dict[str, Any], plan: dict[str, Any], fingerprint: dict[s
     for key, value in values.items():
         if key in config:
             config[key] = value
+    datalist = config.get("datalist")
+    if isinstance(datalist, dict) and datalist.get("part") == "val":  # evaluate.yaml: the fold's validation cases
+        config.update(split_file=str(split_file), fold=0)
+        datalist.update(split_file="@split_file", fold="@fold")
     config.pop("min_tumour_mm3", None)
     network = dict(config["network_def"])
     for key in ("name", "init_filters"):
@@ -88,12 +92,8 @@ def _walk(node: Any, norm: dict[str, Any]) -> None:
             _walk(value, norm)
 
 
-def _is_lesion(name: str) -> bool:
-    return bool(_LESION.search(name))
-
-
 def write_planned_bundle(out: Path, *, plan: dict[str, Any], fingerprint: dict[str, Any], spec: dict[str, Any],
-                         norm: dict[str, Any]) -> list[Path]:
+                         norm: dict[str, Any], split_file: Path) -> list[Path]:
     """Write ``out/configs/{train,inference,evaluate}.yaml`` and ``metadata.json``; the paths written."""
     template = shipped_bundle(TEMPLATE) / "configs"
     header = ("# Written by `voxpipe plan` from {dataset}; every value below that the plan chose is explained in\n"
@@ -102,7 +102,7 @@ def write_planned_bundle(out: Path, *, plan: dict[str, Any], fingerprint: dict[s
     spec = {k: v for k, v in spec.items() if k not in ("out_channels",)}
     for name in ("train.yaml", "inference.yaml", "evaluate.yaml"):
         config = yaml.safe_load((template / name).read_text())
-        config = _configure(config, plan, fingerprint, spec, norm)
+        config = _configure(config, plan, fingerprint, spec, norm, split_file, out.resolve().name)
         text = header.format(dataset=fingerprint["dataset"], template=TEMPLATE) + yaml.safe_dump(config, sort_keys=False)
         written.append(write_text_atomic(out / "configs" / name, text))
     metadata = json.loads((template / "metadata.json").read_text())

@@ -139,7 +139,7 @@ def network_spec(plan: dict[str, Any], *, network: str, in_channels: int, n_clas
     raise InputError(f"--network: expected one of {NETWORKS}, found {network!r}")
 
 
-def _segresnet_patch(patch: list[int]) -> list[int]:
+def segresnet_patch(patch: list[int]) -> list[int]:
     return [int(math.ceil(p / 8) * 8) for p in patch]  # SegResNet halves 3 times
 
 
@@ -192,7 +192,7 @@ def measured_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float | None, n
     def measure(current: rules.Topology, batch: int) -> dict[str, Any]:
         layout_xyz = planned(current)
         spec = network_spec(layout_xyz, network=network, in_channels=in_channels, n_classes=n_classes)
-        patch = layout_xyz["patch_size"] if network == "dynunet" else _segresnet_patch(layout_xyz["patch_size"])
+        patch = layout_xyz["patch_size"] if network == "dynunet" else segresnet_patch(layout_xyz["patch_size"])
         logger.info("measuring a training step: %s at patch %s, batch %d on %s", network, patch, batch, device)
         result = as_dict(measure_step(spec, patch_size=patch, batch_size=batch, in_channels=in_channels, device=device))
         measurements.append(result)
@@ -230,7 +230,7 @@ def measured_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float | None, n
     steps = math.ceil(n_train / batch)
     plan.update(layout_xyz)
     if network == "segresnet":
-        plan["patch_size"] = _segresnet_patch(layout_xyz["patch_size"])
+        plan["patch_size"] = segresnet_patch(layout_xyz["patch_size"])
     plan["batch_size"] = int(batch)
     plan["memory"] = {
         "model": f"measured: one training step (forward, loss, backward, SGD) of {network} on {device}",

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from voxpipe.errors import InputError
+from voxpipe.pipelines.data.datalists import load_datalist
+from voxpipe.pipelines.data.splits import make_split, save_split
 from voxpipe.pipelines.planning.bundle import write_planned_bundle
 from voxpipe.pipelines.planning.fingerprint import planning_fingerprint
 from voxpipe.pipelines.planning.plan import (
@@ -18,17 +20,21 @@ from voxpipe.pipelines.planning.plan import (
     network_spec,
     nnunet_plan,
     normalisation,
+    segresnet_patch,
     to_xyz,
 )
 from voxpipe.transforms.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
+FOLDS = 5  # nnU-Net's 5-fold cross-validation
+
 
 def plan_dataset(dataset: str | os.PathLike[str], output_dir: str | os.PathLike[str], *, rules: str = "voxpipe",
                  network: str = "dynunet", gpu_memory_gb: float | None = None, device: str = "auto",
                  progress: bool = False) -> dict[str, Any]:
-    """Plan a dataset and write ``plan.json``, ``plan.md``, ``fingerprint.json`` and the bundle's configs.
+    """Plan a dataset and write ``plan.json``, ``plan.md``, ``fingerprint.json``, ``splits.json`` (5 folds,
+    grouped by patient, seeded) and the bundle's configs (trained fold by fold with ``voxpipe train --folds``).
 
     Everything slow (reading the dataset, measuring memory) happens before the first file is written,
     so a failure leaves no partial plan.
@@ -54,16 +60,25 @@ def plan_dataset(dataset: str | os.PathLike[str], output_dir: str | os.PathLike[
             "channels": fingerprint["channel_names"], "labels": fingerprint["labels"],
             "normalisation": normalisation(fingerprint), **plan}
     if network == "segresnet" and rules == "nnunet":
-        plan["network_note"] = "SegResNet does not use the planned pooling and kernels; they are nnU-Net's U-Net's"
+        plan["network_note"] = ("SegResNet does not use the planned pooling and kernels (they are nnU-Net's U-Net's); "
+                                f"its patch is nnU-Net's {plan['patch_size']} rounded up to multiples of 8")
+        plan["patch_size"] = segresnet_patch(plan["patch_size"])
     out = Path(output_dir)
     spec = network_spec(plan, network=network, in_channels=len(plan["channels"]), n_classes=len(plan["labels"]))
     plan["network_spec"] = spec
     bundle_written = len(plan["channels"]) == 1
     plan["bundle"] = ("configs/ (train.yaml, inference.yaml, evaluate.yaml, metadata.json)" if bundle_written else
                       "not written: voxpipe's bundles load one channel per case; multi-channel training is not built yet")
+    entries = [e for e in load_datalist(dataset) if e.get("label")]
+    folds = min(FOLDS, len({str(e.get("patient") or e["case"]) for e in entries}))
+    split = make_split(entries, folds=folds, seed=0)
+    plan["cross_validation"] = {"folds": folds, "seed": 0, "split_file": "splits.json",
+                                "grouped_by": "patient where the dataset names one, else case"}
     write_text_atomic(out / "fingerprint.json", json.dumps(fingerprint, indent=2) + "\n")
+    save_split(split, out / "splits.json")
     if bundle_written:
-        write_planned_bundle(out, plan=plan, fingerprint=fingerprint, spec=spec, norm=plan["normalisation"][0])
+        write_planned_bundle(out, plan=plan, fingerprint=fingerprint, spec=spec, norm=plan["normalisation"][0],
+                             split_file=(out / "splits.json").resolve())
     else:
         logger.warning("%s: %d channels: plan written, bundle not (multi-channel loading is not built yet)",
                        dataset, len(plan["channels"]))
@@ -120,7 +135,7 @@ def render_markdown(plan: dict[str, Any]) -> str:
                  " | 3 on an axis once its (pooled) spacing is within 2 × the finest, else 1 |")
     cap = memory["batch_size_cap_5_percent"]
     lines.append(f"| Batch size | {plan['batch_size']} | {memory['batch_size_from_memory']} fit the memory budget; "
-                 f"{cap} patches would cover 5 % of the dataset's voxels (the cap); at least 2 |")
+                 f"at most {cap} patch(es) per step, so that one step sees ≤ 5 % of the dataset's voxels; at least 2 |")
     low = plan["lowres"]
     lines.append(f"| Low-resolution stage | {'worthwhile' if low['worthwhile'] else 'not worthwhile'} | the patch covers "
                  f"{100 * low['patch_fraction_of_median_image']:.1f} % of the median image (a cascade is considered "
@@ -142,7 +157,10 @@ def render_markdown(plan: dict[str, Any]) -> str:
     lines.append(f"| Network | MONAI {plan['network_spec']['name']} | " +
                  ("plain convolutions, instance norm, deep supervision: nnU-Net's U-Net in MONAI |" if plan["network"] == "dynunet"
                   else "SegResNet at the planned spacing and patch (rounded to multiples of 8) |"))
-    lines += ["", f"Bundle: {plan['bundle']}.", "", "## Where this departs from nnU-Net", ""]
+    cv = plan["cross_validation"]
+    lines += ["", f"Bundle: {plan['bundle']}. Cross-validation: {cv['folds']} folds in `{cv['split_file']}` (seed "
+              f"{cv['seed']}, grouped by {cv['grouped_by']}); `voxpipe train BUNDLE --folds all` trains them.",
+              "", "## Where this departs from nnU-Net", ""]
     if plan["rules"] == "nnunet":
         lines.append("- Nothing in the numbers above: they are nnU-Net v2's `ExperimentPlanner` (3d_fullres) rules.")
     else:

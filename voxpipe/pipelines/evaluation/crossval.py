@@ -1,0 +1,123 @@
+"""``voxpipe train BUNDLE --folds all``: k-fold cross-validation with out-of-fold probabilities.
+
+Each fold trains with the bundle's train config (``fold: k``, ``output_dir: <output_dir>/fold_k``),
+is resumable on its own (``--resume`` continues its ``checkpoints/last.pt``), and then predicts its
+validation cases with the bundle's inference config, keeping the probabilities on each case's own
+grid (``fold_k/validation/<case>_probabilities.npz``): the out-of-fold predictions that
+``voxpipe select`` compares configurations, ensembles and post-processing on. A fold whose final
+weights and predictions exist is not run again, so rerunning the command finishes what is missing.
+``<output_dir>/cv.json`` records the folds.
+
+Folds run one after the other in this process (each may itself use every GPU through the bundle's
+device choice); running folds in parallel on several GPUs is not built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from voxpipe.errors import InputError
+from voxpipe.pipelines.bundles.config import find_config
+from voxpipe.pipelines.bundles.run import run_bundle
+from voxpipe.pipelines.data.datalists import split_datalist
+from voxpipe.pipelines.inference.infer import infer_with_bundle
+from voxpipe.transforms.io import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def parse_folds(text: str | Sequence[int], n_folds: int) -> list[int]:
+    """``"all"`` or ``"0,2"`` (or a list) → fold numbers, each checked against the split's ``n_folds``."""
+    if isinstance(text, str):
+        if text.strip() == "all":
+            return list(range(n_folds))
+        try:
+            folds = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError as error:
+            raise InputError(f"--folds: expected 'all' or fold numbers such as 0,1,2, found {text!r}") from error
+    else:
+        folds = [int(v) for v in text]
+    bad = [f for f in folds if not 0 <= f < n_folds]
+    if bad or not folds:
+        raise InputError(f"--folds: expected folds in 0..{n_folds - 1} (the split has {n_folds}), found {folds or text!r}")
+    return sorted(dict.fromkeys(folds))
+
+
+def _config_values(bundle_dir: Path, overrides: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(ConfigParser.load_config_file(str(find_config(bundle_dir, "train"))))
+    parser["bundle_root"] = str(bundle_dir)
+    for key, value in overrides.items():
+        parser[key] = value
+    return {key: (parser.get_parsed_content(key) if key in parser else None) for key in keys}
+
+
+def train_folds(bundle_dir: str | os.PathLike[str], *, folds: str | Sequence[int] = "all",
+                overrides: Mapping[str, Any] | None = None, resume: bool = False, progress: bool = True) -> Path:
+    """Train the chosen folds of the bundle's k-fold ``split_file`` and predict each fold's validation cases.
+
+    Returns:
+        ``<output_dir>/cv.json``.
+
+    Raises:
+        InputError: no k-fold split file in the config, unknown folds, and everything the bundle's
+            training and inference raise.
+    """
+    bundle = Path(bundle_dir).resolve()
+    overrides = dict(overrides or {})
+    values = _config_values(bundle, overrides, ["split_file", "output_dir", "dataset_dir"])
+    split_file = values["split_file"]
+    if not split_file:
+        raise InputError(f"{str(find_config(bundle, 'train'))!r}: 'split_file': expected a k-fold split for --folds, found none",
+                         hint="voxpipe plan writes one (splits.json); or voxpipe data split DATASET -o split.json --folds 5")
+    try:
+        split = json.loads(Path(split_file).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{str(split_file)!r}: could not read the split JSON ({error})") from error
+    if "folds" not in split:
+        raise InputError(f"{str(split_file)!r}: expected a k-fold split ('folds'), found parts {sorted(split)}")
+    chosen = parse_folds(folds, len(split["folds"]))
+    base = Path(values["output_dir"]).resolve()
+    record_path = base / "cv.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record.update(bundle=str(bundle), dataset_dir=str(values["dataset_dir"]), split_file=str(Path(split_file).resolve()),
+                  n_folds=len(split["folds"]))
+    record.setdefault("folds", {})
+    inference_keys = _inference_keys(bundle)
+    for position, fold in enumerate(chosen, start=1):
+        fold_dir = base / f"fold_{fold}"
+        final = fold_dir / "models" / "model_final.pt"
+        if final.is_file():
+            logger.info("fold %d (%d of %d): trained already (%s)", fold, position, len(chosen), final)
+        else:
+            logger.info("fold %d (%d of %d): training into %s", fold, position, len(chosen), fold_dir)
+            run_bundle(bundle, config="train", overrides={**overrides, "split_file": str(split_file), "fold": fold,
+                                                          "output_dir": str(fold_dir), "resume": resume})
+        best = fold_dir / "models" / "model.pt"
+        weights = best if best.is_file() else final
+        predictions = fold_dir / "validation"
+        done = predictions / "done.json"
+        cases = split["folds"][fold]["val"]
+        if not done.is_file():
+            logger.info("fold %d: predicting its %d validation case(s)", fold, len(cases))
+            entries = split_datalist(values["dataset_dir"], split_file, part="val", fold=fold)
+            infer_with_bundle(bundle, [e["image"] for e in entries], output_dir=predictions, weights=weights,
+                              overrides={k: v for k, v in overrides.items() if k in inference_keys},
+                              save_probabilities=True, progress=progress)
+            write_text_atomic(done, json.dumps({"cases": cases, "weights": str(weights)}, indent=2) + "\n")
+        record["folds"][str(fold)] = {"output_dir": str(fold_dir), "weights": str(weights), "validation_dir": str(predictions),
+                                      "cases": cases}
+        write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
+    return record_path
+
+
+def _inference_keys(bundle: Path) -> set[str]:
+    from monai.bundle import ConfigParser
+
+    return set(ConfigParser.load_config_file(str(find_config(bundle, "inference"))))
