@@ -157,3 +157,30 @@ def test_atomic_outputs_get_the_mode_of_a_plain_file(tmp_path):
     os.umask(umask)
     path = write_text_atomic(tmp_path / "out.json", "{}")
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_multichannel_images_load_channel_first_and_refuse_mismatched_grids(tmp_path):
+    from monai.transforms import EnsureChannelFirstd
+
+    from voxpipe.errors import GeometryError
+    from voxpipe.transforms.io import LoadVolumed, load_volume
+
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])
+    stack = np.random.default_rng(0).normal(size=(6, 5, 4, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(stack, affine), tmp_path / "four_d.nii.gz")
+    for c in range(3):
+        nib.save(nib.Nifti1Image(stack[..., c], affine), tmp_path / f"case_{c:04d}.nii.gz")
+    with pytest.raises(InputError, match="4D multi-channel"):
+        load_volume(tmp_path / "four_d.nii.gz")
+    assert load_volume(tmp_path / "four_d.nii.gz", channels=True).array.shape == (3, 6, 5, 4)
+    loader, first = LoadVolumed(keys="image"), EnsureChannelFirstd(keys="image")
+    whole = first(loader({"image": str(tmp_path / "four_d.nii.gz")}))["image"]
+    split = first(loader({"image": [str(tmp_path / f"case_{c:04d}.nii.gz") for c in range(3)]}))["image"]
+    assert whole.shape == split.shape == (3, 6, 5, 4) and np.allclose(whole.numpy(), split.numpy())
+    assert np.allclose(whole.numpy()[1], stack[..., 1]) and split.meta["case_id"] == "case"
+    assert list(whole.meta["spatial_shape"]) == [6, 5, 4]
+    single = first(loader({"image": str(tmp_path / "case_0000.nii.gz")}))["image"]
+    assert single.shape == (1, 6, 5, 4)  # a 3D file still gets its channel added
+    nib.save(nib.Nifti1Image(stack[..., 0], np.diag([0.8, 0.8, 2.0, 1.0])), tmp_path / "case_0002.nii.gz")
+    with pytest.raises(GeometryError, match="case_0002.nii.gz.*expected the grid of channel 0"):
+        loader({"image": [str(tmp_path / f"case_{c:04d}.nii.gz") for c in range(3)]})

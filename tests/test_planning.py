@@ -173,7 +173,12 @@ def test_multichannel_dataset_is_planned_with_per_channel_normalisation(tmp_path
     fingerprint = json.loads((tmp_path / "bundle" / "fingerprint.json").read_text())
     assert fingerprint["cases"][0]["shape_after_crop"] == [12, 40, 40]
     assert plan["normalisation"][0]["use_mask_for_norm"]  # (40 * 40) / (48 * 48) = 69 % kept < 75 %
-    assert "multi-channel" in plan["bundle"] and not (tmp_path / "bundle" / "configs").exists()
+    import yaml
+
+    train = yaml.safe_load((tmp_path / "bundle" / "configs" / "train.yaml").read_text())
+    assert train["network_def"]["in_channels"] == 2 and "hu_window" not in train
+    steps = [t["_target_"] for t in train["preprocessing_transforms"]]
+    assert "NormalizeIntensityd" in steps and "ScaleIntensityRanged" not in steps
 
 
 @pytest.mark.slow

@@ -158,3 +158,31 @@ def test_plan_cross_validate_select_and_infer_the_winner(tiny_liver_dataset, tmp
     assert predicted.shape == source.shape and np.allclose(predicted.affine, source.affine)
     state = torch.load(winner_bundle / "models" / "model.pt", weights_only=True)
     assert {k.split(".")[1] for k in state} == {"0", "1"}  # both fold models in one file
+
+
+@pytest.mark.slow
+def test_multichannel_mri_from_msd_4d_files_plans_trains_selects_and_infers(tmp_path, monkeypatch):
+    from voxpipe.phantoms.mri import write_brain_dataset
+    from voxpipe.pipelines.data.datalists import load_datalist
+    from voxpipe.pipelines.data.splits import make_split, save_split
+    from voxpipe.pipelines.evaluation.evaluate import evaluate_folders
+    from voxpipe.pipelines.inference.infer import infer_with_bundle
+    from voxpipe.pipelines.planning.planner import plan_dataset
+
+    monkeypatch.chdir(tmp_path)
+    dataset = write_brain_dataset(tmp_path / "brain", n_train=4, n_test=2, seed=3, size="tiny", channels=3).parent
+    plan = plan_dataset(dataset, tmp_path / "brain_plan", rules="nnunet")
+    assert plan["channels"] == ["FLAIR", "T1w", "T1gd"] and plan["network_spec"]["in_channels"] == 3
+    split = save_split(make_split(load_datalist(dataset), folds=2, seed=0), tmp_path / "two_folds.json")
+    record = train_folds(tmp_path / "brain_plan", overrides={"split_file": str(split), "max_epochs": 2, "val_interval": 1,
+                                                             "progress": False})
+    selection = select_runs([record.parent], tmp_path / "selected")
+    assert set(selection["labels"].values()) == {"edema", "non-enhancing tumour", "enhancing tumour"}
+    images = sorted((dataset / "imagesTs").glob("*.nii.gz"))
+    outputs = infer_with_bundle(Path(selection["bundle"]), images, output_dir=tmp_path / "pred", progress=False)
+    for image, output in zip(images, outputs, strict=True):
+        source, predicted = nib.load(image), nib.load(output)
+        assert source.ndim == 4 and predicted.shape == source.shape[:3] and np.allclose(predicted.affine, source.affine)
+    result = evaluate_folders(tmp_path / "pred", dataset / "labelsTs", labels={"edema": (1,), "tumour_core": (2, 3)},
+                              output_dir=tmp_path / "scores")
+    assert result.summary["cases"] == 2 and not result.summary["failed"]

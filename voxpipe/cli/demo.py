@@ -48,6 +48,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         print(f"wrote {n} chest CTs with nodules (LUNA16 layout: images/, annotations.csv, annotations_excluded.csv, "
               f"seriesuids.csv; world mm, LPS): {root}")
         return 0
+    if args.task == "brain-mri":
+        from voxpipe.phantoms.mri import write_brain_dataset
+
+        manifest = write_brain_dataset(args.output, n_train=16 if args.n_train is None else args.n_train,
+                                       n_test=4 if args.n_test is None else args.n_test, seed=args.seed, size=args.size,
+                                       channels=args.channels, progress=True)
+        print(f"wrote {args.channels}-contrast brain MRI phantoms (MSD Task01 layout, 4D NIfTI): {manifest}")
+        return 0
     if args.task == "nodules":
         from voxpipe.phantoms.nodules import write_nodule_dataset
 
@@ -78,10 +86,11 @@ def add_commands(commands: Any) -> None:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
-    synth = commands.add_parser("synth", help="write a synthetic CT dataset: liver/lung phantoms (MSD layout), nodule "
-                                "patches, or chest CTs with annotated nodules (LUNA16 layout)")
-    synth.add_argument("task", choices=["liver", "lung", "nodules", "nodules-ct"],
-                       help="liver: MSD Task03 labels; lung: MSD Task06 labels + lung masks; "
+    synth = commands.add_parser("synth", help="write a synthetic dataset: liver/lung CT phantoms (MSD layout), multi-contrast "
+                                "brain MRI (MSD Task01 layout), nodule patches, or chest CTs with annotated nodules (LUNA16 layout)")
+    synth.add_argument("task", choices=["liver", "lung", "brain-mri", "nodules", "nodules-ct"],
+                       help="liver: MSD Task03 labels; lung: MSD Task06 labels + lung masks; brain-mri: MSD Task01-style "
+                       "multi-contrast MRI (4D NIfTI; oedema, non-enhancing and enhancing tumour); "
                        "nodules: benign/malignant nodule patches with masks (dataset.json + labels.csv); "
                        "nodules-ct: chest CTs with 0-6 nodules of 3-30 mm, annotations.csv in world mm (LPS) as LUNA16")
     synth.add_argument("-o", "--output", required=True, help="dataset folder to write")
@@ -90,6 +99,8 @@ def add_commands(commands: Any) -> None:
     synth.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     synth.add_argument("--size", choices=["default", "tiny"], default="default",
                        help="phantom size; nodule patches are 48³ (default) or 32³ (tiny) voxels at 1 mm")
+    synth.add_argument("--channels", type=int, default=4, choices=[1, 2, 3, 4],
+                       help="brain-mri: contrasts per case, the first of FLAIR, T1w, T1gd, T2w (default 4)")
     synth.add_argument("--fov", choices=["phantom", "clinical"], default="phantom",
                        help="liver/lung: clinical puts each phantom into clinical CT geometry (512 x 512 at 0.6-0.98 mm, "
                             "1-5 mm slices, 100-600 slices, a table, optional arms, padding outside a circular field of view)")

@@ -134,15 +134,15 @@ class ResampleArgmaxd(MapTransform):
                 source_shape=shape, slab=self.slab, keep_probabilities=self.probabilities_dir is not None,
             )  # fmt: skip
             if probabilities is not None:
-                self._save_probabilities(probabilities, source_affine, str(meta.get("filename_or_obj", "case")))
+                self._save_probabilities(probabilities, source_affine, str(meta.get("filename_or_obj", "case")), meta.get("case_id"))
             d[key] = MetaTensor(labels[None], affine=torch.as_tensor(source_affine), meta={"filename_or_obj": meta.get("filename_or_obj")})
         return d
 
-    def _save_probabilities(self, probabilities: torch.Tensor, affine: np.ndarray, source: str) -> None:
+    def _save_probabilities(self, probabilities: torch.Tensor, affine: np.ndarray, source: str, case: str | None) -> None:
         from voxpipe.transforms.io import atomic_path, case_id
 
         assert self.probabilities_dir is not None
-        path = self.probabilities_dir / f"{case_id(source)}_probabilities.npz"
+        path = self.probabilities_dir / f"{case or case_id(source)}_probabilities.npz"
         with atomic_path(path) as tmp:  # the temporary name ends in .npz, so numpy adds no suffix
             np.savez_compressed(tmp, probabilities=probabilities.numpy(), affine=affine)
         logger.info("wrote %s", path)

@@ -97,7 +97,8 @@ def find_volumes(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def load_volume(
-    path: str | os.PathLike[str], *, label: bool = False, series_uid: str | None = None, finite: bool = True
+    path: str | os.PathLike[str], *, label: bool = False, series_uid: str | None = None, finite: bool = True,
+    channels: bool = False,
 ) -> Volume:
     """Load a NIfTI, NRRD/NHDR or MHA/MHD file, or a DICOM series folder, as :class:`Volume`.
 
@@ -109,6 +110,9 @@ def load_volume(
             (default: the series with most slices, see :mod:`voxpipe.transforms.dicom`).
         finite: refuse NaN/Inf and complex intensities (:func:`check_intensities`); ``False`` only
             for tools that report such voxels themselves (``voxpipe data check``).
+        channels: accept a 4D NIfTI image (x, y, z, c): the MSD stores multi-contrast MRI that way
+            (Task01 BrainTumour, Task05 Prostate); its array is returned channel-first ``(C, X, Y, Z)``.
+            A 3D image stays ``(X, Y, Z)``.
 
     Raises:
         InputError: the file is missing, has an unknown suffix, a header that declares more data than
@@ -151,12 +155,35 @@ def load_volume(
         raise InputError(f"{str(path)!r}: not enough memory to load it ({_declared_shape(path)})") from error
     except Exception as error:  # the readers raise many unrelated types for corrupt files
         raise InputError(f"{str(path)!r}: could not be read as {suffix} ({with_native_reason(itk_reason(error), native)})") from error
+    if channels and not label and array.ndim == 4 and array.shape[3] >= 1:
+        array = np.moveaxis(np.asarray(array), 3, 0)
+        check_affine(path, affine)
+        return Volume(check_intensities(array, path) if finite else array, affine, path)
     if array.ndim != 3:
-        raise InputError(f"{str(path)!r}: expected a 3D volume, found array shape {array.shape}")
+        what = " (a 4D multi-channel image? voxpipe reads those as images with channels, not as label maps)" if array.ndim == 4 else ""
+        raise InputError(f"{str(path)!r}: expected a 3D volume, found array shape {array.shape}{what}")
     check_affine(path, affine)
     if label:
         return Volume(as_label(array, path), affine, path)
     return Volume(check_intensities(array, path) if finite else array, affine, path)
+
+
+def load_channels(paths: Sequence[str | os.PathLike[str]]) -> Volume:
+    """Several 3D images of one case (one file per channel, nnU-Net's ``case_0000``, ``case_0001``...) as
+    one channel-first volume ``(C, X, Y, Z)``; a single path may be a 4D NIfTI (see :func:`load_volume`).
+
+    Raises:
+        GeometryError: the channels are not on one grid (the file that differs is named).
+    """
+    volumes = [load_volume(p, channels=len(paths) == 1) for p in paths]
+    first = volumes[0]
+    if len(volumes) == 1:
+        return first
+    for volume in volumes[1:]:
+        if volume.array.shape != first.array.shape or not np.allclose(volume.affine, first.affine, atol=1e-3):
+            raise GeometryError(f"{str(volume.path)!r}: expected the grid of channel 0 {str(first.path)!r} (shape "
+                                f"{list(first.array.shape)}), found shape {list(volume.array.shape)} and another affine")
+    return Volume(np.stack([v.array for v in volumes]), first.affine, first.path)
 
 
 def check_intensities(array: np.ndarray, path: str | os.PathLike[str] = "<array>") -> np.ndarray:
@@ -455,9 +482,9 @@ class SaveLabelLiked(MapTransform):
         self.dtype = np.dtype(dtype)
         self.atol_mm = atol_mm
 
-    def output_path(self, reference: str | os.PathLike[str]) -> Path:
-        """Where the prediction for the source image ``reference`` is written."""
-        return self.output_dir / f"{case_id(reference)}{self.output_postfix}{self.output_ext}"
+    def output_path(self, reference: str | os.PathLike[str], case: str | None = None) -> Path:
+        """Where the prediction for the source image ``reference`` (case id ``case``, default its file name) is written."""
+        return self.output_dir / f"{case or case_id(reference)}{self.output_postfix}{self.output_ext}"
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -478,8 +505,9 @@ class SaveLabelLiked(MapTransform):
             array = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
             if array.ndim == 4:
                 array = array[0]
-            write_label_like(array.astype(self.dtype), reference, self.output_path(reference))
-            logger.info("wrote %s", self.output_path(reference))
+            target = self.output_path(reference, source.meta.get("case_id"))
+            write_label_like(array.astype(self.dtype), reference, target)
+            logger.info("wrote %s", target)
         return d
 
 
@@ -527,10 +555,11 @@ class VolumeReader(ImageReader):
     :func:`as_label` (integer cast with the integrality check).
     """
 
-    def __init__(self, *, label: bool = False, series_uid: str | None = None) -> None:
+    def __init__(self, *, label: bool = False, series_uid: str | None = None, channels: bool = False) -> None:
         super().__init__()
         self.label = label
         self.series_uid = series_uid
+        self.channels = channels
 
     def verify_suffix(self, filename: Sequence[os.PathLike[str] | str] | os.PathLike[str] | str) -> bool:
         names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
@@ -538,17 +567,20 @@ class VolumeReader(ImageReader):
 
     def read(self, data: Sequence[os.PathLike[str] | str] | os.PathLike[str] | str, **kwargs: Any) -> Volume:
         names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        if self.channels and not self.label and names:
+            return load_channels(names) if len(names) > 1 else load_volume(names[0], series_uid=self.series_uid, channels=True)
         if len(names) != 1:
             raise InputError(f"{names!r}: VolumeReader reads one volume (a file or a DICOM folder) at a time")
         return load_volume(names[0], label=self.label, series_uid=self.series_uid)
 
     def get_data(self, img: Volume) -> tuple[np.ndarray, dict[str, Any]]:
+        with_channels = img.array.ndim == 4  # (C, X, Y, Z) from load_channels: EnsureChannelFirst keeps it
         meta = {
             MetaKeys.AFFINE: img.affine.copy(),
             MetaKeys.ORIGINAL_AFFINE: img.affine.copy(),
-            MetaKeys.SPATIAL_SHAPE: np.asarray(img.array.shape),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(img.array.shape[1:] if with_channels else img.array.shape),
             MetaKeys.SPACE: SpaceKeys.RAS,
-            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+            MetaKeys.ORIGINAL_CHANNEL_DIM: 0 if with_channels else float("nan"),
             "pixdim": np.asarray([1.0, *img.spacing, 1, 1, 1, 1]),
         }
         return np.asarray(img.array), meta
@@ -557,7 +589,9 @@ class VolumeReader(ImageReader):
 class LoadVolumed(MapTransform):
     """Dict transform: load ``keys`` with :func:`load_volume` into ``MetaTensor`` objects.
 
-    Images become float32; keys in ``label_keys`` keep the integer type chosen by
+    An image may have several channels: a 4D NIfTI (x, y, z, c) or a list of 3D files on one grid
+    (:func:`load_channels`); it is then channel-first ``(C, X, Y, Z)`` and ``EnsureChannelFirstd``
+    leaves it so. Images become float32; keys in ``label_keys`` keep the integer type chosen by
     :func:`as_label` (non-integral label files are refused). ``meta["filename_or_obj"]`` is the
     source path, as with ``LoadImaged``, so :class:`SaveLabelLiked` and ``Invertd`` work.
 
@@ -577,17 +611,22 @@ class LoadVolumed(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.label_keys = {label_keys} if isinstance(label_keys, str) else set(label_keys)
         self.image_dtype = image_dtype
-        self._image, self._label = VolumeReader(), VolumeReader(label=True)
+        self._image, self._label = VolumeReader(channels=True), VolumeReader(label=True)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             is_label = key in self.label_keys
             reader = self._label if is_label else self._image
-            array, meta = reader.get_data(reader.read(d[key]))
+            source = d[key]
+            array, meta = reader.get_data(reader.read(source))
             if not is_label:
                 array = array.astype(self.image_dtype, copy=False)
-            meta["filename_or_obj"] = str(d[key])
+            if isinstance(source, (list, tuple)):  # one file per channel: named by channel 0, the case without _0000
+                meta["filename_or_obj"] = str(source[0])
+                meta["case_id"] = re.sub(r"_\d{4}$", "", case_id(source[0]))
+            else:
+                meta["filename_or_obj"] = str(source)
             d[key] = MetaTensor.ensure_torch_and_prune_meta(array, meta)
         return d
 

@@ -443,8 +443,9 @@ def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str
     per_case = {}
     for image in images:
         label = load_volume(output(image))
-        source = load_volume(image)
-        intensity = source.array if source.array.shape == label.array.shape else None
+        source = load_volume(image, channels=True)  # a multi-channel image: statistics of channel 0
+        array = source.array[0] if source.array.ndim == 4 else source.array
+        intensity = array if array.shape == label.array.shape else None
         per_case[case_id(image)] = case_statistics(label.array, label.affine, names=names, image=intensity, lesion_labels=lesion_labels)
     if shard is None:
         write_statistics(per_case, out_dir)

@@ -66,9 +66,11 @@ def plan_dataset(dataset: str | os.PathLike[str], output_dir: str | os.PathLike[
     out = Path(output_dir)
     spec = network_spec(plan, network=network, in_channels=len(plan["channels"]), n_classes=len(plan["labels"]))
     plan["network_spec"] = spec
-    bundle_written = len(plan["channels"]) == 1
+    schemes = {n["scheme"] for n in plan["normalisation"]}
+    bundle_written = len(plan["channels"]) == 1 or (len(schemes) == 1 and "CTNormalization" not in schemes)
     plan["bundle"] = ("configs/ (train.yaml, inference.yaml, evaluate.yaml, metadata.json)" if bundle_written else
-                      "not written: voxpipe's bundles load one channel per case; multi-channel training is not built yet")
+                      f"not written: the channels need different normalisations ({', '.join(sorted(schemes))}), which "
+                      "voxpipe's planned bundles do not express yet")
     entries = [e for e in load_datalist(dataset) if e.get("label")]
     folds = min(FOLDS, len({str(e.get("patient") or e["case"]) for e in entries}))
     split = make_split(entries, folds=folds, seed=0)
@@ -80,8 +82,7 @@ def plan_dataset(dataset: str | os.PathLike[str], output_dir: str | os.PathLike[
         write_planned_bundle(out, plan=plan, fingerprint=fingerprint, spec=spec, norm=plan["normalisation"][0],
                              split_file=(out / "splits.json").resolve())
     else:
-        logger.warning("%s: %d channels: plan written, bundle not (multi-channel loading is not built yet)",
-                       dataset, len(plan["channels"]))
+        logger.warning("%s: plan written, bundle %s", dataset, plan["bundle"])
     write_text_atomic(out / "plan.md", render_markdown(plan))
     write_text_atomic(out / "plan.json", json.dumps(plan, indent=2) + "\n")
     return plan
