@@ -170,16 +170,20 @@ def test_multichannel_images_load_channel_first_and_refuse_mismatched_grids(tmp_
     nib.save(nib.Nifti1Image(stack, affine), tmp_path / "four_d.nii.gz")
     for c in range(3):
         nib.save(nib.Nifti1Image(stack[..., c], affine), tmp_path / f"case_{c:04d}.nii.gz")
-    with pytest.raises(InputError, match="4D multi-channel"):
+    with pytest.raises(InputError, match="expected a 3D volume.*several channels"):
         load_volume(tmp_path / "four_d.nii.gz")
     assert load_volume(tmp_path / "four_d.nii.gz", channels=True).array.shape == (3, 6, 5, 4)
-    loader, first = LoadVolumed(keys="image"), EnsureChannelFirstd(keys="image")
+    with pytest.raises(InputError, match="expected a 3D volume"):  # a 1-channel bundle refuses 4D images, as before
+        LoadVolumed(keys="image")({"image": str(tmp_path / "four_d.nii.gz")})
+    with pytest.raises(InputError, match="four_d.nii.gz.*expected 2 channels.*found 3"):
+        LoadVolumed(keys="image", channels=2)({"image": str(tmp_path / "four_d.nii.gz")})
+    loader, first = LoadVolumed(keys="image", channels=3), EnsureChannelFirstd(keys="image")
     whole = first(loader({"image": str(tmp_path / "four_d.nii.gz")}))["image"]
     split = first(loader({"image": [str(tmp_path / f"case_{c:04d}.nii.gz") for c in range(3)]}))["image"]
     assert whole.shape == split.shape == (3, 6, 5, 4) and np.allclose(whole.numpy(), split.numpy())
     assert np.allclose(whole.numpy()[1], stack[..., 1]) and split.meta["case_id"] == "case"
     assert list(whole.meta["spatial_shape"]) == [6, 5, 4]
-    single = first(loader({"image": str(tmp_path / "case_0000.nii.gz")}))["image"]
+    single = first(LoadVolumed(keys="image")({"image": str(tmp_path / "case_0000.nii.gz")}))["image"]
     assert single.shape == (1, 6, 5, 4)  # a 3D file still gets its channel added
     nib.save(nib.Nifti1Image(stack[..., 0], np.diag([0.8, 0.8, 2.0, 1.0])), tmp_path / "case_0002.nii.gz")
     with pytest.raises(GeometryError, match="case_0002.nii.gz.*expected the grid of channel 0"):

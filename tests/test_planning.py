@@ -179,6 +179,7 @@ def test_multichannel_dataset_is_planned_with_per_channel_normalisation(tmp_path
     assert train["network_def"]["in_channels"] == 2 and "hu_window" not in train
     steps = [t["_target_"] for t in train["preprocessing_transforms"]]
     assert "NormalizeIntensityd" in steps and "ScaleIntensityRanged" not in steps
+    assert train["preprocessing_transforms"][0]["channels"] == 2  # LoadVolumed takes both channel files
 
 
 @pytest.mark.slow

@@ -163,6 +163,7 @@ def test_plan_cross_validate_select_and_infer_the_winner(tiny_liver_dataset, tmp
 @pytest.mark.slow
 def test_multichannel_mri_from_msd_4d_files_plans_trains_selects_and_infers(tmp_path, monkeypatch):
     from voxpipe.phantoms.mri import write_brain_dataset
+    from voxpipe.pipelines.data.check import check_dataset
     from voxpipe.pipelines.data.datalists import load_datalist
     from voxpipe.pipelines.data.splits import make_split, save_split
     from voxpipe.pipelines.evaluation.evaluate import evaluate_folders
@@ -171,6 +172,7 @@ def test_multichannel_mri_from_msd_4d_files_plans_trains_selects_and_infers(tmp_
 
     monkeypatch.chdir(tmp_path)
     dataset = write_brain_dataset(tmp_path / "brain", n_train=4, n_test=2, seed=3, size="tiny", channels=3).parent
+    assert not check_dataset(dataset).problems  # 4D images are read with their channels
     plan = plan_dataset(dataset, tmp_path / "brain_plan", rules="nnunet")
     assert plan["channels"] == ["FLAIR", "T1w", "T1gd"] and plan["network_spec"]["in_channels"] == 3
     split = save_split(make_split(load_datalist(dataset), folds=2, seed=0), tmp_path / "two_folds.json")
@@ -186,3 +188,28 @@ def test_multichannel_mri_from_msd_4d_files_plans_trains_selects_and_infers(tmp_
     result = evaluate_folders(tmp_path / "pred", dataset / "labelsTs", labels={"edema": (1,), "tumour_core": (2, 3)},
                               output_dir=tmp_path / "scores")
     assert result.summary["cases"] == 2 and not result.summary["failed"]
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_train_one_fold_each_into_one_cv_record(tiny_liver_dataset, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from voxpipe.pipelines.data.datalists import load_datalist
+    from voxpipe.pipelines.data.splits import make_split, save_split
+    from voxpipe.pipelines.planning.planner import plan_dataset
+
+    bundle = tmp_path / "planned"
+    plan_dataset(tiny_liver_dataset, bundle, rules="nnunet")
+    split = save_split(make_split(load_datalist(tiny_liver_dataset), folds=2, seed=0), tmp_path / "two_folds.json")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "voxpipe.cli",
+               "train", str(bundle), "--folds", "all", "--set", f"split_file={split}", "--set", "max_epochs=1",
+               "--set", "val_interval=1", "--set", "progress=false", "--set", f"output_dir={tmp_path / 'runs'}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "worker 1 of 2: folds [0]" in done.stderr and "worker 2 of 2: folds [1]" in done.stderr
+    cv = json.loads((tmp_path / "runs" / "cv.json").read_text())
+    assert sorted(cv["folds"]) == ["0", "1"]  # both ranks' folds, merged under the lock
+    assert "process group" not in done.stderr  # each fold trained as a single process

@@ -107,7 +107,7 @@ def add_commands(commands: Any) -> None:
                                "empty labels (warning), HU range for CT, duplicate cases.")  # fmt: skip
     check.add_argument("dataset", help="MSD folder (dataset.json), LiTS folder, folder with images/ + labels/, or CSV")
     check.add_argument("--json", help="also write the report as JSON here")
-    check.add_argument("--layout", choices=["msd", "lits", "folder", "csv"], help="force a layout (default: detected)")
+    check.add_argument("--layout", choices=["msd", "nnunet", "lits", "folder", "csv"], help="force a layout (default: detected)")
     check.add_argument("--modality", help="CT enables the HU-range check (default: from dataset.json; LiTS is CT)")
     check.add_argument("--labels", help="allowed label values, e.g. 0,1,2 (default: dataset.json labels)")
     check.add_argument("--tolerance", type=float, default=1e-3, help="image/label geometry tolerance in mm (default: 0.001)")
@@ -122,7 +122,7 @@ def add_commands(commands: Any) -> None:
     split.add_argument("--folds", type=int, help="k-fold cross-validation over the non-test cases instead of --val")
     split.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     split.add_argument("--group-by", default="patient", help="entry key grouping cases, e.g. a CSV 'patient' column (default: patient)")
-    split.add_argument("--layout", choices=["msd", "lits", "folder", "csv"], help="force a layout (default: detected)")
+    split.add_argument("--layout", choices=["msd", "nnunet", "lits", "folder", "csv"], help="force a layout (default: detected)")
     split.set_defaults(func=_cmd_split)
 
     fingerprint = actions.add_parser("fingerprint", help="spacing, sizes, foreground intensity percentiles, label volumes → JSON")
@@ -131,8 +131,8 @@ def add_commands(commands: Any) -> None:
     fingerprint.add_argument("--no-progress", action="store_true", help="no progress bar")
     fingerprint.set_defaults(func=_cmd_fingerprint)
 
-    download = actions.add_parser("download", help="download and verify an MSD archive (Task03_Liver, Task06_Lung)")
-    download.add_argument("task", help="Task03_Liver or Task06_Lung")
+    download = actions.add_parser("download", help="download and verify an MSD archive (any of the ten tasks, Task01_BrainTumour ... Task10_Colon)")
+    download.add_argument("task", help="an MSD task name, e.g. Task03_Liver, Task05_Prostate, Task01_BrainTumour")
     download.add_argument("-o", "--output", default="data", help="parent folder (default: data)")
     download.add_argument("--url", help="archive URL override (mirror or file:// path)")
     download.add_argument("--md5", help="expected MD5 override")

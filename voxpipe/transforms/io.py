@@ -160,7 +160,7 @@ def load_volume(
         check_affine(path, affine)
         return Volume(check_intensities(array, path) if finite else array, affine, path)
     if array.ndim != 3:
-        what = " (a 4D multi-channel image? voxpipe reads those as images with channels, not as label maps)" if array.ndim == 4 else ""
+        what = " (4D: several channels? this reader expects one)" if array.ndim == 4 else ""
         raise InputError(f"{str(path)!r}: expected a 3D volume, found array shape {array.shape}{what}")
     check_affine(path, affine)
     if label:
@@ -168,14 +168,14 @@ def load_volume(
     return Volume(check_intensities(array, path) if finite else array, affine, path)
 
 
-def load_channels(paths: Sequence[str | os.PathLike[str]]) -> Volume:
+def load_channels(paths: Sequence[str | os.PathLike[str]], *, finite: bool = True) -> Volume:
     """Several 3D images of one case (one file per channel, nnU-Net's ``case_0000``, ``case_0001``...) as
     one channel-first volume ``(C, X, Y, Z)``; a single path may be a 4D NIfTI (see :func:`load_volume`).
 
     Raises:
         GeometryError: the channels are not on one grid (the file that differs is named).
     """
-    volumes = [load_volume(p, channels=len(paths) == 1) for p in paths]
+    volumes = [load_volume(p, channels=len(paths) == 1, finite=finite) for p in paths]
     first = volumes[0]
     if len(volumes) == 1:
         return first
@@ -371,6 +371,20 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if absent) while the block runs: processes
+    that merge their parts into one file (shards, folds) take turns. Local disks and NFS with locking."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def save_nifti(
@@ -589,9 +603,9 @@ class VolumeReader(ImageReader):
 class LoadVolumed(MapTransform):
     """Dict transform: load ``keys`` with :func:`load_volume` into ``MetaTensor`` objects.
 
-    An image may have several channels: a 4D NIfTI (x, y, z, c) or a list of 3D files on one grid
-    (:func:`load_channels`); it is then channel-first ``(C, X, Y, Z)`` and ``EnsureChannelFirstd``
-    leaves it so. Images become float32; keys in ``label_keys`` keep the integer type chosen by
+    With ``channels`` > 1 an image has that many channels: a 4D NIfTI (x, y, z, c) or a list of 3D
+    files on one grid (:func:`load_channels`); it is then channel-first ``(C, X, Y, Z)`` and
+    ``EnsureChannelFirstd`` leaves it so. With 1 (the default) a 4D image is refused. Images become float32; keys in ``label_keys`` keep the integer type chosen by
     :func:`as_label` (non-integral label files are refused). ``meta["filename_or_obj"]`` is the
     source path, as with ``LoadImaged``, so :class:`SaveLabelLiked` and ``Invertd`` work.
 
@@ -606,12 +620,16 @@ class LoadVolumed(MapTransform):
         *,
         label_keys: str | Sequence[str] = ("label",),
         image_dtype: Any = np.float32,
+        channels: int = 1,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_keys = {label_keys} if isinstance(label_keys, str) else set(label_keys)
         self.image_dtype = image_dtype
-        self._image, self._label = VolumeReader(channels=True), VolumeReader(label=True)
+        if channels < 1:
+            raise InputError(f"LoadVolumed channels: expected 1 or more, found {channels}")
+        self.channels = int(channels)
+        self._image, self._label = VolumeReader(channels=self.channels > 1), VolumeReader(label=True)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -619,7 +637,15 @@ class LoadVolumed(MapTransform):
             is_label = key in self.label_keys
             reader = self._label if is_label else self._image
             source = d[key]
+            if not is_label and self.channels == 1 and isinstance(source, (list, tuple)) and len(source) > 1:
+                raise InputError(f"{str(source[0])!r}: expected one image file per case (a 1-channel bundle), found "
+                                 f"{len(source)} channel files")
             array, meta = reader.get_data(reader.read(source))
+            found = array.shape[0] if array.ndim == 4 else 1
+            if not is_label and self.channels > 1 and found != self.channels:
+                first = source[0] if isinstance(source, (list, tuple)) else source
+                raise InputError(f"{str(first)!r}: expected {self.channels} channels (a 4D image or one file per channel), "
+                                 f"found {found}")
             if not is_label:
                 array = array.astype(self.image_dtype, copy=False)
             if isinstance(source, (list, tuple)):  # one file per channel: named by channel 0, the case without _0000

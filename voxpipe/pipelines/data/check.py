@@ -32,7 +32,7 @@ from voxpipe.pipelines.data.datalists import (
     detect_layout,
     load_datalist,
 )
-from voxpipe.transforms.io import Volume, load_volume, write_text_atomic
+from voxpipe.transforms.io import Volume, load_channels, load_volume, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def check_dataset(
         seen_cases[case] = seen_cases.get(case, 0) + 1
         if seen_cases[case] == 2:
             add(Problem(case, entry.get("image", ""), "error", "duplicate-case", f"case id {case!r} is listed more than once"))
-        image = _read(entry.get("image"), case, "image", add, label=False)
+        image = _read_image(entry.get("image"), case, add)
         label = _read(entry.get("label"), case, "label", add, label=True) if "label" in entry else None
         if entry.get("image") and "label" not in entry and layout in ("lits", "folder"):
             add(Problem(case, entry["image"], "error", "missing-pair", "image has no label file with the same case id"))
@@ -154,14 +154,29 @@ def check_dataset(
     return report
 
 
-def _read(path: str | None, case: str, key: str, add: Any, *, label: bool) -> Volume | None:
+def _read_image(paths: str | list[str] | None, case: str, add: Any) -> Volume | None:
+    """The case's image: one file (a 4D NIfTI is read with its channels) or one file per channel (nnU-Net)."""
+    if not paths or isinstance(paths, str):
+        return _read(paths, case, "image", add, label=False, channels=True)
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        add(Problem(case, missing[0], "error", "missing-file", "image channel file does not exist"))
+        return None
+    try:
+        return load_channels(paths, finite=False)
+    except InputError as error:
+        add(Problem(case, paths[0], "error", "unreadable", str(error)))
+        return None
+
+
+def _read(path: str | None, case: str, key: str, add: Any, *, label: bool, channels: bool = False) -> Volume | None:
     if not path:
         return None
     if not Path(path).exists():
         add(Problem(case, path, "error", "missing-file", f"{key} file does not exist"))
         return None
     try:
-        return load_volume(path, finite=False)  # NaN/Inf are reported below, with the other problems
+        return load_volume(path, finite=False, channels=channels)  # NaN/Inf are reported below, with the other problems
     except InputError as error:
         add(Problem(case, path, "error", "unreadable", str(error)))
         return None
@@ -205,8 +220,9 @@ def _check_label(label: Volume, case: str, allowed: set[int] | None, add: Any) -
 
 def _check_geometry(image: Volume, label: Volume, case: str, tol: float, add: Any) -> None:
     path = str(label.path)
-    if image.array.shape != label.array.shape:
-        add(Problem(case, path, "error", "shape-mismatch", f"label shape {label.array.shape} differs from image shape {image.array.shape}"))
+    spatial = image.array.shape[-3:]  # a multi-channel image is (C, X, Y, Z)
+    if spatial != label.array.shape:
+        add(Problem(case, path, "error", "shape-mismatch", f"label shape {label.array.shape} differs from image shape {spatial}"))
     spacing_i, spacing_l = np.asarray(image.spacing), np.asarray(label.spacing)
     if np.abs(spacing_i - spacing_l).max() > tol:
         add(Problem(case, path, "error", "spacing-mismatch",

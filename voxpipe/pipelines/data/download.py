@@ -1,8 +1,8 @@
 """Download and unpack Medical Segmentation Decathlon archives, verified and all-or-nothing.
 
 MONAI's ``download_url`` (checksum) and ``extractall`` (which refuses absolute paths, ``..`` and
-links in archives) do the work. What is added: the URL/MD5 table for the tasks voxpipe ships bundles
-for, extraction into a temporary folder that is renamed into place only when complete (an
+links in archives) do the work, with the URL/MD5 table of its ``DecathlonDataset`` (all ten tasks). What is
+added: extraction into a temporary folder that is renamed into place only when complete (an
 interrupted run leaves no half dataset that a later training would use), a check that the archive
 really holds ``<task>/dataset.json``, and errors that say what to do.
 """
@@ -15,17 +15,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from monai.apps import DecathlonDataset
 from monai.apps.utils import download_url, extractall
 
 from voxpipe.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-# The archives MONAI's DecathlonDataset uses (the official Google-Drive tarballs, mirrored).
-MSD_ARCHIVES: dict[str, tuple[str, str]] = {
-    "Task03_Liver": ("https://msd-for-monai.s3-us-west-2.amazonaws.com/Task03_Liver.tar", "a90ec6c4aa7f6a3d087205e23d4e6397"),
-    "Task06_Lung": ("https://msd-for-monai.s3-us-west-2.amazonaws.com/Task06_Lung.tar", "8afd997733c7fc0432f71255ba4e52dc"),
-}
+# The archives of all ten tasks, as MONAI's DecathlonDataset lists them (the official tarballs, mirrored).
+MSD_ARCHIVES: dict[str, tuple[str, str]] = {task: (url, DecathlonDataset.md5[task]) for task, url in DecathlonDataset.resource.items()}
 
 
 def download_msd(

@@ -8,8 +8,9 @@ grid (``fold_k/validation/<case>_probabilities.npz``): the out-of-fold predictio
 weights and predictions exist is not run again, so rerunning the command finishes what is missing.
 ``<output_dir>/cv.json`` records the folds.
 
-Folds run one after the other in this process (each may itself use every GPU through the bundle's
-device choice); running folds in parallel on several GPUs is not built.
+Folds run one after the other in a process. Under ``torchrun --nproc_per_node=N`` (one process per
+GPU) ``voxpipe train --folds`` gives each rank every N-th fold on its own GPU, each trained as a
+single process (no process group: the folds are independent), merged into one ``cv.json``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ from voxpipe.pipelines.bundles.config import find_config
 from voxpipe.pipelines.bundles.run import run_bundle
 from voxpipe.pipelines.data.datalists import split_datalist
 from voxpipe.pipelines.inference.infer import infer_with_bundle
-from voxpipe.transforms.io import write_text_atomic
+from voxpipe.transforms.io import exclusive_lock, write_text_atomic
 
 logger = logging.getLogger(__name__)
+
+# Settings of the training run that must not reach the fold's inference (which writes to fold_K/validation).
+_RUN_KEYS = {"output_dir", "split_file", "fold", "resume", "checkpoint", "datalist"}
 
 
 def parse_folds(text: str | Sequence[int], n_folds: int) -> list[int]:
@@ -59,8 +63,13 @@ def _config_values(bundle_dir: Path, overrides: Mapping[str, Any], keys: Sequenc
 
 
 def train_folds(bundle_dir: str | os.PathLike[str], *, folds: str | Sequence[int] = "all",
-                overrides: Mapping[str, Any] | None = None, resume: bool = False, progress: bool = True) -> Path:
+                overrides: Mapping[str, Any] | None = None, resume: bool = False, progress: bool = True,
+                worker: tuple[int, int] | None = None) -> Path:
     """Train the chosen folds of the bundle's k-fold ``split_file`` and predict each fold's validation cases.
+
+    ``worker=(i, n)``: this process is worker ``i`` of ``n`` (one per GPU, e.g. the ranks of
+    ``torchrun``) and takes every n-th of the chosen folds, starting at the i-th; the workers merge
+    their folds into one ``cv.json`` under a file lock.
 
     Returns:
         ``<output_dir>/cv.json``.
@@ -83,12 +92,15 @@ def train_folds(bundle_dir: str | os.PathLike[str], *, folds: str | Sequence[int
     if "folds" not in split:
         raise InputError(f"{str(split_file)!r}: expected a k-fold split ('folds'), found parts {sorted(split)}")
     chosen = parse_folds(folds, len(split["folds"]))
+    if worker is not None:
+        index, count = worker
+        chosen = chosen[index::count]
+        logger.info("worker %d of %d: folds %s", index + 1, count, chosen)
     base = Path(values["output_dir"]).resolve()
+    base.mkdir(parents=True, exist_ok=True)
     record_path = base / "cv.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    record.update(bundle=str(bundle), dataset_dir=str(values["dataset_dir"]), split_file=str(Path(split_file).resolve()),
-                  n_folds=len(split["folds"]))
-    record.setdefault("folds", {})
+    about = {"bundle": str(bundle), "dataset_dir": str(values["dataset_dir"]), "split_file": str(Path(split_file).resolve()),
+             "n_folds": len(split["folds"])}
     inference_keys = _inference_keys(bundle)
     for position, fold in enumerate(chosen, start=1):
         fold_dir = base / f"fold_{fold}"
@@ -113,12 +125,20 @@ def train_folds(bundle_dir: str | os.PathLike[str], *, folds: str | Sequence[int
                                  "out-of-fold prediction reads one image file per case",
                                  hint="store the channels as one 4D NIfTI per case (the MSD layout) for cross-validation")
             infer_with_bundle(bundle, [e["image"] for e in entries], output_dir=predictions, weights=weights,
-                              overrides={k: v for k, v in overrides.items() if k in inference_keys},
+                              overrides={k: v for k, v in overrides.items() if k in inference_keys and k not in _RUN_KEYS},
                               save_probabilities=True, progress=progress)
             write_text_atomic(done, json.dumps({"cases": cases, "weights": str(weights)}, indent=2) + "\n")
-        record["folds"][str(fold)] = {"output_dir": str(fold_dir), "weights": str(weights), "validation_dir": str(predictions),
-                                      "cases": cases}
-        write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
+        entry = {"output_dir": str(fold_dir), "weights": str(weights), "validation_dir": str(predictions), "cases": cases}
+        with exclusive_lock(base / ".cv.lock"):  # other workers may be adding their folds
+            record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+            record.update(about)
+            record.setdefault("folds", {})[str(fold)] = entry
+            record["folds"] = dict(sorted(record["folds"].items(), key=lambda item: int(item[0])))
+            write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
+    if not record_path.is_file():  # a worker with no fold to run
+        with exclusive_lock(base / ".cv.lock"):
+            if not record_path.is_file():
+                write_text_atomic(record_path, json.dumps({**about, "folds": {}}, indent=2) + "\n")
     return record_path
 
 

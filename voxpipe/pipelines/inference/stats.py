@@ -116,17 +116,13 @@ def write_shard_statistics(per_case: Mapping[str, Mapping[str, Any]], output_dir
     so the last shard to merge sees every part: the final files cover all finished shards, whichever
     finishes last. Parts of a run with another shard count are ignored.
     """
-    import fcntl
+    from voxpipe.transforms.io import exclusive_lock
 
     folder = Path(output_dir)
     k, n = shard
     write_text_atomic(folder / f"statistics-shard-{k}-of-{n}.json", json.dumps(per_case, indent=2) + "\n")
-    with open(folder / ".statistics.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            merged: dict[str, Any] = {}
-            for part in sorted(folder.glob(f"statistics-shard-*-of-{n}.json")):
-                merged.update(json.loads(part.read_text()))
-            return write_statistics(dict(sorted(merged.items())), folder)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with exclusive_lock(folder / ".statistics.lock"):
+        merged: dict[str, Any] = {}
+        for part in sorted(folder.glob(f"statistics-shard-*-of-{n}.json")):
+            merged.update(json.loads(part.read_text()))
+        return write_statistics(dict(sorted(merged.items())), folder)

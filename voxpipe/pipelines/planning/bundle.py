@@ -33,9 +33,11 @@ def _normalise(transform: dict[str, Any], norm: dict[str, Any]) -> dict[str, Any
             "channel_wise": True}
 
 
-def _rewrite(items: list[Any], norm: dict[str, Any]) -> list[Any]:
+def _rewrite(items: list[Any], norm: dict[str, Any], channels: int) -> list[Any]:
     result = []
     for item in items:
+        if isinstance(item, dict) and str(item.get("_target_", "")).endswith("LoadVolumed") and channels > 1:
+            item = {**item, "channels": channels}
         if isinstance(item, dict) and item.get("_target_") in _ORGAN_SPECIFIC:
             continue
         if isinstance(item, dict) and item.get("_target_") == "ScaleIntensityRanged":
@@ -76,20 +78,20 @@ def _configure(config: dict[str, Any], plan: dict[str, Any], fingerprint: dict[s
         if config["inferer"].get("_target_", "").endswith("FastSlidingWindowInferer") and norm["scheme"] != "CTNormalization":
             config["inferer"]["crop_body"] = False  # the body crop and air skip assume CT
             config["inferer"]["skip_air"] = False
-    _walk(config, norm)
+    _walk(config, norm, int(spec["in_channels"]))
     return config
 
 
-def _walk(node: Any, norm: dict[str, Any]) -> None:
+def _walk(node: Any, norm: dict[str, Any], channels: int) -> None:
     """Rewrite every transform list in the config (training, validation, inference, evaluation)."""
     if isinstance(node, dict):
         for key, value in node.items():
             if isinstance(value, list) and any(isinstance(v, dict) and "_target_" in v for v in value):
-                node[key] = _rewrite(value, norm)
-            _walk(node[key], norm)
+                node[key] = _rewrite(value, norm, channels)
+            _walk(node[key], norm, channels)
     elif isinstance(node, list):
         for value in node:
-            _walk(value, norm)
+            _walk(value, norm, channels)
 
 
 def write_planned_bundle(out: Path, *, plan: dict[str, Any], fingerprint: dict[str, Any], spec: dict[str, Any],

@@ -205,15 +205,11 @@ def measured_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float | None, n
         proxy = rules.feature_map_elements(layout.patch_size, layout.pool_kernels, n_classes)
         bytes_per_element = (two["peak_bytes"] if two["peak_bytes"] > 0 else 2 * budget) / proxy
         while rules.feature_map_elements(layout.patch_size, layout.pool_kernels, n_classes) * bytes_per_element > budget:
-            patch = list(layout.patch_size)
-            axis = int(np.argsort([p / m for p, m in zip(patch, median_t, strict=True)])[-1])
-            trial = list(patch)
-            trial[axis] -= layout.divisor[axis]
-            patch[axis] -= rules.topology(spacing_t, trial).divisor[axis]
-            if patch[axis] <= 0:
+            smaller = rules.shrink(spacing_t, layout, median_t)
+            if smaller is None:
                 raise InputError(f"memory budget ({budget_source}): expected it to fit a training step at batch 2, "
                                  f"found {two['peak_bytes'] / 1024**3:.2f} GB needed at the smallest patch")
-            layout = rules.topology(spacing_t, patch)
+            layout = smaller
     else:
         raise InputError(f"memory budget ({budget_source}): no patch fitted after 8 measurements")
     per_sample = max(two["peak_bytes"] - one["peak_bytes"], 1)

@@ -159,6 +159,18 @@ def feature_map_elements(patch_size: Sequence[int], pool_kernels: Sequence[Seque
     return int(total)
 
 
+def shrink(spacing: Sequence[float], layout: Topology, median_shape: Sequence[float]) -> Topology | None:
+    """One step smaller: the axis largest relative to the median shape loses one multiple of what its
+    pooling needs (recomputed for the smaller size, so valid sizes such as 224 between 256 and 192 are
+    not skipped); ``None`` when that axis would vanish."""
+    patch = list(layout.patch_size)
+    axis = int(np.argsort([p / m for p, m in zip(patch, median_shape[:3], strict=True)])[-1])
+    trial = list(patch)
+    trial[axis] -= layout.divisor[axis]
+    patch[axis] -= topology(spacing, trial).divisor[axis]
+    return topology(spacing, patch) if patch[axis] > 0 else None
+
+
 def plan_3d(spacing: Sequence[float], median_shape: Sequence[float], *, n_voxels_dataset: float, n_classes: int,
             gpu_memory_gb: float = 8.0) -> dict[str, Any]:
     """nnU-Net's 3D configuration for a target spacing and the median resampled shape (both in planning order).
@@ -180,15 +192,11 @@ def plan_3d(spacing: Sequence[float], median_shape: Sequence[float], *, n_voxels
     estimate = feature_map_elements(layout.patch_size, layout.pool_kernels, n_classes)
     first_estimate, reductions = estimate, 0
     while estimate / REFERENCE_BATCH * 2 > reference:
-        patch = list(layout.patch_size)
-        axis = int(np.argsort([p / m for p, m in zip(patch, median_shape[:3], strict=True)])[-1])
-        trial = list(patch)
-        trial[axis] -= layout.divisor[axis]
-        patch[axis] -= topology(spacing, trial).divisor[axis]
-        if patch[axis] <= 0:
+        smaller = shrink(spacing, layout, median_shape)
+        if smaller is None:
             raise InputError(f"--gpu-memory {gpu_memory_gb:g} GB: expected a memory target that fits a patch, "
                              f"found none (the smallest patch still needs a proxy of {estimate} elements)")
-        layout = topology(spacing, patch)
+        layout = smaller
         estimate = feature_map_elements(layout.patch_size, layout.pool_kernels, n_classes)
         reductions += 1
     batch = round(reference / estimate * REFERENCE_BATCH)
