@@ -213,3 +213,40 @@ def test_torchrun_ranks_train_one_fold_each_into_one_cv_record(tiny_liver_datase
     cv = json.loads((tmp_path / "runs" / "cv.json").read_text())
     assert sorted(cv["folds"]) == ["0", "1"]  # both ranks' folds, merged under the lock
     assert "process group" not in done.stderr  # each fold trained as a single process
+
+
+@pytest.mark.slow
+def test_nnunet_layout_with_one_file_per_channel_cross_validates_and_infers(tmp_path, monkeypatch):
+    """nnU-Net v2 raw layout, two channels as case_0000/case_0001: plan, folds, select, infer a folder of channel files."""
+    from voxpipe.phantoms.mri import brain_phantom
+    from voxpipe.pipelines.inference.infer import infer_with_bundle
+    from voxpipe.pipelines.planning.planner import plan_dataset
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "Dataset777_Brain"
+    for folder in ("imagesTr", "labelsTr", "imagesTs"):
+        (root / folder).mkdir(parents=True)
+    for index in range(5):
+        phantom = brain_phantom((4, index), size="tiny", channels=2)
+        part = "Tr" if index < 4 else "Ts"
+        for channel in range(2):
+            nib.save(nib.Nifti1Image(phantom.image[..., channel], phantom.affine), root / f"images{part}" / f"b{index}_{channel:04d}.nii.gz")
+        if part == "Tr":
+            nib.save(nib.Nifti1Image(phantom.label, phantom.affine), root / "labelsTr" / f"b{index}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "FLAIR", "1": "T1w"}, "numTraining": 4,
+                                                   "labels": {"background": 0, "edema": 1, "core": 2, "enhancing": 3},
+                                                   "file_ending": ".nii.gz"}))
+    plan_dataset(root, tmp_path / "plan", rules="nnunet")
+    from voxpipe.pipelines.data.datalists import load_datalist
+    from voxpipe.pipelines.data.splits import make_split, save_split
+
+    split = save_split(make_split(load_datalist(root), folds=2, seed=0), tmp_path / "two_folds.json")
+    record = train_folds(tmp_path / "plan", overrides={"split_file": str(split), "max_epochs": 1, "val_interval": 1,
+                                                       "progress": False})
+    cv = json.loads(record.read_text())
+    assert all(Path(f["validation_dir"], f"{c}_probabilities.npz").is_file() for f in cv["folds"].values() for c in f["cases"])
+    selection = select_runs([record.parent], tmp_path / "selected")
+    [output] = infer_with_bundle(Path(selection["bundle"]), [root / "imagesTs"], output_dir=tmp_path / "pred", progress=False)
+    assert output.name == "b4.nii.gz"  # named by the case, not by its channel-0 file
+    source = nib.load(root / "imagesTs" / "b4_0000.nii.gz")
+    assert nib.load(output).shape == source.shape and np.allclose(nib.load(output).affine, source.affine)

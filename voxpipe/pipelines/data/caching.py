@@ -22,6 +22,16 @@ from voxpipe.transforms.io import read_geometry
 logger = logging.getLogger(__name__)
 
 
+def _channels_in(path: str | os.PathLike[str]) -> int:
+    """Channels stored in one image file: the 4th dimension of a 4D NIfTI (MSD multi-contrast MRI), else 1."""
+    if str(path).endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        shape = nib.load(str(path)).shape
+        return int(shape[3]) if len(shape) == 4 else 1
+    return 1
+
+
 def estimate_cache_bytes(
     entries: Sequence[dict[str, Any]], *, keys: Sequence[str] = ("image", "label"), pixdim: Sequence[float] | None = None, bytes_per_voxel: int = 4
 ) -> int:
@@ -35,8 +45,9 @@ def estimate_cache_bytes(
         for key in keys:
             if not entry.get(key):
                 continue
-            shape, affine = read_geometry(entry[key])
-            voxels = float(np.prod(shape))
+            files = entry[key] if isinstance(entry[key], (list, tuple)) else [entry[key]]  # one file per channel
+            shape, affine = read_geometry(files[0])
+            voxels = float(np.prod(shape)) * len(files) * _channels_in(files[0])
             if pixdim is not None:
                 spacing = np.linalg.norm(affine[:3, :3], axis=0)
                 target = np.asarray(pixdim, dtype=float)

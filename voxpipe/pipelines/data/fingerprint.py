@@ -1,7 +1,9 @@
 """Dataset fingerprint: the statistics nnU-Net derives its preprocessing from, as JSON.
 
 Per dataset: the distribution of voxel spacings and image sizes, the foreground (label > 0)
-intensity distribution (mean, std, 0.5 / 50 / 99.5th percentiles) and per-label volumes in mL.
+intensity distribution (mean, std, 0.5 / 50 / 99.5th percentiles; per channel for multi-channel
+images) and per-label volumes in mL. ``voxpipe plan`` uses its own, nnU-Net-exact view
+(:mod:`voxpipe.pipelines.planning.fingerprint`).
 :func:`voxpipe.transforms.presets.preprocessing` can take a fingerprint and choose the CT window
 (foreground 0.5–99.5th percentiles) and target spacing (median spacing; on strongly anisotropic
 data the coarse axis takes the 10th percentile, nnU-Net's rule) from it.
@@ -20,7 +22,7 @@ from tqdm import tqdm
 
 from voxpipe.errors import InputError
 from voxpipe.pipelines.data.datalists import load_datalist
-from voxpipe.transforms.io import load_volume, write_text_atomic
+from voxpipe.transforms.io import load_channels, load_volume, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -43,38 +45,46 @@ def compute_fingerprint(
     if not entries:
         raise InputError(f"{str(source)!r}: expected labelled cases for a fingerprint, found none")
     rng = np.random.default_rng(seed)
-    spacings, shapes, samples = [], [], []
+    spacings, shapes = [], []
+    samples: dict[int, list[np.ndarray]] = {}
     volumes: dict[str, list[float]] = {}
     for entry in tqdm(entries, desc="fingerprint", unit="case", disable=not progress):
-        image = load_volume(entry["image"])
+        paths = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+        image = load_channels(paths)  # (C, X, Y, Z) for several channels (4D NIfTI or one file each), else (X, Y, Z)
+        channels = np.asarray(image.array) if image.array.ndim == 4 else np.asarray(image.array)[None]
         label = load_volume(entry["label"], label=True)
         spacings.append(image.spacing)
-        shapes.append(image.array.shape)
-        foreground = np.asarray(image.array)[label.array > 0]
-        if foreground.size:
-            samples.append(rng.choice(foreground, size=min(SAMPLES_PER_CASE, foreground.size), replace=False))
+        shapes.append(channels.shape[1:])
+        for index, channel in enumerate(channels):
+            foreground = channel[label.array > 0]
+            if foreground.size:
+                samples.setdefault(index, []).append(rng.choice(foreground, size=min(SAMPLES_PER_CASE, foreground.size), replace=False))
         voxel_ml = float(np.prod(image.spacing)) / 1000.0
         values, counts = np.unique(label.array, return_counts=True)
         for value, count in zip(values.tolist(), counts.tolist(), strict=True):
             if value:
                 volumes.setdefault(str(value), []).append(count * voxel_ml)
     spacing = np.asarray(spacings)
-    intensities = np.concatenate(samples).astype(np.float64) if samples else np.zeros(1)
-    return {
+    per_channel = [_intensity(np.concatenate(samples[c]).astype(np.float64)) for c in sorted(samples)] or [_intensity(np.zeros(1))]
+    result = {
         "n_cases": len(entries),
         "spacing": {"median": np.median(spacing, axis=0).tolist(), "p10": np.percentile(spacing, 10, axis=0).tolist(),
                     "min": spacing.min(axis=0).tolist(), "max": spacing.max(axis=0).tolist()},
         "shape": {"median": np.median(np.asarray(shapes), axis=0).tolist(), "min": np.min(shapes, axis=0).tolist(),
                   "max": np.max(shapes, axis=0).tolist()},
-        "foreground_intensity": {
-            "mean": float(intensities.mean()), "std": float(intensities.std()),
-            "percentile_00_5": float(np.percentile(intensities, 0.5)), "median": float(np.median(intensities)),
-            "percentile_99_5": float(np.percentile(intensities, 99.5)),
-        },
+        "foreground_intensity": per_channel[0],
         "label_volume_ml": {k: {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v)), "n_cases": len(v)}
                             for k, v in sorted(volumes.items())},
         "suggested": {"spacing": target_spacing(spacing)},
     }
+    if len(per_channel) > 1:
+        result["foreground_intensity_per_channel"] = per_channel
+    return result
+
+
+def _intensity(values: np.ndarray) -> dict[str, float]:
+    return {"mean": float(values.mean()), "std": float(values.std()), "percentile_00_5": float(np.percentile(values, 0.5)),
+            "median": float(np.median(values)), "percentile_99_5": float(np.percentile(values, 99.5))}
 
 
 def target_spacing(spacings: np.ndarray) -> list[float]:

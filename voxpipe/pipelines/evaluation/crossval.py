@@ -119,11 +119,6 @@ def train_folds(bundle_dir: str | os.PathLike[str], *, folds: str | Sequence[int
         if not done.is_file():
             logger.info("fold %d: predicting its %d validation case(s)", fold, len(cases))
             entries = split_datalist(values["dataset_dir"], split_file, part="val", fold=fold)
-            split_channels = [e["case"] for e in entries if isinstance(e["image"], list)]
-            if split_channels:
-                raise InputError(f"{values['dataset_dir']!r}: cases {split_channels[:3]} store one file per channel; "
-                                 "out-of-fold prediction reads one image file per case",
-                                 hint="store the channels as one 4D NIfTI per case (the MSD layout) for cross-validation")
             infer_with_bundle(bundle, [e["image"] for e in entries], output_dir=predictions, weights=weights,
                               overrides={k: v for k, v in overrides.items() if k in inference_keys and k not in _RUN_KEYS},
                               save_probabilities=True, progress=progress)

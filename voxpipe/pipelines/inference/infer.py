@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -51,19 +52,64 @@ INFER_SUFFIXES = VOLUME_SUFFIXES
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "dicom-seg")
 
 
-def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+def case_name(case: Path | tuple[Path, ...]) -> str:
+    """The case id of an input: its file or folder name, or for one file per channel (nnU-Net's
+    ``case_0000.nii.gz``, ``case_0001.nii.gz``...) the name without the channel suffix."""
+    if isinstance(case, tuple):
+        return re.sub(r"_\d{4}$", "", case_id(case[0]))
+    return case_id(case)
+
+
+def _first(case: Path | tuple[Path, ...]) -> Path:
+    return case[0] if isinstance(case, tuple) else case
+
+
+def _group_channels(files: list[Path], channels: int) -> list[Path | tuple[Path, ...]]:
+    """nnU-Net-style channel files of a folder (``<case>_0000`` ... ``_<channels - 1>``) as one case each."""
+    groups: dict[str, dict[int, Path]] = {}
+    for file in files:
+        match = re.match(r"^(.+)_(\d{4})$", case_id(file))
+        if not match:
+            raise InputError(f"{str(file)!r}: expected one file per channel named <case>_0000 ... _{channels - 1:04d} "
+                             f"(the bundle takes {channels} channels) or a 4D image, found a file without a channel suffix")
+        groups.setdefault(match.group(1), {})[int(match.group(2))] = file
+    cases: list[Path | tuple[Path, ...]] = []
+    for name, found in sorted(groups.items()):
+        if sorted(found) != list(range(channels)):
+            raise InputError(f"{str(found[min(found)])!r}: case {name!r}: expected channels {list(range(channels))}, found {sorted(found)}")
+        cases.append(tuple(found[c] for c in range(channels)))
+    return cases
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike[str] | Sequence[str | os.PathLike[str]]], *,
+                   channels: int = 1) -> list[Path | tuple[Path, ...]]:
     """Image files from a mix of files and folders (a folder contributes the images directly in it;
     a folder holding no image files but DICOM slices is one input, a DICOM series).
+
+    For a bundle that takes several ``channels``, an input is a 4D image, a list of channel files
+    (one case), or a folder whose 3D files are grouped by nnU-Net's channel suffix (``case_0000``...);
+    a folder of 4D images gives one case per file.
 
     Raises:
         InputError: a path does not exist, is not an image, a folder holds no images, two inputs share
             a case id (their outputs would overwrite each other), or nothing was given.
     """
-    images: list[Path] = []
+    images: list[Path | tuple[Path, ...]] = []
     for item in inputs:
+        if isinstance(item, (list, tuple)):
+            files = tuple(Path(f) for f in item)
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing or len(files) != channels:
+                raise InputError(f"{str(files[0]) if files else '[]'!r}: expected {channels} existing channel files for one case, "
+                                 f"found {len(files)}" + (f" ({missing[0]!r} missing)" if missing else ""))
+            images.append(files)
+            continue
         path = Path(item)
         if path.is_dir():
             found = [p for p in find_volumes(path) if volume_suffix(p) in INFER_SUFFIXES]
+            if found and channels > 1 and all(_is_3d(p) for p in found):
+                images.extend(_group_channels(found, channels))
+                continue
             if not found:
                 from voxpipe.transforms.dicom import discover_series
 
@@ -86,12 +132,22 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             raise InputError(f"{str(path)!r}: expected an image file or folder, found nothing at that path")
     if not images:
         raise InputError("inputs: expected at least one image file or folder, found none")
-    seen: dict[str, Path] = {}
+    seen: dict[str, Path | tuple[Path, ...]] = {}
     for image in images:
-        if case_id(image) in seen:
-            raise InputError(f"{str(image)!r}: same case id {case_id(image)!r} as {str(seen[case_id(image)])!r}; outputs would collide")
-        seen[case_id(image)] = image
+        if case_name(image) in seen:
+            raise InputError(f"{str(_first(image))!r}: same case id {case_name(image)!r} as {str(_first(seen[case_name(image)]))!r}; "
+                             "outputs would collide")
+        seen[case_name(image)] = image
     return images
+
+
+def _is_3d(path: Path) -> bool:
+    """Whether an image file holds one channel (a 4D NIfTI holds several)."""
+    if volume_suffix(path) not in (".nii", ".nii.gz"):
+        return True
+    import nibabel as nib
+
+    return len(nib.load(str(path)).shape) == 3
 
 
 class InferenceFailed(InputError):
@@ -103,12 +159,12 @@ class InferenceFailed(InputError):
         self.failures = failures
 
 
-def _output_path(output_dir: Path, image: Path, output_format: str = "nii.gz") -> Path:
-    return output_dir / f"{case_id(image)}.{'nii.gz' if output_format == 'dicom-seg' else output_format}"
+def _output_path(output_dir: Path, image: Path | tuple[Path, ...], output_format: str = "nii.gz") -> Path:
+    return output_dir / f"{case_name(image)}.{'nii.gz' if output_format == 'dicom-seg' else output_format}"
 
 
-def _seg_path(output_dir: Path, image: Path) -> Path:
-    return output_dir / f"{case_id(image)}.dcm"
+def _seg_path(output_dir: Path, image: Path | tuple[Path, ...]) -> Path:
+    return output_dir / f"{case_name(image)}.dcm"
 
 
 def _complete(path: Path) -> bool:
@@ -226,7 +282,7 @@ def infer_with_bundle(
         InputError: bad inputs or missing weights (before anything runs).
         InferenceFailed: some cases failed; every other case was written first.
     """
-    images = collect_inputs(inputs)
+    images = collect_inputs(inputs, channels=bundle_channels(bundle_dir))
     if shard is not None:
         k, n = check_shard(shard)
         total = len(images)
@@ -236,7 +292,7 @@ def infer_with_bundle(
             return []
     if output_format == "dicom-seg":
         dicom_seg = True
-        not_dicom = [str(p) for p in images if not p.is_dir()]
+        not_dicom = [str(_first(p)) for p in images if isinstance(p, tuple) or not p.is_dir()]
         if not_dicom:
             raise InputError(f"format 'dicom-seg': expected DICOM series folders, found image files {not_dicom}",
                              hint="DICOM-SEG references the source slices; use --format nii.gz for these inputs")
@@ -249,11 +305,12 @@ def infer_with_bundle(
     failures: dict[str, str] = {}
     remove_stale_temporaries(out_dir)  # a killed run's half-written outputs, never under a final name
 
-    def output(image: Path) -> Path:
+    def output(image: Path | tuple[Path, ...]) -> Path:
         return _output_path(out_dir, image, output_format)
 
-    def finished(image: Path) -> bool:
-        return _complete(output(image)) and not (dicom_seg and image.is_dir() and not _seg_path(out_dir, image).is_file())
+    def finished(image: Path | tuple[Path, ...]) -> bool:
+        is_series = isinstance(image, Path) and image.is_dir()
+        return _complete(output(image)) and not (dicom_seg and is_series and not _seg_path(out_dir, image).is_file())
 
     done = [p for p in images if resume and finished(p)]
     if done:
@@ -261,9 +318,9 @@ def infer_with_bundle(
     pending = []
     for image in (p for p in images if p not in done):
         try:
-            read_geometry(image)
+            read_geometry(_first(image))
         except InputError as error:
-            failures[str(image)] = str(error)
+            failures[_key(image)] = str(error)
             logger.error("%s: skipped (%s)", image, error)
         else:
             pending.append(image)
@@ -277,7 +334,7 @@ def infer_with_bundle(
         before = {p: _stamp(output(p)) for p in pending}
         try:
             run_bundle(bundle_dir, config="inference", safe=safe,
-                       overrides={**values, "datalist": [{"image": str(p.resolve())} for p in pending]},
+                       overrides={**values, "datalist": [{"image": _datalist_image(p)} for p in pending]},
                        before_run=timings.instrument if timings is not None else None)
             pending = []
         except Exception as error:  # one case's failure must not cost the others
@@ -286,7 +343,7 @@ def infer_with_bundle(
             machine = _machine_problem(error)
             if machine is not None:  # a full disk fails every case that follows: stop, and say which were not run
                 for index, case in enumerate(unwritten):
-                    failures[str(case)] = machine if index == 0 else f"not run ({machine})"
+                    failures[_key(case)] = machine if index == 0 else f"not run ({machine})"
                 logger.error("%s: %s; stopping", unwritten[0] if unwritten else out_dir, machine)
                 pending = []
                 break
@@ -300,14 +357,14 @@ def infer_with_bundle(
                 raise
             failed = unwritten[0]
             reason = str(error).splitlines()[0]
-            failures[str(failed)] = reason
-            logger.error("%s: inference failed (%s); continuing with the next case", failed, failures[str(failed)])
+            failures[_key(failed)] = reason
+            logger.error("%s: inference failed (%s); continuing with the next case", failed, failures[_key(failed)])
             pending = pending[pending.index(failed) + 1 :]
-    outputs = [output(p) for p in images if str(p) not in failures]
+    outputs = [output(p) for p in images if _key(p) not in failures]
     missing = [str(p) for p in outputs if not p.is_file()]
     if missing:
         raise InputError(f"{str(bundle_dir)!r}: inference finished but wrote no output for {missing}")
-    written = [p for p in images if str(p) not in failures]
+    written = [p for p in images if _key(p) not in failures]
     unwritten_summaries = ""
     try:
         started = time.perf_counter()
@@ -319,7 +376,7 @@ def infer_with_bundle(
         if dicom_seg:
             from voxpipe.transforms.dicom_seg import write_dicom_seg
 
-            for image in (p for p in written if p.is_dir() and p not in done):
+            for image in (p for p in written if isinstance(p, Path) and p.is_dir() and p not in done):
                 label = load_volume(output(image), label=True)
                 write_dicom_seg(label.array, image, _seg_path(out_dir, image), names=label_names(bundle_dir))
             if timings is not None:
@@ -430,7 +487,27 @@ def label_names(bundle_dir: str | os.PathLike[str]) -> dict[int, str]:
     return {int(k): str(v) for k, v in channels.items() if int(k)} or {1: "foreground"}
 
 
-def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str, Any], images: list[Path], out_dir: Path,
+def _key(case: Path | tuple[Path, ...]) -> str:
+    """How a case is named in failure lists: its path (the first channel file for one file per channel)."""
+    return str(_first(case))
+
+
+def _datalist_image(case: Path | tuple[Path, ...]) -> str | list[str]:
+    return [str(p.resolve()) for p in case] if isinstance(case, tuple) else str(case.resolve())
+
+
+def bundle_channels(bundle_dir: str | os.PathLike[str]) -> int:
+    """Input channels of a bundle's network, from ``metadata.json`` (``inputs.image.num_channels``; default 1)."""
+    import json
+
+    try:
+        metadata = json.loads((Path(bundle_dir) / "configs" / "metadata.json").read_text())
+        return int(metadata["network_data_format"]["inputs"]["image"].get("num_channels", 1)) or 1
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 1
+
+
+def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str, Any], images: list[Any], out_dir: Path,
                       output: Any, *, shard: tuple[int, int] | None = None) -> None:
     """Per-case statistics from the written label maps and their source images."""
     from monai.bundle import ConfigParser
@@ -443,10 +520,10 @@ def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str
     per_case = {}
     for image in images:
         label = load_volume(output(image))
-        source = load_volume(image, channels=True)  # a multi-channel image: statistics of channel 0
+        source = load_volume(_first(image), channels=True)  # a multi-channel image: statistics of channel 0
         array = source.array[0] if source.array.ndim == 4 else source.array
         intensity = array if array.shape == label.array.shape else None
-        per_case[case_id(image)] = case_statistics(label.array, label.affine, names=names, image=intensity, lesion_labels=lesion_labels)
+        per_case[case_name(image)] = case_statistics(label.array, label.affine, names=names, image=intensity, lesion_labels=lesion_labels)
     if shard is None:
         write_statistics(per_case, out_dir)
     else:
