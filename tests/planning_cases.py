@@ -85,6 +85,7 @@ PHANTOM_DATASETS = {
     "lung_tiny": {"task": "lung", "seed": 12, "n_train": 8, "size": "tiny"},
     "sagittal_mri": {"task": "sagittal", "seed": 13, "n_train": 5},
     "sagittal_mri_reoriented": {"task": "sagittal", "seed": 13, "n_train": 5, "reader": "NibabelIOWithReorient"},
+    "sagittal_mri_sitk_reoriented": {"task": "sagittal", "seed": 14, "n_train": 5, "reader": "SimpleITKIOWithReorient"},
 }
 
 

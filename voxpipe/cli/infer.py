@@ -41,7 +41,9 @@ def add_commands(commands: Any) -> None:
         description="Failing cases are reported at the end (exit code 2) after every other case was written.",
     )  # fmt: skip
     infer.add_argument("model", help="bundle folder (weights from BUNDLE/models/model.pt unless --weights)")
-    infer.add_argument("inputs", nargs="+", help="image files (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd), folders of them, DICOM series folders")
+    infer.add_argument("inputs", nargs="+", help="image files (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd), folders of them, DICOM "
+                       "series folders; for a multi-channel bundle, 4D NIfTI files or folders of nnU-Net-style channel "
+                       "files (case_0000.nii.gz, case_0001.nii.gz, ...: one case each)")
     infer.add_argument("-o", "--output", required=True, help="output folder for <case>.<format> label maps")
     infer.add_argument("--weights", help="network weights file (default: BUNDLE/models/model.pt)")
     infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config value")

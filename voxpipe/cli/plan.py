@@ -32,9 +32,10 @@ def add_commands(commands: Any) -> None:
         description="Read a dataset (MSD task folder, nnU-Net v2 raw folder with imagesTr/ and dataset.json, or any "
         "layout voxpipe data reads), measure it as nnU-Net does (storage axes, cropped to non-zero voxels), and write "
         "plan.json + plan.md (every decision and the number it came from, sizes in RAS x, y, z order), "
-        "fingerprint.json and a runnable bundle (configs/train.yaml, inference.yaml, evaluate.yaml, metadata.json; "
-        "single-channel datasets). --rules nnunet reproduces nnU-Net v2's 3d_fullres planner with its memory proxy; "
-        "the default rules fit patch and batch size to memory measured on this device.",
+        "fingerprint.json, splits.json (5 folds grouped by patient, seeded) and a runnable bundle (configs/train.yaml, "
+        "inference.yaml, evaluate.yaml, metadata.json; multi-channel when every channel is z-scored). --rules nnunet "
+        "reproduces nnU-Net v2's 3d_fullres planner with its memory proxy; the default rules fit patch and batch size "
+        "to memory measured for one training step on this device. Then: voxpipe train BUNDLE --folds all; voxpipe select.",
     )
     plan.add_argument("dataset", help="dataset folder (dataset.json + imagesTr/labelsTr, or another voxpipe layout)")
     plan.add_argument("-o", "--output", required=True, help="bundle folder to write")

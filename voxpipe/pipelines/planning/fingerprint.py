@@ -33,7 +33,7 @@ NORMALISATION_BY_NAME = {"ct": "CTNormalization", "nonorm": "NoNormalization", "
                          "rescale_to_0_1": "RescaleTo01Normalization", "rgb_to_0_1": "RGBTo01Normalization"}
 
 
-READERS = ("SimpleITKIO", "NibabelIO", "NibabelIOWithReorient")  # nnU-Net's readers for 3D volumes
+READERS = ("SimpleITKIO", "SimpleITKIOWithReorient", "NibabelIO", "NibabelIOWithReorient")  # nnU-Net's 3D readers
 
 
 def _read_nibabel(path: str, *, reorient: bool) -> tuple[np.ndarray, list[float], np.ndarray, int]:
@@ -58,13 +58,13 @@ def _read_nibabel(path: str, *, reorient: bool) -> tuple[np.ndarray, list[float]
 
 def _read_channels(paths: list[str], reader: str = "SimpleITKIO") -> tuple[np.ndarray, list[float], np.ndarray]:
     """Channels ``(C, z, y, x)`` as nnU-Net's reader gives them (SimpleITK unless the dataset.json names
-    another), the spacing ``(z, y, x)`` and the 3 × 3 direction (columns: the storage axes i, j, k in world
+    another in ``overwrite_image_reader_writer``), the spacing ``(z, y, x)`` and the 3 × 3 direction (columns: the storage axes i, j, k in world
     space). A 4D file (MSD) holds its channels on its 4th axis."""
     import SimpleITK as sitk
 
     arrays, spacing, direction = [], None, None
     for path in paths:
-        if reader != "SimpleITKIO":
+        if reader.startswith("Nibabel"):
             array, channel_spacing, matrix, dims = _read_nibabel(str(path), reorient=reader == "NibabelIOWithReorient")
             arrays.extend(array if dims == 4 else [array])
             spacing, direction = (channel_spacing, matrix) if spacing is None else (spacing, direction)
@@ -74,6 +74,8 @@ def _read_channels(paths: list[str], reader: str = "SimpleITKIO") -> tuple[np.nd
             continue
         try:
             image = sitk.ReadImage(str(path))
+            if reader == "SimpleITKIOWithReorient":  # as nnU-Net's: DICOMOrient to "RAS" before reading the array
+                image = sitk.DICOMOrient(image, "RAS")
         except RuntimeError as error:
             raise InputError(f"{path!r}: could not read the image ({str(error).strip().splitlines()[-1]})") from error
         array = sitk.GetArrayFromImage(image)
@@ -192,6 +194,8 @@ def planning_fingerprint(source: str | os.PathLike[str], *, seed: int = 0, progr
         label_values = {v: ("background" if v == 0 else f"label_{v}") for v in sorted(found_labels | {0})}
     return {
         "dataset": str(Path(source).resolve()), "layout": layout, "reader": reader, "n_cases": len(cases),
+        # nnU-Net sizes its batch cap with dataset.json's numTraining, not with the files it found
+        "num_training": int(info.get("numTraining", len(cases))) if str(info.get("numTraining", "")).isdigit() else len(cases),
         "channel_names": channel_names, "labels": {str(k): v for k, v in sorted(label_values.items())},
         "axis_order": "storage (z, y, x), as SimpleITK reads; ras_axes maps storage (i, j, k) to world (x, y, z)",
         "cases": cases,

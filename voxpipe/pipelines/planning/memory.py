@@ -2,7 +2,8 @@
 
 Why our own: nnU-Net sizes patches with a fixed proxy (feature-map elements, 560e6 ≈ 8 GB at batch
 size 2), which is wrong for other networks, other precisions and CPUs. Here one training step
-(forward, loss, backward) of the planned MONAI network runs at the planned patch and batch size:
+(forward, loss, backward, optimiser step; mixed precision on CUDA, as voxpipe trains there) of the
+planned MONAI network runs at the planned patch and batch size:
 on CUDA the peak is ``torch.cuda.max_memory_allocated``; on CPU the step runs in a child process
 whose peak resident set (``ru_maxrss``) minus its resident set just before the step is the figure
 (a fresh process, so earlier allocations in this one cannot hide the peak).
@@ -56,12 +57,14 @@ def _step(network_spec: dict[str, Any], patch_size: list[int], batch_size: int, 
     for _ in range(steps):
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        output = network(image)
-        if output.ndim == image.ndim + 1:  # DynUNet's deep supervision: (B, S, C, X, Y, Z); all scales train
-            output = output.flatten(0, 1)
-            loss = loss_fn(output, target.repeat_interleave(output.shape[0] // batch_size, dim=0))
-        else:
-            loss = loss_fn(output, target)
+        # CUDA: mixed precision, as voxpipe's trainer runs there (AMP); CPU: fp32 (cpu_bf16 is opt-in).
+        with torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
+            output = network(image)
+            if output.ndim == image.ndim + 1:  # DynUNet's deep supervision: (B, S, C, X, Y, Z); all scales train
+                output = output.flatten(0, 1)
+                loss = loss_fn(output.float(), target.repeat_interleave(output.shape[0] // batch_size, dim=0))
+            else:
+                loss = loss_fn(output.float(), target)
         loss.backward()
         optimizer.step()
         if device.startswith("cuda"):

@@ -79,7 +79,7 @@ def nnunet_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float = 8.0) -> d
     cases = fingerprint["cases"]
     spacings = np.array([c["spacing"] for c in cases], dtype=np.float64)
     shapes = np.array([c["shape_after_crop"] for c in cases])
-    n_training, n_classes = len(cases), len(fingerprint["labels"])
+    n_training, n_classes = int(fingerprint.get("num_training", len(cases))), len(fingerprint["labels"])
     target, spacing_why = rules.target_spacing(spacings, shapes)
     forward, backward = rules.transpose_for(target)
     new_shapes = [rules.resampled_shape(shape, spacing, target) for spacing, shape in zip(spacings, shapes, strict=True)]
@@ -178,7 +178,7 @@ def measured_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float | None, n
     order = plan["nnunet_order"]
     spacing_t = np.asarray(order["spacing"])
     median_t = order["median_image_size_in_voxels"]
-    n_voxels = float(np.prod(median_t, dtype=np.float64) * fingerprint["n_cases"])
+    n_voxels = float(np.prod(median_t, dtype=np.float64) * fingerprint.get("num_training", fingerprint["n_cases"]))
     backward, ras_axes = order["transpose_backward"], plan["ras_axes"]
     layout = rules.topology(spacing_t, order["patch_size"])
     measurements: list[dict[str, Any]] = []
