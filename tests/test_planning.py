@@ -205,3 +205,25 @@ def test_planned_bundle_trains_with_monai_runner_and_infers_on_the_input_grid(ti
     assert predicted.shape == source.shape and np.allclose(predicted.affine, source.affine)
     assert set(np.unique(np.asanyarray(predicted.dataobj))) <= {0, 1, 2}
     assert plan["network_spec"]["name"] == "dynunet" and plan["network_spec"]["strides"] == plan["pool_kernels"]
+
+
+def test_nnunet_dataset_key_lists_files_explicitly(tmp_path):
+    """nnU-Net v2's optional ``dataset`` key in dataset.json: file lists instead of imagesTr/labelsTr."""
+    from voxpipe.pipelines.data.datalists import load_datalist
+
+    root = tmp_path / "listed"
+    (root / "somewhere").mkdir(parents=True)
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    for index in range(3):
+        image = np.zeros((32, 32, 12), np.float32)
+        image[4:28, 4:28, 2:10] = 100.0
+        label = (image > 0).astype(np.uint8)
+        nib.save(nib.Nifti1Image(image, affine), root / "somewhere" / f"img{index}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "somewhere" / f"seg{index}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}, "numTraining": 3, "file_ending": ".nii.gz",
+        "dataset": {f"c{i}": {"images": [f"somewhere/img{i}.nii.gz"], "label": f"somewhere/seg{i}.nii.gz"} for i in range(3)}}))
+    entries = load_datalist(root)
+    assert [e["case"] for e in entries] == ["c0", "c1", "c2"] and entries[0]["image"].endswith("img0.nii.gz")
+    fingerprint = planning_fingerprint(root)
+    assert fingerprint["layout"] == "nnunet" and fingerprint["cases"][0]["shape_after_crop"] == [8, 24, 24]  # cropped, (z, y, x)

@@ -180,7 +180,7 @@ def _is_nnunet(folder: Path) -> bool:
         info = json.loads((folder / "dataset.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return isinstance(info, dict) and "training" not in info and (folder / "imagesTr").is_dir()
+    return isinstance(info, dict) and "training" not in info and ((folder / "imagesTr").is_dir() or isinstance(info.get("dataset"), dict))
 
 
 def _nnunet_entries(path: Path, section: str) -> list[dict[str, Any]]:
@@ -194,6 +194,8 @@ def _nnunet_entries(path: Path, section: str) -> list[dict[str, Any]]:
     if not isinstance(channels, Mapping) or not channels:
         raise InputError(f"{str(manifest)!r}: 'channel_names': expected a mapping such as {{\"0\": \"CT\"}}, found {channels!r}")
     n_channels = len(channels)
+    if section == "training" and isinstance(info.get("dataset"), dict):  # explicit file lists (nnU-Net's "dataset" key)
+        return _nnunet_listed(root, info["dataset"], n_channels, manifest)
     images_dir = root / ("imagesTr" if section == "training" else "imagesTs")
     if not images_dir.is_dir():
         return []
@@ -214,6 +216,25 @@ def _nnunet_entries(path: Path, section: str) -> list[dict[str, Any]]:
         if section == "training":
             entry["label"] = str(label)
         entries.append(entry)
+    return entries
+
+
+def _nnunet_listed(root: Path, listed: Mapping[str, Any], n_channels: int, manifest: Path) -> list[dict[str, Any]]:
+    """Cases of an nnU-Net v2 ``dataset`` key: ``{id: {"images": [...], "label": ...}}``, paths relative to the
+    dataset folder unless absolute, ``$VARIABLES`` expanded (as nnU-Net does)."""
+
+    def resolve(value: Any) -> str:
+        path = Path(os.path.expandvars(str(value)))
+        return str(path if path.is_absolute() else (root / path).resolve())
+
+    entries = []
+    for case, item in sorted(listed.items()):
+        images = item.get("images") if isinstance(item, Mapping) else None
+        if not isinstance(images, list) or len(images) != n_channels or "label" not in item:
+            raise InputError(f"{str(manifest)!r}: dataset entry {case!r}: expected {{'images': [{n_channels} file(s)], "
+                             f"'label': file}}, found {item!r}")
+        paths = [resolve(i) for i in images]
+        entries.append({"image": paths[0] if n_channels == 1 else paths, "label": resolve(item["label"]), "case": str(case)})
     return entries
 
 
