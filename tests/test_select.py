@@ -152,12 +152,18 @@ def test_plan_cross_validate_select_and_infer_the_winner(tiny_liver_dataset, tmp
     assert json.loads(again.read_text())["folds"]["0"] == cv["folds"]["0"]
     selection = select_runs([record.parent], tmp_path / "selected")
     winner_bundle = Path(selection["bundle"])
-    image = sorted((tiny_liver_dataset / "imagesTs").glob("*.nii.gz"))[0]
-    [prediction] = infer_with_bundle(winner_bundle, [image], output_dir=tmp_path / "pred", progress=False)
-    source, predicted = nib.load(image), nib.load(prediction)
-    assert predicted.shape == source.shape and np.allclose(predicted.affine, source.affine)
+    images = sorted((tiny_liver_dataset / "imagesTs").glob("*.nii.gz"))
+    predictions = infer_with_bundle(winner_bundle, images, output_dir=tmp_path / "pred", progress=False)
+    for image, prediction in zip(images, predictions, strict=True):
+        source, predicted = nib.load(image), nib.load(prediction)
+        assert predicted.shape == source.shape and np.allclose(predicted.affine, source.affine)
     state = torch.load(winner_bundle / "models" / "model.pt", weights_only=True)
     assert {k.split(".")[1] for k in state} == {"0", "1"}  # both fold models in one file
+    from voxpipe.pipelines.evaluation.evaluate import evaluate_folders
+
+    result = evaluate_folders(tmp_path / "pred", tiny_liver_dataset / "labelsTs", labels={"liver": (1,), "tumour": (2,)},
+                              output_dir=tmp_path / "scores")  # the challenge-style summary of the selected model
+    assert result.summary["cases"] == len(images) and not result.summary["failed"]
 
 
 @pytest.mark.slow

@@ -63,7 +63,8 @@ def _load_run(path: Path) -> dict[str, Any]:
                 raise InputError(f"{str(file)!r}: expected the out-of-fold probabilities of case {case!r} (fold {fold}), found no file",
                                  hint="rerun voxpipe train BUNDLE --folds ... to finish the fold's predictions")
             probabilities[case] = file
-    name = Path(record["bundle"]).name + ("" if record_path.parent.name in ("", ".") else f" ({record_path.parent.name})")
+    bundle_name, run_name = Path(record["bundle"]).name, record_path.parent.name
+    name = bundle_name if run_name in ("", ".", bundle_name) else f"{bundle_name} ({run_name})"
     return {"path": record_path.parent, "name": name, "record": record, "probabilities": probabilities}
 
 
