@@ -128,3 +128,41 @@ def write_phantom_dataset(name: str, folder: Path) -> Path:
     msd = folder / f"{name}_msd"
     write_msd_dataset(msd, task=spec["task"], n_train=spec["n_train"], n_test=0, seed=spec["seed"], size=spec["size"])
     return write_nnunet_dataset(msd, target, name=name)
+
+
+# Real scans from ../shared/data (spacings from 0.63 × 0.63 × 5 mm to 3 mm isotropic, CT and MRI), copied into
+# nnU-Net's raw layout as NIfTI; the labels only need to be on the image grid for planning.
+REAL_CASES = {
+    "ts_abdomen": ("totalsegmentator/example_ct.nii.gz", "totalsegmentator/example_seg_fast_force_split.nii.gz"),
+    "ts_abdomen_top": ("totalsegmentator/example_ct_sm.nii.gz", "totalsegmentator/example_seg.nii.gz"),
+    "ts_mr": ("totalsegmentator/example_mr_sm.nii.gz", "totalsegmentator/example_seg_mr.nii.gz"),
+    "lung2": ("pyradiomics/lung2_image.nrrd", "pyradiomics/lung2_label.nrrd"),
+    "monai_mri": ("monai_testing_data/anatomical.nii", "monai_testing_data/anatomical_label.nii.gz"),
+    "dcmqi_ct": ("dcmqi/ct-3slice", "dcmqi/liver_seg.nrrd"),
+}
+
+
+def write_real_dataset(data: Path, target: Path) -> Path:
+    """The REAL_CASES as ``Dataset950_real`` (nnU-Net v2 raw, .nii.gz written by SimpleITK, labels binarised)."""
+    import SimpleITK as sitk
+
+    if target.exists():
+        shutil.rmtree(target)
+    (target / "imagesTr").mkdir(parents=True)
+    (target / "labelsTr").mkdir()
+    for case, (image_name, label_name) in REAL_CASES.items():
+        source = data / image_name
+        if source.is_dir():
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(source)))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(source))
+        label = sitk.ReadImage(str(data / label_name))
+        mask = sitk.GetImageFromArray((sitk.GetArrayFromImage(label) > 0).astype(np.uint8))
+        mask.CopyInformation(image)
+        sitk.WriteImage(image, str(target / "imagesTr" / f"{case}_0000.nii.gz"))
+        sitk.WriteImage(mask, str(target / "labelsTr" / f"{case}.nii.gz"))
+    (target / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "structure": 1},
+                                                     "numTraining": len(REAL_CASES), "file_ending": ".nii.gz"}, indent=2))
+    return target

@@ -227,3 +227,15 @@ def test_nnunet_dataset_key_lists_files_explicitly(tmp_path):
     assert [e["case"] for e in entries] == ["c0", "c1", "c2"] and entries[0]["image"].endswith("img0.nii.gz")
     fingerprint = planning_fingerprint(root)
     assert fingerprint["layout"] == "nnunet" and fingerprint["cases"][0]["shape_after_crop"] == [8, 24, 24]  # cropped, (z, y, x)
+
+
+@pytest.mark.realdata
+def test_fingerprint_and_plan_equal_nnunetv2_on_real_scans(real_data, tmp_path):
+    """Six real CT/MR scans (0.63 × 0.63 × 5 mm to 3 mm isotropic, one a DICOM series) in nnU-Net's layout."""
+    from planning_cases import write_real_dataset
+
+    expected = EXPECTED["real"]
+    fingerprint = planning_fingerprint(write_real_dataset(real_data, tmp_path / "Dataset950_real"))
+    np.testing.assert_allclose([c["spacing"] for c in fingerprint["cases"]], expected["spacings"], rtol=1e-12)
+    assert [c["shape_after_crop"] for c in fingerprint["cases"]] == expected["shapes_after_crop"]
+    _assert_equal_to_nnunet(nnunet_plan(fingerprint), expected)

@@ -41,7 +41,7 @@ def _configuration(plans: dict) -> dict:
 
 
 def main(out: str) -> None:
-    from planning_cases import PHANTOM_DATASETS, fingerprint_cases, write_phantom_dataset
+    from planning_cases import PHANTOM_DATASETS, fingerprint_cases, write_phantom_dataset, write_real_dataset
 
     root = Path(tempfile.mkdtemp(prefix="nnunet-oracle-"))
     raw, preprocessed = root / "raw", root / "preprocessed"
@@ -71,6 +71,14 @@ def main(out: str) -> None:
                   str(preprocessed / dataset / "dataset_fingerprint.json"))
         plans = FingerprintOnlyPlanner(dataset, gpu_memory_target_in_gb=case["gpu_memory_gb"]).plan_experiment()
         results["fingerprints"][name] = _configuration(plans)
+    data = Path(os.environ.get("VOXPIPE_REAL_DATA", TESTS.parents[1] / "shared" / "data"))
+    if data.is_dir():  # real scans, when ../shared/data is there
+        folder = write_real_dataset(data, raw / "Dataset950_real")
+        DatasetFingerprintExtractor(folder.name, num_processes=2).run()
+        fingerprint = json.loads((preprocessed / folder.name / "dataset_fingerprint.json").read_text())
+        plans = ExperimentPlanner(folder.name, gpu_memory_target_in_gb=8).plan_experiment()
+        results["real"] = {**_configuration(plans), "spacings": fingerprint["spacings"],
+                           "shapes_after_crop": fingerprint["shapes_after_crop"]}
     for name in PHANTOM_DATASETS:
         folder = write_phantom_dataset(name, raw)
         DatasetFingerprintExtractor(folder.name, num_processes=2).run()
@@ -80,6 +88,8 @@ def main(out: str) -> None:
                                      "shapes_after_crop": fingerprint["shapes_after_crop"],
                                      "median_relative_size_after_cropping": fingerprint["median_relative_size_after_cropping"]}
     lines = ["{", f' "nnunetv2": {json.dumps(results["nnunetv2"])},']
+    if "real" in results:
+        lines.append(f' "real": {json.dumps(results["real"])},')
     for section in ("fingerprints", "datasets"):  # one line per case keeps the file reviewable
         rows = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in results[section].items()]
         lines += [f' "{section}": {{', ",\n".join(rows), " }" + ("," if section == "fingerprints" else "")]
