@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	@echo "benchmarks/ scripts arrive with the inference, metrics and training issues"; ls benchmarks
+	@echo "benchmark scripts (run one at a time, nothing else on the machine; figures in benchmarks/README.md):"; ls benchmarks/*.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check voxpipe tests benchmarks

@@ -8,8 +8,10 @@ cases all runs predicted out of fold, each candidate is scored:
   component of all foreground classes together (an organ with its lesions), hole filling, and a
   minimum lesion size for lesion classes (names such as tumour, nodule, metastasis).
 
-The score is the mean foreground Dice (mean over classes, then cases) with a 95 % bootstrap CI over
-cases; lesion classes also get lesion-wise F1. The winner: the model candidate with the highest mean
+The score is the mean foreground Dice (per case the mean over classes, a class absent from both
+prediction and reference counting 1; then the mean over cases) with a 95 % bootstrap CI over cases;
+lesion classes also get lesion-wise F1, pooled over all cases' lesions (so a false lesion in a case
+without lesions counts). The winner: the model candidate with the highest mean
 Dice; then the post-processing option with the highest mean Dice *among those that raise it and
 lower no lesion class's lesion F1* — a rule that deletes true second lesions cannot win by a Dice
 gain on the organ. ``selection.json`` and ``selection.md`` list every candidate, and ``bundle/`` is
@@ -33,6 +35,7 @@ import torch
 import yaml
 
 from voxpipe.errors import InputError
+from voxpipe.metrics.conventions import apply_convention
 from voxpipe.metrics.lesions import detect_lesions, is_lesion_name
 from voxpipe.metrics.overlap import dice
 from voxpipe.networks.transfer import read_state_dict
@@ -81,12 +84,25 @@ def _options(labels: dict[int, str]) -> dict[str, dict[str, Any]]:
 
 
 def _score(prediction: np.ndarray, reference: np.ndarray, labels: dict[int, str]) -> dict[str, float]:
-    scores = {}
+    """Per class: Dice, a structure absent from both counting 1 (a correct "nothing here", the LiTS/FLARE
+    convention, so removing false positives from a case without that structure is rewarded); for lesion
+    classes the lesion counts (TP, FP, FN), pooled over cases into the F1 later."""
+    scores: dict[str, float] = {}
     for value, name in labels.items():
-        scores[f"dice_{name}"] = dice(prediction == value, reference == value)
+        predicted, expected = prediction == value, reference == value
+        scores[f"dice_{name}"] = apply_convention({"dice": dice(predicted, expected)}, prediction_empty=not predicted.any(),
+                                                  reference_empty=not expected.any(), convention="lits",
+                                                  worst_distance=0.0)["dice"]
         if is_lesion_name(name):
-            scores[f"lesion_f1_{name}"] = detect_lesions(prediction == value, reference == value).f1
+            found = detect_lesions(predicted, expected)
+            scores.update({f"tp_{name}": found.tp, f"fp_{name}": found.fp, f"fn_{name}": found.fn})
     return scores
+
+
+def _pooled_f1(rows: list[dict[str, float]], name: str) -> float | None:
+    """Lesion-wise F1 over all cases' lesions together: 2 TP / (2 TP + FP + FN); ``None`` without any lesion."""
+    tp, fp, fn = (sum(r[f"{k}_{name}"] for r in rows) for k in ("tp", "fp", "fn"))
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -151,13 +167,14 @@ def select_runs(runs: Sequence[str | os.PathLike[str]], output_dir: str | os.Pat
                      "settings": options[option], "mean_foreground_dice": _mean(foreground.tolist()),
                      "ci95": list(ci) if ci else None,
                      "dice": {n: _mean([r[f"dice_{n}"] for r in rows]) for n in labels.values()},
-                     "lesion_f1": {n: _mean([r[f"lesion_f1_{n}"] for r in rows]) for n in labels.values() if is_lesion_name(n)}}
+                     "lesion_f1": {n: _pooled_f1(rows, n) for n in labels.values() if is_lesion_name(n)}}
             table.append(entry)
     winner, why = _choose(table)
     selection = {"cases": cases, "runs": [{"name": r["name"], "path": str(r["path"])} for r in loaded],
                  "labels": {str(k): v for k, v in labels.items()}, "candidates": table, "winner": winner, "why": why,
-                 "rule": "highest mean foreground Dice among models; post-processing only if it raises that Dice and "
-                         "lowers no lesion class's lesion-wise F1"}
+                 "rule": "highest mean foreground Dice among models (a class absent from prediction and reference "
+                         "counts 1); post-processing only if it raises that Dice and lowers no lesion class's lesion-wise "
+                         "F1 (pooled over cases)"}
     out = Path(output_dir)
     if write_bundle:
         selection["bundle"] = str(_export(loaded, winner, out / "bundle"))
