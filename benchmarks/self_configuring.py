@@ -7,8 +7,8 @@ every fold model alone, of the fold ensemble (mean of probabilities, no post-pro
 selected bundle (``voxpipe infer`` + ``voxpipe evaluate``). Prints per-fold, mean single-fold,
 ensemble and selected mean foreground Dice.
 
-    python benchmarks/self_configuring.py --task liver --n-train 15 --n-test 6 --epochs 30
-    python benchmarks/self_configuring.py --task brain --n-train 15 --n-test 6 --epochs 30
+    python benchmarks/self_configuring.py --task liver --n-train 12 --n-test 6 --epochs 60 --bf16
+    python benchmarks/self_configuring.py --task brain --n-train 10 --n-test 6 --epochs 60 --bf16
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--rules", choices=["voxpipe", "nnunet"], default="voxpipe")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the training steps (cpu_bf16)")
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args()
 
@@ -68,7 +69,8 @@ def main() -> None:
     print(f"plan: spacing {[round(v, 3) for v in plan['target_spacing']]} mm, patch {plan['patch_size']}, batch "
           f"{plan['batch_size']}, {len(plan['pool_kernels'])} stages, channels {plan['channels']}")
     started = time.perf_counter()
-    record = train_folds(work / "bundle", overrides={"max_epochs": args.epochs, "val_interval": 5, "progress": False})
+    overrides = {"max_epochs": args.epochs, "val_interval": 5, "progress": False, "cpu_bf16": args.bf16}
+    record = train_folds(work / "bundle", overrides=overrides)
     seconds["cross-validation"] = time.perf_counter() - started
     started = time.perf_counter()
     selection = select_runs([record.parent], work / "selection")
