@@ -229,11 +229,6 @@ def render_selection(selection: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _inference_values(bundle: Path) -> dict[str, Any]:
-    config = yaml.safe_load(find_config(bundle, "inference").read_text())
-    return config
-
-
 def _common_patch(patches: list[list[int]], networks: list[dict[str, Any]]) -> list[int]:
     """One sliding window for every member: the largest patch per axis, rounded up to a size every member
     takes (a multiple of each DynUNet's total stride, of 8 for SegResNet); fully convolutional networks
@@ -254,7 +249,7 @@ def _common_patch(patches: list[list[int]], networks: list[dict[str, Any]]) -> l
 def _export(runs: list[dict[str, Any]], winner: dict[str, Any], out: Path) -> Path:
     """The winner as an inference bundle: folds of the chosen runs in one FoldEnsemble, its post-processing."""
     chosen = [runs[i] for i in winner["runs"]]
-    configs = [_inference_values(Path(r["record"]["bundle"])) for r in chosen]
+    configs = [yaml.safe_load(find_config(Path(r["record"]["bundle"]), "inference").read_text()) for r in chosen]
     for key in ("pixdim", "hu_window", "preprocessing"):
         values = {json.dumps(c.get(key), sort_keys=True) for c in configs}
         if len(values) > 1:

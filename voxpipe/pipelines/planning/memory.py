@@ -117,7 +117,8 @@ def _main() -> None:
     request = json.loads(sys.stdin.read())
     peak, seconds, baseline = _step(request["network"], request["patch_size"], request["batch_size"],
                                     request["in_channels"], request["device"], request["steps"])
-    print(json.dumps({"peak_bytes": peak, "step_seconds": seconds, "baseline_bytes": baseline}))
+    # The reply to measure_step, which reads the last line of this child process's stdout.
+    sys.stdout.write(json.dumps({"peak_bytes": peak, "step_seconds": seconds, "baseline_bytes": baseline}) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from voxpipe.errors import InputError
+from voxpipe.pipelines.data.caching import available_memory_bytes
 from voxpipe.pipelines.planning import topology as rules
 from voxpipe.pipelines.planning.fingerprint import NORMALISATION_BY_NAME
 from voxpipe.pipelines.planning.memory import as_dict, measure_step
@@ -44,6 +43,11 @@ def to_xyz(values_transposed: Any, backward: list[int], ras_axes: list[int]) -> 
     for k, world in enumerate(ras_axes):
         ras[world] = storage_ijk[k]
     return ras
+
+
+def _xyz(values_transposed: Any, backward: list[int], ras_axes: list[int]) -> list[Any]:
+    """:func:`to_xyz` with numpy scalars made plain numbers (for JSON)."""
+    return [_number(v) for v in to_xyz(values_transposed, backward, ras_axes)]
 
 
 def _number(value: Any) -> Any:
@@ -93,7 +97,9 @@ def nnunet_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float = 8.0) -> d
     lowres = rules.plan_lowres(fullres, median_shape, n_training=n_training, n_classes=n_classes,
                                gpu_memory_gb=gpu_memory_gb)
     ras_axes = cases[0]["ras_axes"]
-    xyz = lambda values: [_number(v) for v in to_xyz(values, backward, ras_axes)]  # noqa: E731
+    def xyz(values: Any) -> list[Any]:
+        return _xyz(values, backward, ras_axes)
+
     return {
         "target_spacing": xyz(fullres["spacing"]),
         "patch_size": xyz(fullres["patch_size"]),
@@ -151,13 +157,7 @@ def _budget_bytes(gpu_memory_gb: float | None, device: str) -> tuple[int, str]:
 
         total = torch.cuda.get_device_properties(0).total_memory
         return int(0.9 * total), f"90 % of the CUDA device's {total / 1024**3:.1f} GB"
-    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    available = available_memory_bytes()
     return int(0.5 * available), f"half the available RAM ({available / 1024**3:.1f} GB)"
 
 
@@ -184,9 +184,9 @@ def measured_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float | None, n
     measurements: list[dict[str, Any]] = []
 
     def planned(current: rules.Topology) -> dict[str, Any]:
-        xyz = lambda values: [_number(v) for v in to_xyz(values, backward, ras_axes)]  # noqa: E731
-        return {"patch_size": xyz(current.patch_size), "pool_kernels": [xyz(k) for k in current.pool_kernels],
-                "conv_kernels": [xyz(k) for k in current.conv_kernels],
+        return {"patch_size": _xyz(current.patch_size, backward, ras_axes),
+                "pool_kernels": [_xyz(k, backward, ras_axes) for k in current.pool_kernels],
+                "conv_kernels": [_xyz(k, backward, ras_axes) for k in current.conv_kernels],
                 "features_per_stage": list(rules.features_per_stage(len(current.pool_kernels)))}
 
     def measure(current: rules.Topology, batch: int) -> dict[str, Any]:
