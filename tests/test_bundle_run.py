@@ -88,7 +88,7 @@ def test_target_allow_list(target, allowed):
 
 
 def test_our_shipped_bundles_pass_safe_mode():
-    for bundle in ("liver_ct_segresnet", "lung_tumor_ct_unet", "lung_nodule_ct_densenet"):
+    for bundle in ("liver_ct_segresnet", "lung_tumor_ct_unet", "lung_nodule_ct_densenet", "lung_nodule_ct_retinanet"):
         for config in (Path(__file__).parents[1] / "configs" / bundle / "configs").glob("*.yaml"):
             from monai.bundle import ConfigParser
 

@@ -101,7 +101,7 @@ def _cmd_evaluate_detections(args: argparse.Namespace) -> int:
 
     result = evaluate_detections(args.candidates, args.annotations, output_dir=args.output, excluded=args.excluded,
                                  seriesuids=args.seriesuids, n_bootstrap=args.bootstrap, seed=args.seed,
-                                 max_marks=args.max_marks)
+                                 max_marks=args.max_marks, boxes_dir=args.boxes)
     ci = result.ci.get("sensitivity_ci95", {})
     print(f"{result.n_scans} scans, {result.n_nodules} nodules: {result.true_positives} detected, {result.false_negatives} "
           f"missed; {result.false_positives} false positives ({result.ignored_on_excluded} on excluded findings and "
@@ -113,6 +113,11 @@ def _cmd_evaluate_detections(args: argparse.Namespace) -> int:
     cpm_ci = result.ci.get("cpm_ci95")
     print(f"CPM {result.cpm:.3f}" + (f"  95% CI [{cpm_ci[0]:.3f}, {cpm_ci[1]:.3f}] ({result.ci['bootstrap_samples']} "
                                      "bootstrap resamples of the scans)" if cpm_ci else ""))
+    if result.coco is not None:
+        coco = result.coco
+        ap = next((v for k, v in coco.items() if k.startswith("AP_IoU_0.10")), float("nan"))
+        recall = next((v for k, v in coco.items() if k.startswith("mAR")), float("nan"))
+        print(f"COCO (boxes, MONAI COCOMetric): AP@IoU0.1 {ap:.3f}, mean recall {recall:.3f}")
     print(f"wrote {args.output}/summary.json, froc.csv, froc.png, froc.html")
     return 0
 
@@ -134,6 +139,9 @@ def _add_detections(commands: Any) -> None:
     detections.add_argument("-o", "--output", required=True, help="folder for summary.json, froc.csv, froc.png, froc.html")
     detections.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the scans for the CIs (default 1000; 0: none)")
     detections.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    detections.add_argument("--boxes", metavar="DIR",
+                            help="a voxpipe detect output folder (<seriesuid>.json box files): also COCO-style AP at IoU 0.1 "
+                                 "and mean recall (MONAI's COCOMetric) against the annotations' cubes")
     detections.add_argument("--max-marks", type=int, default=100, help="candidates kept per scan, highest first (default 100, as LUNA16)")
     detections.set_defaults(func=_cmd_evaluate_detections)
 

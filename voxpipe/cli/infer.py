@@ -1,4 +1,4 @@
-"""``voxpipe infer``: segment images with a trained bundle, outputs on each input's grid."""
+"""``voxpipe infer``: segment images with a trained bundle, outputs on each input's grid; ``voxpipe detect``: find nodules."""
 
 from __future__ import annotations
 
@@ -71,3 +71,55 @@ def add_commands(commands: Any) -> None:
     infer.add_argument("--no-statistics", action="store_true",
                        help="do not write statistics.csv/.json (volumes, mean/std HU, lesion count and largest diameter)")
     infer.set_defaults(func=_cmd_infer)
+    add_detect_command(commands)
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from voxpipe.pipelines.bundles.config import parse_overrides
+    from voxpipe.pipelines.inference.detect import case_table, detect_with_bundle
+
+    quiet_monai_bundle(args.verbose)
+    summary = detect_with_bundle(
+        args.model, args.inputs, output_dir=args.output, weights=args.weights, overrides=parse_overrides(args.set),
+        tta=True if args.tta else None, dicom_seg=args.dicom_seg, classify=args.classify,
+        classifier_weights=args.classifier_weights, classify_top=args.classify_top, resume=args.resume, device=args.device, safe=args.safe,
+    )  # fmt: skip
+    for case in summary["cases"]:
+        print(f"{case} (world mm, LPS; top {args.show})")
+        print(case_table(args.output, case, limit=args.show))
+    print(f"{len(summary['cases'])} scan(s): <case>.json/.csv in {args.output}; LUNA16 candidates {summary['candidates']}")
+    return 0
+
+
+def add_detect_command(commands: Any) -> None:
+    """Register ``detect`` on the top-level subparsers."""
+    detect = commands.add_parser(
+        "detect", help="find lung nodules with a detection bundle; boxes in world mm, LUNA16 candidates",
+        description="Per scan <case>.json (box file: world_lps, cccwhd, score, diameter, side[, malignancy]) and <case>.csv; "
+                    "for the run candidates.csv (seriesuid,coordX,coordY,coordZ,probability in world mm, LPS) for "
+                    "`voxpipe evaluate-detections`. Failing scans are reported at the end (exit code 2) after every other "
+                    "scan was written.",
+    )  # fmt: skip
+    detect.add_argument("model", help="detection bundle folder (configs/lung_nodule_ct_retinanet); weights from "
+                        "BUNDLE/models/model.pt unless --weights, anchors from anchors.json beside the weights")
+    detect.add_argument("inputs", nargs="+", help="CT files (.mha, .mhd, .nii.gz, .nrrd), folders of them, DICOM series folders")
+    detect.add_argument("-o", "--output", required=True, help="output folder")
+    detect.add_argument("--weights", help="network weights file (default: BUNDLE/models/model.pt)")
+    detect.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an inference config value (e.g. min_score=0.1, nms_thresh=0.1)")
+    detect.add_argument("--tta", action="store_true",
+                        help="flip test-time augmentation (8 views) merged by weighted box clustering (--set tta_merge=nms for NMS)")
+    detect.add_argument("--classify", metavar="BUNDLE",
+                        help="a nodule classification bundle (configs/lung_nodule_ct_densenet): adds a malignancy probability per nodule")
+    detect.add_argument("--classifier-weights", help="the classifier's weights (default: its BUNDLE/models/model.pt)")
+    detect.add_argument("--classify-top", type=int, default=20, metavar="N",
+                        help="classify the N highest-scoring candidates of each scan (default 20; the rest keep no malignancy)")
+    detect.add_argument("--dicom-seg", action="store_true",
+                        help="DICOM series inputs: also <case>_nodules.dcm, one DICOM-SEG segment per nodule with score "
+                             ">= seg_score_threshold (a sphere of its diameter on the series grid)")
+    detect.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the network runs (bundle default auto)")
+    detect.add_argument("--resume", action="store_true", help="skip scans whose <case>.json already exists")
+    detect.add_argument("--safe", action="store_true",
+                        help="safe mode for both bundles: known component kinds only, no code from the configs")
+    detect.add_argument("--show", type=int, default=5, metavar="N", help="nodules printed per scan (default 5)")
+    detect.set_defaults(func=_cmd_detect)

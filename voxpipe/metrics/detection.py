@@ -72,6 +72,7 @@ class FrocResult:
     sensitivity_at: dict[float, float]
     cpm: float
     ci: dict[str, Any] = field(default_factory=dict)
+    coco: dict[str, float] | None = None  # COCO-style AP/recall, when the candidates came with boxes
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.transforms import MapTransform
 from scipy import ndimage
 
 from voxpipe.errors import InputError
@@ -165,3 +166,77 @@ def read_boxes_json(path: str | os.PathLike[str]) -> tuple[np.ndarray, str, list
         bad = int(np.flatnonzero(np.any(boxes[:, 3:] < boxes[:, :3], axis=1))[0])
         raise InputError(f"{str(path)!r}: boxes[{bad}]: expected a box with positive size, found {items[bad]['box']}")
     return boxes, space, items
+
+
+class WorldBoxesToVoxeld(MapTransform):
+    """Boxes in world mm (``world_lps`` or ``world_ras``, ``xyzxyz``) → voxel boxes on the image's current grid.
+
+    A MONAI-style dictionary transform for detection pipelines: place it after the geometric
+    transforms (``Orientationd``, ``Spacingd``), so the boxes follow the grid the network sees. The
+    image's ``affine`` (MONAI ``MetaTensor``, RAS) gives the grid; the boxes become MONAI detection
+    voxel boxes (``xyzxyz``, voxel i spans [i, i + 1)), float32 tensors, enclosing on oblique grids.
+    Why not MONAI's ``AffineBoxToImageCoordinated``: it moves two corners, which is not the enclosing
+    box once the grid is rotated. A key with no boxes gives a ``(0, 6)`` tensor.
+    """
+
+    def __init__(self, keys: str | Sequence[str] = "box", *, image_key: str = "image", space: str = "world_lps",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key, self.space = image_key, space
+        _world_affine(np.eye(4), space)  # checks the space now
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``data[image_key]``: a MetaTensor (C, X, Y, Z); ``data[box_key]``: (N, 6) world boxes."""
+        import torch
+
+        item = dict(data)
+        image = item[self.image_key]
+        affine = np.asarray(image.affine.cpu().numpy() if hasattr(image.affine, "cpu") else image.affine, dtype=float)
+        for key in self.key_iterator(item):
+            boxes = np.asarray(item[key].cpu().numpy() if hasattr(item[key], "cpu") else item[key], dtype=float).reshape(-1, 6)
+            item[key] = torch.as_tensor(world_boxes_to_voxel(boxes, affine, space=self.space), dtype=torch.float32)
+        return item
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every ``xyzxyz`` box of ``a`` with every one of ``b``: (len(a), len(b))."""
+    low = np.maximum(a[:, None, :3], b[None, :, :3])
+    high = np.minimum(a[:, None, 3:], b[None, :, 3:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=2)
+    volume_a = np.prod(a[:, 3:] - a[:, :3], axis=1)
+    volume_b = np.prod(b[:, 3:] - b[:, :3], axis=1)
+    return inter / np.maximum(volume_a[:, None] + volume_b[None, :] - inter, 1e-12)
+
+
+def weighted_box_clustering(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float = 0.1,
+                            n_views: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the boxes of several test-time views (flips) into one box per object.
+
+    nnDetection's weighted box clustering, simplified; MONAI has only NMS. The highest-scoring
+    box and every box overlapping it by more than ``iou_threshold`` form a cluster. The cluster
+    becomes one box, the score-weighted mean of its boxes, with score ``sum(scores) / n_views``:
+    a view that did not see the object counts as 0, and a box seen once among 8 views keeps 1/8 of its
+    score. Repeats on what is left. Boxes ``xyzxyz`` ``(N, 6)``.
+
+    Returns:
+        ``(boxes (M, 6), scores (M,))``, highest score first.
+    """
+    boxes = np.asarray(boxes, dtype=float).reshape(-1, 6)
+    scores = np.asarray(scores, dtype=float).reshape(-1)
+    if n_views < 1:
+        raise InputError(f"weighted box clustering: expected n_views >= 1, found {n_views}")
+    order = np.argsort(-scores, kind="stable")
+    boxes, scores = boxes[order], scores[order]
+    left = np.ones(len(boxes), dtype=bool)
+    merged, merged_scores = [], []
+    iou = _iou_matrix(boxes, boxes) if len(boxes) else np.zeros((0, 0))
+    for first in range(len(boxes)):
+        if not left[first]:
+            continue
+        members = left & (iou[first] > iou_threshold)
+        members[first] = True
+        weights = scores[members]
+        merged.append((boxes[members] * weights[:, None]).sum(axis=0) / max(weights.sum(), 1e-12))
+        merged_scores.append(min(float(weights.sum()) / n_views, 1.0))
+        left &= ~members
+    return np.asarray(merged, dtype=float).reshape(-1, 6), np.asarray(merged_scores, dtype=float)

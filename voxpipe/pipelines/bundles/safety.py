@@ -59,6 +59,8 @@ DENIED_MODULES = (
     "monai.bundle", "monai.apps", "monai.utils.module", "monai.data.dataset.LMDBDataset", "monai.data.LMDBDataset",
     "voxpipe.pipelines.bundles", "voxpipe.cli", "voxpipe._moved",
 )
+# Inside those: MONAI's box transforms for detection are plain transforms (no download, no code loading).
+SAFE_INSIDE_DENIED = ("monai.apps.detection.transforms",)
 # Functions (not component classes) that bundles may call: they build or list things and run no code
 # from the config. run_engines is the one runner here: it calls .run() on engines the config built.
 BUNDLE_SAFE_FUNCTIONS = frozenset({
@@ -79,6 +81,14 @@ BUNDLE_SAFE_FUNCTIONS = frozenset({
     "voxpipe.pipelines.training.classification.classification_loss",
     "voxpipe.pipelines.training.classification.balanced_sample_weights",
     "voxpipe.pipelines.evaluation.evaluate.batch_image_meta",
+    "voxpipe.networks.retinanet.build_retinanet",
+    "voxpipe.networks.retinanet.build_detector",
+    "voxpipe.pipelines.training.detection.detection_datalist",
+    "voxpipe.pipelines.training.detection.plan_anchors",
+    "voxpipe.pipelines.training.detection.read_anchors",
+    "voxpipe.pipelines.inference.detect.run_detection",
+    "voxpipe.pipelines.evaluation.detections.evaluate_run",
+    "monai.data.utils.no_collation",
     "monai.data.decathlon_datalist.load_decathlon_datalist",
     "monai.data.utils.partition_dataset",
     "monai.data.utils.list_data_collate",
@@ -91,6 +101,8 @@ BUNDLE_SAFE_FUNCTIONS = frozenset({
 BUNDLE_SAFE_CLASSES = frozenset({
     "voxpipe.pipelines.training.handlers.CaseProgress",
     "voxpipe.pipelines.training.handlers.ProgressPlot",
+    "voxpipe.pipelines.training.detection.DetectionTrainStep",
+    "voxpipe.pipelines.training.detection.DetectionValStep",
 })
 SAFE_MODES = ("default", "callable", "partial")
 _LOCATOR = ComponentLocator()
@@ -137,7 +149,10 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
 
 
 def _in(name: str, prefixes: Sequence[str]) -> str | None:
-    return next((p for p in prefixes if name == p or name.startswith(p + ".")), None)
+    found = next((p for p in prefixes if name == p or name.startswith(p + ".")), None)
+    if found and prefixes is DENIED_MODULES and any(name == p or name.startswith(p + ".") for p in SAFE_INSIDE_DENIED):
+        return None
+    return found
 
 
 def _is_bundle_code(obj: Any, bundle_root: Path | None) -> bool:

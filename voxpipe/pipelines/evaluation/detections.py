@@ -11,13 +11,18 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from voxpipe.errors import InputError
 from voxpipe.metrics.detection import FP_RATES, FrocResult, luna16_froc, read_findings, read_seriesuids
 from voxpipe.transforms.io import atomic_path, write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 
 def evaluate_detections(
@@ -30,8 +35,12 @@ def evaluate_detections(
     n_bootstrap: int = 1000,
     seed: int = 0,
     max_marks: int = 100,
+    boxes_dir: str | os.PathLike[str] | None = None,
 ) -> FrocResult:
     """Score ``candidates`` (LUNA16 ``seriesuid,coordX,coordY,coordZ,probability``) against ``annotations``.
+
+    With ``boxes_dir`` (a ``voxpipe detect`` output folder: ``<seriesuid>.json`` box files), also
+    COCO-style AP at IoU 0.1 and mean recall (:func:`coco_metrics`), in ``summary.json`` under ``coco``.
 
     Raises:
         InputError: a file is missing or malformed (named, with the line).
@@ -49,6 +58,9 @@ def evaluate_detections(
     summary = {"candidates_file": str(candidates), "annotations_file": str(annotations), "excluded_file": str(excluded or ""),
                "seriesuids_file": str(seriesuids or ""), "rules": "LUNA16 (noduleCADEvaluationLUNA16.py)",
                "max_marks_per_scan": max_marks, "bootstrap_seed": seed, **result.summary()}
+    if boxes_dir is not None:
+        scans = read_seriesuids(seriesuids) if seriesuids else sorted({f.series for f in read_findings(candidates, value="probability")})
+        summary["coco"] = result.coco = coco_metrics(boxes_dir, annotations, scans=scans, excluded=excluded, max_marks=max_marks)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     png = _plot(result, out / "froc.png")
     _report(result, out / "froc.html", png)
@@ -101,3 +113,86 @@ CIs: 2.5–97.5 percentiles of {result.ci.get('bootstrap_samples', 0)} bootstrap
 
 def _interval(values: list[float] | None) -> str:
     return f"[{values[0]:.3f}, {values[1]:.3f}]" if values else ""
+
+
+def evaluate_run(
+    *,
+    detections: dict[str, Any],
+    dataset_dir: str | os.PathLike[str],
+    datalist: list[dict[str, Any]],
+    output_dir: str | os.PathLike[str],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score a detection run (:func:`voxpipe.pipelines.inference.detect.run_detection`'s summary) on its scans.
+
+    The evaluate config's ``run``: every scan of ``datalist`` counts (also those without candidates
+    or nodules), against ``dataset_dir/annotations.csv`` and, when present, ``annotations_excluded.csv``.
+    Returns the summary written to ``summary.json``.
+    """
+    root, out = Path(dataset_dir), Path(output_dir)
+    scans = write_text_atomic(out / "seriesuids_evaluated.csv", "".join(f"{e['seriesuid']}\n" for e in datalist))
+    excluded = root / "annotations_excluded.csv"
+    result = evaluate_detections(detections["candidates"], root / "annotations.csv", output_dir=out,
+                                 excluded=excluded if excluded.is_file() else None, seriesuids=scans,
+                                 n_bootstrap=n_bootstrap, seed=seed, boxes_dir=Path(detections["candidates"]).parent)  # fmt: skip
+    summary = {**result.summary(), "coco": result.coco}
+    logger.info("CPM %.4f over %d scans (%d nodules)", result.cpm, result.n_scans, result.n_nodules)
+    return summary
+
+
+def _cubes(findings: list[Any]) -> dict[str, np.ndarray]:
+    """LUNA16 findings → per scan, boxes xyzxyz in world mm: the cube of each diameter (as the box files are compared)."""
+    cubes: dict[str, list[list[float]]] = {}
+    for f in findings:
+        half = f.value / 2 if f.value > 0 else 5.0  # the script's rule: a negative diameter counts as 10 mm
+        cubes.setdefault(f.series, []).append([f.x - half, f.y - half, f.z - half, f.x + half, f.y + half, f.z + half])
+    return {k: np.asarray(v, dtype=float) for k, v in cubes.items()}
+
+
+def coco_metrics(
+    boxes_dir: str | os.PathLike[str],
+    annotations: str | os.PathLike[str],
+    *,
+    scans: list[str],
+    excluded: str | os.PathLike[str] | None = None,
+    max_marks: int = 100,
+) -> dict[str, float]:
+    """COCO-style detection metrics of box files against the annotations' cubes, by MONAI's ``COCOMetric``.
+
+    Predictions: ``boxes_dir/<seriesuid>.json`` (world_lps; a scan without a file has no boxes).
+    Truth: each annotation's cube (centre ± diameter / 2, world LPS mm; boxes and truth are in the same
+    frame, so IoU needs no voxel grid); excluded findings are ignored truth (their matches are neither
+    hits nor false positives). Returns AP at IoU 0.1, mAP over IoU 0.1–0.5 and mean recall, at ``max_marks``.
+
+    Raises:
+        InputError: a box file is malformed or not in world_lps.
+    """
+    from monai.apps.detection.metrics.coco import COCOMetric
+    from monai.apps.detection.metrics.matching import matching_batch
+    from monai.data.box_utils import box_iou
+
+    from voxpipe.transforms.boxes import read_boxes_json
+
+    truth = _cubes(read_findings(annotations, value="diameter_mm"))
+    ignored = _cubes(read_findings(excluded, value="diameter_mm")) if excluded else {}
+    pred_boxes, pred_scores, gt_boxes, gt_ignore = [], [], [], []
+    for scan in scans:
+        path = Path(boxes_dir) / f"{scan}.json"
+        boxes, items = np.zeros((0, 6)), []
+        if path.is_file():
+            boxes, space, items = read_boxes_json(path)
+            if space != "world_lps":
+                raise InputError(f"{str(path)!r}: expected boxes in world_lps (as the annotations), found {space}")
+        pred_boxes.append(boxes)
+        pred_scores.append(np.asarray([float(i.get("score", 0.0)) for i in items], dtype=float))
+        real, skip = truth.get(scan, np.zeros((0, 6))), ignored.get(scan, np.zeros((0, 6)))
+        gt_boxes.append(np.concatenate([real, skip]))
+        gt_ignore.append(np.r_[np.zeros(len(real), dtype=bool), np.ones(len(skip), dtype=bool)])
+    metric = COCOMetric(classes=["nodule"], iou_list=[0.1], iou_range=(0.1, 0.5, 0.05), max_detection=[max_marks])
+    matched = matching_batch(iou_fn=box_iou, iou_thresholds=metric.iou_thresholds, pred_boxes=pred_boxes,
+                             pred_classes=[np.zeros(len(b), dtype=int) for b in pred_boxes], pred_scores=pred_scores,
+                             gt_boxes=gt_boxes, gt_classes=[np.zeros(len(b), dtype=int) for b in gt_boxes],
+                             gt_ignore=gt_ignore, max_detections=max_marks)  # fmt: skip
+    values = metric(matched)[0]
+    return {key: float(value) for key, value in values.items()}

@@ -173,6 +173,7 @@ def build_trainer(
     mlflow: bool | str = False,
     plot: bool = True,
     progress: bool = True,
+    iteration_update: Any = None,
 ) -> SupervisedTrainer:
     """Build a ``SupervisedTrainer`` with the handlers every voxpipe run needs (see module docstring).
 
@@ -200,6 +201,9 @@ def build_trainer(
             or a tracking URI.
         plot: redraw ``progress.png`` after each validation.
         progress: show a progress bar over iterations.
+        iteration_update: a process function ``(engine, batch) -> {"loss", ...}`` replacing MONAI's
+            ``network → loss`` step (detection: the detector computes its own losses; ``loss_function``
+            may then be ``None``). Batches are not decollated.
     """
     device = torch.device(device)
     use_amp = device.type == "cuda" if amp == "auto" else bool(amp)
@@ -221,6 +225,8 @@ def build_trainer(
         postprocessing=postprocessing,
         key_train_metric=key_train_metric,
         amp=use_amp,
+        iteration_update=iteration_update,
+        decollate=iteration_update is None,
     )
     summary = EpochSummary(output_dir, evaluator=evaluator)
     state: dict[str, Any] = {"network": network, "optimizer": optimizer, "trainer": trainer, "summary": summary}

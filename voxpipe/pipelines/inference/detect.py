@@ -1,0 +1,457 @@
+"""``voxpipe detect``: find lung nodules with a detection bundle; world-mm tables, LUNA16 candidates, DICOM-SEG.
+
+Per scan (``<case>`` is the file name without its suffix, LUNA16's seriesuid for its ``.mhd`` files):
+
+* ``<case>.json``: a box file (:mod:`voxpipe.transforms.boxes`) in ``world_lps`` mm, ``cccwhd``
+  (centre, then extents), each box with its ``score``, ``diameter_mm`` (the mean of the three
+  extents: LUNA16 boxes are cubes of the nodule's diameter), ``side`` (the patient's left or right of the
+  body's midline) and, with ``--classify``, ``malignancy``;
+* ``<case>.csv``: the same as a table, one row per nodule, highest score first;
+* with ``--dicom-seg`` and a DICOM series input: ``<case>_nodules.dcm``, one segment per nodule above
+  the bundle's ``seg_score_threshold`` (a sphere of the estimated diameter) on the series' grid.
+
+For the run: ``candidates.csv`` (LUNA16's ``seriesuid,coordX,coordY,coordZ,probability``, world mm LPS),
+which ``voxpipe evaluate-detections`` scores, and ``detections.json`` (what was run, with which
+settings). Coordinates are LPS because LUNA16's are: the ``.mhd`` files' ITK physical space.
+
+Inference: MONAI's ``RetinaNetDetector`` with its sliding-window inferer (maps stitched on the CPU)
+on the bundle's grid; the boxes go back to world mm through that grid's affine, so they land in the
+input's physical space whatever its orientation. Test-time augmentation flips the scan along every
+combination of axes (8 views) and merges the views' boxes by weighted box clustering (nnDetection's
+rule; :func:`voxpipe.transforms.boxes.weighted_box_clustering`) or by MONAI's NMS.
+
+``--classify BUNDLE`` chains a nodule classifier (the shipped ``lung_nodule_ct_densenet``): the
+scan is brought to the classifier's grid by its own transforms (up to its ``Spacingd``), a patch
+of its ``patch_size`` is cut around each detected centre, and the rest of its transforms and its
+network give the probability of its ``malignant`` class, for the ``classify_top`` (20) highest-scoring
+candidates of each scan.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from voxpipe.errors import InputError
+from voxpipe.pipelines.training.detection import detect_boxes, image_affine
+from voxpipe.transforms.boxes import (
+    points_to_voxel,
+    voxel_boxes_to_world,
+    weighted_box_clustering,
+    write_boxes_json,
+)
+from voxpipe.transforms.io import case_id, read_geometry, save_nifti, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+MERGES = ("wbc", "nms")
+CANDIDATES = "candidates.csv"
+BODY_HU = -500.0  # the body is what is denser than this (for the midline)
+
+
+def _views() -> list[tuple[int, ...]]:
+    return [tuple(a for a in range(3) if mask >> a & 1) for mask in range(8)]
+
+
+def detect_scan(detector: Any, image: Any, *, device: str | torch.device, tta: bool = False, merge: str = "wbc",
+                merge_iou: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes on the preprocessed grid (voxel ``xyzxyz``) and scores; with ``tta``, 8 flipped views merged."""
+    if merge not in MERGES:
+        raise InputError(f"tta_merge: expected one of {', '.join(MERGES)}, found {merge!r}")
+    if not tta:
+        return detect_boxes(detector, image, device=device)
+    from monai.apps.detection.transforms.box_ops import flip_boxes
+    from monai.data.box_utils import non_max_suppression
+
+    size = tuple(int(n) for n in image.shape[1:])
+    tensor = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+    all_boxes, all_scores = [], []
+    for axes in _views():
+        view = torch.flip(tensor, dims=[a + 1 for a in axes]) if axes else tensor
+        boxes, scores = detect_boxes(detector, view, device=device)
+        if axes and len(boxes):
+            boxes = np.asarray(flip_boxes(torch.as_tensor(boxes), size, flip_axes=list(axes)), dtype=float)
+        all_boxes.append(boxes)
+        all_scores.append(scores)
+    boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
+    if merge == "wbc":
+        return weighted_box_clustering(boxes, scores, iou_threshold=merge_iou, n_views=len(all_boxes))
+    if not len(boxes):
+        return boxes, scores
+    keep = non_max_suppression(torch.as_tensor(boxes), torch.as_tensor(scores), nms_thresh=merge_iou).cpu().numpy()
+    return boxes[keep], scores[keep]
+
+
+def _midline_x(image: Any, affine: np.ndarray, hu_window: Sequence[float] | None) -> float | None:
+    """World LPS x (mm) of the middle of the body's bounding box, from the preprocessed scan (windowed to [0, 1])."""
+    array = image[0].cpu().numpy() if hasattr(image, "cpu") else np.asarray(image)[0]
+    threshold = 0.5 if hu_window is None else (BODY_HU - hu_window[0]) / (hu_window[1] - hu_window[0])
+    body = np.argwhere(array > threshold)
+    if not len(body):
+        return None
+    centre = (body.min(axis=0) + body.max(axis=0)) / 2
+    return float(voxel_boxes_to_world(np.r_[centre + 0.5, centre + 0.5][None], affine)[0, 0])
+
+
+def _rows(uid: str, boxes: np.ndarray, scores: np.ndarray, midline: float | None) -> list[dict[str, Any]]:
+    """One record per box (world LPS xyzxyz), highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    rows = []
+    for rank, k in enumerate(order, start=1):
+        box = boxes[k]
+        centre, extent = (box[:3] + box[3:]) / 2, box[3:] - box[:3]
+        side = None if midline is None else ("left" if centre[0] > midline else "right")  # LPS: +x is the patient's left
+        rows.append({"seriesuid": uid, "rank": rank, "box": box, "centre": centre, "extent": extent,
+                     "diameter_mm": float(extent.mean()), "score": float(scores[k]), "side": side})  # fmt: skip
+    return rows
+
+
+TABLE_COLUMNS = ("rank", "coordX", "coordY", "coordZ", "extent_x_mm", "extent_y_mm", "extent_z_mm", "diameter_mm", "score",
+                 "side", "malignancy")  # fmt: skip
+
+
+def write_case(out_dir: Path, case: str, rows: Sequence[Mapping[str, Any]], *, image: str) -> tuple[Path, Path]:
+    """``<case>.json`` (box file, world_lps cccwhd) and ``<case>.csv`` (the readable table), atomically."""
+    boxes = np.asarray([r["box"] for r in rows], dtype=float).reshape(-1, 6)
+    extra = [{"rank": r["rank"], "diameter_mm": round(r["diameter_mm"], 3), "side": r["side"],
+              **({"malignancy": round(r["malignancy"], 4)} if r.get("malignancy") is not None else {})} for r in rows]  # fmt: skip
+    json_path = write_boxes_json(out_dir / f"{case}.json", boxes, space="world_lps", mode="cccwhd", labels=[1] * len(rows),
+                                 scores=[r["score"] for r in rows], image=image, extra=extra)  # fmt: skip
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(TABLE_COLUMNS)
+    for r in rows:
+        malignancy = r.get("malignancy")
+        writer.writerow([r["rank"], *(f"{v:.2f}" for v in r["centre"]), *(f"{v:.2f}" for v in r["extent"]), f"{r['diameter_mm']:.1f}",
+                         f"{r['score']:.4f}", r["side"] or "", "" if malignancy is None else f"{malignancy:.4f}"])  # fmt: skip
+    return json_path, write_text_atomic(out_dir / f"{case}.csv", buffer.getvalue())
+
+
+def read_case(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """A ``<case>.json`` written by :func:`write_case` → its records (world LPS boxes), in rank order."""
+    from voxpipe.transforms.boxes import read_boxes_json
+
+    boxes, space, items = read_boxes_json(path)
+    if space != "world_lps":
+        raise InputError(f"{str(path)!r}: expected boxes in world_lps, found {space}")
+    rows = []
+    for box, item in zip(boxes, items, strict=True):
+        centre, extent = (box[:3] + box[3:]) / 2, box[3:] - box[:3]
+        rows.append({"seriesuid": case_id(path).removesuffix(".json"), "rank": item.get("rank"), "box": box, "centre": centre,
+                     "extent": extent, "diameter_mm": float(item.get("diameter_mm", extent.mean())),
+                     "score": float(item.get("score", 0.0)), "side": item.get("side"), "malignancy": item.get("malignancy")})  # fmt: skip
+    return rows
+
+
+def write_candidates(out_dir: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """The run's LUNA16 candidate list: ``seriesuid,coordX,coordY,coordZ,probability`` (world mm, LPS)."""
+    lines = ["seriesuid,coordX,coordY,coordZ,probability\n"]
+    lines += [f"{r['seriesuid']},{r['centre'][0]:.4f},{r['centre'][1]:.4f},{r['centre'][2]:.4f},{r['score']:.6f}\n" for r in rows]
+    return write_text_atomic(out_dir / CANDIDATES, "".join(lines))
+
+
+def nodule_label_map(rows: Sequence[Mapping[str, Any]], shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    """Spheres of each record's diameter at its world centre, on the grid ``(shape, affine)``; nodule k → value k."""
+    label = np.zeros(tuple(shape), dtype=np.uint8)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    grid = np.indices(label.shape, sparse=True)
+    for value, row in enumerate(rows, start=1):
+        centre = points_to_voxel(np.asarray(row["centre"]), affine, space="world_lps")[0]
+        radius = max(row["diameter_mm"] / 2, float(spacing.max()) / 2)
+        # distances in mm through the full affine (oblique grids included)
+        offset = [g - c for g, c in zip(grid, centre, strict=True)]
+        world = [sum(affine[i, j] * offset[j] for j in range(3)) for i in range(3)]
+        inside = (world[0] ** 2 + world[1] ** 2 + world[2] ** 2) <= radius**2
+        label[inside & (label == 0)] = value
+    return label
+
+
+def _case_name(entry: Mapping[str, Any]) -> str:
+    return str(entry.get("seriesuid") or case_id(entry["image"]))
+
+
+def run_detection(
+    *,
+    detector: Any,
+    network: torch.nn.Module,
+    checkpoint: str | os.PathLike[str],
+    preprocessing: Any,
+    datalist: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    hu_window: Sequence[float] | None = None,
+    tta: bool = False,
+    tta_merge: str = "wbc",
+    tta_merge_iou: float = 0.1,
+    min_score: float = 0.0,
+    dicom_seg: bool = False,
+    seg_score_threshold: float = 0.5,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Detect nodules in every scan of ``datalist`` (entries with ``image``); the inference config's ``run``.
+
+    Cases that fail are logged and listed (``failures``) after every other case was written; the
+    candidate list holds the cases that finished. Returns ``{"cases", "failures", "candidates"}``.
+    """
+    from voxpipe.networks.transfer import read_state_dict
+
+    out_dir = Path(output_dir)
+    try:
+        network.load_state_dict(read_state_dict(checkpoint))
+    except RuntimeError as error:
+        raise InputError(f"{str(checkpoint)!r}: expected weights of this bundle's detection network, found others "
+                         f"({str(error).splitlines()[0]})") from None
+    detector.eval()
+    all_rows: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    cases: list[str] = []
+    started = time.perf_counter()
+    for entry in datalist:
+        case = _case_name(entry)
+        done = out_dir / f"{case}.json"
+        if resume and done.is_file():
+            all_rows += read_case(done)
+            cases.append(case)
+            continue
+        try:
+            item = preprocessing({"image": entry["image"]})
+            image = item["image"]
+            affine = image_affine(image)
+            boxes, scores = detect_scan(detector, image, device=device, tta=tta, merge=tta_merge, merge_iou=tta_merge_iou)
+            keep = scores >= min_score
+            world = voxel_boxes_to_world(boxes[keep], affine, space="world_lps")
+            rows = _rows(case, world, scores[keep], _midline_x(image, affine, hu_window))
+            if dicom_seg:
+                _write_seg(Path(entry["image"]), out_dir, case, [r for r in rows if r["score"] >= seg_score_threshold])
+            write_case(out_dir, case, rows, image=str(entry["image"]))
+        except InputError as error:
+            failures[case] = str(error)
+            logger.error("%s: skipped (%s)", entry["image"], error)
+            continue
+        all_rows += rows
+        cases.append(case)
+        logger.info("%s: %d candidates (%d with score >= 0.5)", case, len(rows), sum(r["score"] >= 0.5 for r in rows))
+    candidates = write_candidates(out_dir, all_rows)
+    summary = {"cases": cases, "failures": failures, "candidates": str(candidates), "checkpoint": str(checkpoint),
+               "tta": bool(tta), "tta_merge": tta_merge if tta else None, "min_score": min_score,
+               "coordinates": "world mm, LPS (ITK/DICOM/LUNA16 physical space); boxes cccwhd", "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+    write_text_atomic(out_dir / "detections.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _write_seg(source: Path, out_dir: Path, case: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``<case>_nodules.dcm`` for a DICOM series input; a NIfTI ``<case>_nodules.nii.gz`` beside it either way."""
+    shape, affine = read_geometry(source)
+    label = nodule_label_map(rows, shape, affine)
+    save_nifti(label, affine, out_dir / f"{case}_nodules.nii.gz")
+    if source.is_dir() and rows:
+        from voxpipe.transforms.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(label, source, out_dir / f"{case}_nodules.dcm", names={k: f"nodule {k}" for k in range(1, len(rows) + 1)})
+
+
+def _check_classification_bundle(root: Path) -> None:
+    """Refuse a bundle whose metadata does not declare a classification output (a segmentation bundle, say)."""
+    meta = root / "configs" / "metadata.json"
+    try:
+        outputs = json.loads(meta.read_text())["network_data_format"]["outputs"]
+        formats = [str(o.get("format")) for o in outputs.values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise InputError(f"{str(meta)!r}: expected bundle metadata with network_data_format.outputs, found {error}") from None
+    if "classification" not in formats:
+        raise InputError(f"{str(root)!r}: expected a nodule classification bundle (an output of format 'classification' "
+                         f"in configs/metadata.json), found outputs of format {formats}")
+
+
+class NoduleClassifier:
+    """A classification bundle (``lung_nodule_ct_densenet``) applied to patches around world-mm centres.
+
+    Built from the bundle's ``inference`` config: ``network_def``, ``preprocessing_transforms``
+    (split after its last ``Spacingd``: the part before runs once per scan, the rest per patch),
+    ``patch_size`` and ``class_names``; weights from ``BUNDLE/models/model.pt`` unless given.
+    """
+
+    def __init__(self, bundle_dir: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None,
+                 safe: bool = False, device: str | torch.device = "cpu") -> None:
+        from monai.bundle import ConfigParser
+
+        from voxpipe.networks.transfer import read_state_dict
+        from voxpipe.pipelines.bundles.config import find_config
+        from voxpipe.pipelines.bundles.safety import check_safe_parser
+
+        root = Path(bundle_dir)
+        config = find_config(root, "inference")
+        _check_classification_bundle(root)
+        parser = ConfigParser()
+        parser.read_config(str(config))
+        parser.update({"bundle_root": str(root.resolve()), "device": {"_target_": "voxpipe.runtime.select_device",
+                                                                       "preference": torch.device(device).type}})
+        for key in ("network_def", "preprocessing_transforms", "patch_size"):
+            if key not in parser.get():
+                raise InputError(f"{str(config)!r}: expected '{key}' (a nodule classification bundle), found no such entry")
+        if safe:
+            check_safe_parser(parser, name=str(config), bundle_root=root)
+        self.network = parser.get_parsed_content("network_def")
+        checkpoint = Path(weights) if weights else root / "models" / "model.pt"
+        if not checkpoint.is_file():
+            raise InputError(f"{str(checkpoint)!r}: expected the classifier's weights, found no file",
+                             hint="train the classifier (voxpipe train configs/lung_nodule_ct_densenet) or pass its weights")
+        try:
+            self.network.load_state_dict(read_state_dict(checkpoint))
+        except RuntimeError as error:
+            raise InputError(f"{str(checkpoint)!r}: expected weights of the classifier's network_def, found others "
+                             f"({str(error).splitlines()[0]})") from None
+        self.network.eval()
+        self.device = torch.device(device)
+        transforms = list(parser.get_parsed_content("preprocessing_transforms"))
+        names = [type(t).__name__ for t in transforms]
+        if "Spacingd" not in names:
+            raise InputError(f"{str(config)!r}: expected a Spacingd in preprocessing_transforms (patches are cut on its grid), found {names}")
+        cut = len(names) - names[::-1].index("Spacingd")
+        from monai.transforms import Compose
+
+        self.scan_transforms, self.patch_transforms = Compose(transforms[:cut]), Compose(transforms[cut:])
+        self.patch_size = [int(v) for v in parser.get_parsed_content("patch_size")]
+        classes = parser.get_parsed_content("class_names") if "class_names" in parser.get() else None
+        self.index = list(classes).index("malignant") if classes and "malignant" in classes else -1
+        self.source = str(root)
+
+    def patches(self, image: str | os.PathLike[str], centres: np.ndarray) -> torch.Tensor:
+        """The network's inputs (N, C, *patch_size): one patch centred on each world LPS centre (N, 3) of ``image``."""
+        from monai.transforms import SpatialCrop
+
+        scan = self.scan_transforms({"image": str(image)})["image"]
+        affine = image_affine(scan)
+        size = np.asarray(self.patch_size)
+        air = float(scan.min())
+        patches = []
+        for centre in centres:
+            voxel = np.round(points_to_voxel(centre, affine, space="world_lps")[0]).astype(int)
+            low = voxel - size // 2
+            crop = SpatialCrop(roi_start=np.maximum(low, 0), roi_end=np.minimum(low + size, scan.shape[1:]))(scan)
+            before = np.maximum(-low, 0)  # where the scan ends, pad so the centre stays in the middle
+            after = np.maximum(size - np.asarray(crop.shape[1:]) - before, 0)
+            widths = [int(v) for pair in zip(before[::-1], after[::-1], strict=True) for v in pair]  # F.pad: last axis first
+            tensor = crop.as_tensor() if hasattr(crop, "as_tensor") else torch.as_tensor(crop)
+            patches.append(self.patch_transforms({"image": torch.nn.functional.pad(tensor, widths, value=air)})["image"])
+        return torch.stack([torch.as_tensor(p.as_tensor() if hasattr(p, "as_tensor") else p) for p in patches]).float()
+
+    def __call__(self, image: str | os.PathLike[str], centres: np.ndarray) -> np.ndarray:
+        """Malignancy probability of the nodule at each world LPS centre (N, 3) of the scan ``image``."""
+        centres = np.asarray(centres, dtype=float).reshape(-1, 3)
+        if not len(centres):
+            return np.zeros(0)
+        batch = self.patches(image, centres)
+        with torch.no_grad():
+            probabilities = torch.softmax(self.network(batch.to(self.device)).float(), dim=1).cpu().numpy()
+        return probabilities[:, self.index]
+
+
+def classify_outputs(classifier: NoduleClassifier, output_dir: str | os.PathLike[str], images: Mapping[str, str], *,
+                     top: int = 20) -> dict[str, str]:
+    """Add ``malignancy`` to the ``top`` candidates of every ``<case>.json``/``.csv`` of a detection run; failures by case.
+
+    The others keep an empty malignancy: LUNA16-style candidate lists run to 100 per scan, and a
+    reader looks at the first few.
+    """
+    out_dir = Path(output_dir)
+    failures: dict[str, str] = {}
+    for case, image in images.items():
+        path = out_dir / f"{case}.json"
+        if not path.is_file():
+            continue
+        try:
+            rows = read_case(path)
+            probabilities = classifier(image, np.asarray([r["centre"] for r in rows[:top]]))
+        except InputError as error:
+            failures[case] = str(error)
+            logger.error("%s: not classified (%s)", case, error)
+            continue
+        for row, probability in zip(rows[:top], probabilities, strict=True):
+            row["malignancy"] = float(probability)
+        write_case(out_dir, case, rows, image=image)
+    return failures
+
+
+def _tabulate(rows: Sequence[Mapping[str, Any]], limit: int) -> str:
+    header = f"{'#':>3} {'x mm':>8} {'y mm':>8} {'z mm':>8} {'diam mm':>8} {'side':>6} {'score':>6} {'malig.':>6}"
+    lines = [header]
+    for r in rows[:limit]:
+        malignancy = "" if r.get("malignancy") is None else f"{r['malignancy']:.3f}"
+        lines.append(f"{r['rank']:>3} {r['centre'][0]:8.1f} {r['centre'][1]:8.1f} {r['centre'][2]:8.1f} {r['diameter_mm']:8.1f} "
+                     f"{r['side'] or '':>6} {r['score']:6.3f} {malignancy:>6}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def case_table(output_dir: str | os.PathLike[str], case: str, *, limit: int = 10) -> str:
+    """The first ``limit`` nodules of a case, as a fixed-width table (world LPS mm)."""
+    return _tabulate(read_case(Path(output_dir) / f"{case}.json"), limit)
+
+
+def detect_with_bundle(
+    bundle_dir: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    output_dir: str | os.PathLike[str],
+    weights: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    tta: bool | None = None,
+    dicom_seg: bool = False,
+    classify: str | os.PathLike[str] | None = None,
+    classifier_weights: str | os.PathLike[str] | None = None,
+    classify_top: int = 20,
+    resume: bool = False,
+    device: str | None = None,
+    safe: bool = False,
+) -> dict[str, Any]:
+    """Run a detection bundle's inference config on images and series (module docstring); its summary.
+
+    Raises:
+        InputError: bad inputs, missing weights or anchors, a classifier that is not one (before anything runs).
+        InferenceFailed: some cases failed; every other case was written first.
+    """
+    from voxpipe.pipelines.bundles.run import run_bundle
+    from voxpipe.pipelines.inference.infer import InferenceFailed, _checkpoint, collect_inputs
+
+    images = collect_inputs(inputs)
+    if dicom_seg:
+        files = [str(p) for p in images if isinstance(p, tuple) or not p.is_dir()]
+        if files:
+            raise InputError(f"--dicom-seg: expected DICOM series folders, found image files {files}",
+                             hint="a DICOM-SEG references the source slices; leave out --dicom-seg for these inputs")
+    checkpoint = _checkpoint(bundle_dir, weights)
+    resolved = "cpu"
+    if device is not None:
+        from voxpipe.runtime import select_device
+
+        resolved = str(select_device(device))
+    classifier = NoduleClassifier(classify, weights=classifier_weights, safe=safe, device=resolved if device else "cpu") if classify else None
+    datalist = [{"image": str(p), "seriesuid": case_id(p)} for p in images]  # type: ignore[arg-type]
+    values: dict[str, Any] = {"datalist": datalist, "output_dir": str(Path(output_dir).resolve()), "checkpoint": str(checkpoint.resolve()),
+                              "dicom_seg": bool(dicom_seg), "resume": bool(resume), **(overrides or {})}  # fmt: skip
+    if tta is not None:
+        values["tta"] = bool(tta)
+    if device is not None:
+        values["device#preference"] = device
+    workflow = run_bundle(bundle_dir, config="inference", overrides=values, safe=safe)
+    summary = dict(workflow.parser.get_parsed_content("run"))
+    failures = dict(summary["failures"])
+    if classifier is not None:
+        finished = {c: next(str(p) for p in images if case_id(p) == c) for c in summary["cases"]}  # type: ignore[arg-type]
+        failures.update(classify_outputs(classifier, output_dir, finished, top=classify_top))
+        summary["classifier"] = classifier.source
+    if failures:
+        outputs = [Path(output_dir) / f"{c}.json" for c in summary["cases"] if c not in failures]
+        listing = "; ".join(f"{c}: {m}" for c, m in failures.items())
+        raise InferenceFailed(f"{len(failures)} of {len(images)} scans failed: {listing}", outputs=outputs, failures=failures)
+    return summary
