@@ -5,7 +5,8 @@ other seeds), trains ``configs/lung_nodule_ct_retinanet`` with ``voxpipe train``
 selects ``models/model.pt``), trains the nodule classifier ``configs/lung_nodule_ct_densenet`` on
 ``voxpipe synth nodules`` patches, then on the held-out scans runs ``voxpipe detect --classify``
 without and with flip TTA (weighted box clustering) and scores both with ``voxpipe
-evaluate-detections`` (LUNA16 FROC, CPM, 1000-sample bootstrap CIs over scans). Prints the FROC
+evaluate-detections`` (LUNA16 FROC, CPM, 1000-sample bootstrap CIs over scans; COCO AP at IoU 0.1
+from the box files). Prints the FROC
 tables, the CPMs and the stage times; every step is the CLI a user runs.
 
     python benchmarks/nodule_detection.py --n-train 40 --n-test 12 --epochs 60 --precision bf16
@@ -70,7 +71,8 @@ def main() -> None:
               "--classify", str(classifier), "--classifier-weights", str(classifier_run / "models" / "model.pt"), *extra)  # fmt: skip
         scored = work / ("scored_tta" if extra else "scored")
         printed = _run("evaluate-detections", str(out / "candidates.csv"), str(test / "annotations.csv"), "--excluded",
-                       str(test / "annotations_excluded.csv"), "--seriesuids", str(test / "seriesuids.csv"), "-o", str(scored))  # fmt: skip
+                       str(test / "annotations_excluded.csv"), "--seriesuids", str(test / "seriesuids.csv"), "--boxes", str(out),
+                       "-o", str(scored))  # fmt: skip
         print(f"## {name}\n{printed}")
         figures[name] = json.loads((scored / "summary.json").read_text())
     anchors = json.loads((run / "models" / "anchors.json").read_text())

@@ -121,3 +121,21 @@ def select_split(
     return [by_case[case] for case in sorted(wanted)]
 
 
+
+
+def split_part(
+    entries: Sequence[dict[str, Any]],
+    part: str,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    split_file: str | os.PathLike[str] | None = None,
+    fold: int | None = None,
+    source: str | os.PathLike[str] = "the dataset",
+) -> list[dict[str, Any]]:
+    """The ``train`` or ``val`` part of ``entries``: from ``split_file`` (and ``fold``), else a seeded
+    :func:`make_split` with ``val_fraction`` (grouped by patient). What the bundles' datalists call."""
+    if split_file:
+        return select_split(entries, split_file, part=part, fold=fold, source=source)
+    wanted = set(make_split(entries, val=val_fraction, seed=seed)[part])
+    return [entry for entry in entries if entry["case"] in wanted]

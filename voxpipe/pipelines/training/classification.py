@@ -26,7 +26,7 @@ from monai.handlers import ROCAUC, ConfusionMatrix, from_engine
 from monai.transforms import MapTransform
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.data.splits import make_split, select_split
+from voxpipe.pipelines.data.splits import split_part
 from voxpipe.transforms.io import case_id
 
 CONFUSION_METRICS = {"accuracy": "accuracy", "f1": "f1 score", "sensitivity": "sensitivity", "specificity": "specificity"}
@@ -126,11 +126,7 @@ def classification_datalist(
     entries = load_classification_datalist(dataset, section="training")
     if part == "all":
         return entries
-    if split_file:
-        return select_split(entries, split_file, part=part, fold=fold, source=dataset)
-    split = make_split(entries, val=val_fraction, seed=seed)
-    wanted = set(split[part])
-    return [entry for entry in entries if entry["case"] in wanted]
+    return split_part(entries, part, val_fraction=val_fraction, seed=seed, split_file=split_file, fold=fold, source=dataset)
 
 
 def class_weights(datalist: Sequence[Mapping[str, Any]], *, num_classes: int) -> torch.Tensor:

@@ -41,7 +41,7 @@ from ignite.metrics import Metric
 
 from voxpipe.errors import InputError
 from voxpipe.metrics.detection import Finding, luna16_froc
-from voxpipe.pipelines.data.splits import make_split, select_split
+from voxpipe.pipelines.data.splits import split_part
 from voxpipe.transforms.boxes import voxel_boxes_to_world
 from voxpipe.transforms.io import VOLUME_SUFFIXES, case_id, write_text_atomic
 
@@ -131,11 +131,7 @@ def detection_datalist(
         return entries
     if part not in ("train", "val"):
         raise InputError(f"detection datalist part: expected train, val or all, found {part!r}")
-    if split_file:
-        return select_split(entries, split_file, part=part, fold=fold, source=root)
-    split = make_split(entries, val=val_fraction, seed=seed)
-    wanted = set(split[part])
-    return [e for e in entries if e["case"] in wanted]
+    return split_part(entries, part, val_fraction=val_fraction, seed=seed, split_file=split_file, fold=fold, source=root)
 
 
 def _centred_iou(sizes: np.ndarray, anchors: np.ndarray) -> np.ndarray:
