@@ -277,6 +277,7 @@ def test_dicom_seg_of_detections_reads_back_on_the_series_grid(trained, tmp_path
         _detect(trained, [trained["data"] / "images"], tmp_path / "x", dicom_seg=True)
 
 
+@pytest.mark.slow
 def test_classifier_patches_are_centred_on_the_world_point(tmp_path):
     """A bright voxel at a known LPS point lands at the centre of the classifier's patch (flipped storage, near the edge)."""
     from voxpipe.pipelines.inference.detect import NoduleClassifier
@@ -303,6 +304,7 @@ def test_classifier_patches_are_centred_on_the_world_point(tmp_path):
     assert probability.shape == (1,) and 0.0 <= probability[0] <= 1.0
 
 
+@pytest.mark.slow
 def test_detect_refuses_missing_weights_and_a_bundle_that_is_not_a_classifier(tmp_path):
     scan = write_volume(np.zeros((8, 8, 8), dtype=np.int16), FLIPPED, tmp_path / "scan.mha")
     done = _cli("detect", str(BUNDLE), str(scan), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "none.pt"))
