@@ -315,3 +315,20 @@ def test_detect_refuses_missing_weights_and_a_bundle_that_is_not_a_classifier(tm
                 "--classify", str(REPO / "configs" / "liver_ct_segresnet"))  # fmt: skip
     assert done.returncode == 2 and "liver_ct_segresnet" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_broken_scan_fails_alone_and_the_others_are_written(trained, tmp_path):
+    from voxpipe.pipelines.inference.infer import InferenceFailed
+
+    uid = (trained["data"] / "seriesuids.csv").read_text().split()[0]
+    good = trained["data"] / "images" / f"{uid}.mha"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / good.name).write_bytes(good.read_bytes())
+    (folder / "truncated.mha").write_bytes(good.read_bytes()[:3000])
+    with pytest.raises(InferenceFailed, match=r"1 of 2 scans failed: truncated: .*truncated.mha"):
+        _detect(trained, [folder], tmp_path / "out")
+    assert (tmp_path / "out" / f"{uid}.json").is_file() and not (tmp_path / "out" / "truncated.json").exists()
+    rows = list(csv.DictReader((tmp_path / "out" / "candidates.csv").open()))
+    assert rows and {r["seriesuid"] for r in rows} == {uid}

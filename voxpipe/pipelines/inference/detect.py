@@ -176,6 +176,24 @@ def nodule_label_map(rows: Sequence[Mapping[str, Any]], shape: Sequence[int], af
     return label
 
 
+def _preprocess(preprocessing: Any, image: str) -> dict[str, Any]:
+    """The bundle's transforms on one scan; a scan they cannot take is that scan's error (:class:`InputError`).
+
+    MONAI wraps what a transform raises ("applying transform ..."); the cause is unwrapped, so a
+    truncated file or NaN voxels fail that scan, named, and the others still run.
+    """
+    from voxpipe.errors import VoxpipeError
+    from voxpipe.pipelines.bundles.run import innermost_error
+
+    try:
+        return preprocessing({"image": image})
+    except Exception as error:  # a transform failing on this input: the input's problem, reported per scan
+        root = innermost_error(error)
+        if isinstance(root, VoxpipeError):
+            raise InputError(str(root)) from error
+        raise InputError(f"{image!r}: the bundle's preprocessing failed ({type(root).__name__}: {str(root).splitlines()[0]})") from error
+
+
 def _case_name(entry: Mapping[str, Any]) -> str:
     return str(entry.get("seriesuid") or case_id(entry["image"]))
 
@@ -224,7 +242,7 @@ def run_detection(
             cases.append(case)
             continue
         try:
-            item = preprocessing({"image": entry["image"]})
+            item = _preprocess(preprocessing, entry["image"])
             image = item["image"]
             affine = image_affine(image)
             boxes, scores = detect_scan(detector, image, device=device, tta=tta, merge=tta_merge, merge_iou=tta_merge_iou)
