@@ -332,3 +332,23 @@ def test_a_broken_scan_fails_alone_and_the_others_are_written(trained, tmp_path)
     assert (tmp_path / "out" / f"{uid}.json").is_file() and not (tmp_path / "out" / "truncated.json").exists()
     rows = list(csv.DictReader((tmp_path / "out" / "candidates.csv").open()))
     assert rows and {r["seriesuid"] for r in rows} == {uid}
+
+
+def test_datalist_reads_box_files_in_any_space(tmp_path):
+    """Box files in voxel, world RAS and world LPS give the same world LPS boxes as their LUNA16 rows would."""
+    from voxpipe.transforms.boxes import world_boxes_to_voxel, write_boxes_json
+
+    (tmp_path / "images").mkdir()
+    lps = np.array([[10.0, -20.0, 5.0, 16.0, -12.0, 11.0]])
+    for uid in ("a", "b", "c", "none"):
+        write_volume(np.zeros((60, 60, 20), dtype=np.int16), FLIPPED, tmp_path / "images" / f"{uid}.mha")
+    write_boxes_json(tmp_path / "boxes" / "a.json", lps, space="world_lps", mode="xyzxyz")
+    ras = np.array([[-16.0, 12.0, 5.0, -10.0, 20.0, 11.0]])
+    write_boxes_json(tmp_path / "boxes" / "b.json", ras, space="world_ras", mode="cccwhd")
+    voxel = world_boxes_to_voxel(lps, FLIPPED, space="world_lps")
+    write_boxes_json(tmp_path / "boxes" / "c.json", voxel, space="voxel", mode="xyzwhd")
+    entries = {e["seriesuid"]: e for e in detection_datalist(tmp_path, part="all")}
+    for uid in ("a", "b", "c"):
+        np.testing.assert_allclose(entries[uid]["box"], lps, atol=1e-3)
+        np.testing.assert_allclose(entries[uid]["centres"], [[13.0, -16.0, 8.0]], atol=1e-3)
+    assert entries["none"]["box"].shape == (0, 6)

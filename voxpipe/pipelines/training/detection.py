@@ -61,6 +61,21 @@ def _scan_images(root: Path) -> dict[str, Path]:
     return found
 
 
+def _box_file(path: Path, image: Path) -> np.ndarray:
+    """A box file → world LPS ``xyzxyz`` boxes; ``voxel`` boxes are placed through ``image``'s grid (its header)."""
+    from voxpipe.transforms.boxes import read_boxes_json
+    from voxpipe.transforms.io import read_geometry
+
+    if not path.is_file():
+        return np.zeros((0, 6))
+    boxes, space, _ = read_boxes_json(path)
+    if space == "voxel":
+        return voxel_boxes_to_world(boxes, read_geometry(image)[1], space="world_lps")
+    if space == "world_ras":  # RAS → LPS negates x and y, which swaps each box's low and high corner there
+        return np.stack([-boxes[:, 3], -boxes[:, 4], boxes[:, 2], -boxes[:, 0], -boxes[:, 1], boxes[:, 5]], axis=1)
+    return boxes
+
+
 def read_annotations(path: str | os.PathLike[str]) -> dict[str, list[tuple[list[float], float]]]:
     """LUNA16 ``annotations.csv`` → seriesuid → [(centre (x, y, z) world mm LPS, diameter mm)].
 
@@ -98,11 +113,15 @@ def detection_datalist(
     fold: int | None = None,
     annotations: str = "annotations.csv",
     require_annotations: bool = True,
+    boxes: str = "auto",
 ) -> list[dict[str, Any]]:
     """Entries ``{"image", "case", "seriesuid", "box" (N, 6) world LPS xyzxyz, "label" (N,), "centres", "diameters"}``.
 
     ``part``: ``train`` or ``val`` (a seeded split of the scans, or ``split_file``/``fold`` from
     ``voxpipe data split``), or ``all``. Scans without annotations have empty boxes.
+    ``boxes``: where the boxes come from: ``annotations`` (the CSV), ``files`` (``boxes/<seriesuid>.json``
+    box files in any space and mode, :mod:`voxpipe.transforms.boxes`; a scan without a file has no
+    nodule), or ``auto`` (the CSV if there is one, else the box files).
 
     Raises:
         InputError: no images, or no annotations file when ``require_annotations``.
@@ -113,20 +132,27 @@ def detection_datalist(
     images = _scan_images(root)
     if not images:
         raise InputError(f"{str(root)!r}: expected scans ({', '.join(VOLUME_SUFFIXES)}) in images/ or subset*/, found none")
-    table = root / annotations
-    nodules = read_annotations(table) if (require_annotations or table.is_file()) else {}
+    table, box_dir = root / annotations, root / "boxes"
+    from_boxes = boxes == "files" or (boxes == "auto" and not table.is_file() and box_dir.is_dir())
+    if boxes not in ("auto", "files", "annotations"):
+        raise InputError(f"detection datalist boxes: expected auto, files or annotations, found {boxes!r}")
+    nodules = {} if from_boxes else read_annotations(table) if (require_annotations or table.is_file()) else {}
     unmatched = sorted(set(nodules) - set(images))
     if unmatched:
         logger.info("%s: %d annotated scans have no image here (skipped), e.g. %s", table, len(unmatched), unmatched[0])
     entries = []
     for uid, image in images.items():
-        found = nodules.get(uid, [])
-        centres = np.asarray([c for c, _ in found], dtype=float).reshape(-1, 3)
-        diameters = np.asarray([d for _, d in found], dtype=float)
-        boxes = np.concatenate([centres - diameters[:, None] / 2, centres + diameters[:, None] / 2], axis=1)
-        entries.append({"image": str(image), "case": uid, "seriesuid": uid, "box": boxes.astype(np.float32),
-                        "label": np.zeros(len(found), dtype=np.int64), "centres": centres.tolist(),
-                        "diameters": diameters.tolist()})  # fmt: skip
+        if from_boxes:
+            world = _box_file(box_dir / f"{uid}.json", image)
+        else:
+            found = nodules.get(uid, [])
+            centres = np.asarray([c for c, _ in found], dtype=float).reshape(-1, 3)
+            half = np.asarray([d for _, d in found], dtype=float)[:, None] / 2
+            world = np.concatenate([centres - half, centres + half], axis=1)
+        centres, extents = (world[:, :3] + world[:, 3:]) / 2, world[:, 3:] - world[:, :3]
+        entries.append({"image": str(image), "case": uid, "seriesuid": uid, "box": world.astype(np.float32),
+                        "label": np.zeros(len(world), dtype=np.int64), "centres": centres.tolist(),
+                        "diameters": extents.mean(axis=1).tolist()})  # fmt: skip
     if part == "all":
         return entries
     if part not in ("train", "val"):
