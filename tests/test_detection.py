@@ -352,3 +352,27 @@ def test_datalist_reads_box_files_in_any_space(tmp_path):
         np.testing.assert_allclose(entries[uid]["box"], lps, atol=1e-3)
         np.testing.assert_allclose(entries[uid]["centres"], [[13.0, -16.0, 8.0]], atol=1e-3)
     assert entries["none"]["box"].shape == (0, 6)
+
+
+@pytest.mark.slow
+def test_monai_runner_trains_and_detects_with_the_bundle(trained, tmp_path):
+    """`python -m monai.bundle run` (MONAI's own CLI) runs the train config, then the inference config on its weights."""
+    import os
+
+    small = ["--network_def#block_inplanes", "[8,16,16,32]", "--network_def#fpn_channels", "32"]
+    common = ["--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--bundle_root", str(BUNDLE),
+              "--dataset_dir", str(trained["data"]), *small]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "train.yaml"), *common,
+             "--output_dir", str(tmp_path / "run"), "--max_epochs", "1", "--val_interval", "1", "--progress", "False"]  # fmt: skip
+    done = subprocess.run(train, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    weights = tmp_path / "run" / "models" / "model.pt"
+    assert weights.is_file() and (tmp_path / "run" / "models" / "anchors.json").is_file()
+    infer = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.yaml"), *common,
+             "--checkpoint", str(weights), "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(infer, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    uids = (trained["data"] / "seriesuids.csv").read_text().split()
+    assert all((tmp_path / "out" / f"{uid}.json").is_file() for uid in uids)
+    assert {r["seriesuid"] for r in csv.DictReader((tmp_path / "out" / "candidates.csv").open())} <= set(uids)
