@@ -118,6 +118,16 @@ def read_findings(path: str | os.PathLike[str], *, value: str) -> list[Finding]:
     return findings
 
 
+def finding_cubes(findings: Sequence[Finding]) -> dict[str, np.ndarray]:
+    """Per scan, the ``xyzxyz`` box of each finding in its own world mm: the cube of its diameter around
+    its centre (how LUNA16 rows become boxes); a negative diameter counts as 10 mm, as the script's rule."""
+    cubes: dict[str, list[list[float]]] = {}
+    for f in findings:
+        half = f.value / 2 if f.value > 0 else 5.0
+        cubes.setdefault(f.series, []).append([f.x - half, f.y - half, f.z - half, f.x + half, f.y + half, f.z + half])
+    return {series: np.asarray(boxes, dtype=float) for series, boxes in cubes.items()}
+
+
 def read_seriesuids(path: str | os.PathLike[str]) -> list[str]:
     """The first column of each row (the LUNA16 ``seriesuids.csv`` has no header)."""
     path = Path(path)

@@ -168,6 +168,13 @@ def read_boxes_json(path: str | os.PathLike[str]) -> tuple[np.ndarray, str, list
     return boxes, space, items
 
 
+def meta_affine(image: Any) -> np.ndarray:
+    """The RAS affine of a MONAI ``MetaTensor`` (the grid its boxes are on), as a float64 array."""
+    from monai.utils import convert_to_numpy
+
+    return np.asarray(convert_to_numpy(image.affine), dtype=float)
+
+
 class WorldBoxesToVoxeld(MapTransform):
     """Boxes in world mm (``world_lps`` or ``world_ras``, ``xyzxyz``) → voxel boxes on the image's current grid.
 
@@ -191,9 +198,11 @@ class WorldBoxesToVoxeld(MapTransform):
 
         item = dict(data)
         image = item[self.image_key]
-        affine = np.asarray(image.affine.cpu().numpy() if hasattr(image.affine, "cpu") else image.affine, dtype=float)
+        from monai.utils import convert_to_numpy
+
+        affine = meta_affine(image)
         for key in self.key_iterator(item):
-            boxes = np.asarray(item[key].cpu().numpy() if hasattr(item[key], "cpu") else item[key], dtype=float).reshape(-1, 6)
+            boxes = np.asarray(convert_to_numpy(item[key]), dtype=float).reshape(-1, 6)
             item[key] = torch.as_tensor(world_boxes_to_voxel(boxes, affine, space=self.space), dtype=torch.float32)
         return item
 

@@ -149,10 +149,12 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
 
 
 def _in(name: str, prefixes: Sequence[str]) -> str | None:
-    found = next((p for p in prefixes if name == p or name.startswith(p + ".")), None)
-    if found and prefixes is DENIED_MODULES and any(name == p or name.startswith(p + ".") for p in SAFE_INSIDE_DENIED):
-        return None
-    return found
+    return next((p for p in prefixes if name == p or name.startswith(p + ".")), None)
+
+
+def _denied(name: str) -> str | None:
+    """The denied module ``name`` lies in, unless it lies in one of the safe parts of it."""
+    return None if _in(name, SAFE_INSIDE_DENIED) else _in(name, DENIED_MODULES)
 
 
 def _is_bundle_code(obj: Any, bundle_root: Path | None) -> bool:
@@ -182,7 +184,7 @@ def target_problem(target: str, *, bundle_root: str | os.PathLike[str] | None = 
         target = f"{module[0] if isinstance(module, list) else module}.{target}"
     if target.split(".")[0] not in ALLOWED_PACKAGES:
         return f"_target_ {target!r} is outside the allowed packages {', '.join(ALLOWED_PACKAGES)}"
-    denied = _in(target, DENIED_MODULES)
+    denied = _denied(target)
     if denied and target not in BUNDLE_SAFE_FUNCTIONS:
         return f"_target_ {target!r} is in {denied}, which downloads, loads code or runs bundles"
     try:
@@ -199,7 +201,7 @@ def target_problem(target: str, *, bundle_root: str | os.PathLike[str] | None = 
         return f"_target_ {target!r} is {qualified}, outside the allowed packages {', '.join(ALLOWED_PACKAGES)}"
     if qualified in BUNDLE_SAFE_FUNCTIONS or qualified in BUNDLE_SAFE_CLASSES:
         return None
-    denied = _in(qualified, DENIED_MODULES)
+    denied = _denied(qualified)
     if denied:
         return f"_target_ {target!r} is {qualified}, in {denied}, which downloads, loads code or runs bundles"
     if inspect.isclass(obj):

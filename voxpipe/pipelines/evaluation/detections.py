@@ -13,13 +13,22 @@ import html
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from voxpipe.errors import InputError
-from voxpipe.metrics.detection import FP_RATES, FrocResult, luna16_froc, read_findings, read_seriesuids
+from voxpipe.metrics.detection import (
+    FP_RATES,
+    Finding,
+    FrocResult,
+    finding_cubes,
+    luna16_froc,
+    read_findings,
+    read_seriesuids,
+)
 from voxpipe.transforms.io import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -45,12 +54,11 @@ def evaluate_detections(
     Raises:
         InputError: a file is missing or malformed (named, with the line).
     """
-    result = luna16_froc(
-        read_findings(candidates, value="probability"), read_findings(annotations, value="diameter_mm"),
-        excluded=read_findings(excluded, value="diameter_mm") if excluded else (),
-        seriesuids=read_seriesuids(seriesuids) if seriesuids else None, n_bootstrap=n_bootstrap, seed=seed,
-        max_marks=max_marks,
-    )  # fmt: skip
+    marks, nodules = read_findings(candidates, value="probability"), read_findings(annotations, value="diameter_mm")
+    skipped = read_findings(excluded, value="diameter_mm") if excluded else []
+    scans = read_seriesuids(seriesuids) if seriesuids else list(dict.fromkeys([f.series for f in nodules + marks]))
+    result = luna16_froc(marks, nodules, excluded=skipped, seriesuids=scans, n_bootstrap=n_bootstrap, seed=seed,
+                         max_marks=max_marks)  # fmt: skip
     out = Path(output_dir)
     curve = "fps_per_scan,sensitivity,threshold\n" + "".join(
         f"{f:.9f},{s:.9f},{t:.9f}\n" for f, s, t in zip(result.fps, result.sensitivity, result.thresholds, strict=True))
@@ -59,8 +67,7 @@ def evaluate_detections(
                "seriesuids_file": str(seriesuids or ""), "rules": "LUNA16 (noduleCADEvaluationLUNA16.py)",
                "max_marks_per_scan": max_marks, "bootstrap_seed": seed, **result.summary()}
     if boxes_dir is not None:
-        scans = read_seriesuids(seriesuids) if seriesuids else sorted({f.series for f in read_findings(candidates, value="probability")})
-        summary["coco"] = result.coco = coco_metrics(boxes_dir, annotations, scans=scans, excluded=excluded, max_marks=max_marks)
+        summary["coco"] = result.coco = coco_metrics(boxes_dir, nodules, scans=scans, excluded=skipped, max_marks=max_marks)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     png = _plot(result, out / "froc.png")
     _report(result, out / "froc.html", png)
@@ -141,28 +148,20 @@ def evaluate_run(
     return summary
 
 
-def _cubes(findings: list[Any]) -> dict[str, np.ndarray]:
-    """LUNA16 findings → per scan, boxes xyzxyz in world mm: the cube of each diameter (as the box files are compared)."""
-    cubes: dict[str, list[list[float]]] = {}
-    for f in findings:
-        half = f.value / 2 if f.value > 0 else 5.0  # the script's rule: a negative diameter counts as 10 mm
-        cubes.setdefault(f.series, []).append([f.x - half, f.y - half, f.z - half, f.x + half, f.y + half, f.z + half])
-    return {k: np.asarray(v, dtype=float) for k, v in cubes.items()}
-
-
 def coco_metrics(
     boxes_dir: str | os.PathLike[str],
-    annotations: str | os.PathLike[str],
+    annotations: Sequence[Finding],
     *,
-    scans: list[str],
-    excluded: str | os.PathLike[str] | None = None,
+    scans: Sequence[str],
+    excluded: Sequence[Finding] = (),
     max_marks: int = 100,
 ) -> dict[str, float]:
     """COCO-style detection metrics of box files against the annotations' cubes, by MONAI's ``COCOMetric``.
 
     Predictions: ``boxes_dir/<seriesuid>.json`` (world_lps; a scan without a file has no boxes).
-    Truth: each annotation's cube (centre ± diameter / 2, world LPS mm; boxes and truth are in the same
-    frame, so IoU needs no voxel grid); excluded findings are ignored truth (their matches are neither
+    Truth: each annotation's cube (centre ± diameter / 2, world LPS mm:
+    :func:`~voxpipe.metrics.detection.finding_cubes`; boxes and truth are in the same frame, so IoU
+    needs no voxel grid); excluded findings are ignored truth (their matches are neither
     hits nor false positives). Returns AP at IoU 0.1, mAP over IoU 0.1–0.5 and mean recall, at ``max_marks``.
 
     Raises:
@@ -174,8 +173,7 @@ def coco_metrics(
 
     from voxpipe.transforms.boxes import read_boxes_json
 
-    truth = _cubes(read_findings(annotations, value="diameter_mm"))
-    ignored = _cubes(read_findings(excluded, value="diameter_mm")) if excluded else {}
+    truth, ignored = finding_cubes(annotations), finding_cubes(excluded)
     pred_boxes, pred_scores, gt_boxes, gt_ignore = [], [], [], []
     for scan in scans:
         path = Path(boxes_dir) / f"{scan}.json"

@@ -41,11 +41,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import convert_to_tensor
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.training.detection import detect_boxes, image_affine
+from voxpipe.pipelines.training.detection import detect_boxes
 from voxpipe.transforms.boxes import (
+    meta_affine,
     points_to_voxel,
+    points_to_world,
     voxel_boxes_to_world,
     weighted_box_clustering,
     write_boxes_json,
@@ -74,7 +77,7 @@ def detect_scan(detector: Any, image: Any, *, device: str | torch.device, tta: b
     from monai.data.box_utils import non_max_suppression
 
     size = tuple(int(n) for n in image.shape[1:])
-    tensor = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+    tensor = convert_to_tensor(image, track_meta=False)
     all_boxes, all_scores = [], []
     for axes in _views():
         view = torch.flip(tensor, dims=[a + 1 for a in axes]) if axes else tensor
@@ -100,7 +103,7 @@ def _midline_x(image: Any, affine: np.ndarray, hu_window: Sequence[float] | None
     if not len(body):
         return None
     centre = (body.min(axis=0) + body.max(axis=0)) / 2
-    return float(voxel_boxes_to_world(np.r_[centre + 0.5, centre + 0.5][None], affine)[0, 0])
+    return float(points_to_world(centre, affine, space="world_lps")[0, 0])
 
 
 def _rows(uid: str, boxes: np.ndarray, scores: np.ndarray, midline: float | None) -> list[dict[str, Any]]:
@@ -147,7 +150,7 @@ def read_case(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     rows = []
     for box, item in zip(boxes, items, strict=True):
         centre, extent = (box[:3] + box[3:]) / 2, box[3:] - box[:3]
-        rows.append({"seriesuid": case_id(path).removesuffix(".json"), "rank": item.get("rank"), "box": box, "centre": centre,
+        rows.append({"seriesuid": Path(path).stem, "rank": item.get("rank"), "box": box, "centre": centre,
                      "extent": extent, "diameter_mm": float(item.get("diameter_mm", extent.mean())),
                      "score": float(item.get("score", 0.0)), "side": item.get("side"), "malignancy": item.get("malignancy")})  # fmt: skip
     return rows
@@ -164,15 +167,20 @@ def nodule_label_map(rows: Sequence[Mapping[str, Any]], shape: Sequence[int], af
     """Spheres of each record's diameter at its world centre, on the grid ``(shape, affine)``; nodule k → value k."""
     label = np.zeros(tuple(shape), dtype=np.uint8)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    grid = np.indices(label.shape, sparse=True)
     for value, row in enumerate(rows, start=1):
         centre = points_to_voxel(np.asarray(row["centre"]), affine, space="world_lps")[0]
         radius = max(row["diameter_mm"] / 2, float(spacing.max()) / 2)
-        # distances in mm through the full affine (oblique grids included)
-        offset = [g - c for g, c in zip(grid, centre, strict=True)]
-        world = [sum(affine[i, j] * offset[j] for j in range(3)) for i in range(3)]
+        reach = np.ceil(radius / spacing).astype(int) + 1  # the sphere's box; only it is measured
+        low = np.clip(np.floor(centre).astype(int) - reach, 0, label.shape)
+        high = np.clip(np.ceil(centre).astype(int) + reach + 1, 0, label.shape)
+        if np.any(high <= low):
+            continue  # centred outside the grid by more than its radius
+        grid = np.indices(tuple(high - low), sparse=True)
+        offset = [g + lo - c for g, lo, c in zip(grid, low, centre, strict=True)]
+        world = [sum(affine[i, j] * offset[j] for j in range(3)) for i in range(3)]  # mm through the affine: oblique too
         inside = (world[0] ** 2 + world[1] ** 2 + world[2] ** 2) <= radius**2
-        label[inside & (label == 0)] = value
+        block = label[tuple(slice(a, b) for a, b in zip(low, high, strict=True))]
+        block[inside & (block == 0)] = value
     return label
 
 
@@ -244,7 +252,7 @@ def run_detection(
         try:
             item = _preprocess(preprocessing, entry["image"])
             image = item["image"]
-            affine = image_affine(image)
+            affine = meta_affine(image)
             boxes, scores = detect_scan(detector, image, device=device, tta=tta, merge=tta_merge, merge_iou=tta_merge_iou)
             keep = scores >= min_score
             world = voxel_boxes_to_world(boxes[keep], affine, space="world_lps")
@@ -349,7 +357,7 @@ class NoduleClassifier:
         from monai.transforms import SpatialCrop
 
         scan = self.scan_transforms({"image": str(image)})["image"]
-        affine = image_affine(scan)
+        affine = meta_affine(scan)
         size = np.asarray(self.patch_size)
         air = float(scan.min())
         patches = []
@@ -360,9 +368,9 @@ class NoduleClassifier:
             before = np.maximum(-low, 0)  # where the scan ends, pad so the centre stays in the middle
             after = np.maximum(size - np.asarray(crop.shape[1:]) - before, 0)
             widths = [int(v) for pair in zip(before[::-1], after[::-1], strict=True) for v in pair]  # F.pad: last axis first
-            tensor = crop.as_tensor() if hasattr(crop, "as_tensor") else torch.as_tensor(crop)
+            tensor = convert_to_tensor(crop, track_meta=False)
             patches.append(self.patch_transforms({"image": torch.nn.functional.pad(tensor, widths, value=air)})["image"])
-        return torch.stack([torch.as_tensor(p.as_tensor() if hasattr(p, "as_tensor") else p) for p in patches]).float()
+        return torch.stack([convert_to_tensor(p, track_meta=False) for p in patches]).float()
 
     def __call__(self, image: str | os.PathLike[str], centres: np.ndarray) -> np.ndarray:
         """Malignancy probability of the nodule at each world LPS centre (N, 3) of the scan ``image``."""
@@ -448,13 +456,12 @@ def detect_with_bundle(
             raise InputError(f"--dicom-seg: expected DICOM series folders, found image files {files}",
                              hint="a DICOM-SEG references the source slices; leave out --dicom-seg for these inputs")
     checkpoint = _checkpoint(bundle_dir, weights)
-    resolved = "cpu"
-    if device is not None:
-        from voxpipe.runtime import select_device
+    from voxpipe.runtime import select_device
 
-        resolved = str(select_device(device))
-    classifier = NoduleClassifier(classify, weights=classifier_weights, safe=safe, device=resolved if device else "cpu") if classify else None
-    datalist = [{"image": str(p), "seriesuid": case_id(p)} for p in images]  # type: ignore[arg-type]
+    classifier_device = select_device(device) if device is not None else torch.device("cpu")
+    classifier = NoduleClassifier(classify, weights=classifier_weights, safe=safe, device=classifier_device) if classify else None
+    by_case = {case_id(p): str(p) for p in images}  # type: ignore[arg-type]
+    datalist = [{"image": image, "seriesuid": case} for case, image in by_case.items()]
     values: dict[str, Any] = {"datalist": datalist, "output_dir": str(Path(output_dir).resolve()), "checkpoint": str(checkpoint.resolve()),
                               "dicom_seg": bool(dicom_seg), "resume": bool(resume), **(overrides or {})}  # fmt: skip
     if tta is not None:
@@ -465,7 +472,7 @@ def detect_with_bundle(
     summary = dict(workflow.parser.get_parsed_content("run"))
     failures = dict(summary["failures"])
     if classifier is not None:
-        finished = {c: next(str(p) for p in images if case_id(p) == c) for c in summary["cases"]}  # type: ignore[arg-type]
+        finished = {case: by_case[case] for case in summary["cases"]}
         failures.update(classify_outputs(classifier, output_dir, finished, top=classify_top))
         summary["classifier"] = classifier.source
     if failures:

@@ -26,10 +26,8 @@ for segmentation):
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,11 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.metrics import Metric
+from monai.utils import convert_to_tensor
 
 from voxpipe.errors import InputError
-from voxpipe.metrics.detection import Finding, luna16_froc
+from voxpipe.metrics.detection import Finding, finding_cubes, luna16_froc, read_findings
 from voxpipe.pipelines.data.splits import split_part
-from voxpipe.transforms.boxes import voxel_boxes_to_world
+from voxpipe.transforms.boxes import meta_affine, voxel_boxes_to_world
 from voxpipe.transforms.io import VOLUME_SUFFIXES, case_id, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def _scan_images(root: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for folder in folders:
         for path in sorted(folder.iterdir()):
-            if path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES) and not path.name.lower().endswith(".raw"):
+            if path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES):
                 found.setdefault(case_id(path), path)
     return found
 
@@ -76,31 +75,19 @@ def _box_file(path: Path, image: Path) -> np.ndarray:
     return boxes
 
 
-def read_annotations(path: str | os.PathLike[str]) -> dict[str, list[tuple[list[float], float]]]:
-    """LUNA16 ``annotations.csv`` → seriesuid → [(centre (x, y, z) world mm LPS, diameter mm)].
+def read_annotations(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """LUNA16 ``annotations.csv`` → seriesuid → world LPS ``xyzxyz`` boxes (the cube of each diameter).
 
     Raises:
-        InputError: no such file, missing columns, or a value that is not a positive finite number (with the line).
+        InputError: no such file, missing columns, a cell that is not a number (with its line), or a
+            diameter that is not positive (a training box needs a size).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{str(path)!r}: expected a LUNA16 annotations CSV (seriesuid,coordX,coordY,coordZ,diameter_mm), found no file")
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    wanted = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
-    header = list(rows[0].keys()) if rows else []
-    if rows and any(c not in header for c in wanted):
-        raise InputError(f"{str(path)!r}: expected the columns {list(wanted)}, found {header}")
-    nodules: dict[str, list[tuple[list[float], float]]] = {}
-    for number, row in enumerate(rows, start=2):
-        try:
-            values = [float(row[c]) for c in wanted[1:]]
-        except (TypeError, ValueError):
-            raise InputError(f"{str(path)!r}: line {number}: expected numbers in {list(wanted[1:])}, found {row}") from None
-        if not all(math.isfinite(v) for v in values) or values[3] <= 0:
-            raise InputError(f"{str(path)!r}: line {number}: expected finite coordinates and a positive diameter, found {row}")
-        nodules.setdefault(row["seriesuid"].strip(), []).append((values[:3], values[3]))
-    return nodules
+    findings = read_findings(path, value="diameter_mm")
+    bad = next((f for f in findings if not f.value > 0), None)
+    if bad is not None:
+        raise InputError(f"{str(path)!r}: expected a positive diameter_mm for every nodule, found {bad.value} for "
+                         f"{bad.series} at ({bad.x}, {bad.y}, {bad.z})")
+    return finding_cubes(findings)
 
 
 def detection_datalist(
@@ -145,10 +132,7 @@ def detection_datalist(
         if from_boxes:
             world = _box_file(box_dir / f"{uid}.json", image)
         else:
-            found = nodules.get(uid, [])
-            centres = np.asarray([c for c, _ in found], dtype=float).reshape(-1, 3)
-            half = np.asarray([d for _, d in found], dtype=float)[:, None] / 2
-            world = np.concatenate([centres - half, centres + half], axis=1)
+            world = nodules.get(uid, np.zeros((0, 6)))
         centres, extents = (world[:, :3] + world[:, 3:]) / 2, world[:, 3:] - world[:, :3]
         entries.append({"image": str(image), "case": uid, "seriesuid": uid, "box": world.astype(np.float32),
                         "label": np.zeros(len(world), dtype=np.int64), "centres": centres.tolist(),
@@ -278,8 +262,7 @@ class DetectionTrainStep:
                              f"{idist.get_world_size()}", hint="train the detection bundle without torchrun")
         items = _items(batch)
         device = _device(engine)
-        images = torch.stack([torch.as_tensor(item["image"]).as_tensor() if hasattr(item["image"], "as_tensor")
-                              else torch.as_tensor(item["image"]) for item in items]).to(device)  # fmt: skip
+        images = torch.stack([convert_to_tensor(item["image"], track_meta=False) for item in items]).to(device)
         targets = [{"box": torch.as_tensor(item["box"], dtype=torch.float32).reshape(-1, 6).to(device),
                     "label": torch.as_tensor(item["label"], dtype=torch.long).reshape(-1).to(device)} for item in items]  # fmt: skip
         self.detector.train()
@@ -307,17 +290,11 @@ class DetectionTrainStep:
 
 def detect_boxes(detector: Any, image: Any, *, device: str | torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Sliding-window detection on one preprocessed scan (C, X, Y, Z): ``(voxel boxes (N, 6) xyzxyz, scores (N,))``."""
-    tensor = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+    tensor = convert_to_tensor(image, track_meta=False)
     detector.eval()
     with torch.no_grad():
         found = detector([tensor.to(device)], use_inferer=True)[0]
     return found["box"].float().cpu().numpy().reshape(-1, 6), found["label_scores"].float().cpu().numpy().reshape(-1)
-
-
-def image_affine(image: Any) -> np.ndarray:
-    """The RAS affine of a MONAI ``MetaTensor`` (the grid the boxes are on), as float64."""
-    affine = image.affine
-    return np.asarray(affine.cpu().numpy() if hasattr(affine, "cpu") else affine, dtype=float)
 
 
 def world_centres(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -338,7 +315,7 @@ class DetectionValStep:
         for item in _items(batch):
             uid = str(item["seriesuid"])
             boxes, scores = detect_boxes(self.detector, item["image"], device=_device(engine))
-            for centre, score in zip(world_centres(boxes, image_affine(item["image"])), scores, strict=True):
+            for centre, score in zip(world_centres(boxes, meta_affine(item["image"])), scores, strict=True):
                 candidates.append(Finding(uid, *map(float, centre), float(score)))
             for centre, diameter in zip(item["centres"], item["diameters"], strict=True):
                 nodules.append(Finding(uid, *map(float, centre), float(diameter)))
@@ -353,9 +330,6 @@ class DetectionCPM(Metric):
     A validation set without nodules gives NaN, which never counts as an improvement.
     """
 
-
-    def __init__(self, output_transform: Any = lambda output: output) -> None:
-        super().__init__(output_transform=output_transform)
 
     def reset(self) -> None:
         """Forget the scans seen."""
