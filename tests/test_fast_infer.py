@@ -1,4 +1,4 @@
-"""FastSlidingWindowInferer: same windows as MONAI inside the body box, background outside, bf16 close."""
+"""FastSlidingWindowInferer: MONAI's windows over the body mask, background elsewhere; body crop, organ ROI, bf16."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import SegResNet
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.inference.sliding_window import FastSlidingWindowInferer, body_box
+from voxpipe.pipelines.inference.sliding_window import FastSlidingWindowInferer, body_box, body_mask
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_crop_matches_monai_inside_the_box_and_is_background_outside(net):
     image = torch.zeros(1, 1, 64, 64, 32)
     image[0, 0, 20:40, 24:44, 8:24] = torch.rand(20, 20, 16) + 0.1
     inferer = FastSlidingWindowInferer([32, 32, 16], sw_batch_size=2, precision="fp32", margin=[8, 8, 4],
-                                       skip_air=False, channels_last=False)
+                                       skip_air=False, crop_body=True, channels_last=False)
     with torch.no_grad():
         fast = inferer(image, net)
         box = body_box(image, threshold=0.0, margin=[8, 8, 4])
@@ -38,6 +38,61 @@ def test_crop_matches_monai_inside_the_box_and_is_background_outside(net):
     outside = torch.ones(64, 64, 32, dtype=torch.bool)
     outside[box] = False
     assert (fast.argmax(1)[0][outside] == 0).all()
+
+
+def test_body_mask_drops_the_table_and_small_islands_keeps_large_parts_and_fills_holes():
+    image = torch.zeros(1, 1, 60, 60, 10)
+    image[0, 0, 10:50, 10:40] = 1.0           # the body
+    image[0, 0, 20:30, 20:30] = 0.0           # a lung: a hole in every slice
+    image[0, 0, 5:55, 44:46] = 1.0            # the table: two voxels thick, 4 voxels below the body
+    image[0, 0, 52:58, 10:16] = 1.0           # an arm: a separate small component
+    mask = body_mask(image, threshold=0.0, opening=2, keep_fraction=0.2)
+    assert mask.shape == (60, 60, 10) and mask.dtype == torch.bool
+    assert mask[12:48, 12:38].all() and mask[20:30, 20:30].all()    # body and its hole
+    assert not mask[:, 43:].any() and not mask[53:].any()           # no table, no arm (the mask is grown by 2 voxels)
+    image[0, 0, 52:60, 10:40] = 1.0           # a second leg (20 % of the first): kept at keep_fraction 0.1
+    assert body_mask(image, threshold=0.0, opening=1, keep_fraction=0.1)[54:58, 12:38].all()
+    assert not body_mask(torch.zeros(1, 1, 8, 8, 8), threshold=0.0).any()
+
+
+def test_windows_over_the_body_mask_are_monais_windows_inside_the_body(net):
+    image = torch.zeros(1, 1, 96, 96, 32)
+    image[0, 0, 8:40, 10:44, 4:28] = torch.rand(32, 34, 24) + 0.1
+    image[0, 0, 2:94, 60:62] = 0.7  # a table, far from the body: its windows are not run
+    with torch.no_grad():
+        fast = FastSlidingWindowInferer([32, 32, 16], sw_batch_size=2, precision="fp32")
+        out = fast(image, net)
+        plain = sliding_window_inference(image, [32, 32, 16], 2, net, overlap=0.25, mode="gaussian")
+    body = body_mask(image, threshold=0.0)
+    assert fast.last_counts["skipped"] > fast.last_counts["run"] > 0
+    assert 0.05 < fast.last_counts["body_fraction"] < 0.25
+    assert torch.allclose(out[0][:, body], plain[0][:, body], atol=1e-5)  # MONAI's own windows, same blending
+    assert (out.argmax(1)[0][:, 58:64] == 0).all()  # the table: background
+
+
+class _Bright(torch.nn.Module):
+    """A 'network' that calls a voxel class 1 where its input is above 0.5 (deterministic, any size)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), 10.0 * (x - 0.5), torch.full_like(x, -5.0)], dim=1)
+
+
+def test_organ_roi_runs_full_resolution_only_around_the_coarse_foreground():
+    image = torch.zeros(1, 1, 96, 96, 48)
+    image[0, 0, 8:88, 8:88, 4:44] = 0.3           # the body
+    image[0, 0, 20:36, 24:40, 10:22] = 0.9        # the organ
+    with torch.no_grad():
+        whole = FastSlidingWindowInferer([32, 32, 16], precision="fp32")
+        reference = whole(image, _Bright())
+        roi = FastSlidingWindowInferer([32, 32, 16], precision="fp32", organ_roi=True, roi_margin=[4, 4, 2])
+        out = roi(image, _Bright())
+    counts = roi.last_counts
+    assert counts["roi"] == [[16, 40], [20, 44], [8, 24]]  # the organ box (coarse, 2x) plus the margin
+    assert counts["run"] < whole.last_counts["run"] and counts["coarse_run"] > 0
+    assert torch.equal(out.argmax(1), reference.argmax(1))
+    assert (out[0, 0, 50:] == 20.0).all()  # outside the ROI: background with certainty
+    with pytest.raises(InputError, match="roi_zoom"):
+        FastSlidingWindowInferer([32, 32, 16], roi_zoom=0.5)
 
 
 def test_bf16_agrees_with_fp32_and_fp16_needs_cuda(net):
@@ -57,7 +112,7 @@ def test_air_windows_are_skipped_and_channels_last_changes_nothing_that_matters(
     with torch.no_grad():
         plain = FastSlidingWindowInferer([32, 32, 16], precision="fp32", skip_air=False, channels_last=False)
         reference = plain(image, net)
-        fast = FastSlidingWindowInferer([32, 32, 16], precision="fp32", channels_last=True)
+        fast = FastSlidingWindowInferer([32, 32, 16], precision="fp32", body_mask=False, channels_last=True)
         out = fast(image, net)
     assert fast.last_counts["skipped"] > 0 and fast.last_counts["run"] < plain.last_counts["run"]
     body = image[0, 0] > 0

@@ -23,7 +23,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         args.model, args.inputs, output_dir=args.output, weights=args.weights, overrides=parse_overrides(args.set),
         resume=args.resume, statistics=not args.no_statistics, dicom_seg=args.dicom_seg, output_format=args.format,
         precision=args.precision, tta=True if args.tta else None, compile=True if args.compile else None,
-        save_probabilities=args.save_probabilities, progress=False if args.no_progress else True, device=args.device,
+        organ_roi=True if args.organ_roi else None, save_probabilities=args.save_probabilities,
+        progress=False if args.no_progress else True, device=args.device,
         shard=shard, timings=timings,
     )  # fmt: skip
     if timings is not None:
@@ -55,6 +56,9 @@ def add_commands(commands: Any) -> None:
                        help="network precision (bundle default auto: fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32)")
     infer.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips along every axis combination (8× the time)")
     infer.add_argument("--compile", action="store_true", help="torch.compile the network (about a minute of compiling; pays off over many cases)")
+    infer.add_argument("--organ-roi", action="store_true",
+                       help="coarse-to-fine: a pass at twice the spacing finds the organ, then full resolution runs only in its "
+                            "box plus a margin (faster; a part the coarse pass misses beyond the margin is lost)")
     infer.add_argument("--save-probabilities", action="store_true",
                        help="also write <case>_probabilities.npz: float16 class probabilities (C, X, Y, Z) on the input grid, with the affine")
     infer.add_argument("--device", choices=["auto", "cpu", "cuda"],

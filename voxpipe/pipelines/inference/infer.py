@@ -14,7 +14,7 @@ this module turns a user's inputs (files, folders of files, DICOM series folders
   other cases were written; ``statistics.csv``/``.json`` (:mod:`voxpipe.pipelines.inference.stats`) cover the
   written cases.
 
-Run options (precision, flip TTA, ``torch.compile``, output format, float16 probabilities, progress
+Run options (precision, flip TTA, ``torch.compile``, organ ROI, output format, float16 probabilities, progress
 bars) are the inference config's own keys, set as overrides; a bundle without such a key gets a
 clear error rather than a silently ignored option.
 """
@@ -181,6 +181,7 @@ def run_options(
     precision: str | None = None,
     tta: bool | None = None,
     compile: bool | None = None,
+    organ_roi: bool | None = None,
     output_format: str = "nii.gz",
     probabilities_dir: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
@@ -201,7 +202,7 @@ def run_options(
     if precision is not None and precision not in PRECISIONS:
         raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
     wanted: dict[str, Any] = {
-        "precision": precision, "tta": tta, "compile": compile, "progress": progress,
+        "precision": precision, "tta": tta, "compile": compile, "organ_roi": organ_roi, "progress": progress,
         "output_ext": None if output_format in ("nii.gz", "dicom-seg") else f".{output_format}",
         "probabilities_dir": str(Path(probabilities_dir).resolve()) if probabilities_dir else None,
     }  # fmt: skip
@@ -237,6 +238,7 @@ def infer_with_bundle(
     precision: str | None = None,
     tta: bool | None = None,
     compile: bool | None = None,
+    organ_roi: bool | None = None,
     save_probabilities: bool = False,
     progress: bool | None = None,
     device: str | None = None,
@@ -262,6 +264,7 @@ def infer_with_bundle(
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (default: the bundle's).
         tta: flip test-time augmentation (default: the bundle's, off in voxpipe's bundles).
         compile: ``torch.compile`` the network (default: the bundle's, off).
+        organ_roi: coarse-to-fine inference (the inferer's ``organ_roi``; default: the bundle's, off).
         save_probabilities: also write ``<case id>_probabilities.npz`` (float16 ``(C, X, Y, Z)`` on
             the source grid, with ``affine``).
         progress: progress bars over cases and windows (default: the bundle's, off).
@@ -298,7 +301,7 @@ def infer_with_bundle(
                              hint="DICOM-SEG references the source slices; use --format nii.gz for these inputs")
     out_dir = Path(output_dir)
     options = run_options(
-        bundle_dir, precision=precision, tta=tta, compile=compile, output_format=output_format,
+        bundle_dir, precision=precision, tta=tta, compile=compile, organ_roi=organ_roi, output_format=output_format,
         probabilities_dir=out_dir if save_probabilities else None, progress=progress, device=device,
     )  # fmt: skip
     checkpoint = _checkpoint(bundle_dir, weights)

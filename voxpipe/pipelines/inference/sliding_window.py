@@ -6,11 +6,25 @@ bf16 forward pass is about twice as fast, and oneDNN's 3D convolutions are about
 on channels-last tensors. :class:`FastSlidingWindowInferer` wraps MONAI's ``sliding_window_inference``
 (the same window grid rule, Gaussian blending and overlap) with these changes:
 
-* **body crop**: windows run only over the bounding box of ``input > threshold`` (the normalised
-  image; for a CT window clipped to [0, 1], 0 is everything below the window) plus ``margin``
-  voxels; outside it the output is the ``background`` class with certainty;
-* **air windows skipped**: a window with no voxel above ``threshold`` is not run; it returns
-  background with certainty (every voxel it covers is air, so no foreground voxel is affected);
+* **windows over the body mask**: the body is ``input > threshold`` (the normalised image; for a
+  CT window clipped to [0, 1], 0 is everything below the window) after a morphological opening
+  (which removes thin structures: the CT table's shell, skin, cables), keeping the largest connected
+  component (and any at least ``keep_fraction`` of its size: the second leg), with the holes of every
+  axial slice filled (the lungs, the bowel gas). MONAI's window grid over the whole volume is kept,
+  window for window, but a window that holds no body voxel is not run: it returns background with
+  certainty. On a clinical CT the table, the arms and the air around the patient cost nothing;
+  inside the body the logits are MONAI's own windows blended the same way;
+* **coarse-to-fine organ ROI** (opt-in, ``organ_roi``): the same network runs first on the image
+  downsampled ``roi_zoom`` times (area averaging), over that grid's own body mask; the box of the
+  predicted foreground (components at least ``keep_fraction`` of the largest) plus ``roi_margin``
+  voxels is then the only place full-resolution windows run, and everything outside it is
+  background. The risks: a network trained at one spacing sees organs at half their size, so a part
+  the coarse pass misses beyond the margin is lost (post-processing cannot bring it back); when the
+  coarse pass finds no foreground the whole body mask is used (and logged). ``last_counts`` records
+  the box and the windows it saved;
+* **body crop** (opt-in, ``crop_body``): the window grid is laid over the bounding box of the body
+  plus ``margin`` voxels instead of the whole volume (fewer skipped windows to iterate, but windows
+  at other places than MONAI's, so the logits differ from MONAI's near window borders);
 * **precision**: ``"bf16"`` autocast on CPU, ``"fp16"`` AMP on CUDA, or ``"fp32"``;
 * **channels-last 3D** (opt-in): the network's 5D weights and the windows are converted for the
   call (and the network converted back afterwards). About 1.3–1.45× faster again here, but oneDNN's
@@ -33,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +55,8 @@ import torch
 from monai.inferers import Inferer, sliding_window_inference
 
 from voxpipe.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
@@ -73,7 +90,69 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 def body_box(image: torch.Tensor, *, threshold: float, margin: Sequence[int]) -> tuple[slice, ...] | None:
     """Bounding box (spatial slices) of ``image > threshold`` over batch and channels, grown by ``margin``."""
-    mask = (image > threshold).any(dim=0).any(dim=0)
+    return _box_of((image > threshold).any(dim=0).any(dim=0), margin)
+
+
+def _max_filter(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of an (X, Y, Z) mask by a (2r+1)³ cube, as three separable 1D max-pools."""
+    out = mask[None, None].float()
+    for axis in range(3):
+        kernel = [1, 1, 1]
+        kernel[axis] = 2 * radius + 1
+        padding = [k // 2 for k in kernel]
+        out = torch.nn.functional.max_pool3d(out, kernel_size=kernel, stride=1, padding=padding)
+    return out[0, 0] > 0.5
+
+
+def body_mask(image: torch.Tensor, *, threshold: float, opening: int = 2, closing: int = 8, keep_fraction: float = 0.2,
+              step: int = 2) -> torch.Tensor:
+    """The patient's body on a CT, without the table: an (X, Y, Z) bool mask of ``image`` (B, C, X, Y, Z).
+
+    ``image > threshold`` (any batch item or channel), opened by a cube of radius ``opening`` voxels
+    (erosion, then dilation: structures thinner than that go, such as the table's shell, skin and
+    cables); then the largest connected component, with every other component at least
+    ``keep_fraction`` of its size; then closed by a cube of radius ``closing`` voxels with the holes
+    of each axial slice (last axis) filled in between, so the lungs and bowel gas are body even where
+    fat between the ribs (below a [-100, 200] HU window) leaves gaps in the chest wall. The work is
+    done on a grid ``step`` times coarser (radii divided by it) and the result brought back by
+    nearest neighbour, grown by one coarse voxel.
+
+    Why our own: MONAI has connected-component and hole-filling transforms for label maps, but no
+    body/table separation; this is the usual CT recipe (threshold, opening, largest component,
+    filled) written for speed on a whole volume (a coarse grid, separable max-pools, one labelling).
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    full = (image > threshold).any(dim=0).any(dim=0).cpu()
+    shape = full.shape
+    mask = full
+    if step > 1:
+        mask = torch.nn.functional.max_pool3d(full[None, None].float(), kernel_size=step, stride=step, ceil_mode=True)[0, 0] > 0.5
+    radius = -(-opening // step) if opening > 0 else 0
+    if radius:
+        mask = ~_max_filter(~mask, radius)  # erosion: the complement dilated
+        mask = _max_filter(mask, radius)
+    labels, count = ndimage.label(mask.numpy())
+    if count == 0:
+        return torch.zeros(shape, dtype=torch.bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    kept = np.flatnonzero(sizes >= keep_fraction * sizes.max()) + 1
+    body = torch.from_numpy(np.isin(labels, kept) if len(kept) > 1 else labels == kept[0])
+    radius = -(-closing // step) if closing > 0 else 0
+    grown = _max_filter(body, radius).numpy() if radius else body.numpy()
+    for k in range(grown.shape[-1]):
+        if grown[:, :, k].any():
+            grown[:, :, k] = ndimage.binary_fill_holes(grown[:, :, k])
+    body = ~_max_filter(~torch.from_numpy(grown), radius) if radius else torch.from_numpy(grown)
+    if step > 1:
+        body = _max_filter(body, 1)
+        body = body.repeat_interleave(step, 0).repeat_interleave(step, 1).repeat_interleave(step, 2)[: shape[0], : shape[1], : shape[2]]
+    return body.contiguous()
+
+
+def _box_of(mask: torch.Tensor, margin: Sequence[int]) -> tuple[slice, ...] | None:
+    """Bounding box (spatial slices) of an (X, Y, Z) bool mask grown by ``margin``, clipped; None when empty."""
     if not bool(mask.any()):
         return None
     box = []
@@ -86,12 +165,15 @@ def body_box(image: torch.Tensor, *, threshold: float, margin: Sequence[int]) ->
 
 
 class _WindowPredictor:
-    """The callable MONAI's sliding window runs on each batch of windows: skips air, channels-last, autocast."""
+    """The callable MONAI's sliding window runs on each batch of windows: skips windows without body,
+    channels-last, autocast. With ``masked``, the windows' last channel is the body mask (not fed to
+    the network); otherwise a window holds body when a voxel is above ``threshold``."""
 
     def __init__(self, network: Any, *, precision: str, threshold: float, background: int, skip_air: bool,
-                 channels_last: bool) -> None:
+                 channels_last: bool, masked: bool = False) -> None:
         self.network, self.precision, self.threshold = network, precision, threshold
         self.background, self.skip_air, self.channels_last = background, skip_air, channels_last
+        self.masked = masked
         self.classes: int | None = None
         self.skipped = 0
         self.run = 0
@@ -106,16 +188,24 @@ class _WindowPredictor:
         return out.float().contiguous()
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        """(N, C_in, *roi) → (N, C_out, *roi) float32 logits."""
-        if not self.skip_air:
+        """(N, C_in (+1 mask), *roi) → (N, C_out, *roi) float32 logits."""
+        if self.masked:
+            body = windows[:, -1].flatten(1).amax(dim=1) > 0.5
+            windows = windows[:, :-1].contiguous()
+        elif self.skip_air:
+            body = windows.flatten(1).amax(dim=1) > self.threshold
+        else:
             return self._forward(windows)
-        body = windows.flatten(1).amax(dim=1) > self.threshold
-        if bool(body.all()) or (self.classes is None and not bool(body.any())):
-            return self._forward(windows)  # the first call may have to learn the number of classes
-        out = torch.full((windows.shape[0], self.classes, *windows.shape[2:]), -20.0, device=windows.device)
+        if bool(body.all()):
+            return self._forward(windows)
+        if self.classes is None and not bool(body.any()):
+            self._forward(windows[:1])  # one window tells the number of classes
+        assert self.classes is not None or bool(body.any())
+        parts = self._forward(windows[body]) if bool(body.any()) else None
+        out = torch.full((windows.shape[0], self.classes or 1, *windows.shape[2:]), -20.0, device=windows.device)
         out[:, self.background] = 20.0
-        if bool(body.any()):
-            out[body] = self._forward(windows[body])
+        if parts is not None:
+            out[body] = parts
         self.skipped += int((~body).sum())
         return out
 
@@ -134,24 +224,38 @@ def _channels_last(network: Any, enabled: bool) -> Any:
 
 
 class FastSlidingWindowInferer(Inferer):
-    """``SlidingWindowInferer`` with a body crop, air-window skipping, reduced precision and a
-    channels-last layout (see module doc).
+    """``SlidingWindowInferer`` that runs only the windows over the body, in reduced precision, with
+    optional body crop, coarse-to-fine organ ROI, channels-last layout and flip TTA (see module doc).
 
     Args:
         roi_size, sw_batch_size, overlap, mode: as MONAI's ``SlidingWindowInferer``.
         precision: ``"auto"`` (fp16 on CUDA; bf16 on a CPU with native bf16, else fp32), ``"bf16"``,
             ``"fp16"`` (CUDA only) or ``"fp32"``.
-        crop_body: run windows only over the body's bounding box.
+        skip_air: do not run windows without body (False: every window runs, as MONAI).
+        body_mask: the body is :func:`body_mask` (table, arms and air excluded); False: any voxel
+            above ``threshold``.
         threshold: input value above which a voxel counts as body (0 for a [0, 1] CT window).
+        opening: radius (voxels) of the body mask's opening.
+        keep_fraction: body components at least this fraction of the largest are kept.
+        crop_body: lay the window grid over the body's bounding box plus ``margin`` rather than the
+            whole volume (windows then sit elsewhere than MONAI's).
         margin: voxels added around the box per side (default: half the window).
-        background: output channel set to certainty outside the box and in skipped windows.
-        skip_air: do not run windows without any voxel above ``threshold``.
+        organ_roi: first a coarse pass at ``roi_zoom`` times the spacing; full-resolution windows
+            only inside the box of its foreground plus ``roi_margin`` voxels.
+        roi_zoom: downsampling factor of the coarse pass.
+        roi_margin: voxels (full grid) added to the coarse foreground's box per side
+            (default: a quarter of the window).
+        roi_labels: classes that make the ROI (default: every class but ``background``).
+        background: output channel set to certainty where no window ran.
         channels_last: run the network in channels-last 3D layout (faster, less exact; see module doc).
         tta: average the logits over flips along every combination of spatial axes (2^3 passes).
         compile: run the network through ``torch.compile`` (compiled once, on first use).
         stitch_device: ``"auto"`` (the input's device when the output fits there, else the CPU),
             ``"cpu"`` or ``"input"``.
         progress: a progress bar over each volume's windows (MONAI's, tqdm).
+
+    After each call ``last_counts`` holds ``run`` and ``skipped`` windows, ``passes``, the body
+    fraction of the volume and, with ``organ_roi``, the ROI box, its fraction and the coarse windows.
     """
 
     def __init__(
@@ -162,11 +266,18 @@ class FastSlidingWindowInferer(Inferer):
         overlap: float = 0.25,
         mode: str = "gaussian",
         precision: str = "auto",
-        crop_body: bool = True,
-        threshold: float = 0.0,
-        margin: Sequence[int] | None = None,
-        background: int = 0,
         skip_air: bool = True,
+        body_mask: bool = True,
+        threshold: float = 0.0,
+        opening: int = 2,
+        keep_fraction: float = 0.2,
+        crop_body: bool = False,
+        margin: Sequence[int] | None = None,
+        organ_roi: bool = False,
+        roi_zoom: float = 2.0,
+        roi_margin: Sequence[int] | None = None,
+        roi_labels: Sequence[int] | None = None,
+        background: int = 0,
         channels_last: bool = False,
         tta: bool = False,
         compile: bool = False,
@@ -179,7 +290,13 @@ class FastSlidingWindowInferer(Inferer):
         self.roi_size = [int(v) for v in roi_size]
         self.sw_batch_size, self.overlap, self.mode = sw_batch_size, overlap, mode
         self.precision, self.crop_body, self.threshold = precision, crop_body, threshold
+        self.body_mask, self.opening, self.keep_fraction = bool(body_mask), int(opening), float(keep_fraction)
         self.margin = [int(v) for v in margin] if margin is not None else [r // 2 for r in self.roi_size]
+        if roi_zoom < 1:
+            raise InputError(f"roi_zoom: expected a downsampling factor >= 1, found {roi_zoom!r}")
+        self.organ_roi, self.roi_zoom = bool(organ_roi), float(roi_zoom)
+        self.roi_margin = [int(v) for v in roi_margin] if roi_margin is not None else [r // 4 for r in self.roi_size]
+        self.roi_labels = [int(v) for v in roi_labels] if roi_labels is not None else None
         self.background = background
         self.skip_air, self.channels_last = skip_air, channels_last
         if stitch_device not in ("auto", "cpu", "input"):
@@ -187,7 +304,7 @@ class FastSlidingWindowInferer(Inferer):
         self.tta, self.compile, self.stitch_device = bool(tta), bool(compile), stitch_device
         self.progress = bool(progress)
         self._compiled: tuple[Any, Any] | None = None  # (network, its compiled version)
-        self.last_counts: dict[str, int] = {}
+        self.last_counts: dict[str, Any] = {}
 
     def _network(self, network: Any) -> Any:
         if not self.compile:
@@ -205,12 +322,16 @@ class FastSlidingWindowInferer(Inferer):
         needed = 2 * 4 * classes_hint * inputs[0, 0].numel() * inputs.shape[0]  # output + weight map, float32
         return inputs.device if needed < free else torch.device("cpu")
 
-    def _windows(self, inputs: torch.Tensor, network: Any) -> torch.Tensor:
+    def _windows(self, inputs: torch.Tensor, network: Any, mask: torch.Tensor | None, *,
+                 tta: bool) -> tuple[torch.Tensor, dict[str, int]]:
+        """Blended logits of MONAI's window grid over ``inputs``; with ``mask`` (X, Y, Z), only windows holding some of it run."""
         predictor = _WindowPredictor(self._network(network), precision=self.precision, threshold=self.threshold,
                                      background=self.background, skip_air=self.skip_air,
-                                     channels_last=self.channels_last)
+                                     channels_last=self.channels_last, masked=mask is not None)
+        if mask is not None:
+            inputs = torch.cat([inputs, mask.to(inputs.device, inputs.dtype).expand(inputs.shape[0], 1, *mask.shape)], dim=1)
         spatial = list(range(2, inputs.ndim))
-        flips = [list(c) for n in range(len(spatial) + 1) for c in itertools.combinations(spatial, n)] if self.tta else [[]]
+        flips = [list(c) for n in range(len(spatial) + 1) for c in itertools.combinations(spatial, n)] if tta else [[]]
         device = self._output_device(inputs)
         total: torch.Tensor | None = None
         with _channels_last(network, self.channels_last):
@@ -223,20 +344,86 @@ class FastSlidingWindowInferer(Inferer):
                 out = torch.flip(out, dims) if dims else out
                 total = out if total is None else total.add_(out)
         assert total is not None
-        self.last_counts = {"run": predictor.run, "skipped": predictor.skipped, "passes": len(flips)}
-        return total / len(flips) if len(flips) > 1 else total
+        counts = {"run": predictor.run, "skipped": predictor.skipped, "passes": len(flips)}
+        return (total / len(flips) if len(flips) > 1 else total), counts
+
+    def _organ_box(self, inputs: torch.Tensor, network: Any) -> tuple[tuple[slice, ...] | None, dict[str, int]]:
+        """The full-grid box of the foreground a pass at ``roi_zoom`` times the spacing predicts, plus ``roi_margin``."""
+        import numpy as np
+        from scipy import ndimage
+
+        plain = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
+        coarse = torch.nn.functional.interpolate(plain, scale_factor=1.0 / self.roi_zoom, mode="area")
+        mask = body_mask(coarse, threshold=self.threshold, opening=max(1, round(self.opening / self.roi_zoom)),
+                         keep_fraction=self.keep_fraction) if self.skip_air and self.body_mask else None
+        logits, counts = self._windows(coarse, network, mask, tta=False)
+        labels = logits.argmax(1).cpu().numpy()
+        foreground = np.isin(labels, self.roi_labels) if self.roi_labels is not None else labels != self.background
+        components, count = ndimage.label(foreground.any(axis=0))
+        if count == 0:
+            return None, counts
+        sizes = np.bincount(components.ravel())[1:]
+        kept = torch.from_numpy(np.isin(components, np.flatnonzero(sizes >= self.keep_fraction * sizes.max()) + 1))
+        box = _box_of(kept, [0, 0, 0])
+        assert box is not None
+        scale = [full / small for full, small in zip(inputs.shape[2:], coarse.shape[2:], strict=True)]
+        full_box = tuple(
+            slice(max(int(np.floor(b.start * f)) - m, 0), min(int(np.ceil(b.stop * f)) + m, n))
+            for b, f, m, n in zip(box, scale, self.roi_margin, inputs.shape[2:], strict=True)
+        )
+        return full_box, counts
+
+    def _background_outside(self, out: torch.Tensor, box: tuple[slice, ...]) -> None:
+        """Set ``out`` (B, C, X, Y, Z) to background with certainty outside ``box``, slab by slab."""
+        fill = torch.full((out.shape[1],), -20.0, dtype=out.dtype, device=out.device)
+        fill[self.background] = 20.0
+        fill = fill.view(1, -1, *([1] * (out.ndim - 2)))
+        for axis, b in enumerate(box):
+            for part in (slice(0, b.start), slice(b.stop, out.shape[2 + axis])):
+                if part.stop > part.start:
+                    index = [slice(None)] * out.ndim
+                    index[2 + axis] = part
+                    out[tuple(index)] = fill
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         """(B, C_in, X, Y, Z) → (B, C_out, X, Y, Z) float32 logits."""
-        box = body_box(inputs, threshold=self.threshold, margin=self.margin) if self.crop_body else None
-        full = tuple(slice(0, n) for n in inputs.shape[2:])
-        if box is None or box == full:
-            return self._windows(inputs, network)
-        cropped = self._windows(inputs[(slice(None), slice(None), *box)], network)
-        out = torch.full((inputs.shape[0], cropped.shape[1], *inputs.shape[2:]), -20.0, dtype=torch.float32, device=cropped.device)
-        out[:, self.background] = 20.0  # outside the body: background with certainty
-        out[(slice(None), slice(None), *box)] = cropped
-        if hasattr(inputs, "meta"):  # keep MONAI metadata (affine) for Invertd
+        spatial = tuple(inputs.shape[2:])
+        mask = None
+        if self.skip_air and self.body_mask:
+            mask = body_mask(inputs, threshold=self.threshold, opening=self.opening, keep_fraction=self.keep_fraction)
+        counts: dict[str, Any] = {}
+        if mask is not None:
+            counts["body_fraction"] = float(mask.float().mean())
+        roi = None
+        if self.organ_roi:
+            roi, coarse = self._organ_box(inputs, network)
+            counts["coarse_run"] = coarse["run"]
+            if roi is None:
+                logger.warning("organ ROI: the coarse pass found no foreground; windows run over the whole body")
+            else:
+                inside = torch.zeros(spatial, dtype=torch.bool)
+                inside[roi] = True
+                mask = inside if mask is None else mask & inside
+                counts["roi"] = [[b.start, b.stop] for b in roi]
+                counts["roi_fraction"] = float(inside.float().mean())
+        box = None
+        if self.crop_body and (mask is None or bool(mask.any())):  # no body at all: the windows learn the classes
+            box = _box_of(mask, self.margin) if mask is not None else body_box(inputs, threshold=self.threshold, margin=self.margin)
+        if box is None or box == tuple(slice(0, n) for n in spatial):
+            out, run = self._windows(inputs, network, mask, tta=self.tta)
+        else:
+            region = (slice(None), slice(None), *box)
+            cropped, run = self._windows(inputs[region], network, None if mask is None else mask[box], tta=self.tta)
+            out = torch.empty((inputs.shape[0], cropped.shape[1], *spatial), dtype=torch.float32, device=cropped.device)
+            out[region] = cropped
+            self._background_outside(out, box)  # outside the body box: background with certainty
+        if roi is not None:
+            self._background_outside(out, roi)  # outside the organ box: background with certainty
+        counts.update(run)
+        self.last_counts = counts
+        logger.info("sliding window: %d windows run, %d skipped%s", counts["run"], counts["skipped"],
+                    f"; organ ROI {counts['roi']} ({100 * counts['roi_fraction']:.0f} % of the volume)" if "roi" in counts else "")
+        if hasattr(inputs, "meta") and not hasattr(out, "meta"):  # keep MONAI metadata (affine) for Invertd
             from monai.data import MetaTensor
 
             out = MetaTensor(out, meta=inputs.meta, applied_operations=getattr(inputs, "applied_operations", []))
