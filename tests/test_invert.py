@@ -66,6 +66,24 @@ def test_slab_size_does_not_change_the_result():
     assert (kept.float().argmax(0).to(torch.uint8) == many).float().mean() > 0.99  # float16 may break near-ties
 
 
+@pytest.mark.parametrize("where", ["inside", "at the edge", "nowhere"])
+def test_only_the_region_a_foreground_reaches_is_interpolated_and_the_labels_do_not_change(where):
+    rng = np.random.default_rng(1)
+    probabilities = torch.softmax(torch.from_numpy(rng.normal(size=(3, 30, 28, 20)).astype(np.float32)), 0)
+    probabilities[0] += 3.0  # class 0 everywhere ...
+    if where != "nowhere":  # ... but in one blob, which touches the grid's last slice "at the edge"
+        zs = slice(8, 14) if where == "inside" else slice(15, 20)
+        probabilities[1:, 10:18, 9:16, zs] += torch.from_numpy(rng.uniform(2.0, 4.0, size=(2, 8, 7, zs.stop - zs.start)).astype(np.float32))
+    network = np.diag([1.5, 1.5, 2.5, 1.0])
+    source = oblique_affine(np.array([0.8, 0.7, 1.3]), degrees=20.0)
+    source[:3, 3] = [1.0, -2.0, 0.5]
+    restricted, _ = resample_argmax(probabilities, source_affine=source, network_affine=network, source_shape=(50, 52, 36))
+    everywhere, _ = resample_argmax(probabilities, source_affine=source, network_affine=network, source_shape=(50, 52, 36),
+                                    keep_probabilities=True)  # interpolates every source voxel
+    assert torch.equal(restricted, everywhere)
+    assert bool((everywhere > 0).any()) == (where != "nowhere")
+
+
 def test_a_prediction_without_source_geometry_is_refused():
     with pytest.raises(InputError, match="original_affine, spatial_shape"):
         ResampleArgmaxd(keys="pred")({"image": MetaTensor(torch.zeros(1, 4, 4, 4)), "pred": torch.zeros(2, 4, 4, 4)})

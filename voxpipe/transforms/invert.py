@@ -68,21 +68,53 @@ def resample_argmax(
     # grid_sample reads (N, C, D, H, W) with grid (x→W, y→H, z→D): our X, Y, Z are D, H, W.
     matrix, offset = matrix.flip(0).float(), offset.flip(0).float()
     volume = probabilities.detach().float().cpu()[None]
-    ii = torch.arange(sx, dtype=torch.float32)[:, None, None, None] * matrix[:, 0]
-    jj = torch.arange(sy, dtype=torch.float32)[None, :, None, None] * matrix[:, 1]
     label_dtype = torch.uint8 if classes <= 256 else torch.int16
-    labels = torch.empty((sx, sy, sz), dtype=label_dtype)
+    labels = torch.zeros((sx, sy, sz), dtype=label_dtype)
     kept = torch.empty((classes, sx, sy, sz), dtype=torch.float16) if keep_probabilities else None
+    region = [(0, sx), (0, sy), (0, sz)] if keep_probabilities else _changing_region(volume[0], mapping, (sx, sy, sz))
+    if region is None:
+        return labels, kept  # class 0 wins everywhere on the network grid, so everywhere on the source grid
+    (x0, x1), (y0, y1), (z0, z1) = region
+    ii = torch.arange(x0, x1, dtype=torch.float32)[:, None, None, None] * matrix[:, 0]
+    jj = torch.arange(y0, y1, dtype=torch.float32)[None, :, None, None] * matrix[:, 1]
     plane = ii + jj + offset  # (X, Y, 1, 3): the k-independent part
-    for start in range(0, sz, slab):
-        stop = min(start + slab, sz)
+    for start in range(z0, z1, slab):
+        stop = min(start + slab, z1)
         kk = torch.arange(start, stop, dtype=torch.float32)[None, None, :, None] * matrix[:, 2]
         grid = (plane + kk)[None]  # (1, X, Y, k, 3)
         values = torch.nn.functional.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
-        labels[:, :, start:stop] = values.argmax(0).to(label_dtype)
+        labels[x0:x1, y0:y1, start:stop] = values.argmax(0).to(label_dtype)
         if kept is not None:
             kept[:, :, :, start:stop] = values.to(torch.float16)
     return labels, kept
+
+
+def _changing_region(volume: torch.Tensor, mapping: np.ndarray, source_shape: Sequence[int]) -> list[tuple[int, int]] | None:
+    """The source-grid box outside which the interpolated argmax is certainly class 0; None if it is 0 everywhere.
+
+    Trilinear interpolation is a convex combination of the 8 network voxels around a point: where
+    class 0 is the argmax at all of them, it is at least every other class there too, so the argmax
+    stays 0 (ties go to the first class, as ``argmax`` breaks them). So only source voxels whose
+    neighbourhood reaches a network voxel with another argmax need interpolating: the box of those
+    network voxels, grown by one voxel (unbounded where it touches the grid's edge, since points
+    beyond the edge take border values), mapped into the source grid.
+    """
+    winners = volume.argmax(0) != 0
+    if not bool(winners.any()):
+        return None
+    corners = []
+    for axis, size in enumerate(winners.shape):
+        others = tuple(a for a in range(winners.ndim) if a != axis)
+        hits = torch.nonzero(winners.any(dim=others)).flatten()
+        low, high = int(hits[0]) - 1, int(hits[-1]) + 1
+        corners.append((-1e6 if low <= 0 else low, 1e6 if high >= size - 1 else high))
+    points = np.array([[x, y, z, 1.0] for x in corners[0] for y in corners[1] for z in corners[2]]).T
+    source = (np.linalg.inv(mapping) @ points)[:3]  # network voxel → source voxel
+    low = np.clip(np.floor(source.min(axis=1)) - 1, 0, np.array(source_shape)).astype(int)
+    high = np.clip(np.ceil(source.max(axis=1)) + 2, 0, np.array(source_shape)).astype(int)
+    if (high <= low).any():
+        return None
+    return [(int(a), int(b)) for a, b in zip(low, high, strict=True)]
 
 
 class ResampleArgmaxd(MapTransform):
