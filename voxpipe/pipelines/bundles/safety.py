@@ -97,9 +97,10 @@ BUNDLE_SAFE_FUNCTIONS = frozenset({
     "monai.handlers.utils.from_engine",
     "monai.engines.utils.default_prepare_batch",
 })
-# voxpipe's own handler classes (Ignite handlers are plain classes with an attach method).
+# voxpipe's own handler classes (Ignite handlers are plain classes with an attach method), steps and loaders.
 BUNDLE_SAFE_CLASSES = frozenset({
     "voxpipe.pipelines.training.handlers.CaseProgress",
+    "voxpipe.pipelines.inference.prefetch.PrefetchDataLoader",
     "voxpipe.pipelines.training.handlers.ProgressPlot",
     "voxpipe.pipelines.training.detection.DetectionTrainStep",
     "voxpipe.pipelines.training.detection.DetectionValStep",
