@@ -158,3 +158,32 @@ def test_real_dicom_series_match_simpleitk_or_fail_clearly(real_data, folder, er
     assert volume.array.shape == image.GetSize()
     assert np.allclose(volume.affine, sitk_affine(image), atol=1e-4)
     assert np.array_equal(volume.array, sitk.GetArrayFromImage(image).transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("monochrome", ["MONOCHROME2", "MONOCHROME1"])
+def test_uncompressed_pixels_read_directly_equal_pydicoms_decoding(tmp_path, hu, signed, monochrome):
+    import pydicom
+
+    from voxpipe.transforms.dicom import _native_pixels, _pixels
+
+    path = write_dicom_series(hu, np.diag([0.8, 0.8, 2.0, 1.0]), tmp_path / "s")[0]
+    ds = pydicom.dcmread(path)
+    values = np.random.default_rng(0).integers(0, 4096, size=(int(ds.Rows), int(ds.Columns)))
+    garbage = np.random.default_rng(1).integers(0, 16, size=values.shape) << 12  # bits above BitsStored
+    if signed:
+        values = values - 2048
+    stored = ((values & 0x0FFF) | garbage).astype(np.uint16)
+    ds.PixelRepresentation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = int(signed), 16, 12, 11
+    ds.PhotometricInterpretation = monochrome
+    ds.PixelData = stored.view(np.int16 if signed else np.uint16).tobytes()
+    ds.save_as(path)
+    ds = pydicom.dcmread(path)
+    ours, theirs = _native_pixels(ds), ds.pixel_array
+    assert ours is not None and np.array_equal(ours.astype(np.int32), theirs.astype(np.int32))
+    assert np.array_equal(ours.astype(np.int32), values)
+    array, _, _ = _pixels(path)
+    expected = theirs.astype(np.int64)
+    if monochrome == "MONOCHROME1":
+        expected = expected.max() + expected.min() - expected
+    assert np.array_equal(array.astype(np.int64), expected)

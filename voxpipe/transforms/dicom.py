@@ -271,16 +271,49 @@ def series_geometry(
     return SeriesGeometry(shape, LPS_TO_RAS @ lps, order, along - along[0], offsets, spacing, resample_z, warnings)
 
 
+_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})  # implicit / explicit VR little endian
+
+
+def _native_pixels(ds: pydicom.Dataset) -> np.ndarray | None:
+    """The pixel matrix of an uncompressed little-endian single-frame slice without pydicom's
+    conversion machinery (a view of the element's bytes); None where pydicom must decode it."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2"))
+    if syntax not in _NATIVE_SYNTAXES or "PixelData" not in ds or int(ds.get("SamplesPerPixel", 1)) != 1:
+        return None
+    bits, signed = int(ds.get("BitsAllocated", 16)), int(ds.get("PixelRepresentation", 0)) == 1
+    if bits not in (8, 16, 32) or int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        return None
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    data = ds.PixelData
+    expected = rows * columns * bits // 8
+    if len(data) < expected:
+        return None  # pydicom's own error names what is missing
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    array = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
+    stored = int(ds.get("BitsStored", bits))
+    if stored < bits:  # high bits may hold overlays or garbage: keep the stored bits, sign-extended
+        pattern = array.view(f"<u{bits // 8}")
+        if signed:  # sign-extend from the stored width: the top stored bit is the sign
+            shift = 64 - stored
+            array = ((pattern.astype(np.int64) << shift) >> shift).astype(np.int32)
+        else:
+            array = pattern & ((1 << stored) - 1)
+    return array
+
+
 def _pixels(path: Path) -> tuple[np.ndarray, float, float]:
-    """Stored pixel values of one slice (rows, columns) and its RescaleSlope / RescaleIntercept."""
+    """Stored pixel values of one slice (rows, columns) and its RescaleSlope / RescaleIntercept.
+
+    Call inside :func:`_quiet_pydicom`.
+    """
     try:
-        with _quiet_pydicom():
-            ds = pydicom.dcmread(path, force=True)
+        ds = pydicom.dcmread(path, force=True)
     except Exception as error:  # pydicom raises many types for corrupt files
         raise InputError(f"{str(path)!r}: could not be read as DICOM ({_one_line(error)})") from error
     try:
-        with _quiet_pydicom():  # some decoders log a traceback through pydicom's logger before raising
-            array = ds.pixel_array
+        array = _native_pixels(ds)
+        if array is None:
+            array = ds.pixel_array  # some decoders log a traceback through pydicom's logger before raising
     except Exception as error:  # and for undecodable pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         reason = _one_line(error)
@@ -305,7 +338,8 @@ def slice_hu(path: str | os.PathLike[str]) -> np.ndarray:
     Raises:
         InputError: the file is not DICOM or its pixel data cannot be decoded (the message names it).
     """
-    return _rescaled(*_pixels(Path(path)))
+    with _quiet_pydicom():
+        return _rescaled(*_pixels(Path(path)))
 
 
 @contextlib.contextmanager
@@ -354,30 +388,40 @@ def load_dicom_series(
     geometry = series_geometry(headers, info.files, tilt=tilt, nonuniform=nonuniform)
     for message in geometry.warnings:
         logger.warning("%s", message)
-    slices = []
-    integral = True
-    for index, offset in zip(geometry.order, geometry.offsets, strict=True):
-        raw, slope, intercept = _pixels(info.files[index])
-        expected = (int(headers[index].Rows), int(headers[index].Columns))
-        if raw.shape != expected:
-            raise InputError(f"{str(info.files[index])!r}: pixel data of {raw.shape[0]}×{raw.shape[1]}; expected the "
-                             f"header's Rows × Columns {expected[0]}×{expected[1]}")
-        integral &= slope.is_integer() and intercept.is_integer()
-        values = _rescaled(raw, slope, intercept)
-        if np.any(offset):  # undo the in-plane shift of a tilted slice; arrays are (row=y, column=x)
-            fill = float(values.min())
-            values = ndimage.shift(values.astype(np.float32), (offset[1], offset[0]), order=1, mode="constant", cval=fill)
-            integral = integral and bool(np.allclose(offset, np.round(offset)))
-        slices.append(values.T)
-    stack = np.stack(slices, axis=-1)
+    rows, columns = int(headers[0].Rows), int(headers[0].Columns)
+    # Slices go into a (z, y, x) C-ordered buffer, one contiguous row-major plane each, and come out as
+    # its (x, y, z) view (Fortran order, as NIfTI stores voxels): no transposed copies.
+    integral = all(np.allclose(o, np.round(o)) for o in geometry.offsets)  # shifts by whole pixels stay integers
+    stack = np.empty((len(geometry.order), rows, columns), dtype=np.int32 if integral else np.float32)
+    with _quiet_pydicom():
+        for k, (index, offset) in enumerate(zip(geometry.order, geometry.offsets, strict=True)):
+            raw, slope, intercept = _pixels(info.files[index])
+            expected = (int(headers[index].Rows), int(headers[index].Columns))
+            if raw.shape != expected:
+                raise InputError(f"{str(info.files[index])!r}: pixel data of {raw.shape[0]}×{raw.shape[1]}; expected the "
+                                 f"header's Rows × Columns {expected[0]}×{expected[1]}")
+            if integral and not (slope.is_integer() and intercept.is_integer()):
+                stack, integral = stack.astype(np.float32), False
+            if np.any(offset):  # undo the in-plane shift of a tilted slice; arrays are (row=y, column=x)
+                values = _rescaled(raw, slope, intercept).astype(np.float32)
+                shifted = ndimage.shift(values, (offset[1], offset[0]), order=1, mode="constant", cval=float(values.min()))
+                stack[k] = np.rint(shifted) if integral else shifted
+                continue
+            plane = stack[k]
+            plane[...] = raw  # into int32 (or float32), then rescaled in place: no per-slice temporaries
+            if slope != 1:
+                plane *= int(slope) if integral else np.float32(slope)
+            if intercept:
+                plane += int(intercept) if integral else np.float32(intercept)
+    volume = stack.transpose(2, 1, 0)  # (x, y, z)
     if geometry.resample_z:
-        stack = _resample_along_z(stack, geometry.positions, geometry.spacing, geometry.shape[2])
+        volume = _resample_along_z(volume, geometry.positions, geometry.spacing, geometry.shape[2])
         integral = False
     if integral:
-        low, high = float(stack.min()), float(stack.max())
+        low, high = float(volume.min()), float(volume.max())
         dtype = np.int16 if -32768 <= low and high <= 32767 else np.int32
-        return np.round(stack).astype(dtype), geometry.affine, info
-    return stack.astype(np.float32), geometry.affine, info
+        return volume.astype(dtype, order="K", copy=volume.dtype != dtype), geometry.affine, info
+    return volume.astype(np.float32, order="K", copy=False), geometry.affine, info
 
 
 def _resample_along_z(stack: np.ndarray, positions: np.ndarray, spacing: float, n_out: int) -> np.ndarray:
