@@ -220,3 +220,17 @@ def test_promise_any_characters_in_input_and_output_paths(liver_bundle, oracle_w
     assert np.array_equal(np.asanyarray(nib.load(written).dataobj), phantom.label)
     assert sorted(p.name for p in (tmp_path / out).iterdir()) == sorted([f"{name}.nii.gz", "statistics.csv", "statistics.json"])
     assert not any("::" in str(p) for p in tmp_path.rglob("*"))
+
+
+def test_largest_diameter_is_the_longest_distance_between_voxel_centres():
+    from voxpipe.pipelines.inference.stats import largest_diameter_mm
+
+    mask = np.zeros((40, 30, 20), dtype=bool)
+    mask[5:35, 10, 4] = True  # a rod of 30 voxels along x ...
+    mask[20, 5:25, 4:16] = True  # ... crossing a slab
+    affine = np.diag([0.5, 0.8, 2.0, 1.0])
+    index = np.argwhere(mask) * np.array([0.5, 0.8, 2.0])
+    brute = np.sqrt(((index[:, None] - index[None]) ** 2).sum(-1)).max()
+    assert largest_diameter_mm(mask, affine) == pytest.approx(brute, abs=1e-9)
+    ball = np.linalg.norm(np.indices((41, 41, 41)) - 20, axis=0) <= 20  # a hull of thousands of vertices
+    assert largest_diameter_mm(ball, np.eye(4)) == pytest.approx(40.0, abs=1e-9)

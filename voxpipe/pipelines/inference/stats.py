@@ -37,10 +37,12 @@ def largest_diameter_mm(mask: np.ndarray, affine: np.ndarray) -> float:
         points = points[ConvexHull(points).vertices]
     except (QhullError, ValueError):  # flat or tiny lesions: all points (few by construction)
         pass
-    if len(points) > 4000:  # bound the pairwise step on huge hulls
-        points = points[:: len(points) // 4000 + 1]
-    difference = points[:, None, :] - points[None, :, :]
-    return float(np.sqrt((difference**2).sum(-1)).max())
+    from scipy.spatial.distance import cdist
+
+    longest = 0.0
+    for start in range(0, len(points), 1024):  # every pair of hull vertices, 1024 rows at a time (bounded memory)
+        longest = max(longest, float(cdist(points[start : start + 1024], points).max()))
+    return longest
 
 
 def case_statistics(
