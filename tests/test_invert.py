@@ -84,6 +84,21 @@ def test_only_the_region_a_foreground_reaches_is_interpolated_and_the_labels_do_
     assert bool((everywhere > 0).any()) == (where != "nowhere")
 
 
+def test_axis_aligned_grids_interpolate_separably_as_scipys_trilinear_with_border_values():
+    rng = np.random.default_rng(2)
+    probabilities = torch.softmax(torch.from_numpy(rng.normal(size=(3, 9, 8, 7)).astype(np.float32) * 3), 0)
+    network = np.diag([2.0, 2.0, 3.0, 1.0])
+    source = np.diag([-0.7, 0.9, 1.1, 1.0])  # x flipped (LPS-like storage), finer, reaching past the network grid
+    source[:3, 3] = [14.0, -2.5, -1.0]
+    labels, kept = resample_argmax(probabilities, source_affine=source, network_affine=network, source_shape=(25, 22, 24),
+                                   keep_probabilities=True)
+    mapping = np.linalg.inv(network) @ source
+    points = mapping[:3, :3] @ np.indices((25, 22, 24)).reshape(3, -1) + mapping[:3, 3:4]
+    expected = np.stack([ndimage.map_coordinates(c, points, order=1, mode="nearest").reshape(25, 22, 24) for c in probabilities.numpy()])
+    assert np.allclose(kept.float().numpy(), expected, atol=2e-3)  # float16 storage
+    assert (labels.numpy() == expected.argmax(0)).mean() > 0.999
+
+
 def test_a_prediction_without_source_geometry_is_refused():
     with pytest.raises(InputError, match="original_affine, spatial_shape"):
         ResampleArgmaxd(keys="pred")({"image": MetaTensor(torch.zeros(1, 4, 4, 4)), "pred": torch.zeros(2, 4, 4, 4)})

@@ -75,6 +75,10 @@ def resample_argmax(
     if region is None:
         return labels, kept  # class 0 wins everywhere on the network grid, so everywhere on the source grid
     (x0, x1), (y0, y1), (z0, z1) = region
+    linear = mapping[:3, :3]
+    if np.allclose(linear, np.diag(np.diag(linear)), atol=1e-9):  # axis-aligned grids (flips included): separable
+        _separable(volume[0], mapping, region, slab, labels, kept, label_dtype)
+        return labels, kept
     ii = torch.arange(x0, x1, dtype=torch.float32)[:, None, None, None] * matrix[:, 0]
     jj = torch.arange(y0, y1, dtype=torch.float32)[None, :, None, None] * matrix[:, 1]
     plane = ii + jj + offset  # (X, Y, 1, 3): the k-independent part
@@ -83,10 +87,62 @@ def resample_argmax(
         kk = torch.arange(start, stop, dtype=torch.float32)[None, None, :, None] * matrix[:, 2]
         grid = (plane + kk)[None]  # (1, X, Y, k, 3)
         values = torch.nn.functional.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
-        labels[x0:x1, y0:y1, start:stop] = values.argmax(0).to(label_dtype)
+        labels[x0:x1, y0:y1, start:stop] = channel_argmax(values, label_dtype)
         if kept is not None:
             kept[:, :, :, start:stop] = values.to(torch.float16)
     return labels, kept
+
+
+def channel_argmax(values: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """``values.argmax(0)`` for (C, ...) tensors with few channels, as C − 1 elementwise passes.
+
+    ``torch.argmax`` over the leading dimension of a large CPU tensor reduces along a strided axis
+    and was the slowest step of the whole inversion (5 of 6 s on a 512 × 512 × 150 CT). Ties go to
+    the first channel, as with ``argmax``.
+    """
+    best = values[0].clone()
+    index = torch.zeros(values.shape[1:], dtype=dtype)
+    for channel in range(1, values.shape[0]):
+        better = values[channel] > best
+        index[better] = channel
+        torch.maximum(best, values[channel], out=best)
+    return index
+
+
+def _axis(mapping: np.ndarray, axis: int, start: int, stop: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices ``start:stop`` along ``axis`` → network (lower index, upper index, weight), border-clamped."""
+    coords = np.clip(mapping[axis, axis] * np.arange(start, stop) + mapping[axis, 3], 0.0, size - 1.0)
+    lower = np.minimum(np.floor(coords).astype(np.int64), max(size - 2, 0))
+    upper = np.minimum(lower + 1, size - 1)
+    return torch.from_numpy(lower), torch.from_numpy(upper), torch.from_numpy((coords - lower).astype(np.float32))
+
+
+def _separable(volume: torch.Tensor, mapping: np.ndarray, region: list[tuple[int, int]], slab: int, labels: torch.Tensor,
+               kept: torch.Tensor | None, label_dtype: torch.dtype) -> None:
+    """Trilinear interpolation as three 1D linear interpolations (z, then y, then x), for axis-aligned grids.
+
+    The same values as ``grid_sample(bilinear, border, align_corners=True)`` (trilinear is the tensor
+    product of 1D linear interpolations), at a fraction of the work: each output voxel costs three
+    lerps of already-reduced data instead of eight gathers, and the network voxels outside the
+    region are never touched.
+    """
+    (x0, x1), (y0, y1), (z0, z1) = region
+    _, nx, ny, nz = volume.shape
+    xl, xh, xw = _axis(mapping, 0, x0, x1, nx)
+    yl, yh, yw = _axis(mapping, 1, y0, y1, ny)
+    xa, xb = int(min(xl.min(), xh.min())), int(max(xl.max(), xh.max())) + 1  # network rows the region needs
+    ya, yb = int(min(yl.min(), yh.min())), int(max(yl.max(), yh.max())) + 1
+    part = volume[:, xa:xb, ya:yb]
+    xl, xh, yl, yh = xl - xa, xh - xa, yl - ya, yh - ya
+    for start in range(z0, z1, slab):
+        stop = min(start + slab, z1)
+        zl, zh, zw = _axis(mapping, 2, start, stop, nz)
+        values = torch.lerp(part.index_select(3, zl), part.index_select(3, zh), zw)  # (C, X', Y', k)
+        values = torch.lerp(values.index_select(2, yl), values.index_select(2, yh), yw[:, None])
+        values = torch.lerp(values.index_select(1, xl), values.index_select(1, xh), xw[:, None, None])
+        labels[x0:x1, y0:y1, start:stop] = channel_argmax(values, label_dtype)
+        if kept is not None:
+            kept[:, x0:x1, y0:y1, start:stop] = values.to(torch.float16)
 
 
 def _changing_region(volume: torch.Tensor, mapping: np.ndarray, source_shape: Sequence[int]) -> list[tuple[int, int]] | None:
@@ -99,7 +155,7 @@ def _changing_region(volume: torch.Tensor, mapping: np.ndarray, source_shape: Se
     network voxels, grown by one voxel (unbounded where it touches the grid's edge, since points
     beyond the edge take border values), mapped into the source grid.
     """
-    winners = volume.argmax(0) != 0
+    winners = channel_argmax(volume, torch.int16) != 0
     if not bool(winners.any()):
         return None
     corners = []
