@@ -90,3 +90,25 @@ def test_timings_cover_every_stage_and_change_nothing(liver_bundle, inputs, tmp_
         assert np.array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
     written = json.loads(timings.write(tmp_path).read_text())
     assert written["cases"] == 5 and "network" in written["seconds"] and "total" in timings.table()
+
+
+def test_timings_leave_monais_invertd_able_to_invert_the_preprocessing(liver_bundle, inputs, tmp_path):
+    """A third-party chain: Invertd replays the inverse of the timed preprocessing transforms."""
+    from voxpipe.pipelines.inference.timings import Timings
+
+    folder, weights = inputs
+    chain = [
+        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image", "nearest_interp": False},
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+        {"_target_": "voxpipe.transforms.io.SaveLabelLiked", "keys": "pred", "output_dir": "@output_dir"},
+    ]
+    overrides = {**ORACLE, "postprocessing#transforms": chain}
+    plain = infer_with_bundle(liver_bundle, [folder], output_dir=tmp_path / "plain", weights=weights, overrides=overrides,
+                              progress=False, statistics=False)
+    timings = Timings()
+    timed = infer_with_bundle(liver_bundle, [folder], output_dir=tmp_path / "timed", weights=weights, overrides=overrides,
+                              progress=False, statistics=False, timings=timings)
+    assert timings.cases == 5 and timings.seconds["invert"] > 0 and timings.seconds["resample"] > 0
+    for a, b in zip(plain, timed, strict=True):
+        assert np.array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))

@@ -3,7 +3,8 @@
 Why our own: MONAI's ``Compose`` can log per-transform statistics but not their durations, and
 Ignite's timers see a whole iteration. Here the bundle's workflow is instrumented just before it
 runs (:func:`voxpipe.pipelines.bundles.run.run_bundle`'s ``before_run``):
-- every transform of its ``preprocessing`` and ``postprocessing`` Composes is wrapped in a timer;
+- every transform of its ``preprocessing`` and ``postprocessing`` Composes is timed (in place, so
+  ``Invertd`` can still invert the preprocessing);
 - so is its inferer. For voxpipe's ``FastSlidingWindowInferer`` the network and the stitching are
   timed apart: windows run through a timed network.
 
@@ -81,10 +82,9 @@ class Timings:
             transforms = getattr(compose, "transforms", None)
             if not isinstance(transforms, (list, tuple)):
                 continue
-            wrapped = [_TimedTransform(t, _BY_CLASS.get(type(t).__name__, default), self) for t in transforms]
-            if key == "preprocessing" and wrapped:
-                wrapped[0].counts_cases = True
-            compose.transforms = type(transforms)(wrapped)
+            for index, transform in enumerate(transforms):
+                _time_transform(transform, _BY_CLASS.get(type(transform).__name__, default), self,
+                                counts_cases=key == "preprocessing" and index == 0)
         if "evaluator" in parser:
             evaluator = parser.get_parsed_content("evaluator")
             inferer = getattr(evaluator, "inferer", None)
@@ -107,20 +107,30 @@ class Timings:
         return write_text_atomic(Path(folder) / "timings.json", json.dumps(document, indent=2) + "\n")
 
 
-class _TimedTransform:
-    """A transform of a Compose that adds its duration to a stage (attributes pass through)."""
+def _time_transform(transform: Any, stage: str, timings: Timings, *, counts_cases: bool = False) -> None:
+    """Make ``transform`` add its duration to ``stage``, in place.
 
-    def __init__(self, transform: Any, stage: str, timings: Timings) -> None:
-        self.transform, self.stage, self.timings = transform, stage, timings
-        self.counts_cases = False
+    The instance gets a subclass of its own class, of the same name, whose ``__call__`` is timed: it
+    stays the same object in its Compose, so MONAI's ``Invertd`` (which inverts the preprocessing
+    Compose and matches the transforms it recorded by class name and identity) still works. A
+    transform whose class cannot be swapped (built-in types) is left untimed.
+    """
+    cls = type(transform)
+    if getattr(cls, "_voxpipe_timed", False):
+        return
+    original = cls.__call__
 
-    def __call__(self, data: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.counts_cases:
-            self.timings.cases += 1
-        return self.timings.timed(self.stage, self.transform)(data, *args, **kwargs)
+    def __call__(self: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+        if counts_cases:
+            timings.cases += 1
+        return timings.timed(stage, original)(self, data, *args, **kwargs)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transform, name)
+    timed = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                                        "_voxpipe_timed": True})
+    try:
+        transform.__class__ = timed
+    except TypeError:
+        return
 
 
 def _timed_network(network: Any, timings: Timings) -> Any:
