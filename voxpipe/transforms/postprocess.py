@@ -74,6 +74,17 @@ def foreground_box(label: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of ``mask``; uint16 labels when they fit (half of scipy's int32 memory)."""
+    labels = np.empty(mask.shape, dtype=np.uint16)
+    try:
+        count = ndimage.label(mask, structure=_FULL, output=labels)
+    except RuntimeError:  # more than 65535 components
+        del labels
+        return ndimage.label(mask, structure=_FULL)
+    return labels, int(count)
+
+
 def _postprocess_in_place(
     out: np.ndarray,
     *,
@@ -85,25 +96,31 @@ def _postprocess_in_place(
 ) -> None:
     for value in fill_holes:
         filled = ndimage.binary_fill_holes(out == value)
-        out[filled & (out == 0)] = value
+        filled &= out == 0
+        out[filled] = value
         del filled
     for group in largest:
-        mask = np.isin(out, list(group))
-        components, count = ndimage.label(mask, structure=_FULL)
+        components, count = _components(np.isin(out, list(group)))
         if count > 1:
             sizes = np.bincount(components.ravel())[1:]
-            out[mask & (components != int(np.argmax(sizes)) + 1)] = 0
-        del mask, components
+            drop = components != int(np.argmax(sizes)) + 1
+            drop &= components > 0
+            del components
+            out[drop] = 0
+            del drop
+        else:
+            del components
     for value, hosts in (inside or {}).items():
-        components, count = ndimage.label(out == int(value), structure=_FULL)
+        components, count = _components(out == int(value))
         if count:
             near_host = ndimage.binary_dilation(np.isin(out, list(hosts)), structure=_FULL)
-            touching = np.unique(components[near_host & (components > 0)])
+            near_host &= components > 0
+            touching = np.unique(components[near_host])
             del near_host
-            out[(components > 0) & ~np.isin(components, touching)] = 0
+            out[np.isin(components, np.setdiff1d(np.arange(1, count + 1), touching))] = 0
         del components
     for value, limit in (min_size_mm3 or {}).items():
-        components, count = ndimage.label(out == int(value), structure=_FULL)
+        components, count = _components(out == int(value))
         if count:
             sizes_mm3 = np.bincount(components.ravel())[1:] * voxel_mm3
             small = np.flatnonzero(sizes_mm3 < float(limit)) + 1
