@@ -60,7 +60,7 @@ def test_windows_over_the_body_mask_are_monais_windows_inside_the_body(net):
     image[0, 0, 8:40, 10:44, 4:28] = torch.rand(32, 34, 24) + 0.1
     image[0, 0, 2:94, 60:62] = 0.7  # a table, far from the body: its windows are not run
     with torch.no_grad():
-        fast = FastSlidingWindowInferer([32, 32, 16], sw_batch_size=2, precision="fp32")
+        fast = FastSlidingWindowInferer([32, 32, 16], sw_batch_size=2, precision="fp32", crop_body=False)
         out = fast(image, net)
         plain = sliding_window_inference(image, [32, 32, 16], 2, net, overlap=0.25, mode="gaussian")
     body = body_mask(image, threshold=0.0)
@@ -75,6 +75,21 @@ class _Bright(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.zeros_like(x), 10.0 * (x - 0.5), torch.full_like(x, -5.0)], dim=1)
+
+
+def test_the_window_grid_over_the_body_box_runs_fewer_windows_and_covers_the_body():
+    image = torch.zeros(1, 1, 128, 128, 32)
+    image[0, 0, 30:90, 28:92, 4:28] = torch.rand(60, 64, 24) * 0.4 + 0.3
+    image[0, 0, 2:126, 110:112] = 0.7  # the table: outside the box
+    with torch.no_grad():
+        whole = FastSlidingWindowInferer([32, 32, 16], precision="fp32", crop_body=False)
+        reference = whole(image, _Bright())
+        cropped = FastSlidingWindowInferer([32, 32, 16], precision="fp32", crop_body=True)  # the grid over the body box
+        out = cropped(image, _Bright())
+    assert cropped.last_counts["run"] < whole.last_counts["run"]
+    body = body_mask(image, threshold=0.0)
+    assert torch.equal(out.argmax(1)[0][body], reference.argmax(1)[0][body])  # a pointwise 'network': every body voxel covered
+    assert (out.argmax(1)[0][:, 100:] == 0).all()
 
 
 def test_organ_roi_runs_full_resolution_only_around_the_coarse_foreground():
@@ -110,9 +125,9 @@ def test_air_windows_are_skipped_and_channels_last_changes_nothing_that_matters(
     image[0, 0, 10:40, 12:40, 4:28] = torch.rand(30, 28, 24) + 0.1
     image[0, 0, 70:80, 70:80, 10:14] = 0.5  # a second island: the body box spans most of the volume
     with torch.no_grad():
-        plain = FastSlidingWindowInferer([32, 32, 16], precision="fp32", skip_air=False, channels_last=False)
+        plain = FastSlidingWindowInferer([32, 32, 16], precision="fp32", skip_air=False, crop_body=False, channels_last=False)
         reference = plain(image, net)
-        fast = FastSlidingWindowInferer([32, 32, 16], precision="fp32", body_mask=False, channels_last=True)
+        fast = FastSlidingWindowInferer([32, 32, 16], precision="fp32", body_mask=False, crop_body=False, channels_last=True)
         out = fast(image, net)
     assert fast.last_counts["skipped"] > 0 and fast.last_counts["run"] < plain.last_counts["run"]
     body = image[0, 0] > 0

@@ -234,3 +234,15 @@ def test_largest_diameter_is_the_longest_distance_between_voxel_centres():
     assert largest_diameter_mm(mask, affine) == pytest.approx(brute, abs=1e-9)
     ball = np.linalg.norm(np.indices((41, 41, 41)) - 20, axis=0) <= 20  # a hull of thousands of vertices
     assert largest_diameter_mm(ball, np.eye(4)) == pytest.approx(40.0, abs=1e-9)
+
+
+def test_organ_roi_gives_the_same_labels_and_says_what_it_chose(liver_bundle, oracle_weights, tmp_path, caplog):
+    import logging
+
+    phantom = liver_phantom(21, orientation="LPS", size="tiny")
+    image = write_volume(label_image(phantom.label), phantom.affine, tmp_path / "in" / "case.nii.gz")
+    with caplog.at_level(logging.INFO, logger="voxpipe.pipelines.inference.sliding_window"):
+        (out,) = infer_with_bundle(liver_bundle, [image], output_dir=tmp_path / "out", weights=oracle_weights,
+                                   overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]}, organ_roi=True)
+    assert np.array_equal(np.asanyarray(nib.load(out).dataobj), phantom.label)
+    assert "organ ROI [[" in caplog.text and "% of the volume" in caplog.text

@@ -58,7 +58,8 @@ def add_commands(commands: Any) -> None:
     infer.add_argument("--compile", action="store_true", help="torch.compile the network (about a minute of compiling; pays off over many cases)")
     infer.add_argument("--organ-roi", action="store_true",
                        help="coarse-to-fine: a pass at twice the spacing finds the organ, then full resolution runs only in its "
-                            "box plus a margin (faster; a part the coarse pass misses beyond the margin is lost)")
+                            "box plus a margin, on windows of its own (faster where the organ is small in the scan; results "
+                            "differ more from plain MONAI's, and a part the coarse pass misses beyond the margin is lost)")
     infer.add_argument("--save-probabilities", action="store_true",
                        help="also write <case>_probabilities.npz: float16 class probabilities (C, X, Y, Z) on the input grid, with the affine")
     infer.add_argument("--device", choices=["auto", "cpu", "cuda"],
