@@ -187,3 +187,15 @@ def test_uncompressed_pixels_read_directly_equal_pydicoms_decoding(tmp_path, hu,
     if monochrome == "MONOCHROME1":
         expected = expected.max() + expected.min() - expected
     assert np.array_equal(array.astype(np.int64), expected)
+
+
+def test_pixels_read_at_the_header_offset_equal_pydicoms_reading_of_each_file(tmp_path, hu, monkeypatch):
+    from voxpipe.transforms import dicom
+
+    write_dicom_series(hu, np.diag([0.8, 0.8, 2.0, 1.0]), tmp_path / "s")
+    fast, _, _ = load_dicom_series(tmp_path / "s")
+    used = []
+    monkeypatch.setattr(dicom, "_pixels_at_offset", lambda path, header: used.append(path))  # always None: pydicom reads
+    slow, _, _ = load_dicom_series(tmp_path / "s")
+    assert len(used) == hu.shape[2] and fast.dtype == slow.dtype and np.array_equal(fast, slow)
+    assert np.array_equal(fast, hu)
