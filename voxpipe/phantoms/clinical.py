@@ -1,7 +1,7 @@
 """Phantoms at clinical CT geometry: 512 × 512 slices, a patient on a table, padding outside a circular field of view.
 
-The liver and lung phantoms fill their whole small field of view, so the body crop and the
-air-window skip of fast inference save nothing on them. Clinical CT is not like that. A 512 × 512
+The liver and lung phantoms fill their whole small field of view, so the body mask and the
+window skipping of fast inference save nothing on them. Clinical CT is not like that. A 512 × 512
 slice at 0.6–0.98 mm holds the patient (50–70 % of the field of view), the table, sometimes the arms
 and air, and scanners write −1024 or −2048 outside the reconstruction circle. :func:`clinical_ct` puts a
 phantom into that geometry:

@@ -76,7 +76,7 @@ def _configure(config: dict[str, Any], plan: dict[str, Any], fingerprint: dict[s
                              "out_channels": "@num_classes", **{k: v for k, v in network.items() if k not in spec and k != "out_channels"}}
     if "inferer" in config and isinstance(config["inferer"], dict) and "crop_body" not in config["inferer"]:
         if config["inferer"].get("_target_", "").endswith("FastSlidingWindowInferer") and norm["scheme"] != "CTNormalization":
-            config["inferer"]["crop_body"] = False  # the body crop and air skip assume CT
+            config["inferer"]["crop_body"] = False  # the body mask, crop and window skipping assume CT
             config["inferer"]["skip_air"] = False
     _walk(config, norm, int(spec["in_channels"]))
     return config
