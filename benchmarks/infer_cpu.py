@@ -171,6 +171,8 @@ def _weights(args: argparse.Namespace, folder: Path) -> str:
 
 def compare(images: list[Path], truths: list[Path | None], args: argparse.Namespace, folder: Path) -> None:
     """Both sides (and the organ-ROI variant) over ``images``; prints times, truth Dice, speed-up and agreement."""
+    import nibabel as nib
+
     weights = _weights(args, folder)
     kinds = ["monai", "voxpipe"] + (["voxpipe-roi"] if args.organ_roi else [])
     results = {kind: side(kind, images, weights, args.init_filters, folder / kind) for kind in kinds}
@@ -179,7 +181,7 @@ def compare(images: list[Path], truths: list[Path | None], args: argparse.Namesp
     maps = {kind: [labels_of(folder / kind, i) for i in images] for kind in kinds if results[kind] is not None}
     for kind in maps:
         if all(t is not None for t in truths):
-            truth = [np.asanyarray(__import__("nibabel").load(t).dataobj) for t in truths]
+            truth = [np.asanyarray(nib.load(t).dataobj) for t in truths]
             scores = {c: np.mean([dice(m == c, t == c) for m, t in zip(maps[kind], truth, strict=True)]) for c in CLASSES}
             print(f"  {kind:12s} Dice vs truth: " + ", ".join(f"{CLASSES[c]} {v:.4f}" for c, v in scores.items()))
     minutes = {k: r["seconds"] / 60 for k, r in results.items() if r is not None}

@@ -114,16 +114,13 @@ def _pixels_at_offset(path: Path, header: pydicom.Dataset) -> np.ndarray | None:
     caller then reads the file with pydicom, which also gives the precise error for a bad file).
     """
     offset = getattr(header, "voxpipe_pixel_offset", None)
-    syntax = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2"))
-    if offset is None or syntax not in _NATIVE_SYNTAXES or int(header.get("SamplesPerPixel", 1)) != 1:
+    layout = _native_layout(header)
+    if offset is None or layout is None or str(header.get("PhotometricInterpretation", "MONOCHROME2")) != "MONOCHROME2":
         return None
-    if int(header.get("NumberOfFrames", 1) or 1) != 1 or str(header.get("PhotometricInterpretation", "MONOCHROME2")) != "MONOCHROME2":
+    syntax, rows, columns, stored, dtype = layout
+    if stored != 8 * dtype.itemsize:  # masked or sign-extended stored bits: _native_pixels does that
         return None
-    bits, signed = int(header.get("BitsAllocated", 16)), int(header.get("PixelRepresentation", 0)) == 1
-    if bits not in (8, 16, 32) or int(header.get("BitsStored", bits)) != bits:
-        return None
-    rows, columns = int(header.Rows), int(header.Columns)
-    expected = rows * columns * bits // 8
+    expected = rows * columns * dtype.itemsize
     explicit = syntax == "1.2.840.10008.1.2.1"
     with open(path, "rb") as file:
         file.seek(offset)
@@ -138,7 +135,7 @@ def _pixels_at_offset(path: Path, header: pydicom.Dataset) -> np.ndarray | None:
         data = file.read(expected)
     if len(data) < expected:
         return None
-    return np.frombuffer(data, dtype=np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")).reshape(rows, columns)
+    return np.frombuffer(data, dtype=dtype).reshape(rows, columns)
 
 
 def discover_series(root: str | os.PathLike[str]) -> list[SeriesInfo]:
@@ -314,26 +311,34 @@ def series_geometry(
 _NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})  # implicit / explicit VR little endian
 
 
+def _native_layout(ds: pydicom.Dataset) -> tuple[str, int, int, int, np.dtype] | None:
+    """(transfer syntax, rows, columns, bits stored, pixel dtype) of an uncompressed little-endian
+    single-frame single-channel slice; None for anything pydicom must decode."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2"))
+    if syntax not in _NATIVE_SYNTAXES or int(ds.get("SamplesPerPixel", 1)) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        return None
+    bits, signed = int(ds.get("BitsAllocated", 16)), int(ds.get("PixelRepresentation", 0)) == 1
+    if bits not in (8, 16, 32):
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    return syntax, int(ds.Rows), int(ds.Columns), int(ds.get("BitsStored", bits)), dtype
+
+
 def _native_pixels(ds: pydicom.Dataset) -> np.ndarray | None:
     """The pixel matrix of an uncompressed little-endian single-frame slice without pydicom's
     conversion machinery (a view of the element's bytes); None where pydicom must decode it."""
-    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2"))
-    if syntax not in _NATIVE_SYNTAXES or "PixelData" not in ds or int(ds.get("SamplesPerPixel", 1)) != 1:
+    layout = _native_layout(ds)
+    if layout is None or "PixelData" not in ds:
         return None
-    bits, signed = int(ds.get("BitsAllocated", 16)), int(ds.get("PixelRepresentation", 0)) == 1
-    if bits not in (8, 16, 32) or int(ds.get("NumberOfFrames", 1) or 1) != 1:
-        return None
-    rows, columns = int(ds.Rows), int(ds.Columns)
+    _, rows, columns, stored, dtype = layout
     data = ds.PixelData
-    expected = rows * columns * bits // 8
-    if len(data) < expected:
+    if len(data) < rows * columns * dtype.itemsize:
         return None  # pydicom's own error names what is missing
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
     array = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
-    stored = int(ds.get("BitsStored", bits))
+    bits = 8 * dtype.itemsize
     if stored < bits:  # high bits may hold overlays or garbage: keep the stored bits, sign-extended
-        pattern = array.view(f"<u{bits // 8}")
-        if signed:  # sign-extend from the stored width: the top stored bit is the sign
+        pattern = array.view(f"<u{dtype.itemsize}")
+        if dtype.kind == "i":  # sign-extend from the stored width: the top stored bit is the sign
             shift = 64 - stored
             array = ((pattern.astype(np.int64) << shift) >> shift).astype(np.int32)
         else:

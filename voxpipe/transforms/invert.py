@@ -26,6 +26,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from voxpipe.errors import InputError
+from voxpipe.transforms.postprocess import foreground_box
 
 logger = logging.getLogger(__name__)
 
@@ -155,15 +156,11 @@ def _changing_region(volume: torch.Tensor, mapping: np.ndarray, source_shape: Se
     network voxels, grown by one voxel (unbounded where it touches the grid's edge, since points
     beyond the edge take border values), mapped into the source grid.
     """
-    winners = channel_argmax(volume, torch.int16) != 0
-    if not bool(winners.any()):
+    box = foreground_box((channel_argmax(volume, torch.int16) != 0).numpy())  # grown by one voxel
+    if box is None:
         return None
-    corners = []
-    for axis, size in enumerate(winners.shape):
-        others = tuple(a for a in range(winners.ndim) if a != axis)
-        hits = torch.nonzero(winners.any(dim=others)).flatten()
-        low, high = int(hits[0]) - 1, int(hits[-1]) + 1
-        corners.append((-1e6 if low <= 0 else low, 1e6 if high >= size - 1 else high))
+    corners = [(-1e6 if b.start == 0 else b.start, 1e6 if b.stop >= size else b.stop - 1)
+               for b, size in zip(box, volume.shape[1:], strict=True)]
     points = np.array([[x, y, z, 1.0] for x in corners[0] for y in corners[1] for z in corners[2]]).T
     source = (np.linalg.inv(mapping) @ points)[:3]  # network voxel → source voxel
     low = np.clip(np.floor(source.min(axis=1)) - 1, 0, np.array(source_shape)).astype(int)

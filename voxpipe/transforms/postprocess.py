@@ -58,19 +58,21 @@ def postprocess_labels(
     return out
 
 
-def foreground_box(label: np.ndarray) -> tuple[slice, ...] | None:
-    """Slices of the bounding box of ``label != 0`` grown by one voxel (clipped), or ``None`` if empty.
+def foreground_box(label: np.ndarray, margin: int | Sequence[int] = 1) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of ``label != 0`` grown by ``margin`` voxels per side (one value
+    or one per axis; clipped), or ``None`` if empty.
 
-    Component labelling and morphology inside this box give the same result as on the whole array
-    at a fraction of the memory (scipy's int32 component maps are 4 bytes per voxel).
+    Component labelling and morphology inside this box (grown by one voxel) give the same result as
+    on the whole array at a fraction of the memory (scipy's int32 component maps are 4 bytes per voxel).
     """
+    margins = [int(margin)] * label.ndim if isinstance(margin, (int, np.integer)) else [int(m) for m in margin]
     box = []
     for axis in range(label.ndim):
         others = tuple(a for a in range(label.ndim) if a != axis)
         hits = np.flatnonzero(np.any(label, axis=others))
         if hits.size == 0:
             return None
-        box.append(slice(max(int(hits[0]) - 1, 0), min(int(hits[-1]) + 2, label.shape[axis])))
+        box.append(slice(max(int(hits[0]) - margins[axis], 0), min(int(hits[-1]) + 1 + margins[axis], label.shape[axis])))
     return tuple(box)
 
 

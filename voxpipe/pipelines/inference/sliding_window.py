@@ -62,6 +62,7 @@ import torch
 from monai.inferers import Inferer, sliding_window_inference
 
 from voxpipe.errors import InputError
+from voxpipe.transforms.postprocess import foreground_box
 
 logger = logging.getLogger(__name__)
 
@@ -164,15 +165,7 @@ def body_mask(image: torch.Tensor, *, threshold: float, opening: int = 2, closin
 
 def _box_of(mask: torch.Tensor, margin: Sequence[int]) -> tuple[slice, ...] | None:
     """Bounding box (spatial slices) of an (X, Y, Z) bool mask grown by ``margin``, clipped; None when empty."""
-    if not bool(mask.any()):
-        return None
-    box = []
-    for axis, size in enumerate(mask.shape):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = torch.nonzero(mask.any(dim=others)).flatten()
-        start, stop = int(hits[0]) - int(margin[axis]), int(hits[-1]) + 1 + int(margin[axis])
-        box.append(slice(max(start, 0), min(stop, size)))
-    return tuple(box)
+    return foreground_box(mask.cpu().numpy(), margin)
 
 
 class _WindowPredictor:
