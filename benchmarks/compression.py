@@ -50,20 +50,30 @@ from voxpipe.pipelines.demo import DemoSettings
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
-def load_cases(dataset: Path, part: str, settings: DemoSettings, limit: int) -> list[tuple[str, torch.Tensor, np.ndarray]]:
+def load_cases(
+    dataset: Path, part: str, settings: DemoSettings, limit: int
+) -> list[tuple[str, torch.Tensor, np.ndarray]]:
     """(case, image (1, 1, X, Y, Z) on the demo's grid, label (X, Y, Z)) for the first ``limit`` cases."""
     images = sorted((dataset / f"images{part}").glob("*.nii.gz"))[:limit]
-    transform = Compose([
-        LoadImaged(keys=["image", "label"], image_only=True),
-        EnsureChannelFirstd(keys=["image", "label"]),
-        Orientationd(keys=["image", "label"], axcodes="RAS"),
-        Spacingd(keys=["image", "label"], pixdim=settings.pixdim, mode=["bilinear", "nearest"]),
-        ScaleIntensityRanged(keys="image", a_min=-100, a_max=200, b_min=0.0, b_max=1.0, clip=True),
-    ])  # fmt: skip
+    transform = Compose(
+        [
+            LoadImaged(keys=["image", "label"], image_only=True),
+            EnsureChannelFirstd(keys=["image", "label"]),
+            Orientationd(keys=["image", "label"], axcodes="RAS"),
+            Spacingd(keys=["image", "label"], pixdim=settings.pixdim, mode=["bilinear", "nearest"]),
+            ScaleIntensityRanged(keys="image", a_min=-100, a_max=200, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )
     cases = []
     for image in images:
         item = transform({"image": str(image), "label": str(dataset / f"labels{part}" / image.name)})
-        cases.append((image.name.split(".")[0], item["image"].as_tensor()[None].float(), item["label"].as_tensor()[0].numpy().astype(np.uint8)))
+        cases.append(
+            (
+                image.name.split(".")[0],
+                item["image"].as_tensor()[None].float(),
+                item["label"].as_tensor()[0].numpy().astype(np.uint8),
+            )
+        )
     return cases
 
 
@@ -103,15 +113,26 @@ def static_int8(fp32: Path, out: Path, patches: list[np.ndarray]) -> None:
         def get_next(self):  # noqa: ANN202 (onnxruntime's interface)
             return next(self.items, None)
 
-    quantize_static(str(fp32), str(out), Patches(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])  # fmt: skip
+    quantize_static(
+        str(fp32),
+        str(out),
+        Patches(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv"],
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--demo", default="runs/demo", help="folder of a finished 'voxpipe demo' run (default: runs/demo)")
+    parser.add_argument(
+        "--demo", default="runs/demo", help="folder of a finished 'voxpipe demo' run (default: runs/demo)"
+    )
     parser.add_argument("--cases", type=int, default=6, help="held-out cases to segment (default: 6)")
-    parser.add_argument("--repeats", type=int, default=1, help="timed passes over the cases per variant (default: 1)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timed passes over the cases per variant (default: 1)"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -125,8 +146,14 @@ def main() -> None:
     load_weights(network, weights, strict=True)
     cases = load_cases(demo / "dataset", "Ts", settings, args.cases)
     work = Path(tempfile.mkdtemp(prefix="voxpipe-compression-"))
-    export_network(network, output_dir=work, name="segresnet", input_shape=(1, 1, *roi), formats=["onnx"],
-                   network_kwargs={"out_channels": 3, "init_filters": settings.init_filters})  # fmt: skip
+    export_network(
+        network,
+        output_dir=work,
+        name="segresnet",
+        input_shape=(1, 1, *roi),
+        formats=["onnx"],
+        network_kwargs={"out_channels": 3, "init_filters": settings.init_filters},
+    )
     fp32_onnx = work / "model.onnx"
 
     variants: dict[str, Callable[[], tuple[Predictor, float]]] = {}
@@ -139,7 +166,9 @@ def main() -> None:
         quantized = torch.ao.quantization.quantize_dynamic(network, {torch.nn.Linear}, dtype=torch.qint8)
         changed = sum(1 for m in quantized.modules() if "quantized" in type(m).__module__)
         if not changed:
-            raise RuntimeError("no layer quantized: quantize_dynamic covers Linear/LSTM, SegResNet has only Conv3d")
+            raise RuntimeError(
+                "no layer quantized: quantize_dynamic covers Linear/LSTM, SegResNet has only Conv3d"
+            )
         return torch_predictor(quantized), torch_mb
 
     variants["torch int8 dynamic"] = torch_dynamic
@@ -149,7 +178,9 @@ def main() -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         out = work / "model_int8_dynamic.onnx"
-        quantize_dynamic(str(fp32_onnx), str(out), weight_type=QuantType.QUInt8, op_types_to_quantize=["Conv"])
+        quantize_dynamic(
+            str(fp32_onnx), str(out), weight_type=QuantType.QUInt8, op_types_to_quantize=["Conv"]
+        )
         return ort_predictor(out), size_mb(out)
 
     def ort_static() -> tuple[Predictor, float]:
@@ -190,11 +221,15 @@ def main() -> None:
         row = {"variant": name, "seconds_per_case": seconds, "megabytes": megabytes}
         for cls, structure in ((1, "liver"), (2, "tumour")):
             row[structure] = float(np.nanmean([dice(labels[c] == cls, truth[c] == cls) for c in labels]))
-            row[f"agree_{structure}"] = float(np.nanmean([dice(labels[c] == cls, reference[c] == cls) for c in labels]))
+            row[f"agree_{structure}"] = float(
+                np.nanmean([dice(labels[c] == cls, reference[c] == cls) for c in labels])
+            )
         row["speed_up"] = results[0]["seconds_per_case"] / seconds if results else 1.0
         results.append(row)
-        print(f"{name:<26}{seconds:>8.2f}{row['speed_up']:>9.2f}×{row['liver']:>8.3f}{row['tumour']:>8.3f}"
-              f"{row['agree_liver']:>13.4f}{row['agree_tumour']:>14.4f}{megabytes:>7.2f}")  # fmt: skip
+        print(
+            f"{name:<26}{seconds:>8.2f}{row['speed_up']:>9.2f}×{row['liver']:>8.3f}{row['tumour']:>8.3f}"
+            f"{row['agree_liver']:>13.4f}{row['agree_tumour']:>14.4f}{megabytes:>7.2f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

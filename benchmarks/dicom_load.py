@@ -27,8 +27,11 @@ def write_series(folder: Path, slices: int) -> Path:
     from voxpipe.phantoms.ct import liver_phantom
     from voxpipe.phantoms.dicom import write_dicom_series
 
-    phantom = clinical_ct(liver_phantom((100, 0)), np.random.default_rng((100, 512)),
-                          geometry=ClinicalGeometry(0.8, 2.0, slices, 0.6, True, -2048))
+    phantom = clinical_ct(
+        liver_phantom((100, 0)),
+        np.random.default_rng((100, 512)),
+        geometry=ClinicalGeometry(0.8, 2.0, slices, 0.6, True, -2048),
+    )
     series = folder / "series"
     write_dicom_series(phantom.image, phantom.affine, series)
     return series
@@ -58,7 +61,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         series = write_series(Path(tmp), args.slices)
         size = sum(f.stat().st_size for f in series.iterdir()) / 2**20
-        print(f"512 × 512 × {args.slices} CT series, uncompressed, {size:.0f} MiB in {len(list(series.iterdir()))} files")
+        print(
+            f"512 × 512 × {args.slices} CT series, uncompressed, {size:.0f} MiB in {len(list(series.iterdir()))} files"
+        )
         times: dict[str, list[float]] = {"voxpipe": [], "SimpleITK": []}
         arrays: dict[str, np.ndarray] = {}
         for _ in range(args.repeats + 1):  # the first round warms the page cache and imports; not counted
@@ -71,9 +76,15 @@ def main() -> None:
             print(f"  {name:10s} {value:6.2f} s (median of {args.repeats})")
         ours = arrays["voxpipe"]
         theirs = arrays["SimpleITK"].transpose(2, 1, 0)  # → (x, y, z) as stored (LPS rows/columns)
-        same = ours.shape == theirs.shape and (np.array_equal(ours, theirs) or np.array_equal(ours, theirs[::-1, ::-1, :])
-                                               or np.array_equal(ours, theirs[:, :, ::-1]) or np.array_equal(ours, theirs[::-1, ::-1, ::-1]))
-        print(f"voxpipe / SimpleITK {median['voxpipe'] / median['SimpleITK']:.2f}× (goal ≤ 1.2×); arrays equal: {same}")
+        same = ours.shape == theirs.shape and (
+            np.array_equal(ours, theirs)
+            or np.array_equal(ours, theirs[::-1, ::-1, :])
+            or np.array_equal(ours, theirs[:, :, ::-1])
+            or np.array_equal(ours, theirs[::-1, ::-1, ::-1])
+        )
+        print(
+            f"voxpipe / SimpleITK {median['voxpipe'] / median['SimpleITK']:.2f}× (goal ≤ 1.2×); arrays equal: {same}"
+        )
 
 
 if __name__ == "__main__":

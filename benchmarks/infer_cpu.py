@@ -58,8 +58,18 @@ CLASSES = {1: "liver", 2: "tumour"}
 
 # --- clinical-size cases -------------------------------------------------------------------------
 
-def clinical_case(folder: Path, seed: int, *, spacing_xy: float, spacing_z: float, slices: int, arms: bool = True,
-                  padding: int = -2048, name: str | None = None) -> tuple[Path, Path]:
+
+def clinical_case(
+    folder: Path,
+    seed: int,
+    *,
+    spacing_xy: float,
+    spacing_z: float,
+    slices: int,
+    arms: bool = True,
+    padding: int = -2048,
+    name: str | None = None,
+) -> tuple[Path, Path]:
     """A liver phantom in clinical CT geometry, written as int16 image + uint8 truth (NIfTI, LPS storage)."""
     from voxpipe.phantoms.clinical import ClinicalGeometry, clinical_ct
     from voxpipe.phantoms.ct import liver_phantom
@@ -98,7 +108,9 @@ def _child(kind: str, images: list[str], weights: str, init_filters: int, out: s
 
     from voxpipe.pipelines.inference.timings import Timings
 
-    windows = logging.getLogger("voxpipe.pipelines.inference.sliding_window")  # windows run / skipped, the organ ROI
+    windows = logging.getLogger(
+        "voxpipe.pipelines.inference.sliding_window"
+    )  # windows run / skipped, the organ ROI
     windows.setLevel(logging.INFO)
     windows.addHandler(logging.StreamHandler(sys.stderr))
     started = time.perf_counter()
@@ -107,8 +119,15 @@ def _child(kind: str, images: list[str], weights: str, init_filters: int, out: s
     if kind.startswith("voxpipe"):
         from voxpipe.pipelines.inference.infer import infer_with_bundle
 
-        infer_with_bundle(BUNDLE, images, output_dir=out, weights=weights, overrides=overrides, organ_roi=kind == "voxpipe-roi",
-                          timings=timings)
+        infer_with_bundle(
+            BUNDLE,
+            images,
+            output_dir=out,
+            weights=weights,
+            overrides=overrides,
+            organ_roi=kind == "voxpipe-roi",
+            timings=timings,
+        )
     else:  # the bundle's preprocessing with MONAI's loader, inferer, inversion, component filter and writer
         from monai.bundle import ConfigParser
 
@@ -117,37 +136,95 @@ def _child(kind: str, images: list[str], weights: str, init_filters: int, out: s
 
         config = ConfigParser.load_config_file(str(find_config(BUNDLE, "inference")))
         monai = {
-            "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
-            "inferer": {"_target_": "SlidingWindowInferer", "roi_size": "@patch_size", "sw_batch_size": 4, "overlap": 0.25,
-                        "mode": "gaussian"},
+            "dataloader": {
+                "_target_": "DataLoader",
+                "dataset": "@dataset",
+                "batch_size": 1,
+                "shuffle": False,
+                "num_workers": 0,
+            },
+            "inferer": {
+                "_target_": "SlidingWindowInferer",
+                "roi_size": "@patch_size",
+                "sw_batch_size": 4,
+                "overlap": 0.25,
+                "mode": "gaussian",
+            },
             "postprocessing#transforms": [
                 config["postprocessing"]["transforms"][0],  # Activationsd(softmax)
-                {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-                 "nearest_interp": False, "to_tensor": True},
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred",
+                    "transform": "@preprocessing",
+                    "orig_keys": "image",
+                    "nearest_interp": False,
+                    "to_tensor": True,
+                },
                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-                {"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": [1, 2], "independent": False},
-                {"_target_": "SaveImaged", "keys": "pred", "output_dir": out, "output_postfix": "", "separate_folder": False,
-                 "output_ext": ".nii.gz", "output_dtype": "$numpy.uint8", "resample": False, "print_log": False},
+                {
+                    "_target_": "KeepLargestConnectedComponentd",
+                    "keys": "pred",
+                    "applied_labels": [1, 2],
+                    "independent": False,
+                },
+                {
+                    "_target_": "SaveImaged",
+                    "keys": "pred",
+                    "output_dir": out,
+                    "output_postfix": "",
+                    "separate_folder": False,
+                    "output_ext": ".nii.gz",
+                    "output_dtype": "$numpy.uint8",
+                    "resample": False,
+                    "print_log": False,
+                },
             ],
-        }  # fmt: skip
-        run_bundle(BUNDLE, config="inference", overrides={
-            "output_dir": out, "checkpoint": weights, "datalist": [{"image": i} for i in images], **overrides, **monai,
-        }, before_run=timings.instrument)  # fmt: skip
+        }
+        run_bundle(
+            BUNDLE,
+            config="inference",
+            overrides={
+                "output_dir": out,
+                "checkpoint": weights,
+                "datalist": [{"image": i} for i in images],
+                **overrides,
+                **monai,
+            },
+            before_run=timings.instrument,
+        )
     seconds = time.perf_counter() - started
     stages = {k: round(v, 2) for k, v in timings.seconds.items()}
-    print(json.dumps({"rss_mib": _rss_mib(), "seconds": seconds, "import_seconds": import_seconds, "stages": stages}))
+    print(
+        json.dumps(
+            {"rss_mib": _rss_mib(), "seconds": seconds, "import_seconds": import_seconds, "stages": stages}
+        )
+    )
 
 
 def side(kind: str, images: list[Path], weights: str, init_filters: int, out: Path) -> dict | None:
-    command = [sys.executable, __file__, "--child", kind, json.dumps([str(i) for i in images]), weights, str(init_filters), str(out)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        json.dumps([str(i) for i in images]),
+        weights,
+        str(init_filters),
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"  {kind:12s} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-3:]}")
         return None
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"  {kind:12s} {result['seconds']:7.1f} s (+ {result['import_seconds']:.1f} s importing)   "
-          f"peak RSS {result['rss_mib']:7.0f} MiB", flush=True)
-    print("               stages: " + ", ".join(f"{k} {v:.1f}" for k, v in result["stages"].items()), flush=True)
+    print(
+        f"  {kind:12s} {result['seconds']:7.1f} s (+ {result['import_seconds']:.1f} s importing)   "
+        f"peak RSS {result['rss_mib']:7.0f} MiB",
+        flush=True,
+    )
+    print(
+        "               stages: " + ", ".join(f"{k} {v:.1f}" for k, v in result["stages"].items()), flush=True
+    )
     for line in done.stderr.splitlines():
         if line.startswith("sliding window:"):
             print(f"               {line}")
@@ -178,20 +255,32 @@ def compare(images: list[Path], truths: list[Path | None], args: argparse.Namesp
     results = {kind: side(kind, images, weights, args.init_filters, folder / kind) for kind in kinds}
     if results["monai"] is None:
         return
-    maps = {kind: [labels_of(folder / kind, i) for i in images] for kind in kinds if results[kind] is not None}
+    maps = {
+        kind: [labels_of(folder / kind, i) for i in images] for kind in kinds if results[kind] is not None
+    }
     for kind in maps:
         if all(t is not None for t in truths):
             truth = [np.asanyarray(nib.load(t).dataobj) for t in truths]
-            scores = {c: np.mean([dice(m == c, t == c) for m, t in zip(maps[kind], truth, strict=True)]) for c in CLASSES}
-            print(f"  {kind:12s} Dice vs truth: " + ", ".join(f"{CLASSES[c]} {v:.4f}" for c, v in scores.items()))
+            scores = {
+                c: np.mean([dice(m == c, t == c) for m, t in zip(maps[kind], truth, strict=True)])
+                for c in CLASSES
+            }
+            print(
+                f"  {kind:12s} Dice vs truth: "
+                + ", ".join(f"{CLASSES[c]} {v:.4f}" for c, v in scores.items())
+            )
     minutes = {k: r["seconds"] / 60 for k, r in results.items() if r is not None}
     for kind in [k for k in kinds[1:] if k in maps]:
         label = "" if kind == "voxpipe" else " (organ ROI)"
         if len(images) > 1:
-            print(f"  cases per minute{label}: monai {len(images) / minutes['monai']:.2f}, {kind} {len(images) / minutes[kind]:.2f}")
+            print(
+                f"  cases per minute{label}: monai {len(images) / minutes['monai']:.2f}, {kind} {len(images) / minutes[kind]:.2f}"
+            )
         print(f"speed-up{label} {minutes['monai'] / minutes[kind]:.2f}×")
         for c, name in CLASSES.items():
-            agreement = np.mean([dice(a == c, b == c) for a, b in zip(maps[kind], maps["monai"], strict=True)])
+            agreement = np.mean(
+                [dice(a == c, b == c) for a, b in zip(maps[kind], maps["monai"], strict=True)]
+            )
             print(f"agreement{label} {name} {agreement:.4f}")
 
 
@@ -203,47 +292,77 @@ def clinical(args: argparse.Namespace) -> None:
         for index in range(args.batch):
             spacing_z = float(rng.choice([2.5, 3.0, 5.0]))
             slices = int(np.clip(round(rng.uniform(300.0, 400.0) / spacing_z), 60, 160))
-            cases.append(clinical_case(folder, 200 + index, spacing_xy=float(rng.uniform(0.6, 0.98)), spacing_z=spacing_z,
-                                       slices=slices, arms=bool(rng.random() < 0.4), padding=int(rng.choice([-1024, -2048]))))
-        print(f"{len(cases)} clinical-size liver phantoms (512 × 512, {min(c[0].stat().st_size for c in cases) >> 20}–"
-              f"{max(c[0].stat().st_size for c in cases) >> 20} MiB each), liver bundle, SegResNet(init_filters={args.init_filters})")
+            cases.append(
+                clinical_case(
+                    folder,
+                    200 + index,
+                    spacing_xy=float(rng.uniform(0.6, 0.98)),
+                    spacing_z=spacing_z,
+                    slices=slices,
+                    arms=bool(rng.random() < 0.4),
+                    padding=int(rng.choice([-1024, -2048])),
+                )
+            )
+        print(
+            f"{len(cases)} clinical-size liver phantoms (512 × 512, {min(c[0].stat().st_size for c in cases) >> 20}–"
+            f"{max(c[0].stat().st_size for c in cases) >> 20} MiB each), liver bundle, SegResNet(init_filters={args.init_filters})"
+        )
     else:
         cases = [clinical_case(folder, 100, spacing_xy=0.8, spacing_z=2.0, slices=args.slices)]
-        print(f"clinical-size liver phantom 512 × 512 × {args.slices} at 0.8 × 0.8 × 2 mm (table, arms, -2048 padding), "
-              f"liver bundle, SegResNet(init_filters={args.init_filters}), weights {args.weights or 'random init (seed 0)'}")
+        print(
+            f"clinical-size liver phantom 512 × 512 × {args.slices} at 0.8 × 0.8 × 2 mm (table, arms, -2048 padding), "
+            f"liver bundle, SegResNet(init_filters={args.init_filters}), weights {args.weights or 'random init (seed 0)'}"
+        )
     compare([c[0] for c in cases], [c[1] for c in cases], args, folder)
 
 
 def real(args: argparse.Namespace) -> None:
     folder = Path(args.work or tempfile.mkdtemp(prefix="voxpipe-bench-"))
     images = [Path(p).resolve() for p in args.real]
-    print(f"real CT: {', '.join(str(p) for p in images)}; liver bundle, SegResNet(init_filters={args.init_filters}); no truth")
+    print(
+        f"real CT: {', '.join(str(p) for p in images)}; liver bundle, SegResNet(init_filters={args.init_filters}); no truth"
+    )
     compare(images, [None] * len(images), args, folder)
 
 
 def memory(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        image, _ = clinical_case(folder, 300, spacing_xy=0.75, spacing_z=0.8, slices=600, name="ct_512x512x600")
+        image, _ = clinical_case(
+            folder, 300, spacing_xy=0.75, spacing_z=0.8, slices=600, name="ct_512x512x600"
+        )
         weights = _weights(args, folder)
-        print(f"512 × 512 × 600 clinical-size CT, int16 at 0.75 × 0.75 × 0.8 mm ({image.stat().st_size / 2**20:.0f} MiB .nii.gz), "
-              f"liver bundle, SegResNet(init_filters={args.init_filters}), 3 classes")
-        results = {kind: side(kind, [image], weights, args.init_filters, folder / kind) for kind in ("voxpipe", "monai")}
+        print(
+            f"512 × 512 × 600 clinical-size CT, int16 at 0.75 × 0.75 × 0.8 mm ({image.stat().st_size / 2**20:.0f} MiB .nii.gz), "
+            f"liver bundle, SegResNet(init_filters={args.init_filters}), 3 classes"
+        )
+        results = {
+            kind: side(kind, [image], weights, args.init_filters, folder / kind)
+            for kind in ("voxpipe", "monai")
+        }
         if all(results.values()):
             a, b = labels_of(folder / "voxpipe", image), labels_of(folder / "monai", image)
-            print("  Dice agreement of the written label maps: " + ", ".join(f"{n} {dice(a == c, b == c):.4f}" for c, n in CLASSES.items()))
+            print(
+                "  Dice agreement of the written label maps: "
+                + ", ".join(f"{n} {dice(a == c, b == c):.4f}" for c, n in CLASSES.items())
+            )
         if results["voxpipe"]:
             verdict = "within" if results["voxpipe"]["rss_mib"] <= 3 * 1024 else "OVER"
-            print(f"voxpipe peak RSS {results['voxpipe']['rss_mib'] / 1024:.2f} GiB: {verdict} the 3 GB budget")
+            print(
+                f"voxpipe peak RSS {results['voxpipe']['rss_mib'] / 1024:.2f} GiB: {verdict} the 3 GB budget"
+            )
 
 
 # --- the network part alone (the older in-memory figure) -----------------------------------------
+
 
 def volume(size: tuple[int, int, int]) -> torch.Tensor:
     from voxpipe.phantoms.ct import liver_phantom
 
     phantom = liver_phantom(0, size="default")
-    hu = ndimage.zoom(phantom.image.astype(np.float32), np.array(size) / np.array(phantom.image.shape), order=1)
+    hu = ndimage.zoom(
+        phantom.image.astype(np.float32), np.array(size) / np.array(phantom.image.shape), order=1
+    )
     scaled = np.clip((hu + 100.0) / 300.0, 0.0, 1.0)
     return torch.from_numpy(scaled)[None, None]
 
@@ -252,7 +371,9 @@ def network(init_filters: int, weights: str | None) -> torch.nn.Module:
     from voxpipe.networks import build_network
 
     torch.manual_seed(0)
-    net = build_network("segresnet", in_channels=1, out_channels=3, init_filters=init_filters, weights=weights)
+    net = build_network(
+        "segresnet", in_channels=1, out_channels=3, init_filters=init_filters, weights=weights
+    )
     return net.eval()
 
 
@@ -269,18 +390,30 @@ def _network_child(kind: str, args: argparse.Namespace, queue: mp.Queue) -> None
         if kind == "monai":
             logits = sliding_window_inference(image, roi, 4, net, overlap=0.25, mode="gaussian")
         else:
-            inferer = FastSlidingWindowInferer(roi, sw_batch_size=4, overlap=0.25, mode="gaussian", precision=args.precision,
-                                               channels_last=args.channels_last, skip_air=not args.no_skip_air)
+            inferer = FastSlidingWindowInferer(
+                roi,
+                sw_batch_size=4,
+                overlap=0.25,
+                mode="gaussian",
+                precision=args.precision,
+                channels_last=args.channels_last,
+                skip_air=not args.no_skip_air,
+            )
             logits = inferer(image, net)
-            print(f"  voxpipe windows run {inferer.last_counts['run']}, skipped {inferer.last_counts['skipped']}", flush=True)
+            print(
+                f"  voxpipe windows run {inferer.last_counts['run']}, skipped {inferer.last_counts['skipped']}",
+                flush=True,
+            )
     labels = logits.argmax(1)[0].to(torch.uint8).numpy()
     seconds = time.perf_counter() - started
     queue.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, labels))
 
 
 def network_only(args: argparse.Namespace) -> None:
-    print(f"volume {tuple(args.size)}, SegResNet(init_filters={args.init_filters}), roi {args.roi}³, overlap 0.25, "
-          f"sw_batch 4, gaussian, {args.threads} threads, weights: {args.weights or 'random init (seed 0)'}")
+    print(
+        f"volume {tuple(args.size)}, SegResNet(init_filters={args.init_filters}), roi {args.roi}³, overlap 0.25, "
+        f"sw_batch 4, gaussian, {args.threads} threads, weights: {args.weights or 'random init (seed 0)'}"
+    )
     results = {}
     for kind in ("monai", "voxpipe"):
         context = mp.get_context("fork")
@@ -294,7 +427,9 @@ def network_only(args: argparse.Namespace) -> None:
         print(f"  {kind:8s} {seconds:7.1f} s   peak RSS {rss:7.0f} MiB   voxels per class {counts.tolist()}")
     plain, fast = results["monai"][2], results["voxpipe"][2]
     agreement = [dice(plain == c, fast == c) for c in (1, 2)]
-    print(f"speed-up {results['monai'][0] / results['voxpipe'][0]:.2f}×; Dice agreement liver {agreement[0]:.4f}, tumour {agreement[1]:.4f}")
+    print(
+        f"speed-up {results['monai'][0] / results['voxpipe'][0]:.2f}×; Dice agreement liver {agreement[0]:.4f}, tumour {agreement[1]:.4f}"
+    )
 
 
 def main() -> None:
@@ -306,17 +441,35 @@ def main() -> None:
     parser.add_argument("--weights", help="trained checkpoint (default: seeded random init)")
     parser.add_argument("--init-filters", type=int, default=16)
     parser.add_argument("--organ-roi", action="store_true", help="also run voxpipe infer --organ-roi")
-    parser.add_argument("--slices", type=int, default=150, help="slices of the single clinical-size case (2 mm each)")
-    parser.add_argument("--batch", type=int, default=0, help="that many clinical-size cases in one run per side")
+    parser.add_argument(
+        "--slices", type=int, default=150, help="slices of the single clinical-size case (2 mm each)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=0, help="that many clinical-size cases in one run per side"
+    )
     parser.add_argument("--real", nargs="+", help="real CT files or DICOM series folders instead of phantoms")
-    parser.add_argument("--work", help="folder for cases and outputs (default: a new temporary folder; cases are reused)")
-    parser.add_argument("--memory", action="store_true", help="peak RSS of file-to-file runs on a 512 × 512 × 600 CT")
-    parser.add_argument("--network-only", action="store_true", help="the network part alone, on a volume held in memory")
-    parser.add_argument("--size", type=int, nargs=3, default=[256, 256, 160], help="--network-only: volume size")
+    parser.add_argument(
+        "--work", help="folder for cases and outputs (default: a new temporary folder; cases are reused)"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="peak RSS of file-to-file runs on a 512 × 512 × 600 CT"
+    )
+    parser.add_argument(
+        "--network-only", action="store_true", help="the network part alone, on a volume held in memory"
+    )
+    parser.add_argument(
+        "--size", type=int, nargs=3, default=[256, 256, 160], help="--network-only: volume size"
+    )
     parser.add_argument("--roi", type=int, default=96, help="--network-only: window edge")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="--network-only: voxpipe precision")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="--network-only: torch threads")
-    parser.add_argument("--channels-last", action="store_true", help="--network-only: voxpipe in channels-last 3D")
+    parser.add_argument(
+        "--precision", default="bf16", choices=["bf16", "fp32"], help="--network-only: voxpipe precision"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="--network-only: torch threads"
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="--network-only: voxpipe in channels-last 3D"
+    )
     parser.add_argument("--no-skip-air", action="store_true", help="--network-only: run every window")
     args = parser.parse_args()
     if args.memory:

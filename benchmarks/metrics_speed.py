@@ -39,14 +39,20 @@ def liver_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
     r = sum(((g - c) * s / rad) ** 2 for g, c, s, rad in zip(grid, centre, SPACING, radii_mm, strict=True))
     reference = r <= 1 + 0.15 * bumps
     shift = rng.integers(-3, 4, 3)
-    prediction = np.roll(reference, tuple(shift), axis=(0, 1, 2)) ^ (np.abs(r - 1 - 0.15 * bumps) < 0.02 * rng.random())
+    prediction = np.roll(reference, tuple(shift), axis=(0, 1, 2)) ^ (
+        np.abs(r - 1 - 0.15 * bumps) < 0.02 * rng.random()
+    )
     prediction = ndimage.binary_opening(prediction, iterations=1)
     return prediction, reference
 
 
 def run_voxpipe(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     d = surface.surface_distances(pred, ref, SPACING)
-    return {"hd95": surface.hausdorff(d, 95), "assd": surface.assd(d), "nsd": surface.normalised_surface_dice(d, 2.0)}
+    return {
+        "hd95": surface.hausdorff(d, 95),
+        "assd": surface.assd(d),
+        "nsd": surface.normalised_surface_dice(d, 2.0),
+    }
 
 
 def run_surface_distance(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -54,8 +60,14 @@ def run_surface_distance(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
     d = sd.compute_surface_distances(ref, pred, SPACING)
     a, b = d["surfel_areas_gt"], d["surfel_areas_pred"]
-    assd = (np.sum(d["distances_gt_to_pred"] * a) + np.sum(d["distances_pred_to_gt"] * b)) / (a.sum() + b.sum())
-    return {"hd95": sd.compute_robust_hausdorff(d, 95), "assd": float(assd), "nsd": sd.compute_surface_dice_at_tolerance(d, 2.0)}
+    assd = (np.sum(d["distances_gt_to_pred"] * a) + np.sum(d["distances_pred_to_gt"] * b)) / (
+        a.sum() + b.sum()
+    )
+    return {
+        "hd95": sd.compute_robust_hausdorff(d, 95),
+        "assd": float(assd),
+        "nsd": sd.compute_surface_dice_at_tolerance(d, 2.0),
+    }
 
 
 def run_monai(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -101,7 +113,9 @@ def main() -> None:
     for seed in range(args.pairs):
         pred, ref = liver_pair(seed)
         volume_ml = ref.sum() * np.prod(SPACING) / 1000
-        print(f"pair {seed}: reference {volume_ml:.0f} ml, prediction {pred.sum() * np.prod(SPACING) / 1000:.0f} ml")
+        print(
+            f"pair {seed}: reference {volume_ml:.0f} ml, prediction {pred.sum() * np.prod(SPACING) / 1000:.0f} ml"
+        )
         results = {}
         for name, fn in runners.items():
             seconds, values = timed(fn, pred, ref)

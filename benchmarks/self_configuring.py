@@ -59,15 +59,21 @@ def main() -> None:
     if args.task == "liver":
         from voxpipe.phantoms.ct import write_msd_dataset
 
-        dataset = write_msd_dataset(work / "data", task="liver", n_train=args.n_train, n_test=args.n_test, seed=5, size="tiny").parent
+        dataset = write_msd_dataset(
+            work / "data", task="liver", n_train=args.n_train, n_test=args.n_test, seed=5, size="tiny"
+        ).parent
     else:
         from voxpipe.phantoms.mri import write_brain_dataset
 
-        dataset = write_brain_dataset(work / "data", n_train=args.n_train, n_test=args.n_test, seed=5, size="tiny").parent
+        dataset = write_brain_dataset(
+            work / "data", n_train=args.n_train, n_test=args.n_test, seed=5, size="tiny"
+        ).parent
     plan = plan_dataset(dataset, work / "bundle", rules=args.rules)
     seconds["plan"] = time.perf_counter() - started
-    print(f"plan: spacing {[round(v, 3) for v in plan['target_spacing']]} mm, patch {plan['patch_size']}, batch "
-          f"{plan['batch_size']}, {len(plan['pool_kernels'])} stages, channels {plan['channels']}")
+    print(
+        f"plan: spacing {[round(v, 3) for v in plan['target_spacing']]} mm, patch {plan['patch_size']}, batch "
+        f"{plan['batch_size']}, {len(plan['pool_kernels'])} stages, channels {plan['channels']}"
+    )
     started = time.perf_counter()
     overrides = {"max_epochs": args.epochs, "val_interval": 5, "progress": False, "cpu_bf16": args.bf16}
     record = train_folds(work / "bundle", overrides=overrides)
@@ -76,8 +82,10 @@ def main() -> None:
     selection = select_runs([record.parent], work / "selection")
     seconds["select"] = time.perf_counter() - started
     winner = selection["winner"]
-    print(f"selected: {' + '.join(winner['members'])}, post-processing {winner['postprocessing']} "
-          f"(out-of-fold mean foreground Dice {winner['mean_foreground_dice']:.4f})")
+    print(
+        f"selected: {' + '.join(winner['members'])}, post-processing {winner['postprocessing']} "
+        f"(out-of-fold mean foreground Dice {winner['mean_foreground_dice']:.4f})"
+    )
 
     started = time.perf_counter()
     labels = label_names(work / "bundle")
@@ -88,15 +96,23 @@ def main() -> None:
     probabilities: dict[str, list[np.ndarray]] = {c: [] for c in truth}
     for fold, info in sorted(cv["folds"].items()):
         out = work / "test" / f"fold_{fold}"
-        infer_with_bundle(work / "bundle", images, output_dir=out, weights=info["weights"], save_probabilities=True,
-                          progress=False)
+        infer_with_bundle(
+            work / "bundle",
+            images,
+            output_dir=out,
+            weights=info["weights"],
+            save_probabilities=True,
+            progress=False,
+        )
         fold_rows[fold] = []
         for case, reference in truth.items():
             p = np.load(out / f"{case}_probabilities.npz")["probabilities"].astype(np.float32)
             probabilities[case].append(p)
             fold_rows[fold].append(_fg_dice(p.argmax(0), reference, labels))
     ensemble_rows = [_fg_dice(np.mean(probabilities[c], axis=0).argmax(0), truth[c], labels) for c in truth]
-    selected = infer_with_bundle(Path(selection["bundle"]), images, output_dir=work / "test" / "selected", progress=False)
+    selected = infer_with_bundle(
+        Path(selection["bundle"]), images, output_dir=work / "test" / "selected", progress=False
+    )
     selected_rows = [_fg_dice(load_volume(p, label=True).array, truth[case_id(p)], labels) for p in selected]
     seconds["held-out inference"] = time.perf_counter() - started
 
@@ -105,12 +121,23 @@ def main() -> None:
     for fold, rows in fold_rows.items():
         mean, per_class = _mean(rows, labels)
         fold_means.append(mean)
-        print(f"fold {fold}: mean foreground Dice {mean:.4f}  " + "  ".join(f"{k} {v:.4f}" for k, v in per_class.items()))
+        print(
+            f"fold {fold}: mean foreground Dice {mean:.4f}  "
+            + "  ".join(f"{k} {v:.4f}" for k, v in per_class.items())
+        )
     ensemble, ensemble_classes = _mean(ensemble_rows, labels)
     chosen, chosen_classes = _mean(selected_rows, labels)
-    print(f"mean single fold: {np.mean(fold_means):.4f} (best {max(fold_means):.4f}, worst {min(fold_means):.4f})")
-    print(f"fold ensemble (mean probabilities): {ensemble:.4f}  " + "  ".join(f"{k} {v:.4f}" for k, v in ensemble_classes.items()))
-    print(f"selected bundle ({winner['postprocessing']}): {chosen:.4f}  " + "  ".join(f"{k} {v:.4f}" for k, v in chosen_classes.items()))
+    print(
+        f"mean single fold: {np.mean(fold_means):.4f} (best {max(fold_means):.4f}, worst {min(fold_means):.4f})"
+    )
+    print(
+        f"fold ensemble (mean probabilities): {ensemble:.4f}  "
+        + "  ".join(f"{k} {v:.4f}" for k, v in ensemble_classes.items())
+    )
+    print(
+        f"selected bundle ({winner['postprocessing']}): {chosen:.4f}  "
+        + "  ".join(f"{k} {v:.4f}" for k, v in chosen_classes.items())
+    )
     print(f"ensemble - mean single fold: {ensemble - np.mean(fold_means):+.4f}")
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + f"; work folder {work}")
 

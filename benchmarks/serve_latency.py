@@ -51,7 +51,9 @@ def ct_series(folder: Path, slices: int) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", help="trained checkpoint of the liver bundle (default: seeded random init)")
+    parser.add_argument(
+        "--weights", help="trained checkpoint of the liver bundle (default: seeded random init)"
+    )
     parser.add_argument("--init-filters", type=int, default=16)
     parser.add_argument("--slices", type=int, default=134)
     parser.add_argument("--idle", type=float, default=2.0, help="the node's --idle (seconds)")
@@ -66,25 +68,40 @@ def main() -> None:
         started = time.perf_counter()
         files = ct_series(folder / "series", args.slices)
         size = sum(p.stat().st_size for p in files) / 2**20
-        print(f"series: 512 x 512 x {args.slices} CT, {len(files)} files, {size:.0f} MiB uncompressed "
-              f"(written in {time.perf_counter() - started:.1f} s)")
+        print(
+            f"series: 512 x 512 x {args.slices} CT, {len(files)} files, {size:.0f} MiB uncompressed "
+            f"(written in {time.perf_counter() - started:.1f} s)"
+        )
         weights = args.weights
         if weights is None:
             from voxpipe.networks import build_network
 
             torch.manual_seed(0)
             weights = str(folder / "random.pt")
-            torch.save(build_network("segresnet", in_channels=1, out_channels=3, init_filters=args.init_filters).state_dict(), weights)
+            torch.save(
+                build_network(
+                    "segresnet", in_channels=1, out_channels=3, init_filters=args.init_filters
+                ).state_dict(),
+                weights,
+            )
         node_port = free_port()
         if orthanc_binary() is None:
-            sys.exit("Orthanc is not installed (apt-get install orthanc): this benchmark measures against a real PACS")
+            sys.exit(
+                "Orthanc is not installed (apt-get install orthanc): this benchmark measures against a real PACS"
+            )
         pacs = OrthancServer(folder / "orthanc", modalities={"voxpipe": ("VOXPIPE", node_port)})
         try:
             pacs.upload(files)
             [ct] = pacs.series("CT")
-            node = DicomNode(BUNDLE, workdir=folder / "node", port=node_port, send_to=f"ORTHANC@127.0.0.1:{pacs.dicom_port}",
-                             idle=args.idle, weights=weights, overrides={"network_def#init_filters": args.init_filters,
-                                                                          "progress": False})
+            node = DicomNode(
+                BUNDLE,
+                workdir=folder / "node",
+                port=node_port,
+                send_to=f"ORTHANC@127.0.0.1:{pacs.dicom_port}",
+                idle=args.idle,
+                weights=weights,
+                overrides={"network_def#init_filters": args.init_filters, "progress": False},
+            )
             node.start()
             try:
                 sent = time.perf_counter()
@@ -104,9 +121,13 @@ def main() -> None:
         latency = (seg_seen - last).total_seconds()
         print(f"transfer Orthanc -> node: {transfer:6.1f} s ({len(files) / transfer:.0f} instances/s)")
         print(f"idle wait:                {args.idle:6.1f} s")
-        print(f"inference + SEG + SR:     {job['inference_seconds']:6.1f} s  (weights: {args.weights or 'random init'})")
-        print(f"last instance -> SEG in PACS: {latency:.1f} s ({latency - args.idle:.1f} s without the idle wait); "
-              f"state {job['state']}, {len(job['sent'])} objects sent")
+        print(
+            f"inference + SEG + SR:     {job['inference_seconds']:6.1f} s  (weights: {args.weights or 'random init'})"
+        )
+        print(
+            f"last instance -> SEG in PACS: {latency:.1f} s ({latency - args.idle:.1f} s without the idle wait); "
+            f"state {job['state']}, {len(job['sent'])} objects sent"
+        )
 
 
 if __name__ == "__main__":

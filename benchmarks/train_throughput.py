@@ -48,7 +48,9 @@ def write_cases(root: Path, *, cases: int, matrix: int, slices: int) -> list[dic
         affine = np.diag([-0.78, -0.78, 1.25, 1.0])  # LPS-stored like most CT NIfTI files
         save_nifti(image, affine, root / f"image_{index}.nii.gz")
         save_nifti(label, affine, root / f"label_{index}.nii.gz")
-        datalist.append({"image": str(root / f"image_{index}.nii.gz"), "label": str(root / f"label_{index}.nii.gz")})
+        datalist.append(
+            {"image": str(root / f"image_{index}.nii.gz"), "label": str(root / f"label_{index}.nii.gz")}
+        )
     return datalist
 
 
@@ -67,8 +69,16 @@ def transforms(patch: list[int], samples: int) -> tuple[list, list]:
         mt.SpatialPadd(keys, spatial_size=patch),
     ]
     random = [
-        mt.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch, pos=2, neg=1, num_samples=samples,
-                                  image_key="image", image_threshold=0),
+        mt.RandCropByPosNegLabeld(
+            keys,
+            label_key="label",
+            spatial_size=patch,
+            pos=2,
+            neg=1,
+            num_samples=samples,
+            image_key="image",
+            image_threshold=0,
+        ),
         mt.RandScaleIntensityd("image", factors=0.1, prob=0.5),
         mt.RandShiftIntensityd("image", offsets=0.05, prob=0.5),
         mt.RandGaussianNoised("image", std=0.01, prob=0.2),
@@ -119,12 +129,18 @@ def train(loader, *, epochs: int, init_filters: int, bf16: bool) -> tuple[list[f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--matrix", type=int, default=512, help="in-plane matrix of the phantoms (default 512)")
+    parser.add_argument(
+        "--matrix", type=int, default=512, help="in-plane matrix of the phantoms (default 512)"
+    )
     parser.add_argument("--slices", type=int, default=300, help="slices of the phantoms (default 300)")
-    parser.add_argument("--bf16", action="store_true", help="both loops train under CPU bf16 autocast (the bundle's cpu_bf16)")
+    parser.add_argument(
+        "--bf16", action="store_true", help="both loops train under CPU bf16 autocast (the bundle's cpu_bf16)"
+    )
     parser.add_argument("--init-filters", type=int, default=16)
     parser.add_argument("--patch", type=int, nargs=3, default=[96, 96, 48])
     parser.add_argument("--samples", type=int, default=2, help="random patches per image (default 2)")
@@ -139,21 +155,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         datalist = write_cases(Path(folder), cases=args.cases, matrix=args.matrix, slices=args.slices)
         deterministic, random = transforms(args.patch, args.samples)
-        print(f"{args.cases} phantoms {args.matrix}² × {args.slices}, SegResNet {args.init_filters} filters"
-              f"{' (bf16 autocast)' if args.bf16 else ''}, "
-              f"patch {args.patch}, {args.samples} patches per image, {args.epochs} epochs, {torch.get_num_threads()} threads")
+        print(
+            f"{args.cases} phantoms {args.matrix}² × {args.slices}, SegResNet {args.init_filters} filters"
+            f"{' (bf16 autocast)' if args.bf16 else ''}, "
+            f"patch {args.patch}, {args.samples} patches per image, {args.epochs} epochs, {torch.get_num_threads()} threads"
+        )
 
         set_determinism(0)
-        naive = torch.utils.data.DataLoader(NaiveDataset(datalist, Compose(deterministic + random)), batch_size=1,
-                                            shuffle=True, collate_fn=_collate)
-        naive_seconds, samples = train(naive, epochs=args.epochs, init_filters=args.init_filters, bf16=args.bf16)
+        naive = torch.utils.data.DataLoader(
+            NaiveDataset(datalist, Compose(deterministic + random)),
+            batch_size=1,
+            shuffle=True,
+            collate_fn=_collate,
+        )
+        naive_seconds, samples = train(
+            naive, epochs=args.epochs, init_filters=args.init_filters, bf16=args.bf16
+        )
 
         set_determinism(0)
         start = time.perf_counter()
-        dataset = cached_dataset(datalist, transform=Compose(deterministic + random), cache="memory",
-                                 pixdim=(1.5, 1.5, 2.5))
+        dataset = cached_dataset(
+            datalist, transform=Compose(deterministic + random), cache="memory", pixdim=(1.5, 1.5, 2.5)
+        )
         cache_seconds = time.perf_counter() - start
-        fast = ThreadDataLoader(dataset, batch_size=1, shuffle=True, num_workers=0, buffer_size=2, collate_fn=_collate)
+        fast = ThreadDataLoader(
+            dataset, batch_size=1, shuffle=True, num_workers=0, buffer_size=2, collate_fn=_collate
+        )
         fast_seconds, _ = train(fast, epochs=args.epochs, init_filters=args.init_filters, bf16=args.bf16)
 
     steady_naive = samples * (args.epochs - 1) / sum(naive_seconds[1:])
@@ -162,9 +189,13 @@ def main() -> None:
     overall_fast = samples * args.epochs / (sum(fast_seconds) + cache_seconds)
     print(f"{'':24}{'samples/s':>10}{'s/epoch':>10}")
     print(f"{'naive Dataset':24}{steady_naive:10.2f}{np.mean(naive_seconds[1:]):10.1f}")
-    print(f"{'voxpipe cached+thread':24}{steady_fast:10.2f}{np.mean(fast_seconds[1:]):10.1f}   (cache fill {cache_seconds:.1f} s, once)")
-    print(f"steady-state ratio {steady_fast / steady_naive:.2f}x; "
-          f"over all {args.epochs} epochs incl. the cache fill {overall_fast / overall_naive:.2f}x")
+    print(
+        f"{'voxpipe cached+thread':24}{steady_fast:10.2f}{np.mean(fast_seconds[1:]):10.1f}   (cache fill {cache_seconds:.1f} s, once)"
+    )
+    print(
+        f"steady-state ratio {steady_fast / steady_naive:.2f}x; "
+        f"over all {args.epochs} epochs incl. the cache fill {overall_fast / overall_naive:.2f}x"
+    )
 
 
 def _collate(items):

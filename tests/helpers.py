@@ -17,7 +17,9 @@ class OracleNet(torch.nn.Module):
     def __init__(self, centres: tuple[float, ...] = (1 / 3, 2 / 3, 1.0), sharpness: float = 1000.0) -> None:
         super().__init__()
         self.register_buffer("centres", torch.tensor(centres).view(1, -1, 1, 1, 1))
-        self.sharpness = float(sharpness)  # not a buffer: the state dict stays the same; lower = softer probabilities
+        self.sharpness = float(
+            sharpness
+        )  # not a buffer: the state dict stays the same; lower = softer probabilities
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z) intensities in [0, 1] → (B, C, X, Y, Z) logits."""
@@ -110,17 +112,27 @@ class OrthancServer:
         self.http_port, self.dicom_port = free_port(), free_port()
         self.dicomweb = Path(ORTHANC_DICOMWEB_PLUGIN).is_file()
         config = {
-            "Name": "voxpipe-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-            "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "HttpServerEnabled": True, "DicomServerEnabled": True,
+            "Name": "voxpipe-test",
+            "StorageDirectory": str(folder / "db"),
+            "IndexDirectory": str(folder / "db"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "HttpServerEnabled": True,
+            "DicomServerEnabled": True,
             "DicomModalities": {name: [aet, "127.0.0.1", port] for name, (aet, port) in modalities.items()},
-            "DicomCheckCalledAet": True, "Plugins": [ORTHANC_DICOMWEB_PLUGIN] if self.dicomweb else [],
+            "DicomCheckCalledAet": True,
+            "Plugins": [ORTHANC_DICOMWEB_PLUGIN] if self.dicomweb else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        }  # fmt: skip
+        }
         (folder / "orthanc.json").write_text(json.dumps(config, indent=2))
         self.log_path = folder / "orthanc.log"
         with self.log_path.open("w") as log:
-            self.process = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [binary, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT
+            )
         self.url = f"http://127.0.0.1:{self.http_port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.process.poll() is None:
@@ -148,8 +160,11 @@ class OrthancServer:
         """Orthanc C-STOREs a series to one of its modalities (REST ``/modalities/{name}/store``)."""
         import requests
 
-        answer = requests.post(f"{self.url}/modalities/{modality}/store", json={"Resources": [series_id], "Synchronous": True},
-                               timeout=600)
+        answer = requests.post(
+            f"{self.url}/modalities/{modality}/store",
+            json={"Resources": [series_id], "Synchronous": True},
+            timeout=600,
+        )
         answer.raise_for_status()
 
     def download(self, series: dict, folder) -> list:

@@ -43,7 +43,9 @@ def write_case(folder: Path, seed: int) -> dict[str, Path]:
             diameter = float(rng.uniform(3, 15))
             excluded.append([scan, *position, diameter])
             if rng.random() < 0.6:
-                candidates.append([scan, *(position + rng.uniform(-1, 1, size=3) * diameter / 5), float(rng.uniform(0, 1))])
+                candidates.append(
+                    [scan, *(position + rng.uniform(-1, 1, size=3) * diameter / 5), float(rng.uniform(0, 1))]
+                )
         for position, diameter in nodules:  # hits: none, one or several per nodule
             radius = (diameter if diameter > 0 else 10.0) / 2
             for _ in range(int(rng.choice([0, 1, 1, 1, 2, 3]))):
@@ -60,9 +62,15 @@ def write_case(folder: Path, seed: int) -> dict[str, Path]:
     candidates.append([scans[2] + "9", 0.0, 0.0, 0.0, 0.99])  # a scan that is not listed: ignored
     order = rng.permutation(len(candidates))
     candidates = [candidates[i] for i in order]
-    paths = {name: folder / f"{name}.csv" for name in ("annotations", "annotations_excluded", "candidates", "seriesuids")}
-    for name, rows, value in (("annotations", annotations, "diameter_mm"), ("annotations_excluded", excluded, "diameter_mm"),
-                              ("candidates", candidates, "probability")):
+    paths = {
+        name: folder / f"{name}.csv"
+        for name in ("annotations", "annotations_excluded", "candidates", "seriesuids")
+    }
+    for name, rows, value in (
+        ("annotations", annotations, "diameter_mm"),
+        ("annotations_excluded", excluded, "diameter_mm"),
+        ("candidates", candidates, "probability"),
+    ):
         with paths[name].open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", value])

@@ -66,15 +66,24 @@ def test_instance_boxes_follow_monais_convention():
 
 def test_box_files_name_their_space_and_mode(tmp_path):
     boxes = np.array([[0, 0, 0, 2, 4, 6], [1, 1, 1, 2, 2, 2]], dtype=float)
-    path = write_boxes_json(tmp_path / "b.json", boxes, space="world_lps", mode="cccwhd", labels=[1, 2], scores=[0.9, 0.5])
+    path = write_boxes_json(
+        tmp_path / "b.json", boxes, space="world_lps", mode="cccwhd", labels=[1, 2], scores=[0.9, 0.5]
+    )
     document = json.loads(path.read_text())
-    assert document["space"] == "world_lps" and document["mode"] == "cccwhd" and document["boxes"][0]["box"] == [1, 2, 3, 2, 4, 6]
+    assert (
+        document["space"] == "world_lps"
+        and document["mode"] == "cccwhd"
+        and document["boxes"][0]["box"] == [1, 2, 3, 2, 4, 6]
+    )
     back, space, items = read_boxes_json(path)
     assert space == "world_lps" and np.allclose(back, boxes) and items[1]["score"] == 0.5
     assert np.allclose(convert_mode(boxes, "xyzxyz", "xyzwhd")[0], [0, 0, 0, 2, 4, 6])
-    for bad, message in (({"mode": "cccwhd", "boxes": []}, "'space'"), ({"space": "world_lps", "mode": "xyz", "boxes": []}, "'mode'"),
-                         ({"space": "voxel", "mode": "xyzxyz", "boxes": [{"box": [1, 2, 3]}]}, "boxes\\[0\\]"),
-                         ({"space": "voxel", "mode": "xyzxyz", "boxes": [{"box": [3, 3, 3, 1, 1, 1]}]}, "positive size")):
+    for bad, message in (
+        ({"mode": "cccwhd", "boxes": []}, "'space'"),
+        ({"space": "world_lps", "mode": "xyz", "boxes": []}, "'mode'"),
+        ({"space": "voxel", "mode": "xyzxyz", "boxes": [{"box": [1, 2, 3]}]}, "boxes\\[0\\]"),
+        ({"space": "voxel", "mode": "xyzxyz", "boxes": [{"box": [3, 3, 3, 1, 1, 1]}]}, "positive size"),
+    ):
         (tmp_path / "bad.json").write_text(json.dumps(bad))
         with pytest.raises(InputError, match=message):
             read_boxes_json(tmp_path / "bad.json")

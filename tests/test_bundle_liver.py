@@ -19,7 +19,9 @@ from voxpipe.pipelines.bundles.run import run_bundle
 
 
 @pytest.mark.parametrize("config,workflow_type", [("train", "train"), ("inference", "infer")])
-def test_bundle_configs_parse_and_declare_monai_properties(liver_bundle, tiny_liver_dataset, config, workflow_type):
+def test_bundle_configs_parse_and_declare_monai_properties(
+    liver_bundle, tiny_liver_dataset, config, workflow_type
+):
     workflow = ConfigWorkflow(
         config_file=str(find_config(liver_bundle, config)),
         meta_file=str(liver_bundle / "configs" / "metadata.json"),
@@ -50,7 +52,13 @@ def test_training_runs_and_writes_checkpoints_and_metrics(liver_bundle, tiny_liv
     run_bundle(
         liver_bundle,
         config="train",
-        overrides={"dataset_dir": str(tiny_liver_dataset), "output_dir": str(tmp_path), "max_epochs": 2, "val_interval": 1, **TINY_MODEL},
+        overrides={
+            "dataset_dir": str(tiny_liver_dataset),
+            "output_dir": str(tmp_path),
+            "max_epochs": 2,
+            "val_interval": 1,
+            **TINY_MODEL,
+        },
     )
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -70,19 +78,34 @@ def test_training_runs_and_writes_checkpoints_and_metrics(liver_bundle, tiny_liv
 def test_monai_runner_trains_the_bundle(liver_bundle, tiny_liver_dataset, tmp_path):
     """`python -m monai.bundle run` (MONAI's own CLI, not voxpipe) runs the training config."""
     command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(liver_bundle / "configs" / "train.yaml"),
-        "--meta_file", str(liver_bundle / "configs" / "metadata.json"),
-        "--bundle_root", str(liver_bundle),
-        "--dataset_dir", str(tiny_liver_dataset),
-        "--output_dir", str(tmp_path),
-        "--max_epochs", "1",
-        "--val_interval", "1",
-        "--patch_size", "[32,32,16]",
-        "--network_def#init_filters", "8",
-        "--progress", "False",
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(liver_bundle / "configs" / "train.yaml"),
+        "--meta_file",
+        str(liver_bundle / "configs" / "metadata.json"),
+        "--bundle_root",
+        str(liver_bundle),
+        "--dataset_dir",
+        str(tiny_liver_dataset),
+        "--output_dir",
+        str(tmp_path),
+        "--max_epochs",
+        "1",
+        "--val_interval",
+        "1",
+        "--patch_size",
+        "[32,32,16]",
+        "--network_def#init_filters",
+        "8",
+        "--progress",
+        "False",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "models" / "model.pt").is_file()
 
@@ -93,12 +116,17 @@ def test_bundle_errors_name_the_file(liver_bundle, tmp_path):
     with pytest.raises(BundleError, match="'nonsense'.*'inference', 'train'"):
         find_config(liver_bundle, "nonsense")
     with pytest.raises(InputError, match=r"absent'.*expected a dataset folder.*found nothing at that path"):
-        run_bundle(liver_bundle, overrides={"dataset_dir": str(tmp_path / "absent"), "output_dir": str(tmp_path)})
+        run_bundle(
+            liver_bundle, overrides={"dataset_dir": str(tmp_path / "absent"), "output_dir": str(tmp_path)}
+        )
 
 
 def test_parse_overrides_reads_yaml_values():
     assert parse_overrides(["max_epochs=3", "patch_size=[64, 64, 32]", "name=segresnet", "lr=1e-3"]) == {
-        "max_epochs": 3, "patch_size": [64, 64, 32], "name": "segresnet", "lr": 1e-3,
+        "max_epochs": 3,
+        "patch_size": [64, 64, 32],
+        "name": "segresnet",
+        "lr": 1e-3,
     }
     with pytest.raises(InputError, match="key=value"):
         parse_overrides(["max_epochs"])
@@ -112,8 +140,15 @@ def test_training_config_reads_a_saved_split_and_caches_on_disk(liver_bundle, ti
     save_split(split, tmp_path / "split.json")
     parser = ConfigParser()
     parser.read_config(str(find_config(liver_bundle, "train")))
-    parser.update({"dataset_dir": str(tiny_liver_dataset), "split_file": str(tmp_path / "split.json"), "fold": 1,
-                   "cache": "disk", "cache_dir": str(tmp_path / "cache")})
+    parser.update(
+        {
+            "dataset_dir": str(tiny_liver_dataset),
+            "split_file": str(tmp_path / "split.json"),
+            "fold": 1,
+            "cache": "disk",
+            "cache_dir": str(tmp_path / "cache"),
+        }
+    )
     train, val = parser.get_parsed_content("train#dataset"), parser.get_parsed_content("validate#dataset")
     assert [d["case"] for d in train.data] == split["folds"][1]["train"]
     assert [d["case"] for d in val.data] == split["folds"][1]["val"]

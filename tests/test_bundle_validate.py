@@ -15,8 +15,15 @@ from voxpipe.pipelines.bundles.validate import validate_bundle
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("bundle", ["configs/liver_ct_segresnet", "configs/lung_tumor_ct_unet",
-                                    "configs/lung_nodule_ct_densenet", "tests/data/zoo_style_bundle"])
+@pytest.mark.parametrize(
+    "bundle",
+    [
+        "configs/liver_ct_segresnet",
+        "configs/lung_tumor_ct_unet",
+        "configs/lung_nodule_ct_densenet",
+        "tests/data/zoo_style_bundle",
+    ],
+)
 def test_shipped_and_fixture_bundles_pass(bundle):
     assert [str(p) for p in validate_bundle(REPO / bundle)] == []
 
@@ -37,17 +44,24 @@ def _replace(path: Path, old: str, new: str) -> None:
 def test_a_broken_copy_gets_every_fault_reported_at_once(tmp_path, capsys):
     bundle = Path(shutil.copytree(REPO / "configs" / "liver_ct_segresnet", tmp_path / "broken"))
     configs = bundle / "configs"
-    _replace(configs / "train.yaml", 'lr: "@learning_rate"', 'lr: "@learning_rat"')                   # 1 dangling reference
-    _replace(configs / "train.yaml", "_target_: monai.losses.DiceCELoss", "_target_: monai.losses.DiceCELos")  # 2 no such class
-    _replace(configs / "train.yaml", '    max_epochs: "@max_epochs"\n    train_data_loader',
-             '    max_epoch: "@max_epochs"\n    train_data_loader')                                       # 3 bad kwarg, 4 property gone
-    _replace(configs / "train.yaml", "_target_: voxpipe.transforms.presets.compose", "_target_: Compos")  # 5 unknown short name
+    _replace(configs / "train.yaml", 'lr: "@learning_rate"', 'lr: "@learning_rat"')  # 1 dangling reference
+    _replace(
+        configs / "train.yaml", "_target_: monai.losses.DiceCELoss", "_target_: monai.losses.DiceCELos"
+    )  # 2 no such class
+    _replace(
+        configs / "train.yaml",
+        '    max_epochs: "@max_epochs"\n    train_data_loader',
+        '    max_epoch: "@max_epochs"\n    train_data_loader',
+    )  # 3 bad kwarg, 4 property gone
+    _replace(
+        configs / "train.yaml", "_target_: voxpipe.transforms.presets.compose", "_target_: Compos"
+    )  # 5 unknown short name
     fast = "  _target_: voxpipe.pipelines.inference.sliding_window.FastSlidingWindowInferer"
     _replace(configs / "inference.yaml", f"inferer:\n{fast}", f"inferrer:\n{fast}")
-    _replace(configs / "evaluate.yaml", "num_classes: 3\n", "num_classes: [3\n")                       # 8 YAML syntax
+    _replace(configs / "evaluate.yaml", "num_classes: 3\n", "num_classes: [3\n")  # 8 YAML syntax
     metadata = json.loads((configs / "metadata.json").read_text())
-    del metadata["version"]                                                                          # 9 schema: required
-    metadata["network_data_format"]["inputs"]["image"]["num_channels"] = "one"                       # 10 schema: type
+    del metadata["version"]  # 9 schema: required
+    metadata["network_data_format"]["inputs"]["image"]["num_channels"] = "one"  # 10 schema: type
     (configs / "metadata.json").write_text(json.dumps(metadata))
 
     assert main(["bundle", "validate", str(bundle)]) == 2
@@ -75,6 +89,8 @@ def test_bundle_run_validates_first(tmp_path, capsys):
     _replace(bundle / "configs" / "inference.yaml", "  sw_batch_size: 4\n", "  sw_batch_sise: 4\n")
     assert main(["bundle", "run", str(bundle), "--set", "dataset_dir=/nowhere"]) == 2
     err = capsys.readouterr().err
-    assert ("inference.yaml: inferer#sw_batch_sise: 'voxpipe.pipelines.inference.sliding_window.FastSlidingWindowInferer' "
-            "takes no argument 'sw_batch_sise'") in err
+    assert (
+        "inference.yaml: inferer#sw_batch_sise: 'voxpipe.pipelines.inference.sliding_window.FastSlidingWindowInferer' "
+        "takes no argument 'sw_batch_sise'"
+    ) in err
     assert "did you mean 'sw_batch_size'?" in err

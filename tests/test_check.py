@@ -30,7 +30,9 @@ def _edit(path, change):
 def test_clean_phantom_dataset_has_no_problems(clean_dataset, tmp_path, capsys):
     report = check_dataset(clean_dataset)
     assert report.n_cases == 12 and report.problems == []
-    assert main(["data", "check", str(clean_dataset), "--json", str(tmp_path / "r.json"), "--no-progress"]) == 0
+    assert (
+        main(["data", "check", str(clean_dataset), "--json", str(tmp_path / "r.json"), "--no-progress"]) == 0
+    )
     assert "no problems" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["n_errors"] == 0
 
@@ -47,9 +49,14 @@ def test_broken_copy_reports_every_injected_fault(clean_dataset, tmp_path, capsy
     _edit(lab / case[4], lambda a, m: (a, m @ np.diag([-1, 1, 1, 1]) + np.diag([0, 0, 0, 0])))  # direction
     _edit(lab / case[5], lambda a, m: (np.where(a == 1, 7, a).astype(np.uint8), m))  # unexpected label value
     _edit(lab / case[6], lambda a, m: (a.astype(np.float32) * 0.5, m))  # non-integral label
-    _edit(img / case[7], lambda a, m: (np.where(np.arange(a.size).reshape(a.shape) == 5, np.nan, a).astype(np.float32), m))
+    _edit(
+        img / case[7],
+        lambda a, m: (np.where(np.arange(a.size).reshape(a.shape) == 5, np.nan, a).astype(np.float32), m),
+    )
     _edit(lab / case[8], lambda a, m: (np.zeros_like(a), m))  # empty label (warning)
-    _edit(img / case[9], lambda a, m: (((a.astype(np.float32) + 1024) / 4000).astype(np.float32), m))  # not HU
+    _edit(
+        img / case[9], lambda a, m: (((a.astype(np.float32) + 1024) / 4000).astype(np.float32), m)
+    )  # not HU
     (lab / case[10]).unlink()  # listed label missing
     manifest = json.loads((root / "dataset.json").read_text())
     manifest["training"].append(dict(manifest["training"][11]))  # the same case listed twice
@@ -58,12 +65,20 @@ def test_broken_copy_reports_every_injected_fault(clean_dataset, tmp_path, capsy
     report = check_dataset(root)
     found = {(p.case, p.code) for p in report.problems}
     expected = {
-        ("liver_000", "unreadable"), ("liver_001", "shape-mismatch"), ("liver_002", "spacing-mismatch"),
-        ("liver_003", "origin-mismatch"), ("liver_004", "direction-mismatch"), ("liver_005", "unexpected-label"),
-        ("liver_006", "non-integral-label"), ("liver_007", "nan-inf"), ("liver_008", "empty-label"),
-        ("liver_009", "hu-range"), ("liver_010", "missing-file"), ("liver_011", "duplicate-case"),
+        ("liver_000", "unreadable"),
+        ("liver_001", "shape-mismatch"),
+        ("liver_002", "spacing-mismatch"),
+        ("liver_003", "origin-mismatch"),
+        ("liver_004", "direction-mismatch"),
+        ("liver_005", "unexpected-label"),
+        ("liver_006", "non-integral-label"),
+        ("liver_007", "nan-inf"),
+        ("liver_008", "empty-label"),
+        ("liver_009", "hu-range"),
+        ("liver_010", "missing-file"),
+        ("liver_011", "duplicate-case"),
         ("liver_011", "duplicate-image"),
-    }  # fmt: skip
+    }
     assert expected <= found, expected - found
     assert all(p.case in {c[0] for c in expected} for p in report.problems)  # nothing reported on clean cases
     assert [p.severity for p in report.problems if p.code == "empty-label"] == ["warning"]
@@ -88,8 +103,10 @@ def test_folder_layout_reports_missing_pairs(tmp_path, clean_dataset):
 
 @pytest.mark.realdata
 def test_real_ct_pairs_pass_the_check(real_data, tmp_path):
-    pairs = {"lung2": ("pyradiomics/lung2_image.nrrd", "pyradiomics/lung2_label.nrrd"),
-             "ts_ct_sm": ("totalsegmentator/example_ct_sm.nii.gz", "totalsegmentator/example_seg.nii.gz")}
+    pairs = {
+        "lung2": ("pyradiomics/lung2_image.nrrd", "pyradiomics/lung2_label.nrrd"),
+        "ts_ct_sm": ("totalsegmentator/example_ct_sm.nii.gz", "totalsegmentator/example_seg.nii.gz"),
+    }
     for case, (image, label) in pairs.items():
         if not (real_data / image).is_file() or not (real_data / label).is_file():
             pytest.skip(f"{image} or {label} is absent")

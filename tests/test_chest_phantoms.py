@@ -18,7 +18,9 @@ def test_nodules_of_every_kind_and_location_and_scans_without_any():
     seen = {(n["kind"], n["location"]) for c in cases for n in c.nodules}
     assert {k for k, _ in seen} == set(KINDS) and {loc for _, loc in seen} == set(LOCATIONS)
     for case in cases:
-        assert sorted(np.unique(case.instances[case.instances > 0]).tolist()) == list(range(1, len(case.nodules) + 1))
+        assert sorted(np.unique(case.instances[case.instances > 0]).tolist()) == list(
+            range(1, len(case.nodules) + 1)
+        )
         assert all(2.5 < n["diameter_mm"] < 40 for n in case.nodules)
 
 
@@ -29,15 +31,22 @@ def test_annotations_are_world_lps_centres_that_simpleitk_maps_onto_the_nodule(t
     numbers: dict[str, int] = {}
     for row in rows:
         image = sitk.ReadImage(str(root / "images" / f"{row['seriesuid']}.mha"))
-        instances = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "instances" / f"{row['seriesuid']}.nii.gz")))
+        instances = sitk.GetArrayFromImage(
+            sitk.ReadImage(str(root / "instances" / f"{row['seriesuid']}.nii.gz"))
+        )
         index = image.TransformPhysicalPointToIndex([float(row[k]) for k in ("coordX", "coordY", "coordZ")])
         numbers[row["seriesuid"]] = numbers.get(row["seriesuid"], 0) + 1
         assert instances[index[2], index[1], index[0]] == numbers[row["seriesuid"]]
     # The annotations scored against themselves as candidates: every nodule found, no false positive.
     truth = read_findings(root / "annotations.csv", value="diameter_mm")
     perfect = [type(t)(t.series, t.x, t.y, t.z, 0.9) for t in truth]
-    result = luna16_froc(perfect, truth, excluded=read_findings(root / "annotations_excluded.csv", value="diameter_mm"),
-                         seriesuids=read_seriesuids(root / "seriesuids.csv"), n_bootstrap=0)
+    result = luna16_froc(
+        perfect,
+        truth,
+        excluded=read_findings(root / "annotations_excluded.csv", value="diameter_mm"),
+        seriesuids=read_seriesuids(root / "seriesuids.csv"),
+        n_bootstrap=0,
+    )
     assert result.cpm == 1.0 and result.false_positives == 0
 
 
@@ -48,7 +57,11 @@ def test_box_files_hold_each_nodule_in_world_mm(tmp_path):
     rows = list(csv.DictReader((root / "annotations.csv").open()))
     for uid in read_seriesuids(root / "seriesuids.csv"):
         boxes, space, items = read_boxes_json(root / "boxes" / f"{uid}.json")
-        centres = [np.array([float(r[k]) for k in ("coordX", "coordY", "coordZ")]) for r in rows if r["seriesuid"] == uid]
+        centres = [
+            np.array([float(r[k]) for k in ("coordX", "coordY", "coordZ")])
+            for r in rows
+            if r["seriesuid"] == uid
+        ]
         assert space == "world_lps" and len(boxes) == len(centres)
         for box, centre in zip(boxes, centres, strict=True):  # the centre of mass lies inside its box
             assert np.all(box[:3] <= centre) and np.all(centre <= box[3:])

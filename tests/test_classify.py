@@ -32,7 +32,11 @@ from voxpipe.pipelines.training.classification import (
 from voxpipe.pipelines.training.distributed import data_loader
 
 # A small DenseNet121 layout: quick enough for CI, still learns the synthetic task.
-SMALL_DENSENET = {"network_def#init_features": 16, "network_def#growth_rate": 8, "network_def#block_config": [2, 2, 2, 2]}
+SMALL_DENSENET = {
+    "network_def#init_features": 16,
+    "network_def#growth_rate": 8,
+    "network_def#block_config": [2, 2, 2, 2],
+}
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +91,15 @@ def test_class_weights_and_balanced_sampling():
     with pytest.raises(InputError, match=r"every class 0..2 .* found counts \{0: 6, 1: 2\}"):
         class_weights(datalist, num_classes=3)
     torch.manual_seed(0)
-    loader = data_loader([item["label"] for item in datalist], batch_size=1, sample_weights=sample_weights(datalist))
+    loader = data_loader(
+        [item["label"] for item in datalist], batch_size=1, sample_weights=sample_weights(datalist)
+    )
     drawn = Counter(int(label) for _ in range(200) for label in loader)
     assert abs(drawn[0] - drawn[1]) < 0.15 * sum(drawn.values())  # 50:50 instead of 75:25
 
 
 def test_roi_crop_follows_the_mask_and_passes_through_without_one():
-    image = MetaTensor(torch.arange(20 ** 3, dtype=torch.float32).reshape(1, 20, 20, 20))
+    image = MetaTensor(torch.arange(20**3, dtype=torch.float32).reshape(1, 20, 20, 20))
     mask = torch.zeros(1, 20, 20, 20)
     mask[0, 8:11, 5:7, 12:13] = 1
     cropped = RoiCropd(["image", "mask"], margin=2)({"image": image, "mask": MetaTensor(mask)})
@@ -101,7 +107,10 @@ def test_roi_crop_follows_the_mask_and_passes_through_without_one():
     assert torch.equal(cropped["image"][0, 0, 0, 0], image[0, 6, 3, 10])
     assert cropped["image"].affine[0, 3] == 6  # the affine moved with the crop
     assert RoiCropd(["image"])({"image": image})["image"].shape == image.shape
-    assert RoiCropd(["image", "mask"], roi_key=None)({"image": image, "mask": mask})["image"].shape == image.shape
+    assert (
+        RoiCropd(["image", "mask"], roi_key=None)({"image": image, "mask": mask})["image"].shape
+        == image.shape
+    )
 
 
 @pytest.mark.slow
@@ -111,17 +120,31 @@ def test_nodule_bundle_learns_the_synthetic_task_and_evaluates(nodules, tmp_path
     run = tmp_path / "run"
     # The bundle's own learning rate: 0.003 for 20 epochs reached 0.97 on a CPU without AMX but 0.75 on
     # one with AMX (other oneDNN kernels, another trajectory); at 0.001 the AUC rises steadily with epochs.
-    run_bundle(bundle, overrides={"dataset_dir": str(nodules), "output_dir": str(run), "max_epochs": 24,
-                                  "progress": False, **SMALL_DENSENET})
+    run_bundle(
+        bundle,
+        overrides={
+            "dataset_dir": str(nodules),
+            "output_dir": str(run),
+            "max_epochs": 24,
+            "progress": False,
+            **SMALL_DENSENET,
+        },
+    )
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert {"val_auc", "val_accuracy", "val_f1", "val_sensitivity", "val_specificity"} <= set(rows[0])
     assert (run / "progress.png").is_file() and (run / "models" / "model.pt").is_file()
 
     evaluation = tmp_path / "evaluation"
-    run_bundle(bundle, config="evaluate", overrides={
-        "dataset_dir": str(nodules), "output_dir": str(evaluation), "checkpoint": str(run / "models" / "model.pt"),
-        **SMALL_DENSENET,
-    })
+    run_bundle(
+        bundle,
+        config="evaluate",
+        overrides={
+            "dataset_dir": str(nodules),
+            "output_dir": str(evaluation),
+            "checkpoint": str(run / "models" / "model.pt"),
+            **SMALL_DENSENET,
+        },
+    )
     metrics = dict(line.split(",") for line in (evaluation / "metrics.csv").read_text().splitlines())
     auc = float(metrics["val_auc"])
     # The AUC MONAI's handler reports equals the one recomputed from the saved probabilities.
@@ -129,7 +152,9 @@ def test_nodule_bundle_learns_the_synthetic_task_and_evaluates(nodules, tmp_path
     predictions = list(csv.reader(open(evaluation / "predictions.csv")))
     assert len(predictions) == len(labels) == 60
     y = [labels[row[0]] for row in predictions]
-    assert roc_auc(np.array(y), np.array([float(row[2]) for row in predictions])) == pytest.approx(auc, abs=1e-6)
+    assert roc_auc(np.array(y), np.array([float(row[2]) for row in predictions])) == pytest.approx(
+        auc, abs=1e-6
+    )
     print(f"held-out AUC {auc:.3f}")
     assert auc >= 0.90
 
@@ -138,18 +163,51 @@ def test_nodule_bundle_learns_the_synthetic_task_and_evaluates(nodules, tmp_path
 def test_monai_runner_trains_and_infers_the_nodule_bundle(nodules, tmp_path):
     bundle = shipped_bundle("lung_nodule_ct_densenet")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    small = [arg for key, value in SMALL_DENSENET.items() for arg in (f"--{key}", str(value).replace(" ", ""))]
-    train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.yaml"),
-             "--meta_file", str(bundle / "configs" / "metadata.json"), "--bundle_root", str(bundle),
-             "--dataset_dir", str(nodules), "--output_dir", str(tmp_path / "run"), "--max_epochs", "1",
-             "--progress", "False", *small]
+    small = [
+        arg for key, value in SMALL_DENSENET.items() for arg in (f"--{key}", str(value).replace(" ", ""))
+    ]
+    train = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(bundle / "configs" / "train.yaml"),
+        "--meta_file",
+        str(bundle / "configs" / "metadata.json"),
+        "--bundle_root",
+        str(bundle),
+        "--dataset_dir",
+        str(nodules),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--max_epochs",
+        "1",
+        "--progress",
+        "False",
+        *small,
+    ]
     done = subprocess.run(train, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    infer = [sys.executable, "-m", "voxpipe.cli", "train", str(bundle), "--config", "inference",
-             "--set", f"dataset_dir={nodules}", "--set", f"output_dir={tmp_path / 'predictions'}",
-             "--set", f"checkpoint={tmp_path / 'run' / 'models' / 'model_final.pt'}",
-             *[arg for key, value in SMALL_DENSENET.items() for arg in ("--set", f"{key}={value}")]]
-    done = subprocess.run(infer, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(REPO)})
+    infer = [
+        sys.executable,
+        "-m",
+        "voxpipe.cli",
+        "train",
+        str(bundle),
+        "--config",
+        "inference",
+        "--set",
+        f"dataset_dir={nodules}",
+        "--set",
+        f"output_dir={tmp_path / 'predictions'}",
+        "--set",
+        f"checkpoint={tmp_path / 'run' / 'models' / 'model_final.pt'}",
+        *[arg for key, value in SMALL_DENSENET.items() for arg in ("--set", f"{key}={value}")],
+    ]
+    done = subprocess.run(
+        infer, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(REPO)}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = list(csv.reader(open(tmp_path / "predictions" / "predictions.csv")))
     assert len(rows) == 60 and all(abs(float(r[1]) + float(r[2]) - 1) < 1e-5 for r in rows)

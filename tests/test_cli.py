@@ -14,7 +14,9 @@ from voxpipe.cli import build_parser, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "voxpipe.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "voxpipe.cli", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_help_lists_the_commands():
@@ -38,7 +40,9 @@ def _every_parser(parser, name="voxpipe"):
 def test_every_command_and_sub_command_renders_its_help(capsys):
     """Promise: `voxpipe ... --help` works for every verb (a stray % in a help string used to crash it)."""
     commands = list(_every_parser(build_parser()))
-    assert {"voxpipe bundle", "voxpipe bundle run", "voxpipe data check", "voxpipe networks load"} <= {c for c, _ in commands}
+    assert {"voxpipe bundle", "voxpipe bundle run", "voxpipe data check", "voxpipe networks load"} <= {
+        c for c, _ in commands
+    }
     shown = {}
     for command, _parser in commands:
         with pytest.raises(SystemExit) as exit_info:
@@ -56,7 +60,9 @@ def test_version(capsys):
 
 
 def test_bad_path_is_one_line_exit_2_without_traceback(tmp_path):
-    done = run_cli("evaluate", str(tmp_path / "nope"), str(tmp_path / "refs"), "--labels", "liver=1", "-o", str(tmp_path))
+    done = run_cli(
+        "evaluate", str(tmp_path / "nope"), str(tmp_path / "refs"), "--labels", "liver=1", "-o", str(tmp_path)
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("voxpipe: error")]
@@ -66,9 +72,32 @@ def test_bad_path_is_one_line_exit_2_without_traceback(tmp_path):
 def test_bad_bundle_and_missing_weights_exit_2(tmp_path, liver_bundle):
     assert run_cli("train", str(tmp_path)).returncode == 2
     image = tmp_path / "img.nii.gz"
-    assert main(["synth", "liver", "-o", str(tmp_path / "ds"), "--n-train", "1", "--n-test", "0", "--size", "tiny"]) == 0
-    done = run_cli("infer", str(liver_bundle), str(tmp_path / "ds" / "imagesTr"), "-o", str(tmp_path / "out"),
-                   "--weights", str(tmp_path / "missing.pt"))
+    assert (
+        main(
+            [
+                "synth",
+                "liver",
+                "-o",
+                str(tmp_path / "ds"),
+                "--n-train",
+                "1",
+                "--n-test",
+                "0",
+                "--size",
+                "tiny",
+            ]
+        )
+        == 0
+    )
+    done = run_cli(
+        "infer",
+        str(liver_bundle),
+        str(tmp_path / "ds" / "imagesTr"),
+        "-o",
+        str(tmp_path / "out"),
+        "--weights",
+        str(tmp_path / "missing.pt"),
+    )
     assert done.returncode == 2 and "missing.pt" in done.stderr and "hint" in done.stderr
     assert not image.exists()
 
@@ -80,9 +109,32 @@ def test_weights_for_other_network_settings_give_a_short_error_with_a_hint(tmp_p
 
     weights = tmp_path / "small.pt"
     torch.save(build_network("segresnet", out_channels=3, init_filters=8).state_dict(), weights)
-    assert main(["synth", "liver", "-o", str(tmp_path / "ds"), "--n-train", "1", "--n-test", "0", "--size", "tiny"]) == 0
-    done = run_cli("infer", str(liver_bundle), str(tmp_path / "ds" / "imagesTr"), "-o", str(tmp_path / "out"),
-                   "--weights", str(weights))  # the bundle's network has init_filters=16
+    assert (
+        main(
+            [
+                "synth",
+                "liver",
+                "-o",
+                str(tmp_path / "ds"),
+                "--n-train",
+                "1",
+                "--n-test",
+                "0",
+                "--size",
+                "tiny",
+            ]
+        )
+        == 0
+    )
+    done = run_cli(
+        "infer",
+        str(liver_bundle),
+        str(tmp_path / "ds" / "imagesTr"),
+        "-o",
+        str(tmp_path / "out"),
+        "--weights",
+        str(weights),
+    )  # the bundle's network has init_filters=16
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) <= 3, done.stderr[-2000:]
     assert "size mismatch" in done.stderr and "network_def#init_filters" in done.stderr
@@ -94,12 +146,27 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_synth_and_evaluate_from_the_cli(tmp_path, capsys):
-    assert main(["synth", "lung", "-o", str(tmp_path / "ds"), "--n-train", "2", "--n-test", "0", "--size", "tiny"]) == 0
+    assert (
+        main(
+            ["synth", "lung", "-o", str(tmp_path / "ds"), "--n-train", "2", "--n-test", "0", "--size", "tiny"]
+        )
+        == 0
+    )
     dataset = json.loads((tmp_path / "ds" / "dataset.json").read_text())
     assert dataset["numTraining"] == 2
     labels = str(tmp_path / "ds" / "labelsTr")
     # References scored against themselves: Dice 1 wherever a tumour exists.
-    code = main(["evaluate", labels, labels, "--dataset", str(tmp_path / "ds" / "dataset.json"), "-o", str(tmp_path / "ev")])
+    code = main(
+        [
+            "evaluate",
+            labels,
+            labels,
+            "--dataset",
+            str(tmp_path / "ds" / "dataset.json"),
+            "-o",
+            str(tmp_path / "ev"),
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["metrics"]["tumour"]["dice"]["mean"] in (1.0, None)
@@ -114,12 +181,63 @@ def test_infer_options_reach_the_bundle_and_unknown_ones_are_refused(tmp_path, l
 
     weights = tmp_path / "small.pt"
     torch.save(build_network("segresnet", out_channels=3, init_filters=8).state_dict(), weights)
-    assert main(["synth", "liver", "-o", str(tmp_path / "ds"), "--n-train", "1", "--n-test", "0", "--size", "tiny"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "liver",
+                "-o",
+                str(tmp_path / "ds"),
+                "--n-train",
+                "1",
+                "--n-test",
+                "0",
+                "--size",
+                "tiny",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "out"
-    assert main(["infer", str(liver_bundle), str(tmp_path / "ds" / "imagesTr"), "-o", str(out), "--weights", str(weights),
-                 "--set", "network_def#init_filters=8", "--format", "nrrd", "--precision", "fp32", "--save-probabilities",
-                 "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                str(liver_bundle),
+                str(tmp_path / "ds" / "imagesTr"),
+                "-o",
+                str(out),
+                "--weights",
+                str(weights),
+                "--set",
+                "network_def#init_filters=8",
+                "--format",
+                "nrrd",
+                "--precision",
+                "fp32",
+                "--save-probabilities",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.suffix for p in out.iterdir() if not p.name.startswith("statistics")) == [".npz", ".nrrd"]
     zoo = Path(__file__).parent / "data" / "zoo_style_bundle"
-    assert main(["infer", str(zoo), str(tmp_path / "ds" / "imagesTr"), "-o", str(out), "--weights", str(weights), "--tta"]) == 2
+    assert (
+        main(
+            [
+                "infer",
+                str(zoo),
+                str(tmp_path / "ds" / "imagesTr"),
+                "-o",
+                str(out),
+                "--weights",
+                str(weights),
+                "--tta",
+            ]
+        )
+        == 2
+    )
     assert "expected the keys ['tta']" in capsys.readouterr().err

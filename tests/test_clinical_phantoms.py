@@ -18,11 +18,15 @@ def test_geometry_draws_stay_in_the_clinical_ranges():
 
 def test_a_liver_phantom_at_clinical_geometry(tmp_path):
     rng = np.random.default_rng(3)
-    geometry = ClinicalGeometry(spacing_xy=0.78, spacing_z=2.5, slices=100, body_fraction=0.6, arms=True, padding=-2048)
+    geometry = ClinicalGeometry(
+        spacing_xy=0.78, spacing_z=2.5, slices=100, body_fraction=0.6, arms=True, padding=-2048
+    )
     phantom = liver_phantom(3, size="tiny")
     case = clinical_ct(phantom, rng, geometry=geometry)
     assert case.image.shape == (MATRIX, MATRIX, 100) and case.label.shape == case.image.shape
-    assert np.allclose(np.abs(np.diag(case.affine)[:3]), [0.78, 0.78, 2.5]) and case.affine[0, 0] < 0  # LPS storage
+    assert (
+        np.allclose(np.abs(np.diag(case.affine)[:3]), [0.78, 0.78, 2.5]) and case.affine[0, 0] < 0
+    )  # LPS storage
     fov = MATRIX * 0.78
     i, j = np.meshgrid(np.arange(MATRIX), np.arange(MATRIX), indexing="ij")
     radius = np.hypot((i - (MATRIX - 1) / 2) * 0.78, (j - (MATRIX - 1) / 2) * 0.78)

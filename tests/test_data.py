@@ -29,33 +29,59 @@ def _copy_pairs(dataset, pairs):
 
 def test_layouts_are_detected_and_listed(tiny_liver_dataset, tmp_path):
     msd = load_datalist(tiny_liver_dataset)
-    assert detect_layout(tiny_liver_dataset) == "msd" and [e["case"] for e in msd] == [f"liver_{i:03d}" for i in range(4)]
+    assert detect_layout(tiny_liver_dataset) == "msd" and [e["case"] for e in msd] == [
+        f"liver_{i:03d}" for i in range(4)
+    ]
     lits = tmp_path / "lits"
-    _copy_pairs(tiny_liver_dataset, [("imagesTr/liver_000.nii.gz", lits / "batch1" / "volume-10.nii.gz"),
-                                     ("labelsTr/liver_000.nii.gz", lits / "batch1" / "segmentation-10.nii.gz"),
-                                     ("imagesTr/liver_001.nii.gz", lits / "batch2" / "volume-2.nii.gz"),
-                                     ("labelsTr/liver_001.nii.gz", lits / "batch2" / "segmentation-2.nii.gz")])
+    _copy_pairs(
+        tiny_liver_dataset,
+        [
+            ("imagesTr/liver_000.nii.gz", lits / "batch1" / "volume-10.nii.gz"),
+            ("labelsTr/liver_000.nii.gz", lits / "batch1" / "segmentation-10.nii.gz"),
+            ("imagesTr/liver_001.nii.gz", lits / "batch2" / "volume-2.nii.gz"),
+            ("labelsTr/liver_001.nii.gz", lits / "batch2" / "segmentation-2.nii.gz"),
+        ],
+    )
     entries = load_datalist(lits)
     assert detect_layout(lits) == "lits" and [e["case"] for e in entries] == ["volume-2", "volume-10"]
     assert entries[1]["label"].endswith("segmentation-10.nii.gz")
     folder = tmp_path / "folder"
-    _copy_pairs(tiny_liver_dataset, [("imagesTr/liver_000.nii.gz", folder / "images" / "p1_0000.nii.gz"),
-                                     ("labelsTr/liver_000.nii.gz", folder / "labels" / "p1.nii.gz")])
-    assert load_datalist(folder) == [{"image": str(folder / "images" / "p1_0000.nii.gz"), "case": "p1",
-                                      "label": str(folder / "labels" / "p1.nii.gz")}]
+    _copy_pairs(
+        tiny_liver_dataset,
+        [
+            ("imagesTr/liver_000.nii.gz", folder / "images" / "p1_0000.nii.gz"),
+            ("labelsTr/liver_000.nii.gz", folder / "labels" / "p1.nii.gz"),
+        ],
+    )
+    assert load_datalist(folder) == [
+        {
+            "image": str(folder / "images" / "p1_0000.nii.gz"),
+            "case": "p1",
+            "label": str(folder / "labels" / "p1.nii.gz"),
+        }
+    ]
     table = tmp_path / "cases.csv"
     with table.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "label", "patient"])
         writer.writerow(["folder/images/p1_0000.nii.gz", "folder/labels/p1.nii.gz", "P1"])
-    assert load_datalist(table) == [{"image": str(folder / "images" / "p1_0000.nii.gz"), "label": str(folder / "labels" / "p1.nii.gz"),
-                                     "case": "p1_0000", "patient": "P1"}]
+    assert load_datalist(table) == [
+        {
+            "image": str(folder / "images" / "p1_0000.nii.gz"),
+            "label": str(folder / "labels" / "p1.nii.gz"),
+            "case": "p1_0000",
+            "patient": "P1",
+        }
+    ]
     with pytest.raises(InputError, match="expected a dataset"):
         detect_layout(tmp_path / "folder" / "images")
 
 
 def _entries(n, patients=None):
-    return [{"image": f"/x/{i}.nii.gz", "case": f"c{i:02d}", **({"patient": patients[i]} if patients else {})} for i in range(n)]
+    return [
+        {"image": f"/x/{i}.nii.gz", "case": f"c{i:02d}", **({"patient": patients[i]} if patients else {})}
+        for i in range(n)
+    ]
 
 
 def test_ratio_split_is_seeded_disjoint_and_grouped_by_patient():
@@ -74,7 +100,9 @@ def test_ratio_split_is_seeded_disjoint_and_grouped_by_patient():
 def test_kfold_split_covers_each_case_once_and_training_reads_it(tiny_liver_dataset, tmp_path):
     split = make_split(_entries(11), folds=3, test=0.1, seed=0)
     validated = [c for fold in split["folds"] for c in fold["val"]]
-    assert sorted(validated + split["test"]) == [f"c{i:02d}" for i in range(11)] and len(set(validated)) == len(validated)
+    assert sorted(validated + split["test"]) == [f"c{i:02d}" for i in range(11)] and len(
+        set(validated)
+    ) == len(validated)
     for fold in split["folds"]:
         assert not set(fold["train"]) & set(fold["val"]) and not set(fold["train"]) & set(split["test"])
     path = tmp_path / "split.json"
@@ -82,7 +110,9 @@ def test_kfold_split_covers_each_case_once_and_training_reads_it(tiny_liver_data
     saved = json.loads(path.read_text())
     val = split_datalist(tiny_liver_dataset, path, part="val", fold=1)
     assert [e["case"] for e in val] == saved["folds"][1]["val"]
-    assert msd_datalist(tiny_liver_dataset, part="train", split_file=path, fold=1) == split_datalist(tiny_liver_dataset, path, part="train", fold=1)
+    assert msd_datalist(tiny_liver_dataset, part="train", split_file=path, fold=1) == split_datalist(
+        tiny_liver_dataset, path, part="train", fold=1
+    )
     with pytest.raises(InputError, match="expected fold in 0..1"):
         split_datalist(tiny_liver_dataset, path, part="val")
     save_split({"train": ["nope"], "val": [], "test": []}, tmp_path / "bad.json")
@@ -106,7 +136,9 @@ def test_download_verifies_extracts_and_refuses_bad_archives(tmp_path):
     target = download_msd("Task03_Liver", root, url=good.as_uri(), md5=md5, progress=False)
     assert (target / "imagesTr" / "liver_0.nii.gz").read_bytes() == b"x"
     assert sorted(p.name for p in root.iterdir()) == ["Task03_Liver"]  # archive and staging removed
-    assert download_msd("Task03_Liver", root, url="file:///nowhere.tar", progress=False) == target  # already there
+    assert (
+        download_msd("Task03_Liver", root, url="file:///nowhere.tar", progress=False) == target
+    )  # already there
 
     with pytest.raises(InputError, match="download of Task06_Lung.*failed.*md5"):
         download_msd("Task06_Lung", tmp_path / "d2", url=good.as_uri(), md5="0" * 32, progress=False)
@@ -120,8 +152,23 @@ def test_download_verifies_extracts_and_refuses_bad_archives(tmp_path):
 
     wrong = tmp_path / "wrong.tar"
     md5 = _tar(wrong, {"Other/dataset.json": b"{}"})
-    assert main(["data", "download", "Task06_Lung", "-o", str(tmp_path / "d4"), "--url", wrong.as_uri(), "--md5", md5,
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "download",
+                "Task06_Lung",
+                "-o",
+                str(tmp_path / "d4"),
+                "--url",
+                wrong.as_uri(),
+                "--md5",
+                md5,
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     with pytest.raises(InputError, match="expected one of"):
         download_msd("Task99_Nothing", tmp_path)
 
@@ -133,7 +180,9 @@ def test_cache_estimate_and_refusal(tiny_liver_dataset, tmp_path):
     spacing = np.linalg.norm(read_geometry(entries[0]["image"])[1][:3, :3], axis=0)
     halved = estimate_cache_bytes(entries[:1], pixdim=spacing * 2)
     assert halved == pytest.approx(estimate_cache_bytes(entries[:1]) / 8, rel=1e-6)
-    assert estimate_cache_bytes(entries[:1], pixdim=[0, 0, 0]) == estimate_cache_bytes(entries[:1])  # native spacing
+    assert estimate_cache_bytes(entries[:1], pixdim=[0, 0, 0]) == estimate_cache_bytes(
+        entries[:1]
+    )  # native spacing
     with pytest.raises(InputError, match=r"needs about .* GB but limit_gb=1e-06 .*cache='disk'"):
         cached_dataset(entries, lambda d: d, cache="memory", limit_gb=1e-6)
     dataset = cached_dataset(entries, lambda d: d, cache="disk", cache_dir=tmp_path / "cache")

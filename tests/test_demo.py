@@ -14,8 +14,15 @@ from voxpipe.pipelines.demo import DemoSettings, run_demo
 @pytest.mark.slow
 def test_reduced_demo_runs_end_to_end(tmp_path):
     settings = DemoSettings(
-        output_dir=tmp_path, n_train=3, n_test=2, max_epochs=1, val_interval=1,
-        patch_size=(32, 32, 16), init_filters=8, phantom_size="tiny", progress=False,
+        output_dir=tmp_path,
+        n_train=3,
+        n_test=2,
+        max_epochs=1,
+        val_interval=1,
+        patch_size=(32, 32, 16),
+        init_filters=8,
+        phantom_size="tiny",
+        progress=False,
     )
     result = run_demo(settings)
     assert [r["case"] for r in result.evaluation.rows] == ["liver_003", "liver_004"]

@@ -34,7 +34,11 @@ from voxpipe.transforms.dicom_seg import read_seg, seg_to_label_map
 
 pynetdicom = pytest.importorskip("pynetdicom")
 
-ORACLE = {"network_def": {"_target_": "helpers.OracleNet"}, "patch_size": [32, 32, 16], "pixdim": [0.0, 0.0, 0.0]}
+ORACLE = {
+    "network_def": {"_target_": "helpers.OracleNet"},
+    "patch_size": [32, 32, 16],
+    "pixdim": [0.0, 0.0, 0.0],
+}
 # A birth date in the wrong format: pydicom's validation warnings quote such values, if let through.
 PATIENT_NAME, PATIENT_ID, BIRTH_DATE = "Doe^Janet", "MRN-31415926", "1961-07-14"
 TESTS = Path(__file__).resolve().parent
@@ -50,7 +54,9 @@ def oracle_weights(tmp_path_factory):
 def write_series(folder: Path, *, seed: int = 3, modality: str = "CT", hu: np.ndarray | None = None):
     """A tiny liver phantom as a CT series whose HU encode the label; patient data that must never be logged."""
     phantom = liver_phantom(seed, size="tiny")
-    files = write_dicom_series(label_image(phantom.label) if hu is None else hu, phantom.affine, folder, modality=modality)
+    files = write_dicom_series(
+        label_image(phantom.label) if hu is None else hu, phantom.affine, folder, modality=modality
+    )
     for path in files:
         ds = pydicom.dcmread(path)
         ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, BIRTH_DATE
@@ -80,7 +86,9 @@ class Peer:
         self.ae = AE(ae_title=ae_title)
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(context.abstract_syntax)
-        self.server = self.ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.server = self.ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
         self.port = self.server.server_address[1]
         self.ae_title = ae_title
 
@@ -92,7 +100,11 @@ class Peer:
         return 0x0000
 
     def by_modality(self, modality: str) -> list[Path]:
-        return [p for p in sorted(self.folder.glob("*.dcm")) if pydicom.dcmread(p, stop_before_pixels=True).Modality == modality]
+        return [
+            p
+            for p in sorted(self.folder.glob("*.dcm"))
+            if pydicom.dcmread(p, stop_before_pixels=True).Modality == modality
+        ]
 
     def destination(self) -> Destination:
         return Destination(self.ae_title, "127.0.0.1", self.port)
@@ -140,8 +152,9 @@ def test_destinations_and_uids_are_parsed_strictly():
     assert is_uid("1.2.840.10008.5.1.4.1.1.2") and not is_uid("../../etc/passwd") and not is_uid("1." * 40)
 
 
-def test_series_round_trip_seg_on_the_source_grid_and_sr_equal_to_statistics(liver_bundle, oracle_weights, tmp_path, peer,
-                                                                              caplog, capfd):
+def test_series_round_trip_seg_on_the_source_grid_and_sr_equal_to_statistics(
+    liver_bundle, oracle_weights, tmp_path, peer, caplog, capfd
+):
     import logging
 
     caplog.set_level(logging.DEBUG)
@@ -153,13 +166,18 @@ def test_series_round_trip_seg_on_the_source_grid_and_sr_equal_to_statistics(liv
     try:
         assert send_series(files, node.port) == [0] * len(files)
         series_uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
-        job = wait_for(lambda: (j := node.store.get(series_uid)) and j["state"] in ("done", "failed") and j, what="the job")
+        job = wait_for(
+            lambda: (j := node.store.get(series_uid)) and j["state"] in ("done", "failed") and j,
+            what="the job",
+        )
     finally:
         node.stop()
     assert job["state"] == "done", job.get("reason")
     assert job["instances"] == len(files) and job["calling_aet"] == "PACS"
     # Where the job's time went (the oracle network takes well under a millisecond: present, not positive).
-    assert {"network", "invert", "write"} <= set(job["stage_seconds"]) and min(job["stage_seconds"].values()) >= 0
+    assert {"network", "invert", "write"} <= set(job["stage_seconds"]) and min(
+        job["stage_seconds"].values()
+    ) >= 0
     [seg_file], [sr_file] = peer.by_modality("SEG"), peer.by_modality("SR")
     # The SEG references the source series and lands exactly on its grid.
     seg_ds = pydicom.dcmread(seg_file)
@@ -175,19 +193,29 @@ def test_series_round_trip_seg_on_the_source_grid_and_sr_equal_to_statistics(liv
     assert report["segment 1: liver"]["Volume"] == pytest.approx(float(row["liver_volume_ml"]), rel=1e-5)
     assert report["segment 2: tumour"]["Volume"] == pytest.approx(float(row["tumour_volume_ml"]), rel=1e-5)
     assert report["segment 2: tumour"]["Count"] == float(row["tumour_lesion_count"])
-    assert report["segment 2: tumour"]["Maximum Diameter"] == pytest.approx(float(row["tumour_largest_lesion_diameter_mm"]), rel=1e-5)
+    assert report["segment 2: tumour"]["Maximum Diameter"] == pytest.approx(
+        float(row["tumour_largest_lesion_diameter_mm"]), rel=1e-5
+    )
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000
-    assert report["segment 1: liver"]["Volume"] == pytest.approx((phantom.label == 1).sum() * voxel_ml, rel=1e-5)
+    assert report["segment 1: liver"]["Volume"] == pytest.approx(
+        (phantom.label == 1).sum() * voxel_ml, rel=1e-5
+    )
     # Patient data never reach the log; UIDs do.
     log = (tmp_path / "node" / "node.log").read_text()
     assert series_uid in log and not {PATIENT_NAME, "Janet", PATIENT_ID, BIRTH_DATE} & set(log.split())
     console = caplog.text + "".join(capfd.readouterr())
     assert series_uid in console
-    assert [secret for secret in (PATIENT_NAME, "Janet", PATIENT_ID, BIRTH_DATE) if secret in console or secret in log] == []
+    assert [
+        secret
+        for secret in (PATIENT_NAME, "Janet", PATIENT_ID, BIRTH_DATE)
+        if secret in console or secret in log
+    ] == []
     assert "done: 1" in format_status(JobStore(tmp_path / "node"))
 
 
-def test_unknown_calling_ae_title_is_rejected_and_bad_uids_refused(liver_bundle, oracle_weights, tmp_path, peer):
+def test_unknown_calling_ae_title_is_rejected_and_bad_uids_refused(
+    liver_bundle, oracle_weights, tmp_path, peer
+):
     _, files = write_series(tmp_path / "series")
     node = make_node(liver_bundle, tmp_path / "node", peer.destination(), oracle_weights)
     node.start()
@@ -205,11 +233,15 @@ def test_unknown_calling_ae_title_is_rejected_and_bad_uids_refused(liver_bundle,
     assert "STRANGER" in log and "rejected" in log and "expected UIDs in SeriesInstanceUID" in log
 
 
-def test_failing_series_are_recorded_with_reasons_and_the_good_one_is_processed(liver_bundle, oracle_weights, tmp_path, peer):
+def test_failing_series_are_recorded_with_reasons_and_the_good_one_is_processed(
+    liver_bundle, oracle_weights, tmp_path, peer
+):
     series = {}
     phantom, series["good"] = write_series(tmp_path / "good", seed=3)
     _, series["mr"] = write_series(tmp_path / "mr", seed=4, modality="MR")
-    _, series["air"] = write_series(tmp_path / "air", seed=5, hu=np.full(phantom.label.shape, -1000, np.int16))
+    _, series["air"] = write_series(
+        tmp_path / "air", seed=5, hu=np.full(phantom.label.shape, -1000, np.int16)
+    )
     _, series["broken"] = write_series(tmp_path / "broken", seed=6)
     broken = pydicom.dcmread(series["broken"][2])
     del broken.ImagePositionPatient
@@ -220,12 +252,22 @@ def test_failing_series_are_recorded_with_reasons_and_the_good_one_is_processed(
         for name in ("mr", "broken", "air", "good"):  # the good one last: the others must not stop it
             assert send_series(series[name], node.port) == [0] * len(series[name])
         uids = {name: str(pydicom.dcmread(files[0]).SeriesInstanceUID) for name, files in series.items()}
-        jobs = wait_for(lambda: (js := {n: node.store.get(u) for n, u in uids.items()})
-                        and all(j and j["state"] in ("done", "failed") for j in js.values()) and js, what="four jobs")
+        jobs = wait_for(
+            lambda: (
+                (js := {n: node.store.get(u) for n, u in uids.items()})
+                and all(j and j["state"] in ("done", "failed") for j in js.values())
+                and js
+            ),
+            what="four jobs",
+        )
     finally:
         node.stop()
     assert jobs["good"]["state"] == "done"
-    assert jobs["mr"]["state"] == "failed" and "expected Modality CT" in jobs["mr"]["reason"] and "found MR" in jobs["mr"]["reason"]
+    assert (
+        jobs["mr"]["state"] == "failed"
+        and "expected Modality CT" in jobs["mr"]["reason"]
+        and "found MR" in jobs["mr"]["reason"]
+    )
     assert jobs["air"]["state"] == "failed" and "expected a body" in jobs["air"]["reason"]
     assert jobs["broken"]["state"] == "failed" and "ImagePositionPatient" in jobs["broken"]["reason"]
     assert str(broken.SOPInstanceUID) in jobs["broken"]["reason"]  # the slice is named
@@ -240,13 +282,17 @@ def test_results_are_kept_until_the_destination_takes_them(liver_bundle, oracle_
     try:
         send_series(files, node.port)
         uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
-        job = wait_for(lambda: (j := node.store.get(uid)) and j.get("last_error") and j, what="a failed delivery")
+        job = wait_for(
+            lambda: (j := node.store.get(uid)) and j.get("last_error") and j, what="a failed delivery"
+        )
         assert job["state"] == "sending" and "could not open an association" in job["last_error"]
         peer = Peer(tmp_path / "pacs")
         try:
             node.destination = peer.destination()  # the PACS comes back (on another port here)
             wait_for(lambda: node.store.get(uid)["state"] == "done", what="delivery after the retry")
-            assert sorted(peer.received) == sorted(item["sop_instance_uid"] for item in job["results"].values())
+            assert sorted(peer.received) == sorted(
+                item["sop_instance_uid"] for item in job["results"].values()
+            )
         finally:
             peer.stop()
     finally:
@@ -257,19 +303,50 @@ def test_the_bundle_runs_in_safe_mode_unless_trusted(liver_bundle, oracle_weight
     from voxpipe.errors import BundleError
 
     with pytest.raises(BundleError, match="helpers.OracleNet"):
-        make_node(liver_bundle, tmp_path / "node", Destination("PACS", "127.0.0.1", 104), oracle_weights, trust_bundle=False)
+        make_node(
+            liver_bundle,
+            tmp_path / "node",
+            Destination("PACS", "127.0.0.1", 104),
+            oracle_weights,
+            trust_bundle=False,
+        )
     with pytest.raises(InputError, match="--send-to"):
         DicomNode(liver_bundle, workdir=tmp_path / "node", weights=oracle_weights)
     with pytest.raises(InputError, match="expected network weights"):
-        DicomNode(liver_bundle, workdir=tmp_path / "node", send_to="PACS@127.0.0.1:104", weights=tmp_path / "none.pt")
-
+        DicomNode(
+            liver_bundle,
+            workdir=tmp_path / "node",
+            send_to="PACS@127.0.0.1:104",
+            weights=tmp_path / "none.pt",
+        )
 
 
 def _serve_process(liver_bundle, oracle_weights, workdir, peer, port):
     """``voxpipe serve`` as its own process (the kill test needs one to kill)."""
-    command = [sys.executable, "-m", "voxpipe.cli", "serve", str(liver_bundle), "--workdir", str(workdir), "--port", str(port),
-               "--send-to", f"PACS@127.0.0.1:{peer.port}", "--idle", "0.5", "--weights", str(oracle_weights),
-               "--trust-bundle", "--set", f"network_def={json.dumps(ORACLE['network_def'])}", "--set", "patch_size=[32, 32, 16]", "--set", "pixdim=[0.0, 0.0, 0.0]"]
+    command = [
+        sys.executable,
+        "-m",
+        "voxpipe.cli",
+        "serve",
+        str(liver_bundle),
+        "--workdir",
+        str(workdir),
+        "--port",
+        str(port),
+        "--send-to",
+        f"PACS@127.0.0.1:{peer.port}",
+        "--idle",
+        "0.5",
+        "--weights",
+        str(oracle_weights),
+        "--trust-bundle",
+        "--set",
+        f"network_def={json.dumps(ORACLE['network_def'])}",
+        "--set",
+        "patch_size=[32, 32, 16]",
+        "--set",
+        "pixdim=[0.0, 0.0, 0.0]",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     output = workdir.parent / f"serve-{time.monotonic_ns()}.out"
     with output.open("w") as stream:  # a file, not a pipe: a full pipe would block the node
@@ -287,7 +364,9 @@ def _listening(port: int) -> bool:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_job_then_restart_completes_once_and_sends_once(liver_bundle, oracle_weights, tmp_path, peer):
+def test_kill_9_mid_job_then_restart_completes_once_and_sends_once(
+    liver_bundle, oracle_weights, tmp_path, peer
+):
     _, files = write_series(tmp_path / "series")
     uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
     workdir, port = tmp_path / "node", free_port()
@@ -305,7 +384,9 @@ def test_kill_9_mid_job_then_restart_completes_once_and_sends_once(liver_bundle,
     for restart in range(2):  # the second restart finds nothing to do and sends nothing
         process = _serve_process(liver_bundle, oracle_weights, workdir, peer, port)
         try:
-            job = wait_for(lambda: (j := store.get(uid)) and j["state"] == "done" and j, what="the job after restart")
+            job = wait_for(
+                lambda: (j := store.get(uid)) and j["state"] == "done" and j, what="the job after restart"
+            )
             time.sleep(1.5)  # anything sent twice would arrive by now
         finally:
             process.send_signal(signal.SIGTERM)
@@ -320,7 +401,14 @@ def test_status_command_lists_the_jobs(tmp_path, capsys):
 
     store = JobStore(tmp_path / "node")
     uid = generate_uid()
-    store.store_instance(b"x", series_uid=uid, study_uid=generate_uid(), sop_uid=generate_uid(), modality="CT", calling_aet="PACS")
+    store.store_instance(
+        b"x",
+        series_uid=uid,
+        study_uid=generate_uid(),
+        sop_uid=generate_uid(),
+        modality="CT",
+        calling_aet="PACS",
+    )
     store.update(uid, state="failed", reason="expected Modality CT, found MR")
     assert main(["serve", "--status", str(tmp_path / "node")]) == 0
     out = capsys.readouterr().out
@@ -332,11 +420,19 @@ def test_new_instances_for_a_finished_series_run_it_again(tmp_path):
     store = JobStore(tmp_path)
     series, study = generate_uid(), generate_uid()
     first = generate_uid()
-    assert store.store_instance(b"a", series_uid=series, study_uid=study, sop_uid=first, modality="CT", calling_aet="PACS")
-    store.update(series, state="done", sent=["1.2.3"], results={"seg": {"path": "x", "sop_instance_uid": "1.2.3"}})
-    assert not store.store_instance(b"a", series_uid=series, study_uid=study, sop_uid=first, modality="CT", calling_aet="PACS")
+    assert store.store_instance(
+        b"a", series_uid=series, study_uid=study, sop_uid=first, modality="CT", calling_aet="PACS"
+    )
+    store.update(
+        series, state="done", sent=["1.2.3"], results={"seg": {"path": "x", "sop_instance_uid": "1.2.3"}}
+    )
+    assert not store.store_instance(
+        b"a", series_uid=series, study_uid=study, sop_uid=first, modality="CT", calling_aet="PACS"
+    )
     assert store.get(series)["state"] == "done"  # a resend of the same instance changes nothing
-    store.store_instance(b"b", series_uid=series, study_uid=study, sop_uid=generate_uid(), modality="CT", calling_aet="PACS")
+    store.store_instance(
+        b"b", series_uid=series, study_uid=study, sop_uid=generate_uid(), modality="CT", calling_aet="PACS"
+    )
     job = store.get(series)
     assert job["state"] == "receiving" and job["revision"] == 1 and job["sent"] == []
     assert store.complete_idle(0.0) == [series] and store.get(series)["instances"] == 2
@@ -348,7 +444,9 @@ def orthanc(tmp_path):
     """A fresh Orthanc on free localhost ports; skipped when Orthanc is not installed (a user's machine)."""
     if orthanc_binary() is None:
         if os.environ.get("VOXPIPE_REQUIRE_ORTHANC") == "1":
-            pytest.fail("Orthanc is required here (VOXPIPE_REQUIRE_ORTHANC=1) but not installed: apt-get install orthanc")
+            pytest.fail(
+                "Orthanc is required here (VOXPIPE_REQUIRE_ORTHANC=1) but not installed: apt-get install orthanc"
+            )
         pytest.skip("Orthanc is not installed (Debian: apt-get install orthanc orthanc-dicomweb)")
     node_port = free_port()
     server = OrthancServer(tmp_path / "orthanc", modalities={"voxpipe": ("VOXPIPE", node_port)})
@@ -358,7 +456,9 @@ def orthanc(tmp_path):
 
 
 def _check_results_in_orthanc(orthanc, tmp_path, phantom, source: Path, node_dir: Path):
-    wait_for(lambda: orthanc.series("SEG") and orthanc.series("SR"), timeout=120, what="the SEG and SR in Orthanc")
+    wait_for(
+        lambda: orthanc.series("SEG") and orthanc.series("SR"), timeout=120, what="the SEG and SR in Orthanc"
+    )
     [seg_file] = orthanc.download(orthanc.series("SEG")[0], tmp_path / "from-orthanc" / "seg")
     [sr_file] = orthanc.download(orthanc.series("SR")[0], tmp_path / "from-orthanc" / "sr")
     shape, affine = dicom_geometry(source)
@@ -375,11 +475,18 @@ def _check_results_in_orthanc(orthanc, tmp_path, phantom, source: Path, node_dir
 
 
 @pytest.mark.slow
-def test_orthanc_sends_a_series_and_receives_seg_and_sr_over_dimse(liver_bundle, oracle_weights, tmp_path, orthanc):
+def test_orthanc_sends_a_series_and_receives_seg_and_sr_over_dimse(
+    liver_bundle, oracle_weights, tmp_path, orthanc
+):
     phantom, files = write_series(tmp_path / "series")
     orthanc.upload(files)  # into Orthanc over its REST API, as a modality would have stored it
-    node = make_node(liver_bundle, tmp_path / "node", Destination("ORTHANC", "127.0.0.1", orthanc.dicom_port), oracle_weights,
-                     port=orthanc.node_port)
+    node = make_node(
+        liver_bundle,
+        tmp_path / "node",
+        Destination("ORTHANC", "127.0.0.1", orthanc.dicom_port),
+        oracle_weights,
+        port=orthanc.node_port,
+    )
     node.start()
     try:
         [ct] = orthanc.series("CT")
@@ -400,8 +507,16 @@ def test_orthanc_dicomweb_poll_fetch_and_stow(liver_bundle, oracle_weights, tmp_
         pytest.skip("the Orthanc DICOMweb plugin is not installed (Debian: orthanc-dicomweb)")
     phantom, files = write_series(tmp_path / "series")
     orthanc.upload(files)
-    node = DicomNode(liver_bundle, workdir=tmp_path / "node", dicomweb=f"{orthanc.url}/dicom-web", poll=0.3, idle=0.5,
-                     weights=oracle_weights, overrides=ORACLE, trust_bundle=True)
+    node = DicomNode(
+        liver_bundle,
+        workdir=tmp_path / "node",
+        dicomweb=f"{orthanc.url}/dicom-web",
+        poll=0.3,
+        idle=0.5,
+        weights=oracle_weights,
+        overrides=ORACLE,
+        trust_bundle=True,
+    )
     node.start()
     try:
         _check_results_in_orthanc(orthanc, tmp_path, phantom, tmp_path / "series", tmp_path / "node")
@@ -440,14 +555,25 @@ def test_failure_reasons_are_redacted_of_patient_data(tmp_path):
     _, files = write_series(tmp_path / "series")
     redact = patient_data_redactor(tmp_path / "series")
     message = f"Unable to convert '{BIRTH_DATE}' to 'DA'; patient {PATIENT_NAME} ({PATIENT_ID}), Janet"
-    assert redact(message) == "Unable to convert '<redacted>' to 'DA'; patient <redacted> (<redacted>), <redacted>"
+    assert (
+        redact(message)
+        == "Unable to convert '<redacted>' to 'DA'; patient <redacted> (<redacted>), <redacted>"
+    )
     assert patient_data_redactor(tmp_path / "nothing")("kept as is") == "kept as is"
 
 
 def test_a_partly_fetched_series_is_discarded_whole(tmp_path):
     store = JobStore(tmp_path)
     series = generate_uid()
-    store.store_instance(b"a", series_uid=series, study_uid=generate_uid(), sop_uid=generate_uid(), modality="CT",
-                         calling_aet="DICOMweb")
+    store.store_instance(
+        b"a",
+        series_uid=series,
+        study_uid=generate_uid(),
+        sop_uid=generate_uid(),
+        modality="CT",
+        calling_aet="DICOMweb",
+    )
     store.discard(series)
-    assert store.get(series) is None and not store.series_dir(series).exists() and store.complete_idle(0.0) == []
+    assert (
+        store.get(series) is None and not store.series_dir(series).exists() and store.complete_idle(0.0) == []
+    )

@@ -25,16 +25,26 @@ EXPECTED = json.loads((Path(__file__).parent / "data" / "luna16_expected.json").
 @pytest.mark.parametrize("seed", SEEDS)
 def test_cpm_equals_the_official_luna16_script(tmp_path, seed):
     paths = write_case(tmp_path, seed)
-    result = luna16_froc(read_findings(paths["candidates"], value="probability"),
-                         read_findings(paths["annotations"], value="diameter_mm"),
-                         excluded=read_findings(paths["annotations_excluded"], value="diameter_mm"),
-                         seriesuids=read_seriesuids(paths["seriesuids"]), n_bootstrap=0)
+    result = luna16_froc(
+        read_findings(paths["candidates"], value="probability"),
+        read_findings(paths["annotations"], value="diameter_mm"),
+        excluded=read_findings(paths["annotations_excluded"], value="diameter_mm"),
+        seriesuids=read_seriesuids(paths["seriesuids"]),
+        n_bootstrap=0,
+    )
     expected = EXPECTED[str(seed)]
     assert result.cpm == pytest.approx(expected["cpm"], abs=1e-12)
     assert [result.sensitivity_at[r] for r in FP_RATES] == pytest.approx(expected["at"], abs=1e-12)
     assert (result.true_positives, result.false_positives, result.false_negatives, result.n_nodules) == (
-        expected["tp"], expected["fp"], expected["fn"], expected["nodules"])
-    assert (result.ignored_on_excluded, result.ignored_double_hits) == (expected["ignored"], expected["double"])
+        expected["tp"],
+        expected["fp"],
+        expected["fn"],
+        expected["nodules"],
+    )
+    assert (result.ignored_on_excluded, result.ignored_double_hits) == (
+        expected["ignored"],
+        expected["double"],
+    )
 
 
 def _f(series, x, value, y=0.0, z=0.0):
@@ -45,18 +55,28 @@ def test_hand_made_lists_follow_the_rules():
     nodules = [_f("a", 0, 10), _f("a", 50, 10), _f("b", 0, -1)]  # b's nodule: diameter unknown → 10 mm
     excluded = [_f("a", 100, 8)]
     candidates = [
-        _f("a", 1, 0.9), _f("a", -2, 0.95), _f("a", 4.99, 0.1),  # three hits on one nodule: one TP at 0.95
+        _f("a", 1, 0.9),
+        _f("a", -2, 0.95),
+        _f("a", 4.99, 0.1),  # three hits on one nodule: one TP at 0.95
         _f("a", 5.0, 0.8),  # on the sphere, not inside: a false positive
         _f("a", 101, 0.99),  # on an excluded finding: ignored
         _f("b", 4.0, 0.7),  # inside b's 10 mm default
         _f("c", 0, 0.5),  # a scan without nodules: a false positive
     ]
-    result = luna16_froc(candidates, nodules, excluded=excluded, seriesuids=["a", "b", "c", "d"], n_bootstrap=0)
-    assert (result.n_nodules, result.true_positives, result.false_negatives) == (3, 2, 1)  # the nodule at x=50 is missed
+    result = luna16_froc(
+        candidates, nodules, excluded=excluded, seriesuids=["a", "b", "c", "d"], n_bootstrap=0
+    )
+    assert (result.n_nodules, result.true_positives, result.false_negatives) == (
+        3,
+        2,
+        1,
+    )  # the nodule at x=50 is missed
     assert (result.false_positives, result.ignored_on_excluded, result.ignored_double_hits) == (2, 1, 2)
     # TPs at 0.95 and 0.7, FPs at 0.8 and 0.5 over four scans: 1/3 up to the first FP (0.25 FP/scan), then 2/3.
     assert result.sensitivity_at[0.125] == pytest.approx(1 / 3)
-    assert result.sensitivity_at[0.25] == pytest.approx(2 / 3)  # the script's grid point lies just right of 0.25
+    assert result.sensitivity_at[0.25] == pytest.approx(
+        2 / 3
+    )  # the script's grid point lies just right of 0.25
     assert result.sensitivity_at[8.0] == pytest.approx(2 / 3)
     assert result.cpm == pytest.approx((1 / 3 + 6 * 2 / 3) / 7)
     empty = luna16_froc([], nodules, seriesuids=["a", "b"], n_bootstrap=0)
@@ -65,9 +85,16 @@ def test_hand_made_lists_follow_the_rules():
 
 def test_bootstrap_gives_a_seeded_ci_around_the_cpm(tmp_path):
     paths = write_case(tmp_path, 1)
-    args = (read_findings(paths["candidates"], value="probability"), read_findings(paths["annotations"], value="diameter_mm"))
-    kwargs = {"excluded": read_findings(paths["annotations_excluded"], value="diameter_mm"),
-              "seriesuids": read_seriesuids(paths["seriesuids"]), "n_bootstrap": 200, "seed": 3}
+    args = (
+        read_findings(paths["candidates"], value="probability"),
+        read_findings(paths["annotations"], value="diameter_mm"),
+    )
+    kwargs = {
+        "excluded": read_findings(paths["annotations_excluded"], value="diameter_mm"),
+        "seriesuids": read_seriesuids(paths["seriesuids"]),
+        "n_bootstrap": 200,
+        "seed": 3,
+    }
     first, second = luna16_froc(*args, **kwargs), luna16_froc(*args, **kwargs)
     low, high = first.ci["cpm_ci95"]
     assert low < first.cpm < high and first.ci == second.ci and first.ci["bootstrap_samples"] == 200

@@ -36,7 +36,12 @@ def _world_values(array, affine):
 
 @pytest.mark.parametrize(
     "affine",
-    [AXIAL, np.diag([-0.8, -0.9, 2.5, 1.0]), np.diag([-0.8, 0.9, -2.5, 1.0]), oblique_affine((0.8, 0.9, 2.5))],
+    [
+        AXIAL,
+        np.diag([-0.8, -0.9, 2.5, 1.0]),
+        np.diag([-0.8, 0.9, -2.5, 1.0]),
+        oblique_affine((0.8, 0.9, 2.5)),
+    ],
     ids=["RAS", "LPS", "LAI", "oblique"],
 )
 def test_well_formed_series_matches_simpleitk_and_the_truth(tmp_path, hu, affine):
@@ -75,7 +80,9 @@ def test_gantry_tilt_is_resampled_onto_an_orthogonal_grid(tmp_path, hu, caplog):
 
 def test_missing_slices_are_an_error(tmp_path, hu):
     write_dicom_series(hu, AXIAL, tmp_path, drop_slices=[4, 5])
-    with pytest.raises(GeometryError, match=r"missing slices .*7\.5 mm.*median slice spacing is 2\.5 mm.*2 slices"):
+    with pytest.raises(
+        GeometryError, match=r"missing slices .*7\.5 mm.*median slice spacing is 2\.5 mm.*2 slices"
+    ):
         load_dicom_series(tmp_path)
 
 
@@ -104,7 +111,10 @@ def test_single_slice_and_mixed_geometry_are_errors(tmp_path, hu):
     with pytest.raises(GeometryError, match="1 slice"):
         load_dicom_series(tmp_path / "single")
     # Two halves of one series with different orientation, then with different pixel spacing.
-    for name, second in (("orient", oblique_affine((0.8, 0.9, 2.5), origin=(0, 0, 100))), ("spacing", np.diag([0.7, 0.7, 2.5, 1]))):
+    for name, second in (
+        ("orient", oblique_affine((0.8, 0.9, 2.5), origin=(0, 0, 100))),
+        ("spacing", np.diag([0.7, 0.7, 2.5, 1])),
+    ):
         second = second.copy()
         second[2, 3] = 100.0
         write_dicom_series(hu[..., :5], AXIAL, tmp_path / name, series_uid="1.2.3.4")
@@ -120,7 +130,10 @@ def test_several_series_are_listed_and_never_mixed(tmp_path, hu, caplog):
     write_dicom_series(hu[..., :4], AXIAL, tmp_path / "b", series_uid="1.2.826.2", description="scout")
     (tmp_path / "LICENSE").write_text("not dicom")
     series = discover_series(tmp_path)
-    assert [(s.uid, s.n_slices, s.description) for s in series] == [("1.2.826.1", 10, "axial"), ("1.2.826.2", 4, "scout")]
+    assert [(s.uid, s.n_slices, s.description) for s in series] == [
+        ("1.2.826.1", 10, "axial"),
+        ("1.2.826.2", 4, "scout"),
+    ]
     with caplog.at_level(logging.WARNING):
         assert load_dicom_series(tmp_path)[0].shape[2] == 10
     assert "2 DICOM series" in caplog.text and "scout" in caplog.text
@@ -195,7 +208,9 @@ def test_pixels_read_at_the_header_offset_equal_pydicoms_reading_of_each_file(tm
     write_dicom_series(hu, np.diag([0.8, 0.8, 2.0, 1.0]), tmp_path / "s")
     fast, _, _ = load_dicom_series(tmp_path / "s")
     used = []
-    monkeypatch.setattr(dicom, "_pixels_at_offset", lambda path, header: used.append(path))  # always None: pydicom reads
+    monkeypatch.setattr(
+        dicom, "_pixels_at_offset", lambda path, header: used.append(path)
+    )  # always None: pydicom reads
     slow, _, _ = load_dicom_series(tmp_path / "s")
     assert len(used) == hu.shape[2] and fast.dtype == slow.dtype and np.array_equal(fast, slow)
     assert np.array_equal(fast, hu)

@@ -37,10 +37,14 @@ def write_seg(label: np.ndarray, affine: np.ndarray, path, *, segments=(1, 2), o
             if mask.any():
                 frames.append(mask.T)
                 position = lps[:3, 3] + k * lps[:3, 2]
-                per_frame.append(_item(
-                    PlanePositionSequence=DicomSequence([_item(ImagePositionPatient=[f"{v:.6f}" for v in position])]),
-                    SegmentIdentificationSequence=DicomSequence([_item(ReferencedSegmentNumber=segment)]),
-                ))  # fmt: skip
+                per_frame.append(
+                    _item(
+                        PlanePositionSequence=DicomSequence(
+                            [_item(ImagePositionPatient=[f"{v:.6f}" for v in position])]
+                        ),
+                        SegmentIdentificationSequence=DicomSequence([_item(ReferencedSegmentNumber=segment)]),
+                    )
+                )
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SEG_SOP_CLASS, generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -48,15 +52,35 @@ def write_seg(label: np.ndarray, affine: np.ndarray, path, *, segments=(1, 2), o
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SEG_SOP_CLASS, meta.MediaStorageSOPInstanceUID, "SEG"
     ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
-    ds.SegmentationType, ds.Rows, ds.Columns, ds.NumberOfFrames = "BINARY", label.shape[1], label.shape[0], len(frames)
+    ds.SegmentationType, ds.Rows, ds.Columns, ds.NumberOfFrames = (
+        "BINARY",
+        label.shape[1],
+        label.shape[0],
+        len(frames),
+    )
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
-    ds.SegmentSequence = DicomSequence([_item(SegmentNumber=s, SegmentLabel=f"segment {s}") for s in segments])
-    ds.SharedFunctionalGroupsSequence = DicomSequence([_item(
-        PlaneOrientationSequence=DicomSequence([_item(ImageOrientationPatient=[f"{v:.8f}" for v in (*row, *col)])]),
-        PixelMeasuresSequence=DicomSequence([_item(PixelSpacing=[f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"],
-                                                   SliceThickness=f"{spacing[2]:.6f}", SpacingBetweenSlices=f"{spacing[2]:.6f}")]),
-    )])  # fmt: skip
+    ds.SegmentSequence = DicomSequence(
+        [_item(SegmentNumber=s, SegmentLabel=f"segment {s}") for s in segments]
+    )
+    ds.SharedFunctionalGroupsSequence = DicomSequence(
+        [
+            _item(
+                PlaneOrientationSequence=DicomSequence(
+                    [_item(ImageOrientationPatient=[f"{v:.8f}" for v in (*row, *col)])]
+                ),
+                PixelMeasuresSequence=DicomSequence(
+                    [
+                        _item(
+                            PixelSpacing=[f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"],
+                            SliceThickness=f"{spacing[2]:.6f}",
+                            SpacingBetweenSlices=f"{spacing[2]:.6f}",
+                        )
+                    ]
+                ),
+            )
+        ]
+    )
     ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
     ds.PixelData = np.packbits(np.stack(frames).astype(np.uint8).reshape(-1), bitorder="little").tobytes()
     ds.save_as(path, enforce_file_format=True)
@@ -70,7 +94,9 @@ def phantom():
 
 def test_seg_lands_exactly_on_its_image_grid(tmp_path, phantom):
     path = write_seg(phantom.label, phantom.affine, tmp_path / "case.dcm")
-    assert is_dicom_seg(path) and not is_dicom_seg(save_nifti(phantom.label, phantom.affine, tmp_path / "x.nii.gz"))
+    assert is_dicom_seg(path) and not is_dicom_seg(
+        save_nifti(phantom.label, phantom.affine, tmp_path / "x.nii.gz")
+    )
     seg = read_seg(path)
     assert seg.labels == {1: "segment 1", 2: "segment 2"}
     assert np.array_equal(seg_to_label_map(seg, phantom.label.shape, phantom.affine), phantom.label)
@@ -100,9 +126,15 @@ def test_evaluate_scores_against_seg_references(tmp_path, phantom):
     write_seg(phantom.label, phantom.affine, refs / "case_a.dcm")
     write_seg(phantom.label, phantom.affine, refs / "case_b.dcm")
     write_volume(phantom.label, phantom.affine, preds / "case_a.nrrd")  # perfect; case_b missing
-    result = evaluate_folders(preds, refs, labels={"liver": (1,), "tumour": (2,)}, output_dir=tmp_path / "out")
+    result = evaluate_folders(
+        preds, refs, labels={"liver": (1,), "tumour": (2,)}, output_dir=tmp_path / "out"
+    )
     rows = {r["case"]: r for r in result.rows}
-    assert rows["case_a"]["status"] == "ok" and rows["case_a"]["dice_liver"] == 1.0 and rows["case_a"]["hd95_liver"] == 0.0
+    assert (
+        rows["case_a"]["status"] == "ok"
+        and rows["case_a"]["dice_liver"] == 1.0
+        and rows["case_a"]["hd95_liver"] == 0.0
+    )
     assert rows["case_b"]["status"] == "missing" and rows["case_b"]["dice_liver"] == 0.0
     # A prediction on another grid: an error naming the SEG, or resampled onto the SEG's own lattice.
     coarse = phantom.affine @ np.diag([2.0, 2.0, 1.0, 1.0])
@@ -110,7 +142,9 @@ def test_evaluate_scores_against_seg_references(tmp_path, phantom):
     write_volume(phantom.label[::2, ::2], coarse, preds / "case_a.nii.gz")
     failed = evaluate_folders(preds, refs, labels={"liver": (1,)}, output_dir=tmp_path / "out2")
     assert failed.rows[0]["status"] == "wrong_grid" and "case_a.dcm" in failed.rows[0]["reason"]
-    resampled = evaluate_folders(preds, refs, labels={"liver": (1,)}, output_dir=tmp_path / "out3", resample_predictions=True)
+    resampled = evaluate_folders(
+        preds, refs, labels={"liver": (1,)}, output_dir=tmp_path / "out3", resample_predictions=True
+    )
     assert resampled.rows[0]["dice_liver"] > 0.8
 
 
@@ -124,7 +158,9 @@ def test_dcmqi_liver_seg_equals_its_manual_nrrd(real_data, tmp_path):
     (tmp_path / "refs").mkdir()
     shutil.copy(seg, tmp_path / "refs" / "liver.dcm")
     write_volume(manual.array, manual.affine, tmp_path / "preds" / "liver.nrrd")
-    result = evaluate_folders(tmp_path / "preds", tmp_path / "refs", labels={"liver": (1,)}, output_dir=tmp_path / "out")
+    result = evaluate_folders(
+        tmp_path / "preds", tmp_path / "refs", labels={"liver": (1,)}, output_dir=tmp_path / "out"
+    )
     assert result.rows[0]["dice_liver"] == 1.0 and result.rows[0]["hd_liver"] == 0.0
 
 
@@ -151,14 +187,21 @@ def test_written_seg_reads_back_exactly_and_tilted_series_are_refused(tmp_path, 
     from voxpipe.transforms.dicom_seg import write_dicom_seg
 
     write_dicom_series(phantom.image, phantom.affine, tmp_path / "ct")
-    out = write_dicom_seg(phantom.label, tmp_path / "ct", tmp_path / "seg.dcm", names={1: "liver", 2: "tumour"})
+    out = write_dicom_seg(
+        phantom.label, tmp_path / "ct", tmp_path / "seg.dcm", names={1: "liver", 2: "tumour"}
+    )
     assert np.array_equal(seg_to_label_map(read_seg(out), phantom.label.shape, phantom.affine), phantom.label)
     seg = hd.seg.segread(out)  # highdicom reads it too, with the codes
-    assert [s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning for s in seg.SegmentSequence] == ["Liver", "Neoplasm"]
+    assert [s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning for s in seg.SegmentSequence] == [
+        "Liver",
+        "Neoplasm",
+    ]
     assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == phantom.label.shape[2]
     write_dicom_series(phantom.image, phantom.affine, tmp_path / "tilted", tilt_pixels=1)
     with pytest.raises(GeometryError, match="resampled on loading"):
-        write_dicom_seg(phantom.label, tmp_path / "tilted", tmp_path / "bad.dcm", names={1: "liver", 2: "tumour"})
+        write_dicom_seg(
+            phantom.label, tmp_path / "tilted", tmp_path / "bad.dcm", names={1: "liver", 2: "tumour"}
+        )
     assert not (tmp_path / "bad.dcm").exists()
     with pytest.raises(InputError, match=r"label values \[2\] have no name"):
         write_dicom_seg(phantom.label, tmp_path / "ct", tmp_path / "bad.dcm", names={1: "liver"})
@@ -175,10 +218,14 @@ def test_totalsegmentator_labels_round_trip_through_seg_on_the_jpeg2000_series(r
     if not (folder / "example_ct_dicom").is_dir() or not (folder / "example_seg_dicom.nii.gz").is_file():
         pytest.skip("TotalSegmentator DICOM example is absent")
     ct = load_volume(folder / "example_ct_dicom")
-    label = resample_nearest(load_volume(folder / "example_seg_dicom.nii.gz", label=True), ct).astype(np.uint8)  # same lattice, other axis order
+    label = resample_nearest(load_volume(folder / "example_seg_dicom.nii.gz", label=True), ct).astype(
+        np.uint8
+    )  # same lattice, other axis order
     classes = json.loads((folder / "class_map_total_and_total_mr.json").read_text())["total"]
     present = sorted(int(v) for v in np.unique(label) if v)
-    out = write_dicom_seg(label, folder / "example_ct_dicom", tmp_path / "seg.dcm", names={v: classes[str(v)] for v in present})
+    out = write_dicom_seg(
+        label, folder / "example_ct_dicom", tmp_path / "seg.dcm", names={v: classes[str(v)] for v in present}
+    )
     seg = read_seg(out)
     assert len(seg.labels) == len(present) and seg.labels[present.index(5) + 1] == "liver"
     renumbered = np.zeros(256, np.uint8)

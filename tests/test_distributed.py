@@ -13,17 +13,35 @@ from monai.bundle import ConfigParser
 
 from voxpipe.pipelines.bundles.config import find_config
 
-SETTINGS = {"patch_size": [32, 32, 16], "network_def#init_filters": 8, "val_fraction": 0.75, "val_interval": 1}
+SETTINGS = {
+    "patch_size": [32, 32, 16],
+    "network_def#init_filters": 8,
+    "val_fraction": 0.75,
+    "val_interval": 1,
+}
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_train_and_validate_like_one(liver_bundle, tiny_liver_dataset, tmp_path):
     run = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "voxpipe.cli", "train", str(liver_bundle),
-        "--set", f"dataset_dir={tiny_liver_dataset}", "--set", f"output_dir={run}",
-        "--set", "max_epochs=2", "--set", "progress=false",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "voxpipe.cli",
+        "train",
+        str(liver_bundle),
+        "--set",
+        f"dataset_dir={tiny_liver_dataset}",
+        "--set",
+        f"output_dir={run}",
+        "--set",
+        "max_epochs=2",
+        "--set",
+        "progress=false",
         *[arg for key, value in SETTINGS.items() for arg in ("--set", f"{key}={value}")],
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -43,4 +61,6 @@ def test_two_gloo_processes_train_and_validate_like_one(liver_bundle, tiny_liver
     assert len(parser.get_parsed_content("validate#dataset")) == 3  # 3 cases on 2 ranks: uneven shards
     evaluator = parser.get_parsed_content("validate#evaluator")
     evaluator.run()
-    assert float(rows[-1]["val_mean_dice"]) == pytest.approx(float(evaluator.state.metrics["val_mean_dice"]), abs=1e-6)
+    assert float(rows[-1]["val_mean_dice"]) == pytest.approx(
+        float(evaluator.state.metrics["val_mean_dice"]), abs=1e-6
+    )

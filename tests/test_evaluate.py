@@ -32,7 +32,11 @@ def test_dice_on_known_masks():
 
 
 def test_parse_label_groups():
-    assert parse_label_groups("liver=1,tumour=2,liver_total=1+2") == {"liver": (1,), "tumour": (2,), "liver_total": (1, 2)}
+    assert parse_label_groups("liver=1,tumour=2,liver_total=1+2") == {
+        "liver": (1,),
+        "tumour": (2,),
+        "liver_total": (1, 2),
+    }
     with pytest.raises(InputError, match="'liver'"):
         parse_label_groups("liver")
     with pytest.raises(InputError, match="integer"):
@@ -64,7 +68,9 @@ def folders(tmp_path):
 
 def test_evaluation_csv_and_summary_are_right(folders):
     pred, ref, out = folders
-    result = evaluate_folders(pred, ref, labels={"liver": (1,), "tumour": (2,), "liver_total": (1, 2)}, output_dir=out)
+    result = evaluate_folders(
+        pred, ref, labels={"liver": (1,), "tumour": (2,), "liver_total": (1, 2)}, output_dir=out
+    )
     rows = {r["case"]: r for r in csv.DictReader(open(out / "per_case.csv"))}
     assert float(rows["a"]["dice_liver"]) == pytest.approx(2 / 3)
     assert rows["a"]["dice_tumour"] == ""  # both empty: undefined, not 0 or 1
@@ -96,7 +102,11 @@ def test_non_integral_labels_fail_that_case(folders):
     pred, ref, out = folders
     save_nifti(np.full((4, 4, 4), 0.5, np.float32), AFFINE, pred / "a.nii.gz")
     rows = {r["case"]: r for r in evaluate_folders(pred, ref, labels={"liver": (1,)}, output_dir=out).rows}
-    assert rows["a"]["status"] == "not_labels" and "non-integral" in rows["a"]["reason"] and rows["b"]["status"] == "ok"
+    assert (
+        rows["a"]["status"] == "not_labels"
+        and "non-integral" in rows["a"]["reason"]
+        and rows["b"]["status"] == "ok"
+    )
 
 
 def test_an_unreadable_reference_is_listed_and_the_rest_scored(folders, capsys):
@@ -111,20 +121,40 @@ def test_an_unreadable_reference_is_listed_and_the_rest_scored(folders, capsys):
     assert rows["a"]["status"] == "reference_failed" and rows["a"]["dice_liver"] == ""
     assert rows["b"]["status"] == "ok"
     summary = json.loads((out / "summary.json").read_text())
-    assert "could not be read" in summary["failed_reasons"]["a"] and summary["metrics"]["liver"]["dice"]["n"] == len(rows) - 1
+    assert (
+        "could not be read" in summary["failed_reasons"]["a"]
+        and summary["metrics"]["liver"]["dice"]["n"] == len(rows) - 1
+    )
 
 
 def test_every_metric_conventions_and_lits_global_dice(folders):
     pred, ref, out = folders
     labels = {"liver": (1,), "tumour": (2,)}
-    nnunet = evaluate_folders(pred, ref, labels=labels, output_dir=out / "n", options=ScoringOptions(convention="nnunet"))
-    flare = evaluate_folders(pred, ref, labels=labels, output_dir=out / "f", options=ScoringOptions(convention="flare"))
+    nnunet = evaluate_folders(
+        pred, ref, labels=labels, output_dir=out / "n", options=ScoringOptions(convention="nnunet")
+    )
+    flare = evaluate_folders(
+        pred, ref, labels=labels, output_dir=out / "f", options=ScoringOptions(convention="flare")
+    )
     a_n = next(r for r in nnunet.rows if r["case"] == "a")
     a_f = next(r for r in flare.rows if r["case"] == "a")
     assert math.isnan(a_n["dice_tumour"]) and math.isnan(a_n["hd95_tumour"])
     assert a_f["dice_tumour"] == a_f["nsd_tumour"] == 1.0 and a_f["hd95_tumour"] == 0.0  # both empty: perfect
-    for metric in ("dice", "iou", "sensitivity", "precision", "specificity", "volume_diff_ml", "hd", "hd95", "assd", "msd",
-                   "nsd", "lesion_recall", "lesion_f1"):  # fmt: skip
+    for metric in (
+        "dice",
+        "iou",
+        "sensitivity",
+        "precision",
+        "specificity",
+        "volume_diff_ml",
+        "hd",
+        "hd95",
+        "assd",
+        "msd",
+        "nsd",
+        "lesion_recall",
+        "lesion_f1",
+    ):
         assert f"{metric}_liver" in a_n
     # Case a: the prediction is the first of the reference's two slabs → volume −16 voxels.
     assert a_n["volume_diff_ml_liver"] == pytest.approx(-16 * 0.8 * 0.8 * 2.5 / 1000)
@@ -134,7 +164,9 @@ def test_every_metric_conventions_and_lits_global_dice(folders):
     assert c["dice_tumour"] == 0.0 and c["hd95_liver"] == pytest.approx(diagonal) and c["nsd_liver"] == 0.0
     # LiTS global Dice pools voxels over cases: liver TP = 16 (a) + 28 (b) + 0 (c, missing).
     lits = nnunet.summary["aggregates"]["lits"]["liver"]
-    assert lits["dice_global"] == pytest.approx(2 * 44 / (2 * 44 + 2 + 16 + 28))  # FP 2 (b); FN 16 (a) + 28 (c)
+    assert lits["dice_global"] == pytest.approx(
+        2 * 44 / (2 * 44 + 2 + 16 + 28)
+    )  # FP 2 (b); FN 16 (a) + 28 (c)
     ci = nnunet.summary["metrics"]["liver"]["dice"]["ci95"]
     assert ci[0] <= nnunet.summary["metrics"]["liver"]["dice"]["mean"] <= ci[1]
 
@@ -155,10 +187,17 @@ def test_resample_pred_puts_a_prediction_on_the_reference_grid(tmp_path):
     fine_affine[:3, 3] = [-0.2, -0.2, 0.0]  # voxel centres of the fine grid inside the coarse voxels
     save_nifti(ref, AFFINE, tmp_path / "ref" / "x.nii.gz")
     save_nifti(fine, fine_affine, tmp_path / "pred" / "x.nii.gz")
-    failed = evaluate_folders(tmp_path / "pred", tmp_path / "ref", labels={"o": (1,)}, output_dir=tmp_path / "out")
+    failed = evaluate_folders(
+        tmp_path / "pred", tmp_path / "ref", labels={"o": (1,)}, output_dir=tmp_path / "out"
+    )
     assert failed.rows[0]["status"] == "wrong_grid" and "resample" in failed.rows[0]["reason"]
-    result = evaluate_folders(tmp_path / "pred", tmp_path / "ref", labels={"o": (1,)}, output_dir=tmp_path / "out",
-                              resample_predictions=True)  # fmt: skip
+    result = evaluate_folders(
+        tmp_path / "pred",
+        tmp_path / "ref",
+        labels={"o": (1,)},
+        output_dir=tmp_path / "out",
+        resample_predictions=True,
+    )
     assert result.rows[0]["dice_o"] == 1.0
 
 

@@ -27,12 +27,21 @@ def test_body_box_grows_by_the_margin_and_clips():
 def test_crop_matches_monai_inside_the_box_and_is_background_outside(net):
     image = torch.zeros(1, 1, 64, 64, 32)
     image[0, 0, 20:40, 24:44, 8:24] = torch.rand(20, 20, 16) + 0.1
-    inferer = FastSlidingWindowInferer([32, 32, 16], sw_batch_size=2, precision="fp32", margin=[8, 8, 4],
-                                       skip_air=False, crop_body=True, channels_last=False)
+    inferer = FastSlidingWindowInferer(
+        [32, 32, 16],
+        sw_batch_size=2,
+        precision="fp32",
+        margin=[8, 8, 4],
+        skip_air=False,
+        crop_body=True,
+        channels_last=False,
+    )
     with torch.no_grad():
         fast = inferer(image, net)
         box = body_box(image, threshold=0.0, margin=[8, 8, 4])
-        plain = sliding_window_inference(image[(slice(None), slice(None), *box)], [32, 32, 16], 2, net, overlap=0.25, mode="gaussian")
+        plain = sliding_window_inference(
+            image[(slice(None), slice(None), *box)], [32, 32, 16], 2, net, overlap=0.25, mode="gaussian"
+        )
     assert fast.shape == (1, 3, 64, 64, 32) and fast.dtype == torch.float32
     assert torch.allclose(fast[(slice(None), slice(None), *box)], plain, atol=1e-5)
     outside = torch.ones(64, 64, 32, dtype=torch.bool)
@@ -42,15 +51,15 @@ def test_crop_matches_monai_inside_the_box_and_is_background_outside(net):
 
 def test_body_mask_drops_the_table_and_small_islands_keeps_large_parts_and_fills_holes():
     image = torch.zeros(1, 1, 60, 60, 10)
-    image[0, 0, 10:50, 10:40] = 1.0           # the body
-    image[0, 0, 20:30, 20:30] = 0.0           # a lung: a hole in every slice
-    image[0, 0, 5:55, 44:46] = 1.0            # the table: two voxels thick, 4 voxels below the body
-    image[0, 0, 52:58, 10:16] = 1.0           # an arm: a separate small component
+    image[0, 0, 10:50, 10:40] = 1.0  # the body
+    image[0, 0, 20:30, 20:30] = 0.0  # a lung: a hole in every slice
+    image[0, 0, 5:55, 44:46] = 1.0  # the table: two voxels thick, 4 voxels below the body
+    image[0, 0, 52:58, 10:16] = 1.0  # an arm: a separate small component
     mask = body_mask(image, threshold=0.0, opening=2, keep_fraction=0.2)
     assert mask.shape == (60, 60, 10) and mask.dtype == torch.bool
-    assert mask[12:48, 12:38].all() and mask[20:30, 20:30].all()    # body and its hole
-    assert not mask[:, 43:].any() and not mask[53:].any()           # no table, no arm (the mask is grown by 2 voxels)
-    image[0, 0, 52:60, 10:40] = 1.0           # a second leg (20 % of the first): kept at keep_fraction 0.1
+    assert mask[12:48, 12:38].all() and mask[20:30, 20:30].all()  # body and its hole
+    assert not mask[:, 43:].any() and not mask[53:].any()  # no table, no arm (the mask is grown by 2 voxels)
+    image[0, 0, 52:60, 10:40] = 1.0  # a second leg (20 % of the first): kept at keep_fraction 0.1
     assert body_mask(image, threshold=0.0, opening=1, keep_fraction=0.1)[54:58, 12:38].all()
     assert not body_mask(torch.zeros(1, 1, 8, 8, 8), threshold=0.0).any()
 
@@ -84,18 +93,22 @@ def test_the_window_grid_over_the_body_box_runs_fewer_windows_and_covers_the_bod
     with torch.no_grad():
         whole = FastSlidingWindowInferer([32, 32, 16], precision="fp32", crop_body=False)
         reference = whole(image, _Bright())
-        cropped = FastSlidingWindowInferer([32, 32, 16], precision="fp32", crop_body=True)  # the grid over the body box
+        cropped = FastSlidingWindowInferer(
+            [32, 32, 16], precision="fp32", crop_body=True
+        )  # the grid over the body box
         out = cropped(image, _Bright())
     assert cropped.last_counts["run"] < whole.last_counts["run"]
     body = body_mask(image, threshold=0.0)
-    assert torch.equal(out.argmax(1)[0][body], reference.argmax(1)[0][body])  # a pointwise 'network': every body voxel covered
+    assert torch.equal(
+        out.argmax(1)[0][body], reference.argmax(1)[0][body]
+    )  # a pointwise 'network': every body voxel covered
     assert (out.argmax(1)[0][:, 100:] == 0).all()
 
 
 def test_organ_roi_runs_full_resolution_only_around_the_coarse_foreground():
     image = torch.zeros(1, 1, 96, 96, 48)
-    image[0, 0, 8:88, 8:88, 4:44] = 0.3           # the body
-    image[0, 0, 20:36, 24:40, 10:22] = 0.9        # the organ
+    image[0, 0, 8:88, 8:88, 4:44] = 0.3  # the body
+    image[0, 0, 20:36, 24:40, 10:22] = 0.9  # the organ
     with torch.no_grad():
         whole = FastSlidingWindowInferer([32, 32, 16], precision="fp32")
         reference = whole(image, _Bright())
@@ -125,14 +138,20 @@ def test_air_windows_are_skipped_and_channels_last_changes_nothing_that_matters(
     image[0, 0, 10:40, 12:40, 4:28] = torch.rand(30, 28, 24) + 0.1
     image[0, 0, 70:80, 70:80, 10:14] = 0.5  # a second island: the body box spans most of the volume
     with torch.no_grad():
-        plain = FastSlidingWindowInferer([32, 32, 16], precision="fp32", skip_air=False, crop_body=False, channels_last=False)
+        plain = FastSlidingWindowInferer(
+            [32, 32, 16], precision="fp32", skip_air=False, crop_body=False, channels_last=False
+        )
         reference = plain(image, net)
-        fast = FastSlidingWindowInferer([32, 32, 16], precision="fp32", body_mask=False, crop_body=False, channels_last=True)
+        fast = FastSlidingWindowInferer(
+            [32, 32, 16], precision="fp32", body_mask=False, crop_body=False, channels_last=True
+        )
         out = fast(image, net)
     assert fast.last_counts["skipped"] > 0 and fast.last_counts["run"] < plain.last_counts["run"]
     body = image[0, 0] > 0
     assert (out.argmax(1)[0][body] == reference.argmax(1)[0][body]).float().mean() > 0.999
-    assert torch.allclose(out[0][:, body], reference[0][:, body], atol=1e-3)  # channels-last: same values to ~1e-4
+    assert torch.allclose(
+        out[0][:, body], reference[0][:, body], atol=1e-3
+    )  # channels-last: same values to ~1e-4
     assert all(p.is_contiguous() for p in net.parameters())  # the network is given back in its own layout
 
 
@@ -143,7 +162,12 @@ def test_flip_tta_averages_the_flipped_passes_and_compile_is_optional(net):
         out = tta(image, net)
         flips = [[], [2], [3], [4], [2, 3], [2, 4], [3, 4], [2, 3, 4]]
         manual = sum(
-            torch.flip(sliding_window_inference(torch.flip(image, f), [32, 32, 16], 4, net, overlap=0.25, mode="gaussian"), f)
+            torch.flip(
+                sliding_window_inference(
+                    torch.flip(image, f), [32, 32, 16], 4, net, overlap=0.25, mode="gaussian"
+                ),
+                f,
+            )
             for f in flips
         ) / len(flips)
     assert tta.last_counts["passes"] == 8 and torch.allclose(out, manual, atol=1e-5)

@@ -33,7 +33,11 @@ from voxpipe.transforms.io import (
     write_volume,
 )
 
-ORACLE = {"network_def": {"_target_": "helpers.OracleNet"}, "patch_size": [32, 32, 16], "pixdim": [0.0, 0.0, 0.0]}
+ORACLE = {
+    "network_def": {"_target_": "helpers.OracleNet"},
+    "patch_size": [32, 32, 16],
+    "pixdim": [0.0, 0.0, 0.0],
+}
 
 
 def nifti_bytes(shape=(8, 8, 8), dtype=np.int16) -> bytearray:
@@ -48,6 +52,7 @@ def one_error_line(err: str) -> str:
 
 
 # --- headers that lie -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dims,compress", [(1024, False), (1024, True), (32767, True), (100000, False)])
 def test_promise_a_lying_header_is_refused_before_allocating(tmp_path, capsys, dims, compress):
@@ -64,7 +69,11 @@ def test_promise_a_lying_header_is_refused_before_allocating(tmp_path, capsys, d
     assert main(["data", "convert", str(path), "-o", str(tmp_path / "out.nii.gz")]) == 2
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     line = one_error_line(capsys.readouterr().err)
-    assert str(path) in line and "the header declares" in line and ("holds only" in line or "expected at most" in line)
+    assert (
+        str(path) in line
+        and "the header declares" in line
+        and ("holds only" in line or "expected at most" in line)
+    )
     assert grown_mib < 100 and not (tmp_path / "out.nii.gz").exists()
 
 
@@ -84,7 +93,9 @@ def test_promise_a_volume_larger_than_memory_is_refused_before_decompressing(tmp
     opened = []
     counting = headers._gzip_size_at_least
     monkeypatch.setattr(headers, "_gzip_size_at_least", lambda *a: opened.append(a) or counting(*a))
-    with pytest.raises(InputError, match=r"bomb.nii.gz'.*needs about 0.1 GiB, more than the 0.1 GiB of memory available"):
+    with pytest.raises(
+        InputError, match=r"bomb.nii.gz'.*needs about 0.1 GiB, more than the 0.1 GiB of memory available"
+    ):
         read_geometry(tmp_path / "bomb.nii.gz")
     assert opened == []  # refused from the header, nothing decompressed
 
@@ -93,7 +104,9 @@ def test_promise_truncated_mha_and_nrrd_data_are_named(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 8, 8), np.int16)), str(tmp_path / "ok.mha"))
     data = (tmp_path / "ok.mha").read_bytes()
     (tmp_path / "cut.mha").write_bytes(data[:-300])
-    (tmp_path / "cut.nrrd").write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 8 8 8\nencoding: raw\n\n" + "x" * 100)
+    (tmp_path / "cut.nrrd").write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nsizes: 8 8 8\nencoding: raw\n\n" + "x" * 100
+    )
     for name in ("cut.mha", "cut.nrrd"):
         with pytest.raises(InputError, match=rf"{name}'.*declares 8 × 8 × 8 voxels.*holds only"):
             read_geometry(tmp_path / name)
@@ -101,6 +114,7 @@ def test_promise_truncated_mha_and_nrrd_data_are_named(tmp_path):
 
 
 # --- voxels and geometry ------------------------------------------------------------------------
+
 
 def test_promise_nan_inf_and_complex_voxels_are_refused_everywhere(tmp_path, liver_bundle, capsys):
     volume = np.zeros((16, 16, 8), np.float32)
@@ -128,20 +142,26 @@ def _raw_nifti(tmp_path: Path, name: str, *, pixdim=(1.0, 1.0, 1.0), codes=(1, 1
 
 def test_promise_unplaceable_geometry_is_refused_and_a_fallback_is_named(tmp_path, caplog):
     no_spacing = _raw_nifti(tmp_path, "pixdim0.nii", pixdim=(0.0, 0.0, 0.0), codes=(0, 0))
-    with pytest.raises(GeometryError, match=r"pixdim0.nii'.*no qform or sform.*pixdim\[1:4\] = \[0.0, 0.0, 0.0\]"):
+    with pytest.raises(
+        GeometryError, match=r"pixdim0.nii'.*no qform or sform.*pixdim\[1:4\] = \[0.0, 0.0, 0.0\]"
+    ):
         load_volume(no_spacing)
     zero = _raw_nifti(tmp_path, "zero.nii", codes=(0, 2), sform=[0.0] * 12)
     with pytest.raises(GeometryError, match=r"zero.nii'.*spacing along axis 0 is 0 mm"):
         read_geometry(zero)
     fallback = _raw_nifti(tmp_path, "fallback.nii", pixdim=(0.8, 0.8, 2.5), codes=(0, 0))
     assert np.allclose(load_volume(fallback).spacing, (0.8, 0.8, 2.5))
-    assert "fallback.nii: no qform or sform" in caplog.text and "assumed voxel sizes [0.800000011920929" in caplog.text
+    assert (
+        "fallback.nii: no qform or sform" in caplog.text
+        and "assumed voxel sizes [0.800000011920929" in caplog.text
+    )
 
 
 def test_promise_header_faults_of_itk_formats_are_one_line(tmp_path, capfd):
     """ITK's MetaIO prints its parse errors to the process's own stdout/stderr: they become the one line's reason."""
-    (tmp_path / "bad.mha").write_text("ObjectType = Image\nNDims = 3\nDimSize = 8 8\nElementType = MET_FOO\n"
-                                      "ElementDataFile = LOCAL\n")
+    (tmp_path / "bad.mha").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 8 8\nElementType = MET_FOO\nElementDataFile = LOCAL\n"
+    )
     assert main(["data", "convert", str(tmp_path / "bad.mha"), "-o", str(tmp_path / "o.nii.gz")]) == 2
     out, err = capfd.readouterr()
     line = one_error_line(err)
@@ -151,12 +171,15 @@ def test_promise_header_faults_of_itk_formats_are_one_line(tmp_path, capfd):
 
 # --- outputs and exit codes ---------------------------------------------------------------------
 
+
 def test_promise_output_paths_that_cannot_be_written_are_the_users_problem(tmp_path, capsys):
     image = write_volume(np.zeros((8, 8, 8), np.int16), np.eye(4), tmp_path / "in.nii.gz")
     (tmp_path / "folder.nii.gz").mkdir()
     (tmp_path / "file.txt").write_text("x")
-    for target, expected in ((tmp_path / "folder.nii.gz", "found a folder at that path"),
-                             (tmp_path / "file.txt" / "out.nii.gz", "file.txt' is a file")):
+    for target, expected in (
+        (tmp_path / "folder.nii.gz", "found a folder at that path"),
+        (tmp_path / "file.txt" / "out.nii.gz", "file.txt' is a file"),
+    ):
         assert main(["data", "convert", str(image), "-o", str(target)]) == 2
         line = one_error_line(capsys.readouterr().err)
         assert str(target) in line and expected in line
@@ -167,7 +190,9 @@ def tiny_disk(tmp_path):
     """A 256 kB tmpfs (root only: skipped on a user's machine)."""
     mount = tmp_path / "tiny_disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()})")
     yield mount
@@ -176,7 +201,9 @@ def tiny_disk(tmp_path):
 
 def test_promise_disk_full_is_exit_2_naming_the_path(tmp_path, tiny_disk, capsys):
     rng = np.random.default_rng(0)
-    image = write_volume(rng.integers(-1000, 1000, (64, 64, 64)).astype(np.int16), np.eye(4), tmp_path / "big.nii.gz")
+    image = write_volume(
+        rng.integers(-1000, 1000, (64, 64, 64)).astype(np.int16), np.eye(4), tmp_path / "big.nii.gz"
+    )
     target = tiny_disk / "out.nii.gz"
     assert main(["data", "convert", str(image), "-o", str(target)]) == 2
     line = one_error_line(capsys.readouterr().err)
@@ -190,7 +217,9 @@ def test_promise_disk_full_during_infer_still_lists_every_case(liver_bundle, tmp
     inputs = []
     for index in range(3):
         phantom = liver_phantom(50 + index, size="tiny")
-        inputs.append(write_volume(label_image(phantom.label), phantom.affine, tmp_path / "in" / f"case{index}.nii.gz"))
+        inputs.append(
+            write_volume(label_image(phantom.label), phantom.affine, tmp_path / "in" / f"case{index}.nii.gz")
+        )
     (tiny_disk / "out").mkdir()
     with open(tiny_disk / "filler", "wb", buffering=0) as filler:  # fill the disk to the last byte
         try:
@@ -199,7 +228,9 @@ def test_promise_disk_full_during_infer_still_lists_every_case(liver_bundle, tmp
         except OSError:
             pass
     with pytest.raises(InferenceFailed) as failed:
-        infer_with_bundle(liver_bundle, inputs, output_dir=tiny_disk / "out", weights=weights, overrides=ORACLE)
+        infer_with_bundle(
+            liver_bundle, inputs, output_dir=tiny_disk / "out", weights=weights, overrides=ORACLE
+        )
     message = str(failed.value)
     assert "No space left on device" in message and all(str(p) in message for p in inputs)
     assert message.count("not run") >= 1 and failed.value.exit_code == 2
@@ -208,7 +239,9 @@ def test_promise_disk_full_during_infer_still_lists_every_case(liver_bundle, tmp
 def test_promise_a_killed_runs_temporaries_are_removed_on_start(tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     stale = folder / f".case.nii.gz.{dead.stdout.strip()}-abcd1234.tmp.nii.gz"
     legacy = folder / ".case2.nii.gz.k3j4h5g6.tmp.nii.gz"
     live = folder / f".case3.nii.gz.{os.getpid()}-zzzz9999.tmp.nii.gz"
@@ -230,14 +263,16 @@ def test_promise_sigkill_during_infer_leaves_nothing_behind_after_resume(liver_b
     image = write_volume(label_image(phantom.label), phantom.affine, tmp_path / "in" / "case.nii.gz")
     out = tmp_path / "out"
     out.mkdir()
-    script = ("import sys, time; sys.path.insert(0, 'tests'); import voxpipe.transforms.io as io\n"
-              "real = io.os.replace\n"
-              "def stall(*a): time.sleep(120)\n"
-              "io.os.replace = stall\n"
-              "from voxpipe.cli import main\n"
-              f"main(['infer', {str(liver_bundle)!r}, {str(image)!r}, '-o', {str(out)!r}, '--weights', {str(weights)!r},"
-              " '--no-statistics', '--set', 'network_def={\"_target_\": \"helpers.OracleNet\"}', '--set', 'patch_size=[32,32,16]',"
-              " '--set', 'pixdim=[0.0,0.0,0.0]'])\n")
+    script = (
+        "import sys, time; sys.path.insert(0, 'tests'); import voxpipe.transforms.io as io\n"
+        "real = io.os.replace\n"
+        "def stall(*a): time.sleep(120)\n"
+        "io.os.replace = stall\n"
+        "from voxpipe.cli import main\n"
+        f"main(['infer', {str(liver_bundle)!r}, {str(image)!r}, '-o', {str(out)!r}, '--weights', {str(weights)!r},"
+        " '--no-statistics', '--set', 'network_def={\"_target_\": \"helpers.OracleNet\"}', '--set', 'patch_size=[32,32,16]',"
+        " '--set', 'pixdim=[0.0,0.0,0.0]'])\n"
+    )
     child = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[1])
     deadline = time.time() + 120
     while not list(out.glob(".*.tmp.nii.gz")) and time.time() < deadline:
@@ -245,13 +280,33 @@ def test_promise_sigkill_during_infer_leaves_nothing_behind_after_resume(liver_b
     child.kill()
     child.wait()
     assert list(out.glob(".*.tmp.nii.gz")), "the child never reached the write"
-    assert main(["infer", str(liver_bundle), str(image), "-o", str(out), "--weights", str(weights), "--resume",
-                 "--no-statistics", "--set", 'network_def={"_target_": "helpers.OracleNet"}', "--set", "patch_size=[32,32,16]",
-                 "--set", "pixdim=[0.0,0.0,0.0]"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                str(liver_bundle),
+                str(image),
+                "-o",
+                str(out),
+                "--weights",
+                str(weights),
+                "--resume",
+                "--no-statistics",
+                "--set",
+                'network_def={"_target_": "helpers.OracleNet"}',
+                "--set",
+                "patch_size=[32,32,16]",
+                "--set",
+                "pixdim=[0.0,0.0,0.0]",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["case.nii.gz"]
 
 
 # --- the culprit is named -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["random", "truncated", "pickled_code", "other_network"])
 def test_promise_a_broken_weights_file_is_named_not_the_config(liver_bundle, tmp_path, capsys, kind):
@@ -268,20 +323,49 @@ def test_promise_a_broken_weights_file_is_named_not_the_config(liver_bundle, tmp
         torch.save({"network": OracleNet()}, weights)  # a whole module object: needs unpickling code
     else:
         torch.save(torch.nn.Linear(3, 2).state_dict(), weights)
-    args = ["infer", str(liver_bundle), str(image), "-o", str(tmp_path / "out"), "--weights", str(weights),
-            "--set", 'network_def={"_target_": "helpers.OracleNet"}', "--set", "patch_size=[32,32,16]"]
+    args = [
+        "infer",
+        str(liver_bundle),
+        str(image),
+        "-o",
+        str(tmp_path / "out"),
+        "--weights",
+        str(weights),
+        "--set",
+        'network_def={"_target_": "helpers.OracleNet"}',
+        "--set",
+        "patch_size=[32,32,16]",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert str(weights) in err and "inference.yaml': UnpicklingError" not in err
     assert not (tmp_path / "out" / "case.nii.gz").exists()
 
 
-def test_promise_resume_from_a_weights_only_last_pt_is_exit_2(liver_bundle, tiny_liver_dataset, tmp_path, capsys):
+def test_promise_resume_from_a_weights_only_last_pt_is_exit_2(
+    liver_bundle, tiny_liver_dataset, tmp_path, capsys
+):
     (tmp_path / "checkpoints").mkdir(parents=True)
     torch.save({"some": torch.zeros(1)}, tmp_path / "checkpoints" / "last.pt")
-    args = ["train", str(liver_bundle), "--resume", "--set", f"dataset_dir={tiny_liver_dataset}", "--set", f"output_dir={tmp_path}",
-            "--set", "max_epochs=1", "--set", "patch_size=[32,32,16]", "--set", "network_def#init_filters=8", "--set", "progress=False",
-            "--set", "cache=none"]
+    args = [
+        "train",
+        str(liver_bundle),
+        "--resume",
+        "--set",
+        f"dataset_dir={tiny_liver_dataset}",
+        "--set",
+        f"output_dir={tmp_path}",
+        "--set",
+        "max_epochs=1",
+        "--set",
+        "patch_size=[32,32,16]",
+        "--set",
+        "network_def#init_filters=8",
+        "--set",
+        "progress=False",
+        "--set",
+        "cache=none",
+    ]
     assert main(args) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "last.pt" in line and "expected a resumable checkpoint" in line
@@ -314,10 +398,15 @@ def test_promise_dicom_slices_are_named(tmp_path):
 
 # --- datasets -----------------------------------------------------------------------------------
 
+
 def test_promise_nnunet_v2_labels_are_read(tmp_path, capsys):
     nnunet = {"labels": {"background": 0, "liver": 1, "tumour": 2}, "channel_names": {"0": "CT"}}
     msd = {"labels": {"0": "background", "1": "liver", "2": "tumour"}}
-    assert dataset_label_values(nnunet) == dataset_label_values(msd) == {0: "background", 1: "liver", 2: "tumour"}
+    assert (
+        dataset_label_values(nnunet)
+        == dataset_label_values(msd)
+        == {0: "background", 1: "liver", 2: "tumour"}
+    )
     regions = {"labels": {"background": 0, "whole_tumour": [1, 2, 3], "core": [2, 3]}}
     assert dataset_label_groups(regions)["whole_tumour"] == (1, 2, 3)
     with pytest.raises(InputError, match="'whole_tumour' is region-based"):
@@ -333,7 +422,19 @@ def test_promise_nnunet_v2_labels_are_read(tmp_path, capsys):
     (root / "dataset.json").write_text(json.dumps(info))
     assert main(["data", "check", str(root), "--no-progress"]) == 0
     (root / "dataset.json").write_text(json.dumps({**info, "labels": regions["labels"]}))
-    assert main(["evaluate", str(root / "labelsTr"), str(root / "labelsTr"), "--dataset", str(root / "dataset.json"),
-                 "-o", str(tmp_path / "ev"), "--no-surface"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(root / "labelsTr"),
+                str(root / "labelsTr"),
+                "--dataset",
+                str(root / "dataset.json"),
+                "-o",
+                str(tmp_path / "ev"),
+                "--no-surface",
+            ]
+        )
+        == 0
+    )
     assert "whole_tumour" in capsys.readouterr().out
-

@@ -33,7 +33,9 @@ def _phantom_files(folder, orientations, suffix=".nii.gz"):
     cases = {}
     for index, orientation in enumerate(orientations):
         phantom = liver_phantom(20 + index, orientation=orientation, size="tiny")
-        image = write_volume(label_image(phantom.label), phantom.affine, folder / f"case_{orientation}{suffix}")
+        image = write_volume(
+            label_image(phantom.label), phantom.affine, folder / f"case_{orientation}{suffix}"
+        )
         cases[image] = phantom
     return cases
 
@@ -43,7 +45,10 @@ def test_outputs_line_up_voxel_for_voxel_with_the_label(liver_bundle, oracle_wei
     """Native-spacing preprocessing: the geometry chain must be exact for every storage orientation."""
     cases = _phantom_files(tmp_path / "in", ["RAS", "LPS", "LPI", "LAS"], suffix)
     outputs = infer_with_bundle(
-        liver_bundle, [tmp_path / "in"], output_dir=tmp_path / "out", weights=oracle_weights,
+        liver_bundle,
+        [tmp_path / "in"],
+        output_dir=tmp_path / "out",
+        weights=oracle_weights,
         overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]},  # 0 keeps the native spacing in MONAI's Spacingd
     )
     assert len(outputs) == 4
@@ -54,15 +59,23 @@ def test_outputs_line_up_voxel_for_voxel_with_the_label(liver_bundle, oracle_wei
         assert np.array_equal(np.asanyarray(written.dataobj), phantom.label), image_path.name
 
 
-def test_a_dicom_series_folder_is_one_input_and_its_output_lies_on_its_grid(liver_bundle, oracle_weights, tmp_path):
+def test_a_dicom_series_folder_is_one_input_and_its_output_lies_on_its_grid(
+    liver_bundle, oracle_weights, tmp_path
+):
     from voxpipe.phantoms.ct import liver_phantom
     from voxpipe.phantoms.dicom import write_dicom_series
 
     phantom = liver_phantom(4, orientation="LPS", size="tiny")
     write_dicom_series(label_image(phantom.label), phantom.affine, tmp_path / "in" / "series1")
     assert collect_inputs([tmp_path / "in" / "series1"]) == [tmp_path / "in" / "series1"]
-    (out,) = infer_with_bundle(liver_bundle, [tmp_path / "in" / "series1"], output_dir=tmp_path / "out",
-                               weights=oracle_weights, overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]}, output_format="dicom-seg")
+    (out,) = infer_with_bundle(
+        liver_bundle,
+        [tmp_path / "in" / "series1"],
+        output_dir=tmp_path / "out",
+        weights=oracle_weights,
+        overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]},
+        output_format="dicom-seg",
+    )
     assert out.name == "series1.nii.gz"
     written = nib.load(out)
     assert np.allclose(written.affine, phantom.affine, atol=1e-4)
@@ -81,10 +94,18 @@ def test_other_formats_probabilities_tta_and_precision(liver_bundle, oracle_weig
 
     cases = _phantom_files(tmp_path / "in", ["LPS"])
     (out,) = infer_with_bundle(
-        liver_bundle, list(cases), output_dir=tmp_path / "out", weights=oracle_weights, overrides=ORACLE,
-        output_format=output_format, precision="fp32", tta=True, save_probabilities=True, progress=True,
-    )  # fmt: skip
-    (image, phantom), = cases.items()
+        liver_bundle,
+        list(cases),
+        output_dir=tmp_path / "out",
+        weights=oracle_weights,
+        overrides=ORACLE,
+        output_format=output_format,
+        precision="fp32",
+        tta=True,
+        save_probabilities=True,
+        progress=True,
+    )
+    ((image, phantom),) = cases.items()
     assert out.name == f"case_LPS.{output_format}" and not list((tmp_path / "out").glob("*.nii.gz"))
     shape, affine = read_geometry(out)
     assert shape == phantom.label.shape and np.allclose(affine, phantom.affine, atol=1e-4)
@@ -105,18 +126,31 @@ def test_options_a_bundle_lacks_and_dicom_seg_for_files_are_refused(liver_bundle
     with pytest.raises(InputError, match="expected the keys \\['precision', 'tta'\\]"):
         run_options(zoo, precision="bf16", tta=True)
     assert run_options(liver_bundle, precision="fp32", output_format="nrrd", device="cpu") == {
-        "precision": "fp32", "output_ext": ".nrrd", "device#preference": "cpu"}
+        "precision": "fp32",
+        "output_ext": ".nrrd",
+        "device#preference": "cpu",
+    }
     with pytest.raises(InputError, match="precision: expected one of"):
         run_options(liver_bundle, precision="int8")
     cases = _phantom_files(tmp_path / "in", ["RAS"])
-    with pytest.raises(InputError, match="format 'dicom-seg': expected DICOM series folders, found image files"):
-        infer_with_bundle(liver_bundle, list(cases), output_dir=tmp_path / "out", weights=oracle_weights, output_format="dicom-seg")
+    with pytest.raises(
+        InputError, match="format 'dicom-seg': expected DICOM series folders, found image files"
+    ):
+        infer_with_bundle(
+            liver_bundle,
+            list(cases),
+            output_dir=tmp_path / "out",
+            weights=oracle_weights,
+            output_format="dicom-seg",
+        )
 
 
 def test_outputs_align_after_resampling_to_the_training_grid(liver_bundle, oracle_weights, tmp_path):
     """Bundle spacing (1.5 × 1.5 × 2.5 mm): resampled there and back, the labels still overlay."""
     cases = _phantom_files(tmp_path / "in", ["LPS", "LPI"])
-    outputs = infer_with_bundle(liver_bundle, list(cases), output_dir=tmp_path / "out", weights=oracle_weights, overrides=ORACLE)
+    outputs = infer_with_bundle(
+        liver_bundle, list(cases), output_dir=tmp_path / "out", weights=oracle_weights, overrides=ORACLE
+    )
     for (image_path, phantom), out in zip(cases.items(), outputs, strict=True):
         written = nib.load(out)
         assert np.array_equal(written.affine, nib.load(image_path).affine)
@@ -151,9 +185,13 @@ def test_failing_cases_are_reported_and_the_rest_written_then_resumed(liver_bund
 
     phantom = liver_phantom(30, size="tiny")
     inputs = tmp_path / "in"
-    save_nifti(np.stack([label_image(phantom.label)] * 2, axis=-1), phantom.affine, inputs / "0.nii.gz")  # 4D: fails first
+    save_nifti(
+        np.stack([label_image(phantom.label)] * 2, axis=-1), phantom.affine, inputs / "0.nii.gz"
+    )  # 4D: fails first
     save_nifti(label_image(phantom.label), phantom.affine, inputs / "a.nii.gz")
-    save_nifti(np.stack([label_image(phantom.label)] * 2, axis=-1), phantom.affine, inputs / "b.nii.gz")  # 4D: fails in the run
+    save_nifti(
+        np.stack([label_image(phantom.label)] * 2, axis=-1), phantom.affine, inputs / "b.nii.gz"
+    )  # 4D: fails in the run
     (inputs / "c.nii.gz").write_bytes(b"not an image")  # fails before the run
     save_nifti(label_image(phantom.label), phantom.affine, inputs / "d.nii.gz")
     out = tmp_path / "out"
@@ -169,14 +207,20 @@ def test_failing_cases_are_reported_and_the_rest_written_then_resumed(liver_bund
     stats = json.loads((out / "statistics.json").read_text())
     voxel_ml = abs(np.linalg.det(phantom.affine[:3, :3])) / 1000
     assert stats["a"]["liver"]["volume_ml"] == pytest.approx((phantom.label == 1).sum() * voxel_ml)
-    assert stats["a"]["tumour"]["lesion_count"] >= 1 and stats["a"]["tumour"]["largest_lesion_diameter_mm"] > 0
+    assert (
+        stats["a"]["tumour"]["lesion_count"] >= 1 and stats["a"]["tumour"]["largest_lesion_diameter_mm"] > 0
+    )
     assert "liver_mean" in (out / "statistics.csv").read_text().splitlines()[0]
     # Resume: finished cases are not redone; with the bad inputs gone, the run completes.
     written = (out / "a.nii.gz").stat().st_mtime_ns
     for name in ("0", "b", "c"):
         (inputs / f"{name}.nii.gz").unlink()
-    outputs = infer_with_bundle(liver_bundle, [inputs], output_dir=out, weights=oracle_weights, overrides=overrides, resume=True)
-    assert [p.name for p in outputs] == ["a.nii.gz", "d.nii.gz"] and (out / "a.nii.gz").stat().st_mtime_ns == written
+    outputs = infer_with_bundle(
+        liver_bundle, [inputs], output_dir=out, weights=oracle_weights, overrides=overrides, resume=True
+    )
+    assert [p.name for p in outputs] == ["a.nii.gz", "d.nii.gz"] and (
+        out / "a.nii.gz"
+    ).stat().st_mtime_ns == written
 
 
 def test_postprocessing_per_class():
@@ -189,7 +233,9 @@ def test_postprocessing_per_class():
     label[11:14, 4:6, 4:6] = 2  # a tumour touching the liver
     label[17:19, 1:3, 1:3] = 2  # a tumour far from it
     label[0, 19, 19] = 2  # a one-voxel tumour
-    out = postprocess_labels(label, fill_holes=[1], largest=[[1]], inside={2: [1]}, min_size_mm3={2: 5}, voxel_mm3=1.0)
+    out = postprocess_labels(
+        label, fill_holes=[1], largest=[[1]], inside={2: [1]}, min_size_mm3={2: 5}, voxel_mm3=1.0
+    )
     assert out[6, 6, 6] == 1 and out[15, 15, 15] == 0  # hole filled, island gone
     assert out[12, 5, 5] == 2 and out[18, 2, 2] == 0 and out[0, 19, 19] == 0
     # Sizes are in mm³ from the tensor's affine: 8 voxels of 1 mm³ survive a 5 mm³ limit, not at 0.5 mm.
@@ -197,28 +243,44 @@ def test_postprocessing_per_class():
     tumour[0, 1:3, 1:3, 1:3] = 2
     from monai.data import MetaTensor
 
-    coarse = PostProcessd("pred", min_size_mm3={"2": 5})({"pred": MetaTensor(torch.tensor(tumour), affine=torch.eye(4))})
-    fine = PostProcessd("pred", min_size_mm3={"2": 5})({"pred": MetaTensor(torch.tensor(tumour), affine=torch.diag(torch.tensor([0.5, 0.5, 0.5, 1.0])))})
+    coarse = PostProcessd("pred", min_size_mm3={"2": 5})(
+        {"pred": MetaTensor(torch.tensor(tumour), affine=torch.eye(4))}
+    )
+    fine = PostProcessd("pred", min_size_mm3={"2": 5})(
+        {"pred": MetaTensor(torch.tensor(tumour), affine=torch.diag(torch.tensor([0.5, 0.5, 0.5, 1.0])))}
+    )
     assert coarse["pred"].sum() == 16 and fine["pred"].sum() == 0
 
 
-@pytest.mark.parametrize("folder,name,out", [
-    ("Patient #12", "CT #3", "run #2"),
-    ("@home", "@scan", "@out"),
-    ("$HOME", "$ct", "$out"),
-    ("100%", "50% dose", "%out"),
-    ("Müller Straße", "Ärzte ü", "résultats é"),
-    ("a b", "c d", "e f"),
-])
-def test_promise_any_characters_in_input_and_output_paths(liver_bundle, oracle_weights, tmp_path, folder, name, out):
+@pytest.mark.parametrize(
+    "folder,name,out",
+    [
+        ("Patient #12", "CT #3", "run #2"),
+        ("@home", "@scan", "@out"),
+        ("$HOME", "$ct", "$out"),
+        ("100%", "50% dose", "%out"),
+        ("Müller Straße", "Ärzte ü", "résultats é"),
+        ("a b", "c d", "e f"),
+    ],
+)
+def test_promise_any_characters_in_input_and_output_paths(
+    liver_bundle, oracle_weights, tmp_path, folder, name, out
+):
     """MONAI's parser turns '#' into '::' and reads '$', '@', '%' at the start of a string: user paths must not go through it."""
     phantom = liver_phantom(31, orientation="LPS", size="tiny")
     image = write_volume(label_image(phantom.label), phantom.affine, tmp_path / folder / f"{name}.nii.gz")
-    (written,) = infer_with_bundle(liver_bundle, [image], output_dir=tmp_path / out, weights=oracle_weights,
-                                   overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]})
+    (written,) = infer_with_bundle(
+        liver_bundle,
+        [image],
+        output_dir=tmp_path / out,
+        weights=oracle_weights,
+        overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]},
+    )
     assert written == tmp_path / out / f"{name}.nii.gz" and written.is_file()
     assert np.array_equal(np.asanyarray(nib.load(written).dataobj), phantom.label)
-    assert sorted(p.name for p in (tmp_path / out).iterdir()) == sorted([f"{name}.nii.gz", "statistics.csv", "statistics.json"])
+    assert sorted(p.name for p in (tmp_path / out).iterdir()) == sorted(
+        [f"{name}.nii.gz", "statistics.csv", "statistics.json"]
+    )
     assert not any("::" in str(p) for p in tmp_path.rglob("*"))
 
 
@@ -236,13 +298,21 @@ def test_largest_diameter_is_the_longest_distance_between_voxel_centres():
     assert largest_diameter_mm(ball, np.eye(4)) == pytest.approx(40.0, abs=1e-9)
 
 
-def test_organ_roi_gives_the_same_labels_and_says_what_it_chose(liver_bundle, oracle_weights, tmp_path, caplog):
+def test_organ_roi_gives_the_same_labels_and_says_what_it_chose(
+    liver_bundle, oracle_weights, tmp_path, caplog
+):
     import logging
 
     phantom = liver_phantom(21, orientation="LPS", size="tiny")
     image = write_volume(label_image(phantom.label), phantom.affine, tmp_path / "in" / "case.nii.gz")
     with caplog.at_level(logging.INFO, logger="voxpipe.pipelines.inference.sliding_window"):
-        (out,) = infer_with_bundle(liver_bundle, [image], output_dir=tmp_path / "out", weights=oracle_weights,
-                                   overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]}, organ_roi=True)
+        (out,) = infer_with_bundle(
+            liver_bundle,
+            [image],
+            output_dir=tmp_path / "out",
+            weights=oracle_weights,
+            overrides={**ORACLE, "pixdim": [0.0, 0.0, 0.0]},
+            organ_roi=True,
+        )
     assert np.array_equal(np.asanyarray(nib.load(out).dataobj), phantom.label)
     assert "organ ROI [[" in caplog.text and "% of the volume" in caplog.text

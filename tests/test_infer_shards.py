@@ -20,7 +20,11 @@ from voxpipe.phantoms.ct import liver_phantom
 from voxpipe.pipelines.inference.infer import infer_with_bundle, parse_shard
 from voxpipe.transforms.io import write_volume
 
-ORACLE = {"network_def": {"_target_": "helpers.OracleNet"}, "patch_size": [32, 32, 16], "pixdim": [0.0, 0.0, 0.0]}
+ORACLE = {
+    "network_def": {"_target_": "helpers.OracleNet"},
+    "patch_size": [32, 32, 16],
+    "pixdim": [0.0, 0.0, 0.0],
+}
 TESTS = Path(__file__).resolve().parent
 
 
@@ -44,33 +48,80 @@ def test_shards_are_parsed_strictly():
 
 def test_shards_split_the_inputs_and_merge_their_statistics(liver_bundle, inputs, tmp_path):
     folder, weights = inputs
-    written = [infer_with_bundle(liver_bundle, [folder], output_dir=tmp_path / "out", weights=weights, overrides=ORACLE,
-                                 shard=(k, 2), progress=False) for k in (1, 2)]
+    written = [
+        infer_with_bundle(
+            liver_bundle,
+            [folder],
+            output_dir=tmp_path / "out",
+            weights=weights,
+            overrides=ORACLE,
+            shard=(k, 2),
+            progress=False,
+        )
+        for k in (1, 2)
+    ]
     assert [p.name for p in written[0]] == ["case_0.nii.gz", "case_2.nii.gz", "case_4.nii.gz"]
     assert [p.name for p in written[1]] == ["case_1.nii.gz", "case_3.nii.gz"]
     merged = json.loads((tmp_path / "out" / "statistics.json").read_text())
     assert sorted(merged) == [f"case_{i}" for i in range(5)]
-    assert sorted(json.loads((tmp_path / "out" / "statistics-shard-2-of-2.json").read_text())) == ["case_1", "case_3"]
+    assert sorted(json.loads((tmp_path / "out" / "statistics-shard-2-of-2.json").read_text())) == [
+        "case_1",
+        "case_3",
+    ]
 
 
 @pytest.mark.slow
 def test_two_torchrun_ranks_write_what_one_process_writes(liver_bundle, inputs, tmp_path):
     folder, weights = inputs
-    single = infer_with_bundle(liver_bundle, [folder], output_dir=tmp_path / "single", weights=weights, overrides=ORACLE,
-                               progress=False)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "voxpipe.cli",
-               "infer", str(liver_bundle), str(folder), "-o", str(tmp_path / "ranks"), "--weights", str(weights),
-               "--no-progress", "--set", f"network_def={json.dumps(ORACLE['network_def'])}",
-               "--set", "patch_size=[32, 32, 16]", "--set", "pixdim=[0.0, 0.0, 0.0]"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    single = infer_with_bundle(
+        liver_bundle,
+        [folder],
+        output_dir=tmp_path / "single",
+        weights=weights,
+        overrides=ORACLE,
+        progress=False,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "voxpipe.cli",
+        "infer",
+        str(liver_bundle),
+        str(folder),
+        "-o",
+        str(tmp_path / "ranks"),
+        "--weights",
+        str(weights),
+        "--no-progress",
+        "--set",
+        f"network_def={json.dumps(ORACLE['network_def'])}",
+        "--set",
+        "patch_size=[32, 32, 16]",
+        "--set",
+        "pixdim=[0.0, 0.0, 0.0]",
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "(shard 1/2)" in done.stdout and "(shard 2/2)" in done.stdout
     for path in single:
         mine, theirs = nib.load(path), nib.load(tmp_path / "ranks" / path.name)
-        assert np.array_equal(np.asanyarray(mine.dataobj), np.asanyarray(theirs.dataobj)) and np.allclose(mine.affine, theirs.affine)
-    with (tmp_path / "single" / "statistics.csv").open() as a, (tmp_path / "ranks" / "statistics.csv").open() as b:
+        assert np.array_equal(np.asanyarray(mine.dataobj), np.asanyarray(theirs.dataobj)) and np.allclose(
+            mine.affine, theirs.affine
+        )
+    with (
+        (tmp_path / "single" / "statistics.csv").open() as a,
+        (tmp_path / "ranks" / "statistics.csv").open() as b,
+    ):
         assert list(csv.DictReader(a)) == list(csv.DictReader(b))
 
 
@@ -78,13 +129,36 @@ def test_timings_cover_every_stage_and_change_nothing(liver_bundle, inputs, tmp_
     from voxpipe.pipelines.inference.timings import Timings
 
     folder, weights = inputs
-    plain = infer_with_bundle(liver_bundle, [folder], output_dir=tmp_path / "plain", weights=weights, overrides=ORACLE,
-                              progress=False)
+    plain = infer_with_bundle(
+        liver_bundle,
+        [folder],
+        output_dir=tmp_path / "plain",
+        weights=weights,
+        overrides=ORACLE,
+        progress=False,
+    )
     timings = Timings()
-    timed = infer_with_bundle(liver_bundle, [folder], output_dir=tmp_path / "timed", weights=weights, overrides=ORACLE,
-                              progress=False, timings=timings)
+    timed = infer_with_bundle(
+        liver_bundle,
+        [folder],
+        output_dir=tmp_path / "timed",
+        weights=weights,
+        overrides=ORACLE,
+        progress=False,
+        timings=timings,
+    )
     assert timings.cases == 5
-    assert {"load", "resample", "intensity", "network", "stitch", "invert", "post-process", "write", "statistics"} <= set(timings.seconds)
+    assert {
+        "load",
+        "resample",
+        "intensity",
+        "network",
+        "stitch",
+        "invert",
+        "post-process",
+        "write",
+        "statistics",
+    } <= set(timings.seconds)
     assert all(v >= 0 for v in timings.seconds.values()) and timings.seconds["network"] > 0
     for a, b in zip(plain, timed, strict=True):
         assert np.array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
@@ -99,16 +173,37 @@ def test_timings_leave_monais_invertd_able_to_invert_the_preprocessing(liver_bun
     folder, weights = inputs
     chain = [
         {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image", "nearest_interp": False},
+        {
+            "_target_": "Invertd",
+            "keys": "pred",
+            "transform": "@preprocessing",
+            "orig_keys": "image",
+            "nearest_interp": False,
+        },
         {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
         {"_target_": "voxpipe.transforms.io.SaveLabelLiked", "keys": "pred", "output_dir": "@output_dir"},
     ]
     overrides = {**ORACLE, "postprocessing#transforms": chain}
-    plain = infer_with_bundle(liver_bundle, [folder], output_dir=tmp_path / "plain", weights=weights, overrides=overrides,
-                              progress=False, statistics=False)
+    plain = infer_with_bundle(
+        liver_bundle,
+        [folder],
+        output_dir=tmp_path / "plain",
+        weights=weights,
+        overrides=overrides,
+        progress=False,
+        statistics=False,
+    )
     timings = Timings()
-    timed = infer_with_bundle(liver_bundle, [folder], output_dir=tmp_path / "timed", weights=weights, overrides=overrides,
-                              progress=False, statistics=False, timings=timings)
+    timed = infer_with_bundle(
+        liver_bundle,
+        [folder],
+        output_dir=tmp_path / "timed",
+        weights=weights,
+        overrides=overrides,
+        progress=False,
+        statistics=False,
+        timings=timings,
+    )
     assert timings.cases == 5 and timings.seconds["invert"] > 0 and timings.seconds["resample"] > 0
     for a, b in zip(plain, timed, strict=True):
         assert np.array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))

@@ -56,7 +56,9 @@ def test_write_label_like_copies_the_reference_header(tmp_path, lps_phantom):
     out = write_label_like(lps_phantom.label, reference, tmp_path / "label.nii.gz")
     ref, lab = nib.load(reference), nib.load(out)
     assert np.array_equal(ref.affine, lab.affine) and lab.shape == ref.shape
-    assert np.array_equal(ref.get_qform(), lab.get_qform()) and np.array_equal(ref.get_sform(), lab.get_sform())
+    assert np.array_equal(ref.get_qform(), lab.get_qform()) and np.array_equal(
+        ref.get_sform(), lab.get_sform()
+    )
     assert np.array_equal(np.asanyarray(lab.dataobj), lps_phantom.label)
 
 
@@ -82,7 +84,10 @@ def test_load_errors_name_the_file(tmp_path):
 
 @pytest.mark.realdata
 def test_real_nrrd_and_nifti_geometry_match_simpleitk(real_data, tmp_path):
-    for path in (real_data / "pyradiomics" / "lung2_label.nrrd", real_data / "totalsegmentator" / "example_ct_sm.nii.gz"):
+    for path in (
+        real_data / "pyradiomics" / "lung2_label.nrrd",
+        real_data / "totalsegmentator" / "example_ct_sm.nii.gz",
+    ):
         if not path.is_file():
             pytest.skip(f"{path} is absent")
         volume = load_volume(path)
@@ -90,7 +95,9 @@ def test_real_nrrd_and_nifti_geometry_match_simpleitk(real_data, tmp_path):
         assert volume.array.shape == image.GetSize()
         assert np.allclose(volume.spacing, image.GetSpacing(), atol=1e-4)
         # A label written on this grid as NIfTI reads back in SimpleITK with the same geometry.
-        out = write_label_like((volume.array > 0).astype(np.uint8), path, tmp_path / f"{case_id(path)}_mask.nii.gz")
+        out = write_label_like(
+            (volume.array > 0).astype(np.uint8), path, tmp_path / f"{case_id(path)}_mask.nii.gz"
+        )
         written = sitk.ReadImage(str(out))
         assert np.allclose(written.GetOrigin(), image.GetOrigin(), atol=1e-3)
         assert np.allclose(written.GetDirection(), image.GetDirection(), atol=1e-5)
@@ -103,7 +110,9 @@ def test_labels_are_cast_to_integers_only_when_integral(tmp_path, lps_phantom):
     assert loaded.array.dtype == np.uint8 and np.array_equal(loaded.array, lps_phantom.label)
     wide = save_nifti(lps_phantom.label.astype(np.int32) * 300, lps_phantom.affine, tmp_path / "wide.nii.gz")
     assert load_volume(wide, label=True).array.dtype == np.int16
-    soft = save_nifti(lps_phantom.label.astype(np.float32) * 0.4, lps_phantom.affine, tmp_path / "soft.nii.gz")
+    soft = save_nifti(
+        lps_phantom.label.astype(np.float32) * 0.4, lps_phantom.affine, tmp_path / "soft.nii.gz"
+    )
     with pytest.raises(InputError, match=r"soft.nii.gz.*non-integral voxels \(e.g. 0.4\)"):
         load_volume(soft, label=True)
 
@@ -124,9 +133,14 @@ def test_load_volumed_feeds_monai_spatial_transforms(tmp_path, lps_phantom):
 
     image = write_volume(lps_phantom.image, lps_phantom.affine, tmp_path / "image.nrrd")
     label = save_nifti(lps_phantom.label.astype(np.float32), lps_phantom.affine, tmp_path / "label.nii.gz")
-    chain = Compose([LoadVolumed(["image", "label"]), EnsureChannelFirstd(["image", "label"]),
-                     Orientationd(["image", "label"], axcodes="RAS"),
-                     Spacingd(["image", "label"], pixdim=(2.0, 2.0, 4.0), mode=["bilinear", "nearest"])])
+    chain = Compose(
+        [
+            LoadVolumed(["image", "label"]),
+            EnsureChannelFirstd(["image", "label"]),
+            Orientationd(["image", "label"], axcodes="RAS"),
+            Spacingd(["image", "label"], pixdim=(2.0, 2.0, 4.0), mode=["bilinear", "nearest"]),
+        ]
+    )
     out = chain({"image": str(image), "label": str(label)})
     assert out["image"].meta["filename_or_obj"] == str(image)
     assert np.allclose(out["image"].affine, out["label"].affine)
@@ -173,7 +187,9 @@ def test_multichannel_images_load_channel_first_and_refuse_mismatched_grids(tmp_
     with pytest.raises(InputError, match="expected a 3D volume.*several channels"):
         load_volume(tmp_path / "four_d.nii.gz")
     assert load_volume(tmp_path / "four_d.nii.gz", channels=True).array.shape == (3, 6, 5, 4)
-    with pytest.raises(InputError, match="expected a 3D volume"):  # a 1-channel bundle refuses 4D images, as before
+    with pytest.raises(
+        InputError, match="expected a 3D volume"
+    ):  # a 1-channel bundle refuses 4D images, as before
         LoadVolumed(keys="image")({"image": str(tmp_path / "four_d.nii.gz")})
     with pytest.raises(InputError, match="four_d.nii.gz.*expected 2 channels.*found 3"):
         LoadVolumed(keys="image", channels=2)({"image": str(tmp_path / "four_d.nii.gz")})

@@ -109,7 +109,9 @@ def test_pipeline_subpackages_import_downwards_only(subpackage):
 def test_pipelines_is_one_folder_per_capability():
     loose = sorted(p.name for p in (PACKAGE / "pipelines").glob("*.py"))
     assert loose == ["__init__.py", "demo.py"]
-    assert {p.name for p in (PACKAGE / "pipelines").iterdir() if (p / "__init__.py").is_file()} == set(PIPELINE_LAYERS)
+    assert {p.name for p in (PACKAGE / "pipelines").iterdir() if (p / "__init__.py").is_file()} == set(
+        PIPELINE_LAYERS
+    )
 
 
 def test_every_package_says_what_lives_there_and_what_it_may_import():
@@ -119,7 +121,9 @@ def test_every_package_says_what_lives_there_and_what_it_may_import():
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc, f"{init} has no docstring"
         first, second = doc.splitlines()[:2]
-        assert first.strip() and re.search(r"\bimports?\b", second), f"{init}: second line should say what it may import"
+        assert first.strip() and re.search(r"\bimports?\b", second), (
+            f"{init}: second line should say what it may import"
+        )
 
 
 @pytest.mark.parametrize("old,new", sorted(OLD_TARGETS.items()))
@@ -140,7 +144,9 @@ def test_every_moved_module_and_name_still_imports():
             assert all(getattr(module, n) is getattr(sys.modules[new], n) for n in public), old
     for old, names in MOVED_NAMES.items():
         for name, new in names.items():
-            with pytest.warns(VoxpipeDeprecationWarning, match=re.escape(f"{old}.{name} moved to {new}.{name}")):
+            with pytest.warns(
+                VoxpipeDeprecationWarning, match=re.escape(f"{old}.{name} moved to {new}.{name}")
+            ):
                 assert pydoc.locate(f"{old}.{name}") is getattr(__import__(new, fromlist=["_"]), name)
 
 
@@ -163,30 +169,68 @@ def _as_copied_from_0_1(bundle: Path, into: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_bundle_copied_with_the_old_paths_still_trains_with_a_warning(liver_bundle, tiny_liver_dataset, tmp_path):
+def test_a_bundle_copied_with_the_old_paths_still_trains_with_a_warning(
+    liver_bundle, tiny_liver_dataset, tmp_path
+):
     """`voxpipe train` and MONAI's own runner both run it; voxpipe's stderr names each new path."""
     copy = _as_copied_from_0_1(liver_bundle, tmp_path / "copied_bundle")
     train_yaml = (copy / "configs" / "train.yaml").read_text()
-    assert "voxpipe.pipelines.train.build_trainer" in train_yaml and "voxpipe.pipelines.training" not in train_yaml
-    sets = [f"dataset_dir={tiny_liver_dataset}", "max_epochs=1", "val_interval=1", "cache=none",
-            *(f"{k}={v}" for k, v in TINY_MODEL.items())]  # fmt: skip
+    assert (
+        "voxpipe.pipelines.train.build_trainer" in train_yaml
+        and "voxpipe.pipelines.training" not in train_yaml
+    )
+    sets = [
+        f"dataset_dir={tiny_liver_dataset}",
+        "max_epochs=1",
+        "val_interval=1",
+        "cache=none",
+        *(f"{k}={v}" for k, v in TINY_MODEL.items()),
+    ]
     voxpipe_run = subprocess.run(
-        [sys.executable, "-m", "voxpipe.cli", "train", str(copy), *(a for s in sets for a in ("--set", s)),
-         "--set", f"output_dir={tmp_path / 'voxpipe_run'}"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "voxpipe.cli",
+            "train",
+            str(copy),
+            *(a for s in sets for a in ("--set", s)),
+            "--set",
+            f"output_dir={tmp_path / 'voxpipe_run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert voxpipe_run.returncode == 0, voxpipe_run.stderr[-3000:]
     assert (tmp_path / "voxpipe_run" / "models" / "model.pt").is_file()
     assert "VoxpipeDeprecationWarning" in voxpipe_run.stderr
-    for new in ("voxpipe.pipelines.training.trainer.build_trainer", "voxpipe.pipelines.data.datalists.msd_datalist"):
+    for new in (
+        "voxpipe.pipelines.training.trainer.build_trainer",
+        "voxpipe.pipelines.data.datalists.msd_datalist",
+    ):
         assert f"moved to {new}" in voxpipe_run.stderr
 
     monai_run = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(copy / "configs" / "train.yaml"),
-         "--meta_file", str(copy / "configs" / "metadata.json"), "--bundle_root", str(copy),
-         "--output_dir", str(tmp_path / "monai_run"), *(a for s in sets for a in ("--" + s.split("=")[0], s.split("=", 1)[1]))],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore::UserWarning"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(copy / "configs" / "train.yaml"),
+            "--meta_file",
+            str(copy / "configs" / "metadata.json"),
+            "--bundle_root",
+            str(copy),
+            "--output_dir",
+            str(tmp_path / "monai_run"),
+            *(a for s in sets for a in ("--" + s.split("=")[0], s.split("=", 1)[1])),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore::UserWarning"},
+    )
     assert monai_run.returncode == 0, monai_run.stderr[-3000:]
     assert (tmp_path / "monai_run" / "models" / "model.pt").is_file()
     assert "moved to voxpipe.pipelines.training.trainer.build_trainer" in monai_run.stderr
@@ -195,12 +239,27 @@ def test_a_bundle_copied_with_the_old_paths_still_trains_with_a_warning(liver_bu
 def test_repository_uses_no_old_path():
     """Shipped bundles, docs, benchmarks and tests name the new paths (except the table of old ones, and
     documentation lines that speak of the 0.1 paths)."""
-    old = re.compile(r"\b(" + "|".join(re.escape(m) for m in sorted(MOVED_MODULES, key=len, reverse=True)) + r")\b")
-    split = re.compile(r"\bvoxpipe\.pipelines\.data\.(" + "|".join(MOVED_NAMES["voxpipe.pipelines.data"]) + r")\b")
+    old = re.compile(
+        r"\b(" + "|".join(re.escape(m) for m in sorted(MOVED_MODULES, key=len, reverse=True)) + r")\b"
+    )
+    split = re.compile(
+        r"\bvoxpipe\.pipelines\.data\.(" + "|".join(MOVED_NAMES["voxpipe.pipelines.data"]) + r")\b"
+    )
     exempt = {PACKAGE / "_moved.py", PACKAGE / "pipelines" / "data" / "__init__.py", Path(__file__).resolve()}
-    files = [p for folder in ("voxpipe", "configs", "benchmarks", "tests") for p in (REPO / folder).rglob("*")
-             if p.suffix in (".py", ".yaml", ".json", ".md") and p.resolve() not in exempt and "__pycache__" not in p.parts]
+    files = [
+        p
+        for folder in ("voxpipe", "configs", "benchmarks", "tests")
+        for p in (REPO / folder).rglob("*")
+        if p.suffix in (".py", ".yaml", ".json", ".md")
+        and p.resolve() not in exempt
+        and "__pycache__" not in p.parts
+    ]
     files.append(REPO / "README.md")
-    offenders = [f"{p.relative_to(REPO)}:{n}: {m.group(0)}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
-                 if "0.1" not in line for m in (*old.finditer(line), *split.finditer(line))]
+    offenders = [
+        f"{p.relative_to(REPO)}:{n}: {m.group(0)}"
+        for p in files
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if "0.1" not in line
+        for m in (*old.finditer(line), *split.finditer(line))
+    ]
     assert offenders == []

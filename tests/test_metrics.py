@@ -81,9 +81,10 @@ def test_surface_metrics_equal_deepmind_surface_distance(surface_distance, name,
     assert surface.hausdorff(d, 95) == pytest.approx(hd95, abs=1e-6)
     assert surface.mean_surface_distance(d) == pytest.approx((gt_to_pred + pred_to_gt) / 2, abs=1e-6)
     areas_gt, areas_pred = reference["surfel_areas_gt"], reference["surfel_areas_pred"]
-    symmetric = (np.sum(reference["distances_gt_to_pred"] * areas_gt) + np.sum(reference["distances_pred_to_gt"] * areas_pred)) / (
-        areas_gt.sum() + areas_pred.sum()
-    )
+    symmetric = (
+        np.sum(reference["distances_gt_to_pred"] * areas_gt)
+        + np.sum(reference["distances_pred_to_gt"] * areas_pred)
+    ) / (areas_gt.sum() + areas_pred.sum())
     assert surface.assd(d) == pytest.approx(symmetric, abs=1e-6)
     for tolerance in (0.5, 1.0, 2.0, 5.0):
         expected = surface_distance.compute_surface_dice_at_tolerance(reference, tolerance)
@@ -97,7 +98,11 @@ def test_empty_masks_follow_surface_distance(surface_distance):
     reference = surface_distance.compute_surface_distances(full, empty, (1, 1, 1))
     d = surface.surface_distances(empty, full, (1, 1, 1))
     assert surface.hausdorff(d, 95) == surface_distance.compute_robust_hausdorff(reference, 95) == np.inf
-    assert surface.normalised_surface_dice(d, 1.0) == surface_distance.compute_surface_dice_at_tolerance(reference, 1.0) == 0.0
+    assert (
+        surface.normalised_surface_dice(d, 1.0)
+        == surface_distance.compute_surface_dice_at_tolerance(reference, 1.0)
+        == 0.0
+    )
     both = surface.surface_distances(empty, empty, (1, 1, 1))
     assert math.isnan(surface.hausdorff(both)) and math.isnan(surface.normalised_surface_dice(both, 1.0))
 
@@ -136,16 +141,24 @@ def test_overlap_on_a_4x4x4_example():
 
 def test_conventions_for_empty_masks():
     raw = {"dice": math.nan, "iou": math.nan, "nsd": math.nan, "hd95": math.nan, "sensitivity": math.nan}
-    nnunet = apply_convention(raw, prediction_empty=True, reference_empty=True, convention="nnunet", worst_distance=300.0)
-    flare = apply_convention(raw, prediction_empty=True, reference_empty=True, convention="flare", worst_distance=300.0)
+    nnunet = apply_convention(
+        raw, prediction_empty=True, reference_empty=True, convention="nnunet", worst_distance=300.0
+    )
+    flare = apply_convention(
+        raw, prediction_empty=True, reference_empty=True, convention="flare", worst_distance=300.0
+    )
     assert math.isnan(nnunet["dice"]) and math.isnan(nnunet["hd95"])
     assert flare["dice"] == flare["nsd"] == flare["sensitivity"] == 1.0 and flare["hd95"] == 0.0
     one = {"dice": 0.0, "nsd": 0.0, "hd95": math.inf}
     for convention in ("nnunet", "flare", "lits"):
-        out = apply_convention(one, prediction_empty=False, reference_empty=True, convention=convention, worst_distance=300.0)
+        out = apply_convention(
+            one, prediction_empty=False, reference_empty=True, convention=convention, worst_distance=300.0
+        )
         assert out == {"dice": 0.0, "nsd": 0.0, "hd95": 300.0}
     with pytest.raises(ValueError, match="convention"):
-        apply_convention(raw, prediction_empty=True, reference_empty=True, convention="brats", worst_distance=1.0)
+        apply_convention(
+            raw, prediction_empty=True, reference_empty=True, convention="brats", worst_distance=1.0
+        )
 
 
 def test_lesion_detection_counts_matches():
@@ -173,7 +186,9 @@ def test_classification_metrics_equal_scikit_learn():
     labels3 = rng.integers(0, 3, 300)
     probs = rng.dirichlet((1, 1, 1), 300) + np.eye(3)[labels3] * 0.3
     probs /= probs.sum(1, keepdims=True)
-    assert roc_auc_ovr(labels3, probs) == pytest.approx(metrics.roc_auc_score(labels3, probs, multi_class="ovr"), abs=1e-12)
+    assert roc_auc_ovr(labels3, probs) == pytest.approx(
+        metrics.roc_auc_score(labels3, probs, multi_class="ovr"), abs=1e-12
+    )
     predicted = probs.argmax(1)
     assert (confusion_matrix(labels3, predicted, 3) == metrics.confusion_matrix(labels3, predicted)).all()
     summary = classification_summary(labels3, predicted, 3)

@@ -27,13 +27,19 @@ def _fingerprint(case: dict) -> dict:
     """A planning fingerprint (voxpipe's format) from a hand-made case in nnU-Net's (z, y, x)."""
     labels = {str(v): k for k, v in case["labels"].items()}
     return {
-        "dataset": "handmade", "n_cases": len(case["spacings"]),
-        "channel_names": list(case["channel_names"].values()), "labels": labels,
-        "cases": [{"spacing": s, "shape_after_crop": shape, "ras_axes": [0, 1, 2]}
-                  for s, shape in zip(case["spacings"], case["shapes"], strict=True)],
+        "dataset": "handmade",
+        "n_cases": len(case["spacings"]),
+        "channel_names": list(case["channel_names"].values()),
+        "labels": labels,
+        "cases": [
+            {"spacing": s, "shape_after_crop": shape, "ras_axes": [0, 1, 2]}
+            for s, shape in zip(case["spacings"], case["shapes"], strict=True)
+        ],
         "median_relative_size_after_cropping": case["median_relative_size_after_cropping"],
-        "foreground_intensity": [{"channel": c, "percentile_00_5": -100.0, "percentile_99_5": 200.0}
-                                 for c in case["channel_names"].values()],
+        "foreground_intensity": [
+            {"channel": c, "percentile_00_5": -100.0, "percentile_99_5": 200.0}
+            for c in case["channel_names"].values()
+        ],
     }
 
 
@@ -79,21 +85,31 @@ def test_fingerprint_and_plan_equal_nnunetv2_on_phantom_datasets(name, tmp_path)
     assert fingerprint["layout"] == "nnunet"
     np.testing.assert_allclose([c["spacing"] for c in fingerprint["cases"]], expected["spacings"], rtol=1e-12)
     assert [c["shape_after_crop"] for c in fingerprint["cases"]] == expected["shapes_after_crop"]
-    assert fingerprint["median_relative_size_after_cropping"] == pytest.approx(expected["median_relative_size_after_cropping"])
+    assert fingerprint["median_relative_size_after_cropping"] == pytest.approx(
+        expected["median_relative_size_after_cropping"]
+    )
     _assert_equal_to_nnunet(nnunet_plan(fingerprint), expected)
 
 
 def test_topology_rules_on_small_examples():
     iso = rules.topology([1.0, 1.0, 1.0], [128, 128, 128])
-    assert iso.patch_size == (128, 128, 128) and iso.pools_per_axis == [5, 5, 5] and len(iso.pool_kernels) == 6
-    aniso = rules.topology([5.0, 0.8, 0.8], [20, 192, 160])  # 5 mm slices: pool in-plane first, 1 × 3 × 3 kernels
+    assert (
+        iso.patch_size == (128, 128, 128) and iso.pools_per_axis == [5, 5, 5] and len(iso.pool_kernels) == 6
+    )
+    aniso = rules.topology(
+        [5.0, 0.8, 0.8], [20, 192, 160]
+    )  # 5 mm slices: pool in-plane first, 1 × 3 × 3 kernels
     assert aniso.pool_kernels[1] == (1, 2, 2) and aniso.conv_kernels[0] == (1, 3, 3)
     assert all(s % d == 0 for s, d in zip(aniso.patch_size, aniso.divisor, strict=True))
     assert list(rules.pad_to_multiple([97.5, 64, 65], [16, 16, 16])) == [112, 64, 80]
     # A single poolable axis pools only while it is >= 3 x the minimal edge: 40 → 20 → 10, and 10 < 12 stops.
     assert rules.topology([1.0, 1.0, 1.0], [8, 8, 40]).pools_per_axis == [1, 1, 2]
-    spacing, why = rules.target_spacing(np.array([[5.0, 0.8, 0.8]] * 4 + [[1.0, 0.8, 0.8]]), np.array([[40, 512, 512]] * 5))
-    assert why["anisotropic_spacing"] and why["anisotropic_voxels"] and spacing[0] == pytest.approx(2.6)  # 10th pct of (1, 5, 5, 5, 5)
+    spacing, why = rules.target_spacing(
+        np.array([[5.0, 0.8, 0.8]] * 4 + [[1.0, 0.8, 0.8]]), np.array([[40, 512, 512]] * 5)
+    )
+    assert (
+        why["anisotropic_spacing"] and why["anisotropic_voxels"] and spacing[0] == pytest.approx(2.6)
+    )  # 10th pct of (1, 5, 5, 5, 5)
 
 
 def test_nnunet_memory_target_changes_patch_and_batch():
@@ -110,7 +126,9 @@ def test_plan_follows_ras_when_storage_axes_are_permuted(tmp_path):
     root = tmp_path / "sagittal"
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
-    affine = np.array([[0, 0, 0.8, 0], [0.8, 0, 0, 0], [0, 4.0, 0, 0], [0, 0, 0, 1]], dtype=float)  # i→y 0.8, j→z 4, k→x 0.8
+    affine = np.array(
+        [[0, 0, 0.8, 0], [0.8, 0, 0, 0], [0, 4.0, 0, 0], [0, 0, 0, 1]], dtype=float
+    )  # i→y 0.8, j→z 4, k→x 0.8
     rng = np.random.default_rng(0)
     for index in range(3):
         image = rng.normal(0, 1, (64, 16, 64)).astype(np.float32) + 5
@@ -118,8 +136,16 @@ def test_plan_follows_ras_when_storage_axes_are_permuted(tmp_path):
         label[20:40, 4:10, 20:40] = 1
         nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"case{index}_0000.nii.gz")
         nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"case{index}.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "organ": 1},
-                                                   "numTraining": 3, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "MRI"},
+                "labels": {"background": 0, "organ": 1},
+                "numTraining": 3,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     fingerprint = planning_fingerprint(root)
     assert fingerprint["cases"][0]["ras_axes"] == [1, 2, 0]
     plan = nnunet_plan(fingerprint)
@@ -134,8 +160,12 @@ def test_bad_datasets_are_refused_with_the_file_named(tmp_path):
     (root / "labelsTr").mkdir()
     nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), root / "imagesTr" / "a_0000.nii.gz")
     nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.uint8), np.eye(4)), root / "labelsTr" / "a.nii.gz")
-    info = {"channel_names": {"0": "T2", "1": "ADC"}, "labels": {"background": 0, "whole": [1, 2], "core": 2},
-            "numTraining": 1, "file_ending": ".nii.gz"}
+    info = {
+        "channel_names": {"0": "T2", "1": "ADC"},
+        "labels": {"background": 0, "whole": [1, 2], "core": 2},
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+    }
     (root / "dataset.json").write_text(json.dumps(info))
     with pytest.raises(InputError, match=r"case 'a': expected channels \[0, 1\]"):
         planning_fingerprint(root)
@@ -162,14 +192,26 @@ def test_multichannel_dataset_is_planned_with_per_channel_normalisation(tmp_path
         label[16:32, 16:32, 4:8] = 1
         for channel in range(2):
             image = np.zeros((48, 48, 12), np.float32)
-            image[4:44, 4:44, :] = rng.normal(100 * (channel + 1), 10, (40, 40, 12))  # zero outside: cropping matters
+            image[4:44, 4:44, :] = rng.normal(
+                100 * (channel + 1), 10, (40, 40, 12)
+            )  # zero outside: cropping matters
             nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"p{index}_{channel:04d}.nii.gz")
         nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"p{index}.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2", "1": "ADC"},
-                                                   "labels": {"background": 0, "prostate": 1}, "numTraining": 3,
-                                                   "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "T2", "1": "ADC"},
+                "labels": {"background": 0, "prostate": 1},
+                "numTraining": 3,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     plan = plan_dataset(root, tmp_path / "bundle", rules="nnunet")
-    assert plan["channels"] == ["T2", "ADC"] and [n["scheme"] for n in plan["normalisation"]] == ["ZScoreNormalization"] * 2
+    assert (
+        plan["channels"] == ["T2", "ADC"]
+        and [n["scheme"] for n in plan["normalisation"]] == ["ZScoreNormalization"] * 2
+    )
     fingerprint = json.loads((tmp_path / "bundle" / "fingerprint.json").read_text())
     assert fingerprint["cases"][0]["shape_after_crop"] == [12, 40, 40]
     assert plan["normalisation"][0]["use_mask_for_norm"]  # (40 * 40) / (48 * 48) = 69 % kept < 75 %
@@ -190,21 +232,44 @@ def test_planned_bundle_trains_with_monai_runner_and_infers_on_the_input_grid(ti
     assert written["memory"]["peak_bytes_at_plan"] <= written["memory"]["budget_bytes"]
     assert written["timing"]["step_seconds"] > 0 and len(written["memory"]["measurements"]) >= 2
     assert "| Target spacing |" in (bundle / "plan.md").read_text()
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.yaml"),
-               "--meta_file", str(bundle / "configs" / "metadata.json"), "--bundle_root", str(bundle),
-               "--output_dir", str(tmp_path / "run"), "--max_epochs", "1", "--val_interval", "1", "--progress", "False"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(bundle / "configs" / "train.yaml"),
+        "--meta_file",
+        str(bundle / "configs" / "metadata.json"),
+        "--bundle_root",
+        str(bundle),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--max_epochs",
+        "1",
+        "--val_interval",
+        "1",
+        "--progress",
+        "False",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     weights = tmp_path / "run" / "models" / "model.pt"
     assert weights.is_file()
     from voxpipe.pipelines.inference.infer import infer_with_bundle
 
     image = sorted((tiny_liver_dataset / "imagesTs").glob("*.nii.gz"))[0]
-    [prediction] = infer_with_bundle(bundle, [image], output_dir=tmp_path / "pred", weights=weights, progress=False)
+    [prediction] = infer_with_bundle(
+        bundle, [image], output_dir=tmp_path / "pred", weights=weights, progress=False
+    )
     source, predicted = nib.load(image), nib.load(prediction)
     assert predicted.shape == source.shape and np.allclose(predicted.affine, source.affine)
     assert set(np.unique(np.asanyarray(predicted.dataobj))) <= {0, 1, 2}
-    assert plan["network_spec"]["name"] == "dynunet" and plan["network_spec"]["strides"] == plan["pool_kernels"]
+    assert (
+        plan["network_spec"]["name"] == "dynunet" and plan["network_spec"]["strides"] == plan["pool_kernels"]
+    )
 
 
 def test_nnunet_dataset_key_lists_files_explicitly(tmp_path):
@@ -220,13 +285,28 @@ def test_nnunet_dataset_key_lists_files_explicitly(tmp_path):
         label = (image > 0).astype(np.uint8)
         nib.save(nib.Nifti1Image(image, affine), root / "somewhere" / f"img{index}.nii.gz")
         nib.save(nib.Nifti1Image(label, affine), root / "somewhere" / f"seg{index}.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}, "numTraining": 3, "file_ending": ".nii.gz",
-        "dataset": {f"c{i}": {"images": [f"somewhere/img{i}.nii.gz"], "label": f"somewhere/seg{i}.nii.gz"} for i in range(3)}}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {"background": 0, "organ": 1},
+                "numTraining": 3,
+                "file_ending": ".nii.gz",
+                "dataset": {
+                    f"c{i}": {"images": [f"somewhere/img{i}.nii.gz"], "label": f"somewhere/seg{i}.nii.gz"}
+                    for i in range(3)
+                },
+            }
+        )
+    )
     entries = load_datalist(root)
     assert [e["case"] for e in entries] == ["c0", "c1", "c2"] and entries[0]["image"].endswith("img0.nii.gz")
     fingerprint = planning_fingerprint(root)
-    assert fingerprint["layout"] == "nnunet" and fingerprint["cases"][0]["shape_after_crop"] == [8, 24, 24]  # cropped, (z, y, x)
+    assert fingerprint["layout"] == "nnunet" and fingerprint["cases"][0]["shape_after_crop"] == [
+        8,
+        24,
+        24,
+    ]  # cropped, (z, y, x)
 
 
 @pytest.mark.realdata

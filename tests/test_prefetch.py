@@ -19,7 +19,9 @@ def _load(item):
 
 @pytest.mark.parametrize("prefetch", [0, 1, 2])
 def test_batches_come_in_order_and_are_made_in_the_background(prefetch):
-    loader = PrefetchDataLoader(Dataset([{"x": i} for i in range(5) if i != 3], transform=_load), prefetch=prefetch, batch_size=1)
+    loader = PrefetchDataLoader(
+        Dataset([{"x": i} for i in range(5) if i != 3], transform=_load), prefetch=prefetch, batch_size=1
+    )
     batches = list(loader)
     assert [int(b["x"][0]) for b in batches] == [0, 1, 2, 4] and len(loader) == 4
     threads = {b["thread"][0] for b in batches}
@@ -27,18 +29,26 @@ def test_batches_come_in_order_and_are_made_in_the_background(prefetch):
 
 
 def test_a_failing_case_raises_its_own_error_at_its_batch_and_the_thread_ends():
-    loader = PrefetchDataLoader(Dataset([{"x": i} for i in range(6)], transform=_load), prefetch=1, batch_size=1)
+    loader = PrefetchDataLoader(
+        Dataset([{"x": i} for i in range(6)], transform=_load), prefetch=1, batch_size=1
+    )
     seen = []
-    with pytest.raises(RuntimeError, match="applying transform") as raised:  # MONAI's Dataset wraps transform errors
+    with pytest.raises(
+        RuntimeError, match="applying transform"
+    ) as raised:  # MONAI's Dataset wraps transform errors
         for batch in loader:
             seen.append(int(batch["x"][0]))
     assert seen == [0, 1, 2]
-    assert isinstance(raised.value.__cause__, InputError) and "case 3: expected a readable image" in str(raised.value.__cause__)
+    assert isinstance(raised.value.__cause__, InputError) and "case 3: expected a readable image" in str(
+        raised.value.__cause__
+    )
     assert not any(t.name == "voxpipe-prefetch" for t in threading.enumerate())
 
 
 def test_leaving_the_loop_early_stops_the_thread():
-    loader = PrefetchDataLoader(Dataset([{"x": i} for i in range(3)], transform=_load), prefetch=1, batch_size=1)
+    loader = PrefetchDataLoader(
+        Dataset([{"x": i} for i in range(3)], transform=_load), prefetch=1, batch_size=1
+    )
     for _ in loader:
         break
     assert not any(t.name == "voxpipe-prefetch" for t in threading.enumerate())

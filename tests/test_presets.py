@@ -43,9 +43,15 @@ def test_every_preset_keeps_keys_input_and_alignment(case, name):
     if name == "mri":
         assert abs(float(image[image != 0].mean())) < 0.1
     else:
-        assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0 and window_of(chain.transforms) == CT_WINDOWS[name]
+        assert (
+            float(image.min()) >= 0.0
+            and float(image.max()) <= 1.0
+            and window_of(chain.transforms) == CT_WINDOWS[name]
+        )
     assert np.allclose(np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0), (2.0, 2.0, 3.0))
-    assert not any(isinstance(t, Randomizable) for t in chain.transforms)  # deterministic: cacheable, inference-safe
+    assert not any(
+        isinstance(t, Randomizable) for t in chain.transforms
+    )  # deterministic: cacheable, inference-safe
     # The same chain without labels serves inference.
     assert set(chain({"image": case["image"]})) == {"image"}
 
@@ -58,7 +64,9 @@ def test_augmentation_is_seeded_and_keeps_label_and_image_aligned(case, level):
     outs = []
     for seed in (1, 1, 2):
         chain = augmentation(level, seed=seed)
-        for transform in chain.transforms:  # every spatial transform fires; intensity ones would blur the probe
+        for (
+            transform
+        ) in chain.transforms:  # every spatial transform fires; intensity ones would blur the probe
             transform.prob = 1.0 if isinstance(transform, (RandAffined, RandFlipd)) else 0.0
         outs.append(chain(copy.deepcopy(probe)))
     before = probe["image"].clone()
@@ -71,8 +79,13 @@ def test_augmentation_is_seeded_and_keeps_label_and_image_aligned(case, level):
         moved = out["image"] > 0.5
         truth = out["label"] == 1
         dice = 2 * float((moved & truth).sum()) / float(moved.sum() + truth.sum())
-        centroid_gap = torch.linalg.norm(torch.nonzero(moved).float().mean(0) - torch.nonzero(truth).float().mean(0))
-        assert dice > 0.9 and float(centroid_gap) < 0.5, (dice, centroid_gap)  # bilinear vs nearest edges only
+        centroid_gap = torch.linalg.norm(
+            torch.nonzero(moved).float().mean(0) - torch.nonzero(truth).float().mean(0)
+        )
+        assert dice > 0.9 and float(centroid_gap) < 0.5, (
+            dice,
+            centroid_gap,
+        )  # bilinear vs nearest edges only
 
 
 def test_augmentation_none_and_unknown_level():
@@ -83,19 +96,30 @@ def test_augmentation_none_and_unknown_level():
 
 def test_training_chain_samples_patches_reproducibly(case):
     def sample(seed):
-        chain = compose([preprocessing("ct_liver"), patch_sampling((32, 32, 16), num_samples=2), augmentation("default", seed=seed)])
+        chain = compose(
+            [
+                preprocessing("ct_liver"),
+                patch_sampling((32, 32, 16), num_samples=2),
+                augmentation("default", seed=seed),
+            ]
+        )
         chain.set_random_state(seed=seed)
         return chain(dict(case))
 
     first, again = sample(0), sample(0)
-    assert len(first) == 2 and all(torch.equal(a["image"], b["image"]) for a, b in zip(first, again, strict=True))
+    assert len(first) == 2 and all(
+        torch.equal(a["image"], b["image"]) for a, b in zip(first, again, strict=True)
+    )
     assert first[0]["image"].shape[1:] == (32, 32, 16)
 
 
 def test_fingerprint_drives_window_and_spacing(tiny_liver_dataset):
     fingerprint = compute_fingerprint(tiny_liver_dataset)
     assert fingerprint["n_cases"] == 4 and set(fingerprint["label_volume_ml"]) <= {"1", "2"}
-    low, high = fingerprint["foreground_intensity"]["percentile_00_5"], fingerprint["foreground_intensity"]["percentile_99_5"]
+    low, high = (
+        fingerprint["foreground_intensity"]["percentile_00_5"],
+        fingerprint["foreground_intensity"]["percentile_99_5"],
+    )
     assert -300 < low < high < 300  # liver and tumour HU
     chain = preprocessing("ct_liver", spacing="auto", fingerprint=fingerprint)
     assert window_of(chain) == (low, high)

@@ -38,7 +38,9 @@ def test_network_cost_counts_parameters_and_flops():
     network = build_network("segresnet", init_filters=8)
     assert cost.parameters == sum(p.numel() for p in network.parameters())
     assert cost.gflops > 0
-    assert network_cost("segresnet", size=64, init_filters=8).gflops == pytest.approx(8 * cost.gflops, rel=0.05)
+    assert network_cost("segresnet", size=64, init_filters=8).gflops == pytest.approx(
+        8 * cost.gflops, rel=0.05
+    )
 
 
 def test_networks_list_cli(capsys):

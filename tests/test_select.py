@@ -24,7 +24,9 @@ def test_fold_ensemble_returns_log_of_mean_probabilities():
     x = torch.randn(1, 1, 16, 16, 8)
     with torch.no_grad():
         expected = torch.stack([torch.softmax(m(x), 1) for m in ensemble.members]).mean(0)
-        got = torch.softmax(ensemble(x), 1)  # what the bundle's Activationsd(softmax=True) makes of the output
+        got = torch.softmax(
+            ensemble(x), 1
+        )  # what the bundle's Activationsd(softmax=True) makes of the output
     assert torch.allclose(got, expected, atol=1e-6)
     copy = FoldEnsemble(network=spec, members=2)
     copy.load_state_dict(ensemble.state_dict())  # one state dict, keys members.<i>.*: one models/model.pt
@@ -76,12 +78,24 @@ def oof_runs(tmp_path):
         label[_sphere(shape, (12, 18, 12), 2 + index % 2)] = 2  # two true tumours, both inside the liver
         label[_sphere(shape, (24, 18, 12), 2)] = 2
         case = f"case_{index}"
-        nib.save(nib.Nifti1Image(label.astype(np.int16), np.diag([1.0, 1.0, 2.0, 1.0])), dataset / "imagesTr" / f"{case}.nii.gz")
-        nib.save(nib.Nifti1Image(label, np.diag([1.0, 1.0, 2.0, 1.0])), dataset / "labelsTr" / f"{case}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(label.astype(np.int16), np.diag([1.0, 1.0, 2.0, 1.0])),
+            dataset / "imagesTr" / f"{case}.nii.gz",
+        )
+        nib.save(
+            nib.Nifti1Image(label, np.diag([1.0, 1.0, 2.0, 1.0])), dataset / "labelsTr" / f"{case}.nii.gz"
+        )
         training.append({"image": f"imagesTr/{case}.nii.gz", "label": f"labelsTr/{case}.nii.gz"})
         truths[case] = label
-    (dataset / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "liver", "2": "tumour"},
-                                                      "modality": {"0": "CT"}, "training": training}))
+    (dataset / "dataset.json").write_text(
+        json.dumps(
+            {
+                "labels": {"0": "background", "1": "liver", "2": "tumour"},
+                "modality": {"0": "CT"},
+                "training": training,
+            }
+        )
+    )
     runs = []
     for name in ("islands", "shrunk"):
         run = tmp_path / "runs" / name
@@ -96,17 +110,34 @@ def oof_runs(tmp_path):
                     label[_sphere(shape, (36, 4, 4), 1)] = 2
                 else:
                     label[(label == 1) & ~_sphere(shape, (18, 18, 12), 9)] = 0
-                np.savez_compressed(validation / f"{case}_probabilities.npz", probabilities=_one_hot(label),
-                                    affine=np.diag([1.0, 1.0, 2.0, 1.0]))
-            folds[str(fold)] = {"cases": cases, "validation_dir": str(validation), "weights": "unused",
-                                "output_dir": str(run / f"fold_{fold}")}
-        (run / "cv.json").write_text(json.dumps({"bundle": str(shipped_bundle("liver_ct_segresnet")),
-                                                 "dataset_dir": str(dataset), "n_folds": 2, "folds": folds}))
+                np.savez_compressed(
+                    validation / f"{case}_probabilities.npz",
+                    probabilities=_one_hot(label),
+                    affine=np.diag([1.0, 1.0, 2.0, 1.0]),
+                )
+            folds[str(fold)] = {
+                "cases": cases,
+                "validation_dir": str(validation),
+                "weights": "unused",
+                "output_dir": str(run / f"fold_{fold}"),
+            }
+        (run / "cv.json").write_text(
+            json.dumps(
+                {
+                    "bundle": str(shipped_bundle("liver_ct_segresnet")),
+                    "dataset_dir": str(dataset),
+                    "n_folds": 2,
+                    "folds": folds,
+                }
+            )
+        )
         runs.append(run)
     return runs
 
 
-def test_select_scores_every_candidate_and_refuses_post_processing_that_deletes_true_lesions(oof_runs, tmp_path):
+def test_select_scores_every_candidate_and_refuses_post_processing_that_deletes_true_lesions(
+    oof_runs, tmp_path
+):
     selection = select_runs(oof_runs[:1], tmp_path / "selection", write_bundle=False)
     by_option = {c["postprocessing"]: c for c in selection["candidates"]}
     # Largest component per class removes the liver island (Dice up) but also the second true tumour.
@@ -120,13 +151,18 @@ def test_select_scores_every_candidate_and_refuses_post_processing_that_deletes_
     assert winner["lesion_f1"]["tumour"] >= by_option["none"]["lesion_f1"]["tumour"]
     text = (tmp_path / "selection" / "selection.md").read_text()
     assert "| Members | Post-processing | Mean fg Dice | 95 % CI |" in text and "✔" in text
-    assert json.loads((tmp_path / "selection" / "selection.json").read_text())["winner"]["postprocessing"] == winner["postprocessing"]
+    assert (
+        json.loads((tmp_path / "selection" / "selection.json").read_text())["winner"]["postprocessing"]
+        == winner["postprocessing"]
+    )
 
 
 def test_select_scores_ensembles_of_runs(oof_runs, tmp_path):
     selection = select_runs(oof_runs, tmp_path / "both", write_bundle=False)
     members = {tuple(c["members"]) for c in selection["candidates"]}
-    assert len(members) == 3 and len(selection["candidates"]) == 3 * 6  # 2 singles + 1 ensemble, 6 options each
+    assert (
+        len(members) == 3 and len(selection["candidates"]) == 3 * 6
+    )  # 2 singles + 1 ensemble, 6 options each
     assert len(selection["cases"]) == 4
     with pytest.raises(InputError, match="cv.json"):
         select_runs([tmp_path / "nothing"], tmp_path / "x")
@@ -142,12 +178,18 @@ def test_plan_cross_validate_select_and_infer_the_winner(tiny_liver_dataset, tmp
     monkeypatch.chdir(tmp_path)
     bundle = tmp_path / "planned"
     plan_dataset(tiny_liver_dataset, bundle, rules="nnunet")
-    split = save_split(make_split(load_datalist(tiny_liver_dataset), folds=2, seed=0), tmp_path / "two_folds.json")
+    split = save_split(
+        make_split(load_datalist(tiny_liver_dataset), folds=2, seed=0), tmp_path / "two_folds.json"
+    )
     overrides = {"split_file": str(split), "max_epochs": 1, "val_interval": 1, "progress": False}
     record = train_folds(bundle, folds="all", overrides=overrides)
     cv = json.loads(record.read_text())
     assert sorted(cv["folds"]) == ["0", "1"] and record.parent == tmp_path / "runs" / "planned"
-    assert all(Path(f["validation_dir"], f"{c}_probabilities.npz").is_file() for f in cv["folds"].values() for c in f["cases"])
+    assert all(
+        Path(f["validation_dir"], f"{c}_probabilities.npz").is_file()
+        for f in cv["folds"].values()
+        for c in f["cases"]
+    )
     again = train_folds(bundle, folds="0", overrides=overrides)  # finished folds are not trained again
     assert json.loads(again.read_text())["folds"]["0"] == cv["folds"]["0"]
     selection = select_runs([record.parent], tmp_path / "selected")
@@ -161,8 +203,12 @@ def test_plan_cross_validate_select_and_infer_the_winner(tiny_liver_dataset, tmp
     assert {k.split(".")[1] for k in state} == {"0", "1"}  # both fold models in one file
     from voxpipe.pipelines.evaluation.evaluate import evaluate_folders
 
-    result = evaluate_folders(tmp_path / "pred", tiny_liver_dataset / "labelsTs", labels={"liver": (1,), "tumour": (2,)},
-                              output_dir=tmp_path / "scores")  # the challenge-style summary of the selected model
+    result = evaluate_folders(
+        tmp_path / "pred",
+        tiny_liver_dataset / "labelsTs",
+        labels={"liver": (1,), "tumour": (2,)},
+        output_dir=tmp_path / "scores",
+    )  # the challenge-style summary of the selected model
     assert result.summary["cases"] == len(images) and not result.summary["failed"]
 
 
@@ -177,22 +223,36 @@ def test_multichannel_mri_from_msd_4d_files_plans_trains_selects_and_infers(tmp_
     from voxpipe.pipelines.planning.planner import plan_dataset
 
     monkeypatch.chdir(tmp_path)
-    dataset = write_brain_dataset(tmp_path / "brain", n_train=4, n_test=2, seed=3, size="tiny", channels=3).parent
+    dataset = write_brain_dataset(
+        tmp_path / "brain", n_train=4, n_test=2, seed=3, size="tiny", channels=3
+    ).parent
     assert not check_dataset(dataset).problems  # 4D images are read with their channels
     plan = plan_dataset(dataset, tmp_path / "brain_plan", rules="nnunet")
     assert plan["channels"] == ["FLAIR", "T1w", "T1gd"] and plan["network_spec"]["in_channels"] == 3
     split = save_split(make_split(load_datalist(dataset), folds=2, seed=0), tmp_path / "two_folds.json")
-    record = train_folds(tmp_path / "brain_plan", overrides={"split_file": str(split), "max_epochs": 2, "val_interval": 1,
-                                                             "progress": False})
+    record = train_folds(
+        tmp_path / "brain_plan",
+        overrides={"split_file": str(split), "max_epochs": 2, "val_interval": 1, "progress": False},
+    )
     selection = select_runs([record.parent], tmp_path / "selected")
     assert set(selection["labels"].values()) == {"edema", "non-enhancing tumour", "enhancing tumour"}
     images = sorted((dataset / "imagesTs").glob("*.nii.gz"))
-    outputs = infer_with_bundle(Path(selection["bundle"]), images, output_dir=tmp_path / "pred", progress=False)
+    outputs = infer_with_bundle(
+        Path(selection["bundle"]), images, output_dir=tmp_path / "pred", progress=False
+    )
     for image, output in zip(images, outputs, strict=True):
         source, predicted = nib.load(image), nib.load(output)
-        assert source.ndim == 4 and predicted.shape == source.shape[:3] and np.allclose(predicted.affine, source.affine)
-    result = evaluate_folders(tmp_path / "pred", dataset / "labelsTs", labels={"edema": (1,), "tumour_core": (2, 3)},
-                              output_dir=tmp_path / "scores")
+        assert (
+            source.ndim == 4
+            and predicted.shape == source.shape[:3]
+            and np.allclose(predicted.affine, source.affine)
+        )
+    result = evaluate_folders(
+        tmp_path / "pred",
+        dataset / "labelsTs",
+        labels={"edema": (1,), "tumour_core": (2, 3)},
+        output_dir=tmp_path / "scores",
+    )
     assert result.summary["cases"] == 2 and not result.summary["failed"]
 
 
@@ -208,12 +268,39 @@ def test_torchrun_ranks_train_one_fold_each_into_one_cv_record(tiny_liver_datase
 
     bundle = tmp_path / "planned"
     plan_dataset(tiny_liver_dataset, bundle, rules="nnunet")
-    split = save_split(make_split(load_datalist(tiny_liver_dataset), folds=2, seed=0), tmp_path / "two_folds.json")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "voxpipe.cli",
-               "train", str(bundle), "--folds", "all", "--set", f"split_file={split}", "--set", "max_epochs=1",
-               "--set", "val_interval=1", "--set", "progress=false", "--set", f"output_dir={tmp_path / 'runs'}"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    split = save_split(
+        make_split(load_datalist(tiny_liver_dataset), folds=2, seed=0), tmp_path / "two_folds.json"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "voxpipe.cli",
+        "train",
+        str(bundle),
+        "--folds",
+        "all",
+        "--set",
+        f"split_file={split}",
+        "--set",
+        "max_epochs=1",
+        "--set",
+        "val_interval=1",
+        "--set",
+        "progress=false",
+        "--set",
+        f"output_dir={tmp_path / 'runs'}",
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "worker 1 of 2: folds [0]" in done.stderr and "worker 2 of 2: folds [1]" in done.stderr
     cv = json.loads((tmp_path / "runs" / "cv.json").read_text())
@@ -236,23 +323,41 @@ def test_nnunet_layout_with_one_file_per_channel_cross_validates_and_infers(tmp_
         phantom = brain_phantom((4, index), size="tiny", channels=2)
         part = "Tr" if index < 4 else "Ts"
         for channel in range(2):
-            nib.save(nib.Nifti1Image(phantom.image[..., channel], phantom.affine), root / f"images{part}" / f"b{index}_{channel:04d}.nii.gz")
+            nib.save(
+                nib.Nifti1Image(phantom.image[..., channel], phantom.affine),
+                root / f"images{part}" / f"b{index}_{channel:04d}.nii.gz",
+            )
         if part == "Tr":
             nib.save(nib.Nifti1Image(phantom.label, phantom.affine), root / "labelsTr" / f"b{index}.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "FLAIR", "1": "T1w"}, "numTraining": 4,
-                                                   "labels": {"background": 0, "edema": 1, "core": 2, "enhancing": 3},
-                                                   "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "FLAIR", "1": "T1w"},
+                "numTraining": 4,
+                "labels": {"background": 0, "edema": 1, "core": 2, "enhancing": 3},
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     plan_dataset(root, tmp_path / "plan", rules="nnunet")
     from voxpipe.pipelines.data.datalists import load_datalist
     from voxpipe.pipelines.data.splits import make_split, save_split
 
     split = save_split(make_split(load_datalist(root), folds=2, seed=0), tmp_path / "two_folds.json")
-    record = train_folds(tmp_path / "plan", overrides={"split_file": str(split), "max_epochs": 1, "val_interval": 1,
-                                                       "progress": False})
+    record = train_folds(
+        tmp_path / "plan",
+        overrides={"split_file": str(split), "max_epochs": 1, "val_interval": 1, "progress": False},
+    )
     cv = json.loads(record.read_text())
-    assert all(Path(f["validation_dir"], f"{c}_probabilities.npz").is_file() for f in cv["folds"].values() for c in f["cases"])
+    assert all(
+        Path(f["validation_dir"], f"{c}_probabilities.npz").is_file()
+        for f in cv["folds"].values()
+        for c in f["cases"]
+    )
     selection = select_runs([record.parent], tmp_path / "selected")
-    [output] = infer_with_bundle(Path(selection["bundle"]), [root / "imagesTs"], output_dir=tmp_path / "pred", progress=False)
+    [output] = infer_with_bundle(
+        Path(selection["bundle"]), [root / "imagesTs"], output_dir=tmp_path / "pred", progress=False
+    )
     assert output.name == "b4.nii.gz"  # named by the case, not by its channel-0 file
     source = nib.load(root / "imagesTs" / "b4_0000.nii.gz")
     assert nib.load(output).shape == source.shape and np.allclose(nib.load(output).affine, source.affine)

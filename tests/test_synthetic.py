@@ -119,7 +119,9 @@ def test_lung_dataset_writes_lung_masks(tmp_path):
     manifest = write_msd_dataset(tmp_path, task="lung", n_train=1, n_test=1, size="tiny")
     dataset = json.loads(manifest.read_text())
     assert dataset["labels"] == {"0": "background", "1": "tumour"}
-    assert (tmp_path / "lungsTr" / "lung_000.nii.gz").is_file() and (tmp_path / "lungsTs" / "lung_001.nii.gz").is_file()
+    assert (tmp_path / "lungsTr" / "lung_000.nii.gz").is_file() and (
+        tmp_path / "lungsTs" / "lung_001.nii.gz"
+    ).is_file()
 
 
 def test_bad_dataset_arguments_are_named(tmp_path):

@@ -88,17 +88,22 @@ def test_deep_supervision_loss_takes_lists_stacked_and_plain_outputs():
     plain = torch.rand(2, 1, 8, 8, 8)
     assert loss(plain, target) == torch.nn.functional.mse_loss(plain, target)
     stacked = torch.stack([plain, plain + 1], dim=1)  # DynUNet: (B, S, C, X, Y, Z)
-    expected = torch.nn.functional.mse_loss(plain, target) + torch.nn.functional.mse_loss(plain + 1, target)  # weights 1, 1
+    expected = torch.nn.functional.mse_loss(plain, target) + torch.nn.functional.mse_loss(
+        plain + 1, target
+    )  # weights 1, 1
     assert loss(stacked, target) == pytest.approx(expected.item(), rel=1e-6)
     scales = [plain, torch.rand(2, 1, 4, 4, 4)]  # SegResNetDS: a list at decreasing size
     assert torch.isfinite(loss(scales, target))
 
 
-@pytest.mark.parametrize("name,epoch3", [("cosine", 0.5), ("poly", 0.5 ** 0.9), ("warmup_cosine", 0.5), ("constant", 1.0)])
+@pytest.mark.parametrize(
+    "name,epoch3", [("cosine", 0.5), ("poly", 0.5**0.9), ("warmup_cosine", 0.5), ("constant", 1.0)]
+)
 def test_schedules_by_name(name, epoch3):
     optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
-    scheduler = build_scheduler(optimizer=optimizer, name=name, max_epochs=6 if name != "warmup_cosine" else 5,
-                                warmup_epochs=1)
+    scheduler = build_scheduler(
+        optimizer=optimizer, name=name, max_epochs=6 if name != "warmup_cosine" else 5, warmup_epochs=1
+    )
     for _ in range(3):
         optimizer.step()
         if scheduler is not None:
@@ -128,17 +133,33 @@ class _Scripted(Metric):
 def test_early_stopping_and_best_model_follow_the_validation_metric(tmp_path):
     network = torch.nn.Conv3d(1, 2, 1)
     data = [{"image": torch.rand(1, 1, 4, 4, 4), "label": torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)}]
-    evaluator = SupervisedEvaluator(device="cpu", val_data_loader=data, network=network,
-                                    key_val_metric={"score": _Scripted([0.5, 0.6, 0.4, 0.3, 0.2, 0.9])})
+    evaluator = SupervisedEvaluator(
+        device="cpu",
+        val_data_loader=data,
+        network=network,
+        key_val_metric={"score": _Scripted([0.5, 0.6, 0.4, 0.3, 0.2, 0.9])},
+    )
     trainer = build_trainer(
-        device="cpu", max_epochs=6, train_data_loader=data, network=network,
+        device="cpu",
+        max_epochs=6,
+        train_data_loader=data,
+        network=network,
         optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
-        loss_function=lambda out, label: out.mean() * 0, output_dir=tmp_path, evaluator=evaluator,
-        early_stop_patience=2, tensorboard=False, progress=False,
+        loss_function=lambda out, label: out.mean() * 0,
+        output_dir=tmp_path,
+        evaluator=evaluator,
+        early_stop_patience=2,
+        tensorboard=False,
+        progress=False,
     )
     trainer.run()
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
-    assert [float(r["val_score"]) for r in rows] == [0.5, 0.6, 0.4, 0.3]  # two validations without improvement
+    assert [float(r["val_score"]) for r in rows] == [
+        0.5,
+        0.6,
+        0.4,
+        0.3,
+    ]  # two validations without improvement
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert saved["best"] == {"best": 0.6, "best_epoch": 2} and saved["early_stop"]["counter"] == 2
     assert (tmp_path / "models" / "model.pt").is_file() and (tmp_path / "progress.png").is_file()

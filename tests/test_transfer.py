@@ -27,7 +27,9 @@ def small_kwargs(name: str) -> dict:
         pytest.param(lambda s: {f"module.{k}": v for k, v in s.items()}, id="module."),
         pytest.param(lambda s: {f"model.{k}": v for k, v in s.items()}, id="model."),
         pytest.param(lambda s: {"state_dict": {f"net.{k}": v for k, v in s.items()}}, id="state_dict/net."),
-        pytest.param(lambda s: {"network": s, "optimizer": {"state": {}, "param_groups": []}}, id="voxpipe-checkpoint"),
+        pytest.param(
+            lambda s: {"network": s, "optimizer": {"state": {}, "param_groups": []}}, id="voxpipe-checkpoint"
+        ),
     ],
 )
 def test_prefix_styles_load_every_tensor(tmp_path, wrap):
@@ -85,7 +87,9 @@ def test_freeze_by_module_name_and_bad_name():
 def test_parameter_groups_and_optimizer_lower_the_pretrained_rate(tmp_path):
     source = build_network("segresnet", out_channels=3, init_filters=8)
     torch.save(source.state_dict(), tmp_path / "liver.pt")
-    network = build_network("segresnet", out_channels=2, init_filters=8, weights=tmp_path / "liver.pt", freeze="encoder")
+    network = build_network(
+        "segresnet", out_channels=2, init_filters=8, weights=tmp_path / "liver.pt", freeze="encoder"
+    )
     optimizer = build_optimizer(network=network, lr=1e-3, pretrained_lr_scale=0.1)
     rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
     assert rates == {"pretrained": pytest.approx(1e-4), "new": pytest.approx(1e-3)}
@@ -114,17 +118,37 @@ def test_unrelated_weights_and_strict_mismatch_are_clear_errors(tmp_path):
         load_weights(build_network("segresnet", init_filters=8), tmp_path / "d.pt")
     torch.save(build_network("segresnet", out_channels=3, init_filters=8).state_dict(), tmp_path / "s.pt")
     with pytest.raises(InputError, match="strict loading failed"):
-        load_weights(build_network("segresnet", out_channels=2, init_filters=8), tmp_path / "s.pt", strict=True)
+        load_weights(
+            build_network("segresnet", out_channels=2, init_filters=8), tmp_path / "s.pt", strict=True
+        )
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     with pytest.raises(InputError, match="junk.pt"):
         read_state_dict(tmp_path / "junk.pt")
 
 
 def test_networks_load_cli_reports_reuse(tmp_path, capsys):
-    torch.save({"network": build_network("segresnet", out_channels=3, init_filters=8).state_dict()}, tmp_path / "w.pt")
-    argv = ["networks", "load", "segresnet", str(tmp_path / "w.pt"), "--set", "out_channels=2", "--set", "init_filters=8",
-            "--freeze", "encoder", "--report", str(tmp_path / "r.json")]  # fmt: skip
+    torch.save(
+        {"network": build_network("segresnet", out_channels=3, init_filters=8).state_dict()},
+        tmp_path / "w.pt",
+    )
+    argv = [
+        "networks",
+        "load",
+        "segresnet",
+        str(tmp_path / "w.pt"),
+        "--set",
+        "out_channels=2",
+        "--set",
+        "init_filters=8",
+        "--freeze",
+        "encoder",
+        "--report",
+        str(tmp_path / "r.json"),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "loaded 81/83 tensors, skipped 2 (shape)" in out and "conv_final.2.conv.weight" in out
-    assert json.loads((tmp_path / "r.json").read_text())["skipped"]["conv_final.2.conv.bias"] == {"checkpoint": [3], "network": [2]}
+    assert json.loads((tmp_path / "r.json").read_text())["skipped"]["conv_final.2.conv.bias"] == {
+        "checkpoint": [3],
+        "network": [2],
+    }

@@ -61,15 +61,30 @@ MOVED_MODULES: dict[str, str] = {
 #: Old module (split into several) → {name: new module}. Checked before MOVED_MODULES.
 MOVED_NAMES: dict[str, dict[str, str]] = {
     "voxpipe.pipelines.data": {
-        **dict.fromkeys(("detect_layout", "load_datalist", "split_datalist", "msd_datalist", "PARTS", "LAYOUTS"),
-                        "voxpipe.pipelines.data.datalists"),
+        **dict.fromkeys(
+            ("detect_layout", "load_datalist", "split_datalist", "msd_datalist", "PARTS", "LAYOUTS"),
+            "voxpipe.pipelines.data.datalists",
+        ),
         **dict.fromkeys(("make_split", "save_split", "select_split"), "voxpipe.pipelines.data.splits"),
-        **dict.fromkeys(("estimate_cache_bytes", "available_memory_bytes", "cached_dataset"), "voxpipe.pipelines.data.caching"),
+        **dict.fromkeys(
+            ("estimate_cache_bytes", "available_memory_bytes", "cached_dataset"),
+            "voxpipe.pipelines.data.caching",
+        ),
     },
     "voxpipe.pipelines.bundle": {
         **dict.fromkeys(("run_bundle", "run_engines", "innermost_error"), "voxpipe.pipelines.bundles.run"),
-        **dict.fromkeys(("shipped_bundle", "find_config", "parse_overrides", "weights_keys", "CONFIG_SUFFIXES",
-                         "WORKFLOW_TYPES", "CHECKPOINT_LOADERS"), "voxpipe.pipelines.bundles.config"),
+        **dict.fromkeys(
+            (
+                "shipped_bundle",
+                "find_config",
+                "parse_overrides",
+                "weights_keys",
+                "CONFIG_SUFFIXES",
+                "WORKFLOW_TYPES",
+                "CHECKPOINT_LOADERS",
+            ),
+            "voxpipe.pipelines.bundles.config",
+        ),
     },
 }
 
@@ -112,14 +127,20 @@ class _MovedModule(types.ModuleType):
     def __dir__(self) -> list[str]:
         names = set(MOVED_NAMES.get(self.__name__, {}))
         if self.__name__ not in MOVED_NAMES:
-            names |= {n for n in dir(importlib.import_module(MOVED_MODULES[self.__name__])) if not n.startswith("__")}
+            names |= {
+                n
+                for n in dir(importlib.import_module(MOVED_MODULES[self.__name__]))
+                if not n.startswith("__")
+            }
         return sorted(names)
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds the old module paths of :data:`MOVED_MODULES` (only those: others fall through)."""
 
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Any = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in MOVED_MODULES:
             return None
         return importlib.util.spec_from_loader(fullname, self, origin=f"moved to {MOVED_MODULES[fullname]}")

@@ -32,7 +32,6 @@ class BundleError(InputError):
     """A bundle folder or config is missing something or is malformed."""
 
 
-
 class OutputError(InputError):
     """An output cannot be written: a folder where a file should go, a parent that is a file, no
     permission, a full disk. The user's or the machine's problem, not voxpipe's: exit code 2.

@@ -22,7 +22,9 @@ def select_device(preference: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if preference.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InputError(f"device: expected an available CUDA device for {preference!r}, found none on this machine")
+            raise InputError(
+                f"device: expected an available CUDA device for {preference!r}, found none on this machine"
+            )
         return torch.device(preference)
     if preference == "cpu":
         return torch.device("cpu")

@@ -31,11 +31,16 @@ def _configuration(plans: dict) -> dict:
     architecture = full["architecture"]["arch_kwargs"]
     low = plans["configurations"].get("3d_lowres")
     return {
-        "transpose_forward": plans["transpose_forward"], "spacing": full["spacing"], "patch_size": full["patch_size"],
-        "batch_size": full["batch_size"], "pool_op_kernel_sizes": architecture["strides"],
-        "conv_kernel_sizes": architecture["kernel_sizes"], "features_per_stage": architecture["features_per_stage"],
+        "transpose_forward": plans["transpose_forward"],
+        "spacing": full["spacing"],
+        "patch_size": full["patch_size"],
+        "batch_size": full["batch_size"],
+        "pool_op_kernel_sizes": architecture["strides"],
+        "conv_kernel_sizes": architecture["kernel_sizes"],
+        "features_per_stage": architecture["features_per_stage"],
         "median_image_size_in_voxels": full["median_image_size_in_voxels"],
-        "normalization_schemes": full["normalization_schemes"], "use_mask_for_norm": full["use_mask_for_norm"],
+        "normalization_schemes": full["normalization_schemes"],
+        "use_mask_for_norm": full["use_mask_for_norm"],
         "lowres": None if low is None else {"spacing": low["spacing"], "patch_size": low["patch_size"]},
     }
 
@@ -45,7 +50,9 @@ def main(out: str) -> None:
 
     root = Path(tempfile.mkdtemp(prefix="nnunet-oracle-"))
     raw, preprocessed = root / "raw", root / "preprocessed"
-    os.environ.update(nnUNet_raw=str(raw), nnUNet_preprocessed=str(preprocessed), nnUNet_results=str(root / "results"))
+    os.environ.update(
+        nnUNet_raw=str(raw), nnUNet_preprocessed=str(preprocessed), nnUNet_results=str(root / "results")
+    )
     from batchgenerators.utilities.file_and_folder_operations import save_json
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
         DatasetFingerprintExtractor,
@@ -61,15 +68,29 @@ def main(out: str) -> None:
     for number, (name, case) in enumerate(fingerprint_cases().items(), start=500):
         dataset = f"Dataset{number}_{name}"
         (raw / dataset / "imagesTr").mkdir(parents=True)
-        save_json({"channel_names": case["channel_names"], "labels": case["labels"], "numTraining": len(case["spacings"]),
-                   "file_ending": ".nii.gz"}, str(raw / dataset / "dataset.json"))
+        save_json(
+            {
+                "channel_names": case["channel_names"],
+                "labels": case["labels"],
+                "numTraining": len(case["spacings"]),
+                "file_ending": ".nii.gz",
+            },
+            str(raw / dataset / "dataset.json"),
+        )
         (preprocessed / dataset).mkdir(parents=True)
         channels = len(case["channel_names"])
-        save_json({"spacings": case["spacings"], "shapes_after_crop": case["shapes"],
-                   "foreground_intensity_properties_per_channel": {str(c): {} for c in range(channels)},
-                   "median_relative_size_after_cropping": case["median_relative_size_after_cropping"]},
-                  str(preprocessed / dataset / "dataset_fingerprint.json"))
-        plans = FingerprintOnlyPlanner(dataset, gpu_memory_target_in_gb=case["gpu_memory_gb"]).plan_experiment()
+        save_json(
+            {
+                "spacings": case["spacings"],
+                "shapes_after_crop": case["shapes"],
+                "foreground_intensity_properties_per_channel": {str(c): {} for c in range(channels)},
+                "median_relative_size_after_cropping": case["median_relative_size_after_cropping"],
+            },
+            str(preprocessed / dataset / "dataset_fingerprint.json"),
+        )
+        plans = FingerprintOnlyPlanner(
+            dataset, gpu_memory_target_in_gb=case["gpu_memory_gb"]
+        ).plan_experiment()
         results["fingerprints"][name] = _configuration(plans)
     data = Path(os.environ.get("VOXPIPE_REAL_DATA", TESTS.parents[1] / "shared" / "data"))
     if data.is_dir():  # real scans, when ../shared/data is there
@@ -77,16 +98,22 @@ def main(out: str) -> None:
         DatasetFingerprintExtractor(folder.name, num_processes=2).run()
         fingerprint = json.loads((preprocessed / folder.name / "dataset_fingerprint.json").read_text())
         plans = ExperimentPlanner(folder.name, gpu_memory_target_in_gb=8).plan_experiment()
-        results["real"] = {**_configuration(plans), "spacings": fingerprint["spacings"],
-                           "shapes_after_crop": fingerprint["shapes_after_crop"]}
+        results["real"] = {
+            **_configuration(plans),
+            "spacings": fingerprint["spacings"],
+            "shapes_after_crop": fingerprint["shapes_after_crop"],
+        }
     for name in PHANTOM_DATASETS:
         folder = write_phantom_dataset(name, raw)
         DatasetFingerprintExtractor(folder.name, num_processes=2).run()
         fingerprint = json.loads((preprocessed / folder.name / "dataset_fingerprint.json").read_text())
         plans = ExperimentPlanner(folder.name, gpu_memory_target_in_gb=8).plan_experiment()
-        results["datasets"][name] = {**_configuration(plans), "spacings": fingerprint["spacings"],
-                                     "shapes_after_crop": fingerprint["shapes_after_crop"],
-                                     "median_relative_size_after_cropping": fingerprint["median_relative_size_after_cropping"]}
+        results["datasets"][name] = {
+            **_configuration(plans),
+            "spacings": fingerprint["spacings"],
+            "shapes_after_crop": fingerprint["shapes_after_crop"],
+            "median_relative_size_after_cropping": fingerprint["median_relative_size_after_cropping"],
+        }
     lines = ["{", f' "nnunetv2": {json.dumps(results["nnunetv2"])},']
     if "real" in results:
         lines.append(f' "real": {json.dumps(results["real"])},')

@@ -20,61 +20,123 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
         timings = Timings()
     outputs = infer_with_bundle(
-        args.model, args.inputs, output_dir=args.output, weights=args.weights, overrides=parse_overrides(args.set),
-        resume=args.resume, statistics=not args.no_statistics, dicom_seg=args.dicom_seg, output_format=args.format,
-        precision=args.precision, tta=True if args.tta else None, compile=True if args.compile else None,
-        organ_roi=True if args.organ_roi else None, save_probabilities=args.save_probabilities,
-        progress=False if args.no_progress else True, device=args.device,
-        shard=shard, timings=timings,
-    )  # fmt: skip
+        args.model,
+        args.inputs,
+        output_dir=args.output,
+        weights=args.weights,
+        overrides=parse_overrides(args.set),
+        resume=args.resume,
+        statistics=not args.no_statistics,
+        dicom_seg=args.dicom_seg,
+        output_format=args.format,
+        precision=args.precision,
+        tta=True if args.tta else None,
+        compile=True if args.compile else None,
+        organ_roi=True if args.organ_roi else None,
+        save_probabilities=args.save_probabilities,
+        progress=False if args.no_progress else True,
+        device=args.device,
+        shard=shard,
+        timings=timings,
+    )
     if timings is not None:
         print(timings.table())
         print(f"wrote {timings.write(args.output)}")
     where = f" (shard {shard[0]}/{shard[1]})" if shard else ""
-    print(f"{len(outputs)} label map(s) in {args.output}{where}" + ("" if args.no_statistics else " (+ statistics.csv, statistics.json)"))
+    print(
+        f"{len(outputs)} label map(s) in {args.output}{where}"
+        + ("" if args.no_statistics else " (+ statistics.csv, statistics.json)")
+    )
     return 0
 
 
 def add_commands(commands: Any) -> None:
     """Register ``infer`` on the top-level subparsers."""
     infer = commands.add_parser(
-        "infer", help="segment images with a trained bundle; outputs on each input's grid",
+        "infer",
+        help="segment images with a trained bundle; outputs on each input's grid",
         description="Failing cases are reported at the end (exit code 2) after every other case was written.",
-    )  # fmt: skip
+    )
     infer.add_argument("model", help="bundle folder (weights from BUNDLE/models/model.pt unless --weights)")
-    infer.add_argument("inputs", nargs="+", help="image files (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd), folders of them, DICOM "
-                       "series folders; for a multi-channel bundle, 4D NIfTI files or folders of nnU-Net-style channel "
-                       "files (case_0000.nii.gz, case_0001.nii.gz, ...: one case each)")
+    infer.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd), folders of them, DICOM "
+        "series folders; for a multi-channel bundle, 4D NIfTI files or folders of nnU-Net-style channel "
+        "files (case_0000.nii.gz, case_0001.nii.gz, ...: one case each)",
+    )
     infer.add_argument("-o", "--output", required=True, help="output folder for <case>.<format> label maps")
     infer.add_argument("--weights", help="network weights file (default: BUNDLE/models/model.pt)")
-    infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config value")
-    infer.add_argument("--dicom-seg", action="store_true",
-                       help="for DICOM series inputs also write <case>.dcm, a DICOM-SEG referencing the series")
-    infer.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd", "mha", "dicom-seg"],
-                       help="label-map format (default nii.gz); dicom-seg: DICOM series inputs only, <case>.dcm beside a <case>.nii.gz")
-    infer.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                       help="network precision (bundle default auto: fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32)")
-    infer.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips along every axis combination (8× the time)")
-    infer.add_argument("--compile", action="store_true", help="torch.compile the network (about a minute of compiling; pays off over many cases)")
-    infer.add_argument("--organ-roi", action="store_true",
-                       help="coarse-to-fine: a pass at twice the spacing finds the organ, then full resolution runs only in its "
-                            "box plus a margin, on windows of its own (faster where the organ is small in the scan; results "
-                            "differ more from plain MONAI's, and a part the coarse pass misses beyond the margin is lost)")
-    infer.add_argument("--save-probabilities", action="store_true",
-                       help="also write <case>_probabilities.npz: float16 class probabilities (C, X, Y, Z) on the input grid, with the affine")
-    infer.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                       help="where the network runs (bundle default auto: CUDA when present); on CUDA the output is "
-                            "stitched on the GPU when it fits, else on the CPU")
+    infer.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config value"
+    )
+    infer.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="for DICOM series inputs also write <case>.dcm, a DICOM-SEG referencing the series",
+    )
+    infer.add_argument(
+        "--format",
+        default="nii.gz",
+        choices=["nii.gz", "nii", "nrrd", "mha", "dicom-seg"],
+        help="label-map format (default nii.gz); dicom-seg: DICOM series inputs only, <case>.dcm beside a <case>.nii.gz",
+    )
+    infer.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="network precision (bundle default auto: fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32)",
+    )
+    infer.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average over flips along every axis combination (8× the time)",
+    )
+    infer.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network (about a minute of compiling; pays off over many cases)",
+    )
+    infer.add_argument(
+        "--organ-roi",
+        action="store_true",
+        help="coarse-to-fine: a pass at twice the spacing finds the organ, then full resolution runs only in its "
+        "box plus a margin, on windows of its own (faster where the organ is small in the scan; results "
+        "differ more from plain MONAI's, and a part the coarse pass misses beyond the margin is lost)",
+    )
+    infer.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write <case>_probabilities.npz: float16 class probabilities (C, X, Y, Z) on the input grid, with the affine",
+    )
+    infer.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="where the network runs (bundle default auto: CUDA when present); on CUDA the output is "
+        "stitched on the GPU when it fits, else on the CPU",
+    )
     infer.add_argument("--no-progress", action="store_true", help="no progress bars over cases and windows")
-    infer.add_argument("--resume", action="store_true", help="skip inputs whose output already exists (outputs are written atomically)")
-    infer.add_argument("--timings", action="store_true",
-                       help="print and write timings.json: seconds per stage (load, resample, intensity, network, stitch, "
-                            "invert, post-process, write, statistics)")
-    infer.add_argument("--shard", metavar="K/N",
-                       help="run only shard K of N (every N-th input from the K-th on; e.g. a SLURM array task); under "
-                            "torchrun each rank takes its own shard (RANK+1 of WORLD_SIZE) without this option")
-    infer.add_argument("--no-statistics", action="store_true",
-                       help="do not write statistics.csv/.json (volumes, mean/std HU, lesion count and largest diameter)")
+    infer.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip inputs whose output already exists (outputs are written atomically)",
+    )
+    infer.add_argument(
+        "--timings",
+        action="store_true",
+        help="print and write timings.json: seconds per stage (load, resample, intensity, network, stitch, "
+        "invert, post-process, write, statistics)",
+    )
+    infer.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run only shard K of N (every N-th input from the K-th on; e.g. a SLURM array task); under "
+        "torchrun each rank takes its own shard (RANK+1 of WORLD_SIZE) without this option",
+    )
+    infer.add_argument(
+        "--no-statistics",
+        action="store_true",
+        help="do not write statistics.csv/.json (volumes, mean/std HU, lesion count and largest diameter)",
+    )
     infer.set_defaults(func=_cmd_infer)
     add_detect_command(commands)
 
@@ -85,46 +147,94 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
     quiet_monai_bundle(args.verbose)
     summary = detect_with_bundle(
-        args.model, args.inputs, output_dir=args.output, weights=args.weights, overrides=parse_overrides(args.set),
-        tta=True if args.tta else None, dicom_seg=args.dicom_seg, classify=args.classify,
-        classifier_weights=args.classifier_weights, classify_top=args.classify_top, resume=args.resume, device=args.device, safe=args.safe,
-    )  # fmt: skip
+        args.model,
+        args.inputs,
+        output_dir=args.output,
+        weights=args.weights,
+        overrides=parse_overrides(args.set),
+        tta=True if args.tta else None,
+        dicom_seg=args.dicom_seg,
+        classify=args.classify,
+        classifier_weights=args.classifier_weights,
+        classify_top=args.classify_top,
+        resume=args.resume,
+        device=args.device,
+        safe=args.safe,
+    )
     for case in summary["cases"]:
         print(f"{case} (world mm, LPS; top {args.show})")
         print(case_table(args.output, case, limit=args.show))
-    print(f"{len(summary['cases'])} scan(s): <case>.json/.csv in {args.output}; LUNA16 candidates {summary['candidates']}")
+    print(
+        f"{len(summary['cases'])} scan(s): <case>.json/.csv in {args.output}; LUNA16 candidates {summary['candidates']}"
+    )
     return 0
 
 
 def add_detect_command(commands: Any) -> None:
     """Register ``detect`` on the top-level subparsers."""
     detect = commands.add_parser(
-        "detect", help="find lung nodules with a detection bundle; boxes in world mm, LUNA16 candidates",
+        "detect",
+        help="find lung nodules with a detection bundle; boxes in world mm, LUNA16 candidates",
         description="Per scan <case>.json (box file: world_lps, cccwhd, score, diameter, side[, malignancy]) and <case>.csv; "
-                    "for the run candidates.csv (seriesuid,coordX,coordY,coordZ,probability in world mm, LPS) for "
-                    "`voxpipe evaluate-detections`. Failing scans are reported at the end (exit code 2) after every other "
-                    "scan was written.",
-    )  # fmt: skip
-    detect.add_argument("model", help="detection bundle folder (configs/lung_nodule_ct_retinanet); weights from "
-                        "BUNDLE/models/model.pt unless --weights, anchors from anchors.json beside the weights")
-    detect.add_argument("inputs", nargs="+", help="CT files (.mha, .mhd, .nii.gz, .nrrd), folders of them, DICOM series folders")
+        "for the run candidates.csv (seriesuid,coordX,coordY,coordZ,probability in world mm, LPS) for "
+        "`voxpipe evaluate-detections`. Failing scans are reported at the end (exit code 2) after every other "
+        "scan was written.",
+    )
+    detect.add_argument(
+        "model",
+        help="detection bundle folder (configs/lung_nodule_ct_retinanet); weights from "
+        "BUNDLE/models/model.pt unless --weights, anchors from anchors.json beside the weights",
+    )
+    detect.add_argument(
+        "inputs",
+        nargs="+",
+        help="CT files (.mha, .mhd, .nii.gz, .nrrd), folders of them, DICOM series folders",
+    )
     detect.add_argument("-o", "--output", required=True, help="output folder")
     detect.add_argument("--weights", help="network weights file (default: BUNDLE/models/model.pt)")
-    detect.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an inference config value (e.g. min_score=0.1, nms_thresh=0.1)")
-    detect.add_argument("--tta", action="store_true",
-                        help="flip test-time augmentation (8 views) merged by weighted box clustering (--set tta_merge=nms for NMS)")
-    detect.add_argument("--classify", metavar="BUNDLE",
-                        help="a nodule classification bundle (configs/lung_nodule_ct_densenet): adds a malignancy probability per nodule")
-    detect.add_argument("--classifier-weights", help="the classifier's weights (default: its BUNDLE/models/model.pt)")
-    detect.add_argument("--classify-top", type=int, default=20, metavar="N",
-                        help="classify the N highest-scoring candidates of each scan (default 20; the rest keep no malignancy)")
-    detect.add_argument("--dicom-seg", action="store_true",
-                        help="DICOM series inputs: also <case>_nodules.dcm, one DICOM-SEG segment per nodule with score "
-                             ">= seg_score_threshold (a sphere of its diameter on the series grid)")
-    detect.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the network runs (bundle default auto)")
+    detect.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an inference config value (e.g. min_score=0.1, nms_thresh=0.1)",
+    )
+    detect.add_argument(
+        "--tta",
+        action="store_true",
+        help="flip test-time augmentation (8 views) merged by weighted box clustering (--set tta_merge=nms for NMS)",
+    )
+    detect.add_argument(
+        "--classify",
+        metavar="BUNDLE",
+        help="a nodule classification bundle (configs/lung_nodule_ct_densenet): adds a malignancy probability per nodule",
+    )
+    detect.add_argument(
+        "--classifier-weights", help="the classifier's weights (default: its BUNDLE/models/model.pt)"
+    )
+    detect.add_argument(
+        "--classify-top",
+        type=int,
+        default=20,
+        metavar="N",
+        help="classify the N highest-scoring candidates of each scan (default 20; the rest keep no malignancy)",
+    )
+    detect.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="DICOM series inputs: also <case>_nodules.dcm, one DICOM-SEG segment per nodule with score "
+        ">= seg_score_threshold (a sphere of its diameter on the series grid)",
+    )
+    detect.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="where the network runs (bundle default auto)"
+    )
     detect.add_argument("--resume", action="store_true", help="skip scans whose <case>.json already exists")
-    detect.add_argument("--safe", action="store_true",
-                        help="safe mode for both bundles: known component kinds only, no code from the configs")
-    detect.add_argument("--show", type=int, default=5, metavar="N", help="nodules printed per scan (default 5)")
+    detect.add_argument(
+        "--safe",
+        action="store_true",
+        help="safe mode for both bundles: known component kinds only, no code from the configs",
+    )
+    detect.add_argument(
+        "--show", type=int, default=5, metavar="N", help="nodules printed per scan (default 5)"
+    )
     detect.set_defaults(func=_cmd_detect)

@@ -23,7 +23,9 @@ from voxpipe.errors import VoxpipeError
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     # MONAI and Ignite log every engine event at INFO; show them only with -v.
     noisy = logging.INFO if verbose else logging.WARNING
     for name in ("ignite", "monai", "py.warnings"):
@@ -47,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"voxpipe {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (MONAI/Ignite events)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (MONAI/Ignite events)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for verb_group in (demo, train, bundle, infer, networks, evaluate, data, plan, serve, annotate):
@@ -74,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("voxpipe: interrupted", file=sys.stderr)
         return 130
-    except OSError as error:  # a full disk, no permission, a folder where a file should be: the machine's problem
+    except (
+        OSError
+    ) as error:  # a full disk, no permission, a folder where a file should be: the machine's problem
         if args.debug:
             raise
         where = f"{error.filename!r}: " if getattr(error, "filename", None) else ""
@@ -83,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # anything unexpected is our bug: one line, exit 1
         if args.debug:
             raise
-        print(f"voxpipe: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"voxpipe: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

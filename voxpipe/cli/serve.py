@@ -15,7 +15,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from voxpipe.pipelines.deploy.jobs import JobStore, format_status
 
         if args.bundle is not None:
-            raise InputError(f"--status: expected only the work folder, found a bundle argument too ({args.bundle!r})")
+            raise InputError(
+                f"--status: expected only the work folder, found a bundle argument too ({args.bundle!r})"
+            )
         print(format_status(JobStore(args.status, create=False)))
         return 0
     if args.bundle is None:
@@ -25,10 +27,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     quiet_monai_bundle(args.verbose)
     node = DicomNode(
-        args.bundle, workdir=args.workdir, ae_title=args.ae_title, port=args.port, bind=args.bind, send_to=args.send_to,
-        allow_aet=args.allow_aet, idle=args.idle, weights=args.weights, overrides=parse_overrides(args.set),
-        trust_bundle=args.trust_bundle, dicomweb=args.dicomweb, poll=args.poll, retry=args.retry,
-    )  # fmt: skip
+        args.bundle,
+        workdir=args.workdir,
+        ae_title=args.ae_title,
+        port=args.port,
+        bind=args.bind,
+        send_to=args.send_to,
+        allow_aet=args.allow_aet,
+        idle=args.idle,
+        weights=args.weights,
+        overrides=parse_overrides(args.set),
+        trust_bundle=args.trust_bundle,
+        dicomweb=args.dicomweb,
+        poll=args.poll,
+        retry=args.retry,
+    )
     node.serve_forever()
     return 0
 
@@ -36,30 +49,68 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def add_commands(commands: Any) -> None:
     """Register ``serve`` on the top-level subparsers."""
     serve = commands.add_parser(
-        "serve", help="DICOM node: segment the CT series a PACS sends, send DICOM-SEG + SR back",
+        "serve",
+        help="DICOM node: segment the CT series a PACS sends, send DICOM-SEG + SR back",
         description="A Storage SCP receives series (C-STORE); a series with no new instance for --idle seconds is "
-                    "queued on disk, segmented with the bundle's inference, and a DICOM-SEG plus a TID 1500 SR "
-                    "(volumes, lesion count, largest diameter) are sent to --send-to. With --dicomweb URL the node polls "
-                    "QIDO-RS, fetches with WADO-RS and stores with STOW-RS instead. Runs until Ctrl-C or SIGTERM; "
-                    "after a kill, restarting on the same --workdir finishes what was left.",
-    )  # fmt: skip
-    serve.add_argument("bundle", nargs="?", help="bundle folder (weights from BUNDLE/models/model.pt unless --weights)")
-    serve.add_argument("--send-to", metavar="AET@HOST:PORT", help="where results are sent by C-STORE (e.g. ORTHANC@127.0.0.1:4242)")
+        "queued on disk, segmented with the bundle's inference, and a DICOM-SEG plus a TID 1500 SR "
+        "(volumes, lesion count, largest diameter) are sent to --send-to. With --dicomweb URL the node polls "
+        "QIDO-RS, fetches with WADO-RS and stores with STOW-RS instead. Runs until Ctrl-C or SIGTERM; "
+        "after a kill, restarting on the same --workdir finishes what was left.",
+    )
+    serve.add_argument(
+        "bundle", nargs="?", help="bundle folder (weights from BUNDLE/models/model.pt unless --weights)"
+    )
+    serve.add_argument(
+        "--send-to",
+        metavar="AET@HOST:PORT",
+        help="where results are sent by C-STORE (e.g. ORTHANC@127.0.0.1:4242)",
+    )
     serve.add_argument("--ae-title", default="VOXPIPE", help="this node's AE title (default VOXPIPE)")
-    serve.add_argument("--port", type=int, default=11112, help="port the Storage SCP listens on (default 11112)")
-    serve.add_argument("--bind", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
-    serve.add_argument("--allow-aet", action="append", default=[], metavar="AET",
-                       help="calling AE title allowed to send (repeatable; default: the AE title of --send-to)")
-    serve.add_argument("--workdir", default="voxpipe-node", help="the node's folder: instances, job queue, results, node.log")
-    serve.add_argument("--idle", type=float, default=5.0, help="seconds without a new instance after which a series is complete (default 5)")
+    serve.add_argument(
+        "--port", type=int, default=11112, help="port the Storage SCP listens on (default 11112)"
+    )
+    serve.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)",
+    )
+    serve.add_argument(
+        "--allow-aet",
+        action="append",
+        default=[],
+        metavar="AET",
+        help="calling AE title allowed to send (repeatable; default: the AE title of --send-to)",
+    )
+    serve.add_argument(
+        "--workdir", default="voxpipe-node", help="the node's folder: instances, job queue, results, node.log"
+    )
+    serve.add_argument(
+        "--idle",
+        type=float,
+        default=5.0,
+        help="seconds without a new instance after which a series is complete (default 5)",
+    )
     serve.add_argument("--weights", help="network weights file (default: BUNDLE/models/model.pt)")
-    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config value")
-    serve.add_argument("--trust-bundle", action="store_true",
-                       help="run the bundle's own code (default: safe mode, as `voxpipe bundle run --safe`)")
-    serve.add_argument("--dicomweb", metavar="URL", help="DICOMweb base URL to poll (QIDO-RS), fetch from (WADO-RS) and, "
-                       "without --send-to, store results to (STOW-RS); no Storage SCP is started")
+    serve.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config value"
+    )
+    serve.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="run the bundle's own code (default: safe mode, as `voxpipe bundle run --safe`)",
+    )
+    serve.add_argument(
+        "--dicomweb",
+        metavar="URL",
+        help="DICOMweb base URL to poll (QIDO-RS), fetch from (WADO-RS) and, "
+        "without --send-to, store results to (STOW-RS); no Storage SCP is started",
+    )
     serve.add_argument("--poll", type=float, default=10.0, help="seconds between DICOMweb polls (default 10)")
-    serve.add_argument("--retry", type=float, default=30.0, help="seconds before a failed delivery is tried again (default 30)")
+    serve.add_argument(
+        "--retry",
+        type=float,
+        default=30.0,
+        help="seconds before a failed delivery is tried again (default 30)",
+    )
     serve.add_argument("--status", metavar="WORKDIR", help="list the jobs of a node's work folder and exit")
     serve.set_defaults(func=_cmd_serve)

@@ -45,7 +45,9 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n_classes: int
     return np.bincount(y * n + q, minlength=n * n).reshape(n, n)
 
 
-def classification_summary(labels: np.ndarray, predictions: np.ndarray, n_classes: int | None = None) -> dict[str, float]:
+def classification_summary(
+    labels: np.ndarray, predictions: np.ndarray, n_classes: int | None = None
+) -> dict[str, float]:
     """Accuracy, macro F1, and for two classes sensitivity (recall of class 1) and specificity."""
     matrix = confusion_matrix(labels, predictions, n_classes)
     total = matrix.sum()
@@ -56,7 +58,10 @@ def classification_summary(labels: np.ndarray, predictions: np.ndarray, n_classe
         recall = np.where(actual > 0, tp / actual, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     present = (actual + predicted) > 0  # scikit-learn averages over classes seen in either
-    result = {"accuracy": float(tp.sum() / total) if total else float("nan"), "f1_macro": float(f1[present].mean())}
+    result = {
+        "accuracy": float(tp.sum() / total) if total else float("nan"),
+        "f1_macro": float(f1[present].mean()),
+    }
     if matrix.shape == (2, 2):
         tn, fp, fn, tp1 = matrix.ravel()
         result["sensitivity"] = float(tp1 / (tp1 + fn)) if tp1 + fn else float("nan")

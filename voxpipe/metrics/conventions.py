@@ -28,10 +28,20 @@ OVERLAP = ("dice", "iou", "nsd", "sensitivity", "precision")
 DISTANCES = ("hd", "hd95", "assd", "msd")
 #: Direction of each metric: True when higher is better.
 HIGHER_IS_BETTER = {
-    "dice": True, "iou": True, "nsd": True, "sensitivity": True, "precision": True, "specificity": True,
-    "hd": False, "hd95": False, "assd": False, "msd": False, "lesion_recall": True, "lesion_precision": True,
+    "dice": True,
+    "iou": True,
+    "nsd": True,
+    "sensitivity": True,
+    "precision": True,
+    "specificity": True,
+    "hd": False,
+    "hd95": False,
+    "assd": False,
+    "msd": False,
+    "lesion_recall": True,
+    "lesion_precision": True,
     "lesion_f1": True,
-}  # fmt: skip
+}
 
 
 def check_convention(name: str) -> str:
@@ -41,7 +51,12 @@ def check_convention(name: str) -> str:
 
 
 def apply_convention(
-    metrics: Mapping[str, float], *, prediction_empty: bool, reference_empty: bool, convention: str, worst_distance: float
+    metrics: Mapping[str, float],
+    *,
+    prediction_empty: bool,
+    reference_empty: bool,
+    convention: str,
+    worst_distance: float,
 ) -> dict[str, float]:
     """Fill the empty-mask cases of one structure's metrics according to ``convention``.
 

@@ -76,12 +76,18 @@ class FrocResult:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "scans": self.n_scans, "nodules": self.n_nodules, "candidates": self.n_candidates,
-            "true_positives": self.true_positives, "false_positives": self.false_positives,
-            "false_negatives": self.false_negatives, "ignored_on_excluded": self.ignored_on_excluded,
+            "scans": self.n_scans,
+            "nodules": self.n_nodules,
+            "candidates": self.n_candidates,
+            "true_positives": self.true_positives,
+            "false_positives": self.false_positives,
+            "false_negatives": self.false_negatives,
+            "ignored_on_excluded": self.ignored_on_excluded,
             "ignored_double_hits": self.ignored_double_hits,
-            "sensitivity_at": {str(k): v for k, v in self.sensitivity_at.items()}, "cpm": self.cpm, **self.ci,
-        }  # fmt: skip
+            "sensitivity_at": {str(k): v for k, v in self.sensitivity_at.items()},
+            "cpm": self.cpm,
+            **self.ci,
+        }
 
 
 def read_findings(path: str | os.PathLike[str], *, value: str) -> list[Finding]:
@@ -96,7 +102,9 @@ def read_findings(path: str | os.PathLike[str], *, value: str) -> list[Finding]:
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle))
     if not rows:
-        raise InputError(f"{str(path)!r}: expected a header (seriesuid,coordX,coordY,coordZ,{value}), found an empty file")
+        raise InputError(
+            f"{str(path)!r}: expected a header (seriesuid,coordX,coordY,coordZ,{value}), found an empty file"
+        )
     header = [h.strip() for h in rows[0]]
     wanted = ["seriesuid", "coordX", "coordY", "coordZ", value]
     missing = [c for c in wanted if c not in header]
@@ -111,7 +119,9 @@ def read_findings(path: str | os.PathLike[str], *, value: str) -> list[Finding]:
             series = row[index[0]]
             numbers = [float(row[i]) for i in index[1:]]
         except (IndexError, ValueError):
-            raise InputError(f"{str(path)!r}: line {number}: expected numbers in {wanted[1:]}, found {row}") from None
+            raise InputError(
+                f"{str(path)!r}: line {number}: expected numbers in {wanted[1:]}, found {row}"
+            ) from None
         if not all(math.isfinite(v) for v in numbers):
             raise InputError(f"{str(path)!r}: line {number}: expected finite numbers, found {row}")
         findings.append(Finding(series, *numbers))
@@ -124,7 +134,9 @@ def finding_cubes(findings: Sequence[Finding]) -> dict[str, np.ndarray]:
     cubes: dict[str, list[list[float]]] = {}
     for f in findings:
         half = f.value / 2 if f.value > 0 else 5.0
-        cubes.setdefault(f.series, []).append([f.x - half, f.y - half, f.z - half, f.x + half, f.y + half, f.z + half])
+        cubes.setdefault(f.series, []).append(
+            [f.x - half, f.y - half, f.z - half, f.x + half, f.y + half, f.z + half]
+        )
     return {series: np.asarray(boxes, dtype=float) for series, boxes in cubes.items()}
 
 
@@ -134,7 +146,11 @@ def read_seriesuids(path: str | os.PathLike[str]) -> list[str]:
     if not path.is_file():
         raise InputError(f"{str(path)!r}: expected a CSV of series UIDs, found nothing at that path")
     with path.open(newline="") as handle:
-        return [row[0].strip() for row in csv.reader(handle) if row and row[0].strip() and row[0].strip() != "seriesuid"]
+        return [
+            row[0].strip()
+            for row in csv.reader(handle)
+            if row and row[0].strip() and row[0].strip() != "seriesuid"
+        ]
 
 
 def roc_curve(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,11 +184,22 @@ def _cap(candidates: list[Finding], max_marks: int) -> list[Finding]:
     return [c for c in candidates if c.value > threshold][:max_marks]
 
 
-def _entries(scans: Sequence[str], nodules: Mapping[str, list[tuple[Finding, bool]]],
-             candidates: Mapping[str, list[Finding]]) -> tuple[list[tuple[float, float, bool, str]], dict[str, int]]:
+def _entries(
+    scans: Sequence[str],
+    nodules: Mapping[str, list[tuple[Finding, bool]]],
+    candidates: Mapping[str, list[Finding]],
+) -> tuple[list[tuple[float, float, bool, str]], dict[str, int]]:
     """The script's FROC entries (truth, probability, excluded from the ROC, scan) and its counts."""
     entries: list[tuple[float, float, bool, str]] = []
-    counts = {"tp": 0, "fp": 0, "fn": 0, "nodules": 0, "ignored_excluded": 0, "ignored_double": 0, "candidates": 0}
+    counts = {
+        "tp": 0,
+        "fp": 0,
+        "fn": 0,
+        "nodules": 0,
+        "ignored_excluded": 0,
+        "ignored_double": 0,
+        "candidates": 0,
+    }
     for scan in scans:
         marks = candidates.get(scan, [])
         counts["candidates"] += len(marks)
@@ -206,7 +233,9 @@ def _entries(scans: Sequence[str], nodules: Mapping[str, list[tuple[Finding, boo
     return entries, counts
 
 
-def _froc(entries: Sequence[tuple[float, float, bool, str]], n_scans: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _froc(
+    entries: Sequence[tuple[float, float, bool, str]], n_scans: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     truth = np.array([e[0] for e in entries], dtype=float)
     probability = np.array([e[1] for e in entries], dtype=float)
     excluded = np.array([e[2] for e in entries], dtype=bool)
@@ -232,7 +261,10 @@ _READ_AT = np.array([_GRID[int(np.argmin(np.abs(_GRID - rate)))] for rate in FP_
 
 def _at_rates(fps: np.ndarray, sensitivity: np.ndarray) -> dict[float, float]:
     """Sensitivity at :data:`FP_RATES`, read as the script does (its grid of 10001 points, the point within 3e-4)."""
-    return {rate: float(value) for rate, value in zip(FP_RATES, np.interp(_READ_AT, fps, sensitivity), strict=True)}
+    return {
+        rate: float(value)
+        for rate, value in zip(FP_RATES, np.interp(_READ_AT, fps, sensitivity), strict=True)
+    }
 
 
 def luna16_froc(
@@ -259,7 +291,9 @@ def luna16_froc(
         seriesuids = list(dict.fromkeys([f.series for f in annotations] + [f.series for f in candidates]))
     scans = list(dict.fromkeys(seriesuids))
     if not scans:
-        raise InputError("evaluate-detections: expected at least one scan (annotations, candidates or --seriesuids), found none")
+        raise InputError(
+            "evaluate-detections: expected at least one scan (annotations, candidates or --seriesuids), found none"
+        )
     by_scan: dict[str, list[Finding]] = {}
     for candidate in candidates:
         by_scan.setdefault(candidate.series, []).append(candidate)
@@ -271,14 +305,29 @@ def luna16_froc(
     fps, sensitivity, thresholds = _froc(entries, len(scans))
     at = _at_rates(fps, sensitivity) if counts["nodules"] else {rate: float("nan") for rate in FP_RATES}
     cpm = float(np.mean(list(at.values())))
-    result = FrocResult(len(scans), counts["nodules"], counts["candidates"], counts["tp"], counts["fp"], counts["fn"],
-                        counts["ignored_excluded"], counts["ignored_double"], fps, sensitivity, thresholds, at, cpm)
+    result = FrocResult(
+        len(scans),
+        counts["nodules"],
+        counts["candidates"],
+        counts["tp"],
+        counts["fp"],
+        counts["fn"],
+        counts["ignored_excluded"],
+        counts["ignored_double"],
+        fps,
+        sensitivity,
+        thresholds,
+        at,
+        cpm,
+    )
     if n_bootstrap and counts["nodules"]:
         result.ci = _bootstrap(entries, scans, n_bootstrap, seed)
     return result
 
 
-def _bootstrap(entries: Sequence[tuple[float, float, bool, str]], scans: Sequence[str], n: int, seed: int) -> dict[str, Any]:
+def _bootstrap(
+    entries: Sequence[tuple[float, float, bool, str]], scans: Sequence[str], n: int, seed: int
+) -> dict[str, Any]:
     """Percentile CIs of the CPM and of each sensitivity, resampling scans with replacement."""
     per_scan: dict[str, list[tuple[float, float, bool, str]]] = {}
     for entry in entries:
@@ -298,7 +347,10 @@ def _bootstrap(entries: Sequence[tuple[float, float, bool, str]], scans: Sequenc
         return {}
     table = np.array(rows)
     return {
-        "bootstrap_samples": len(cpms), "cpm_ci95": [float(np.percentile(cpms, 2.5)), float(np.percentile(cpms, 97.5))],
-        "sensitivity_ci95": {str(rate): [float(np.percentile(table[:, k], 2.5)), float(np.percentile(table[:, k], 97.5))]
-                             for k, rate in enumerate(FP_RATES)},
-    }  # fmt: skip
+        "bootstrap_samples": len(cpms),
+        "cpm_ci95": [float(np.percentile(cpms, 2.5)), float(np.percentile(cpms, 97.5))],
+        "sensitivity_ci95": {
+            str(rate): [float(np.percentile(table[:, k], 2.5)), float(np.percentile(table[:, k], 97.5))]
+            for k, rate in enumerate(FP_RATES)
+        },
+    }

@@ -16,7 +16,9 @@ from scipy import ndimage
 
 _STRUCTURE = np.ones((3, 3, 3), dtype=bool)
 # Structure names that denote lesions (counted one by one), not organs: tumour, metastasis, nodule, ...
-LESION_NAME = re.compile(r"tumou?r|lesion|nodule|metasta|cancer|mass|cyst|edema|oedema|enhancing|necro", re.IGNORECASE)
+LESION_NAME = re.compile(
+    r"tumou?r|lesion|nodule|metasta|cancer|mass|cyst|edema|oedema|enhancing|necro", re.IGNORECASE
+)
 
 
 def is_lesion_name(name: str) -> bool:
@@ -51,7 +53,9 @@ class LesionDetection:
         return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def detect_lesions(prediction: np.ndarray, reference: np.ndarray, *, threshold: float = 0.1) -> LesionDetection:
+def detect_lesions(
+    prediction: np.ndarray, reference: np.ndarray, *, threshold: float = 0.1
+) -> LesionDetection:
     """Match 26-connected components of two masks by IoU ≥ ``threshold``.
 
     Args:

@@ -87,7 +87,9 @@ def volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:
     return float(np.count_nonzero(mask) * float(np.prod(spacing)) / 1000.0)
 
 
-def volume_difference(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> tuple[float, float]:
+def volume_difference(
+    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]
+) -> tuple[float, float]:
     """(prediction − reference volume in ml, that difference relative to the reference volume; ``nan`` if it is 0)."""
     vp, vr = volume_ml(prediction, spacing), volume_ml(reference, spacing)
     return vp - vr, _ratio(vp - vr, vr)

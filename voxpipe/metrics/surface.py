@@ -98,7 +98,11 @@ def _deepmind_surface(mask: np.ndarray, spacing: np.ndarray) -> Surface:
     for a in (0, 1):
         for b in (0, 1):
             for c in (0, 1):
-                np.multiply(padded[a : a + corners[0], b : b + corners[1], c : c + corners[2]], _KERNEL[a, b, c], out=shifted)
+                np.multiply(
+                    padded[a : a + corners[0], b : b + corners[1], c : c + corners[2]],
+                    _KERNEL[a, b, c],
+                    out=shifted,
+                )
                 code |= shifted
     border = (code != 0) & (code != 255)
     index = np.nonzero(border)
@@ -147,7 +151,9 @@ def surface_distances(
     """
     a, b = np.asarray(prediction, dtype=bool), np.asarray(reference, dtype=bool)
     if a.shape != b.shape or a.ndim != 3:
-        raise ValueError(f"surface distances: expected two 3D masks of one shape, found {a.shape} and {b.shape}")
+        raise ValueError(
+            f"surface distances: expected two 3D masks of one shape, found {a.shape} and {b.shape}"
+        )
     step = np.asarray(spacing, dtype=np.float64)
     if step.shape != (3,) or not np.all(step > 0):
         raise ValueError(f"surface distances: expected 3 positive spacings (mm), found {list(spacing)}")
@@ -201,7 +207,9 @@ def _ball_offsets(spacing: tuple[float, float, float], radius_mm: float) -> np.n
     fitting = (BALL_MAX_OFFSETS * float(np.prod(spacing)) * 3 / (4 * np.pi)) ** (1 / 3)
     radius_mm = min(radius_mm, fitting)
     reach = [int(np.ceil(radius_mm / s)) for s in spacing]
-    grid = np.stack(np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij"), axis=-1).reshape(-1, 3)
+    grid = np.stack(np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij"), axis=-1).reshape(
+        -1, 3
+    )
     lengths = np.sqrt(((grid * np.asarray(spacing)) ** 2).sum(axis=1))
     keep = (lengths > 0) & (lengths <= radius_mm)
     order = np.argsort(lengths[keep], kind="stable")
@@ -273,7 +281,10 @@ def hausdorff(d: SurfaceDistances, percent: float = 100.0) -> float:
         return float(pooled.max() if percent >= 100 else np.percentile(pooled, percent))
     if percent >= 100:
         return float(max(d.a_to_b.max(), d.b_to_a.max()))
-    return max(_weighted_percentile(d.a_to_b, d.a_weights, percent), _weighted_percentile(d.b_to_a, d.b_weights, percent))
+    return max(
+        _weighted_percentile(d.a_to_b, d.a_weights, percent),
+        _weighted_percentile(d.b_to_a, d.b_weights, percent),
+    )
 
 
 def directed_means(d: SurfaceDistances) -> tuple[float, float]:

@@ -30,15 +30,26 @@ class FoldEnsemble(torch.nn.Module):
             ``members.<i>.<name>``, as the bundle's ``CheckpointLoader`` does).
     """
 
-    def __init__(self, *, networks: Sequence[Mapping[str, Any]] | None = None, network: Mapping[str, Any] | None = None,
-                 members: int | None = None, weights: Sequence[str] | None = None, device: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        networks: Sequence[Mapping[str, Any]] | None = None,
+        network: Mapping[str, Any] | None = None,
+        members: int | None = None,
+        weights: Sequence[str] | None = None,
+        device: Any = None,
+    ) -> None:
         super().__init__()
         if networks is None:
             if network is None or not members or members < 1:
-                raise InputError(f"FoldEnsemble: expected networks=[...] or network + members >= 1, found members={members!r}")
+                raise InputError(
+                    f"FoldEnsemble: expected networks=[...] or network + members >= 1, found members={members!r}"
+                )
             networks = [network] * members
         if weights is not None and len(weights) != len(networks):
-            raise InputError(f"FoldEnsemble: expected one weights file per member ({len(networks)}), found {len(weights)}")
+            raise InputError(
+                f"FoldEnsemble: expected one weights file per member ({len(networks)}), found {len(weights)}"
+            )
         built = []
         for index, spec in enumerate(networks):
             options = {k: v for k, v in dict(spec).items() if k not in ("_target_", "device")}
@@ -54,7 +65,9 @@ class FoldEnsemble(torch.nn.Module):
         total = None
         for member in self.members:
             output = member(x)
-            if isinstance(output, (list, tuple)):  # deep-supervision networks in training mode: the full-size head
+            if isinstance(
+                output, (list, tuple)
+            ):  # deep-supervision networks in training mode: the full-size head
                 output = output[0]
             elif output.ndim == x.ndim + 1:
                 output = output[:, 0]

@@ -136,12 +136,20 @@ def _export_one(
             try:
                 import onnx
             except ImportError as error:
-                raise InputError("--format onnx: the onnx package is not installed", hint="pip install onnx onnxruntime") from error
+                raise InputError(
+                    "--format onnx: the onnx package is not installed", hint="pip install onnx onnxruntime"
+                ) from error
             dynamic = {0: "batch"} if second is None else {0: "batch", 2: "x", 3: "y", 4: "z"}
             torch.onnx.export(
-                network, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
-                input_names=["image"], output_names=["output"], dynamic_axes={"image": dynamic, "output": {0: "batch"}},
-            )  # fmt: skip
+                network,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["image"],
+                output_names=["output"],
+                dynamic_axes={"image": dynamic, "output": {0: "batch"}},
+            )
             onnx.checker.check_model(str(tmp))
             run, checked_with = _onnx_runner(tmp)
         difference = _max_diff(run(example.numpy()), expected) if run is not None else None
@@ -158,9 +166,15 @@ def _export_one(
             except Exception as error:  # a trace that baked in its shape fails on another one
                 logger.debug("%s rejects shape %s: %s", fmt, tuple(second.shape), error)
     return ExportedFile(
-        file=target.name, format=fmt, sha256=sha256_file(target), max_abs_diff=difference, tolerance=tolerance,
-        checked_with=checked_with, dynamic_shape=dynamic_shape, seconds=round(time.perf_counter() - start, 2),
-    )  # fmt: skip
+        file=target.name,
+        format=fmt,
+        sha256=sha256_file(target),
+        max_abs_diff=difference,
+        tolerance=tolerance,
+        checked_with=checked_with,
+        dynamic_shape=dynamic_shape,
+        seconds=round(time.perf_counter() - start, 2),
+    )
 
 
 def export_network(
@@ -221,8 +235,13 @@ def export_network(
     files = []
     for fmt in formats:
         exported = _export_one(network, fmt, folder / f"{stem}{SUFFIXES[fmt]}", example, second, tolerance)
-        logger.info("%s: max |diff| %s (%s), other shapes %s", exported.file, exported.max_abs_diff,
-                    exported.checked_with, "yes" if exported.dynamic_shape else "no")  # fmt: skip
+        logger.info(
+            "%s: max |diff| %s (%s), other shapes %s",
+            exported.file,
+            exported.max_abs_diff,
+            exported.checked_with,
+            "yes" if exported.dynamic_shape else "no",
+        )
         files.append(exported)
     with torch.no_grad():
         output_shape = list(network(example).shape)
@@ -238,7 +257,10 @@ def export_network(
             "min_size": spec.min_size if spec else None,
             "fixed_size": spec.fixed_size if spec else True,
         },
-        "output": {"shape": output_shape, "meaning": "logits per class" if (spec and spec.task) else "network output"},
+        "output": {
+            "shape": output_shape,
+            "meaning": "logits per class" if (spec and spec.task) else "network output",
+        },
         "label_names": list(label_names) if label_names else None,
         "versions": _versions(),
         "files": [asdict(f) for f in files],

@@ -47,16 +47,32 @@ class NetworkSpec:
     head: tuple[str, ...] = ()
 
 
-def _segresnet(*, in_channels: int = 1, out_channels: int = 3, init_filters: int = 16, **kwargs: Any) -> torch.nn.Module:
+def _segresnet(
+    *, in_channels: int = 1, out_channels: int = 3, init_filters: int = 16, **kwargs: Any
+) -> torch.nn.Module:
     kwargs.setdefault("blocks_down", (1, 2, 2, 4))
     kwargs.setdefault("blocks_up", (1, 1, 1))
-    return nets.SegResNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, init_filters=init_filters, **kwargs)
+    return nets.SegResNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        init_filters=init_filters,
+        **kwargs,
+    )
 
 
-def _segresnet_ds(*, in_channels: int = 1, out_channels: int = 3, init_filters: int = 32, **kwargs: Any) -> torch.nn.Module:
+def _segresnet_ds(
+    *, in_channels: int = 1, out_channels: int = 3, init_filters: int = 32, **kwargs: Any
+) -> torch.nn.Module:
     kwargs.setdefault("blocks_down", (1, 2, 2, 4))
     kwargs.setdefault("dsdepth", 3)
-    return nets.SegResNetDS(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, init_filters=init_filters, **kwargs)
+    return nets.SegResNetDS(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        init_filters=init_filters,
+        **kwargs,
+    )
 
 
 def _unet3d(*, in_channels: int = 1, out_channels: int = 2, **kwargs: Any) -> torch.nn.Module:
@@ -82,15 +98,29 @@ def _attention_unet(*, in_channels: int = 1, out_channels: int = 3, **kwargs: An
     return nets.AttentionUnet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, **kwargs)
 
 
-def _swin_unetr(*, in_channels: int = 1, out_channels: int = 3, feature_size: int = 24, **kwargs: Any) -> torch.nn.Module:
-    return nets.SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size, spatial_dims=3, **kwargs)
+def _swin_unetr(
+    *, in_channels: int = 1, out_channels: int = 3, feature_size: int = 24, **kwargs: Any
+) -> torch.nn.Module:
+    return nets.SwinUNETR(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        feature_size=feature_size,
+        spatial_dims=3,
+        **kwargs,
+    )
 
 
 def _unetr(
-    *, in_channels: int = 1, out_channels: int = 3, img_size: tuple[int, int, int] = (96, 96, 96), **kwargs: Any
+    *,
+    in_channels: int = 1,
+    out_channels: int = 3,
+    img_size: tuple[int, int, int] = (96, 96, 96),
+    **kwargs: Any,
 ) -> torch.nn.Module:
     kwargs.setdefault("feature_size", 16)
-    return nets.UNETR(in_channels=in_channels, out_channels=out_channels, img_size=tuple(img_size), spatial_dims=3, **kwargs)
+    return nets.UNETR(
+        in_channels=in_channels, out_channels=out_channels, img_size=tuple(img_size), spatial_dims=3, **kwargs
+    )
 
 
 def _densenet(cls: type[torch.nn.Module]) -> Callable[..., torch.nn.Module]:
@@ -100,7 +130,9 @@ def _densenet(cls: type[torch.nn.Module]) -> Callable[..., torch.nn.Module]:
     return build
 
 
-def _resnet(*, in_channels: int = 1, out_channels: int = 2, depth: int = 18, **kwargs: Any) -> torch.nn.Module:
+def _resnet(
+    *, in_channels: int = 1, out_channels: int = 2, depth: int = 18, **kwargs: Any
+) -> torch.nn.Module:
     factories = {18: nets.resnet18, 34: nets.resnet34, 50: nets.resnet50}
     if depth not in factories:
         raise InputError(f"resnet depth: expected one of {sorted(factories)}, found {depth!r}")
@@ -114,41 +146,79 @@ _DENSENET = {"encoder": (r"^features\.",), "head": (r"^class_layers\.",)}
 
 _REGISTRY: dict[str, NetworkSpec] = {
     "unet3d": NetworkSpec(
-        _unet3d, "MONAI residual 3D U-Net (Çiçek 2016 style), 4 downsamplings", "segmentation", 16,
-        encoder=_UNET_ENCODER, head=(r"^model\.2\.",),
+        _unet3d,
+        "MONAI residual 3D U-Net (Çiçek 2016 style), 4 downsamplings",
+        "segmentation",
+        16,
+        encoder=_UNET_ENCODER,
+        head=(r"^model\.2\.",),
     ),
     "segresnet": NetworkSpec(
-        _segresnet, "MONAI SegResNet (Myronenko 2018), 3 downsamplings", "segmentation", 8,
-        encoder=(r"^convInit\.", r"^down_layers\."), head=(r"^conv_final\.",),
+        _segresnet,
+        "MONAI SegResNet (Myronenko 2018), 3 downsamplings",
+        "segmentation",
+        8,
+        encoder=(r"^convInit\.", r"^down_layers\."),
+        head=(r"^conv_final\.",),
     ),
     "segresnet_ds": NetworkSpec(
-        _segresnet_ds, "MONAI SegResNetDS, deep supervision (training returns a list of scales)", "segmentation", 8,
-        encoder=(r"^encoder\.",), head=(r"^up_layers\.\d+\.head\.",),
+        _segresnet_ds,
+        "MONAI SegResNetDS, deep supervision (training returns a list of scales)",
+        "segmentation",
+        8,
+        encoder=(r"^encoder\.",),
+        head=(r"^up_layers\.\d+\.head\.",),
     ),
     "dynunet": NetworkSpec(
-        _dynunet, "MONAI DynUNet, nnU-Net-like 3D full-resolution layout", "segmentation", 16,
+        _dynunet,
+        "MONAI DynUNet, nnU-Net-like 3D full-resolution layout",
+        "segmentation",
+        16,
         encoder=(r"^input_block\.", r"^downsamples\.", r"^bottleneck\."),
         head=(r"^output_block\.", r"^deep_supervision_heads\."),
     ),
     "attention_unet": NetworkSpec(
-        _attention_unet, "MONAI Attention U-Net (Oktay 2018)", "segmentation", 8,
+        _attention_unet,
+        "MONAI Attention U-Net (Oktay 2018)",
+        "segmentation",
+        8,
         encoder=(r"^model\.0\.", r"^model(\.1\.submodule)+\.0\.", r"^model(\.1\.submodule)+\.conv\."),
         head=(r"^model\.2\.",),
     ),
     "swin_unetr": NetworkSpec(
-        _swin_unetr, "MONAI SwinUNETR (Hatamizadeh 2022), Swin transformer encoder", "segmentation", 32, min_size=64,
-        encoder=(r"^swinViT\.", r"^encoder\d+\."), head=(r"^out\.",),
+        _swin_unetr,
+        "MONAI SwinUNETR (Hatamizadeh 2022), Swin transformer encoder",
+        "segmentation",
+        32,
+        min_size=64,
+        encoder=(r"^swinViT\.", r"^encoder\d+\."),
+        head=(r"^out\.",),
     ),
     "unetr": NetworkSpec(
-        _unetr, "MONAI UNETR (Hatamizadeh 2022), ViT encoder for one img_size", "segmentation", 16, fixed_size=True,
-        encoder=(r"^vit\.", r"^encoder\d+\."), head=(r"^out\.",),
+        _unetr,
+        "MONAI UNETR (Hatamizadeh 2022), ViT encoder for one img_size",
+        "segmentation",
+        16,
+        fixed_size=True,
+        encoder=(r"^vit\.", r"^encoder\d+\."),
+        head=(r"^out\.",),
     ),
-    "densenet121": NetworkSpec(_densenet(nets.DenseNet121), "MONAI 3D DenseNet-121 classifier", "classification", 1, **_DENSENET),
-    "densenet169": NetworkSpec(_densenet(nets.DenseNet169), "MONAI 3D DenseNet-169 classifier", "classification", 1, **_DENSENET),
-    "densenet201": NetworkSpec(_densenet(nets.DenseNet201), "MONAI 3D DenseNet-201 classifier", "classification", 1, **_DENSENET),
+    "densenet121": NetworkSpec(
+        _densenet(nets.DenseNet121), "MONAI 3D DenseNet-121 classifier", "classification", 1, **_DENSENET
+    ),
+    "densenet169": NetworkSpec(
+        _densenet(nets.DenseNet169), "MONAI 3D DenseNet-169 classifier", "classification", 1, **_DENSENET
+    ),
+    "densenet201": NetworkSpec(
+        _densenet(nets.DenseNet201), "MONAI 3D DenseNet-201 classifier", "classification", 1, **_DENSENET
+    ),
     "resnet": NetworkSpec(
-        _resnet, "MONAI 3D ResNet classifier (depth 18, 34 or 50)", "classification", 1,
-        encoder=(r"^(conv1|bn1|layer\d)\.",), head=(r"^fc\.",),
+        _resnet,
+        "MONAI 3D ResNet classifier (depth 18, 34 or 50)",
+        "classification",
+        1,
+        encoder=(r"^(conv1|bn1|layer\d)\.",),
+        head=(r"^fc\.",),
     ),
 }
 

@@ -47,17 +47,25 @@ class ResNetFPN(torch.nn.Module):
     finest first; the last is the max-pooled extra level (``LastLevelMaxPool``).
     """
 
-    def __init__(self, backbone: resnet.ResNet, *, returned_layers: Sequence[int] = (1, 2), out_channels: int = 64) -> None:
+    def __init__(
+        self, backbone: resnet.ResNet, *, returned_layers: Sequence[int] = (1, 2), out_channels: int = 64
+    ) -> None:
         super().__init__()
         layers = [int(k) for k in returned_layers]
         if not layers or layers != sorted(set(layers)) or layers[0] < 1 or layers[-1] > 4:
-            raise InputError(f"returned_layers: expected increasing stage numbers in 1..4, found {list(returned_layers)}")
+            raise InputError(
+                f"returned_layers: expected increasing stage numbers in 1..4, found {list(returned_layers)}"
+            )
         self.stem = torch.nn.Sequential(backbone.conv1, backbone.bn1, backbone.act, backbone.maxpool)
         self.stages = torch.nn.ModuleList(getattr(backbone, f"layer{k}") for k in range(1, layers[-1] + 1))
         self.returned = layers
         widths = [_stage_width(getattr(backbone, f"layer{k}")) for k in layers]
-        self.fpn = FeaturePyramidNetwork(spatial_dims=3, in_channels_list=widths, out_channels=out_channels,
-                                         extra_blocks=LastLevelMaxPool(3))  # fmt: skip
+        self.fpn = FeaturePyramidNetwork(
+            spatial_dims=3,
+            in_channels_list=widths,
+            out_channels=out_channels,
+            extra_blocks=LastLevelMaxPool(3),
+        )
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -87,7 +95,9 @@ class AutocastHeads(torch.nn.Module):
         super().__init__()
         self.module, self.device_type, self.dtype = module, device_type, dtype
 
-    def __getattr__(self, name: str) -> Any:  # the detector reads num_anchors, size_divisible, ... from its network
+    def __getattr__(
+        self, name: str
+    ) -> Any:  # the detector reads num_anchors, size_divisible, ... from its network
         try:
             return super().__getattr__(name)
         except AttributeError:
@@ -110,17 +120,29 @@ class NoduleDetector(RetinaNetDetector):
     A scan (or patch) without boxes gets every anchor as background (-1), as in MONAI.
     """
 
-    def compute_anchor_matched_idxs(self, anchors: list[torch.Tensor], targets: list[dict[str, torch.Tensor]],
-                                    num_anchor_locs_per_level: Sequence[int]) -> list[torch.Tensor]:
+    def compute_anchor_matched_idxs(
+        self,
+        anchors: list[torch.Tensor],
+        targets: list[dict[str, torch.Tensor]],
+        num_anchor_locs_per_level: Sequence[int],
+    ) -> list[torch.Tensor]:
         """Per image, the matched box index of every anchor (-1: background), as MONAI's method."""
         matched = []
         for anchors_per_image, targets_per_image in zip(anchors, targets, strict=True):
             boxes = targets_per_image[self.target_box_key]
             if boxes.numel() == 0:
-                matched.append(torch.full((anchors_per_image.size(0),), -1, dtype=torch.int64, device=anchors_per_image.device))
+                matched.append(
+                    torch.full(
+                        (anchors_per_image.size(0),), -1, dtype=torch.int64, device=anchors_per_image.device
+                    )
+                )
                 continue
-            _, indices = self.proposal_matcher(boxes.to(anchors_per_image.device), anchors_per_image,
-                                               num_anchor_locs_per_level, self.num_anchors_per_loc)  # fmt: skip
+            _, indices = self.proposal_matcher(
+                boxes.to(anchors_per_image.device),
+                anchors_per_image,
+                num_anchor_locs_per_level,
+                self.num_anchors_per_loc,
+            )
             matched.append(indices)
         return matched
 
@@ -148,14 +170,25 @@ def build_retinanet(
     if block not in ("basic", "bottleneck"):
         raise InputError(f"block: expected 'basic' or 'bottleneck', found {block!r}")
     backbone = resnet.ResNet(
-        block=resnet.ResNetBlock if block == "basic" else resnet.ResNetBottleneck, layers=list(layers),
-        block_inplanes=list(block_inplanes), spatial_dims=3, n_input_channels=in_channels,
-        conv1_t_stride=tuple(conv1_stride), conv1_t_size=tuple(conv1_size),
-    )  # fmt: skip
+        block=resnet.ResNetBlock if block == "basic" else resnet.ResNetBottleneck,
+        layers=list(layers),
+        block_inplanes=list(block_inplanes),
+        spatial_dims=3,
+        n_input_channels=in_channels,
+        conv1_t_stride=tuple(conv1_stride),
+        conv1_t_size=tuple(conv1_size),
+    )
     extractor = ResNetFPN(backbone, returned_layers=returned_layers, out_channels=fpn_channels)
-    stride = [int(s) * 2 ** (int(list(returned_layers)[-1]) + 1) for s in conv1_stride]  # stem, max-pool, stages 2.., extra level
-    network = RetinaNet(spatial_dims=3, num_classes=num_classes, num_anchors=num_anchors, feature_extractor=extractor,
-                        size_divisible=stride)  # fmt: skip
+    stride = [
+        int(s) * 2 ** (int(list(returned_layers)[-1]) + 1) for s in conv1_stride
+    ]  # stem, max-pool, stages 2.., extra level
+    network = RetinaNet(
+        spatial_dims=3,
+        num_classes=num_classes,
+        num_anchors=num_anchors,
+        feature_extractor=extractor,
+        size_divisible=stride,
+    )
     return network.to(device)
 
 
@@ -193,9 +226,13 @@ def build_detector(
     """
     shapes = [[float(v) for v in shape] for shape in base_anchor_shapes]
     if not shapes or any(len(s) != 3 or min(s) <= 0 for s in shapes):
-        raise InputError(f"base_anchor_shapes: expected a list of positive (x, y, z) sizes, found {base_anchor_shapes!r}")
+        raise InputError(
+            f"base_anchor_shapes: expected a list of positive (x, y, z) sizes, found {base_anchor_shapes!r}"
+        )
     if len(shapes) != network.num_anchors:
-        raise InputError(f"base_anchor_shapes: expected {network.num_anchors} shapes (the network's num_anchors), found {len(shapes)}")
+        raise InputError(
+            f"base_anchor_shapes: expected {network.num_anchors} shapes (the network's num_anchors), found {len(shapes)}"
+        )
     device = torch.device(device)
     if precision == "auto":
         precision = "fp16" if device.type == "cuda" else "fp32"
@@ -203,14 +240,25 @@ def build_detector(
     if dtype == "bad":
         raise InputError(f"precision: expected auto, fp32, bf16 or fp16, found {precision!r}")
     wrapped = AutocastHeads(network, device_type=device.type, dtype=dtype)  # type: ignore[arg-type]
-    anchors = AnchorGeneratorWithAnchorShape(feature_map_scales=list(feature_map_scales), base_anchor_shapes=shapes)
-    detector = NoduleDetector(network=wrapped, anchor_generator=anchors, spatial_dims=3, num_classes=network.num_classes,
-                                 size_divisible=network.size_divisible)  # fmt: skip
+    anchors = AnchorGeneratorWithAnchorShape(
+        feature_map_scales=list(feature_map_scales), base_anchor_shapes=shapes
+    )
+    detector = NoduleDetector(
+        network=wrapped,
+        anchor_generator=anchors,
+        spatial_dims=3,
+        num_classes=network.num_classes,
+        size_divisible=network.size_divisible,
+    )
     detector.set_target_keys(box_key=BOX_KEY, label_key=LABEL_KEY)
     detector.set_atss_matcher(num_candidates=atss_candidates, center_in_gt=False)
     if cls_loss == "hard_negative":
-        detector.set_hard_negative_sampler(batch_size_per_image=hard_negatives_per_image, positive_fraction=positive_fraction,
-                                           pool_size=20, min_neg=16)  # fmt: skip
+        detector.set_hard_negative_sampler(
+            batch_size_per_image=hard_negatives_per_image,
+            positive_fraction=positive_fraction,
+            pool_size=20,
+            min_neg=16,
+        )
     elif cls_loss == "focal":
         from monai.losses import FocalLoss
 
@@ -218,8 +266,18 @@ def build_detector(
         detector.set_cls_loss(FocalLoss(reduction="mean", gamma=2.0))
     else:
         raise InputError(f"cls_loss: expected hard_negative or focal, found {cls_loss!r}")
-    detector.set_box_selector_parameters(score_thresh=score_thresh, topk_candidates_per_level=topk_candidates_per_level,
-                                         nms_thresh=nms_thresh, detections_per_img=detections_per_image)  # fmt: skip
-    detector.set_sliding_window_inferer(roi_size=list(roi_size), overlap=overlap, sw_batch_size=sw_batch_size, mode="constant",
-                                        device="cpu", sw_device=device)  # fmt: skip
+    detector.set_box_selector_parameters(
+        score_thresh=score_thresh,
+        topk_candidates_per_level=topk_candidates_per_level,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_image,
+    )
+    detector.set_sliding_window_inferer(
+        roi_size=list(roi_size),
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        mode="constant",
+        device="cpu",
+        sw_device=device,
+    )
     return detector.to(device)

@@ -89,7 +89,11 @@ class LoadReport:
 
 
 def _is_state_dict(value: Any) -> bool:
-    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(v, torch.Tensor) for v in value.values())
+    )
 
 
 def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
@@ -110,15 +114,21 @@ def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
         return torch.load(source, map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        what = f"a pickled reference to {found.group(1)}" if found else "pickled objects or data that is not a torch file"
+        what = (
+            f"a pickled reference to {found.group(1)}"
+            if found
+            else "pickled objects or data that is not a torch file"
+        )
         raise InputError(
             f"{str(source)!r}: expected tensors only, found {what}, which torch.load(weights_only=True) refuses",
             hint="re-save the weights with torch.save(model.state_dict(), path); voxpipe never unpickles code",
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as error:
         reason = " ".join(str(error).split())[:200] or type(error).__name__
-        raise InputError(f"{str(source)!r}: expected a torch weights file, could not read it "
-                         f"({type(error).__name__}: {reason}; truncated or not a torch file?)") from error
+        raise InputError(
+            f"{str(source)!r}: expected a torch weights file, could not read it "
+            f"({type(error).__name__}: {reason}; truncated or not a torch file?)"
+        ) from error
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -138,7 +148,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             if _is_state_dict(content.get(key)):
                 return dict(content[key])
         keys = sorted(str(k) for k in content)[:12]
-        raise InputError(f"{str(source)!r}: expected a state dict (or one under {list(CONTAINER_KEYS)}), found keys {keys}")
+        raise InputError(
+            f"{str(source)!r}: expected a state dict (or one under {list(CONTAINER_KEYS)}), found keys {keys}"
+        )
     raise InputError(f"{str(source)!r}: expected a state dict, found {type(content).__name__}")
 
 
@@ -242,21 +254,31 @@ def freeze(network: torch.nn.Module, name: str, what: str | Sequence[str]) -> li
     spec = network_spec(name)
     if what == "encoder":
         if not spec.encoder:
-            raise InputError(f"freeze 'encoder': network {name!r} has no encoder defined; name the modules instead")
+            raise InputError(
+                f"freeze 'encoder': network {name!r} has no encoder defined; name the modules instead"
+            )
         names = _matching(network, spec.encoder)
     elif what == "backbone":
         if not spec.head:
-            raise InputError(f"freeze 'backbone': network {name!r} has no output head defined; name the modules instead")
+            raise InputError(
+                f"freeze 'backbone': network {name!r} has no output head defined; name the modules instead"
+            )
         head = set(_matching(network, spec.head))
         names = [n for n, _ in network.named_parameters() if n not in head]
     else:
         modules = [what] if isinstance(what, str) else list(what)
         names = []
         for module in modules:
-            found = [n for n, _ in network.named_parameters() if n == module or n.startswith(module.rstrip(".") + ".")]
+            found = [
+                n
+                for n, _ in network.named_parameters()
+                if n == module or n.startswith(module.rstrip(".") + ".")
+            ]
             if not found:
                 children = sorted(n for n, _ in network.named_children())
-                raise InputError(f"freeze {module!r}: expected a module of {name!r}, found none (top-level modules: {children})")
+                raise InputError(
+                    f"freeze {module!r}: expected a module of {name!r}, found none (top-level modules: {children})"
+                )
             names.extend(found)
     chosen = set(names)
     for parameter_name, parameter in network.named_parameters():
@@ -278,7 +300,9 @@ def parameter_groups(
         if parameter.requires_grad:
             groups["pretrained" if name in reused else "new"].append(parameter)
     scale = {"pretrained": pretrained_lr_scale, "new": 1.0}
-    return [{"name": key, "params": params, "lr": lr * scale[key]} for key, params in groups.items() if params]
+    return [
+        {"name": key, "params": params, "lr": lr * scale[key]} for key, params in groups.items() if params
+    ]
 
 
 def prepare_pretrained(

@@ -55,7 +55,9 @@ class ChestCase:
     excluded: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _sphere(shape: tuple[int, ...], spacing: np.ndarray, centre: np.ndarray, radius: float) -> tuple[tuple[slice, ...], np.ndarray]:
+def _sphere(
+    shape: tuple[int, ...], spacing: np.ndarray, centre: np.ndarray, radius: float
+) -> tuple[tuple[slice, ...], np.ndarray]:
     """(box, squared distance in mm² from ``centre`` (voxel index) within the box) for a sphere of ``radius`` mm."""
     reach = np.ceil((radius + 2) / spacing).astype(int)
     low = np.maximum(np.floor(centre).astype(int) - reach, 0)
@@ -108,7 +110,9 @@ def chest_case(seed: int, *, size: str = "default", max_nodules: int = 6) -> Che
         box, distance = _sphere(hu.shape, spacing, centre, diameter / 2)
         ball = distance <= (diameter / 2) ** 2
         mask = np.zeros(hu.shape, dtype=bool)
-        mask[box] = ball & lungs[box] if location != "juxtapleural" else ball & (lungs[box] | (hu[box] > -500))
+        mask[box] = (
+            ball & lungs[box] if location != "juxtapleural" else ball & (lungs[box] | (hu[box] > -500))
+        )
         if mask.sum() < 4 or (instances[mask] > 0).any() or (phantom.label[mask] > 0).any():
             continue
         region = hu[box]
@@ -133,7 +137,10 @@ def chest_case(seed: int, *, size: str = "default", max_nodules: int = 6) -> Che
     # Smooth the inserted densities into their surroundings a little and add the scanner's noise.
     inserted = instances > 0
     blurred = ndimage.gaussian_filter(hu, 0.6)
-    hu = np.where(ndimage.binary_dilation(inserted, iterations=1), blurred, hu) + rng.normal(0, 12, hu.shape) * inserted
+    hu = (
+        np.where(ndimage.binary_dilation(inserted, iterations=1), blurred, hu)
+        + rng.normal(0, 12, hu.shape) * inserted
+    )
     instances[:] = 0
     voxel_ml = float(np.prod(spacing)) / 1000
     records = []
@@ -142,14 +149,33 @@ def chest_case(seed: int, *, size: str = "default", max_nodules: int = 6) -> Che
         instances[mask] = number
         centre = np.array(ndimage.center_of_mass(mask))
         diameter = 2 * (3 * mask.sum() * voxel_ml * 1000 / (4 * np.pi)) ** (1 / 3)
-        records.append({"coord": points_to_world(centre, phantom.affine, space="world_lps")[0], "diameter_mm": float(diameter), "kind": nodule["kind"],
-                        "location": nodule["location"], "voxels": int(mask.sum())})
-    skipped = [{"coord": points_to_world(e["centre"], phantom.affine, space="world_lps")[0], "diameter_mm": e["diameter_mm"]} for e in excluded]
-    uid = generate_uid(prefix="1.2.826.0.1.3680043.8.498.", entropy_srcs=["voxpipe chest phantom", str(seed), size])
-    return ChestCase(uid, np.clip(np.round(hu), -1024, 3071).astype(np.int16), phantom.affine, instances, records, skipped)
+        records.append(
+            {
+                "coord": points_to_world(centre, phantom.affine, space="world_lps")[0],
+                "diameter_mm": float(diameter),
+                "kind": nodule["kind"],
+                "location": nodule["location"],
+                "voxels": int(mask.sum()),
+            }
+        )
+    skipped = [
+        {
+            "coord": points_to_world(e["centre"], phantom.affine, space="world_lps")[0],
+            "diameter_mm": e["diameter_mm"],
+        }
+        for e in excluded
+    ]
+    uid = generate_uid(
+        prefix="1.2.826.0.1.3680043.8.498.", entropy_srcs=["voxpipe chest phantom", str(seed), size]
+    )
+    return ChestCase(
+        uid, np.clip(np.round(hu), -1024, 3071).astype(np.int16), phantom.affine, instances, records, skipped
+    )
 
 
-def write_nodule_ct_dataset(output_dir: str | os.PathLike[str], *, n: int = 10, seed: int = 0, size: str = "default") -> Path:
+def write_nodule_ct_dataset(
+    output_dir: str | os.PathLike[str], *, n: int = 10, seed: int = 0, size: str = "default"
+) -> Path:
     """Write ``n`` chest CTs with nodules in the LUNA16 layout; the folder.
 
     Files: ``images/<uid>.mha``, ``instances/<uid>.nii.gz``, ``boxes/<uid>.json``, ``annotations.csv``,
@@ -163,16 +189,32 @@ def write_nodule_ct_dataset(output_dir: str | os.PathLike[str], *, n: int = 10, 
         write_volume(case.image, case.affine, root / "images" / f"{case.series_uid}.mha")
         save_nifti(case.instances, case.affine, root / "instances" / f"{case.series_uid}.nii.gz")
         voxel_boxes, values = boxes_from_instances(case.instances)
-        write_boxes_json(root / "boxes" / f"{case.series_uid}.json", voxel_boxes_to_world(voxel_boxes, case.affine),
-                         space="world_lps", mode="cccwhd", labels=[1] * len(values), image=f"images/{case.series_uid}.mha",
-                         extra=[{"instance": int(v)} for v in values])
+        write_boxes_json(
+            root / "boxes" / f"{case.series_uid}.json",
+            voxel_boxes_to_world(voxel_boxes, case.affine),
+            space="world_lps",
+            mode="cccwhd",
+            labels=[1] * len(values),
+            image=f"images/{case.series_uid}.mha",
+            extra=[{"instance": int(v)} for v in values],
+        )
         uids.append(case.series_uid)
         for number, nodule in enumerate(case.nodules, start=1):
-            rows.append([case.series_uid, *(f"{v:.6f}" for v in nodule["coord"]), f"{nodule['diameter_mm']:.6f}"])
-            details.append({"seriesuid": case.series_uid, "instance": number, **{k: v for k, v in nodule.items() if k != "coord"},
-                            "coord_lps_mm": [round(float(v), 6) for v in nodule["coord"]]})
+            rows.append(
+                [case.series_uid, *(f"{v:.6f}" for v in nodule["coord"]), f"{nodule['diameter_mm']:.6f}"]
+            )
+            details.append(
+                {
+                    "seriesuid": case.series_uid,
+                    "instance": number,
+                    **{k: v for k, v in nodule.items() if k != "coord"},
+                    "coord_lps_mm": [round(float(v), 6) for v in nodule["coord"]],
+                }
+            )
         for finding in case.excluded:
-            excluded_rows.append([case.series_uid, *(f"{v:.6f}" for v in finding["coord"]), f"{finding['diameter_mm']:.6f}"])
+            excluded_rows.append(
+                [case.series_uid, *(f"{v:.6f}" for v in finding["coord"]), f"{finding['diameter_mm']:.6f}"]
+            )
     header = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
     for name, table in (("annotations.csv", rows), ("annotations_excluded.csv", excluded_rows)):
         with atomic_path(root / name) as tmp, tmp.open("w", newline="") as handle:
@@ -180,8 +222,16 @@ def write_nodule_ct_dataset(output_dir: str | os.PathLike[str], *, n: int = 10, 
             writer.writerow(header)
             writer.writerows(table)
     write_text_atomic(root / "seriesuids.csv", "".join(f"{uid}\n" for uid in uids))
-    write_text_atomic(root / "nodules.json", json.dumps({
-        "coordinates": "world mm, LPS (ITK physical space of images/*.mha), nodule centre of mass",
-        "diameter": "diameter of the sphere of the nodule's volume (mm)", "nodules": details,
-    }, indent=2) + "\n")  # fmt: skip
+    write_text_atomic(
+        root / "nodules.json",
+        json.dumps(
+            {
+                "coordinates": "world mm, LPS (ITK physical space of images/*.mha), nodule centre of mass",
+                "diameter": "diameter of the sphere of the nodule's volume (mm)",
+                "nodules": details,
+            },
+            indent=2,
+        )
+        + "\n",
+    )
     return root

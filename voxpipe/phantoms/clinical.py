@@ -42,16 +42,26 @@ class ClinicalGeometry:
     padding: int
 
 
-def draw_geometry(rng: np.random.Generator, *, slices: int | None = None, arms: bool | None = None) -> ClinicalGeometry:
+def draw_geometry(
+    rng: np.random.Generator, *, slices: int | None = None, arms: bool | None = None
+) -> ClinicalGeometry:
     """Spacing, slice count, body fraction, arms and padding value of one clinical-size case."""
     spacing_z = float(rng.choice(SLICE_SPACINGS))
     if slices is None:
         slices = int(np.clip(round(rng.uniform(200.0, 450.0) / spacing_z), 100, 600))
-    return ClinicalGeometry(float(rng.uniform(0.6, 0.98)), spacing_z, int(slices), float(rng.uniform(0.5, 0.7)),
-                            bool(rng.random() < 0.4) if arms is None else arms, int(rng.choice([-1024, -2048])))
+    return ClinicalGeometry(
+        float(rng.uniform(0.6, 0.98)),
+        spacing_z,
+        int(slices),
+        float(rng.uniform(0.5, 0.7)),
+        bool(rng.random() < 0.4) if arms is None else arms,
+        int(rng.choice([-1024, -2048])),
+    )
 
 
-def clinical_ct(phantom: Phantom, rng: np.random.Generator, *, geometry: ClinicalGeometry | None = None) -> Phantom:
+def clinical_ct(
+    phantom: Phantom, rng: np.random.Generator, *, geometry: ClinicalGeometry | None = None
+) -> Phantom:
     """``phantom`` (any orientation) resampled into a clinical-size CT with a table (module docstring).
 
     Returns:
@@ -89,7 +99,9 @@ def clinical_ct(phantom: Phantom, rng: np.random.Generator, *, geometry: Clinica
     jj, ii = np.meshgrid(np.arange(MATRIX), np.arange(MATRIX))
     x_mm = (ii - (MATRIX - 1) / 2.0) * geometry.spacing_xy
     y_mm = (jj - (MATRIX - 1) / 2.0) * geometry.spacing_xy
-    back = ((ys.min() - offset[1]) / step[1] - (MATRIX - 1) / 2.0) * geometry.spacing_xy  # the body's back (y, mm)
+    back = (
+        (ys.min() - offset[1]) / step[1] - (MATRIX - 1) / 2.0
+    ) * geometry.spacing_xy  # the body's back (y, mm)
     gap, thickness = rng.uniform(5.0, 15.0), rng.uniform(8.0, 15.0)
     curve = 0.0009 * x_mm**2  # a shallow cradle
     top = back - gap + curve
@@ -113,8 +125,15 @@ def clinical_ct(phantom: Phantom, rng: np.random.Generator, *, geometry: Clinica
         w = float(np.clip(zs - z0, 0.0, 1.0))
         plane = (1 - w) * image[:, :, z0] + w * image[:, :, z1]
         matrix = np.diag(step)
-        hu = ndimage.affine_transform(plane, matrix, offset=offset, output_shape=(MATRIX, MATRIX), order=1,
-                                      cval=-1000.0, mode="constant")
+        hu = ndimage.affine_transform(
+            plane,
+            matrix,
+            offset=offset,
+            output_shape=(MATRIX, MATRIX),
+            order=1,
+            cval=-1000.0,
+            mode="constant",
+        )
         hu[table & (hu < -500)] = table_hu[table & (hu < -500)]
         hu[arm_mask & (hu < -500)] = rng.uniform(30.0, 50.0)
         hu[bone & arm_mask] = rng.uniform(500.0, 800.0)
@@ -124,12 +143,16 @@ def clinical_ct(phantom: Phantom, rng: np.random.Generator, *, geometry: Clinica
         out_image[:, :, k] = np.clip(np.rint(hu), -3024, 3071).astype(np.int16)
         nearest = int(np.clip(np.rint(zs), 0, image.shape[2] - 1))
         for name, volume in labels.items():
-            out_labels[name][:, :, k] = ndimage.affine_transform(volume[:, :, nearest], matrix, offset=offset,
-                                                                 output_shape=(MATRIX, MATRIX), order=0, cval=0)
+            out_labels[name][:, :, k] = ndimage.affine_transform(
+                volume[:, :, nearest], matrix, offset=offset, output_shape=(MATRIX, MATRIX), order=0, cval=0
+            )
     # LPS storage (x and y flipped), as scanners write; the world origin centres the patient.
     affine = np.diag([-geometry.spacing_xy, -geometry.spacing_xy, geometry.spacing_z, 1.0])
-    affine[:3, 3] = [(MATRIX - 1) / 2.0 * geometry.spacing_xy, (MATRIX - 1) / 2.0 * geometry.spacing_xy,
-                     float(rng.uniform(-400.0, -100.0))]
+    affine[:3, 3] = [
+        (MATRIX - 1) / 2.0 * geometry.spacing_xy,
+        (MATRIX - 1) / 2.0 * geometry.spacing_xy,
+        float(rng.uniform(-400.0, -100.0)),
+    ]
     flip = (slice(None, None, -1), slice(None, None, -1), slice(None))
     stored = {k: np.ascontiguousarray(v[flip]) for k, v in out_labels.items()}
     return Phantom(np.ascontiguousarray(out_image[flip]), stored.pop("label"), affine, stored, "LPS")

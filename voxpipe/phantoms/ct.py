@@ -131,14 +131,22 @@ def _deformed_coordinates(
     Shapes drawn in these coordinates deform together, so organs keep their relative positions.
     """
     amplitude = float(rng.uniform(*amplitude_mm))
-    return tuple(axis + amplitude * _smooth_noise(rng, grid.shape, (3, 3, 3)) for axis in (grid.x, grid.y, grid.z))  # type: ignore[return-value]
+    return tuple(
+        axis + amplitude * _smooth_noise(rng, grid.shape, (3, 3, 3)) for axis in (grid.x, grid.y, grid.z)
+    )  # type: ignore[return-value]
 
 
 def _ellipsoid(
-    x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: tuple[float, float, float], axes: tuple[float, float, float]
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    centre: tuple[float, float, float],
+    axes: tuple[float, float, float],
 ) -> np.ndarray:
     """Normalised squared radius: < 1 inside the axis-aligned ellipsoid."""
-    return ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2 + ((z - centre[2]) / axes[2]) ** 2
+    return (
+        ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2 + ((z - centre[2]) / axes[2]) ** 2
+    )
 
 
 def _blob(
@@ -172,7 +180,11 @@ def _tube(
         if np.any(hi <= lo):
             continue
         ii, jj, kk = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij")
-        d2 = ((ii - centre[0]) * sp[0]) ** 2 + ((jj - centre[1]) * sp[1]) ** 2 + ((kk - centre[2]) * sp[2]) ** 2
+        d2 = (
+            ((ii - centre[0]) * sp[0]) ** 2
+            + ((jj - centre[1]) * sp[1]) ** 2
+            + ((kk - centre[2]) * sp[2]) ** 2
+        )
         mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] |= d2 <= radius**2
     return mask
 
@@ -240,7 +252,9 @@ def _store(
     if orientation is None:
         orientation = str(rng.choice(list(ORIENTATIONS)))
     if orientation not in ORIENTATIONS:
-        raise InputError(f"phantom orientation: expected one of {sorted(ORIENTATIONS)}, found {orientation!r}")
+        raise InputError(
+            f"phantom orientation: expected one of {sorted(ORIENTATIONS)}, found {orientation!r}"
+        )
     flips = ORIENTATIONS[orientation]
     # World position of canonical voxel 0, with the volume centred near a plausible table position.
     table_offset = np.array([0.0, 0.0, float(rng.uniform(-400.0, -100.0))])
@@ -262,7 +276,9 @@ def _store(
     return stored(image), {k: stored(v) for k, v in labels.items()}, affine, orientation
 
 
-def liver_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = None, size: str = "default") -> Phantom:
+def liver_phantom(
+    seed: int | tuple[int, ...] = 0, *, orientation: str | None = None, size: str = "default"
+) -> Phantom:
     """An abdominal CT phantom with liver and 0–4 hypodense tumours (MSD Task03 labels).
 
     Args:
@@ -349,7 +365,9 @@ def liver_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = 
     liver_now = label == 1
     if liver_now.any():
         count = int(rng.integers(0, 5))
-        for tumour in _lesions(rng, grid, liver_now, count=count, radius_mm=(3.0, 9.0), min_depth=0.8, roughness=0.15):
+        for tumour in _lesions(
+            rng, grid, liver_now, count=count, radius_mm=(3.0, 9.0), min_depth=0.8, roughness=0.15
+        ):
             paint(tumour, rng.uniform(20.0, 35.0), texture=4.0, new_label=2)
 
     # Spine (cortex, cancellous bone, discs, canal) behind everything else in the cavity.
@@ -369,8 +387,10 @@ def liver_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = 
     # Lung bases above a domed diaphragm, higher on the right (above the liver).
     for side, x_centre in ((+1, 0.45 * a), (-1, -0.45 * a)):
         # The diaphragm bulges upwards in the middle; the lungs reach lowest at the periphery.
-        dome = z_top - (0.12 if side > 0 else 0.18) * fz - 0.25 * fz * (
-            ((grid.x - x_centre) / a) ** 2 + (grid.y / b) ** 2
+        dome = (
+            z_top
+            - (0.12 if side > 0 else 0.18) * fz
+            - 0.25 * fz * (((grid.x - x_centre) / a) ** 2 + (grid.y / b) ** 2)
         )
         lung = cavity & (side * grid.x > 0.08 * a) & (grid.z > dome)
         diaphragm = cavity & (side * grid.x > 0.08 * a) & (grid.z > dome - 3.0) & ~lung
@@ -391,7 +411,9 @@ def liver_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = 
     return Phantom(stored_image, stored_labels["label"], affine, {}, code)
 
 
-def lung_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = None, size: str = "default") -> Phantom:
+def lung_phantom(
+    seed: int | tuple[int, ...] = 0, *, orientation: str | None = None, size: str = "default"
+) -> Phantom:
     """A chest CT phantom with lungs, vessels, airways and 0–3 solid tumours (MSD Task06 labels).
 
     Args:
@@ -425,14 +447,26 @@ def lung_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = N
     for value, side in ((1, +1), (2, -1)):
         centre = (side * 0.48 * a, -0.05 * b, grid.z.mean() + 0.1 * fz)
         axes = (0.42 * a if side > 0 else 0.38 * a, 0.8 * b, 0.7 * fz)
-        base = z_bottom + rng.uniform(0.05, 0.15) * fz + 0.3 * fz * (((grid.x - centre[0]) / a) ** 2 + (grid.y / b) ** 2)
-        lung = _blob(rng, grid, coords, centre, axes, roughness=0.15) & cavity & (side * x > 0.17 * a) & (grid.z > base)
+        base = (
+            z_bottom
+            + rng.uniform(0.05, 0.15) * fz
+            + 0.3 * fz * (((grid.x - centre[0]) / a) ** 2 + (grid.y / b) ** 2)
+        )
+        lung = (
+            _blob(rng, grid, coords, centre, axes, roughness=0.15)
+            & cavity
+            & (side * x > 0.17 * a)
+            & (grid.z > base)
+        )
         lungs[lung] = value
     hu[lungs > 0] = rng.uniform(-870.0, -820.0)
     hu += np.where(lungs > 0, 20.0 * _smooth_noise(rng, grid.shape, (6, 6, 4)), 0.0).astype(np.float32)
 
     # Heart and descending aorta in the mediastinum.
-    heart = _ellipsoid(*coords, (-0.08 * a, 0.3 * b, grid.z.min() + 0.3 * fz), (0.3 * a, 0.35 * b, 0.35 * fz)) < 1.0
+    heart = (
+        _ellipsoid(*coords, (-0.08 * a, 0.3 * b, grid.z.min() + 0.3 * fz), (0.3 * a, 0.35 * b, 0.35 * fz))
+        < 1.0
+    )
     hu[heart & cavity & (lungs == 0)] = rng.uniform(35.0, 50.0)
     aorta = (x + 0.12 * a) ** 2 + (y + 0.45 * b) ** 2 < (0.08 * a) ** 2
     hu[aorta & cavity & (lungs == 0)] = rng.uniform(120.0, 200.0)
@@ -490,17 +524,26 @@ def lung_phantom(seed: int | tuple[int, ...] = 0, *, orientation: str | None = N
     in_lung = lungs > 0
     if in_lung.any():
         count = int(rng.integers(0, 4))
-        for tumour in _lesions(rng, grid, in_lung, count=count, radius_mm=(3.0, 12.0), min_depth=0.6, roughness=0.3):
+        for tumour in _lesions(
+            rng, grid, in_lung, count=count, radius_mm=(3.0, 12.0), min_depth=0.6, roughness=0.3
+        ):
             hu[tumour] = rng.uniform(0.0, 60.0)
             label[tumour] = 1
 
     image = _finish(rng, hu, grid)
-    stored_image, stored, affine, code = _store(rng, grid, image, {"label": label, "lungs": lungs}, orientation)
+    stored_image, stored, affine, code = _store(
+        rng, grid, image, {"label": label, "lungs": lungs}, orientation
+    )
     return Phantom(stored_image, stored["label"], affine, {"lungs": stored["lungs"]}, code)
 
 
 _SIZES = {
-    "default": {"in_plane": (96, 128), "slices": (32, 56), "spacing_xy": (0.75, 0.95), "spacing_z": (2.0, 3.0)},
+    "default": {
+        "in_plane": (96, 128),
+        "slices": (32, 56),
+        "spacing_xy": (0.75, 0.95),
+        "spacing_z": (2.0, 3.0),
+    },
     "tiny": {"in_plane": (48, 56), "slices": (16, 20), "spacing_xy": (1.4, 1.8), "spacing_z": (3.0, 4.0)},
 }
 
@@ -543,7 +586,9 @@ def write_msd_dataset(
     if fov not in ("phantom", "clinical"):
         raise InputError(f"phantom field of view: expected phantom or clinical, found {fov!r}")
     if n_train < 0 or n_test < 0 or n_train + n_test == 0:
-        raise InputError(f"phantom counts: expected n_train, n_test >= 0 and not both 0, found {n_train}, {n_test}")
+        raise InputError(
+            f"phantom counts: expected n_train, n_test >= 0 and not both 0, found {n_train}, {n_test}"
+        )
     make, name, labels = TASKS[task]
     root = Path(output_dir)
     training, test = [], []

@@ -21,7 +21,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from voxpipe.transforms.io import LPS_TO_RAS
 
 
-def oblique_affine(spacing: Sequence[float], *, degrees: float = 20.0, origin: Sequence[float] = (-60.0, -40.0, 30.0)) -> np.ndarray:
+def oblique_affine(
+    spacing: Sequence[float], *, degrees: float = 20.0, origin: Sequence[float] = (-60.0, -40.0, 30.0)
+) -> np.ndarray:
     """A RAS affine whose axes are rotated ``degrees`` about x then y (a double-oblique stack)."""
     a = np.radians(degrees)
     rot_x = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
@@ -100,7 +102,13 @@ def write_dicom_series(
 
 
 def _ct_slice(
-    plane: np.ndarray, position: np.ndarray, row_dir: np.ndarray, col_dir: np.ndarray, spacing: np.ndarray, *, modality: str
+    plane: np.ndarray,
+    position: np.ndarray,
+    row_dir: np.ndarray,
+    col_dir: np.ndarray,
+    spacing: np.ndarray,
+    *,
+    modality: str,
 ) -> pydicom.Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage

@@ -48,7 +48,9 @@ def _unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _segment_distance(points: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _segment_distance(
+    points: np.ndarray, start: np.ndarray, end: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Distance (mm) of (..., 3) points to the segment start→end, and the position t ∈ [0, 1] along it."""
     axis = end - start
     t = np.clip(((points - start) @ axis) / float(axis @ axis), 0.0, 1.0)
@@ -106,7 +108,9 @@ def nodule_patch(rng: np.random.Generator, *, malignant: bool, size: int = 48) -
         presence = body = 1.0 / (1.0 + np.exp((distance_oval - radius) / 0.35))
         density = rng.uniform(200, 600) if rng.random() < 0.25 else rng.uniform(-30, 70)
     image = image * (1 - presence) + density * presence
-    image = gaussian_filter(image, rng.uniform(0.3, 0.8)) + rng.normal(0, rng.uniform(10, 45), size=image.shape)
+    image = gaussian_filter(image, rng.uniform(0.3, 0.8)) + rng.normal(
+        0, rng.uniform(10, 45), size=image.shape
+    )
     return NodulePatch(image.astype(np.float32), (body > 0.5).astype(np.uint8), int(malignant), float(radius))
 
 
@@ -126,7 +130,9 @@ def write_nodule_dataset(
     Returns the path of ``dataset.json``.
     """
     if n_train < 2 or n_test < 0 or size < 24:
-        raise InputError(f"nodules: expected n_train ≥ 2, n_test ≥ 0 and size ≥ 24, found {n_train}, {n_test}, {size}")
+        raise InputError(
+            f"nodules: expected n_train ≥ 2, n_test ≥ 0 and size ≥ 24, found {n_train}, {n_test}, {size}"
+        )
     root = Path(output)
     sections: dict[str, list[dict[str, object]]] = {"training": [], "test": []}
     cases = [(i, i < n_train) for i in range(n_train + n_test)]
@@ -140,8 +146,12 @@ def write_nodule_dataset(
         save_nifti(np.round(patch.image).astype(np.int16), affine, root / f"images{part}" / name)
         save_nifti(patch.mask, affine, root / f"masks{part}" / name)
         sections["training" if is_train else "test"].append(
-            {"image": f"./images{part}/{name}", "mask": f"./masks{part}/{name}", "label": patch.label,
-             "case": name.removesuffix(".nii.gz")}
+            {
+                "image": f"./images{part}/{name}",
+                "mask": f"./masks{part}/{name}",
+                "label": patch.label,
+                "case": name.removesuffix(".nii.gz"),
+            }
         )
     manifest = {
         "name": "voxpipe synthetic lung nodules",

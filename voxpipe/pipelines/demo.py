@@ -26,6 +26,7 @@ from voxpipe.pipelines.inference.infer import infer_with_bundle
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class DemoSettings:
     """Sizes of the demo. The defaults are the measured ones in the README (≤ 6 min on 2 cores).
@@ -103,7 +104,12 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     seconds["data check"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    logger.info("training %s on %d phantoms for %d epochs", settings.bundle_dir.name, settings.n_train, settings.max_epochs)
+    logger.info(
+        "training %s on %d phantoms for %d epochs",
+        settings.bundle_dir.name,
+        settings.n_train,
+        settings.max_epochs,
+    )
     run_bundle(
         settings.bundle_dir,
         config="train",
@@ -135,8 +141,10 @@ def run_demo(settings: DemoSettings) -> DemoResult:
 
     started = time.perf_counter()
     evaluation = evaluate_folders(
-        prediction_dir, dataset_dir / "labelsTs", labels=label_groups_from_dataset(manifest), output_dir=out / "evaluation"
+        prediction_dir,
+        dataset_dir / "labelsTs",
+        labels=label_groups_from_dataset(manifest),
+        output_dir=out / "evaluation",
     )
     seconds["evaluation"] = time.perf_counter() - started
     return DemoResult(evaluation, out, dataset_dir, run_dir, prediction_dir, seconds)
-

@@ -96,7 +96,9 @@ def boxes_from_instances(instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     for value, found in enumerate(ndimage.find_objects(instances.astype(np.int64)), start=1):
         if found is None:
             continue
-        boxes.append([found[0].start, found[1].start, found[2].start, found[0].stop, found[1].stop, found[2].stop])
+        boxes.append(
+            [found[0].start, found[1].start, found[2].start, found[0].stop, found[1].stop, found[2].stop]
+        )
         values.append(value)
     return np.asarray(boxes, dtype=float).reshape(-1, 6), np.asarray(values, dtype=np.int64)
 
@@ -109,12 +111,22 @@ def convert_mode(boxes: np.ndarray, src: str, dst: str) -> np.ndarray:
         if mode not in MODES:
             raise InputError(f"box mode: expected one of {', '.join(MODES)}, found {mode!r}")
     boxes = np.asarray(boxes, dtype=float).reshape(-1, 6)
-    return np.asarray(convert_box_mode(boxes, src_mode=src, dst_mode=dst), dtype=float) if len(boxes) else boxes
+    return (
+        np.asarray(convert_box_mode(boxes, src_mode=src, dst_mode=dst), dtype=float) if len(boxes) else boxes
+    )
 
 
-def write_boxes_json(path: str | os.PathLike[str], boxes: np.ndarray, *, space: str, mode: str = "cccwhd",
-                     labels: Sequence[int] | None = None, scores: Sequence[float] | None = None,
-                     image: str | None = None, extra: Sequence[dict[str, Any]] | None = None) -> Path:
+def write_boxes_json(
+    path: str | os.PathLike[str],
+    boxes: np.ndarray,
+    *,
+    space: str,
+    mode: str = "cccwhd",
+    labels: Sequence[int] | None = None,
+    scores: Sequence[float] | None = None,
+    image: str | None = None,
+    extra: Sequence[dict[str, Any]] | None = None,
+) -> Path:
     """Write boxes (given in ``xyzxyz`` in ``space``) as a box file in ``mode``, atomically."""
     if space not in SPACES:
         raise InputError(f"box space: expected one of {', '.join(SPACES)}, found {space!r}")
@@ -145,11 +157,15 @@ def read_boxes_json(path: str | os.PathLike[str]) -> tuple[np.ndarray, str, list
     except (OSError, ValueError) as error:
         raise InputError(f"{str(path)!r}: expected a JSON box file, found {error}") from error
     if not isinstance(document, dict):
-        raise InputError(f"{str(path)!r}: expected a JSON object with space, mode and boxes, found {type(document).__name__}")
+        raise InputError(
+            f"{str(path)!r}: expected a JSON object with space, mode and boxes, found {type(document).__name__}"
+        )
     space, mode = document.get("space"), document.get("mode")
     if space not in SPACES:
-        raise InputError(f"{str(path)!r}: expected 'space' to be one of {', '.join(SPACES)} (which coordinates the boxes "
-                         f"are in), found {space!r}")
+        raise InputError(
+            f"{str(path)!r}: expected 'space' to be one of {', '.join(SPACES)} (which coordinates the boxes "
+            f"are in), found {space!r}"
+        )
     if mode not in MODES:
         raise InputError(f"{str(path)!r}: expected 'mode' to be one of {', '.join(MODES)}, found {mode!r}")
     items = document.get("boxes")
@@ -158,13 +174,21 @@ def read_boxes_json(path: str | os.PathLike[str]) -> tuple[np.ndarray, str, list
     rows = []
     for index, item in enumerate(items):
         box = item.get("box") if isinstance(item, dict) else None
-        if not (isinstance(box, list) and len(box) == 6 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in box)):
-            raise InputError(f"{str(path)!r}: boxes[{index}]: expected 'box' with 6 finite numbers, found {box!r}")
+        if not (
+            isinstance(box, list)
+            and len(box) == 6
+            and all(isinstance(v, (int, float)) and np.isfinite(v) for v in box)
+        ):
+            raise InputError(
+                f"{str(path)!r}: boxes[{index}]: expected 'box' with 6 finite numbers, found {box!r}"
+            )
         rows.append(box)
     boxes = convert_mode(np.asarray(rows, dtype=float).reshape(-1, 6), mode, "xyzxyz")
     if np.any(boxes[:, 3:] < boxes[:, :3]):
         bad = int(np.flatnonzero(np.any(boxes[:, 3:] < boxes[:, :3], axis=1))[0])
-        raise InputError(f"{str(path)!r}: boxes[{bad}]: expected a box with positive size, found {items[bad]['box']}")
+        raise InputError(
+            f"{str(path)!r}: boxes[{bad}]: expected a box with positive size, found {items[bad]['box']}"
+        )
     return boxes, space, items
 
 
@@ -186,8 +210,14 @@ class WorldBoxesToVoxeld(MapTransform):
     box once the grid is rotated. A key with no boxes gives a ``(0, 6)`` tensor.
     """
 
-    def __init__(self, keys: str | Sequence[str] = "box", *, image_key: str = "image", space: str = "world_lps",
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: str | Sequence[str] = "box",
+        *,
+        image_key: str = "image",
+        space: str = "world_lps",
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key, self.space = image_key, space
         _world_affine(np.eye(4), space)  # checks the space now
@@ -203,7 +233,9 @@ class WorldBoxesToVoxeld(MapTransform):
         affine = meta_affine(image)
         for key in self.key_iterator(item):
             boxes = np.asarray(convert_to_numpy(item[key]), dtype=float).reshape(-1, 6)
-            item[key] = torch.as_tensor(world_boxes_to_voxel(boxes, affine, space=self.space), dtype=torch.float32)
+            item[key] = torch.as_tensor(
+                world_boxes_to_voxel(boxes, affine, space=self.space), dtype=torch.float32
+            )
         return item
 
 
@@ -217,8 +249,9 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(volume_a[:, None] + volume_b[None, :] - inter, 1e-12)
 
 
-def weighted_box_clustering(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float = 0.1,
-                            n_views: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def weighted_box_clustering(
+    boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float = 0.1, n_views: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Merge the boxes of several test-time views (flips) into one box per object.
 
     nnDetection's weighted box clustering, simplified; MONAI has only NMS. The highest-scoring

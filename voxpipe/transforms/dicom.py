@@ -115,7 +115,11 @@ def _pixels_at_offset(path: Path, header: pydicom.Dataset) -> np.ndarray | None:
     """
     offset = getattr(header, "voxpipe_pixel_offset", None)
     layout = _native_layout(header)
-    if offset is None or layout is None or str(header.get("PhotometricInterpretation", "MONOCHROME2")) != "MONOCHROME2":
+    if (
+        offset is None
+        or layout is None
+        or str(header.get("PhotometricInterpretation", "MONOCHROME2")) != "MONOCHROME2"
+    ):
         return None
     syntax, rows, columns, stored, dtype = layout
     if stored != 8 * dtype.itemsize:  # masked or sign-extended stored bits: _native_pixels does that
@@ -125,7 +129,9 @@ def _pixels_at_offset(path: Path, header: pydicom.Dataset) -> np.ndarray | None:
     with open(path, "rb") as file:
         file.seek(offset)
         head = file.read(12 if explicit else 8)
-        if len(head) < (12 if explicit else 8) or head[:4] != b"\xe0\x7f\x10\x00":  # (7FE0,0010) little endian
+        if (
+            len(head) < (12 if explicit else 8) or head[:4] != b"\xe0\x7f\x10\x00"
+        ):  # (7FE0,0010) little endian
             return None
         length = int.from_bytes(head[8:12] if explicit else head[4:8], "little")
         if explicit and head[4:6] not in (b"OW", b"OB"):
@@ -189,7 +195,10 @@ def choose_series(
     if len(series) > 1:
         logger.warning(
             "%s: %d DICOM series; using %s (most slices). Choose another with --series UID:\n  %s",
-            folder, len(series), chosen.uid, listing,
+            folder,
+            len(series),
+            chosen.uid,
+            listing,
         )
     return chosen
 
@@ -214,7 +223,9 @@ def series_geometry(
         GeometryError: any of the refused cases in the module table; the message names files.
     """
     if tilt not in ("resample", "error") or nonuniform not in ("resample", "error"):
-        raise InputError(f"tilt / nonuniform: expected 'resample' or 'error', found {tilt!r} / {nonuniform!r}")
+        raise InputError(
+            f"tilt / nonuniform: expected 'resample' or 'error', found {tilt!r} / {nonuniform!r}"
+        )
     folder = files[0].parent
     for ds, path in zip(headers, files, strict=True):
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -227,23 +238,35 @@ def series_geometry(
         raise GeometryError(
             f"{str(files[0])!r}: the series has 1 slice; expected a volume of at least 2 slices"
         )
-    orientations = np.stack([_vector(ds, "ImageOrientationPatient", 6, p) for ds, p in zip(headers, files, strict=True)])
-    pixel_spacings = np.stack([_vector(ds, "PixelSpacing", 2, p) for ds, p in zip(headers, files, strict=True)])
-    positions = np.stack([_vector(ds, "ImagePositionPatient", 3, p) for ds, p in zip(headers, files, strict=True)])
+    orientations = np.stack(
+        [_vector(ds, "ImageOrientationPatient", 6, p) for ds, p in zip(headers, files, strict=True)]
+    )
+    pixel_spacings = np.stack(
+        [_vector(ds, "PixelSpacing", 2, p) for ds, p in zip(headers, files, strict=True)]
+    )
+    positions = np.stack(
+        [_vector(ds, "ImagePositionPatient", 3, p) for ds, p in zip(headers, files, strict=True)]
+    )
     by_size: dict[tuple[int, int], list[Path]] = {}
     for ds, path in zip(headers, files, strict=True):
         by_size.setdefault((int(ds.Rows), int(ds.Columns)), []).append(path)
     if len(by_size) > 1:
-        listing = "; ".join(f"{rows}×{columns} in {len(paths)} slice(s), e.g. {str(paths[0])!r}"
-                            for (rows, columns), paths in sorted(by_size.items(), key=lambda item: -len(item[1])))
-        raise GeometryError(f"{str(folder)!r}: slices of one series have different matrix sizes (rows×columns): {listing}")
+        listing = "; ".join(
+            f"{rows}×{columns} in {len(paths)} slice(s), e.g. {str(paths[0])!r}"
+            for (rows, columns), paths in sorted(by_size.items(), key=lambda item: -len(item[1]))
+        )
+        raise GeometryError(
+            f"{str(folder)!r}: slices of one series have different matrix sizes (rows×columns): {listing}"
+        )
     bad = np.flatnonzero(np.abs(orientations - orientations[0]).max(axis=1) > ORIENTATION_TOL)
     if bad.size:
         raise GeometryError(
             f"{str(files[bad[0]])!r}: ImageOrientationPatient {orientations[bad[0]].tolist()} differs from "
             f"{orientations[0].tolist()} in {str(files[0])!r}; expected one orientation per series"
         )
-    bad = np.flatnonzero(np.abs(pixel_spacings - pixel_spacings[0]).max(axis=1) > SPACING_REL_TOL * pixel_spacings[0].min())
+    bad = np.flatnonzero(
+        np.abs(pixel_spacings - pixel_spacings[0]).max(axis=1) > SPACING_REL_TOL * pixel_spacings[0].min()
+    )
     if bad.size:
         raise GeometryError(
             f"{str(files[bad[0]])!r}: PixelSpacing {pixel_spacings[bad[0]].tolist()} differs from "
@@ -278,9 +301,7 @@ def series_geometry(
     warnings: list[str] = []
     resample_z = bool(np.abs(steps - median).max() > SPACING_REL_TOL * median)
     if resample_z:
-        message = (
-            f"{str(folder)!r}: non-uniform slice spacing ({steps.min():.4g}–{steps.max():.4g} mm)"
-        )
+        message = f"{str(folder)!r}: non-uniform slice spacing ({steps.min():.4g}–{steps.max():.4g} mm)"
         if nonuniform == "error":
             raise GeometryError(message + "; expected uniform spacing")
         warnings.append(message + f"; resampled linearly onto {median:.4g} mm")
@@ -305,17 +326,25 @@ def series_geometry(
     lps[:3, 2] = normal * spacing
     lps[:3, 3] = positions[order[0]]
     shape = (int(headers[0].Columns), int(headers[0].Rows), n_out)
-    return SeriesGeometry(shape, LPS_TO_RAS @ lps, order, along - along[0], offsets, spacing, resample_z, warnings)
+    return SeriesGeometry(
+        shape, LPS_TO_RAS @ lps, order, along - along[0], offsets, spacing, resample_z, warnings
+    )
 
 
-_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})  # implicit / explicit VR little endian
+_NATIVE_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+)  # implicit / explicit VR little endian
 
 
 def _native_layout(ds: pydicom.Dataset) -> tuple[str, int, int, int, np.dtype] | None:
     """(transfer syntax, rows, columns, bits stored, pixel dtype) of an uncompressed little-endian
     single-frame single-channel slice; None for anything pydicom must decode."""
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2"))
-    if syntax not in _NATIVE_SYNTAXES or int(ds.get("SamplesPerPixel", 1)) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1:
+    if (
+        syntax not in _NATIVE_SYNTAXES
+        or int(ds.get("SamplesPerPixel", 1)) != 1
+        or int(ds.get("NumberOfFrames", 1) or 1) != 1
+    ):
         return None
     bits, signed = int(ds.get("BitsAllocated", 16)), int(ds.get("PixelRepresentation", 0)) == 1
     if bits not in (8, 16, 32):
@@ -362,16 +391,30 @@ def _pixels(path: Path) -> tuple[np.ndarray, float, float]:
     except Exception as error:  # and for undecodable pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         reason = _one_line(error)
-        missing = any(words in reason.lower() for words in ("no pixel data handler", "missing required", "not installed",
-                                                             "no plugins", "no available"))
+        missing = any(
+            words in reason.lower()
+            for words in (
+                "no pixel data handler",
+                "missing required",
+                "not installed",
+                "no plugins",
+                "no available",
+            )
+        )
         raise InputError(
             f"{str(path)!r}: could not decode the pixel data (transfer syntax {syntax}: {reason})"
-            + ("; compressed syntaxes need Pillow (JPEG, JPEG 2000) or pylibjpeg plugins installed" if missing
-               else "; the slice's compressed data are damaged or truncated" if getattr(syntax, "is_compressed", False)
-               else "; the slice's pixel data are missing or truncated")
+            + (
+                "; compressed syntaxes need Pillow (JPEG, JPEG 2000) or pylibjpeg plugins installed"
+                if missing
+                else "; the slice's compressed data are damaged or truncated"
+                if getattr(syntax, "is_compressed", False)
+                else "; the slice's pixel data are missing or truncated"
+            )
         ) from error
     if int(ds.get("SamplesPerPixel", 1)) != 1 or array.ndim != 2:
-        raise InputError(f"{str(path)!r}: expected a single-channel 2D slice, found pixel array shape {array.shape}")
+        raise InputError(
+            f"{str(path)!r}: expected a single-channel 2D slice, found pixel array shape {array.shape}"
+        )
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
         array = array.max() + array.min() - array  # MONOCHROME1 stores inverted grey levels
     return array, float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
@@ -436,7 +479,9 @@ def load_dicom_series(
     rows, columns = int(headers[0].Rows), int(headers[0].Columns)
     # Slices go into a (z, y, x) C-ordered buffer, one contiguous row-major plane each, and come out as
     # its (x, y, z) view (Fortran order, as NIfTI stores voxels): no transposed copies.
-    integral = all(np.allclose(o, np.round(o)) for o in geometry.offsets)  # shifts by whole pixels stay integers
+    integral = all(
+        np.allclose(o, np.round(o)) for o in geometry.offsets
+    )  # shifts by whole pixels stay integers
     stack = np.empty((len(geometry.order), rows, columns), dtype=np.int32 if integral else np.float32)
     with _quiet_pydicom():
         for k, (index, offset) in enumerate(zip(geometry.order, geometry.offsets, strict=True)):
@@ -448,13 +493,17 @@ def load_dicom_series(
                 raw, slope, intercept = _pixels(info.files[index])
             expected = (int(headers[index].Rows), int(headers[index].Columns))
             if raw.shape != expected:
-                raise InputError(f"{str(info.files[index])!r}: pixel data of {raw.shape[0]}×{raw.shape[1]}; expected the "
-                                 f"header's Rows × Columns {expected[0]}×{expected[1]}")
+                raise InputError(
+                    f"{str(info.files[index])!r}: pixel data of {raw.shape[0]}×{raw.shape[1]}; expected the "
+                    f"header's Rows × Columns {expected[0]}×{expected[1]}"
+                )
             if integral and not (slope.is_integer() and intercept.is_integer()):
                 stack, integral = stack.astype(np.float32), False
             if np.any(offset):  # undo the in-plane shift of a tilted slice; arrays are (row=y, column=x)
                 values = _rescaled(raw, slope, intercept).astype(np.float32)
-                shifted = ndimage.shift(values, (offset[1], offset[0]), order=1, mode="constant", cval=float(values.min()))
+                shifted = ndimage.shift(
+                    values, (offset[1], offset[0]), order=1, mode="constant", cval=float(values.min())
+                )
                 stack[k] = np.rint(shifted) if integral else shifted
                 continue
             plane = stack[k]
@@ -484,7 +533,9 @@ def _resample_along_z(stack: np.ndarray, positions: np.ndarray, spacing: float, 
     return data[..., lower] * (1 - weight) + data[..., upper] * weight
 
 
-def dicom_geometry(folder: str | os.PathLike[str], *, series_uid: str | None = None) -> tuple[tuple[int, ...], np.ndarray]:
+def dicom_geometry(
+    folder: str | os.PathLike[str], *, series_uid: str | None = None
+) -> tuple[tuple[int, ...], np.ndarray]:
     """Shape (x, y, z) and RAS affine a DICOM series loads with, from headers only."""
     info = choose_series(discover_series(folder), series_uid, folder=folder)
     headers = list(info.headers)

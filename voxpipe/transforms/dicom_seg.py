@@ -78,7 +78,9 @@ def read_seg(path: str | os.PathLike[str]) -> SegFrames:
     except Exception as error:  # pydicom raises many types for bad files
         raise InputError(f"{str(path)!r}: could not be read as DICOM-SEG ({error})") from error
     if str(ds.get("Modality", "")) != "SEG":
-        raise InputError(f"{str(path)!r}: expected a DICOM-SEG (Modality SEG), found Modality {ds.get('Modality', '?')!r}")
+        raise InputError(
+            f"{str(path)!r}: expected a DICOM-SEG (Modality SEG), found Modality {ds.get('Modality', '?')!r}"
+        )
     pixels = pixels.reshape(-1, int(ds.Rows), int(ds.Columns))
     if str(ds.get("SegmentationType", "BINARY")) == "FRACTIONAL":
         masks = pixels >= float(ds.get("MaximumFractionalValue", 255)) / 2.0
@@ -86,25 +88,41 @@ def read_seg(path: str | os.PathLike[str]) -> SegFrames:
         masks = pixels != 0
     frames = ds.get("PerFrameFunctionalGroupsSequence") or []
     if len(frames) != len(masks):
-        raise InputError(f"{str(path)!r}: {len(masks)} frames but {len(frames)} per-frame functional groups; expected one per frame")
+        raise InputError(
+            f"{str(path)!r}: {len(masks)} frames but {len(frames)} per-frame functional groups; expected one per frame"
+        )
     segments, positions, orientations, spacings = [], [], [], []
     for frame in frames:
         segments.append(int(_group(ds, frame, "SegmentIdentificationSequence", path).ReferencedSegmentNumber))
-        positions.append([float(v) for v in _group(ds, frame, "PlanePositionSequence", path).ImagePositionPatient])
-        orientations.append([float(v) for v in _group(ds, frame, "PlaneOrientationSequence", path).ImageOrientationPatient])
+        positions.append(
+            [float(v) for v in _group(ds, frame, "PlanePositionSequence", path).ImagePositionPatient]
+        )
+        orientations.append(
+            [float(v) for v in _group(ds, frame, "PlaneOrientationSequence", path).ImageOrientationPatient]
+        )
         measures = _group(ds, frame, "PixelMeasuresSequence", path)
         spacings.append([float(v) for v in measures.PixelSpacing])
     orientation, spacing = np.asarray(orientations), np.asarray(spacings)
-    if np.abs(orientation - orientation[0]).max(initial=0) > 1e-4 or np.abs(spacing - spacing[0]).max(initial=0) > 1e-4:
-        raise InputError(f"{str(path)!r}: frames with different orientation or pixel spacing; expected one plane geometry")
+    if (
+        np.abs(orientation - orientation[0]).max(initial=0) > 1e-4
+        or np.abs(spacing - spacing[0]).max(initial=0) > 1e-4
+    ):
+        raise InputError(
+            f"{str(path)!r}: frames with different orientation or pixel spacing; expected one plane geometry"
+        )
     measures = _group(ds, frames[0], "PixelMeasuresSequence", path) if frames else None
     between = measures.get("SpacingBetweenSlices") if measures is not None else None
     labels = {int(s.SegmentNumber): str(s.get("SegmentLabel", "")) for s in ds.get("SegmentSequence", [])}
     return SegFrames(
-        path, masks, np.asarray(segments), np.asarray(positions), orientation[0] if len(orientation) else np.zeros(6),
+        path,
+        masks,
+        np.asarray(segments),
+        np.asarray(positions),
+        orientation[0] if len(orientation) else np.zeros(6),
         (float(spacing[0][0]), float(spacing[0][1])) if len(spacing) else (1.0, 1.0),
-        float(between) if between else None, labels,
-    )  # fmt: skip
+        float(between) if between else None,
+        labels,
+    )
 
 
 def seg_grid(seg: SegFrames) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -179,8 +197,17 @@ def seg_to_label_map(seg: SegFrames, shape: tuple[int, ...], affine: np.ndarray)
     return label
 
 
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
-          "AccessionNumber", "ReferringPhysicianName")
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
 
 
 _DATE_TIME = ("DA", "TM", "DT")
@@ -252,42 +279,70 @@ def write_dicom_seg(
             if keyword not in ds:
                 setattr(ds, keyword, "")
             elif ds[keyword].VR in _DATE_TIME and not _parses(ds, keyword):
-                setattr(ds, keyword, "")  # a malformed date (1961-07-14) would stop highdicom; type 2 may be empty
+                setattr(
+                    ds, keyword, ""
+                )  # a malformed date (1961-07-14) would stop highdicom; type 2 may be empty
         for keyword in ("SOPClassUID", "SOPInstanceUID"):  # anonymisers sometimes blank the root copies
-            if not ds.get(keyword) and ds.get("file_meta") is not None and ds.file_meta.get(f"MediaStorage{keyword}"):
+            if (
+                not ds.get(keyword)
+                and ds.get("file_meta") is not None
+                and ds.file_meta.get(f"MediaStorage{keyword}")
+            ):
                 setattr(ds, keyword, ds.file_meta.get(f"MediaStorage{keyword}"))
         if "FrameOfReferenceUID" not in ds or "StudyInstanceUID" not in ds:
-            raise InputError(f"{str(info.files[0])!r}: expected FrameOfReferenceUID and StudyInstanceUID, which a DICOM-SEG must reference")
+            raise InputError(
+                f"{str(info.files[0])!r}: expected FrameOfReferenceUID and StudyInstanceUID, which a DICOM-SEG must reference"
+            )
     if geometry.resample_z or np.any(geometry.offsets):
         raise GeometryError(
             f"{str(folder)!r}: the series was resampled on loading (gantry tilt or non-uniform spacing); a DICOM-SEG must "
             "follow the source slices, so write NIfTI for this series instead"
         )
     if tuple(label.shape) != tuple(geometry.shape):
-        raise GeometryError(f"{str(folder)!r}: label shape {tuple(label.shape)} does not match the series grid {geometry.shape}")
+        raise GeometryError(
+            f"{str(folder)!r}: label shape {tuple(label.shape)} does not match the series grid {geometry.shape}"
+        )
     present = sorted(int(v) for v in np.unique(label) if v)
     unnamed = [v for v in present if v not in names]
     if unnamed:
         raise InputError(f"{str(path)!r}: label values {unnamed} have no name; expected names for {present}")
-    algorithm = hd.AlgorithmIdentificationSequence(name="voxpipe", family=codes.DCM.ArtificialIntelligence, version=__version__)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="voxpipe", family=codes.DCM.ArtificialIntelligence, version=__version__
+    )
     described = sorted(v for v in names if v)
     descriptions = []
-    for number, value in enumerate(described, start=1):  # highdicom numbers segments 1..n: label values in order
+    for number, value in enumerate(
+        described, start=1
+    ):  # highdicom numbers segments 1..n: label values in order
         category, kind = structure_codes(names[value])
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=names[value], segmented_property_category=category,
-            segmented_property_type=kind, algorithm_type="AUTOMATIC", algorithm_identification=algorithm,
-        ))  # fmt: skip
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=names[value],
+                segmented_property_category=category,
+                segmented_property_type=kind,
+                algorithm_type="AUTOMATIC",
+                algorithm_identification=algorithm,
+            )
+        )
     remap = np.zeros(int(max(described, default=0)) + 1, dtype=np.uint16)
     remap[described] = np.arange(1, len(described) + 1)
     frames = np.stack([remap[label[:, :, k]].T for k in range(label.shape[2])])
     seg = hd.seg.Segmentation(
-        source_images=[headers[i] for i in geometry.order], pixel_array=frames, segmentation_type="BINARY",
-        segment_descriptions=descriptions, series_instance_uid=seg_series_uid or hd.UID(), series_number=900,
+        source_images=[headers[i] for i in geometry.order],
+        pixel_array=frames,
+        segmentation_type="BINARY",
+        segment_descriptions=descriptions,
+        series_instance_uid=seg_series_uid or hd.UID(),
+        series_number=900,
         sop_instance_uid=sop_instance_uid or hd.UID(),
-        instance_number=1, manufacturer="voxpipe", manufacturer_model_name="voxpipe", software_versions=__version__,
-        device_serial_number="0", series_description="voxpipe segmentation",
-    )  # fmt: skip
+        instance_number=1,
+        manufacturer="voxpipe",
+        manufacturer_model_name="voxpipe",
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description="voxpipe segmentation",
+    )
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return Path(path)

@@ -31,15 +31,61 @@ from voxpipe.errors import GeometryError, InputError
 
 logger = logging.getLogger(__name__)
 
-MAX_VOXELS = 2**31  # 1290³: far above any CT or MRI (a 512 × 512 × 3000 CT is 0.8e9), below what a workstation holds as float32
+MAX_VOXELS = (
+    2**31
+)  # 1290³: far above any CT or MRI (a 512 × 512 × 3000 CT is 0.8e9), below what a workstation holds as float32
 _CHUNK = 1 << 20
-_ITK_TYPES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4,
-              "MET_ULONG": 8, "MET_LONG": 8, "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
-_NRRD_TYPES = {"uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1, "signed char": 1, "int8": 1, "int8_t": 1, "char": 1,
-               "short": 2, "short int": 2, "signed short": 2, "int16": 2, "int16_t": 2, "ushort": 2, "unsigned short": 2,
-               "uint16": 2, "uint16_t": 2, "int": 4, "signed int": 4, "int32": 4, "int32_t": 4, "uint": 4, "unsigned int": 4,
-               "uint32": 4, "uint32_t": 4, "longlong": 8, "long long": 8, "int64": 8, "int64_t": 8, "ulonglong": 8,
-               "unsigned long long": 8, "uint64": 8, "uint64_t": 8, "float": 4, "double": 8}
+_ITK_TYPES = {
+    "MET_UCHAR": 1,
+    "MET_CHAR": 1,
+    "MET_USHORT": 2,
+    "MET_SHORT": 2,
+    "MET_UINT": 4,
+    "MET_INT": 4,
+    "MET_ULONG": 8,
+    "MET_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_LONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
+_NRRD_TYPES = {
+    "uchar": 1,
+    "unsigned char": 1,
+    "uint8": 1,
+    "uint8_t": 1,
+    "signed char": 1,
+    "int8": 1,
+    "int8_t": 1,
+    "char": 1,
+    "short": 2,
+    "short int": 2,
+    "signed short": 2,
+    "int16": 2,
+    "int16_t": 2,
+    "ushort": 2,
+    "unsigned short": 2,
+    "uint16": 2,
+    "uint16_t": 2,
+    "int": 4,
+    "signed int": 4,
+    "int32": 4,
+    "int32_t": 4,
+    "uint": 4,
+    "unsigned int": 4,
+    "uint32": 4,
+    "uint32_t": 4,
+    "longlong": 8,
+    "long long": 8,
+    "int64": 8,
+    "int64_t": 8,
+    "ulonglong": 8,
+    "unsigned long long": 8,
+    "uint64": 8,
+    "uint64_t": 8,
+    "float": 4,
+    "double": 8,
+}
 
 
 def _gzip_size_at_least(path: Path, needed: int) -> int:
@@ -81,24 +127,33 @@ def _refuse_declared(path: Path, shape: tuple[int, ...], itemsize: int) -> None:
     """Dimensions, the maximum and the memory available, from the header alone."""
     voxels = int(np.prod(shape, dtype=np.float64))
     if any(n <= 0 for n in shape):
-        raise InputError(f"{str(path)!r}: the header declares {_declared(shape, itemsize)}; expected every dimension >= 1")
+        raise InputError(
+            f"{str(path)!r}: the header declares {_declared(shape, itemsize)}; expected every dimension >= 1"
+        )
     if voxels > MAX_VOXELS:
-        raise InputError(f"{str(path)!r}: the header declares {_declared(shape, itemsize)} ({voxels * itemsize / 2**30:.1f} GiB); "
-                         f"expected at most {MAX_VOXELS:,} voxels (a damaged or hostile header?)")
+        raise InputError(
+            f"{str(path)!r}: the header declares {_declared(shape, itemsize)} ({voxels * itemsize / 2**30:.1f} GiB); "
+            f"expected at most {MAX_VOXELS:,} voxels (a damaged or hostile header?)"
+        )
     free = available_memory()
     # Loading holds the data and a float32 copy (about twice its size). A gzip bomb is honest about its
     # size, so this is what stops it, before anything is decompressed.
     if free is not None and 2 * voxels * max(itemsize, 4) > free:
-        raise InputError(f"{str(path)!r}: the header declares {_declared(shape, itemsize)} ({voxels * itemsize / 2**30:.1f} GiB); "
-                         f"loading it needs about {2 * voxels * max(itemsize, 4) / 2**30:.1f} GiB, more than the "
-                         f"{free / 2**30:.1f} GiB of memory available", hint="free memory, or crop/resample the volume first")
+        raise InputError(
+            f"{str(path)!r}: the header declares {_declared(shape, itemsize)} ({voxels * itemsize / 2**30:.1f} GiB); "
+            f"loading it needs about {2 * voxels * max(itemsize, 4) / 2**30:.1f} GiB, more than the "
+            f"{free / 2**30:.1f} GiB of memory available",
+            hint="free memory, or crop/resample the volume first",
+        )
 
 
 def _refuse_short(path: Path, shape: tuple[int, ...], itemsize: int, holds: int, needed: int) -> None:
     """The file holds less than the header declares."""
     if holds < needed:
-        raise InputError(f"{str(path)!r}: the header declares {_declared(shape, itemsize)}, which needs {needed:,} bytes, "
-                         f"but the file holds only {holds:,} (truncated, or the header lies)")
+        raise InputError(
+            f"{str(path)!r}: the header declares {_declared(shape, itemsize)}, which needs {needed:,} bytes, "
+            f"but the file holds only {holds:,} (truncated, or the header lies)"
+        )
 
 
 def _text_header(path: Path, *, limit: int = 65536) -> tuple[dict[str, str], int]:
@@ -180,10 +235,14 @@ def check_declared_size(path: str | os.PathLike[str], *, nifti_header: Any = Non
                 itemsize = _NRRD_TYPES[fields["type"].lower()]
                 encoding = fields.get("encoding", "raw").lower()
                 data_file = fields.get("data file") or fields.get("datafile")
-                compressed = encoding != "raw"  # gzip/bzip2/text/hex: only the maximum is checked from the header
+                compressed = (
+                    encoding != "raw"
+                )  # gzip/bzip2/text/hex: only the maximum is checked from the header
             else:
                 shape = tuple(int(v) for v in fields["dimsize"].split())
-                itemsize = _ITK_TYPES[fields["elementtype"].upper()] * int(fields.get("elementnumberofchannels", "1"))
+                itemsize = _ITK_TYPES[fields["elementtype"].upper()] * int(
+                    fields.get("elementnumberofchannels", "1")
+                )
                 compressed = fields.get("compresseddata", "false").lower() == "true"
                 data_file = fields.get("elementdatafile", "LOCAL")
                 data_file = None if data_file.upper() == "LOCAL" else data_file
@@ -195,7 +254,9 @@ def check_declared_size(path: str | os.PathLike[str], *, nifti_header: Any = Non
             return  # several data files: left to the reader
         source = (path.parent / data_file) if data_file else path
         if not source.is_file():
-            raise InputError(f"{str(path)!r}: the header names the data file {data_file!r}, found no such file beside it")
+            raise InputError(
+                f"{str(path)!r}: the header names the data file {data_file!r}, found no such file beside it"
+            )
         offset = 0 if data_file else header_bytes
         if compressed:
             return  # the maximum was checked; the reader checks the compressed stream itself
@@ -210,14 +271,20 @@ def check_affine(path: str | os.PathLike[str], affine: np.ndarray) -> None:
     """
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise GeometryError(f"{str(path)!r}: expected a finite 4×4 voxel-to-world affine, found {affine.tolist()}")
+        raise GeometryError(
+            f"{str(path)!r}: expected a finite 4×4 voxel-to-world affine, found {affine.tolist()}"
+        )
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     for axis, value in enumerate(spacing):
         if not value > 1e-9:
-            raise GeometryError(f"{str(path)!r}: voxel spacing along axis {axis} is {value:g} mm; expected > 0 "
-                                f"(the header gives no usable geometry for that axis)")
+            raise GeometryError(
+                f"{str(path)!r}: voxel spacing along axis {axis} is {value:g} mm; expected > 0 "
+                f"(the header gives no usable geometry for that axis)"
+            )
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12 * float(np.prod(spacing)):
-        raise GeometryError(f"{str(path)!r}: the voxel axes are parallel (singular direction matrix); expected three independent axes")
+        raise GeometryError(
+            f"{str(path)!r}: the voxel axes are parallel (singular direction matrix); expected three independent axes"
+        )
 
 
 def raw_nifti_header(path: str | os.PathLike[str]) -> Any:
@@ -229,7 +296,11 @@ def raw_nifti_header(path: str | os.PathLike[str]) -> Any:
     with opener(path, "rb") as handle:
         start = handle.read(4)
         handle.seek(0)
-        size = int.from_bytes(start, "little") if int.from_bytes(start, "little") in (348, 540) else int.from_bytes(start, "big")
+        size = (
+            int.from_bytes(start, "little")
+            if int.from_bytes(start, "little") in (348, 540)
+            else int.from_bytes(start, "big")
+        )
         klass = nib.Nifti2Header if size == 540 else nib.Nifti1Header
         return klass.from_fileobj(handle, check=False)
 
@@ -253,10 +324,16 @@ def nifti_geometry_note(path: str | os.PathLike[str], header: Any = None) -> Non
         return
     zooms = [float(v) for v in np.asarray(header["pixdim"][1:4], dtype=float)]
     if not all(np.isfinite(z) and z > 0 for z in zooms):
-        raise GeometryError(f"{str(path)!r}: no qform or sform, and pixdim[1:4] = {zooms}; expected positive voxel "
-                            f"sizes in mm (the spacing is unknown, so the volume cannot be placed in space)")
-    logger.warning("%s: no qform or sform (both codes 0): assumed voxel sizes %s mm from pixdim, axes along RAS, origin "
-                   "at the volume centre (nibabel's fallback)", path, zooms)
+        raise GeometryError(
+            f"{str(path)!r}: no qform or sform, and pixdim[1:4] = {zooms}; expected positive voxel "
+            f"sizes in mm (the spacing is unknown, so the volume cannot be placed in space)"
+        )
+    logger.warning(
+        "%s: no qform or sform (both codes 0): assumed voxel sizes %s mm from pixdim, axes along RAS, origin "
+        "at the volume centre (nibabel's fallback)",
+        path,
+        zooms,
+    )
 
 
 def itk_reason(error: BaseException) -> str:
@@ -293,7 +370,9 @@ def native_output_captured(lines: list[str]) -> Iterator[None]:
             for fd in saved:
                 os.close(fd)
             sink.seek(0)
-            lines.extend(line.strip() for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+            lines.extend(
+                line.strip() for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip()
+            )
 
 
 def with_native_reason(reason: str, lines: list[str]) -> str:

@@ -41,7 +41,12 @@ def mri_zscore(keys: str | Sequence[str]) -> MapTransform:
 def window_from_fingerprint(fingerprint: Mapping[str, Any]) -> tuple[float, float]:
     """The (0.5, 99.5) foreground intensity percentiles of a dataset fingerprint (nnU-Net's CT rule)."""
     try:
-        low, high = fingerprint["foreground_intensity"]["percentile_00_5"], fingerprint["foreground_intensity"]["percentile_99_5"]
+        low, high = (
+            fingerprint["foreground_intensity"]["percentile_00_5"],
+            fingerprint["foreground_intensity"]["percentile_99_5"],
+        )
     except (KeyError, TypeError) as error:
-        raise InputError(f"fingerprint: expected foreground_intensity percentiles, found keys {sorted(fingerprint)}") from error
+        raise InputError(
+            f"fingerprint: expected foreground_intensity percentiles, found keys {sorted(fingerprint)}"
+        ) from error
     return float(low), float(high)

@@ -58,7 +58,9 @@ def resample_argmax(
         ``(labels, probabilities_or_None)``: uint8 ``(X, Y, Z)`` labels (int16 above 255 classes).
     """
     if probabilities.ndim != 4:
-        raise InputError(f"resample_argmax: expected probabilities (C, X, Y, Z), found shape {tuple(probabilities.shape)}")
+        raise InputError(
+            f"resample_argmax: expected probabilities (C, X, Y, Z), found shape {tuple(probabilities.shape)}"
+        )
     classes = probabilities.shape[0]
     mapping = np.linalg.inv(network_affine) @ source_affine  # source voxel → network voxel
     sx, sy, sz = (int(v) for v in source_shape)
@@ -72,12 +74,18 @@ def resample_argmax(
     label_dtype = torch.uint8 if classes <= 256 else torch.int16
     labels = torch.zeros((sx, sy, sz), dtype=label_dtype)
     kept = torch.empty((classes, sx, sy, sz), dtype=torch.float16) if keep_probabilities else None
-    region = [(0, sx), (0, sy), (0, sz)] if keep_probabilities else _changing_region(volume[0], mapping, (sx, sy, sz))
+    region = (
+        [(0, sx), (0, sy), (0, sz)]
+        if keep_probabilities
+        else _changing_region(volume[0], mapping, (sx, sy, sz))
+    )
     if region is None:
         return labels, kept  # class 0 wins everywhere on the network grid, so everywhere on the source grid
     (x0, x1), (y0, y1), (z0, z1) = region
     linear = mapping[:3, :3]
-    if np.allclose(linear, np.diag(np.diag(linear)), atol=1e-9):  # axis-aligned grids (flips included): separable
+    if np.allclose(
+        linear, np.diag(np.diag(linear)), atol=1e-9
+    ):  # axis-aligned grids (flips included): separable
         _separable(volume[0], mapping, region, slab, labels, kept, label_dtype)
         return labels, kept
     ii = torch.arange(x0, x1, dtype=torch.float32)[:, None, None, None] * matrix[:, 0]
@@ -87,7 +95,9 @@ def resample_argmax(
         stop = min(start + slab, z1)
         kk = torch.arange(start, stop, dtype=torch.float32)[None, None, :, None] * matrix[:, 2]
         grid = (plane + kk)[None]  # (1, X, Y, k, 3)
-        values = torch.nn.functional.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+        values = torch.nn.functional.grid_sample(
+            volume, grid, mode="bilinear", padding_mode="border", align_corners=True
+        )[0]
         labels[x0:x1, y0:y1, start:stop] = channel_argmax(values, label_dtype)
         if kept is not None:
             kept[:, :, :, start:stop] = values.to(torch.float16)
@@ -110,16 +120,29 @@ def channel_argmax(values: torch.Tensor, dtype: torch.dtype = torch.uint8) -> to
     return index
 
 
-def _axis(mapping: np.ndarray, axis: int, start: int, stop: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _axis(
+    mapping: np.ndarray, axis: int, start: int, stop: int, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices ``start:stop`` along ``axis`` → network (lower index, upper index, weight), border-clamped."""
     coords = np.clip(mapping[axis, axis] * np.arange(start, stop) + mapping[axis, 3], 0.0, size - 1.0)
     lower = np.minimum(np.floor(coords).astype(np.int64), max(size - 2, 0))
     upper = np.minimum(lower + 1, size - 1)
-    return torch.from_numpy(lower), torch.from_numpy(upper), torch.from_numpy((coords - lower).astype(np.float32))
+    return (
+        torch.from_numpy(lower),
+        torch.from_numpy(upper),
+        torch.from_numpy((coords - lower).astype(np.float32)),
+    )
 
 
-def _separable(volume: torch.Tensor, mapping: np.ndarray, region: list[tuple[int, int]], slab: int, labels: torch.Tensor,
-               kept: torch.Tensor | None, label_dtype: torch.dtype) -> None:
+def _separable(
+    volume: torch.Tensor,
+    mapping: np.ndarray,
+    region: list[tuple[int, int]],
+    slab: int,
+    labels: torch.Tensor,
+    kept: torch.Tensor | None,
+    label_dtype: torch.dtype,
+) -> None:
     """Trilinear interpolation as three 1D linear interpolations (z, then y, then x), for axis-aligned grids.
 
     The same values as ``grid_sample(bilinear, border, align_corners=True)`` (trilinear is the tensor
@@ -146,7 +169,9 @@ def _separable(volume: torch.Tensor, mapping: np.ndarray, region: list[tuple[int
             kept[:, x0:x1, y0:y1, start:stop] = values.to(torch.float16)
 
 
-def _changing_region(volume: torch.Tensor, mapping: np.ndarray, source_shape: Sequence[int]) -> list[tuple[int, int]] | None:
+def _changing_region(
+    volume: torch.Tensor, mapping: np.ndarray, source_shape: Sequence[int]
+) -> list[tuple[int, int]] | None:
     """The source-grid box outside which the interpolated argmax is certainly class 0; None if it is 0 everywhere.
 
     Trilinear interpolation is a convex combination of the 8 network voxels around a point: where
@@ -159,8 +184,10 @@ def _changing_region(volume: torch.Tensor, mapping: np.ndarray, source_shape: Se
     box = foreground_box((channel_argmax(volume, torch.int16) != 0).numpy())  # grown by one voxel
     if box is None:
         return None
-    corners = [(-1e6 if b.start == 0 else b.start, 1e6 if b.stop >= size else b.stop - 1)
-               for b, size in zip(box, volume.shape[1:], strict=True)]
+    corners = [
+        (-1e6 if b.start == 0 else b.start, 1e6 if b.stop >= size else b.stop - 1)
+        for b, size in zip(box, volume.shape[1:], strict=True)
+    ]
     points = np.array([[x, y, z, 1.0] for x in corners[0] for y in corners[1] for z in corners[2]]).T
     source = (np.linalg.inv(mapping) @ points)[:3]  # network voxel → source voxel
     low = np.clip(np.floor(source.min(axis=1)) - 1, 0, np.array(source_shape)).astype(int)
@@ -215,15 +242,30 @@ class ResampleArgmaxd(MapTransform):
         for key in self.key_iterator(d):
             pred = d[key]
             labels, probabilities = resample_argmax(
-                torch.as_tensor(pred), source_affine=source_affine, network_affine=_matrix(reference.affine),
-                source_shape=shape, slab=self.slab, keep_probabilities=self.probabilities_dir is not None,
-            )  # fmt: skip
+                torch.as_tensor(pred),
+                source_affine=source_affine,
+                network_affine=_matrix(reference.affine),
+                source_shape=shape,
+                slab=self.slab,
+                keep_probabilities=self.probabilities_dir is not None,
+            )
             if probabilities is not None:
-                self._save_probabilities(probabilities, source_affine, str(meta.get("filename_or_obj", "case")), meta.get("case_id"))
-            d[key] = MetaTensor(labels[None], affine=torch.as_tensor(source_affine), meta={"filename_or_obj": meta.get("filename_or_obj")})
+                self._save_probabilities(
+                    probabilities,
+                    source_affine,
+                    str(meta.get("filename_or_obj", "case")),
+                    meta.get("case_id"),
+                )
+            d[key] = MetaTensor(
+                labels[None],
+                affine=torch.as_tensor(source_affine),
+                meta={"filename_or_obj": meta.get("filename_or_obj")},
+            )
         return d
 
-    def _save_probabilities(self, probabilities: torch.Tensor, affine: np.ndarray, source: str, case: str | None) -> None:
+    def _save_probabilities(
+        self, probabilities: torch.Tensor, affine: np.ndarray, source: str, case: str | None
+    ) -> None:
         from voxpipe.transforms.io import atomic_path, case_id
 
         assert self.probabilities_dir is not None

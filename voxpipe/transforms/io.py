@@ -93,11 +93,17 @@ def find_volumes(folder: str | os.PathLike[str]) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{str(root)!r}: expected a folder of images, found no such folder")
-    return sorted(p for p in root.iterdir() if p.is_file() and volume_suffix(p) and not p.name.startswith("."))
+    return sorted(
+        p for p in root.iterdir() if p.is_file() and volume_suffix(p) and not p.name.startswith(".")
+    )
 
 
 def load_volume(
-    path: str | os.PathLike[str], *, label: bool = False, series_uid: str | None = None, finite: bool = True,
+    path: str | os.PathLike[str],
+    *,
+    label: bool = False,
+    series_uid: str | None = None,
+    finite: bool = True,
     channels: bool = False,
 ) -> Volume:
     """Load a NIfTI, NRRD/NHDR or MHA/MHD file, or a DICOM series folder, as :class:`Volume`.
@@ -154,7 +160,9 @@ def load_volume(
     except MemoryError as error:
         raise InputError(f"{str(path)!r}: not enough memory to load it ({_declared_shape(path)})") from error
     except Exception as error:  # the readers raise many unrelated types for corrupt files
-        raise InputError(f"{str(path)!r}: could not be read as {suffix} ({with_native_reason(itk_reason(error), native)})") from error
+        raise InputError(
+            f"{str(path)!r}: could not be read as {suffix} ({with_native_reason(itk_reason(error), native)})"
+        ) from error
     if channels and not label and array.ndim == 4 and array.shape[3] >= 1:
         array = np.moveaxis(np.asarray(array), 3, 0)
         check_affine(path, affine)
@@ -181,8 +189,10 @@ def load_channels(paths: Sequence[str | os.PathLike[str]], *, finite: bool = Tru
         return first
     for volume in volumes[1:]:
         if volume.array.shape != first.array.shape or not np.allclose(volume.affine, first.affine, atol=1e-3):
-            raise GeometryError(f"{str(volume.path)!r}: expected the grid of channel 0 {str(first.path)!r} (shape "
-                                f"{list(first.array.shape)}), found shape {list(volume.array.shape)} and another affine")
+            raise GeometryError(
+                f"{str(volume.path)!r}: expected the grid of channel 0 {str(first.path)!r} (shape "
+                f"{list(first.array.shape)}), found shape {list(volume.array.shape)} and another affine"
+            )
     return Volume(np.stack([v.array for v in volumes]), first.affine, first.path)
 
 
@@ -196,8 +206,10 @@ def check_intensities(array: np.ndarray, path: str | os.PathLike[str] = "<array>
         InputError: complex dtype, or non-finite voxels (how many, and of which kind).
     """
     if array.dtype.kind == "c":
-        raise InputError(f"{str(path)!r}: voxels are {array.dtype} (complex); expected real intensities",
-                         hint="store the magnitude (or the channel you mean) as a real image")
+        raise InputError(
+            f"{str(path)!r}: voxels are {array.dtype} (complex); expected real intensities",
+            hint="store the magnitude (or the channel you mean) as a real image",
+        )
     if array.dtype.kind not in "biuf":
         raise InputError(f"{str(path)!r}: voxels are {array.dtype}; expected a numeric image")
     if array.dtype.kind == "f":
@@ -205,8 +217,10 @@ def check_intensities(array: np.ndarray, path: str | os.PathLike[str] = "<array>
         if not finite.all():
             nan = int(np.isnan(array).sum())
             inf = int((~finite).sum()) - nan
-            raise InputError(f"{str(path)!r}: {nan} NaN and {inf} ±Inf voxels; expected finite intensities",
-                             hint="replace them (e.g. with the background value) before segmenting")
+            raise InputError(
+                f"{str(path)!r}: {nan} NaN and {inf} ±Inf voxels; expected finite intensities",
+                hint="replace them (e.g. with the background value) before segmenting",
+            )
     return array
 
 
@@ -245,7 +259,9 @@ def as_label(array: np.ndarray, path: str | os.PathLike[str] = "<array>") -> np.
     if array.dtype.kind == "f":
         finite = np.isfinite(array)
         if not finite.all():
-            raise InputError(f"{str(path)!r}: label map has {int((~finite).sum())} NaN/Inf voxels; expected integer labels")
+            raise InputError(
+                f"{str(path)!r}: label map has {int((~finite).sum())} NaN/Inf voxels; expected integer labels"
+            )
         fractional = array != np.round(array)
         if fractional.any():
             example = float(array[fractional].flat[0])
@@ -272,7 +288,9 @@ def sitk_affine(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
     return LPS_TO_RAS @ affine
 
 
-_UMASK = os.umask(0)  # read once, at import (setting it back at once); reading it later would race with threads
+_UMASK = os.umask(
+    0
+)  # read once, at import (setting it back at once); reading it later would race with threads
 os.umask(_UMASK)
 
 
@@ -292,15 +310,21 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     except OSError as error:
         blocking = next((p for p in target.parents if p.is_file()), None)
         found = f"{str(blocking)!r} is a file" if blocking is not None else (error.strerror or str(error))
-        raise OutputError(f"{str(target)!r}: could not create its folder {str(target.parent)!r} ({found})",
-                          errno=error.errno) from error
+        raise OutputError(
+            f"{str(target)!r}: could not create its folder {str(target.parent)!r} ({found})",
+            errno=error.errno,
+        ) from error
     suffix = volume_suffix(target) or target.suffix
     try:
         # The writer's pid in the name lets remove_stale_temporaries tell a killed run's leftovers from a live one's.
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}-", suffix=f".tmp{suffix}", dir=target.parent)
+        handle, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.{os.getpid()}-", suffix=f".tmp{suffix}", dir=target.parent
+        )
     except OSError as error:
-        raise OutputError(f"{str(target)!r}: could not write in {str(target.parent)!r} ({error.strerror or error})",
-                          errno=error.errno) from error
+        raise OutputError(
+            f"{str(target)!r}: could not write in {str(target.parent)!r} ({error.strerror or error})",
+            errno=error.errno,
+        ) from error
     os.close(handle)
     tmp = Path(tmp_name)
     try:
@@ -312,9 +336,11 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         except OSError as error:
             if error.errno is None:
                 raise
-            raise OutputError(f"{str(target)!r}: could not be written ({error.strerror or error})",
-                              hint="free disk space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else None,
-                              errno=error.errno) from error
+            raise OutputError(
+                f"{str(target)!r}: could not be written ({error.strerror or error})",
+                hint="free disk space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else None,
+                errno=error.errno,
+            ) from error
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -453,8 +479,10 @@ def write_volume(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[
             sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as error:  # ITK reports a full disk or a permission problem as a RuntimeError
             space = "No space left" in str(error) or "disk" in str(error).lower()
-            raise OutputError(f"{str(path)!r}: could not be written ({itk_reason(error)})",
-                              errno=errno.ENOSPC if space else None) from error
+            raise OutputError(
+                f"{str(path)!r}: could not be written ({itk_reason(error)})",
+                errno=errno.ENOSPC if space else None,
+            ) from error
     return Path(path)
 
 
@@ -554,7 +582,9 @@ def read_geometry(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.nda
     except InputError:
         raise
     except Exception as error:  # nibabel and SimpleITK raise many unrelated types for bad headers
-        raise InputError(f"{str(path)!r}: could not read the image header ({with_native_reason(itk_reason(error), native)})") from error
+        raise InputError(
+            f"{str(path)!r}: could not read the image header ({with_native_reason(itk_reason(error), native)})"
+        ) from error
     check_affine(path, affine)
     return shape, affine
 
@@ -582,7 +612,11 @@ class VolumeReader(ImageReader):
     def read(self, data: Sequence[os.PathLike[str] | str] | os.PathLike[str] | str, **kwargs: Any) -> Volume:
         names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
         if self.channels and not self.label and names:
-            return load_channels(names) if len(names) > 1 else load_volume(names[0], series_uid=self.series_uid, channels=True)
+            return (
+                load_channels(names)
+                if len(names) > 1
+                else load_volume(names[0], series_uid=self.series_uid, channels=True)
+            )
         if len(names) != 1:
             raise InputError(f"{names!r}: VolumeReader reads one volume (a file or a DICOM folder) at a time")
         return load_volume(names[0], label=self.label, series_uid=self.series_uid)
@@ -638,17 +672,23 @@ class LoadVolumed(MapTransform):
             reader = self._label if is_label else self._image
             source = d[key]
             if not is_label and self.channels == 1 and isinstance(source, (list, tuple)) and len(source) > 1:
-                raise InputError(f"{str(source[0])!r}: expected one image file per case (a 1-channel bundle), found "
-                                 f"{len(source)} channel files")
+                raise InputError(
+                    f"{str(source[0])!r}: expected one image file per case (a 1-channel bundle), found "
+                    f"{len(source)} channel files"
+                )
             array, meta = reader.get_data(reader.read(source))
             found = array.shape[0] if array.ndim == 4 else 1
             if not is_label and self.channels > 1 and found != self.channels:
                 first = source[0] if isinstance(source, (list, tuple)) else source
-                raise InputError(f"{str(first)!r}: expected {self.channels} channels (a 4D image or one file per channel), "
-                                 f"found {found}")
+                raise InputError(
+                    f"{str(first)!r}: expected {self.channels} channels (a 4D image or one file per channel), "
+                    f"found {found}"
+                )
             if not is_label:
                 array = array.astype(self.image_dtype, copy=False)
-            if isinstance(source, (list, tuple)):  # one file per channel: named by channel 0, the case without _0000
+            if isinstance(
+                source, (list, tuple)
+            ):  # one file per channel: named by channel 0, the case without _0000
                 meta["filename_or_obj"] = str(source[0])
                 meta["case_id"] = re.sub(r"_\d{4}$", "", case_id(source[0]))
             else:
@@ -658,7 +698,12 @@ class LoadVolumed(MapTransform):
 
 
 def place_on_grid(
-    array: np.ndarray, affine: np.ndarray, shape: Sequence[int], target_affine: np.ndarray, *, path: str | os.PathLike[str],
+    array: np.ndarray,
+    affine: np.ndarray,
+    shape: Sequence[int],
+    target_affine: np.ndarray,
+    *,
+    path: str | os.PathLike[str],
     tolerance: float = 1e-2,
 ) -> np.ndarray:
     """A label map stored on its own lattice (cropped, flipped, axes permuted) placed exactly on a target grid.
@@ -676,15 +721,24 @@ def place_on_grid(
     relative = np.linalg.solve(target[:3, :3], source[:3, :3])
     rounded = np.round(relative)
     permutation = np.abs(rounded).argmax(axis=0)
-    describe = (f"its grid (spacing {np.round(np.linalg.norm(source[:3, :3], axis=0), 4).tolist()} mm) vs the image's "
-                f"(spacing {np.round(np.linalg.norm(target[:3, :3], axis=0), 4).tolist()} mm, shape {list(shape)})")
-    if (np.abs(relative - rounded).max() > 1e-3 or sorted(permutation.tolist()) != [0, 1, 2]
-            or not np.array_equal(np.abs(rounded).sum(axis=0), np.ones(3))):
-        raise GeometryError(f"{str(path)!r}: expected a label map on the image's voxel grid, found another lattice: {describe}")
+    describe = (
+        f"its grid (spacing {np.round(np.linalg.norm(source[:3, :3], axis=0), 4).tolist()} mm) vs the image's "
+        f"(spacing {np.round(np.linalg.norm(target[:3, :3], axis=0), 4).tolist()} mm, shape {list(shape)})"
+    )
+    if (
+        np.abs(relative - rounded).max() > 1e-3
+        or sorted(permutation.tolist()) != [0, 1, 2]
+        or not np.array_equal(np.abs(rounded).sum(axis=0), np.ones(3))
+    ):
+        raise GeometryError(
+            f"{str(path)!r}: expected a label map on the image's voxel grid, found another lattice: {describe}"
+        )
     start = np.linalg.solve(target, source[:, 3])[:3]
     if np.abs(start - np.round(start)).max() > tolerance:
-        raise GeometryError(f"{str(path)!r}: expected a label map on the image's voxel grid, found it shifted by "
-                            f"{np.round(start - np.round(start), 3).tolist()} voxels: {describe}")
+        raise GeometryError(
+            f"{str(path)!r}: expected a label map on the image's voxel grid, found it shifted by "
+            f"{np.round(start - np.round(start), 3).tolist()} voxels: {describe}"
+        )
     start = np.round(start).astype(int)
     order = [int(np.flatnonzero(permutation == axis)[0]) for axis in range(3)]
     placed = np.transpose(array, order)
@@ -699,8 +753,10 @@ def place_on_grid(
     inside = tuple(slice(int(a - b), int(c - b)) for a, b, c in zip(lo, low, hi, strict=True))
     kept = placed[inside] if np.all(hi > lo) else placed[:0, :0, :0]
     if int(np.count_nonzero(kept)) != int(np.count_nonzero(placed)):
-        raise GeometryError(f"{str(path)!r}: {int(np.count_nonzero(placed)) - int(np.count_nonzero(kept))} labelled voxels lie "
-                            f"outside the image: {describe}")
+        raise GeometryError(
+            f"{str(path)!r}: {int(np.count_nonzero(placed)) - int(np.count_nonzero(kept))} labelled voxels lie "
+            f"outside the image: {describe}"
+        )
     if np.all(hi > lo):
         out[tuple(slice(int(a), int(c)) for a, c in zip(lo, hi, strict=True))] = kept
     return out

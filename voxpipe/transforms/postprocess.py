@@ -53,8 +53,14 @@ def postprocess_labels(
     out = np.array(label, copy=True)
     box = foreground_box(out)
     if box is not None:
-        _postprocess_in_place(out[box], voxel_mm3=voxel_mm3, fill_holes=fill_holes, largest=largest, inside=inside,
-                              min_size_mm3=min_size_mm3)
+        _postprocess_in_place(
+            out[box],
+            voxel_mm3=voxel_mm3,
+            fill_holes=fill_holes,
+            largest=largest,
+            inside=inside,
+            min_size_mm3=min_size_mm3,
+        )
     return out
 
 
@@ -65,14 +71,21 @@ def foreground_box(label: np.ndarray, margin: int | Sequence[int] = 1) -> tuple[
     Component labelling and morphology inside this box (grown by one voxel) give the same result as
     on the whole array at a fraction of the memory (scipy's int32 component maps are 4 bytes per voxel).
     """
-    margins = [int(margin)] * label.ndim if isinstance(margin, (int, np.integer)) else [int(m) for m in margin]
+    margins = (
+        [int(margin)] * label.ndim if isinstance(margin, (int, np.integer)) else [int(m) for m in margin]
+    )
     box = []
     for axis in range(label.ndim):
         others = tuple(a for a in range(label.ndim) if a != axis)
         hits = np.flatnonzero(np.any(label, axis=others))
         if hits.size == 0:
             return None
-        box.append(slice(max(int(hits[0]) - margins[axis], 0), min(int(hits[-1]) + 1 + margins[axis], label.shape[axis])))
+        box.append(
+            slice(
+                max(int(hits[0]) - margins[axis], 0),
+                min(int(hits[-1]) + 1 + margins[axis], label.shape[axis]),
+            )
+        )
     return tuple(box)
 
 
@@ -172,7 +185,11 @@ class PostProcessd(MapTransform):
             result = result[None] if squeeze else result
             if isinstance(pred, torch.Tensor):
                 out = torch.as_tensor(result.astype(array.dtype, copy=False))
-                d[key] = MetaTensor(out, meta=pred.meta, applied_operations=pred.applied_operations) if isinstance(pred, MetaTensor) else out
+                d[key] = (
+                    MetaTensor(out, meta=pred.meta, applied_operations=pred.applied_operations)
+                    if isinstance(pred, MetaTensor)
+                    else out
+                )
             else:
                 d[key] = result.astype(array.dtype)
         return d

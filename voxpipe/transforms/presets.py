@@ -93,19 +93,39 @@ def preprocessing(
     chain: list[Any] = []
     if load:
         chain.append(LoadVolumed(keys, label_keys=labels, allow_missing_keys=True))
-    chain += [EnsureChannelFirstd(keys, allow_missing_keys=True), Orientationd(keys, axcodes="RAS", allow_missing_keys=True)]
+    chain += [
+        EnsureChannelFirstd(keys, allow_missing_keys=True),
+        Orientationd(keys, axcodes="RAS", allow_missing_keys=True),
+    ]
     if isinstance(spacing, str):
         if spacing != "auto" or fingerprint is None:
-            raise InputError(f"spacing: expected mm values, None, or 'auto' with a fingerprint, found {spacing!r}")
+            raise InputError(
+                f"spacing: expected mm values, None, or 'auto' with a fingerprint, found {spacing!r}"
+            )
         spacing = fingerprint["suggested"]["spacing"]
     if spacing is not None:
-        chain.append(Spacingd(keys, pixdim=[float(v) for v in spacing], mode=["bilinear"] + ["nearest"] * len(labels),
-                              allow_missing_keys=True))
+        chain.append(
+            Spacingd(
+                keys,
+                pixdim=[float(v) for v in spacing],
+                mode=["bilinear"] + ["nearest"] * len(labels),
+                allow_missing_keys=True,
+            )
+        )
     modality = "mri" if name == "mri" else "ct"
     if crop_foreground:
-        chain.append(CropForegroundd(keys, source_key=image_key, select_fn=_above(_BODY_THRESHOLD[modality]), margin=2,
-                                     allow_smaller=True, start_coord_key=None, end_coord_key=None,
-                                     allow_missing_keys=True))
+        chain.append(
+            CropForegroundd(
+                keys,
+                source_key=image_key,
+                select_fn=_above(_BODY_THRESHOLD[modality]),
+                margin=2,
+                allow_smaller=True,
+                start_coord_key=None,
+                end_coord_key=None,
+                allow_missing_keys=True,
+            )
+        )
     if modality == "mri":
         chain.append(mri_zscore(image_key))
     else:
@@ -115,15 +135,28 @@ def preprocessing(
 
 
 def patch_sampling(
-    patch_size: Sequence[int], *, image_key: str = "image", label_key: str = "label", pos: float = 1.0, neg: float = 1.0,
+    patch_size: Sequence[int],
+    *,
+    image_key: str = "image",
+    label_key: str = "label",
+    pos: float = 1.0,
+    neg: float = 1.0,
     num_samples: int = 2,
 ) -> list[Any]:
     """Pad to ``patch_size`` and sample ``num_samples`` patches, centred on foreground with odds pos : neg."""
     keys = [image_key, label_key]
     return [
         SpatialPadd(keys, spatial_size=list(patch_size)),
-        RandCropByPosNegLabeld(keys, label_key=label_key, spatial_size=list(patch_size), pos=pos, neg=neg,
-                               num_samples=num_samples, image_key=image_key, image_threshold=0),
+        RandCropByPosNegLabeld(
+            keys,
+            label_key=label_key,
+            spatial_size=list(patch_size),
+            pos=pos,
+            neg=neg,
+            num_samples=num_samples,
+            image_key=image_key,
+            image_threshold=0,
+        ),
     ]
 
 

@@ -49,12 +49,16 @@ def finetune(
     finals = sorted((root / "labels" / "final").glob("*.nii.gz"))
     cases = {p.name[: -len(".nii.gz")]: p for p in finals if p.name[: -len(".nii.gz")] in manifest["cases"]}
     if not cases:
-        raise InputError(f"{str(root / 'labels' / 'final')!r}: expected corrected labels (run `voxpipe annotate ingest` "
-                         "first), found none")
+        raise InputError(
+            f"{str(root / 'labels' / 'final')!r}: expected corrected labels (run `voxpipe annotate ingest` "
+            "first), found none"
+        )
     start = weights or manifest.get("weights")
     if not start or not Path(start).is_file():
-        raise InputError(f"{start!r}: expected the weights to fine-tune from, found no file",
-                         hint="pass --weights FILE (the model that made the pre-labels)")
+        raise InputError(
+            f"{start!r}: expected the weights to fine-tune from, found no file",
+            hint="pass --weights FILE (the model that made the pre-labels)",
+        )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["case", "image", "label"])
@@ -63,12 +67,24 @@ def finetune(
     datalist = write_text_atomic(root / "finetune.csv", buffer.getvalue())
     out = Path(output_dir)
     values = {
-        "dataset_dir": str(datalist.resolve()), "output_dir": str(out.resolve()), "pretrained_weights": str(Path(start).resolve()),
-        "max_epochs": int(max_epochs), **manifest.get("overrides", {}), **(overrides or {}),
-    }  # fmt: skip
-    if len(cases) < 5:  # the default 20% validation part would be empty or one case: validate on the training cases
+        "dataset_dir": str(datalist.resolve()),
+        "output_dir": str(out.resolve()),
+        "pretrained_weights": str(Path(start).resolve()),
+        "max_epochs": int(max_epochs),
+        **manifest.get("overrides", {}),
+        **(overrides or {}),
+    }
+    if (
+        len(cases) < 5
+    ):  # the default 20% validation part would be empty or one case: validate on the training cases
         values.setdefault("val_fraction", 0.0)
-    logger.info("fine-tuning %s on %d corrected case(s) from %s for %d epochs", Path(bundle).name, len(cases), start, max_epochs)
+    logger.info(
+        "fine-tuning %s on %d corrected case(s) from %s for %d epochs",
+        Path(bundle).name,
+        len(cases),
+        start,
+        max_epochs,
+    )
     run_bundle(bundle, config="train", overrides=values)
     trained = out / "models" / "model_final.pt"
     if not trained.is_file():

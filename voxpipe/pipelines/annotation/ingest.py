@@ -56,7 +56,9 @@ def _find_correction(folder: Path, case: str) -> Path | None:
     return None
 
 
-def read_correction(path: Path, *, names: Mapping[int, str], shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+def read_correction(
+    path: Path, *, names: Mapping[int, str], shape: tuple[int, ...], affine: np.ndarray
+) -> np.ndarray:
     """A correction file as a label map of the bundle's values on the image grid (``shape``, ``affine``).
 
     Raises:
@@ -73,8 +75,11 @@ def read_correction(path: Path, *, names: Mapping[int, str], shape: tuple[int, .
         """The bundle's label value for a segment name; an unknown name is refused unless its segment is empty."""
         value = by_name.get(str(name).strip().casefold())
         if value is None and present:
-            raise InputError(f"{str(path)!r}: segment {name!r} is not a structure of this bundle; expected "
-                             f"segments named {expected}", hint="rename the segment in Slicer, or delete it")
+            raise InputError(
+                f"{str(path)!r}: segment {name!r} is not a structure of this bundle; expected "
+                f"segments named {expected}",
+                hint="rename the segment in Slicer, or delete it",
+            )
         return value  # None: an empty segment the reviewer added and left empty
 
     def remap(own: np.ndarray, own_names: Mapping[int, str]) -> np.ndarray:
@@ -91,25 +96,32 @@ def read_correction(path: Path, *, names: Mapping[int, str], shape: tuple[int, .
         # Overlapping segments (Slicer allows them: a liver painted over its tumour) resolve by label value,
         # the higher wins: the MSD/LiTS convention of a tumour inside its organ.
         label = np.zeros(tuple(shape), dtype=np.uint16)
-        known = sorted(((values[n], m) for n, m in masks.items() if values[n] is not None), key=lambda item: item[0])
+        known = sorted(
+            ((values[n], m) for n, m in masks.items() if values[n] is not None), key=lambda item: item[0]
+        )
         for value, mask in known:
             label[place_on_grid(mask.astype(np.uint8), own_affine, shape, affine, path=path) > 0] = value
         return label
     if path.suffix.lower() == ".dcm":
         if not is_dicom_seg(path):
-            raise InputError(f"{str(path)!r}: expected a DICOM-SEG (Modality SEG), found another DICOM object or no DICOM")
+            raise InputError(
+                f"{str(path)!r}: expected a DICOM-SEG (Modality SEG), found another DICOM object or no DICOM"
+            )
         seg = read_seg(path)
         return remap(seg_to_label_map(seg, shape, affine), seg.labels)
     volume = load_volume(path, label=True)
     unknown = sorted(int(v) for v in np.unique(volume.array) if v and int(v) not in names)
     if unknown:
-        raise InputError(f"{str(path)!r}: label values {unknown} are not structures of this bundle; expected values "
-                         f"{sorted(int(v) for v in names)} ({expected})")
+        raise InputError(
+            f"{str(path)!r}: label values {unknown} are not structures of this bundle; expected values "
+            f"{sorted(int(v) for v in names)} ({expected})"
+        )
     return place_on_grid(volume.array.astype(np.uint16), volume.affine, shape, affine, path=path)
 
 
-def structure_effort(original: np.ndarray, final: np.ndarray, spacing: tuple[float, float, float], *,
-                     lesions: bool) -> dict[str, Any]:
+def structure_effort(
+    original: np.ndarray, final: np.ndarray, spacing: tuple[float, float, float], *, lesions: bool
+) -> dict[str, Any]:
     """How much one structure's mask changed between pre-label (``original``) and correction (``final``)."""
     from voxpipe.metrics.overlap import dice, volume_ml
     from voxpipe.metrics.surface import hausdorff, surface_distances
@@ -126,10 +138,13 @@ def structure_effort(original: np.ndarray, final: np.ndarray, spacing: tuple[flo
     row: dict[str, Any] = {
         "dice": 1.0 if both_empty else float(dice(o, f)),
         "hd95_mm": distance,
-        "volume_original_ml": volume_ml(o, spacing), "volume_final_ml": volume_ml(f, spacing),
-        "added_ml": volume_ml(f & ~o, spacing), "removed_ml": volume_ml(o & ~f, spacing),
-        "slices_touched": int(differs.any(axis=(0, 1)).sum()), "unchanged": not differs.any(),
-    }  # fmt: skip
+        "volume_original_ml": volume_ml(o, spacing),
+        "volume_final_ml": volume_ml(f, spacing),
+        "added_ml": volume_ml(f & ~o, spacing),
+        "removed_ml": volume_ml(o & ~f, spacing),
+        "slices_touched": int(differs.any(axis=(0, 1)).sum()),
+        "unchanged": not differs.any(),
+    }
     if lesions:
         row.update(lesion_edits(o, f))
     return row
@@ -149,8 +164,13 @@ def lesion_edits(original: np.ndarray, final: np.ndarray) -> dict[str, int]:
         touching = touching[touching > 0]
         if len(touching) and not np.array_equal(np.isin(o_labels, touching), component):
             changed += 1
-    return {"lesions_original": int(n_o), "lesions_final": int(n_f), "lesions_added": int(added),
-            "lesions_removed": int(removed), "lesions_changed": int(changed)}
+    return {
+        "lesions_original": int(n_o),
+        "lesions_final": int(n_f),
+        "lesions_added": int(added),
+        "lesions_removed": int(removed),
+        "lesions_changed": int(changed),
+    }
 
 
 def ingest(workdir: str | os.PathLike[str], corrected_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -187,29 +207,48 @@ def ingest(workdir: str | os.PathLike[str], corrected_dir: str | os.PathLike[str
             logger.error("%s: not ingested (%s)", path, failures[case])
             continue
         write_label_like(original.array, prelabel_file, root / "labels" / "original" / f"{case}.nii.gz")
-        write_label_like(final.astype(original.array.dtype), prelabel_file, root / "labels" / "final" / f"{case}.nii.gz")
+        write_label_like(
+            final.astype(original.array.dtype), prelabel_file, root / "labels" / "final" / f"{case}.nii.gz"
+        )
         spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(original.affine)[:3, :3], axis=0))
         for value, name in sorted(names.items()):
             row = {"case": case, "structure": name, "correction": str(path)}
-            row.update(structure_effort(original.array == value, final == value, spacing, lesions=value in lesion_values))
+            row.update(
+                structure_effort(
+                    original.array == value, final == value, spacing, lesions=value in lesion_values
+                )
+            )
             rows.append(row)
         entry["correction"] = str(path.resolve())
     known = set(manifest["cases"])
-    strangers = sorted(p.name for p in corrected.iterdir() if p.is_file() and not any(
-        p.name == f"{c}{s}" for c in known for s in CORRECTION_SUFFIXES) and not p.name.startswith("."))
+    strangers = sorted(
+        p.name
+        for p in corrected.iterdir()
+        if p.is_file()
+        and not any(p.name == f"{c}{s}" for c in known for s in CORRECTION_SUFFIXES)
+        and not p.name.startswith(".")
+    )
     if strangers:
-        logger.warning("%s: files that match no case of the work folder were ignored: %s", corrected, ", ".join(strangers))
+        logger.warning(
+            "%s: files that match no case of the work folder were ignored: %s",
+            corrected,
+            ", ".join(strangers),
+        )
     if not rows and not failures:
-        raise InputError(f"{str(corrected)!r}: expected corrections named <case>{{{', '.join(CORRECTION_SUFFIXES)}}} for the "
-                         f"cases {sorted(known)}, found none")
+        raise InputError(
+            f"{str(corrected)!r}: expected corrections named <case>{{{', '.join(CORRECTION_SUFFIXES)}}} for the "
+            f"cases {sorted(known)}, found none"
+        )
     summary = _summary(rows, names, n_cases=len({r["case"] for r in rows}), missing=missing)
     _write_report(root, rows, summary)
     write_text_atomic(root / "annotation.json", json.dumps(manifest, indent=2) + "\n")
     result = {"rows": rows, "summary": summary, "missing": missing, "failures": failures}
     if failures:
         listing = "\n  ".join(f"{case}: {reason}" for case, reason in failures.items())
-        raise IngestFailed(f"{len(failures)} correction(s) refused (the other {summary['cases']} were ingested):\n  {listing}",
-                           failures=failures)
+        raise IngestFailed(
+            f"{len(failures)} correction(s) refused (the other {summary['cases']} were ingested):\n  {listing}",
+            failures=failures,
+        )
     return result
 
 
@@ -229,7 +268,9 @@ def _median(values: list[float]) -> float | None:
     return float(stats.median(finite)) if finite else None
 
 
-def _summary(rows: list[dict[str, Any]], names: Mapping[int, str], *, n_cases: int, missing: list[str]) -> dict[str, Any]:
+def _summary(
+    rows: list[dict[str, Any]], names: Mapping[int, str], *, n_cases: int, missing: list[str]
+) -> dict[str, Any]:
     cases: dict[str, bool] = {}
     for row in rows:
         cases[row["case"]] = cases.get(row["case"], True) and row["unchanged"]
@@ -237,19 +278,24 @@ def _summary(rows: list[dict[str, Any]], names: Mapping[int, str], *, n_cases: i
     for name in (names[v] for v in sorted(names)):
         mine = [r for r in rows if r["structure"] == name]
         per_structure[name] = {
-            "median_dice": _median([r["dice"] for r in mine]), "median_hd95_mm": _median([r["hd95_mm"] for r in mine]),
+            "median_dice": _median([r["dice"] for r in mine]),
+            "median_hd95_mm": _median([r["hd95_mm"] for r in mine]),
             "median_added_ml": _median([r["added_ml"] for r in mine]),
             "median_removed_ml": _median([r["removed_ml"] for r in mine]),
             "median_slices_touched": _median([r["slices_touched"] for r in mine]),
             "accepted_unchanged": sum(r["unchanged"] for r in mine),
-        }  # fmt: skip
+        }
         if mine and "lesions_added" in mine[0]:
             for key in ("lesions_added", "lesions_removed", "lesions_changed"):
                 per_structure[name][key] = int(sum(r[key] for r in mine))
     unchanged = sum(cases.values())
-    return {"cases": n_cases, "cases_accepted_unchanged": unchanged,
-            "share_accepted_unchanged": unchanged / n_cases if n_cases else None,
-            "not_corrected_yet": missing, "structures": per_structure}
+    return {
+        "cases": n_cases,
+        "cases_accepted_unchanged": unchanged,
+        "share_accepted_unchanged": unchanged / n_cases if n_cases else None,
+        "not_corrected_yet": missing,
+        "structures": per_structure,
+    }
 
 
 def _format(value: Any) -> str:
@@ -263,22 +309,32 @@ def _format(value: Any) -> str:
 def _write_report(root: Path, rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> None:
     from voxpipe.pipelines.training.handlers import rows_to_csv
 
-    write_text_atomic(root / "edit_effort.csv", rows_to_csv([{k: _format(v) for k, v in row.items()} for row in rows]))
+    write_text_atomic(
+        root / "edit_effort.csv", rows_to_csv([{k: _format(v) for k, v in row.items()} for row in rows])
+    )
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    write_text_atomic(root / "edit_effort.json", json.dumps({"summary": summary, "cases": rows}, indent=2) + "\n")
+    write_text_atomic(
+        root / "edit_effort.json", json.dumps({"summary": summary, "cases": rows}, indent=2) + "\n"
+    )
     shown = [c for c in columns if c != "correction"]
-    table = "".join("<tr>" + "".join(f"<td>{html.escape(_format(row.get(c)))}</td>" for c in shown) + "</tr>" for row in rows)
+    table = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_format(row.get(c)))}</td>" for c in shown) + "</tr>"
+        for row in rows
+    )
     structures = "".join(
-        f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in figures.values()) + "</tr>"
-        for name, figures in summary["structures"].items())
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(f"<td>{html.escape(_format(v))}</td>" for v in figures.values())
+        + "</tr>"
+        for name, figures in summary["structures"].items()
+    )
     heads = next(iter(summary["structures"].values()), {})
     share = summary["share_accepted_unchanged"]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>voxpipe edit effort</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{border:1px solid #ccc;
 padding:3px 7px;font-size:13px}}th{{background:#f3f3f3}}</style></head><body><h1>Edit effort</h1>
-<p>{summary['cases']} case(s) corrected; {summary['cases_accepted_unchanged']} accepted unchanged
-({'' if share is None else f'{100 * share:.0f}%'}); not corrected yet: {html.escape(', '.join(summary['not_corrected_yet']) or 'none')}.</p>
-<table><tr><th>structure</th>{''.join(f'<th>{html.escape(k)}</th>' for k in heads)}</tr>{structures}</table>
-<table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in shown)}</tr>{table}</table></body></html>
+<p>{summary["cases"]} case(s) corrected; {summary["cases_accepted_unchanged"]} accepted unchanged
+({"" if share is None else f"{100 * share:.0f}%"}); not corrected yet: {html.escape(", ".join(summary["not_corrected_yet"]) or "none")}.</p>
+<table><tr><th>structure</th>{"".join(f"<th>{html.escape(k)}</th>" for k in heads)}</tr>{structures}</table>
+<table><tr>{"".join(f"<th>{html.escape(c)}</th>" for c in shown)}</tr>{table}</table></body></html>
 """
     write_text_atomic(root / "edit_effort.html", page)

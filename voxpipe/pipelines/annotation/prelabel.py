@@ -49,11 +49,15 @@ def read_manifest(workdir: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(workdir) / MANIFEST
     if not path.is_file():
-        raise InputError(f"{str(path)!r}: expected the work folder of `voxpipe annotate prelabel`, found no {MANIFEST}")
+        raise InputError(
+            f"{str(path)!r}: expected the work folder of `voxpipe annotate prelabel`, found no {MANIFEST}"
+        )
     try:
         return json.loads(path.read_text())
     except ValueError as error:
-        raise InputError(f"{str(path)!r}: expected JSON, found a file that does not parse ({error})") from error
+        raise InputError(
+            f"{str(path)!r}: expected JSON, found a file that does not parse ({error})"
+        ) from error
 
 
 def prelabel(
@@ -93,19 +97,36 @@ def prelabel(
         raise InputError(f"--strategy: expected one of {', '.join(STRATEGIES)}, found {strategy!r}")
     root = Path(workdir)
     images = collect_inputs(inputs)
-    done = {case_id(p) for p in (root / "labels" / "final").glob("*.nii.gz")} if (root / "labels" / "final").is_dir() else set()
+    done = (
+        {case_id(p) for p in (root / "labels" / "final").glob("*.nii.gz")}
+        if (root / "labels" / "final").is_dir()
+        else set()
+    )
     todo = [p for p in images if case_id(p) not in done]
     out = root / "prelabel"
     failures: dict[str, str] = {}
     if todo:
         try:
-            infer_with_bundle(bundle, todo, output_dir=out, weights=weights, overrides=overrides, tta=tta,
-                              save_probabilities=True, dicom_seg=any(p.is_dir() for p in todo), progress=False, safe=safe,
-                              precision=precision, device=device)
+            infer_with_bundle(
+                bundle,
+                todo,
+                output_dir=out,
+                weights=weights,
+                overrides=overrides,
+                tta=tta,
+                save_probabilities=True,
+                dicom_seg=any(p.is_dir() for p in todo),
+                progress=False,
+                safe=safe,
+                precision=precision,
+                device=device,
+            )
         except InferenceFailed as error:
             failures = dict(error.failures)
     names = label_names(bundle)
-    statistics = json.loads((out / "statistics.json").read_text()) if (out / "statistics.json").is_file() else {}
+    statistics = (
+        json.loads((out / "statistics.json").read_text()) if (out / "statistics.json").is_file() else {}
+    )
     rows = []
     for image in (p for p in todo if str(p) not in failures):
         case = case_id(image)
@@ -119,30 +140,50 @@ def prelabel(
             probabilities_file.unlink()
         thumbnail = _thumbnail(image, label.array, label.affine, figures, root / "thumbnails" / f"{case}.png")
         row = {
-            "case": case, "image": str(image.resolve()), "prelabel": str(seg_file.relative_to(root)),
-            "mean_entropy": round(figures["mean_entropy"], 6), "uncertain_fraction": round(figures["uncertain_fraction"], 6),
-            "worst_slice": figures["worst_slice"], "thumbnail": str(thumbnail.relative_to(root)),
-        }  # fmt: skip
+            "case": case,
+            "image": str(image.resolve()),
+            "prelabel": str(seg_file.relative_to(root)),
+            "mean_entropy": round(figures["mean_entropy"], 6),
+            "uncertain_fraction": round(figures["uncertain_fraction"], 6),
+            "worst_slice": figures["worst_slice"],
+            "thumbnail": str(thumbnail.relative_to(root)),
+        }
         for name, fields in statistics.get(case, {}).items():
             row[f"{name}_ml"] = round(float(fields.get("volume_ml", 0.0)), 3)
         rows.append(row)
     rows = _ranked(rows, strategy, seed)
     manifest_path = root / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"round": 0, "cases": {}}
-    manifest.update({
-        "bundle": str(Path(bundle).resolve()), "weights": str(Path(weights).resolve()) if weights else None,
-        "overrides": dict(overrides or {}), "names": {str(k): v for k, v in names.items()}, "strategy": strategy,
-        "seed": seed, "tta": tta, "round": int(manifest.get("round", 0)) + 1,
-    })  # fmt: skip
+    manifest.update(
+        {
+            "bundle": str(Path(bundle).resolve()),
+            "weights": str(Path(weights).resolve()) if weights else None,
+            "overrides": dict(overrides or {}),
+            "names": {str(k): v for k, v in names.items()},
+            "strategy": strategy,
+            "seed": seed,
+            "tta": tta,
+            "round": int(manifest.get("round", 0)) + 1,
+        }
+    )
     for row in rows:
-        manifest["cases"][row["case"]] = {"image": row["image"], "label": f"prelabel/{row['case']}.nii.gz",
-                                          "seg_nrrd": row["prelabel"]}
+        manifest["cases"][row["case"]] = {
+            "image": row["image"],
+            "label": f"prelabel/{row['case']}.nii.gz",
+            "seg_nrrd": row["prelabel"],
+        }
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
-    _write_worklist(root, rows, strategy=strategy, done=sorted(done), failures=failures, round_=manifest["round"], tta=tta)
+    _write_worklist(
+        root, rows, strategy=strategy, done=sorted(done), failures=failures, round_=manifest["round"], tta=tta
+    )
     if failures:
         listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures.items())
-        raise InferenceFailed(f"{len(failures)} of {len(todo)} cases failed (the others are in {str(root / 'worklist.csv')!r}):"
-                              f"\n  {listing}", outputs=[], failures=failures)
+        raise InferenceFailed(
+            f"{len(failures)} of {len(todo)} cases failed (the others are in {str(root / 'worklist.csv')!r}):"
+            f"\n  {listing}",
+            outputs=[],
+            failures=failures,
+        )
     return rows
 
 
@@ -158,7 +199,9 @@ def _ranked(rows: list[dict[str, Any]], strategy: str, seed: int) -> list[dict[s
     return [{"rank": r.pop("rank"), **r} for r in rows]
 
 
-def _thumbnail(image: Path, label: np.ndarray, affine: np.ndarray, figures: dict[str, Any], path: Path) -> Path:
+def _thumbnail(
+    image: Path, label: np.ndarray, affine: np.ndarray, figures: dict[str, Any], path: Path
+) -> Path:
     """Two panels of the most uncertain axial slice, in radiological convention (patient's right on the left,
     anterior up): the image (CT window) with the pre-label's contours, and the entropy. Sets
     ``figures["worst_slice"]`` to that slice's index along the inferior → superior axis."""
@@ -182,12 +225,18 @@ def _thumbnail(image: Path, label: np.ndarray, affine: np.ndarray, figures: dict
         plane = np.asarray(to_ras(volume)[:, :, z], dtype=np.float32) if volume.shape == label.shape else None
     except InputError:
         plane = None
-    view = lambda a: np.flipud(np.asarray(a).T)[:, ::-1]  # rows: anterior at the top; columns: patient's right on the left  # noqa: E731
+
+    def view(a):  # rows: anterior at the top; columns: patient's right on the left
+        return np.flipud(np.asarray(a).T)[:, ::-1]
+
     figure, axes = plt.subplots(1, 2, figsize=(4.8, 2.4), dpi=80)
     if plane is not None:
         axes[0].imshow(view(np.clip(plane, -160, 240)), cmap="gray")
-    for value, colour in zip(sorted(int(v) for v in np.unique(label_ras[:, :, z]) if v), ("#f5a623", "#d0021b", "#4a90e2", "#7ed321"),
-                             strict=False):
+    for value, colour in zip(
+        sorted(int(v) for v in np.unique(label_ras[:, :, z]) if v),
+        ("#f5a623", "#d0021b", "#4a90e2", "#7ed321"),
+        strict=False,
+    ):
         axes[0].contour(view(label_ras[:, :, z] == value), levels=[0.5], colors=colour, linewidths=1.0)
     axes[1].imshow(view(entropy_ras[:, :, z]), cmap="magma", vmin=0, vmax=1)
     axes[0].set_title(f"axial slice {z}", fontsize=8)
@@ -201,8 +250,16 @@ def _thumbnail(image: Path, label: np.ndarray, affine: np.ndarray, figures: dict
     return path
 
 
-def _write_worklist(root: Path, rows: list[dict[str, Any]], *, strategy: str, done: list[str], failures: Mapping[str, str],
-                    round_: int, tta: bool = True) -> None:
+def _write_worklist(
+    root: Path,
+    rows: list[dict[str, Any]],
+    *,
+    strategy: str,
+    done: list[str],
+    failures: Mapping[str, str],
+    round_: int,
+    tta: bool = True,
+) -> None:
     from voxpipe.pipelines.training.handlers import rows_to_csv
 
     write_text_atomic(root / "worklist.csv", rows_to_csv(rows) if rows else "rank,case\n")
@@ -214,17 +271,24 @@ def _write_worklist(root: Path, rows: list[dict[str, Any]], *, strategy: str, do
         body.append(
             f"<tr><td>{row['rank']}</td><td><b>{html.escape(row['case'])}</b><br><small>{html.escape(row['image'])}</small></td>"
             f"<td>{row['mean_entropy']:.3f}</td><td>{100 * row['uncertain_fraction']:.1f}%</td>{volumes}"
-            f"<td><a href=\"{html.escape(row['prelabel'])}\">{html.escape(Path(row['prelabel']).name)}</a></td>"
-            f"<td><img src=\"{html.escape(row['thumbnail'])}\" alt=\"slice {row['worst_slice']}\"></td></tr>"
+            f'<td><a href="{html.escape(row["prelabel"])}">{html.escape(Path(row["prelabel"]).name)}</a></td>'
+            f'<td><img src="{html.escape(row["thumbnail"])}" alt="slice {row["worst_slice"]}"></td></tr>'
         )
     extra = ""
     if done:
         extra += f"<p>Already corrected (not listed): {html.escape(', '.join(done))}</p>"
     if failures:
-        extra += "<p>Failed:</p><ul>" + "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in failures.items()) + "</ul>"
+        extra += (
+            "<p>Failed:</p><ul>"
+            + "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in failures.items())
+            + "</ul>"
+        )
     source = "flip-TTA probabilities" if tta else "probabilities (no TTA)"
-    order = {"uncertainty": f"most uncertain first (mean normalised entropy of the {source} inside the possible foreground)",
-             "random": "seeded random order", "first": "input order"}[strategy]
+    order = {
+        "uncertainty": f"most uncertain first (mean normalised entropy of the {source} inside the possible foreground)",
+        "random": "seeded random order",
+        "first": "input order",
+    }[strategy]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>voxpipe worklist</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;
 vertical-align:middle;font-size:14px}}th{{background:#f3f3f3}}small{{color:#777}}</style></head><body>
@@ -232,7 +296,7 @@ vertical-align:middle;font-size:14px}}th{{background:#f3f3f3}}small{{color:#777}
 <p>{len(rows)} case(s) to review, {html.escape(order)}. Open the image and its <code>.seg.nrrd</code> in 3D Slicer,
 correct the segments in Segment Editor, save as <code>&lt;case&gt;.seg.nrrd</code> (or NIfTI / DICOM-SEG) into one folder, then
 run <code>voxpipe annotate ingest</code>.</p>{extra}
-<table><tr><th>rank</th><th>case</th><th>mean entropy</th><th>uncertain</th>{''.join(f'<th>{html.escape(c[:-3])} (mL)</th>' for c in volume_columns)}
+<table><tr><th>rank</th><th>case</th><th>mean entropy</th><th>uncertain</th>{"".join(f"<th>{html.escape(c[:-3])} (mL)</th>" for c in volume_columns)}
 <th>pre-label</th><th>most uncertain slice</th></tr>
 {chr(10).join(body)}
 </table></body></html>

@@ -21,7 +21,9 @@ import numpy as np
 from voxpipe.transforms.io import case_id, load_volume
 
 
-def _dice_per_structure(work: Path, cases: Sequence[str], labels: Mapping[str, Path], names: Mapping[int, str]) -> dict[str, float]:
+def _dice_per_structure(
+    work: Path, cases: Sequence[str], labels: Mapping[str, Path], names: Mapping[int, str]
+) -> dict[str, float]:
     from voxpipe.metrics import dice
 
     scores: dict[str, list[float]] = {name: [] for name in names.values()}
@@ -71,9 +73,21 @@ def simulate_round(
         reference = load_volume(labels[case], label=True)
         write_slicer_seg(reference.array, reference.affine, reviewer / f"{case}.seg.nrrd", names=names)
     effort = ingest(root, reviewer)["summary"]
-    new_weights = finetune(root, bundle, root / "finetune", weights=weights, max_epochs=finetune_epochs,
-                           overrides=train_overrides)
+    new_weights = finetune(
+        root,
+        bundle,
+        root / "finetune",
+        weights=weights,
+        max_epochs=finetune_epochs,
+        overrides=train_overrides,
+    )
     prelabel(bundle, images, root, weights=new_weights, overrides=overrides, tta=tta)
     dice_after = _dice_per_structure(root, remaining, labels, names)
-    return {"corrected": corrected, "remaining": remaining, "dice_before": dice_before, "dice_after": dice_after,
-            "edit_effort": effort, "weights": str(new_weights)}
+    return {
+        "corrected": corrected,
+        "remaining": remaining,
+        "dice_before": dice_before,
+        "dice_after": dice_after,
+        "edit_effort": effort,
+        "weights": str(new_weights),
+    }

@@ -49,12 +49,16 @@ def find_config(bundle_dir: str | os.PathLike[str], config: str) -> Path:
     root = Path(bundle_dir)
     configs = root / "configs"
     if not configs.is_dir():
-        raise BundleError(f"{str(root)!r}: expected a MONAI bundle folder with a configs/ subfolder, found none")
+        raise BundleError(
+            f"{str(root)!r}: expected a MONAI bundle folder with a configs/ subfolder, found none"
+        )
     for suffix in CONFIG_SUFFIXES:
         candidate = configs / f"{config}{suffix}"
         if candidate.is_file():
             return candidate
-    available = sorted(p.stem for p in configs.iterdir() if p.suffix in CONFIG_SUFFIXES and p.stem != "metadata")
+    available = sorted(
+        p.stem for p in configs.iterdir() if p.suffix in CONFIG_SUFFIXES and p.stem != "metadata"
+    )
     raise BundleError(f"{str(configs)!r}: expected a config named {config!r}, found {available}")
 
 
@@ -153,7 +157,11 @@ def protect_paths(value: Any, *, key: str = "") -> Any:
         if "#" not in value or value[:1] in ("@", "$", "%"):
             return value
         named = bool(_PATH_KEY.search(re.split(r"#|::", key)[-1])) if key else False
-        looks_like_path = named or value.startswith(("/", "./", "../", "~")) or (os.sep in value and Path(value).parent.exists())
+        looks_like_path = (
+            named
+            or value.startswith(("/", "./", "../", "~"))
+            or (os.sep in value and Path(value).parent.exists())
+        )
         return Path(value) if looks_like_path else value
     if isinstance(value, list):
         return [protect_paths(v, key=key) for v in value]
@@ -162,7 +170,11 @@ def protect_paths(value: Any, *, key: str = "") -> Any:
     return value
 
 
-CHECKPOINT_LOADERS = ("CheckpointLoader", "monai.handlers.CheckpointLoader", "monai.handlers.checkpoint_loader.CheckpointLoader")
+CHECKPOINT_LOADERS = (
+    "CheckpointLoader",
+    "monai.handlers.CheckpointLoader",
+    "monai.handlers.checkpoint_loader.CheckpointLoader",
+)
 
 
 def checkpoint_loaders(config: Any, path: str = "") -> list[tuple[str, str]]:
@@ -172,10 +184,20 @@ def checkpoint_loaders(config: Any, path: str = "") -> list[tuple[str, str]]:
     ``checkpoint``; a literal or an expression gives the handler's own ``...#load_path`` id.
     """
     found: list[tuple[str, str]] = []
-    items = config.items() if isinstance(config, Mapping) else enumerate(config) if isinstance(config, list) else ()
+    items = (
+        config.items()
+        if isinstance(config, Mapping)
+        else enumerate(config)
+        if isinstance(config, list)
+        else ()
+    )
     for key, value in items:
         child = f"{path}#{key}" if path else str(key)
-        if isinstance(value, Mapping) and value.get("_target_") in CHECKPOINT_LOADERS and "load_path" in value:
+        if (
+            isinstance(value, Mapping)
+            and value.get("_target_") in CHECKPOINT_LOADERS
+            and "load_path" in value
+        ):
             load_path = value["load_path"]
             is_ref = isinstance(load_path, str) and load_path.startswith("@")
             found.append((child, load_path[1:] if is_ref else f"{child}#load_path"))
@@ -189,8 +211,12 @@ def weights_keys(config: Any) -> list[str]:
     return list(dict.fromkeys(key for _, key in checkpoint_loaders(config)))
 
 
-def bundle_network(bundle_dir: str | os.PathLike[str], *, config: str = "inference",
-                   overrides: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any], list[int] | None, list[str] | None]:  # fmt: skip
+def bundle_network(
+    bundle_dir: str | os.PathLike[str],
+    *,
+    config: str = "inference",
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[str, dict[str, Any], list[int] | None, list[str] | None]:
     """The registry name, resolved arguments, patch size and label names of a bundle's ``network_def``.
 
     Raises:
@@ -200,7 +226,9 @@ def bundle_network(bundle_dir: str | os.PathLike[str], *, config: str = "inferen
     parser.read_config(str(find_config(bundle_dir, config)))
     parser.update({"bundle_root": str(Path(bundle_dir).resolve()), **(overrides or {})})
     definition = parser.get("network_def")
-    if not isinstance(definition, Mapping) or not str(definition.get("_target_", "")).endswith("build_network"):
+    if not isinstance(definition, Mapping) or not str(definition.get("_target_", "")).endswith(
+        "build_network"
+    ):
         raise InputError(
             f"{str(bundle_dir)!r}: expected network_def with _target_ voxpipe.networks.build_network, "
             f"found {definition.get('_target_') if isinstance(definition, Mapping) else definition!r}",

@@ -49,8 +49,13 @@ def export_bundle(
         raise BundleError(f"{str(metadata_path)!r}: expected the bundle's metadata.json, found no file")
     weights = Path(weights) if weights else root / "models" / "model.pt"
     if not weights.is_file():
-        raise BundleError(f"{str(weights)!r}: expected trained weights to package, found no file", hint="pass --weights FILE")
-    state = load_torch_file(weights)  # weights_only=True; a file that needs pickled code is refused, naming it
+        raise BundleError(
+            f"{str(weights)!r}: expected trained weights to package, found no file",
+            hint="pass --weights FILE",
+        )
+    state = load_torch_file(
+        weights
+    )  # weights_only=True; a file that needs pickled code is refused, naming it
     if not isinstance(state, dict):
         raise BundleError(f"{str(weights)!r}: expected a state dict, found {type(state).__name__}")
 
@@ -62,7 +67,10 @@ def export_bundle(
     }
     files["models/model.pt"] = weights
     metadata = json.loads(metadata_path.read_text())
-    metadata["checksums"] = {"algorithm": "sha256", "files": {rel: sha256_file(path) for rel, path in files.items()}}
+    metadata["checksums"] = {
+        "algorithm": "sha256",
+        "files": {rel: sha256_file(path) for rel, path in files.items()},
+    }
     output = Path(output)
     with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for rel, path in files.items():
@@ -83,9 +91,13 @@ def open_bundle_zip(archive: str | os.PathLike[str], *, into: str | os.PathLike[
     extractall(str(archive), str(target), has_base=False)
     tops = [p for p in target.iterdir() if (p / "configs" / "metadata.json").is_file()]
     if len(tops) != 1:
-        raise BundleError(f"{str(archive)!r}: expected one bundle folder with configs/metadata.json, found {len(tops)}")
+        raise BundleError(
+            f"{str(archive)!r}: expected one bundle folder with configs/metadata.json, found {len(tops)}"
+        )
     folder = tops[0]
-    checksums = json.loads((folder / "configs" / "metadata.json").read_text()).get("checksums", {}).get("files", {})
+    checksums = (
+        json.loads((folder / "configs" / "metadata.json").read_text()).get("checksums", {}).get("files", {})
+    )
     for rel, expected in checksums.items():
         path = folder / rel
         found = sha256_file(path) if path.is_file() else "no file"

@@ -166,8 +166,14 @@ def run_bundle(
     with _importable(root, enabled=not safe):
         try:
             # Overrides go through the parser below, not ConfigWorkflow's keywords (``workflow_type`` would collide).
-            workflow = _Workflow(config_file=[str(f) for f in config_files], meta_file=str(meta_file), logging_file=False,
-                                 workflow_type=WORKFLOW_TYPES.get(names[-1]), run_id=run_id, safe=safe)
+            workflow = _Workflow(
+                config_file=[str(f) for f in config_files],
+                meta_file=str(meta_file),
+                logging_file=False,
+                workflow_type=WORKFLOW_TYPES.get(names[-1]),
+                run_id=run_id,
+                safe=safe,
+            )
         except Exception as error:
             if validate:  # a syntax error: the validator gives its line and column
                 _stop_on_errors(root, names, overrides)
@@ -181,33 +187,47 @@ def run_bundle(
         if safe:
             from voxpipe.pipelines.bundles.safety import check_safe_parser
 
-            check_safe_parser(workflow.parser, name=" + ".join(f.name for f in config_files), bundle_root=root)
+            check_safe_parser(
+                workflow.parser, name=" + ".join(f.name for f in config_files), bundle_root=root
+            )
         if validate:
             _stop_on_errors(root, names, values)
         if run_id not in workflow.parser:
-            raise BundleError(f"{label}: expected a config id {run_id!r} to run, found none",
-                              hint="name the id to run with --run-id (MONAI's run_id)")
+            raise BundleError(
+                f"{label}: expected a config id {run_id!r} to run, found none",
+                hint="name the id to run with --run-id (MONAI's run_id)",
+            )
         if check_only:
             return workflow
         try:
             workflow.initialize()
             try:
                 missing = workflow.check_properties()
-            except Exception as error:  # MONAI's own check fails on some layouts (a dict where it expects an id)
-                logger.debug("%s: MONAI's property check failed (%s: %s); skipped, as MONAI's runner does", label,
-                             type(error).__name__, error)
+            except (
+                Exception
+            ) as error:  # MONAI's own check fails on some layouts (a dict where it expects an id)
+                logger.debug(
+                    "%s: MONAI's property check failed (%s: %s); skipped, as MONAI's runner does",
+                    label,
+                    type(error).__name__,
+                    error,
+                )
                 missing = None
             if missing:
-                logger.warning("%s: bundle properties missing (MONAI's runner runs it anyway): %s", label, missing)
+                logger.warning(
+                    "%s: bundle properties missing (MONAI's runner runs it anyway): %s", label, missing
+                )
             for key in _loaders_in_use(workflow, loaders):
                 wanted = workflow.parser.get_parsed_content(key)
                 if not Path(str(wanted)).is_file():
                     raise BundleError(
                         f"{label}: {key}: expected the network weights file {str(wanted)!r}, found no file",
                         hint=f"pass --weights FILE (or --set {key}=FILE, or --set load_pretrain=False where the "
-                             "bundle has that switch); voxpipe downloads nothing on its own",
+                        "bundle has that switch); voxpipe downloads nothing on its own",
                     )
-                load_torch_file(wanted, mmap=True)  # a broken or hostile file is named here, not as the config's error
+                load_torch_file(
+                    wanted, mmap=True
+                )  # a broken or hostile file is named here, not as the config's error
                 weights_in_use.append(str(wanted))
             if before_run is not None:
                 before_run(workflow)
@@ -223,7 +243,8 @@ def run_bundle(
             if weights_in_use and ("state_dict" in message or "size mismatch" in message):
                 raise BundleError(
                     f"{', '.join(repr(w) for w in weights_in_use)}: the weights do not fit the network of {label} "
-                    f"({type(root_cause).__name__}: {_condensed(message)})", hint=_hint_for(message),
+                    f"({type(root_cause).__name__}: {_condensed(message)})",
+                    hint=_hint_for(message),
                 ) from error
             raise BundleError(
                 f"{label}: {type(root_cause).__name__}: {_condensed(str(root_cause))}",
@@ -232,19 +253,34 @@ def run_bundle(
     return workflow
 
 
-def _run_values(parser: ConfigParser, root: Path, label: str, overrides: Mapping[str, Any] | None,
-                weights: str | os.PathLike[str] | None) -> dict[str, Any]:
+def _run_values(
+    parser: ConfigParser,
+    root: Path,
+    label: str,
+    overrides: Mapping[str, Any] | None,
+    weights: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
     """The ids voxpipe sets on the bundle: ``bundle_root``, the overrides, the weights paths; ``#`` paths protected."""
     values: dict[str, Any] = {"bundle_root": str(root), **(overrides or {})}
     keys = weights_keys(parser.get())
-    for key in keys:  # a plain relative weights path means the bundle's file (MONAI's runner, run from the bundle folder)
+    for key in (
+        keys
+    ):  # a plain relative weights path means the bundle's file (MONAI's runner, run from the bundle folder)
         value = values.get(key, parser.get(key))
-        if isinstance(value, str) and value and value[0] not in "$@%" and not Path(value).is_absolute() \
-                and not Path(value).exists() and (root / value).exists():
+        if (
+            isinstance(value, str)
+            and value
+            and value[0] not in "$@%"
+            and not Path(value).is_absolute()
+            and not Path(value).exists()
+            and (root / value).exists()
+        ):
             values[key] = str(root / value)
     if weights is not None:
         if not keys:
-            raise BundleError(f"{label}: --weights given, but the config has no CheckpointLoader to take them")
+            raise BundleError(
+                f"{label}: --weights given, but the config has no CheckpointLoader to take them"
+            )
         values.update({key: str(weights) for key in keys})
     return {key: protect_paths(value, key=key) for key, value in values.items()}
 
@@ -259,8 +295,10 @@ def _stop_on_errors(root: Path, names: Sequence[str], overrides: Mapping[str, An
     errors = [p for p in problems if p.severity != "warning"]
     if errors:
         listing = "\n  ".join(str(problem) for problem in errors)
-        raise BundleError(f"{str(root)!r}: {len(errors)} problem(s) found before running:\n  {listing}",
-                          hint="fix them, or see `voxpipe bundle validate` for the whole bundle")
+        raise BundleError(
+            f"{str(root)!r}: {len(errors)} problem(s) found before running:\n  {listing}",
+            hint="fix them, or see `voxpipe bundle validate` for the whole bundle",
+        )
 
 
 def _condensed(message: str, *, keep: int = 2) -> str:
@@ -286,7 +324,11 @@ def innermost_error(error: BaseException) -> BaseException:
     file), else the innermost cause.
     """
     seen = {id(error)}
-    while not isinstance(error, VoxpipeError) and error.__cause__ is not None and id(error.__cause__) not in seen:
+    while (
+        not isinstance(error, VoxpipeError)
+        and error.__cause__ is not None
+        and id(error.__cause__) not in seen
+    ):
         error = error.__cause__  # re-raised causes can form a cycle
         seen.add(id(error))
     return error

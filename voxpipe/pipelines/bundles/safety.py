@@ -54,57 +54,73 @@ from voxpipe.pipelines.bundles.config import is_false, is_true
 ALLOWED_PACKAGES = ("monai", "torch", "ignite", "voxpipe")
 # Parts of the allowed packages that download, load code or run bundles, whatever kind their classes are.
 DENIED_MODULES = (
-    "torch.hub", "torch.package", "torch.utils.cpp_extension", "torch.jit", "torch.ops", "torch.classes",
-    "torch.utils.data.datapipes", "torch.distributed.rpc",
-    "monai.bundle", "monai.apps", "monai.utils.module", "monai.data.dataset.LMDBDataset", "monai.data.LMDBDataset",
-    "voxpipe.pipelines.bundles", "voxpipe.cli", "voxpipe._moved",
+    "torch.hub",
+    "torch.package",
+    "torch.utils.cpp_extension",
+    "torch.jit",
+    "torch.ops",
+    "torch.classes",
+    "torch.utils.data.datapipes",
+    "torch.distributed.rpc",
+    "monai.bundle",
+    "monai.apps",
+    "monai.utils.module",
+    "monai.data.dataset.LMDBDataset",
+    "monai.data.LMDBDataset",
+    "voxpipe.pipelines.bundles",
+    "voxpipe.cli",
+    "voxpipe._moved",
 )
 # Inside those: MONAI's box transforms for detection are plain transforms (no download, no code loading).
 SAFE_INSIDE_DENIED = ("monai.apps.detection.transforms",)
 # Functions (not component classes) that bundles may call: they build or list things and run no code
 # from the config. run_engines is the one runner here: it calls .run() on engines the config built.
-BUNDLE_SAFE_FUNCTIONS = frozenset({
-    "voxpipe.networks.registry.build_network",
-    "voxpipe.runtime.select_device",
-    "voxpipe.transforms.presets.compose",
-    "voxpipe.pipelines.bundles.run.run_engines",
-    "voxpipe.pipelines.data.datalists.msd_datalist",
-    "voxpipe.pipelines.data.datalists.split_datalist",
-    "voxpipe.pipelines.data.caching.cached_dataset",
-    "voxpipe.pipelines.training.trainer.build_trainer",
-    "voxpipe.pipelines.training.trainer.build_optimizer",
-    "voxpipe.pipelines.training.trainer.build_scheduler",
-    "voxpipe.pipelines.training.distributed.initialize",
-    "voxpipe.pipelines.training.distributed.data_loader",
-    "voxpipe.pipelines.training.classification.classification_datalist",
-    "voxpipe.pipelines.training.classification.classification_metrics",
-    "voxpipe.pipelines.training.classification.classification_loss",
-    "voxpipe.pipelines.training.classification.balanced_sample_weights",
-    "voxpipe.pipelines.evaluation.evaluate.batch_image_meta",
-    "voxpipe.networks.retinanet.build_retinanet",
-    "voxpipe.networks.retinanet.build_detector",
-    "voxpipe.pipelines.training.detection.detection_datalist",
-    "voxpipe.pipelines.training.detection.plan_anchors",
-    "voxpipe.pipelines.training.detection.read_anchors",
-    "voxpipe.pipelines.inference.detect.run_detection",
-    "voxpipe.pipelines.evaluation.detections.evaluate_run",
-    "monai.data.utils.no_collation",
-    "monai.data.decathlon_datalist.load_decathlon_datalist",
-    "monai.data.utils.partition_dataset",
-    "monai.data.utils.list_data_collate",
-    "monai.data.utils.pad_list_data_collate",
-    "monai.data.utils.decollate_batch",
-    "monai.handlers.utils.from_engine",
-    "monai.engines.utils.default_prepare_batch",
-})
+BUNDLE_SAFE_FUNCTIONS = frozenset(
+    {
+        "voxpipe.networks.registry.build_network",
+        "voxpipe.runtime.select_device",
+        "voxpipe.transforms.presets.compose",
+        "voxpipe.pipelines.bundles.run.run_engines",
+        "voxpipe.pipelines.data.datalists.msd_datalist",
+        "voxpipe.pipelines.data.datalists.split_datalist",
+        "voxpipe.pipelines.data.caching.cached_dataset",
+        "voxpipe.pipelines.training.trainer.build_trainer",
+        "voxpipe.pipelines.training.trainer.build_optimizer",
+        "voxpipe.pipelines.training.trainer.build_scheduler",
+        "voxpipe.pipelines.training.distributed.initialize",
+        "voxpipe.pipelines.training.distributed.data_loader",
+        "voxpipe.pipelines.training.classification.classification_datalist",
+        "voxpipe.pipelines.training.classification.classification_metrics",
+        "voxpipe.pipelines.training.classification.classification_loss",
+        "voxpipe.pipelines.training.classification.balanced_sample_weights",
+        "voxpipe.pipelines.evaluation.evaluate.batch_image_meta",
+        "voxpipe.networks.retinanet.build_retinanet",
+        "voxpipe.networks.retinanet.build_detector",
+        "voxpipe.pipelines.training.detection.detection_datalist",
+        "voxpipe.pipelines.training.detection.plan_anchors",
+        "voxpipe.pipelines.training.detection.read_anchors",
+        "voxpipe.pipelines.inference.detect.run_detection",
+        "voxpipe.pipelines.evaluation.detections.evaluate_run",
+        "monai.data.utils.no_collation",
+        "monai.data.decathlon_datalist.load_decathlon_datalist",
+        "monai.data.utils.partition_dataset",
+        "monai.data.utils.list_data_collate",
+        "monai.data.utils.pad_list_data_collate",
+        "monai.data.utils.decollate_batch",
+        "monai.handlers.utils.from_engine",
+        "monai.engines.utils.default_prepare_batch",
+    }
+)
 # voxpipe's own handler classes (Ignite handlers are plain classes with an attach method), steps and loaders.
-BUNDLE_SAFE_CLASSES = frozenset({
-    "voxpipe.pipelines.training.handlers.CaseProgress",
-    "voxpipe.pipelines.inference.prefetch.PrefetchDataLoader",
-    "voxpipe.pipelines.training.handlers.ProgressPlot",
-    "voxpipe.pipelines.training.detection.DetectionTrainStep",
-    "voxpipe.pipelines.training.detection.DetectionValStep",
-})
+BUNDLE_SAFE_CLASSES = frozenset(
+    {
+        "voxpipe.pipelines.training.handlers.CaseProgress",
+        "voxpipe.pipelines.inference.prefetch.PrefetchDataLoader",
+        "voxpipe.pipelines.training.handlers.ProgressPlot",
+        "voxpipe.pipelines.training.detection.DetectionTrainStep",
+        "voxpipe.pipelines.training.detection.DetectionValStep",
+    }
+)
 SAFE_MODES = ("default", "callable", "partial")
 _LOCATOR = ComponentLocator()
 _MAX_REFERENCE_DEPTH = 20
@@ -199,7 +215,9 @@ def target_problem(target: str, *, bundle_root: str | os.PathLike[str] | None = 
     module = getattr(obj, "__module__", "") or ""
     qualified = f"{module}.{getattr(obj, '__qualname__', '')}"
     if module.split(".")[0] not in ALLOWED_PACKAGES:
-        return f"_target_ {target!r} is {qualified}, outside the allowed packages {', '.join(ALLOWED_PACKAGES)}"
+        return (
+            f"_target_ {target!r} is {qualified}, outside the allowed packages {', '.join(ALLOWED_PACKAGES)}"
+        )
     if qualified in BUNDLE_SAFE_FUNCTIONS or qualified in BUNDLE_SAFE_CLASSES:
         return None
     denied = _denied(qualified)
@@ -212,8 +230,10 @@ def target_problem(target: str, *, bundle_root: str | os.PathLike[str] | None = 
             return None  # Ignite/MONAI handlers: classes that attach to engines
         kinds = sorted({kind for kind, _ in component_kinds()} | {"handler"})
         return f"_target_ {target!r} is a class of no component kind safe mode builds ({', '.join(kinds)})"
-    return (f"_target_ {target!r} is a function, not a component; safe mode calls only components "
-            f"and voxpipe's bundle-safe functions (functions that load, evaluate or run code are refused)")
+    return (
+        f"_target_ {target!r} is a function, not a component; safe mode calls only components "
+        f"and voxpipe's bundle-safe functions (functions that load, evaluate or run code are refused)"
+    )
 
 
 def _follow(config: Any, value: Any) -> tuple[Any, bool]:
@@ -262,25 +282,34 @@ def unsafe_entries(config: Any, *, file: str, bundle_root: str | os.PathLike[str
             continue
         if key == "_target_":
             target, resolved = _follow(config, value)
-            why = target_problem(target, bundle_root=bundle_root) if resolved else \
-                f"_target_ {value!r} does not name a component literally (safe mode cannot check it)"
+            why = (
+                target_problem(target, bundle_root=bundle_root)
+                if resolved
+                else f"_target_ {value!r} does not name a component literally (safe mode cannot check it)"
+            )
             if why:
                 problems.append(f"{file}: {path}: {why}")
         elif key == "_mode_":
             mode, resolved = _follow(config, value)
             if not resolved or mode not in SAFE_MODES:
-                problems.append(f"{file}: {path}: _mode_ {value!r}: safe mode allows only {', '.join(SAFE_MODES)}")
+                problems.append(
+                    f"{file}: {path}: _mode_ {value!r}: safe mode allows only {', '.join(SAFE_MODES)}"
+                )
         elif key in _UNSAFE_KEYWORDS:
             literal, resolved = _follow(config, value)
             unsafe, why = _UNSAFE_KEYWORDS[key]
             if not resolved:
-                problems.append(f"{file}: {path}: {key} is {value!r}, which safe mode cannot check ({why.split(' ', 2)[-1]})")
+                problems.append(
+                    f"{file}: {path}: {key} is {value!r}, which safe mode cannot check ({why.split(' ', 2)[-1]})"
+                )
             elif unsafe(literal):
                 problems.append(f"{file}: {path}: {why}")
         elif key in ("reader", "writer"):
             literal, resolved = _follow(config, value)
             if resolved and isinstance(literal, str) and "." in literal:
-                problems.append(f"{file}: {path}: {key} {literal!r} is a dotted path that LoadImage/SaveImage would import")
+                problems.append(
+                    f"{file}: {path}: {key} {literal!r} is a dotted path that LoadImage/SaveImage would import"
+                )
     return problems
 
 
@@ -291,7 +320,9 @@ def _expanded(parser: ConfigParser) -> Any:
     return copy.get()
 
 
-def check_safe_parser(parser: ConfigParser, *, name: str, bundle_root: str | os.PathLike[str] | None = None) -> None:
+def check_safe_parser(
+    parser: ConfigParser, *, name: str, bundle_root: str | os.PathLike[str] | None = None
+) -> None:
     """Raise :class:`BundleError` listing every entry safe mode refuses in what ``parser`` will run.
 
     Give the workflow's own parser after overrides are applied and before anything is built, so
@@ -307,8 +338,12 @@ def check_safe_parser(parser: ConfigParser, *, name: str, bundle_root: str | os.
         )
 
 
-def check_safe(config_files: Sequence[str | os.PathLike[str]], *, overrides: Mapping[str, Any] | None = None,
-               bundle_root: str | os.PathLike[str] | None = None) -> None:
+def check_safe(
+    config_files: Sequence[str | os.PathLike[str]],
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    bundle_root: str | os.PathLike[str] | None = None,
+) -> None:
     """:func:`check_safe_parser` on ``config_files`` merged in order, with ``overrides`` applied."""
     parser = ConfigParser()
     parser.read_config([str(f) for f in config_files])

@@ -82,7 +82,9 @@ def _load(path: Path) -> tuple[Any, Problem | None]:
             return json.loads(text), None
         return yaml.safe_load(text), None
     except json.JSONDecodeError as error:
-        return None, Problem(path.name, "", f"JSON syntax error at line {error.lineno}, column {error.colno}: {error.msg}")
+        return None, Problem(
+            path.name, "", f"JSON syntax error at line {error.lineno}, column {error.colno}: {error.msg}"
+        )
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -147,7 +149,9 @@ def _accepted(target: Any) -> tuple[set[str], bool] | None:
     return names, any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
 
 
-def _check_config(label: str, config: Any, bundle_root: Path, origin: Mapping[str, str] | None = None) -> list[Problem]:
+def _check_config(
+    label: str, config: Any, bundle_root: Path, origin: Mapping[str, str] | None = None
+) -> list[Problem]:
     """Macros, references and components of one (merged) config; ``origin`` names the file of each top-level key."""
     problems: list[Problem] = []
     ids = _ids(config) | RUNNER_IDS
@@ -160,15 +164,35 @@ def _check_config(label: str, config: Any, bundle_root: Path, origin: Mapping[st
             target_file, macro_id = ConfigParser.split_path_id(value[1:])
             macro_id = _normal(macro_id)
             if target_file and not (bundle_root / target_file).is_file() and not Path(target_file).is_file():
-                problems.append(Problem(file_of(key), key, f"macro {value!r}: file {target_file!r} not found"))
+                problems.append(
+                    Problem(file_of(key), key, f"macro {value!r}: file {target_file!r} not found")
+                )
             elif not target_file and macro_id not in ids:
-                problems.append(Problem(file_of(key), key, f"macro {value!r} points to no config id", _did_you_mean(macro_id, ids)))
+                problems.append(
+                    Problem(
+                        file_of(key),
+                        key,
+                        f"macro {value!r} points to no config id",
+                        _did_you_mean(macro_id, ids),
+                    )
+                )
         elif isinstance(value, str) and (value.startswith("@") or value.startswith("$")):
             for ref in _REF.findall(value) if value.startswith("$") else [value[1:]]:
                 ref = _normal(ref)
                 if ref not in ids:
-                    problems.append(Problem(file_of(key), key, f"reference '@{ref}' points to no config id", _did_you_mean(ref, ids)))
-        if isinstance(value, Mapping) and isinstance(value.get("_target_"), str) and value["_target_"][:1] not in ("$", "@", "%"):
+                    problems.append(
+                        Problem(
+                            file_of(key),
+                            key,
+                            f"reference '@{ref}' points to no config id",
+                            _did_you_mean(ref, ids),
+                        )
+                    )
+        if (
+            isinstance(value, Mapping)
+            and isinstance(value.get("_target_"), str)
+            and value["_target_"][:1] not in ("$", "@", "%")
+        ):
             problems += _check_component(file_of(key), key, value, bundle_root)
     return problems
 
@@ -204,22 +228,36 @@ def _bundle_target(bundle_root: Path, target: str) -> tuple[tuple[set[str], bool
         name = parts[-1]
         for node in tree.body:
             if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
-                function = node if not isinstance(node, ast.ClassDef) else next(
-                    (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+                function = (
+                    node
+                    if not isinstance(node, ast.ClassDef)
+                    else next(
+                        (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"),
+                        None,
+                    )
+                )
                 if function is None:
                     return None, None  # a class without its own __init__: inherited arguments are unknown
                 arguments = function.args
-                names = {a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)} - {"self"}
+                names = {a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)} - {
+                    "self"
+                }
                 return (names, arguments.kwarg is not None), None
             assigned = {t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)}
-            imported = {(a.asname or a.name).split(".")[0] for a in getattr(node, "names", [])} if isinstance(node, (ast.Import, ast.ImportFrom)) else set()
+            imported = (
+                {(a.asname or a.name).split(".")[0] for a in getattr(node, "names", [])}
+                if isinstance(node, (ast.Import, ast.ImportFrom))
+                else set()
+            )
             if name in assigned | imported:
                 return None, None
         return None, f"does not exist in the bundle's {source.relative_to(bundle_root)}"
     return None, f"does not import (no module {'.'.join(parts[:-1])!r} in the bundle folder)"
 
 
-def _check_component(file: str, key: str, component: Mapping[str, Any], bundle_root: Path | None = None) -> list[Problem]:
+def _check_component(
+    file: str, key: str, component: Mapping[str, Any], bundle_root: Path | None = None
+) -> list[Problem]:
     target = component["_target_"]
     own = _bundle_target(bundle_root, target) if bundle_root is not None else None
     if own is not None:
@@ -235,7 +273,9 @@ def _check_component(file: str, key: str, component: Mapping[str, Any], bundle_r
             else:
                 module, _, name = target.rpartition(".")
                 try:
-                    hint = _did_you_mean(name, [n for n in dir(importlib.import_module(module)) if not n.startswith("_")])
+                    hint = _did_you_mean(
+                        name, [n for n in dir(importlib.import_module(module)) if not n.startswith("_")]
+                    )
                 except Exception:
                     hint = ""
             return [Problem(file, f"{key}#_target_", f"{target!r} {why}", hint)]
@@ -246,7 +286,12 @@ def _check_component(file: str, key: str, component: Mapping[str, Any], bundle_r
     if has_var_keyword:
         return []
     return [
-        Problem(file, f"{key}#{arg}", f"{target!r} takes no argument {arg!r}", _did_you_mean(arg, names) or f"it takes {sorted(names)}")
+        Problem(
+            file,
+            f"{key}#{arg}",
+            f"{target!r} takes no argument {arg!r}",
+            _did_you_mean(arg, names) or f"it takes {sorted(names)}",
+        )
         for arg in component
         if arg not in NON_ARG_KEYS and arg not in names
     ]
@@ -261,9 +306,15 @@ def _check_properties(label: str, workflow_type: str | None, config: Any) -> lis
     for name, spec in properties.items():
         wanted = _normal(spec.get("id", ""))
         if spec.get("required") and wanted not in ids:
-            problems.append(Problem(label, wanted, f"required bundle property {name!r} is missing ({spec.get('description', '')})",
-                                    "MONAI's runner runs the config without it; tools that read bundle properties need it",
-                                    severity="warning"))
+            problems.append(
+                Problem(
+                    label,
+                    wanted,
+                    f"required bundle property {name!r} is missing ({spec.get('description', '')})",
+                    "MONAI's runner runs the config without it; tools that read bundle properties need it",
+                    severity="warning",
+                )
+            )
     return problems
 
 
@@ -278,7 +329,9 @@ def _check_metadata(path: Path) -> list[Problem]:
     problems = []
     for error in sorted(validator.iter_errors(metadata), key=lambda e: list(map(str, e.absolute_path))):
         key = "#".join(str(p) for p in error.absolute_path) or "(top level)"
-        problems.append(Problem(path.name, key, error.message, "see the MONAI bundle specification", severity="warning"))
+        problems.append(
+            Problem(path.name, key, error.message, "see the MONAI bundle specification", severity="warning")
+        )
     return problems
 
 
@@ -299,7 +352,9 @@ def _set_id(config: dict[str, Any], config_id: str, value: Any) -> None:
         node[parts[-1]] = value
 
 
-def merge_configs(paths: list[Path], overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str], list[Problem]]:
+def merge_configs(
+    paths: list[Path], overrides: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, str], list[Problem]]:
     """Merge config files as MONAI does (later files replace top-level keys), then apply overrides.
 
     Returns ``(config, origin, syntax problems)``; ``origin`` maps each top-level key to the file
@@ -314,8 +369,16 @@ def merge_configs(paths: list[Path], overrides: Mapping[str, Any] | None = None)
             problems.append(syntax)
             continue
         if not isinstance(config, Mapping):
-            problems.append(Problem(path.name, "", f"not a config (a {type(config).__name__} at the top, not a mapping of "
-                                    "config ids): skipped", "a data file kept in configs/?", severity="warning"))
+            problems.append(
+                Problem(
+                    path.name,
+                    "",
+                    f"not a config (a {type(config).__name__} at the top, not a mapping of "
+                    "config ids): skipped",
+                    "a data file kept in configs/?",
+                    severity="warning",
+                )
+            )
             continue
         for key, value in config.items():
             _set_id(merged, str(key), value)
@@ -349,7 +412,10 @@ def _dangling(problems: list[Problem]) -> int:
 
 
 def validate_bundle(
-    bundle_dir: str | os.PathLike[str], *, configs: list[str] | None = None, overrides: Mapping[str, Any] | None = None
+    bundle_dir: str | os.PathLike[str],
+    *,
+    configs: list[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[Problem]:
     """Every problem of the bundle folder's ``configs/`` (config files and ``metadata.json``).
 
@@ -368,26 +434,41 @@ def validate_bundle(
     root = Path(bundle_dir)
     folder = root / "configs"
     if not folder.is_dir():
-        return [Problem(str(root), "", "expected a MONAI bundle folder with a configs/ subfolder, found none")]
+        return [
+            Problem(str(root), "", "expected a MONAI bundle folder with a configs/ subfolder, found none")
+        ]
     problems: list[Problem] = []
     metadata = folder / "metadata.json"
-    problems += _check_metadata(metadata) if metadata.is_file() else [
-        Problem("metadata.json", "", "the bundle has no configs/metadata.json", severity="warning")]
+    problems += (
+        _check_metadata(metadata)
+        if metadata.is_file()
+        else [Problem("metadata.json", "", "the bundle has no configs/metadata.json", severity="warning")]
+    )
     if configs is not None:
         paths = [find_config(root, name) for name in configs]
-        return problems + validate_configs(root, paths, overrides=overrides, workflow_type=WORKFLOW_TYPES.get(configs[-1]))
+        return problems + validate_configs(
+            root, paths, overrides=overrides, workflow_type=WORKFLOW_TYPES.get(configs[-1])
+        )
     files = sorted(p for p in folder.iterdir() if p.suffix in CONFIG_SUFFIXES and p.name != "metadata.json")
     stems = {p.stem: p for p in files}
     for path in files:
-        found = validate_configs(root, [path], overrides=overrides, workflow_type=WORKFLOW_TYPES.get(path.stem))
+        found = validate_configs(
+            root, [path], overrides=overrides, workflow_type=WORKFLOW_TYPES.get(path.stem)
+        )
         if _dangling(found) and path.stem not in BASE_CONFIGS:
             found = _as_fragment(root, path, stems, overrides, alone=found)
         problems += found
     return problems
 
 
-def _as_fragment(root: Path, path: Path, stems: Mapping[str, Path], overrides: Mapping[str, Any] | None, *,
-                 alone: list[Problem]) -> list[Problem]:
+def _as_fragment(
+    root: Path,
+    path: Path,
+    stems: Mapping[str, Path],
+    overrides: Mapping[str, Any] | None,
+    *,
+    alone: list[Problem],
+) -> list[Problem]:
     """Problems of ``path`` checked on top of the configs that resolve its references, as MONAI merges them.
 
     Greedy: prepend the config that leaves the fewest dangling references, up to two of them
@@ -401,7 +482,9 @@ def _as_fragment(root: Path, path: Path, stems: Mapping[str, Path], overrides: M
             break
         trials = []
         for base in (p for p in stems.values() if p not in chain):
-            own = [p for p in validate_configs(root, [base, *chain], overrides=overrides) if p.file == path.name]
+            own = [
+                p for p in validate_configs(root, [base, *chain], overrides=overrides) if p.file == path.name
+            ]
             trials.append((_dangling(own), base.stem not in BASE_CONFIGS, base.name, base, own))
         if not trials:
             break

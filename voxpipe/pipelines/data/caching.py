@@ -33,7 +33,11 @@ def _channels_in(path: str | os.PathLike[str]) -> int:
 
 
 def estimate_cache_bytes(
-    entries: Sequence[dict[str, Any]], *, keys: Sequence[str] = ("image", "label"), pixdim: Sequence[float] | None = None, bytes_per_voxel: int = 4
+    entries: Sequence[dict[str, Any]],
+    *,
+    keys: Sequence[str] = ("image", "label"),
+    pixdim: Sequence[float] | None = None,
+    bytes_per_voxel: int = 4,
 ) -> int:
     """Bytes the deterministic preprocessing output of ``entries`` takes (float32 per key).
 
@@ -45,7 +49,9 @@ def estimate_cache_bytes(
         for key in keys:
             if not entry.get(key):
                 continue
-            files = entry[key] if isinstance(entry[key], (list, tuple)) else [entry[key]]  # one file per channel
+            files = (
+                entry[key] if isinstance(entry[key], (list, tuple)) else [entry[key]]
+            )  # one file per channel
             shape, affine = read_geometry(files[0])
             voxels = float(np.prod(shape)) * len(files) * _channels_in(files[0])
             if pixdim is not None:
@@ -110,7 +116,14 @@ def cached_dataset(
         Path(cache_dir).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
         limit = limit_gb * 1e9 if limit_gb is not None else shutil.disk_usage(cache_dir).free  # type: ignore[arg-type]
         where = f"free disk in {cache_dir}" if limit_gb is None else f"limit_gb={limit_gb}"
-    logger.info("caching %d cases in %s: about %.2f GB needed (%s: %.2f GB)", len(data), cache, needed / 1e9, where, limit / 1e9)
+    logger.info(
+        "caching %d cases in %s: about %.2f GB needed (%s: %.2f GB)",
+        len(data),
+        cache,
+        needed / 1e9,
+        where,
+        limit / 1e9,
+    )
     if needed > limit:
         advice = (
             "use cache='disk' with a cache_dir, lower cache_rate, or a coarser pixdim"

@@ -70,8 +70,14 @@ class CheckReport:
         return self.n_errors == 0
 
     def to_json(self) -> str:
-        payload = {"dataset": self.dataset, "layout": self.layout, "n_cases": self.n_cases, "n_errors": self.n_errors,
-                   "n_warnings": len(self.problems) - self.n_errors, "problems": [asdict(p) for p in self.problems]}
+        payload = {
+            "dataset": self.dataset,
+            "layout": self.layout,
+            "n_cases": self.n_cases,
+            "n_errors": self.n_errors,
+            "n_warnings": len(self.problems) - self.n_errors,
+            "problems": [asdict(p) for p in self.problems],
+        }
         return json.dumps(payload, indent=2) + "\n"
 
     def table(self) -> str:
@@ -80,7 +86,9 @@ class CheckReport:
         width = max(len(p.case) for p in self.problems)
         rows = [f"{'case':{width}s}  {'severity':8s} {'code':20s} message"]
         rows += [f"{p.case:{width}s}  {p.severity:8s} {p.code:20s} {p.message}" for p in self.problems]
-        rows.append(f"{self.dataset}: {self.n_cases} cases, {self.n_errors} errors, {len(self.problems) - self.n_errors} warnings")
+        rows.append(
+            f"{self.dataset}: {self.n_cases} cases, {self.n_errors} errors, {len(self.problems) - self.n_errors} warnings"
+        )
         return "\n".join(rows)
 
 
@@ -134,18 +142,52 @@ def check_dataset(
         case = str(entry["case"])
         seen_cases[case] = seen_cases.get(case, 0) + 1
         if seen_cases[case] == 2:
-            add(Problem(case, entry.get("image", ""), "error", "duplicate-case", f"case id {case!r} is listed more than once"))
+            add(
+                Problem(
+                    case,
+                    entry.get("image", ""),
+                    "error",
+                    "duplicate-case",
+                    f"case id {case!r} is listed more than once",
+                )
+            )
         image = _read_image(entry.get("image"), case, add)
         label = _read(entry.get("label"), case, "label", add, label=True) if "label" in entry else None
         if entry.get("image") and "label" not in entry and layout in ("lits", "folder"):
-            add(Problem(case, entry["image"], "error", "missing-pair", "image has no label file with the same case id"))
+            add(
+                Problem(
+                    case,
+                    entry["image"],
+                    "error",
+                    "missing-pair",
+                    "image has no label file with the same case id",
+                )
+            )
         if not entry.get("image") and entry.get("label"):
-            add(Problem(case, entry["label"], "error", "missing-pair", "label has no image file with the same case id"))
+            add(
+                Problem(
+                    case,
+                    entry["label"],
+                    "error",
+                    "missing-pair",
+                    "label has no image file with the same case id",
+                )
+            )
         if image is not None:
             _check_image(image, case, modality, add)
-            digest = hashlib.sha1(np.ascontiguousarray(image.array).tobytes()).hexdigest() + str(image.array.shape)
+            digest = hashlib.sha1(np.ascontiguousarray(image.array).tobytes()).hexdigest() + str(
+                image.array.shape
+            )
             if digest in seen_images:
-                add(Problem(case, str(image.path), "error", "duplicate-image", f"voxel data identical to case {seen_images[digest]!r}"))
+                add(
+                    Problem(
+                        case,
+                        str(image.path),
+                        "error",
+                        "duplicate-image",
+                        f"voxel data identical to case {seen_images[digest]!r}",
+                    )
+                )
             seen_images.setdefault(digest, case)
         if label is not None:
             _check_label(label, case, allowed, add)
@@ -169,14 +211,18 @@ def _read_image(paths: str | list[str] | None, case: str, add: Any) -> Volume | 
         return None
 
 
-def _read(path: str | None, case: str, key: str, add: Any, *, label: bool, channels: bool = False) -> Volume | None:
+def _read(
+    path: str | None, case: str, key: str, add: Any, *, label: bool, channels: bool = False
+) -> Volume | None:
     if not path:
         return None
     if not Path(path).exists():
         add(Problem(case, path, "error", "missing-file", f"{key} file does not exist"))
         return None
     try:
-        return load_volume(path, finite=False, channels=channels)  # NaN/Inf are reported below, with the other problems
+        return load_volume(
+            path, finite=False, channels=channels
+        )  # NaN/Inf are reported below, with the other problems
     except InputError as error:
         add(Problem(case, path, "error", "unreadable", str(error)))
         return None
@@ -193,9 +239,16 @@ def _check_image(image: Volume, case: str, modality: str, add: Any) -> None:
         sample = data.reshape(-1)[:: max(1, data.size // 200_000)]
         low, high = np.percentile(sample, [0.5, 99.5])
         if low > CT_LOW_HU or high < CT_HIGH_HU:
-            add(Problem(case, str(image.path), "error", "hu-range",
-                        f"intensities {low:.4g}..{high:.4g} (0.5–99.5th percentile) are implausible for CT in HU; "
-                        f"expected air/fat below {CT_LOW_HU:g} and tissue above {CT_HIGH_HU:g} (missing RescaleIntercept? already normalised?)"))
+            add(
+                Problem(
+                    case,
+                    str(image.path),
+                    "error",
+                    "hu-range",
+                    f"intensities {low:.4g}..{high:.4g} (0.5–99.5th percentile) are implausible for CT in HU; "
+                    f"expected air/fat below {CT_LOW_HU:g} and tissue above {CT_HIGH_HU:g} (missing RescaleIntercept? already normalised?)",
+                )
+            )
 
 
 def _check_label(label: Volume, case: str, allowed: set[int] | None, add: Any) -> None:
@@ -208,12 +261,27 @@ def _check_label(label: Volume, case: str, allowed: set[int] | None, add: Any) -
             data = np.where(finite, data, 0)
         fractional = data != np.round(data)
         if fractional.any():
-            add(Problem(case, path, "error", "non-integral-label",
-                        f"{int(fractional.sum())} label voxels are not integers (e.g. {float(data[fractional].flat[0]):g})"))
+            add(
+                Problem(
+                    case,
+                    path,
+                    "error",
+                    "non-integral-label",
+                    f"{int(fractional.sum())} label voxels are not integers (e.g. {float(data[fractional].flat[0]):g})",
+                )
+            )
             data = np.round(data)
     values = set(int(v) for v in np.unique(data))
     if allowed is not None and values - allowed:
-        add(Problem(case, path, "error", "unexpected-label", f"label values {sorted(values - allowed)} not in dataset labels {sorted(allowed)}"))
+        add(
+            Problem(
+                case,
+                path,
+                "error",
+                "unexpected-label",
+                f"label values {sorted(values - allowed)} not in dataset labels {sorted(allowed)}",
+            )
+        )
     if values <= {0}:
         add(Problem(case, path, "warning", "empty-label", "label map has no foreground"))
 
@@ -222,19 +290,49 @@ def _check_geometry(image: Volume, label: Volume, case: str, tol: float, add: An
     path = str(label.path)
     spatial = image.array.shape[-3:]  # a multi-channel image is (C, X, Y, Z)
     if spatial != label.array.shape:
-        add(Problem(case, path, "error", "shape-mismatch", f"label shape {label.array.shape} differs from image shape {spatial}"))
+        add(
+            Problem(
+                case,
+                path,
+                "error",
+                "shape-mismatch",
+                f"label shape {label.array.shape} differs from image shape {spatial}",
+            )
+        )
     spacing_i, spacing_l = np.asarray(image.spacing), np.asarray(label.spacing)
     if np.abs(spacing_i - spacing_l).max() > tol:
-        add(Problem(case, path, "error", "spacing-mismatch",
-                    f"label spacing {np.round(spacing_l, 5).tolist()} mm differs from image spacing {np.round(spacing_i, 5).tolist()} mm"))
+        add(
+            Problem(
+                case,
+                path,
+                "error",
+                "spacing-mismatch",
+                f"label spacing {np.round(spacing_l, 5).tolist()} mm differs from image spacing {np.round(spacing_i, 5).tolist()} mm",
+            )
+        )
     origin_diff = float(np.abs(image.affine[:3, 3] - label.affine[:3, 3]).max())
     if origin_diff > tol:
-        add(Problem(case, path, "error", "origin-mismatch", f"label origin differs from the image origin by {origin_diff:.4g} mm"))
+        add(
+            Problem(
+                case,
+                path,
+                "error",
+                "origin-mismatch",
+                f"label origin differs from the image origin by {origin_diff:.4g} mm",
+            )
+        )
     direction_i = image.affine[:3, :3] / spacing_i
     direction_l = label.affine[:3, :3] / spacing_l
     if np.abs(direction_i - direction_l).max() > tol:
-        add(Problem(case, path, "error", "direction-mismatch",
-                    f"label direction {np.round(direction_l, 4).tolist()} differs from image direction {np.round(direction_i, 4).tolist()}"))
+        add(
+            Problem(
+                case,
+                path,
+                "error",
+                "direction-mismatch",
+                f"label direction {np.round(direction_l, 4).tolist()} differs from image direction {np.round(direction_i, 4).tolist()}",
+            )
+        )
 
 
 def write_report(report: CheckReport, path: str | os.PathLike[str]) -> Path:

@@ -46,7 +46,9 @@ _LITS = re.compile(r"^(volume|segmentation)-(\d+)$")
 _CHANNEL = re.compile(r"_\d{4}$")  # nnU-Net's per-channel image suffix
 
 
-def dataset_label_groups(info: Mapping[str, Any], *, source: str | os.PathLike[str] = "dataset.json") -> dict[str, tuple[int, ...]]:
+def dataset_label_groups(
+    info: Mapping[str, Any], *, source: str | os.PathLike[str] = "dataset.json"
+) -> dict[str, tuple[int, ...]]:
     """Label name → the values it covers, from a ``dataset.json`` in either convention.
 
     MSD: ``{"0": "background", "1": "liver"}`` (value → name). nnU-Net v2: ``{"background": 0,
@@ -70,12 +72,16 @@ def dataset_label_groups(info: Mapping[str, Any], *, source: str | os.PathLike[s
             else:
                 groups[str(key)] = (int(value),)
         except (TypeError, ValueError) as error:
-            raise InputError(f"{str(source)!r}: labels entry {key!r}: {value!r}: expected MSD's \"value\": \"name\" or "
-                             f"nnU-Net v2's \"name\": value (or a list of values for a region)") from error
+            raise InputError(
+                f'{str(source)!r}: labels entry {key!r}: {value!r}: expected MSD\'s "value": "name" or '
+                f'nnU-Net v2\'s "name": value (or a list of values for a region)'
+            ) from error
     return groups
 
 
-def dataset_label_values(info: Mapping[str, Any], *, source: str | os.PathLike[str] = "dataset.json") -> dict[int, str]:
+def dataset_label_values(
+    info: Mapping[str, Any], *, source: str | os.PathLike[str] = "dataset.json"
+) -> dict[int, str]:
     """Label value → name from a ``dataset.json`` (MSD or nnU-Net v2 convention; see :func:`dataset_label_groups`).
 
     Raises:
@@ -84,8 +90,10 @@ def dataset_label_values(info: Mapping[str, Any], *, source: str | os.PathLike[s
     values: dict[int, str] = {}
     for name, group in dataset_label_groups(info, source=source).items():
         if len(group) != 1:
-            raise InputError(f"{str(source)!r}: label {name!r} is region-based ({list(group)}); expected one value per label",
-                             hint="region-based labels (nnU-Net v2 regions) can be scored with voxpipe evaluate --dataset")
+            raise InputError(
+                f"{str(source)!r}: label {name!r} is region-based ({list(group)}); expected one value per label",
+                hint="region-based labels (nnU-Net v2 regions) can be scored with voxpipe evaluate --dataset",
+            )
         values[group[0]] = name
     return values
 
@@ -95,7 +103,9 @@ def dataset_modality(info: Mapping[str, Any]) -> list[str]:
     channels = info.get("modality") or info.get("channel_names") or {}
     if not isinstance(channels, Mapping):
         return []
-    return [str(channels[k]).upper() for k in sorted(channels, key=lambda k: int(k) if str(k).isdigit() else 0)]
+    return [
+        str(channels[k]).upper() for k in sorted(channels, key=lambda k: int(k) if str(k).isdigit() else 0)
+    ]
 
 
 def detect_layout(source: str | os.PathLike[str]) -> str:
@@ -125,7 +135,11 @@ def detect_layout(source: str | os.PathLike[str]) -> str:
 
 
 def load_datalist(
-    source: str | os.PathLike[str], *, layout: str | None = None, section: str = "training", check_files: bool = True
+    source: str | os.PathLike[str],
+    *,
+    layout: str | None = None,
+    section: str = "training",
+    check_files: bool = True,
 ) -> list[dict[str, Any]]:
     """All cases of a dataset as datalist dicts (``image``, optional ``label``, ``case``, ``patient``).
 
@@ -156,21 +170,27 @@ def load_datalist(
                 paths = entry.get(key) or []
                 for item in [paths] if isinstance(paths, str) else paths:
                     if not Path(item).exists():
-                        raise InputError(f"{str(source)!r}: case {entry['case']!r}: {key} {item!r} does not exist")
+                        raise InputError(
+                            f"{str(source)!r}: case {entry['case']!r}: {key} {item!r} does not exist"
+                        )
     return entries
 
 
 def _msd_entries(path: Path, section: str) -> list[dict[str, Any]]:
     manifest = path if path.is_file() else path / "dataset.json"
     if not manifest.is_file():
-        raise InputError(f"{str(manifest)!r}: expected an MSD dataset.json in the dataset folder, found no file")
+        raise InputError(
+            f"{str(manifest)!r}: expected an MSD dataset.json in the dataset folder, found no file"
+        )
     try:
         sections = json.loads(manifest.read_text())
     except json.JSONDecodeError as error:
         raise InputError(f"{str(manifest)!r}: not valid JSON ({error})") from error
     if section not in sections:
         raise InputError(f"{str(manifest)!r}: expected a {section!r} list, found keys {sorted(sections)}")
-    entries = load_decathlon_datalist(str(manifest), is_segmentation=True, data_list_key=section, base_dir=str(manifest.parent))
+    entries = load_decathlon_datalist(
+        str(manifest), is_segmentation=True, data_list_key=section, base_dir=str(manifest.parent)
+    )
     return [{**entry, "case": case_id(entry["image"])} for entry in entries]
 
 
@@ -180,7 +200,11 @@ def _is_nnunet(folder: Path) -> bool:
         info = json.loads((folder / "dataset.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return isinstance(info, dict) and "training" not in info and ((folder / "imagesTr").is_dir() or isinstance(info.get("dataset"), dict))
+    return (
+        isinstance(info, dict)
+        and "training" not in info
+        and ((folder / "imagesTr").is_dir() or isinstance(info.get("dataset"), dict))
+    )
 
 
 def _nnunet_entries(path: Path, section: str) -> list[dict[str, Any]]:
@@ -189,12 +213,18 @@ def _nnunet_entries(path: Path, section: str) -> list[dict[str, Any]]:
     info = json.loads(manifest.read_text())
     ending = info.get("file_ending", ".nii.gz")
     if not isinstance(ending, str) or not ending.startswith("."):
-        raise InputError(f"{str(manifest)!r}: 'file_ending': expected a suffix such as '.nii.gz', found {ending!r}")
+        raise InputError(
+            f"{str(manifest)!r}: 'file_ending': expected a suffix such as '.nii.gz', found {ending!r}"
+        )
     channels = info.get("channel_names", info.get("modality"))
     if not isinstance(channels, Mapping) or not channels:
-        raise InputError(f"{str(manifest)!r}: 'channel_names': expected a mapping such as {{\"0\": \"CT\"}}, found {channels!r}")
+        raise InputError(
+            f'{str(manifest)!r}: \'channel_names\': expected a mapping such as {{"0": "CT"}}, found {channels!r}'
+        )
     n_channels = len(channels)
-    if section == "training" and isinstance(info.get("dataset"), dict):  # explicit file lists (nnU-Net's "dataset" key)
+    if section == "training" and isinstance(
+        info.get("dataset"), dict
+    ):  # explicit file lists (nnU-Net's "dataset" key)
         return _nnunet_listed(root, info["dataset"], n_channels, manifest)
     images_dir = root / ("imagesTr" if section == "training" else "imagesTs")
     if not images_dir.is_dir():
@@ -208,8 +238,10 @@ def _nnunet_entries(path: Path, section: str) -> list[dict[str, Any]]:
     entries = []
     for case, files in sorted(cases.items()):
         if sorted(files) != list(range(n_channels)):
-            raise InputError(f"{str(images_dir)!r}: case {case!r}: expected channels {list(range(n_channels))} "
-                             f"(files {case}_0000{ending}...), found {sorted(files)}")
+            raise InputError(
+                f"{str(images_dir)!r}: case {case!r}: expected channels {list(range(n_channels))} "
+                f"(files {case}_0000{ending}...), found {sorted(files)}"
+            )
         images = [str(files[c]) for c in range(n_channels)]
         entry: dict[str, Any] = {"image": images[0] if n_channels == 1 else images, "case": case}
         label = root / "labelsTr" / f"{case}{ending}"
@@ -219,7 +251,9 @@ def _nnunet_entries(path: Path, section: str) -> list[dict[str, Any]]:
     return entries
 
 
-def _nnunet_listed(root: Path, listed: Mapping[str, Any], n_channels: int, manifest: Path) -> list[dict[str, Any]]:
+def _nnunet_listed(
+    root: Path, listed: Mapping[str, Any], n_channels: int, manifest: Path
+) -> list[dict[str, Any]]:
     """Cases of an nnU-Net v2 ``dataset`` key: ``{id: {"images": [...], "label": ...}}``, paths relative to the
     dataset folder unless absolute, ``$VARIABLES`` expanded (as nnU-Net does)."""
 
@@ -231,10 +265,18 @@ def _nnunet_listed(root: Path, listed: Mapping[str, Any], n_channels: int, manif
     for case, item in sorted(listed.items()):
         images = item.get("images") if isinstance(item, Mapping) else None
         if not isinstance(images, list) or len(images) != n_channels or "label" not in item:
-            raise InputError(f"{str(manifest)!r}: dataset entry {case!r}: expected {{'images': [{n_channels} file(s)], "
-                             f"'label': file}}, found {item!r}")
+            raise InputError(
+                f"{str(manifest)!r}: dataset entry {case!r}: expected {{'images': [{n_channels} file(s)], "
+                f"'label': file}}, found {item!r}"
+            )
         paths = [resolve(i) for i in images]
-        entries.append({"image": paths[0] if n_channels == 1 else paths, "label": resolve(item["label"]), "case": str(case)})
+        entries.append(
+            {
+                "image": paths[0] if n_channels == 1 else paths,
+                "label": resolve(item["label"]),
+                "case": str(case),
+            }
+        )
     return entries
 
 
@@ -266,11 +308,15 @@ def _csv_entries(path: Path) -> list[dict[str, Any]]:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or "image" not in rows[0]:
-        raise InputError(f"{str(path)!r}: expected a CSV with an 'image' column, found columns {list(rows[0]) if rows else []}")
+        raise InputError(
+            f"{str(path)!r}: expected a CSV with an 'image' column, found columns {list(rows[0]) if rows else []}"
+        )
     entries = []
     for number, row in enumerate(rows, start=2):
         if not row.get("image"):
-            raise InputError(f"{str(path)!r}: line {number}: expected an image path, found an empty 'image' cell")
+            raise InputError(
+                f"{str(path)!r}: line {number}: expected an image path, found an empty 'image' cell"
+            )
         entry: dict[str, Any] = {"image": str((path.parent / row["image"]).resolve())}
         if row.get("label"):
             entry["label"] = str((path.parent / row["label"]).resolve())
@@ -282,7 +328,11 @@ def _csv_entries(path: Path) -> list[dict[str, Any]]:
 
 
 def split_datalist(
-    source: str | os.PathLike[str], split_file: str | os.PathLike[str], *, part: str = "train", fold: int | None = None
+    source: str | os.PathLike[str],
+    split_file: str | os.PathLike[str],
+    *,
+    part: str = "train",
+    fold: int | None = None,
 ) -> list[dict[str, Any]]:
     """The entries of ``source`` in ``part`` of the saved split (fold ``fold`` for k-fold splits).
 
@@ -290,7 +340,6 @@ def split_datalist(
         InputError: unknown part/fold, or split case ids that the dataset does not have.
     """
     return select_split(load_datalist(source), split_file, part=part, fold=fold, source=source)
-
 
 
 def msd_datalist(
@@ -329,5 +378,3 @@ def msd_datalist(
     split = make_split(entries, val=val_fraction, seed=seed)
     wanted = set(split[part])
     return [e for e in entries if e["case"] in wanted]
-
-

@@ -23,7 +23,9 @@ from voxpipe.errors import InputError
 logger = logging.getLogger(__name__)
 
 # The archives of all ten tasks, as MONAI's DecathlonDataset lists them (the official tarballs, mirrored).
-MSD_ARCHIVES: dict[str, tuple[str, str]] = {task: (url, DecathlonDataset.md5[task]) for task, url in DecathlonDataset.resource.items()}
+MSD_ARCHIVES: dict[str, tuple[str, str]] = {
+    task: (url, DecathlonDataset.md5[task]) for task, url in DecathlonDataset.resource.items()
+}
 
 
 def download_msd(
@@ -49,7 +51,9 @@ def download_msd(
         InputError: unknown task, download failure, checksum mismatch, unsafe or incomplete archive.
     """
     if task not in MSD_ARCHIVES and not (url and md5):
-        raise InputError(f"MSD task: expected one of {sorted(MSD_ARCHIVES)} (or --url with --md5), found {task!r}")
+        raise InputError(
+            f"MSD task: expected one of {sorted(MSD_ARCHIVES)} (or --url with --md5), found {task!r}"
+        )
     default_url, default_md5 = MSD_ARCHIVES.get(task, ("", ""))
     url, md5 = url or default_url, md5 or default_md5
     root = Path(root)
@@ -58,7 +62,9 @@ def download_msd(
         logger.info("%s already holds %s; nothing downloaded", target, task)
         return target
     if target.exists():
-        raise InputError(f"{str(target)!r}: exists without dataset.json (an earlier partial copy?); remove it and retry")
+        raise InputError(
+            f"{str(target)!r}: exists without dataset.json (an earlier partial copy?); remove it and retry"
+        )
     root.mkdir(parents=True, exist_ok=True)
     archive = root / f"{task}.tar"
     try:
@@ -79,7 +85,9 @@ def download_msd(
         extracted = staging / task
         if not (extracted / "dataset.json").is_file():
             found = sorted(p.name for p in staging.iterdir())
-            raise InputError(f"{str(archive)!r}: expected {task}/dataset.json inside, found top-level entries {found}")
+            raise InputError(
+                f"{str(archive)!r}: expected {task}/dataset.json inside, found top-level entries {found}"
+            )
         os.replace(extracted, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

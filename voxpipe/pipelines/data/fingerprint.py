@@ -50,7 +50,9 @@ def compute_fingerprint(
     volumes: dict[str, list[float]] = {}
     for entry in tqdm(entries, desc="fingerprint", unit="case", disable=not progress):
         paths = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
-        image = load_channels(paths)  # (C, X, Y, Z) for several channels (4D NIfTI or one file each), else (X, Y, Z)
+        image = load_channels(
+            paths
+        )  # (C, X, Y, Z) for several channels (4D NIfTI or one file each), else (X, Y, Z)
         channels = np.asarray(image.array) if image.array.ndim == 4 else np.asarray(image.array)[None]
         label = load_volume(entry["label"], label=True)
         spacings.append(image.spacing)
@@ -58,23 +60,36 @@ def compute_fingerprint(
         for index, channel in enumerate(channels):
             foreground = channel[label.array > 0]
             if foreground.size:
-                samples.setdefault(index, []).append(rng.choice(foreground, size=min(SAMPLES_PER_CASE, foreground.size), replace=False))
+                samples.setdefault(index, []).append(
+                    rng.choice(foreground, size=min(SAMPLES_PER_CASE, foreground.size), replace=False)
+                )
         voxel_ml = float(np.prod(image.spacing)) / 1000.0
         values, counts = np.unique(label.array, return_counts=True)
         for value, count in zip(values.tolist(), counts.tolist(), strict=True):
             if value:
                 volumes.setdefault(str(value), []).append(count * voxel_ml)
     spacing = np.asarray(spacings)
-    per_channel = [_intensity(np.concatenate(samples[c]).astype(np.float64)) for c in sorted(samples)] or [_intensity(np.zeros(1))]
+    per_channel = [_intensity(np.concatenate(samples[c]).astype(np.float64)) for c in sorted(samples)] or [
+        _intensity(np.zeros(1))
+    ]
     result = {
         "n_cases": len(entries),
-        "spacing": {"median": np.median(spacing, axis=0).tolist(), "p10": np.percentile(spacing, 10, axis=0).tolist(),
-                    "min": spacing.min(axis=0).tolist(), "max": spacing.max(axis=0).tolist()},
-        "shape": {"median": np.median(np.asarray(shapes), axis=0).tolist(), "min": np.min(shapes, axis=0).tolist(),
-                  "max": np.max(shapes, axis=0).tolist()},
+        "spacing": {
+            "median": np.median(spacing, axis=0).tolist(),
+            "p10": np.percentile(spacing, 10, axis=0).tolist(),
+            "min": spacing.min(axis=0).tolist(),
+            "max": spacing.max(axis=0).tolist(),
+        },
+        "shape": {
+            "median": np.median(np.asarray(shapes), axis=0).tolist(),
+            "min": np.min(shapes, axis=0).tolist(),
+            "max": np.max(shapes, axis=0).tolist(),
+        },
         "foreground_intensity": per_channel[0],
-        "label_volume_ml": {k: {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v)), "n_cases": len(v)}
-                            for k, v in sorted(volumes.items())},
+        "label_volume_ml": {
+            k: {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v)), "n_cases": len(v)}
+            for k, v in sorted(volumes.items())
+        },
         "suggested": {"spacing": target_spacing(spacing)},
     }
     if len(per_channel) > 1:
@@ -83,8 +98,13 @@ def compute_fingerprint(
 
 
 def _intensity(values: np.ndarray) -> dict[str, float]:
-    return {"mean": float(values.mean()), "std": float(values.std()), "percentile_00_5": float(np.percentile(values, 0.5)),
-            "median": float(np.median(values)), "percentile_99_5": float(np.percentile(values, 99.5))}
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "percentile_00_5": float(np.percentile(values, 0.5)),
+        "median": float(np.median(values)),
+        "percentile_99_5": float(np.percentile(values, 99.5)),
+    }
 
 
 def target_spacing(spacings: np.ndarray) -> list[float]:

@@ -47,7 +47,9 @@ def make_split(
         duplicates = sorted({c for c in cases if cases.count(c) > 1})
         raise InputError(f"split: expected unique case ids, found duplicates {duplicates}")
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise InputError(f"split fractions: expected val, test >= 0 with val + test < 1, found val={val}, test={test}")
+        raise InputError(
+            f"split fractions: expected val, test >= 0 with val + test < 1, found val={val}, test={test}"
+        )
     groups: dict[str, list[str]] = {}
     for entry in entries:
         groups.setdefault(str(entry.get(group_key) or entry["case"]), []).append(str(entry["case"]))
@@ -71,9 +73,13 @@ def make_split(
     result: dict[str, Any] = {"seed": seed, "group_key": group_key, "test": flat(test_groups)}
     if folds:
         if folds < 2 or folds > len(rest):
-            raise InputError(f"folds: expected 2..{len(rest)} (patient groups left after the test part), found {folds}")
+            raise InputError(
+                f"folds: expected 2..{len(rest)} (patient groups left after the test part), found {folds}"
+            )
         buckets: list[list[str]] = [[] for _ in range(folds)]
-        for name in sorted(rest, key=lambda g: -len(groups[g])):  # largest groups first, then fill the smallest fold
+        for name in sorted(
+            rest, key=lambda g: -len(groups[g])
+        ):  # largest groups first, then fill the smallest fold
             min(buckets, key=lambda b: sum(len(groups[g]) for g in b)).append(name)
         result["folds"] = [
             {"train": flat([g for j, b in enumerate(buckets) if j != k for g in b]), "val": flat(bucket)}
@@ -108,19 +114,21 @@ def select_split(
         raise InputError(f"{str(split_path)!r}: could not read the split JSON ({error})") from error
     if "folds" in split and part in ("train", "val"):
         if fold is None or not 0 <= fold < len(split["folds"]):
-            raise InputError(f"{str(split_path)!r}: a {len(split['folds'])}-fold split; expected fold in 0..{len(split['folds']) - 1}, found {fold!r}")
+            raise InputError(
+                f"{str(split_path)!r}: a {len(split['folds'])}-fold split; expected fold in 0..{len(split['folds']) - 1}, found {fold!r}"
+            )
         wanted = split["folds"][fold][part]
     elif part in split:
         wanted = split[part]
     else:
-        raise InputError(f"{str(split_path)!r}: expected part in {[k for k in ('train', 'val', 'test') if k in split or 'folds' in split]}, found {part!r}")
+        raise InputError(
+            f"{str(split_path)!r}: expected part in {[k for k in ('train', 'val', 'test') if k in split or 'folds' in split]}, found {part!r}"
+        )
     by_case = {entry["case"]: entry for entry in entries}
     unknown = sorted(set(wanted) - set(by_case))
     if unknown:
         raise InputError(f"{str(split_path)!r}: cases {unknown[:5]} are not in the dataset {str(source)!r}")
     return [by_case[case] for case in sorted(wanted)]
-
-
 
 
 def split_part(

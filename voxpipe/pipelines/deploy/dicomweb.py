@@ -48,7 +48,9 @@ def _file_bytes(ds: pydicom.Dataset) -> bytes:
 class DicomwebPoller:
     """Poll a DICOMweb server for complete series of ``modality`` and fetch them into ``store``."""
 
-    def __init__(self, url: str, store: JobStore, *, modality: str | None, settle: float, timeout: float = 60.0) -> None:
+    def __init__(
+        self, url: str, store: JobStore, *, modality: str | None, settle: float, timeout: float = 60.0
+    ) -> None:
         from dicomweb_client.api import DICOMwebClient
 
         self.url = url.rstrip("/")
@@ -56,7 +58,9 @@ class DicomwebPoller:
         self.store = store
         self.modality = modality
         self.settle = settle
-        self._seen: dict[str, tuple[int, float]] = {}  # series UID → (instance count, when first seen with it)
+        self._seen: dict[
+            str, tuple[int, float]
+        ] = {}  # series UID → (instance count, when first seen with it)
 
     def poll(self) -> list[str]:
         """One QIDO-RS query; fetch the series that are new and complete. Their UIDs.
@@ -67,8 +71,9 @@ class DicomwebPoller:
 
         try:
             filters = {"Modality": self.modality} if self.modality else {}
-            found = self.client.search_for_series(search_filters=filters, fields=["NumberOfSeriesRelatedInstances"],
-                                                  get_remaining=True)
+            found = self.client.search_for_series(
+                search_filters=filters, fields=["NumberOfSeriesRelatedInstances"], get_remaining=True
+            )
         except (requests.RequestException, OSError, ValueError) as error:
             logger.warning("%s: QIDO-RS query failed (%s); trying again at the next poll", self.url, error)
             return []
@@ -88,7 +93,9 @@ class DicomwebPoller:
                 self._fetch(study, series)
             except (requests.RequestException, OSError, ValueError) as error:
                 self.store.discard(series)  # a partial series must not be run: fetched whole at the next poll
-                logger.warning("series %s: WADO-RS retrieve failed (%s); trying again at the next poll", series, error)
+                logger.warning(
+                    "series %s: WADO-RS retrieve failed (%s); trying again at the next poll", series, error
+                )
                 continue
             self._seen.pop(series, None)
             fetched.append(series)
@@ -101,13 +108,23 @@ class DicomwebPoller:
             if not is_uid(sop) or str(ds.get("SeriesInstanceUID", "")) != series:
                 logger.warning("series %s: an instance without a valid SOPInstanceUID was skipped", series)
                 continue
-            self.store.store_instance(_file_bytes(ds), series_uid=series, study_uid=study, sop_uid=sop,
-                                      modality=str(ds.get("Modality", "")), calling_aet="DICOMweb")
+            self.store.store_instance(
+                _file_bytes(ds),
+                series_uid=series,
+                study_uid=study,
+                sop_uid=sop,
+                modality=str(ds.get("Modality", "")),
+                calling_aet="DICOMweb",
+            )
             stored += 1
         logger.info("series %s: %d instance(s) retrieved over WADO-RS", series, stored)
         if stored:
-            self.store.update(series, state="queued", instances=self.store.instance_count(series),
-                              last_received=self.store.newest_received(series))
+            self.store.update(
+                series,
+                state="queued",
+                instances=self.store.instance_count(series),
+                last_received=self.store.newest_received(series),
+            )
 
     def stow(self, paths: list[Path]) -> list[str]:
         """STOW-RS the files; the SOP Instance UIDs the server stored.

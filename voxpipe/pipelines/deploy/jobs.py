@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 STATES = ("receiving", "queued", "running", "sending", "done", "failed")
 # A UID is digits and dots, at most 64 characters (PS3.5 9.1); anything else never becomes a path.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-MAX_ATTEMPTS = 3  # runs a job may start; a job that stopped the node this often is failed, not retried forever
+MAX_ATTEMPTS = (
+    3  # runs a job may start; a job that stopped the node this often is failed, not retried forever
+)
 
 
 def is_uid(value: object) -> bool:
@@ -76,12 +78,24 @@ def durable_write(path: Path, data: bytes) -> None:
         os.close(folder)
 
 
-def _new_job(series_uid: str, *, study_uid: str, modality: str, calling_aet: str, received: str) -> dict[str, Any]:
+def _new_job(
+    series_uid: str, *, study_uid: str, modality: str, calling_aet: str, received: str
+) -> dict[str, Any]:
     return {
-        "series_uid": series_uid, "study_uid": study_uid, "modality": modality, "calling_aet": calling_aet,
-        "state": "receiving", "first_received": received, "last_received": received, "revision": 0, "attempts": 0,
-        "reason": None, "results": {}, "sent": [], "history": [[_now(), "receiving"]],
-    }  # fmt: skip
+        "series_uid": series_uid,
+        "study_uid": study_uid,
+        "modality": modality,
+        "calling_aet": calling_aet,
+        "state": "receiving",
+        "first_received": received,
+        "last_received": received,
+        "revision": 0,
+        "attempts": 0,
+        "reason": None,
+        "results": {},
+        "sent": [],
+        "history": [[_now(), "receiving"]],
+    }
 
 
 class JobStore:
@@ -95,13 +109,17 @@ class JobStore:
     def __init__(self, workdir: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(workdir)
         if not create and not (self.root / "jobs").is_dir():
-            raise InputError(f"{str(self.root)!r}: expected a node work folder (with jobs/), found "
-                             f"{'a folder without one' if self.root.is_dir() else 'nothing at that path'}")
+            raise InputError(
+                f"{str(self.root)!r}: expected a node work folder (with jobs/), found "
+                f"{'a folder without one' if self.root.is_dir() else 'nothing at that path'}"
+            )
         try:
             for name in ("incoming", "jobs", "results"):
                 (self.root / name).mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise InputError(f"{str(self.root)!r}: could not create the node's work folder ({error.strerror or error})") from error
+            raise InputError(
+                f"{str(self.root)!r}: could not create the node's work folder ({error.strerror or error})"
+            ) from error
         self._lock = threading.RLock()
         self._last_received: dict[str, float] = {}
 
@@ -123,7 +141,9 @@ class JobStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as error:
-            raise InputError(f"{str(path)!r}: expected a job record (JSON), found an unreadable file ({error})") from error
+            raise InputError(
+                f"{str(path)!r}: expected a job record (JSON), found an unreadable file ({error})"
+            ) from error
 
     def save(self, job: dict[str, Any]) -> None:
         with self._lock:
@@ -141,7 +161,12 @@ class JobStore:
                 if state not in STATES:
                     raise ValueError(f"unknown job state {state!r}")
                 job.setdefault("history", []).append([_now(), state])
-                logger.info("series %s: %s%s", series_uid, state, f" ({changes['reason']})" if changes.get("reason") else "")
+                logger.info(
+                    "series %s: %s%s",
+                    series_uid,
+                    state,
+                    f" ({changes['reason']})" if changes.get("reason") else "",
+                )
             job.update(changes)
             self.save(job)
             return job
@@ -157,8 +182,9 @@ class JobStore:
         return sorted(records, key=lambda job: job.get("first_received", ""))
 
     # -- receiving --------------------------------------------------------------------------------
-    def store_instance(self, data: bytes, *, series_uid: str, study_uid: str, sop_uid: str, modality: str,
-                       calling_aet: str) -> bool:
+    def store_instance(
+        self, data: bytes, *, series_uid: str, study_uid: str, sop_uid: str, modality: str, calling_aet: str
+    ) -> bool:
         """Keep one received instance (durably) and open or extend its series' job.
 
         Returns:
@@ -172,15 +198,34 @@ class JobStore:
             self._last_received[series_uid] = time.monotonic()
             job = self.get(series_uid)
             if job is None:
-                self.save(_new_job(series_uid, study_uid=study_uid, modality=modality, calling_aet=calling_aet, received=_now()))
+                self.save(
+                    _new_job(
+                        series_uid,
+                        study_uid=study_uid,
+                        modality=modality,
+                        calling_aet=calling_aet,
+                        received=_now(),
+                    )
+                )
                 logger.info("series %s: receiving from %s", series_uid, calling_aet)
             elif new and job["state"] != "receiving":
                 # New instances for a series already queued or finished: it changed, so it is run again
                 # as a new revision (new result UIDs; what was sent before stays sent).
-                logger.info("series %s: new instances after %s; run again as revision %d", series_uid, job["state"],
-                            job["revision"] + 1)
-                self.update(series_uid, state="receiving", revision=job["revision"] + 1, attempts=0, reason=None,
-                            results={}, sent=[])
+                logger.info(
+                    "series %s: new instances after %s; run again as revision %d",
+                    series_uid,
+                    job["state"],
+                    job["revision"] + 1,
+                )
+                self.update(
+                    series_uid,
+                    state="receiving",
+                    revision=job["revision"] + 1,
+                    attempts=0,
+                    reason=None,
+                    results={},
+                    sent=[],
+                )
             return new
 
     def discard(self, series_uid: str) -> None:
@@ -208,17 +253,26 @@ class JobStore:
                     continue
                 last = self._last_received.get(uid)
                 if last is None:  # received before a restart: count from the newest file
-                    newest = max((p.stat().st_mtime for p in self.series_dir(uid).glob("*.dcm")), default=time.time())
+                    newest = max(
+                        (p.stat().st_mtime for p in self.series_dir(uid).glob("*.dcm")), default=time.time()
+                    )
                     last = now - max(0.0, time.time() - newest)
                     self._last_received[uid] = last
                 if now - last >= idle_seconds:
-                    self.update(uid, state="queued", instances=self.instance_count(uid), last_received=self.newest_received(uid))
+                    self.update(
+                        uid,
+                        state="queued",
+                        instances=self.instance_count(uid),
+                        last_received=self.newest_received(uid),
+                    )
                     queued.append(uid)
         return queued
 
     def newest_received(self, series_uid: str) -> str:
         """When the newest instance of a series was stored (its file's modification time, UTC)."""
-        newest = max((p.stat().st_mtime for p in self.series_dir(series_uid).glob("*.dcm")), default=time.time())
+        newest = max(
+            (p.stat().st_mtime for p in self.series_dir(series_uid).glob("*.dcm")), default=time.time()
+        )
         return datetime.fromtimestamp(newest, timezone.utc).isoformat(timespec="milliseconds")
 
     def recover(self) -> list[str]:
@@ -237,15 +291,25 @@ class JobStore:
                 ds = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
             except Exception:  # unreadable: the job fails with the loader's reason
                 ds = pydicom.Dataset()
-            self.save(_new_job(folder.name, study_uid=str(ds.get("StudyInstanceUID", "")), modality=str(ds.get("Modality", "")),
-                               calling_aet="", received=self.newest_received(folder.name)))
+            self.save(
+                _new_job(
+                    folder.name,
+                    study_uid=str(ds.get("StudyInstanceUID", "")),
+                    modality=str(ds.get("Modality", "")),
+                    calling_aet="",
+                    received=self.newest_received(folder.name),
+                )
+            )
             logger.info("series %s: instances without a job record found; receiving", folder.name)
         for job in self.jobs():
             if job["state"] != "running":
                 continue
             if job.get("attempts", 0) >= MAX_ATTEMPTS:
-                self.update(job["series_uid"], state="failed",
-                            reason=f"the node stopped during each of {job['attempts']} attempts; not retried")
+                self.update(
+                    job["series_uid"],
+                    state="failed",
+                    reason=f"the node stopped during each of {job['attempts']} attempts; not retried",
+                )
             else:
                 self.update(job["series_uid"], state="queued")
             recovered.append(job["series_uid"])
@@ -269,11 +333,17 @@ def format_status(store: JobStore) -> str:
         return f"{store.root}: no jobs"
     lines = [f"{'state':<10} {'instances':>9}  {'received':<23}  {'series':<64}  reason / results"]
     for job in jobs:
-        detail = job.get("reason") or ", ".join(f"{kind} sent" if item["sop_instance_uid"] in job.get("sent", []) else kind
-                                                for kind, item in job.get("results", {}).items())
-        instances = job["instances"] if "instances" in job else store.instance_count(job["series_uid"])  # count files only if needed
-        lines.append(f"{job['state']:<10} {instances:>9}  "
-                     f"{job.get('first_received', ''):<23.23}  {job['series_uid']:<64}  {detail}")
+        detail = job.get("reason") or ", ".join(
+            f"{kind} sent" if item["sop_instance_uid"] in job.get("sent", []) else kind
+            for kind, item in job.get("results", {}).items()
+        )
+        instances = (
+            job["instances"] if "instances" in job else store.instance_count(job["series_uid"])
+        )  # count files only if needed
+        lines.append(
+            f"{job['state']:<10} {instances:>9}  "
+            f"{job.get('first_received', ''):<23.23}  {job['series_uid']:<64}  {detail}"
+        )
     counts = {state: sum(job["state"] == state for job in jobs) for state in STATES}
     lines.append("  ".join(f"{state}: {n}" for state, n in counts.items() if n))
     return "\n".join(lines)

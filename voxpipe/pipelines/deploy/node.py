@@ -38,7 +38,9 @@ logger = logging.getLogger(__name__)
 
 BODY_HU = -500.0  # a CT voxel above this is tissue, not air
 MIN_BODY_FRACTION = 0.01  # of the sampled slices' pixels; below it the series shows no body
-MIN_FREE_BYTES = 256 * 2**20  # below this free space an instance is refused (out of resources), not half-stored
+MIN_FREE_BYTES = (
+    256 * 2**20
+)  # below this free space an instance is refused (out of resources), not half-stored
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 # Status codes of C-STORE (PS3.4 B.2.3)
@@ -80,7 +82,9 @@ class DeliveryError(OutputError):
         self.acknowledged = list(acknowledged)
 
 
-def send_dimse(paths: Sequence[Path], destination: Destination, *, calling_aet: str, timeout: float = 30.0) -> list[str]:
+def send_dimse(
+    paths: Sequence[Path], destination: Destination, *, calling_aet: str, timeout: float = 30.0
+) -> list[str]:
     """C-STORE each file to ``destination``; the SOP Instance UIDs it acknowledged with Success.
 
     Raises:
@@ -98,17 +102,23 @@ def send_dimse(paths: Sequence[Path], destination: Destination, *, calling_aet: 
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not association.is_established:
-        raise DeliveryError(f"{destination}: could not open an association (peer down, or it refused AE title {calling_aet!r})")
+        raise DeliveryError(
+            f"{destination}: could not open an association (peer down, or it refused AE title {calling_aet!r})"
+        )
     acknowledged: list[str] = []
     refused: list[str] = []
     try:
         for ds in datasets:
             status = association.send_c_store(ds)
             code = getattr(status, "Status", None)
-            if code == SUCCESS or (code is not None and 0xB000 <= code <= 0xBFFF):  # warnings store the instance too
+            if code == SUCCESS or (
+                code is not None and 0xB000 <= code <= 0xBFFF
+            ):  # warnings store the instance too
                 acknowledged.append(str(ds.SOPInstanceUID))
             else:
-                refused.append(f"{ds.SOPInstanceUID} ({'no answer' if code is None else f'status 0x{code:04X}'})")
+                refused.append(
+                    f"{ds.SOPInstanceUID} ({'no answer' if code is None else f'status 0x{code:04X}'})"
+                )
     finally:
         association.release()
     if refused:
@@ -132,7 +142,9 @@ def screen_series(folder: Path, *, modality: str | None) -> None:
     info = discover_series(folder)[0]
     found = sorted({str(ds.get("Modality", "")) or "none" for ds in info.headers})
     if modality and found != [modality]:
-        raise InputError(f"{str(folder)!r}: expected Modality {modality} (the bundle's input), found {', '.join(found)}")
+        raise InputError(
+            f"{str(folder)!r}: expected Modality {modality} (the bundle's input), found {', '.join(found)}"
+        )
     if modality == "CT":
         sample = info.files[:: max(1, len(info.files) // 8)][:8]
         above = total = 0
@@ -141,9 +153,11 @@ def screen_series(folder: Path, *, modality: str | None) -> None:
             above += int((hu > BODY_HU).sum())
             total += hu.size
         if total and above / total < MIN_BODY_FRACTION:
-            raise InputError(f"{str(folder)!r}: expected a body in the field of view, found "
-                             f"{100 * above / total:.2f}% of the sampled pixels above {BODY_HU:.0f} HU "
-                             f"(at least {100 * MIN_BODY_FRACTION:.0f}% expected)")
+            raise InputError(
+                f"{str(folder)!r}: expected a body in the field of view, found "
+                f"{100 * above / total:.2f}% of the sampled pixels above {BODY_HU:.0f} HU "
+                f"(at least {100 * MIN_BODY_FRACTION:.0f}% expected)"
+            )
 
 
 class DicomNode:
@@ -196,10 +210,20 @@ class DicomNode:
         self.ae_title = ae_title.strip()
         self.destination = parse_destination(send_to) if isinstance(send_to, str) else send_to
         if self.destination is None and dicomweb is None:
-            raise InputError("--send-to: expected the destination of the results (AET@HOST:PORT), found none",
-                             hint="give --send-to, or --dicomweb URL to poll and store over DICOMweb")
-        self.allow_aet = [a.strip() for a in allow_aet] or ([self.destination.ae_title] if self.destination else [])
-        self.bind, self.port, self.idle, self.poll, self.retry = bind, int(port), float(idle), float(poll), float(retry)
+            raise InputError(
+                "--send-to: expected the destination of the results (AET@HOST:PORT), found none",
+                hint="give --send-to, or --dicomweb URL to poll and store over DICOMweb",
+            )
+        self.allow_aet = [a.strip() for a in allow_aet] or (
+            [self.destination.ae_title] if self.destination else []
+        )
+        self.bind, self.port, self.idle, self.poll, self.retry = (
+            bind,
+            int(port),
+            float(idle),
+            float(poll),
+            float(retry),
+        )
         self.weights, self.overrides, self.safe = weights, dict(overrides or {}), not trust_bundle
         self.dicomweb_url = dicomweb
         check_inference_bundle(self.bundle, weights=weights, overrides=self.overrides, safe=self.safe)
@@ -219,23 +243,39 @@ class DicomNode:
         self._log_handler.setLevel(logging.INFO)
         package_logger = logging.getLogger("voxpipe")
         package_logger.addHandler(self._log_handler)
-        if package_logger.getEffectiveLevel() > logging.INFO:  # node.log records every job's steps, whatever the console shows
+        if (
+            package_logger.getEffectiveLevel() > logging.INFO
+        ):  # node.log records every job's steps, whatever the console shows
             package_logger.setLevel(logging.INFO)
         _keep_patient_data_out_of_logs()
         recovered = self.store.recover()
         if recovered:
-            logger.info("restart: %d interrupted job(s) queued again: %s", len(recovered), ", ".join(recovered))
+            logger.info(
+                "restart: %d interrupted job(s) queued again: %s", len(recovered), ", ".join(recovered)
+            )
         if self.dicomweb_url is None:
             self._server = self._start_scp()
             self.port = self._server.server_address[1]
-            logger.info("listening as %s on %s:%d (calling AE titles allowed: %s); results to %s", self.ae_title,
-                        self.bind, self.port, ", ".join(self.allow_aet) or "any", self.destination)
+            logger.info(
+                "listening as %s on %s:%d (calling AE titles allowed: %s); results to %s",
+                self.ae_title,
+                self.bind,
+                self.port,
+                ", ".join(self.allow_aet) or "any",
+                self.destination,
+            )
         else:
             from voxpipe.pipelines.deploy.dicomweb import DicomwebPoller
 
-            self._poller = DicomwebPoller(self.dicomweb_url, self.store, modality=self.modality, settle=self.idle)
-            logger.info("polling %s every %.0f s; results to %s", self.dicomweb_url, self.poll,
-                        self.destination or f"{self.dicomweb_url} (STOW-RS)")
+            self._poller = DicomwebPoller(
+                self.dicomweb_url, self.store, modality=self.modality, settle=self.idle
+            )
+            logger.info(
+                "polling %s every %.0f s; results to %s",
+                self.dicomweb_url,
+                self.poll,
+                self.destination or f"{self.dicomweb_url} (STOW-RS)",
+            )
         self._worker = threading.Thread(target=self._work, name="voxpipe-node-worker", daemon=True)
         self._worker.start()
 
@@ -284,43 +324,70 @@ class DicomNode:
         try:
             return ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
         except OSError as error:
-            raise InputError(f"--port {self.port}: could not listen on {self.bind}:{self.port} ({error.strerror or error})",
-                             hint="choose another port, or stop what is listening there") from error
+            raise InputError(
+                f"--port {self.port}: could not listen on {self.bind}:{self.port} ({error.strerror or error})",
+                hint="choose another port, or stop what is listening there",
+            ) from error
 
     def _on_rejected(self, event: Any) -> None:
         requestor = event.assoc.requestor
-        logger.warning("association from %s (%s) rejected: calling AE title not allowed (allowed: %s)",
-                       requestor.ae_title, requestor.address, ", ".join(self.allow_aet))
+        logger.warning(
+            "association from %s (%s) rejected: calling AE title not allowed (allowed: %s)",
+            requestor.ae_title,
+            requestor.address,
+            ", ".join(self.allow_aet),
+        )
 
     def _on_store(self, event: Any) -> int:
         """Keep one instance on disk, then acknowledge it (status codes of PS3.4 B.2.3)."""
         calling = str(event.assoc.requestor.ae_title)
         try:
             ds = event.dataset
-            uids = {k: str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
-            if not uids["SOPInstanceUID"]:  # anonymisers blank it; the C-STORE request always names the instance
+            uids = {
+                k: str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+            }
+            if not uids[
+                "SOPInstanceUID"
+            ]:  # anonymisers blank it; the C-STORE request always names the instance
                 uids["SOPInstanceUID"] = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
             modality = str(ds.get("Modality", ""))
         except Exception as error:  # the dataset does not decode
-            logger.warning("instance from %s refused: could not be decoded (%s)", calling, type(error).__name__)
+            logger.warning(
+                "instance from %s refused: could not be decoded (%s)", calling, type(error).__name__
+            )
             return CANNOT_UNDERSTAND
         bad = [k for k, v in uids.items() if not is_uid(v)]
         if bad:
             # The values are not logged: a field that is not a UID may hold anything, patient data included.
-            logger.warning("instance from %s refused: expected UIDs in %s, found other text", calling, ", ".join(bad))
+            logger.warning(
+                "instance from %s refused: expected UIDs in %s, found other text", calling, ", ".join(bad)
+            )
             return CANNOT_UNDERSTAND
         if shutil.disk_usage(self.store.root).free < MIN_FREE_BYTES:
-            logger.error("instance %s from %s refused: less than %d MiB free in %s", uids["SOPInstanceUID"], calling,
-                         MIN_FREE_BYTES // 2**20, self.store.root)
+            logger.error(
+                "instance %s from %s refused: less than %d MiB free in %s",
+                uids["SOPInstanceUID"],
+                calling,
+                MIN_FREE_BYTES // 2**20,
+                self.store.root,
+            )
             return OUT_OF_RESOURCES
         try:
             self.store.store_instance(
-                event.encoded_dataset(include_meta=True), series_uid=uids["SeriesInstanceUID"],
-                study_uid=uids["StudyInstanceUID"], sop_uid=uids["SOPInstanceUID"], modality=modality, calling_aet=calling,
-            )  # fmt: skip
+                event.encoded_dataset(include_meta=True),
+                series_uid=uids["SeriesInstanceUID"],
+                study_uid=uids["StudyInstanceUID"],
+                sop_uid=uids["SOPInstanceUID"],
+                modality=modality,
+                calling_aet=calling,
+            )
         except OSError as error:
-            logger.error("instance %s from %s refused: could not be stored (%s)", uids["SOPInstanceUID"], calling,
-                         error.strerror or error)
+            logger.error(
+                "instance %s from %s refused: could not be stored (%s)",
+                uids["SOPInstanceUID"],
+                calling,
+                error.strerror or error,
+            )
             return OUT_OF_RESOURCES
         return SUCCESS
 
@@ -345,7 +412,9 @@ class DicomNode:
     def _next_job(self) -> dict[str, Any] | None:
         now = time.monotonic()
         for job in self.store.jobs():
-            if job["state"] == "queued" or (job["state"] == "sending" and self._retry_at.get(job["series_uid"], 0) <= now):
+            if job["state"] == "queued" or (
+                job["state"] == "sending" and self._retry_at.get(job["series_uid"], 0) <= now
+            ):
                 return job
         return None
 
@@ -357,23 +426,40 @@ class DicomNode:
         if job is None:
             raise KeyError(series_uid)
         if job["state"] == "queued":
-            job = self.store.update(series_uid, state="running", attempts=job.get("attempts", 0) + 1, reason=None)
+            job = self.store.update(
+                series_uid, state="running", attempts=job.get("attempts", 0) + 1, reason=None
+            )
             started = time.monotonic()
             redact = patient_data_redactor(self.store.series_dir(series_uid))
             try:
                 results = self._predict(job)
             except InferenceFailed as error:  # the one case's own reason, not the batch summary
-                return self.store.update(series_uid, state="failed", reason=redact(next(iter(error.failures.values()))))
+                return self.store.update(
+                    series_uid, state="failed", reason=redact(next(iter(error.failures.values())))
+                )
             except VoxpipeError as error:
-                return self.store.update(series_uid, state="failed", reason=redact(str(error).splitlines()[0]))
+                return self.store.update(
+                    series_uid, state="failed", reason=redact(str(error).splitlines()[0])
+                )
             except Exception as error:  # voxpipe's bug: recorded, and the node goes on with the next series
                 import traceback
 
-                logger.error("series %s: internal error\n%s", series_uid, redact("".join(traceback.format_exception(error))))
-                return self.store.update(series_uid, state="failed",
-                                         reason=redact(f"internal error: {type(error).__name__}: {error}"))
-            job = self.store.update(series_uid, state="sending", results=results,
-                                    inference_seconds=round(time.monotonic() - started, 3))
+                logger.error(
+                    "series %s: internal error\n%s",
+                    series_uid,
+                    redact("".join(traceback.format_exception(error))),
+                )
+                return self.store.update(
+                    series_uid,
+                    state="failed",
+                    reason=redact(f"internal error: {type(error).__name__}: {error}"),
+                )
+            job = self.store.update(
+                series_uid,
+                state="sending",
+                results=results,
+                inference_seconds=round(time.monotonic() - started, 3),
+            )
         if job["state"] == "sending":
             job = self._deliver(job)
         return job
@@ -397,22 +483,44 @@ class DicomNode:
         screen_series(series, modality=self.modality)
         timings = Timings()
         [label_path] = infer_with_bundle(
-            self.bundle, [series], output_dir=out, weights=self.weights, overrides=self.overrides, safe=self.safe,
-            progress=False, timings=timings,
-        )  # fmt: skip
+            self.bundle,
+            [series],
+            output_dir=out,
+            weights=self.weights,
+            overrides=self.overrides,
+            safe=self.safe,
+            progress=False,
+            timings=timings,
+        )
         self.store.update(uid, stage_seconds={k: round(v, 6) for k, v in timings.seconds.items()})
         names = label_names(self.bundle)
         seg_path, sr_path = out / "seg.dcm", out / "sr.dcm"
-        write_dicom_seg(load_volume(label_path, label=True).array, series, seg_path, names=names,
-                        sop_instance_uid=result_uid(uid, revision, "seg"),
-                        seg_series_uid=result_uid(uid, revision, "seg-series"))
+        write_dicom_seg(
+            load_volume(label_path, label=True).array,
+            series,
+            seg_path,
+            names=names,
+            sop_instance_uid=result_uid(uid, revision, "seg"),
+            seg_series_uid=result_uid(uid, revision, "seg-series"),
+        )
         statistics = json.loads((out / "statistics.json").read_text())[case_id(series)]
-        write_measurement_report(seg_path, discover_series(series)[0].headers, statistics, sr_path,
-                                 sop_instance_uid=result_uid(uid, revision, "sr"),
-                                 series_instance_uid=result_uid(uid, revision, "sr-series"))
+        write_measurement_report(
+            seg_path,
+            discover_series(series)[0].headers,
+            statistics,
+            sr_path,
+            sop_instance_uid=result_uid(uid, revision, "sr"),
+            series_instance_uid=result_uid(uid, revision, "sr-series"),
+        )
         return {
-            "seg": {"path": str(seg_path.relative_to(self.store.root)), "sop_instance_uid": result_uid(uid, revision, "seg")},
-            "sr": {"path": str(sr_path.relative_to(self.store.root)), "sop_instance_uid": result_uid(uid, revision, "sr")},
+            "seg": {
+                "path": str(seg_path.relative_to(self.store.root)),
+                "sop_instance_uid": result_uid(uid, revision, "seg"),
+            },
+            "sr": {
+                "path": str(sr_path.relative_to(self.store.root)),
+                "sop_instance_uid": result_uid(uid, revision, "sr"),
+            },
         }
 
     def _deliver(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -437,14 +545,27 @@ class DicomNode:
         received = datetime.fromisoformat(job["last_received"])
         seconds = (datetime.now(timezone.utc) - received).total_seconds()
         self._retry_at.pop(uid, None)
-        return self.store.update(uid, state="done", sent=sent, last_error=None,
-                                 seconds_from_last_instance=round(seconds, 3))
+        return self.store.update(
+            uid, state="done", sent=sent, last_error=None, seconds_from_last_instance=round(seconds, 3)
+        )
 
 
 # Patient-identifying attributes (PS3.15 E.1 basic profile, the ones a library message might quote).
-_IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames", "PatientAddress",
-                "PatientTelephoneNumbers", "AccessionNumber", "ReferringPhysicianName", "IssuerOfPatientID",
-                "MedicalRecordLocator", "PatientMotherBirthName", "PatientBirthName")
+_IDENTIFYING = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "IssuerOfPatientID",
+    "MedicalRecordLocator",
+    "PatientMotherBirthName",
+    "PatientBirthName",
+)
 
 
 def patient_data_redactor(series: Path) -> Any:
@@ -463,7 +584,7 @@ def patient_data_redactor(series: Path) -> Any:
             for keyword in _IDENTIFYING:
                 element = ds.get(keyword)
                 raw = element if not isinstance(element, pydicom.DataElement) else element.value
-                for value in (raw if isinstance(raw, (list, pydicom.multival.MultiValue)) else [raw]):
+                for value in raw if isinstance(raw, (list, pydicom.multival.MultiValue)) else [raw]:
                     text = str(value or "").strip()
                     values.update(part for part in {text, *text.replace("^", " ").split()} if len(part) >= 3)
         except Exception:  # an unreadable header: nothing to redact from it

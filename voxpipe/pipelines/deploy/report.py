@@ -58,35 +58,64 @@ def write_measurement_report(
         figures = statistics.get(name)
         if figures is None:
             continue
-        measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=float(figures["volume_ml"]), unit=millilitre,
-                                          algorithm_id=algorithm)]
+        measurements = [
+            hd.sr.Measurement(
+                name=codes.SCT.Volume,
+                value=float(figures["volume_ml"]),
+                unit=millilitre,
+                algorithm_id=algorithm,
+            )
+        ]
         if "lesion_count" in figures:
-            measurements.append(hd.sr.Measurement(name=count, value=float(figures["lesion_count"]), unit=lesions,
-                                                  algorithm_id=algorithm))
-            measurements.append(hd.sr.Measurement(
-                name=codes.SCT.Diameter, value=float(figures.get("largest_lesion_diameter_mm", 0.0)), unit=millimetre,
-                derivation=codes.SCT.Maximum, algorithm_id=algorithm,
-            ))  # fmt: skip
+            measurements.append(
+                hd.sr.Measurement(
+                    name=count, value=float(figures["lesion_count"]), unit=lesions, algorithm_id=algorithm
+                )
+            )
+            measurements.append(
+                hd.sr.Measurement(
+                    name=codes.SCT.Diameter,
+                    value=float(figures.get("largest_lesion_diameter_mm", 0.0)),
+                    unit=millimetre,
+                    derivation=codes.SCT.Maximum,
+                    algorithm_id=algorithm,
+                )
+            )
         kind = segment.SegmentedPropertyTypeCodeSequence[0]
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"segment {segment.SegmentNumber}: {name}"),
-            referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, int(segment.SegmentNumber)),
-            finding_type=hd.sr.CodedConcept(kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning),
-            measurements=measurements,
-        ))  # fmt: skip
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=hd.UID(), identifier=f"segment {segment.SegmentNumber}: {name}"
+                ),
+                referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, int(segment.SegmentNumber)),
+                finding_type=hd.sr.CodedConcept(
+                    kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning
+                ),
+                measurements=measurements,
+            )
+        )
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name="voxpipe"),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name="voxpipe"
+        ),
     )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups,
-    )  # fmt: skip
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=groups,
+    )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[seg, *source_headers], content=report[0], series_instance_uid=series_instance_uid, series_number=901,
-        sop_instance_uid=sop_instance_uid, instance_number=1, manufacturer="voxpipe", is_complete=True,
+        evidence=[seg, *source_headers],
+        content=report[0],
+        series_instance_uid=series_instance_uid,
+        series_number=901,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer="voxpipe",
+        is_complete=True,
         series_description="voxpipe measurements",
-    )  # fmt: skip
+    )
     with atomic_path(path) as tmp:
         sr.save_as(tmp)
     return Path(path)

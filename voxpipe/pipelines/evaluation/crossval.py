@@ -43,12 +43,16 @@ def parse_folds(text: str | Sequence[int], n_folds: int) -> list[int]:
         try:
             folds = [int(part) for part in text.split(",") if part.strip()]
         except ValueError as error:
-            raise InputError(f"--folds: expected 'all' or fold numbers such as 0,1,2, found {text!r}") from error
+            raise InputError(
+                f"--folds: expected 'all' or fold numbers such as 0,1,2, found {text!r}"
+            ) from error
     else:
         folds = [int(v) for v in text]
     bad = [f for f in folds if not 0 <= f < n_folds]
     if bad or not folds:
-        raise InputError(f"--folds: expected folds in 0..{n_folds - 1} (the split has {n_folds}), found {folds or text!r}")
+        raise InputError(
+            f"--folds: expected folds in 0..{n_folds - 1} (the split has {n_folds}), found {folds or text!r}"
+        )
     return sorted(dict.fromkeys(folds))
 
 
@@ -62,9 +66,15 @@ def _config_values(bundle_dir: Path, overrides: Mapping[str, Any], keys: Sequenc
     return {key: (parser.get_parsed_content(key) if key in parser else None) for key in keys}
 
 
-def train_folds(bundle_dir: str | os.PathLike[str], *, folds: str | Sequence[int] = "all",
-                overrides: Mapping[str, Any] | None = None, resume: bool = False, progress: bool = True,
-                worker: tuple[int, int] | None = None) -> Path:
+def train_folds(
+    bundle_dir: str | os.PathLike[str],
+    *,
+    folds: str | Sequence[int] = "all",
+    overrides: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    worker: tuple[int, int] | None = None,
+) -> Path:
     """Train the chosen folds of the bundle's k-fold ``split_file`` and predict each fold's validation cases.
 
     ``worker=(i, n)``: this process is worker ``i`` of ``n`` (one per GPU, e.g. the ranks of
@@ -83,14 +93,18 @@ def train_folds(bundle_dir: str | os.PathLike[str], *, folds: str | Sequence[int
     values = _config_values(bundle, overrides, ["split_file", "output_dir", "dataset_dir"])
     split_file = values["split_file"]
     if not split_file:
-        raise InputError(f"{str(find_config(bundle, 'train'))!r}: 'split_file': expected a k-fold split for --folds, found none",
-                         hint="voxpipe plan writes one (splits.json); or voxpipe data split DATASET -o split.json --folds 5")
+        raise InputError(
+            f"{str(find_config(bundle, 'train'))!r}: 'split_file': expected a k-fold split for --folds, found none",
+            hint="voxpipe plan writes one (splits.json); or voxpipe data split DATASET -o split.json --folds 5",
+        )
     try:
         split = json.loads(Path(split_file).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"{str(split_file)!r}: could not read the split JSON ({error})") from error
     if "folds" not in split:
-        raise InputError(f"{str(split_file)!r}: expected a k-fold split ('folds'), found parts {sorted(split)}")
+        raise InputError(
+            f"{str(split_file)!r}: expected a k-fold split ('folds'), found parts {sorted(split)}"
+        )
     chosen = parse_folds(folds, len(split["folds"]))
     if worker is not None:
         index, count = worker
@@ -99,8 +113,12 @@ def train_folds(bundle_dir: str | os.PathLike[str], *, folds: str | Sequence[int
     base = Path(values["output_dir"]).resolve()
     base.mkdir(parents=True, exist_ok=True)
     record_path = base / "cv.json"
-    about = {"bundle": str(bundle), "dataset_dir": str(values["dataset_dir"]), "split_file": str(Path(split_file).resolve()),
-             "n_folds": len(split["folds"])}
+    about = {
+        "bundle": str(bundle),
+        "dataset_dir": str(values["dataset_dir"]),
+        "split_file": str(Path(split_file).resolve()),
+        "n_folds": len(split["folds"]),
+    }
     inference_keys = _inference_keys(bundle)
     for position, fold in enumerate(chosen, start=1):
         fold_dir = base / f"fold_{fold}"
@@ -109,8 +127,17 @@ def train_folds(bundle_dir: str | os.PathLike[str], *, folds: str | Sequence[int
             logger.info("fold %d (%d of %d): trained already (%s)", fold, position, len(chosen), final)
         else:
             logger.info("fold %d (%d of %d): training into %s", fold, position, len(chosen), fold_dir)
-            run_bundle(bundle, config="train", overrides={**overrides, "split_file": str(split_file), "fold": fold,
-                                                          "output_dir": str(fold_dir), "resume": resume})
+            run_bundle(
+                bundle,
+                config="train",
+                overrides={
+                    **overrides,
+                    "split_file": str(split_file),
+                    "fold": fold,
+                    "output_dir": str(fold_dir),
+                    "resume": resume,
+                },
+            )
         best = fold_dir / "models" / "model.pt"
         weights = best if best.is_file() else final
         predictions = fold_dir / "validation"
@@ -119,11 +146,22 @@ def train_folds(bundle_dir: str | os.PathLike[str], *, folds: str | Sequence[int
         if not done.is_file():
             logger.info("fold %d: predicting its %d validation case(s)", fold, len(cases))
             entries = split_datalist(values["dataset_dir"], split_file, part="val", fold=fold)
-            infer_with_bundle(bundle, [e["image"] for e in entries], output_dir=predictions, weights=weights,
-                              overrides={k: v for k, v in overrides.items() if k in inference_keys and k not in _RUN_KEYS},
-                              save_probabilities=True, progress=progress)
+            infer_with_bundle(
+                bundle,
+                [e["image"] for e in entries],
+                output_dir=predictions,
+                weights=weights,
+                overrides={k: v for k, v in overrides.items() if k in inference_keys and k not in _RUN_KEYS},
+                save_probabilities=True,
+                progress=progress,
+            )
             write_text_atomic(done, json.dumps({"cases": cases, "weights": str(weights)}, indent=2) + "\n")
-        entry = {"output_dir": str(fold_dir), "weights": str(weights), "validation_dir": str(predictions), "cases": cases}
+        entry = {
+            "output_dir": str(fold_dir),
+            "weights": str(weights),
+            "validation_dir": str(predictions),
+            "cases": cases,
+        }
         with exclusive_lock(base / ".cv.lock"):  # other workers may be adding their folds
             record = json.loads(record_path.read_text()) if record_path.is_file() else {}
             record.update(about)

@@ -54,20 +54,45 @@ def evaluate_detections(
     Raises:
         InputError: a file is missing or malformed (named, with the line).
     """
-    marks, nodules = read_findings(candidates, value="probability"), read_findings(annotations, value="diameter_mm")
+    marks, nodules = (
+        read_findings(candidates, value="probability"),
+        read_findings(annotations, value="diameter_mm"),
+    )
     skipped = read_findings(excluded, value="diameter_mm") if excluded else []
-    scans = read_seriesuids(seriesuids) if seriesuids else list(dict.fromkeys([f.series for f in nodules + marks]))
-    result = luna16_froc(marks, nodules, excluded=skipped, seriesuids=scans, n_bootstrap=n_bootstrap, seed=seed,
-                         max_marks=max_marks)  # fmt: skip
+    scans = (
+        read_seriesuids(seriesuids)
+        if seriesuids
+        else list(dict.fromkeys([f.series for f in nodules + marks]))
+    )
+    result = luna16_froc(
+        marks,
+        nodules,
+        excluded=skipped,
+        seriesuids=scans,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        max_marks=max_marks,
+    )
     out = Path(output_dir)
     curve = "fps_per_scan,sensitivity,threshold\n" + "".join(
-        f"{f:.9f},{s:.9f},{t:.9f}\n" for f, s, t in zip(result.fps, result.sensitivity, result.thresholds, strict=True))
+        f"{f:.9f},{s:.9f},{t:.9f}\n"
+        for f, s, t in zip(result.fps, result.sensitivity, result.thresholds, strict=True)
+    )
     write_text_atomic(out / "froc.csv", curve)
-    summary = {"candidates_file": str(candidates), "annotations_file": str(annotations), "excluded_file": str(excluded or ""),
-               "seriesuids_file": str(seriesuids or ""), "rules": "LUNA16 (noduleCADEvaluationLUNA16.py)",
-               "max_marks_per_scan": max_marks, "bootstrap_seed": seed, **result.summary()}
+    summary = {
+        "candidates_file": str(candidates),
+        "annotations_file": str(annotations),
+        "excluded_file": str(excluded or ""),
+        "seriesuids_file": str(seriesuids or ""),
+        "rules": "LUNA16 (noduleCADEvaluationLUNA16.py)",
+        "max_marks_per_scan": max_marks,
+        "bootstrap_seed": seed,
+        **result.summary(),
+    }
     if boxes_dir is not None:
-        summary["coco"] = result.coco = coco_metrics(boxes_dir, nodules, scans=scans, excluded=skipped, max_marks=max_marks)
+        summary["coco"] = result.coco = coco_metrics(
+            boxes_dir, nodules, scans=scans, excluded=skipped, max_marks=max_marks
+        )
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     png = _plot(result, out / "froc.png")
     _report(result, out / "froc.html", png)
@@ -103,15 +128,16 @@ def _report(result: FrocResult, path: Path, png: Path) -> None:
     ci = result.ci.get("sensitivity_ci95", {})
     rows = "".join(
         f"<tr><td>{rate:g}</td><td>{value:.3f}</td><td>{_interval(ci.get(str(rate)))}</td></tr>"
-        for rate, value in result.sensitivity_at.items())
+        for rate, value in result.sensitivity_at.items()
+    )
     image = base64.b64encode(png.read_bytes()).decode()
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>voxpipe FROC</title><style>body{{font-family:sans-serif;
 margin:1.5em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}th{{background:#f3f3f3}}</style></head>
 <body><h1>Nodule detection: FROC by the LUNA16 rules</h1>
-<p>CPM <b>{result.cpm:.3f}</b> {html.escape(_interval(result.ci.get('cpm_ci95')))} over {result.n_scans} scans and
+<p>CPM <b>{result.cpm:.3f}</b> {html.escape(_interval(result.ci.get("cpm_ci95")))} over {result.n_scans} scans and
 {result.n_nodules} nodules: {result.true_positives} detected, {result.false_negatives} missed, {result.false_positives} false
 positives; {result.ignored_on_excluded} candidates on excluded findings and {result.ignored_double_hits} double hits ignored.
-CIs: 2.5–97.5 percentiles of {result.ci.get('bootstrap_samples', 0)} bootstrap resamples of the scans.</p>
+CIs: 2.5–97.5 percentiles of {result.ci.get("bootstrap_samples", 0)} bootstrap resamples of the scans.</p>
 <table><tr><th>FPs per scan</th><th>sensitivity</th><th>95% CI</th></tr>{rows}</table>
 <p><img src="data:image/png;base64,{image}" alt="FROC curve"></p></body></html>
 """
@@ -138,11 +164,20 @@ def evaluate_run(
     Returns the summary written to ``summary.json``.
     """
     root, out = Path(dataset_dir), Path(output_dir)
-    scans = write_text_atomic(out / "seriesuids_evaluated.csv", "".join(f"{e['seriesuid']}\n" for e in datalist))
+    scans = write_text_atomic(
+        out / "seriesuids_evaluated.csv", "".join(f"{e['seriesuid']}\n" for e in datalist)
+    )
     excluded = root / "annotations_excluded.csv"
-    result = evaluate_detections(detections["candidates"], root / "annotations.csv", output_dir=out,
-                                 excluded=excluded if excluded.is_file() else None, seriesuids=scans,
-                                 n_bootstrap=n_bootstrap, seed=seed, boxes_dir=Path(detections["candidates"]).parent)  # fmt: skip
+    result = evaluate_detections(
+        detections["candidates"],
+        root / "annotations.csv",
+        output_dir=out,
+        excluded=excluded if excluded.is_file() else None,
+        seriesuids=scans,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        boxes_dir=Path(detections["candidates"]).parent,
+    )
     summary = {**result.summary(), "coco": result.coco}
     logger.info("CPM %.4f over %d scans (%d nodules)", result.cpm, result.n_scans, result.n_nodules)
     return summary
@@ -181,16 +216,27 @@ def coco_metrics(
         if path.is_file():
             boxes, space, items = read_boxes_json(path)
             if space != "world_lps":
-                raise InputError(f"{str(path)!r}: expected boxes in world_lps (as the annotations), found {space}")
+                raise InputError(
+                    f"{str(path)!r}: expected boxes in world_lps (as the annotations), found {space}"
+                )
         pred_boxes.append(boxes)
         pred_scores.append(np.asarray([float(i.get("score", 0.0)) for i in items], dtype=float))
         real, skip = truth.get(scan, np.zeros((0, 6))), ignored.get(scan, np.zeros((0, 6)))
         gt_boxes.append(np.concatenate([real, skip]))
         gt_ignore.append(np.r_[np.zeros(len(real), dtype=bool), np.ones(len(skip), dtype=bool)])
-    metric = COCOMetric(classes=["nodule"], iou_list=[0.1], iou_range=(0.1, 0.5, 0.05), max_detection=[max_marks])
-    matched = matching_batch(iou_fn=box_iou, iou_thresholds=metric.iou_thresholds, pred_boxes=pred_boxes,
-                             pred_classes=[np.zeros(len(b), dtype=int) for b in pred_boxes], pred_scores=pred_scores,
-                             gt_boxes=gt_boxes, gt_classes=[np.zeros(len(b), dtype=int) for b in gt_boxes],
-                             gt_ignore=gt_ignore, max_detections=max_marks)  # fmt: skip
+    metric = COCOMetric(
+        classes=["nodule"], iou_list=[0.1], iou_range=(0.1, 0.5, 0.05), max_detection=[max_marks]
+    )
+    matched = matching_batch(
+        iou_fn=box_iou,
+        iou_thresholds=metric.iou_thresholds,
+        pred_boxes=pred_boxes,
+        pred_classes=[np.zeros(len(b), dtype=int) for b in pred_boxes],
+        pred_scores=pred_scores,
+        gt_boxes=gt_boxes,
+        gt_classes=[np.zeros(len(b), dtype=int) for b in gt_boxes],
+        gt_ignore=gt_ignore,
+        max_detections=max_marks,
+    )
     values = metric(matched)[0]
     return {key: float(value) for key, value in values.items()}

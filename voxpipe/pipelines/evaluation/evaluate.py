@@ -94,14 +94,18 @@ def label_groups_from_dataset(dataset_json: str | os.PathLike[str]) -> dict[str,
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise InputError(f"{str(path)!r}: expected a dataset.json with a 'labels' mapping ({error})") from error
+        raise InputError(
+            f"{str(path)!r}: expected a dataset.json with a 'labels' mapping ({error})"
+        ) from error
     if not isinstance(info, dict) or "labels" not in info:
         raise InputError(f"{str(path)!r}: expected a dataset.json with a 'labels' mapping, found none")
     return {name: group for name, group in dataset_label_groups(info, source=path).items() if group != (0,)}
 
 
 def _same_grid(pred: Volume, ref: Volume) -> bool:
-    return pred.array.shape[:3] == ref.array.shape[:3] and np.allclose(pred.affine, ref.affine, atol=GEOMETRY_ATOL_MM)
+    return pred.array.shape[:3] == ref.array.shape[:3] and np.allclose(
+        pred.affine, ref.affine, atol=GEOMETRY_ATOL_MM
+    )
 
 
 def _check_same_grid(pred: Volume, ref: Volume) -> None:
@@ -138,7 +142,11 @@ def load_reference(path: str | os.PathLike[str], *, grid: Volume | None = None) 
         return load_volume(path)
     seg = read_seg(path)
     if grid is not None:
-        return Volume(seg_to_label_map(seg, grid.array.shape[:3], grid.affine), np.asarray(grid.affine, dtype=float), path)
+        return Volume(
+            seg_to_label_map(seg, grid.array.shape[:3], grid.affine),
+            np.asarray(grid.affine, dtype=float),
+            path,
+        )
     shape, affine = seg_grid(seg)
     return Volume(seg_to_label_map(seg, shape, affine), affine, path)
 
@@ -148,15 +156,30 @@ def _integer_labels(volume: Volume) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.integer):
         rounded = np.rint(array)
         if not np.array_equal(rounded, array):
-            raise InputError(f"{str(volume.path)!r}: expected integer label values, found non-integral values")
+            raise InputError(
+                f"{str(volume.path)!r}: expected integer label values, found non-integral values"
+            )
         array = rounded
     return array.astype(np.int64, copy=False)
 
 
 METRICS = (
-    "dice", "iou", "sensitivity", "precision", "specificity", "volume_diff_ml", "volume_diff_rel",
-    "hd", "hd95", "assd", "msd", "nsd", "lesion_recall", "lesion_precision", "lesion_f1",
-)  # fmt: skip
+    "dice",
+    "iou",
+    "sensitivity",
+    "precision",
+    "specificity",
+    "volume_diff_ml",
+    "volume_diff_rel",
+    "hd",
+    "hd95",
+    "assd",
+    "msd",
+    "nsd",
+    "lesion_recall",
+    "lesion_precision",
+    "lesion_f1",
+)
 COUNTS = ("tp", "fp", "fn", "lesions_ref", "lesions_pred")
 
 
@@ -186,22 +209,36 @@ def score_structure(
     c = confusion(prediction, reference)
     diff_ml, diff_rel = volume_difference(prediction, reference, spacing)
     values: dict[str, float] = {
-        "dice": dice_from(c), "iou": iou_from(c), "sensitivity": sensitivity_from(c),
-        "precision": precision_from(c), "specificity": specificity_from(c),
-        "volume_diff_ml": diff_ml, "volume_diff_rel": diff_rel,
-    }  # fmt: skip
+        "dice": dice_from(c),
+        "iou": iou_from(c),
+        "sensitivity": sensitivity_from(c),
+        "precision": precision_from(c),
+        "specificity": specificity_from(c),
+        "volume_diff_ml": diff_ml,
+        "volume_diff_rel": diff_rel,
+    }
     if options.surface:
         d = surface.surface_distances(prediction, reference, spacing, definition=options.definition)
         values.update(
-            hd=surface.hausdorff(d), hd95=surface.hausdorff(d, 95), assd=surface.assd(d),
-            msd=surface.mean_surface_distance(d), nsd=surface.normalised_surface_dice(d, options.tolerance),
-        )  # fmt: skip
+            hd=surface.hausdorff(d),
+            hd95=surface.hausdorff(d, 95),
+            assd=surface.assd(d),
+            msd=surface.mean_surface_distance(d),
+            nsd=surface.normalised_surface_dice(d, options.tolerance),
+        )
     lesions = detect_lesions(prediction, reference, threshold=options.lesion_threshold)
     values.update(lesion_recall=lesions.recall, lesion_precision=lesions.precision, lesion_f1=lesions.f1)
     pred_empty, ref_empty = c.empty
-    values = apply_convention(values, prediction_empty=pred_empty, reference_empty=ref_empty,
-                              convention=options.convention, worst_distance=_diagonal(reference.shape, spacing))  # fmt: skip
-    values.update(tp=c.tp, fp=c.fp, fn=c.fn, lesions_ref=lesions.n_reference, lesions_pred=lesions.n_predicted)
+    values = apply_convention(
+        values,
+        prediction_empty=pred_empty,
+        reference_empty=ref_empty,
+        convention=options.convention,
+        worst_distance=_diagonal(reference.shape, spacing),
+    )
+    values.update(
+        tp=c.tp, fp=c.fp, fn=c.fn, lesions_ref=lesions.n_reference, lesions_pred=lesions.n_predicted
+    )
     return values
 
 
@@ -239,9 +276,14 @@ def bootstrap_ci(values: np.ndarray, *, resamples: int = 1000, seed: int = 0) ->
     return float(low), float(high)
 
 
-def _summarise(rows: list[dict[str, Any]], structures: Sequence[str], options: ScoringOptions) -> dict[str, Any]:
-    summary: dict[str, Any] = {"cases": len(rows), "failed": [r["case"] for r in rows if r["status"] != "ok"],
-                               "failed_reasons": {r["case"]: r.get("reason", "") for r in rows if r["status"] != "ok"}}
+def _summarise(
+    rows: list[dict[str, Any]], structures: Sequence[str], options: ScoringOptions
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "cases": len(rows),
+        "failed": [r["case"] for r in rows if r["status"] != "ok"],
+        "failed_reasons": {r["case"]: r.get("reason", "") for r in rows if r["status"] != "ok"},
+    }
     template = _template(rows)
     metrics: dict[str, Any] = {}
     for name in structures:
@@ -264,7 +306,10 @@ def _summarise(rows: list[dict[str, Any]], structures: Sequence[str], options: S
     summary["metrics"] = metrics
     # Challenge aggregates. MSD ranks on the mean per class over cases; LiTS also pools all voxels.
     summary["aggregates"] = {
-        "msd": {name: {m: metrics[name][m]["mean"] for m in ("dice", "nsd") if m in metrics[name]} for name in structures},
+        "msd": {
+            name: {m: metrics[name][m]["mean"] for m in ("dice", "nsd") if m in metrics[name]}
+            for name in structures
+        },
         "lits": {
             name: {
                 "dice_per_case": metrics[name]["dice"]["mean"],
@@ -274,9 +319,11 @@ def _summarise(rows: list[dict[str, Any]], structures: Sequence[str], options: S
         },
     }
     summary["options"] = {
-        "convention": options.convention, "surface_definition": options.definition,
-        "nsd_tolerance_mm": options.tolerance, "lesion_iou_threshold": options.lesion_threshold,
-    }  # fmt: skip
+        "convention": options.convention,
+        "surface_definition": options.definition,
+        "nsd_tolerance_mm": options.tolerance,
+        "lesion_iou_threshold": options.lesion_threshold,
+    }
     return summary
 
 
@@ -297,12 +344,21 @@ def resample_nearest(prediction: Volume, reference: Volume) -> np.ndarray:
 
     mapping = np.linalg.inv(prediction.affine) @ reference.affine  # reference voxel → prediction voxel
     return ndimage.affine_transform(
-        np.asarray(prediction.array)[..., 0] if np.asarray(prediction.array).ndim == 4 else np.asarray(prediction.array),
-        mapping[:3, :3], offset=mapping[:3, 3], output_shape=reference.array.shape[:3], order=0, mode="constant", cval=0,
-    )  # fmt: skip
+        np.asarray(prediction.array)[..., 0]
+        if np.asarray(prediction.array).ndim == 4
+        else np.asarray(prediction.array),
+        mapping[:3, :3],
+        offset=mapping[:3, 3],
+        output_shape=reference.array.shape[:3],
+        order=0,
+        mode="constant",
+        cval=0,
+    )
 
 
-def _score_one(job: tuple[str, Path, Path | None, dict[str, tuple[int, ...]], ScoringOptions, bool]) -> dict[str, Any]:
+def _score_one(
+    job: tuple[str, Path, Path | None, dict[str, tuple[int, ...]], ScoringOptions, bool],
+) -> dict[str, Any]:
     """One case's row. A bad case never stops the others: it is scored and marked instead.
 
     Prediction problems (missing, unreadable, another grid, non-integral values) score the worst
@@ -326,7 +382,9 @@ def _score_one(job: tuple[str, Path, Path | None, dict[str, tuple[int, ...]], Sc
         except GeometryError as error:
             if predicted is None:
                 raise
-            reference = load_reference(ref_path)  # a SEG on its own lattice; the prediction is resampled onto it
+            reference = load_reference(
+                ref_path
+            )  # a SEG on its own lattice; the prediction is resampled onto it
             if not resample:
                 status, reason, predicted = "wrong_grid", _one_line(error), None
                 logger.warning("%s: %s; scored with the worst values", cid, reason)
@@ -341,13 +399,23 @@ def _score_one(job: tuple[str, Path, Path | None, dict[str, tuple[int, ...]], Sc
     if predicted is not None:
         try:
             if resample and not _same_grid(predicted, reference):
-                predicted = Volume(path=predicted.path, array=resample_nearest(predicted, reference), affine=reference.affine)
+                predicted = Volume(
+                    path=predicted.path, array=resample_nearest(predicted, reference), affine=reference.affine
+                )
             _check_same_grid(predicted, reference)
             prediction = _integer_labels(predicted)
         except InputError as error:
-            status, reason = ("wrong_grid" if isinstance(error, GeometryError) else "not_labels"), _one_line(error)
+            status, reason = (
+                ("wrong_grid" if isinstance(error, GeometryError) else "not_labels"),
+                _one_line(error),
+            )
             logger.warning("%s: %s; scored with the worst values", cid, reason)
-    return {"case": cid, "status": status, "reason": reason, **score_case(prediction, ref_labels, groups, spacing, options)}
+    return {
+        "case": cid,
+        "status": status,
+        "reason": reason,
+        **score_case(prediction, ref_labels, groups, spacing, options),
+    }
 
 
 def _one_line(error: BaseException) -> str:
@@ -389,10 +457,17 @@ def evaluate_folders(
     check_convention(options.convention)
     references = find_references(reference_dir)
     if not references:
-        raise InputError(f"{str(reference_dir)!r}: expected reference label maps (images or DICOM-SEG), found none")
-    predictions = {case_id(p): p for p in find_volumes(prediction_dir)} if Path(prediction_dir).is_dir() else {}
+        raise InputError(
+            f"{str(reference_dir)!r}: expected reference label maps (images or DICOM-SEG), found none"
+        )
+    predictions = (
+        {case_id(p): p for p in find_volumes(prediction_dir)} if Path(prediction_dir).is_dir() else {}
+    )
     groups = {k: tuple(v) for k, v in labels.items()}
-    jobs = [(case_id(r), r, predictions.get(case_id(r)), groups, options, resample_predictions) for r in references]
+    jobs = [
+        (case_id(r), r, predictions.get(case_id(r)), groups, options, resample_predictions)
+        for r in references
+    ]
     for cid, _, pred, *_ in jobs:
         if pred is None:
             logger.warning("%s: no prediction found in %s; scored with the worst values", cid, prediction_dir)
@@ -414,7 +489,12 @@ def evaluate_folders(
     out = Path(output_dir)
     buffer = io.StringIO()
     template = _template(rows)
-    fields = ["case", "status", "reason", *(f"{m}_{s}" for s in structures for m in (*METRICS, *COUNTS) if f"{m}_{s}" in template)]
+    fields = [
+        "case",
+        "status",
+        "reason",
+        *(f"{m}_{s}" for s in structures for m in (*METRICS, *COUNTS) if f"{m}_{s}" in template),
+    ]
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for row in rows:

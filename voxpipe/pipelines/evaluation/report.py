@@ -66,13 +66,18 @@ def _background(case: str, images: dict[str, Path], shape: tuple[int, ...]) -> n
         except InputError:
             array = None
         if array is not None and array.shape[:3] == shape[:3]:
-            low, high = np.percentile(array[:: 4, :: 4, :: 2], [1, 99])
+            low, high = np.percentile(array[::4, ::4, ::2], [1, 99])
             return np.clip((array - low) / max(high - low, 1e-6), 0, 1)
     return np.zeros(shape[:3], dtype=np.float32)
 
 
 def _overlay(
-    case: str, preds: dict[str, Path], refs: dict[str, Path], images: dict[str, Path], folder: Path, title: str
+    case: str,
+    preds: dict[str, Path],
+    refs: dict[str, Path],
+    images: dict[str, Path],
+    folder: Path,
+    title: str,
 ) -> str | None:
     """Axial, coronal and sagittal slices through the reference's centre, reference green, prediction red,
     over the image when one is given; radiological display (anterior up, patient's right on the left)."""
@@ -87,10 +92,16 @@ def _overlay(
     image = _background(case, images, reference.shape)
     # Displayed in radiological convention: arrays turned to RAS, patient's right on the image's left.
     orientation = nib.orientations.io_orientation(loaded.affine)
-    reference, prediction, image = (nib.orientations.apply_orientation(a, orientation) for a in (reference, prediction, image))
+    reference, prediction, image = (
+        nib.orientations.apply_orientation(a, orientation) for a in (reference, prediction, image)
+    )
     spacing = [float(spacing[int(np.flatnonzero(orientation[:, 0] == axis)[0])]) for axis in range(3)]
     mask = reference > 0 if (reference > 0).any() else prediction > 0
-    centre = [int(round(c.mean())) for c in np.nonzero(mask)] if mask.any() else [s // 2 for s in reference.shape[:3]]
+    centre = (
+        [int(round(c.mean())) for c in np.nonzero(mask)]
+        if mask.any()
+        else [s // 2 for s in reference.shape[:3]]
+    )
     figure, axes = plt.subplots(1, 3, figsize=(12, 4))
     views = [("axial", 2), ("coronal", 1), ("sagittal", 0)]
     for ax, (name, axis) in zip(axes, views, strict=True):
@@ -98,11 +109,23 @@ def _overlay(
         pred_slice = np.take(prediction, centre[axis], axis=axis)
         others = [s for i, s in enumerate(spacing[:3]) if i != axis]
         aspect = others[1] / others[0]
-        ax.imshow(np.take(image, centre[axis], axis=axis).T, cmap="gray", origin="lower", aspect=aspect, vmin=0, vmax=1)
+        ax.imshow(
+            np.take(image, centre[axis], axis=axis).T,
+            cmap="gray",
+            origin="lower",
+            aspect=aspect,
+            vmin=0,
+            vmax=1,
+        )
         for values, colour in ((ref_slice, "lime"), (pred_slice, "red")):
             for label in np.unique(values[values > 0]):
-                ax.contour((values == label).T.astype(float), levels=[0.5], colors=colour, linewidths=1.2,
-                           linestyles="solid" if label == 1 else "dashed")  # fmt: skip
+                ax.contour(
+                    (values == label).T.astype(float),
+                    levels=[0.5],
+                    colors=colour,
+                    linewidths=1.2,
+                    linestyles="solid" if label == 1 else "dashed",
+                )
         if axis != 0:
             ax.invert_xaxis()
         ax.set_title(f"{name} {centre[axis]}")
@@ -123,14 +146,22 @@ def _curves(run_dir: Path, folder: Path) -> str | None:
 
 
 def _table(result: EvaluationResult) -> str:
-    columns = ["case", "status", *(f"{m}_{s}" for s in result.structures for m in PLOTTED if f"{m}_{s}" in result.rows[0])]
+    columns = [
+        "case",
+        "status",
+        *(f"{m}_{s}" for s in result.structures for m in PLOTTED if f"{m}_{s}" in result.rows[0]),
+    ]
     head = "".join(f"<th onclick='sortTable({i})'>{html.escape(c)}</th>" for i, c in enumerate(columns))
     body = []
     for row in result.rows:
         cells = []
         for c in columns:
             value = row[c]
-            text = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else ("" if isinstance(value, float) else str(value))
+            text = (
+                f"{value:.4f}"
+                if isinstance(value, float) and math.isfinite(value)
+                else ("" if isinstance(value, float) else str(value))
+            )
             cells.append(f"<td>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table id='cases'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -169,13 +200,23 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     first = result.structures[0]
     ranked = sorted(
-        (r for r in result.rows if isinstance(r[f"dice_{first}"], float) and math.isfinite(r[f"dice_{first}"])),
+        (
+            r
+            for r in result.rows
+            if isinstance(r[f"dice_{first}"], float) and math.isfinite(r[f"dice_{first}"])
+        ),
         key=lambda r: r[f"dice_{first}"],
     )
     picks = []
     if ranked:
-        picks = [("best", ranked[-1]["case"]), ("median", ranked[len(ranked) // 2]["case"]), ("worst", ranked[0]["case"])]
-    sections = [f"<h2>Metrics per structure</h2><img src='data:image/png;base64,{_metric_plots(result, folder)}'>"]
+        picks = [
+            ("best", ranked[-1]["case"]),
+            ("median", ranked[len(ranked) // 2]["case"]),
+            ("worst", ranked[0]["case"]),
+        ]
+    sections = [
+        f"<h2>Metrics per structure</h2><img src='data:image/png;base64,{_metric_plots(result, folder)}'>"
+    ]
     summary_rows = "".join(
         f"<tr><td>{html.escape(s)}</td>"
         + "".join(
@@ -188,7 +229,9 @@ def write_report(
         for s in result.structures
     )
     sections.append(
-        "<h2>Means</h2><table><tr><th>structure</th>" + "".join(f"<th>{m}</th>" for m in PLOTTED) + f"</tr>{summary_rows}</table>"
+        "<h2>Means</h2><table><tr><th>structure</th>"
+        + "".join(f"<th>{m}</th>" for m in PLOTTED)
+        + f"</tr>{summary_rows}</table>"
     )
     overlays = []
     seen = set()
@@ -203,7 +246,9 @@ def write_report(
         if image:
             overlays.append(f"<img src='data:image/png;base64,{image}'>")
     if overlays:
-        sections.append(f"<h2>Best, median and worst case ({html.escape(first)} Dice)</h2>" + "".join(overlays))
+        sections.append(
+            f"<h2>Best, median and worst case ({html.escape(first)} Dice)</h2>" + "".join(overlays)
+        )
     if run_dir is not None:
         curves = _curves(Path(run_dir), folder)
         if curves:
@@ -216,5 +261,5 @@ def write_report(
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
 th{{background:#eee;cursor:pointer}}</style><script>{_SCRIPT}</script></head><body>
 <h1>voxpipe evaluation</h1><p>{len(result.rows)} cases; failed: {html.escape(failed)}; {options}</p>
-{''.join(sections)}</body></html>"""
+{"".join(sections)}</body></html>"""
     return write_text_atomic(folder / "report.html", page)

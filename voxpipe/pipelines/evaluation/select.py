@@ -57,14 +57,18 @@ def _load_run(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(record_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{str(record_path)!r}: expected the cv.json of a voxpipe train --folds run ({error})") from error
+        raise InputError(
+            f"{str(record_path)!r}: expected the cv.json of a voxpipe train --folds run ({error})"
+        ) from error
     probabilities = {}
     for fold, info in record.get("folds", {}).items():
         for case in info["cases"]:
             file = Path(info["validation_dir"]) / f"{case}_probabilities.npz"
             if not file.is_file():
-                raise InputError(f"{str(file)!r}: expected the out-of-fold probabilities of case {case!r} (fold {fold}), found no file",
-                                 hint="rerun voxpipe train BUNDLE --folds ... to finish the fold's predictions")
+                raise InputError(
+                    f"{str(file)!r}: expected the out-of-fold probabilities of case {case!r} (fold {fold}), found no file",
+                    hint="rerun voxpipe train BUNDLE --folds ... to finish the fold's predictions",
+                )
             probabilities[case] = file
     bundle_name, run_name = Path(record["bundle"]).name, record_path.parent.name
     name = bundle_name if run_name in ("", ".", bundle_name) else f"{bundle_name} ({run_name})"
@@ -74,7 +78,10 @@ def _load_run(path: Path) -> dict[str, Any]:
 def _options(labels: dict[int, str]) -> dict[str, dict[str, Any]]:
     foreground = sorted(labels)
     lesions = [v for v in foreground if is_lesion_name(labels[v])]
-    options: dict[str, dict[str, Any]] = {"none": {}, "largest per class": {"largest": [[v] for v in foreground]}}
+    options: dict[str, dict[str, Any]] = {
+        "none": {},
+        "largest per class": {"largest": [[v] for v in foreground]},
+    }
     if len(foreground) > 1:
         options["largest of all foreground"] = {"largest": [foreground]}
     options["fill holes"] = {"fill_holes": foreground}
@@ -90,9 +97,13 @@ def _score(prediction: np.ndarray, reference: np.ndarray, labels: dict[int, str]
     scores: dict[str, float] = {}
     for value, name in labels.items():
         predicted, expected = prediction == value, reference == value
-        scores[f"dice_{name}"] = apply_convention({"dice": dice(predicted, expected)}, prediction_empty=not predicted.any(),
-                                                  reference_empty=not expected.any(), convention="lits",
-                                                  worst_distance=0.0)["dice"]
+        scores[f"dice_{name}"] = apply_convention(
+            {"dice": dice(predicted, expected)},
+            prediction_empty=not predicted.any(),
+            reference_empty=not expected.any(),
+            convention="lits",
+            worst_distance=0.0,
+        )["dice"]
         if is_lesion_name(name):
             found = detect_lesions(predicted, expected)
             scores.update({f"tp_{name}": found.tp, f"fp_{name}": found.fp, f"fn_{name}": found.fn})
@@ -110,8 +121,9 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def select_runs(runs: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str], *,
-                write_bundle: bool = True) -> dict[str, Any]:
+def select_runs(
+    runs: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str], *, write_bundle: bool = True
+) -> dict[str, Any]:
     """Score every candidate on the out-of-fold cases, choose, and write ``selection.json``/``.md`` and ``bundle/``.
 
     Raises:
@@ -122,25 +134,37 @@ def select_runs(runs: Sequence[str | os.PathLike[str]], output_dir: str | os.Pat
     if not loaded:
         raise InputError("select: expected at least one RUN_DIR (a voxpipe train --folds output), found none")
     if len(loaded) > MAX_ENSEMBLE_RUNS:
-        raise InputError(f"select: expected at most {MAX_ENSEMBLE_RUNS} runs (every ensemble is scored), found {len(loaded)}")
+        raise InputError(
+            f"select: expected at most {MAX_ENSEMBLE_RUNS} runs (every ensemble is scored), found {len(loaded)}"
+        )
     datasets = {str(Path(r["record"]["dataset_dir"]).resolve()) for r in loaded}
     if len(datasets) != 1:
         raise InputError(f"select: expected runs on one dataset, found {sorted(datasets)}")
     labels = label_names(loaded[0]["record"]["bundle"])
     for run in loaded[1:]:
         if label_names(run["record"]["bundle"]) != labels:
-            raise InputError(f"{str(run['path'])!r}: expected the labels {labels} of {str(loaded[0]['path'])!r}, "
-                             f"found {label_names(run['record']['bundle'])}")
+            raise InputError(
+                f"{str(run['path'])!r}: expected the labels {labels} of {str(loaded[0]['path'])!r}, "
+                f"found {label_names(run['record']['bundle'])}"
+            )
     cases = sorted(set.intersection(*(set(r["probabilities"]) for r in loaded)))
     if not cases:
         raise InputError("select: expected cases that every run predicted out of fold, found none")
     references = {e["case"]: e["label"] for e in load_datalist(next(iter(datasets))) if e.get("label")}
     missing = [c for c in cases if c not in references]
     if missing:
-        raise InputError(f"{next(iter(datasets))!r}: expected reference labels for the out-of-fold cases, found none for {missing[:5]}")
-    members = [combo for size in range(1, len(loaded) + 1) for combo in itertools.combinations(range(len(loaded)), size)]
+        raise InputError(
+            f"{next(iter(datasets))!r}: expected reference labels for the out-of-fold cases, found none for {missing[:5]}"
+        )
+    members = [
+        combo
+        for size in range(1, len(loaded) + 1)
+        for combo in itertools.combinations(range(len(loaded)), size)
+    ]
     options = _options(labels)
-    per_case: dict[tuple[int, ...], dict[str, list[dict[str, float]]]] = {m: {o: [] for o in options} for m in members}
+    per_case: dict[tuple[int, ...], dict[str, list[dict[str, float]]]] = {
+        m: {o: [] for o in options} for m in members
+    }
     for case in cases:
         reference = load_volume(references[case], label=True)
         voxel_mm3 = float(abs(np.linalg.det(np.asarray(reference.affine)[:3, :3])))
@@ -148,13 +172,19 @@ def select_runs(runs: Sequence[str | os.PathLike[str]], output_dir: str | os.Pat
         for run in loaded:
             data = np.load(run["probabilities"][case])["probabilities"].astype(np.float32)
             if data.shape[1:] != reference.array.shape:
-                raise InputError(f"{str(run['probabilities'][case])!r}: expected probabilities on the reference grid "
-                                 f"{list(reference.array.shape)}, found {list(data.shape[1:])}")
+                raise InputError(
+                    f"{str(run['probabilities'][case])!r}: expected probabilities on the reference grid "
+                    f"{list(reference.array.shape)}, found {list(data.shape[1:])}"
+                )
             probabilities.append(data)
         for combo in members:
             prediction = np.mean([probabilities[i] for i in combo], axis=0).argmax(0).astype(np.int16)
             for option, settings in options.items():
-                processed = postprocess_labels(prediction, voxel_mm3=voxel_mm3, **settings) if settings else prediction
+                processed = (
+                    postprocess_labels(prediction, voxel_mm3=voxel_mm3, **settings)
+                    if settings
+                    else prediction
+                )
                 per_case[combo][option].append(_score(processed, reference.array, labels))
     table = []
     for combo in members:
@@ -163,18 +193,29 @@ def select_runs(runs: Sequence[str | os.PathLike[str]], output_dir: str | os.Pat
             case_means = [_mean([r[f"dice_{n}"] for n in labels.values()]) for r in rows]
             foreground = np.array([np.nan if m is None else m for m in case_means], dtype=float)
             ci = bootstrap_ci(foreground[np.isfinite(foreground)])
-            entry = {"members": [loaded[i]["name"] for i in combo], "runs": list(combo), "postprocessing": option,
-                     "settings": options[option], "mean_foreground_dice": _mean(foreground.tolist()),
-                     "ci95": list(ci) if ci else None,
-                     "dice": {n: _mean([r[f"dice_{n}"] for r in rows]) for n in labels.values()},
-                     "lesion_f1": {n: _pooled_f1(rows, n) for n in labels.values() if is_lesion_name(n)}}
+            entry = {
+                "members": [loaded[i]["name"] for i in combo],
+                "runs": list(combo),
+                "postprocessing": option,
+                "settings": options[option],
+                "mean_foreground_dice": _mean(foreground.tolist()),
+                "ci95": list(ci) if ci else None,
+                "dice": {n: _mean([r[f"dice_{n}"] for r in rows]) for n in labels.values()},
+                "lesion_f1": {n: _pooled_f1(rows, n) for n in labels.values() if is_lesion_name(n)},
+            }
             table.append(entry)
     winner, why = _choose(table)
-    selection = {"cases": cases, "runs": [{"name": r["name"], "path": str(r["path"])} for r in loaded],
-                 "labels": {str(k): v for k, v in labels.items()}, "candidates": table, "winner": winner, "why": why,
-                 "rule": "highest mean foreground Dice among models (a class absent from prediction and reference "
-                         "counts 1); post-processing only if it raises that Dice and lowers no lesion class's lesion-wise "
-                         "F1 (pooled over cases)"}
+    selection = {
+        "cases": cases,
+        "runs": [{"name": r["name"], "path": str(r["path"])} for r in loaded],
+        "labels": {str(k): v for k, v in labels.items()},
+        "candidates": table,
+        "winner": winner,
+        "why": why,
+        "rule": "highest mean foreground Dice among models (a class absent from prediction and reference "
+        "counts 1); post-processing only if it raises that Dice and lowers no lesion class's lesion-wise "
+        "F1 (pooled over cases)",
+    }
     out = Path(output_dir)
     if write_bundle:
         selection["bundle"] = str(_export(loaded, winner, out / "bundle"))
@@ -186,23 +227,32 @@ def select_runs(runs: Sequence[str | os.PathLike[str]], output_dir: str | os.Pat
 def _choose(table: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     models = [e for e in table if e["postprocessing"] == "none"]
     best = max(models, key=lambda e: (e["mean_foreground_dice"] or -1.0, -len(e["runs"])))
-    why = [f"model: {' + '.join(best['members'])} has the highest mean foreground Dice without post-processing "
-           f"({best['mean_foreground_dice']:.4f})"]
+    why = [
+        f"model: {' + '.join(best['members'])} has the highest mean foreground Dice without post-processing "
+        f"({best['mean_foreground_dice']:.4f})"
+    ]
     chosen = best
     for entry in table:
         if entry["runs"] != best["runs"] or entry["postprocessing"] == "none":
             continue
         gain = (entry["mean_foreground_dice"] or -1.0) - (best["mean_foreground_dice"] or -1.0)
-        lesion_loss = [n for n, f1 in entry["lesion_f1"].items()
-                       if f1 is not None and best["lesion_f1"].get(n) is not None and f1 < best["lesion_f1"][n] - 1e-9]
+        lesion_loss = [
+            n
+            for n, f1 in entry["lesion_f1"].items()
+            if f1 is not None and best["lesion_f1"].get(n) is not None and f1 < best["lesion_f1"][n] - 1e-9
+        ]
         if lesion_loss:
-            why.append(f"{entry['postprocessing']}: refused, it lowers the lesion-wise F1 of {', '.join(lesion_loss)} "
-                       f"(Dice change {gain:+.4f})")
+            why.append(
+                f"{entry['postprocessing']}: refused, it lowers the lesion-wise F1 of {', '.join(lesion_loss)} "
+                f"(Dice change {gain:+.4f})"
+            )
         elif gain <= 0:
             why.append(f"{entry['postprocessing']}: not taken, Dice change {gain:+.4f}")
         elif (entry["mean_foreground_dice"] or -1.0) > (chosen["mean_foreground_dice"] or -1.0):
             chosen = entry
-            why.append(f"{entry['postprocessing']}: raises the mean foreground Dice by {gain:+.4f}, lowers no lesion F1")
+            why.append(
+                f"{entry['postprocessing']}: raises the mean foreground Dice by {gain:+.4f}, lowers no lesion F1"
+            )
         else:
             why.append(f"{entry['postprocessing']}: raises Dice by {gain:+.4f}, less than another option")
     return chosen, why
@@ -210,22 +260,40 @@ def _choose(table: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
 
 def render_selection(selection: dict[str, Any]) -> str:
     winner = selection["winner"]
-    lines = [f"# Model selection over {len(selection['cases'])} out-of-fold cases", "",
-             f"Winner: **{' + '.join(winner['members'])}**, post-processing **{winner['postprocessing']}**, mean "
-             f"foreground Dice {winner['mean_foreground_dice']:.4f}" +
-             (f" (95 % CI {winner['ci95'][0]:.4f}–{winner['ci95'][1]:.4f})" if winner["ci95"] else "") + ".", "",
-             f"Rule: {selection['rule']}.", "", "Why:", *[f"- {line}" for line in selection["why"]], "",
-             "| Members | Post-processing | Mean fg Dice | 95 % CI | " +
-             " | ".join(f"Dice {n}" for n in selection["labels"].values()) + " | Lesion F1 |", "|---" * (5 + len(selection["labels"])) + "|"]
+    lines = [
+        f"# Model selection over {len(selection['cases'])} out-of-fold cases",
+        "",
+        f"Winner: **{' + '.join(winner['members'])}**, post-processing **{winner['postprocessing']}**, mean "
+        f"foreground Dice {winner['mean_foreground_dice']:.4f}"
+        + (f" (95 % CI {winner['ci95'][0]:.4f}–{winner['ci95'][1]:.4f})" if winner["ci95"] else "")
+        + ".",
+        "",
+        f"Rule: {selection['rule']}.",
+        "",
+        "Why:",
+        *[f"- {line}" for line in selection["why"]],
+        "",
+        "| Members | Post-processing | Mean fg Dice | 95 % CI | "
+        + " | ".join(f"Dice {n}" for n in selection["labels"].values())
+        + " | Lesion F1 |",
+        "|---" * (5 + len(selection["labels"])) + "|",
+    ]
     for entry in selection["candidates"]:
         ci = f"{entry['ci95'][0]:.3f}–{entry['ci95'][1]:.3f}" if entry["ci95"] else "–"
         dices = " | ".join("–" if v is None else f"{v:.4f}" for v in entry["dice"].values())
-        f1 = ", ".join(f"{n} {'–' if v is None else f'{v:.3f}'}" for n, v in entry["lesion_f1"].items()) or "–"
+        f1 = (
+            ", ".join(f"{n} {'–' if v is None else f'{v:.3f}'}" for n, v in entry["lesion_f1"].items()) or "–"
+        )
         mark = " ✔" if entry is winner else ""
         mean = "–" if entry["mean_foreground_dice"] is None else f"{entry['mean_foreground_dice']:.4f}"
-        lines.append(f"| {' + '.join(entry['members'])}{mark} | {entry['postprocessing']} | {mean} | {ci} | {dices} | {f1} |")
+        lines.append(
+            f"| {' + '.join(entry['members'])}{mark} | {entry['postprocessing']} | {mean} | {ci} | {dices} | {f1} |"
+        )
     if selection.get("bundle"):
-        lines += ["", f"Inference bundle: `{selection['bundle']}` (`voxpipe infer {selection['bundle']} IMAGES -o OUT`)."]
+        lines += [
+            "",
+            f"Inference bundle: `{selection['bundle']}` (`voxpipe infer {selection['bundle']} IMAGES -o OUT`).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -236,7 +304,12 @@ def _common_patch(patches: list[list[int]], networks: list[dict[str, Any]]) -> l
     multiples = []
     for spec in networks:
         if spec.get("name") == "dynunet" and spec.get("strides"):
-            multiples.append([int(np.prod([s[axis] if isinstance(s, list) else s for s in spec["strides"]])) for axis in range(3)])
+            multiples.append(
+                [
+                    int(np.prod([s[axis] if isinstance(s, list) else s for s in spec["strides"]]))
+                    for axis in range(3)
+                ]
+            )
         elif spec.get("name") in ("segresnet", "segresnet_ds"):
             multiples.append([8, 8, 8])
     result = []
@@ -249,18 +322,25 @@ def _common_patch(patches: list[list[int]], networks: list[dict[str, Any]]) -> l
 def _export(runs: list[dict[str, Any]], winner: dict[str, Any], out: Path) -> Path:
     """The winner as an inference bundle: folds of the chosen runs in one FoldEnsemble, its post-processing."""
     chosen = [runs[i] for i in winner["runs"]]
-    configs = [yaml.safe_load(find_config(Path(r["record"]["bundle"]), "inference").read_text()) for r in chosen]
+    configs = [
+        yaml.safe_load(find_config(Path(r["record"]["bundle"]), "inference").read_text()) for r in chosen
+    ]
     for key in ("pixdim", "hu_window", "preprocessing"):
         values = {json.dumps(c.get(key), sort_keys=True) for c in configs}
         if len(values) > 1:
-            raise InputError(f"select: the winning ensemble mixes configurations with different {key} {sorted(values)}; "
-                             "expected one preprocessing to export one bundle", hint="use voxpipe select --no-bundle")
+            raise InputError(
+                f"select: the winning ensemble mixes configurations with different {key} {sorted(values)}; "
+                "expected one preprocessing to export one bundle",
+                hint="use voxpipe select --no-bundle",
+            )
     networks, state = [], {}
     for run, config in zip(chosen, configs, strict=True):
         spec = dict(config["network_def"])
         if spec.get("_target_") != "voxpipe.networks.build_network":
-            raise InputError(f"{str(run['record']['bundle'])!r}: expected network_def built by voxpipe.networks.build_network, "
-                             f"found {spec.get('_target_')!r}; cannot put it into an ensemble")
+            raise InputError(
+                f"{str(run['record']['bundle'])!r}: expected network_def built by voxpipe.networks.build_network, "
+                f"found {spec.get('_target_')!r}; cannot put it into an ensemble"
+            )
         spec = {k: v for k, v in spec.items() if k not in ("_target_", "device", "weights", "freeze")}
         for fold in sorted(run["record"]["folds"], key=int):
             index = len(networks)
@@ -269,22 +349,38 @@ def _export(runs: list[dict[str, Any]], winner: dict[str, Any], out: Path) -> Pa
                 state[f"members.{index}.{key}"] = tensor
     template = Path(chosen[0]["record"]["bundle"])
     config = copy.deepcopy(configs[0])
-    config["network_def"] = {"_target_": "voxpipe.networks.ensemble.FoldEnsemble", "networks": networks, "device": "@device"}
+    config["network_def"] = {
+        "_target_": "voxpipe.networks.ensemble.FoldEnsemble",
+        "networks": networks,
+        "device": "@device",
+    }
     config["patch_size"] = _common_patch([c["patch_size"] for c in configs], networks)
     settings = winner["settings"]
     steps = config["postprocessing"]["transforms"]
     steps = [s for s in steps if s.get("_target_") != "voxpipe.transforms.postprocess.PostProcessd"]
     if settings:
-        position = next((i for i, s in enumerate(steps) if str(s.get("_target_", "")).endswith("SaveLabelLiked")), len(steps))
-        steps.insert(position, {"_target_": "voxpipe.transforms.postprocess.PostProcessd", "keys": "pred", **settings})
+        position = next(
+            (i for i, s in enumerate(steps) if str(s.get("_target_", "")).endswith("SaveLabelLiked")),
+            len(steps),
+        )
+        steps.insert(
+            position, {"_target_": "voxpipe.transforms.postprocess.PostProcessd", "keys": "pred", **settings}
+        )
     config["postprocessing"]["transforms"] = steps
-    header = (f"# Written by `voxpipe select`: {' + '.join(winner['members'])} ({len(networks)} fold models averaged in one\n"
-              f"# FoldEnsemble), post-processing: {winner['postprocessing']}. See ../selection.md.\n")
+    header = (
+        f"# Written by `voxpipe select`: {' + '.join(winner['members'])} ({len(networks)} fold models averaged in one\n"
+        f"# FoldEnsemble), post-processing: {winner['postprocessing']}. See ../selection.md.\n"
+    )
     write_text_atomic(out / "configs" / "inference.yaml", header + yaml.safe_dump(config, sort_keys=False))
     metadata = json.loads((template / "configs" / "metadata.json").read_text())
-    metadata["changelog"] = {**metadata.get("changelog", {}), metadata.get("version", "0.1.0"): "selected by voxpipe select"}
-    metadata["description"] = f"{metadata.get('description', '')} Selected by cross-validation: {' + '.join(winner['members'])}, " \
-                              f"{len(networks)} fold models, post-processing {winner['postprocessing']}."
+    metadata["changelog"] = {
+        **metadata.get("changelog", {}),
+        metadata.get("version", "0.1.0"): "selected by voxpipe select",
+    }
+    metadata["description"] = (
+        f"{metadata.get('description', '')} Selected by cross-validation: {' + '.join(winner['members'])}, "
+        f"{len(networks)} fold models, post-processing {winner['postprocessing']}."
+    )
     write_text_atomic(out / "configs" / "metadata.json", json.dumps(metadata, indent=4) + "\n")
     (out / "models").mkdir(parents=True, exist_ok=True)
     partial = out / "models" / ".model.pt.partial"

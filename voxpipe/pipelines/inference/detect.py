@@ -66,8 +66,15 @@ def _views() -> list[tuple[int, ...]]:
     return [tuple(a for a in range(3) if mask >> a & 1) for mask in range(8)]
 
 
-def detect_scan(detector: Any, image: Any, *, device: str | torch.device, tta: bool = False, merge: str = "wbc",
-                merge_iou: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def detect_scan(
+    detector: Any,
+    image: Any,
+    *,
+    device: str | torch.device,
+    tta: bool = False,
+    merge: str = "wbc",
+    merge_iou: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
     """Boxes on the preprocessed grid (voxel ``xyzxyz``) and scores; with ``tta``, 8 flipped views merged."""
     if merge not in MERGES:
         raise InputError(f"tta_merge: expected one of {', '.join(MERGES)}, found {merge!r}")
@@ -91,7 +98,11 @@ def detect_scan(detector: Any, image: Any, *, device: str | torch.device, tta: b
         return weighted_box_clustering(boxes, scores, iou_threshold=merge_iou, n_views=len(all_boxes))
     if not len(boxes):
         return boxes, scores
-    keep = non_max_suppression(torch.as_tensor(boxes), torch.as_tensor(scores), nms_thresh=merge_iou).cpu().numpy()
+    keep = (
+        non_max_suppression(torch.as_tensor(boxes), torch.as_tensor(scores), nms_thresh=merge_iou)
+        .cpu()
+        .numpy()
+    )
     return boxes[keep], scores[keep]
 
 
@@ -113,30 +124,79 @@ def _rows(uid: str, boxes: np.ndarray, scores: np.ndarray, midline: float | None
     for rank, k in enumerate(order, start=1):
         box = boxes[k]
         centre, extent = (box[:3] + box[3:]) / 2, box[3:] - box[:3]
-        side = None if midline is None else ("left" if centre[0] > midline else "right")  # LPS: +x is the patient's left
-        rows.append({"seriesuid": uid, "rank": rank, "box": box, "centre": centre, "extent": extent,
-                     "diameter_mm": float(extent.mean()), "score": float(scores[k]), "side": side})  # fmt: skip
+        side = (
+            None if midline is None else ("left" if centre[0] > midline else "right")
+        )  # LPS: +x is the patient's left
+        rows.append(
+            {
+                "seriesuid": uid,
+                "rank": rank,
+                "box": box,
+                "centre": centre,
+                "extent": extent,
+                "diameter_mm": float(extent.mean()),
+                "score": float(scores[k]),
+                "side": side,
+            }
+        )
     return rows
 
 
-TABLE_COLUMNS = ("rank", "coordX", "coordY", "coordZ", "extent_x_mm", "extent_y_mm", "extent_z_mm", "diameter_mm", "score",
-                 "side", "malignancy")  # fmt: skip
+TABLE_COLUMNS = (
+    "rank",
+    "coordX",
+    "coordY",
+    "coordZ",
+    "extent_x_mm",
+    "extent_y_mm",
+    "extent_z_mm",
+    "diameter_mm",
+    "score",
+    "side",
+    "malignancy",
+)
 
 
-def write_case(out_dir: Path, case: str, rows: Sequence[Mapping[str, Any]], *, image: str) -> tuple[Path, Path]:
+def write_case(
+    out_dir: Path, case: str, rows: Sequence[Mapping[str, Any]], *, image: str
+) -> tuple[Path, Path]:
     """``<case>.json`` (box file, world_lps cccwhd) and ``<case>.csv`` (the readable table), atomically."""
     boxes = np.asarray([r["box"] for r in rows], dtype=float).reshape(-1, 6)
-    extra = [{"rank": r["rank"], "diameter_mm": round(r["diameter_mm"], 3), "side": r["side"],
-              **({"malignancy": round(r["malignancy"], 4)} if r.get("malignancy") is not None else {})} for r in rows]  # fmt: skip
-    json_path = write_boxes_json(out_dir / f"{case}.json", boxes, space="world_lps", mode="cccwhd", labels=[1] * len(rows),
-                                 scores=[r["score"] for r in rows], image=image, extra=extra)  # fmt: skip
+    extra = [
+        {
+            "rank": r["rank"],
+            "diameter_mm": round(r["diameter_mm"], 3),
+            "side": r["side"],
+            **({"malignancy": round(r["malignancy"], 4)} if r.get("malignancy") is not None else {}),
+        }
+        for r in rows
+    ]
+    json_path = write_boxes_json(
+        out_dir / f"{case}.json",
+        boxes,
+        space="world_lps",
+        mode="cccwhd",
+        labels=[1] * len(rows),
+        scores=[r["score"] for r in rows],
+        image=image,
+        extra=extra,
+    )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(TABLE_COLUMNS)
     for r in rows:
         malignancy = r.get("malignancy")
-        writer.writerow([r["rank"], *(f"{v:.2f}" for v in r["centre"]), *(f"{v:.2f}" for v in r["extent"]), f"{r['diameter_mm']:.1f}",
-                         f"{r['score']:.4f}", r["side"] or "", "" if malignancy is None else f"{malignancy:.4f}"])  # fmt: skip
+        writer.writerow(
+            [
+                r["rank"],
+                *(f"{v:.2f}" for v in r["centre"]),
+                *(f"{v:.2f}" for v in r["extent"]),
+                f"{r['diameter_mm']:.1f}",
+                f"{r['score']:.4f}",
+                r["side"] or "",
+                "" if malignancy is None else f"{malignancy:.4f}",
+            ]
+        )
     return json_path, write_text_atomic(out_dir / f"{case}.csv", buffer.getvalue())
 
 
@@ -150,20 +210,35 @@ def read_case(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     rows = []
     for box, item in zip(boxes, items, strict=True):
         centre, extent = (box[:3] + box[3:]) / 2, box[3:] - box[:3]
-        rows.append({"seriesuid": Path(path).stem, "rank": item.get("rank"), "box": box, "centre": centre,
-                     "extent": extent, "diameter_mm": float(item.get("diameter_mm", extent.mean())),
-                     "score": float(item.get("score", 0.0)), "side": item.get("side"), "malignancy": item.get("malignancy")})  # fmt: skip
+        rows.append(
+            {
+                "seriesuid": Path(path).stem,
+                "rank": item.get("rank"),
+                "box": box,
+                "centre": centre,
+                "extent": extent,
+                "diameter_mm": float(item.get("diameter_mm", extent.mean())),
+                "score": float(item.get("score", 0.0)),
+                "side": item.get("side"),
+                "malignancy": item.get("malignancy"),
+            }
+        )
     return rows
 
 
 def write_candidates(out_dir: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """The run's LUNA16 candidate list: ``seriesuid,coordX,coordY,coordZ,probability`` (world mm, LPS)."""
     lines = ["seriesuid,coordX,coordY,coordZ,probability\n"]
-    lines += [f"{r['seriesuid']},{r['centre'][0]:.4f},{r['centre'][1]:.4f},{r['centre'][2]:.4f},{r['score']:.6f}\n" for r in rows]
+    lines += [
+        f"{r['seriesuid']},{r['centre'][0]:.4f},{r['centre'][1]:.4f},{r['centre'][2]:.4f},{r['score']:.6f}\n"
+        for r in rows
+    ]
     return write_text_atomic(out_dir / CANDIDATES, "".join(lines))
 
 
-def nodule_label_map(rows: Sequence[Mapping[str, Any]], shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+def nodule_label_map(
+    rows: Sequence[Mapping[str, Any]], shape: Sequence[int], affine: np.ndarray
+) -> np.ndarray:
     """Spheres of each record's diameter at its world centre, on the grid ``(shape, affine)``; nodule k → value k."""
     label = np.zeros(tuple(shape), dtype=np.uint8)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
@@ -177,7 +252,9 @@ def nodule_label_map(rows: Sequence[Mapping[str, Any]], shape: Sequence[int], af
             continue  # centred outside the grid by more than its radius
         grid = np.indices(tuple(high - low), sparse=True)
         offset = [g + lo - c for g, lo, c in zip(grid, low, centre, strict=True)]
-        world = [sum(affine[i, j] * offset[j] for j in range(3)) for i in range(3)]  # mm through the affine: oblique too
+        world = [
+            sum(affine[i, j] * offset[j] for j in range(3)) for i in range(3)
+        ]  # mm through the affine: oblique too
         inside = (world[0] ** 2 + world[1] ** 2 + world[2] ** 2) <= radius**2
         block = label[tuple(slice(a, b) for a, b in zip(low, high, strict=True))]
         block[inside & (block == 0)] = value
@@ -199,7 +276,9 @@ def _preprocess(preprocessing: Any, image: str) -> dict[str, Any]:
         root = innermost_error(error)
         if isinstance(root, VoxpipeError):
             raise InputError(str(root)) from error
-        raise InputError(f"{image!r}: the bundle's preprocessing failed ({type(root).__name__}: {str(root).splitlines()[0]})") from error
+        raise InputError(
+            f"{image!r}: the bundle's preprocessing failed ({type(root).__name__}: {str(root).splitlines()[0]})"
+        ) from error
 
 
 def _case_name(entry: Mapping[str, Any]) -> str:
@@ -235,8 +314,10 @@ def run_detection(
     try:
         network.load_state_dict(read_state_dict(checkpoint))
     except RuntimeError as error:
-        raise InputError(f"{str(checkpoint)!r}: expected weights of this bundle's detection network, found others "
-                         f"({str(error).splitlines()[0]})") from None
+        raise InputError(
+            f"{str(checkpoint)!r}: expected weights of this bundle's detection network, found others "
+            f"({str(error).splitlines()[0]})"
+        ) from None
     detector.eval()
     all_rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
@@ -253,12 +334,19 @@ def run_detection(
             item = _preprocess(preprocessing, entry["image"])
             image = item["image"]
             affine = meta_affine(image)
-            boxes, scores = detect_scan(detector, image, device=device, tta=tta, merge=tta_merge, merge_iou=tta_merge_iou)
+            boxes, scores = detect_scan(
+                detector, image, device=device, tta=tta, merge=tta_merge, merge_iou=tta_merge_iou
+            )
             keep = scores >= min_score
             world = voxel_boxes_to_world(boxes[keep], affine, space="world_lps")
             rows = _rows(case, world, scores[keep], _midline_x(image, affine, hu_window))
             if dicom_seg:
-                _write_seg(Path(entry["image"]), out_dir, case, [r for r in rows if r["score"] >= seg_score_threshold])
+                _write_seg(
+                    Path(entry["image"]),
+                    out_dir,
+                    case,
+                    [r for r in rows if r["score"] >= seg_score_threshold],
+                )
             write_case(out_dir, case, rows, image=str(entry["image"]))
         except InputError as error:
             failures[case] = str(error)
@@ -266,11 +354,21 @@ def run_detection(
             continue
         all_rows += rows
         cases.append(case)
-        logger.info("%s: %d candidates (%d with score >= 0.5)", case, len(rows), sum(r["score"] >= 0.5 for r in rows))
+        logger.info(
+            "%s: %d candidates (%d with score >= 0.5)", case, len(rows), sum(r["score"] >= 0.5 for r in rows)
+        )
     candidates = write_candidates(out_dir, all_rows)
-    summary = {"cases": cases, "failures": failures, "candidates": str(candidates), "checkpoint": str(checkpoint),
-               "tta": bool(tta), "tta_merge": tta_merge if tta else None, "min_score": min_score,
-               "coordinates": "world mm, LPS (ITK/DICOM/LUNA16 physical space); boxes cccwhd", "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+    summary = {
+        "cases": cases,
+        "failures": failures,
+        "candidates": str(candidates),
+        "checkpoint": str(checkpoint),
+        "tta": bool(tta),
+        "tta_merge": tta_merge if tta else None,
+        "min_score": min_score,
+        "coordinates": "world mm, LPS (ITK/DICOM/LUNA16 physical space); boxes cccwhd",
+        "seconds": round(time.perf_counter() - started, 3),
+    }
     write_text_atomic(out_dir / "detections.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -283,7 +381,12 @@ def _write_seg(source: Path, out_dir: Path, case: str, rows: Sequence[Mapping[st
     if source.is_dir() and rows:
         from voxpipe.transforms.dicom_seg import write_dicom_seg
 
-        write_dicom_seg(label, source, out_dir / f"{case}_nodules.dcm", names={k: f"nodule {k}" for k in range(1, len(rows) + 1)})
+        write_dicom_seg(
+            label,
+            source,
+            out_dir / f"{case}_nodules.dcm",
+            names={k: f"nodule {k}" for k in range(1, len(rows) + 1)},
+        )
 
 
 def _check_classification_bundle(root: Path) -> None:
@@ -293,10 +396,14 @@ def _check_classification_bundle(root: Path) -> None:
         outputs = json.loads(meta.read_text())["network_data_format"]["outputs"]
         formats = [str(o.get("format")) for o in outputs.values()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise InputError(f"{str(meta)!r}: expected bundle metadata with network_data_format.outputs, found {error}") from None
+        raise InputError(
+            f"{str(meta)!r}: expected bundle metadata with network_data_format.outputs, found {error}"
+        ) from None
     if "classification" not in formats:
-        raise InputError(f"{str(root)!r}: expected a nodule classification bundle (an output of format 'classification' "
-                         f"in configs/metadata.json), found outputs of format {formats}")
+        raise InputError(
+            f"{str(root)!r}: expected a nodule classification bundle (an output of format 'classification' "
+            f"in configs/metadata.json), found outputs of format {formats}"
+        )
 
 
 class NoduleClassifier:
@@ -307,8 +414,14 @@ class NoduleClassifier:
     ``patch_size`` and ``class_names``; weights from ``BUNDLE/models/model.pt`` unless given.
     """
 
-    def __init__(self, bundle_dir: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None,
-                 safe: bool = False, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        bundle_dir: str | os.PathLike[str],
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        safe: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> None:
         from monai.bundle import ConfigParser
 
         from voxpipe.networks.transfer import read_state_dict
@@ -320,29 +433,44 @@ class NoduleClassifier:
         _check_classification_bundle(root)
         parser = ConfigParser()
         parser.read_config(str(config))
-        parser.update({"bundle_root": str(root.resolve()), "device": {"_target_": "voxpipe.runtime.select_device",
-                                                                       "preference": torch.device(device).type}})
+        parser.update(
+            {
+                "bundle_root": str(root.resolve()),
+                "device": {
+                    "_target_": "voxpipe.runtime.select_device",
+                    "preference": torch.device(device).type,
+                },
+            }
+        )
         for key in ("network_def", "preprocessing_transforms", "patch_size"):
             if key not in parser.get():
-                raise InputError(f"{str(config)!r}: expected '{key}' (a nodule classification bundle), found no such entry")
+                raise InputError(
+                    f"{str(config)!r}: expected '{key}' (a nodule classification bundle), found no such entry"
+                )
         if safe:
             check_safe_parser(parser, name=str(config), bundle_root=root)
         self.network = parser.get_parsed_content("network_def")
         checkpoint = Path(weights) if weights else root / "models" / "model.pt"
         if not checkpoint.is_file():
-            raise InputError(f"{str(checkpoint)!r}: expected the classifier's weights, found no file",
-                             hint="train the classifier (voxpipe train configs/lung_nodule_ct_densenet) or pass its weights")
+            raise InputError(
+                f"{str(checkpoint)!r}: expected the classifier's weights, found no file",
+                hint="train the classifier (voxpipe train configs/lung_nodule_ct_densenet) or pass its weights",
+            )
         try:
             self.network.load_state_dict(read_state_dict(checkpoint))
         except RuntimeError as error:
-            raise InputError(f"{str(checkpoint)!r}: expected weights of the classifier's network_def, found others "
-                             f"({str(error).splitlines()[0]})") from None
+            raise InputError(
+                f"{str(checkpoint)!r}: expected weights of the classifier's network_def, found others "
+                f"({str(error).splitlines()[0]})"
+            ) from None
         self.network.eval()
         self.device = torch.device(device)
         transforms = list(parser.get_parsed_content("preprocessing_transforms"))
         names = [type(t).__name__ for t in transforms]
         if "Spacingd" not in names:
-            raise InputError(f"{str(config)!r}: expected a Spacingd in preprocessing_transforms (patches are cut on its grid), found {names}")
+            raise InputError(
+                f"{str(config)!r}: expected a Spacingd in preprocessing_transforms (patches are cut on its grid), found {names}"
+            )
         cut = len(names) - names[::-1].index("Spacingd")
         from monai.transforms import Compose
 
@@ -364,12 +492,18 @@ class NoduleClassifier:
         for centre in centres:
             voxel = np.round(points_to_voxel(centre, affine, space="world_lps")[0]).astype(int)
             low = voxel - size // 2
-            crop = SpatialCrop(roi_start=np.maximum(low, 0), roi_end=np.minimum(low + size, scan.shape[1:]))(scan)
+            crop = SpatialCrop(roi_start=np.maximum(low, 0), roi_end=np.minimum(low + size, scan.shape[1:]))(
+                scan
+            )
             before = np.maximum(-low, 0)  # where the scan ends, pad so the centre stays in the middle
             after = np.maximum(size - np.asarray(crop.shape[1:]) - before, 0)
-            widths = [int(v) for pair in zip(before[::-1], after[::-1], strict=True) for v in pair]  # F.pad: last axis first
+            widths = [
+                int(v) for pair in zip(before[::-1], after[::-1], strict=True) for v in pair
+            ]  # F.pad: last axis first
             tensor = convert_to_tensor(crop, track_meta=False)
-            patches.append(self.patch_transforms({"image": torch.nn.functional.pad(tensor, widths, value=air)})["image"])
+            patches.append(
+                self.patch_transforms({"image": torch.nn.functional.pad(tensor, widths, value=air)})["image"]
+            )
         return torch.stack([convert_to_tensor(p, track_meta=False) for p in patches]).float()
 
     def __call__(self, image: str | os.PathLike[str], centres: np.ndarray) -> np.ndarray:
@@ -383,8 +517,13 @@ class NoduleClassifier:
         return probabilities[:, self.index]
 
 
-def classify_outputs(classifier: NoduleClassifier, output_dir: str | os.PathLike[str], images: Mapping[str, str], *,
-                     top: int = 20) -> dict[str, str]:
+def classify_outputs(
+    classifier: NoduleClassifier,
+    output_dir: str | os.PathLike[str],
+    images: Mapping[str, str],
+    *,
+    top: int = 20,
+) -> dict[str, str]:
     """Add ``malignancy`` to the ``top`` candidates of every ``<case>.json``/``.csv`` of a detection run; failures by case.
 
     The others keep an empty malignancy: LUNA16-style candidate lists run to 100 per scan, and a
@@ -410,12 +549,16 @@ def classify_outputs(classifier: NoduleClassifier, output_dir: str | os.PathLike
 
 
 def _tabulate(rows: Sequence[Mapping[str, Any]], limit: int) -> str:
-    header = f"{'#':>3} {'x mm':>8} {'y mm':>8} {'z mm':>8} {'diam mm':>8} {'side':>6} {'score':>6} {'malig.':>6}"
+    header = (
+        f"{'#':>3} {'x mm':>8} {'y mm':>8} {'z mm':>8} {'diam mm':>8} {'side':>6} {'score':>6} {'malig.':>6}"
+    )
     lines = [header]
     for r in rows[:limit]:
         malignancy = "" if r.get("malignancy") is None else f"{r['malignancy']:.3f}"
-        lines.append(f"{r['rank']:>3} {r['centre'][0]:8.1f} {r['centre'][1]:8.1f} {r['centre'][2]:8.1f} {r['diameter_mm']:8.1f} "
-                     f"{r['side'] or '':>6} {r['score']:6.3f} {malignancy:>6}")  # fmt: skip
+        lines.append(
+            f"{r['rank']:>3} {r['centre'][0]:8.1f} {r['centre'][1]:8.1f} {r['centre'][2]:8.1f} {r['diameter_mm']:8.1f} "
+            f"{r['side'] or '':>6} {r['score']:6.3f} {malignancy:>6}"
+        )
     return "\n".join(lines)
 
 
@@ -453,17 +596,29 @@ def detect_with_bundle(
     if dicom_seg:
         files = [str(p) for p in images if isinstance(p, tuple) or not p.is_dir()]
         if files:
-            raise InputError(f"--dicom-seg: expected DICOM series folders, found image files {files}",
-                             hint="a DICOM-SEG references the source slices; leave out --dicom-seg for these inputs")
+            raise InputError(
+                f"--dicom-seg: expected DICOM series folders, found image files {files}",
+                hint="a DICOM-SEG references the source slices; leave out --dicom-seg for these inputs",
+            )
     checkpoint = _checkpoint(bundle_dir, weights)
     from voxpipe.runtime import select_device
 
     classifier_device = select_device(device) if device is not None else torch.device("cpu")
-    classifier = NoduleClassifier(classify, weights=classifier_weights, safe=safe, device=classifier_device) if classify else None
+    classifier = (
+        NoduleClassifier(classify, weights=classifier_weights, safe=safe, device=classifier_device)
+        if classify
+        else None
+    )
     by_case = {case_id(p): str(p) for p in images}  # type: ignore[arg-type]
     datalist = [{"image": image, "seriesuid": case} for case, image in by_case.items()]
-    values: dict[str, Any] = {"datalist": datalist, "output_dir": str(Path(output_dir).resolve()), "checkpoint": str(checkpoint.resolve()),
-                              "dicom_seg": bool(dicom_seg), "resume": bool(resume), **(overrides or {})}  # fmt: skip
+    values: dict[str, Any] = {
+        "datalist": datalist,
+        "output_dir": str(Path(output_dir).resolve()),
+        "checkpoint": str(checkpoint.resolve()),
+        "dicom_seg": bool(dicom_seg),
+        "resume": bool(resume),
+        **(overrides or {}),
+    }
     if tta is not None:
         values["tta"] = bool(tta)
     if device is not None:
@@ -478,5 +633,7 @@ def detect_with_bundle(
     if failures:
         outputs = [Path(output_dir) / f"{c}.json" for c in summary["cases"] if c not in failures]
         listing = "; ".join(f"{c}: {m}" for c, m in failures.items())
-        raise InferenceFailed(f"{len(failures)} of {len(images)} scans failed: {listing}", outputs=outputs, failures=failures)
+        raise InferenceFailed(
+            f"{len(failures)} of {len(images)} scans failed: {listing}", outputs=outputs, failures=failures
+        )
     return summary

@@ -70,19 +70,24 @@ def _group_channels(files: list[Path], channels: int) -> list[Path | tuple[Path,
     for file in files:
         match = re.match(r"^(.+)_(\d{4})$", case_id(file))
         if not match:
-            raise InputError(f"{str(file)!r}: expected one file per channel named <case>_0000 ... _{channels - 1:04d} "
-                             f"(the bundle takes {channels} channels) or a 4D image, found a file without a channel suffix")
+            raise InputError(
+                f"{str(file)!r}: expected one file per channel named <case>_0000 ... _{channels - 1:04d} "
+                f"(the bundle takes {channels} channels) or a 4D image, found a file without a channel suffix"
+            )
         groups.setdefault(match.group(1), {})[int(match.group(2))] = file
     cases: list[Path | tuple[Path, ...]] = []
     for name, found in sorted(groups.items()):
         if sorted(found) != list(range(channels)):
-            raise InputError(f"{str(found[min(found)])!r}: case {name!r}: expected channels {list(range(channels))}, found {sorted(found)}")
+            raise InputError(
+                f"{str(found[min(found)])!r}: case {name!r}: expected channels {list(range(channels))}, found {sorted(found)}"
+            )
         cases.append(tuple(found[c] for c in range(channels)))
     return cases
 
 
-def collect_inputs(inputs: Sequence[str | os.PathLike[str] | Sequence[str | os.PathLike[str]]], *,
-                   channels: int = 1) -> list[Path | tuple[Path, ...]]:
+def collect_inputs(
+    inputs: Sequence[str | os.PathLike[str] | Sequence[str | os.PathLike[str]]], *, channels: int = 1
+) -> list[Path | tuple[Path, ...]]:
     """Image files from a mix of files and folders (a folder contributes the images directly in it;
     a folder holding no image files but DICOM slices is one input, a DICOM series).
 
@@ -100,8 +105,10 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str] | Sequence[str | os.P
             files = tuple(Path(f) for f in item)
             missing = [str(f) for f in files if not f.is_file()]
             if missing or len(files) != channels:
-                raise InputError(f"{str(files[0]) if files else '[]'!r}: expected {channels} existing channel files for one case, "
-                                 f"found {len(files)}" + (f" ({missing[0]!r} missing)" if missing else ""))
+                raise InputError(
+                    f"{str(files[0]) if files else '[]'!r}: expected {channels} existing channel files for one case, "
+                    f"found {len(files)}" + (f" ({missing[0]!r} missing)" if missing else "")
+                )
             images.append(files)
             continue
         path = Path(item)
@@ -135,8 +142,10 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str] | Sequence[str | os.P
     seen: dict[str, Path | tuple[Path, ...]] = {}
     for image in images:
         if case_name(image) in seen:
-            raise InputError(f"{str(_first(image))!r}: same case id {case_name(image)!r} as {str(_first(seen[case_name(image)]))!r}; "
-                             "outputs would collide")
+            raise InputError(
+                f"{str(_first(image))!r}: same case id {case_name(image)!r} as {str(_first(seen[case_name(image)]))!r}; "
+                "outputs would collide"
+            )
         seen[case_name(image)] = image
     return images
 
@@ -202,10 +211,14 @@ def run_options(
     if precision is not None and precision not in PRECISIONS:
         raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
     wanted: dict[str, Any] = {
-        "precision": precision, "tta": tta, "compile": compile, "organ_roi": organ_roi, "progress": progress,
+        "precision": precision,
+        "tta": tta,
+        "compile": compile,
+        "organ_roi": organ_roi,
+        "progress": progress,
         "output_ext": None if output_format in ("nii.gz", "dicom-seg") else f".{output_format}",
         "probabilities_dir": str(Path(probabilities_dir).resolve()) if probabilities_dir else None,
-    }  # fmt: skip
+    }
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise InputError(f"device: expected auto, cpu or cuda, found {device!r}")
     wanted["device#preference"] = device
@@ -297,13 +310,22 @@ def infer_with_bundle(
         dicom_seg = True
         not_dicom = [str(_first(p)) for p in images if isinstance(p, tuple) or not p.is_dir()]
         if not_dicom:
-            raise InputError(f"format 'dicom-seg': expected DICOM series folders, found image files {not_dicom}",
-                             hint="DICOM-SEG references the source slices; use --format nii.gz for these inputs")
+            raise InputError(
+                f"format 'dicom-seg': expected DICOM series folders, found image files {not_dicom}",
+                hint="DICOM-SEG references the source slices; use --format nii.gz for these inputs",
+            )
     out_dir = Path(output_dir)
     options = run_options(
-        bundle_dir, precision=precision, tta=tta, compile=compile, organ_roi=organ_roi, output_format=output_format,
-        probabilities_dir=out_dir if save_probabilities else None, progress=progress, device=device,
-    )  # fmt: skip
+        bundle_dir,
+        precision=precision,
+        tta=tta,
+        compile=compile,
+        organ_roi=organ_roi,
+        output_format=output_format,
+        probabilities_dir=out_dir if save_probabilities else None,
+        progress=progress,
+        device=device,
+    )
     checkpoint = _checkpoint(bundle_dir, weights)
     failures: dict[str, str] = {}
     remove_stale_temporaries(out_dir)  # a killed run's half-written outputs, never under a final name
@@ -313,7 +335,9 @@ def infer_with_bundle(
 
     def finished(image: Path | tuple[Path, ...]) -> bool:
         is_series = isinstance(image, Path) and image.is_dir()
-        return _complete(output(image)) and not (dicom_seg and is_series and not _seg_path(out_dir, image).is_file())
+        return _complete(output(image)) and not (
+            dicom_seg and is_series and not _seg_path(out_dir, image).is_file()
+        )
 
     done = [p for p in images if resume and finished(p)]
     if done:
@@ -336,15 +360,21 @@ def infer_with_bundle(
     while pending:
         before = {p: _stamp(output(p)) for p in pending}
         try:
-            run_bundle(bundle_dir, config="inference", safe=safe,
-                       overrides={**values, "datalist": [{"image": _datalist_image(p)} for p in pending]},
-                       before_run=timings.instrument if timings is not None else None)
+            run_bundle(
+                bundle_dir,
+                config="inference",
+                safe=safe,
+                overrides={**values, "datalist": [{"image": _datalist_image(p)} for p in pending]},
+                before_run=timings.instrument if timings is not None else None,
+            )
             pending = []
         except Exception as error:  # one case's failure must not cost the others
             fresh = [p for p in pending if _stamp(output(p)) != before[p]]
             unwritten = [p for p in pending if p not in fresh]
             machine = _machine_problem(error)
-            if machine is not None:  # a full disk fails every case that follows: stop, and say which were not run
+            if (
+                machine is not None
+            ):  # a full disk fails every case that follows: stop, and say which were not run
                 for index, case in enumerate(unwritten):
                     failures[_key(case)] = machine if index == 0 else f"not run ({machine})"
                 logger.error("%s: %s; stopping", unwritten[0] if unwritten else out_dir, machine)
@@ -355,13 +385,19 @@ def infer_with_bundle(
             # Attributable to a case when the engine was already writing cases, or when voxpipe's own
             # loading/writing refused the case; otherwise (weights that do not fit, a bad override)
             # it is a set-up error and is reported as such.
-            root = innermost_error(error) if isinstance(error, BundleError) or not isinstance(error, InputError) else error
+            root = (
+                innermost_error(error)
+                if isinstance(error, BundleError) or not isinstance(error, InputError)
+                else error
+            )
             if not fresh and not (isinstance(root, InputError) and not isinstance(root, BundleError)):
                 raise
             failed = unwritten[0]
             reason = str(error).splitlines()[0]
             failures[_key(failed)] = reason
-            logger.error("%s: inference failed (%s); continuing with the next case", failed, failures[_key(failed)])
+            logger.error(
+                "%s: inference failed (%s); continuing with the next case", failed, failures[_key(failed)]
+            )
             pending = pending[pending.index(failed) + 1 :]
     outputs = [output(p) for p in images if _key(p) not in failures]
     missing = [str(p) for p in outputs if not p.is_file()]
@@ -388,13 +424,16 @@ def infer_with_bundle(
         machine = _machine_problem(error)
         if machine is None or not failures:
             raise
-        unwritten_summaries = f"\n  statistics / DICOM-SEG not written: {machine}"  # the case list matters more
+        unwritten_summaries = (
+            f"\n  statistics / DICOM-SEG not written: {machine}"  # the case list matters more
+        )
     if failures:
         listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures.items()) + unwritten_summaries
         raise InferenceFailed(
             f"{len(failures)} of {len(images)} cases failed (the other {len(outputs)} were written to {str(out_dir)!r}):\n  {listing}",
-            outputs=outputs, failures=failures,
-        )  # fmt: skip
+            outputs=outputs,
+            failures=failures,
+        )
     return outputs
 
 
@@ -486,7 +525,9 @@ def label_names(bundle_dir: str | os.PathLike[str]) -> dict[int, str]:
     import json
 
     metadata = json.loads((Path(bundle_dir) / "configs" / "metadata.json").read_text())
-    channels = metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
+    channels = (
+        metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
+    )
     return {int(k): str(v) for k, v in channels.items() if int(k)} or {1: "foreground"}
 
 
@@ -510,8 +551,15 @@ def bundle_channels(bundle_dir: str | os.PathLike[str]) -> int:
         return 1
 
 
-def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str, Any], images: list[Any], out_dir: Path,
-                      output: Any, *, shard: tuple[int, int] | None = None) -> None:
+def _write_statistics(
+    bundle_dir: str | os.PathLike[str],
+    overrides: Mapping[str, Any],
+    images: list[Any],
+    out_dir: Path,
+    output: Any,
+    *,
+    shard: tuple[int, int] | None = None,
+) -> None:
     """Per-case statistics from the written label maps and their source images."""
     from monai.bundle import ConfigParser
 
@@ -526,7 +574,9 @@ def _write_statistics(bundle_dir: str | os.PathLike[str], overrides: Mapping[str
         source = load_volume(_first(image), channels=True)  # a multi-channel image: statistics of channel 0
         array = source.array[0] if source.array.ndim == 4 else source.array
         intensity = array if array.shape == label.array.shape else None
-        per_case[case_name(image)] = case_statistics(label.array, label.affine, names=names, image=intensity, lesion_labels=lesion_labels)
+        per_case[case_name(image)] = case_statistics(
+            label.array, label.affine, names=names, image=intensity, lesion_labels=lesion_labels
+        )
     if shard is None:
         write_statistics(per_case, out_dir)
     else:

@@ -112,8 +112,15 @@ def _max_filter(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return out[0, 0] > 0.5
 
 
-def body_mask(image: torch.Tensor, *, threshold: float, opening: int = 2, closing: int = 8, keep_fraction: float = 0.2,
-              step: int = 2) -> torch.Tensor:
+def body_mask(
+    image: torch.Tensor,
+    *,
+    threshold: float,
+    opening: int = 2,
+    closing: int = 8,
+    keep_fraction: float = 0.2,
+    step: int = 2,
+) -> torch.Tensor:
     """The patient's body on a CT, without the table: an (X, Y, Z) bool mask of ``image`` (B, C, X, Y, Z).
 
     ``image > threshold`` (any batch item or channel), opened by a cube of radius ``opening`` voxels
@@ -136,7 +143,12 @@ def body_mask(image: torch.Tensor, *, threshold: float, opening: int = 2, closin
     shape = full.shape
     mask = full
     if step > 1:
-        mask = torch.nn.functional.max_pool3d(full[None, None].float(), kernel_size=step, stride=step, ceil_mode=True)[0, 0] > 0.5
+        mask = (
+            torch.nn.functional.max_pool3d(
+                full[None, None].float(), kernel_size=step, stride=step, ceil_mode=True
+            )[0, 0]
+            > 0.5
+        )
     radius = -(-opening // step) if opening > 0 else 0
     if radius:
         mask = ~_max_filter(~mask, radius)  # erosion: the complement dilated
@@ -154,12 +166,20 @@ def body_mask(image: torch.Tensor, *, threshold: float, opening: int = 2, closin
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
     outside, _ = ndimage.label(~grown, structure=in_plane)
-    border = np.unique(np.concatenate([outside[0].ravel(), outside[-1].ravel(), outside[:, 0].ravel(), outside[:, -1].ravel()]))
+    border = np.unique(
+        np.concatenate(
+            [outside[0].ravel(), outside[-1].ravel(), outside[:, 0].ravel(), outside[:, -1].ravel()]
+        )
+    )
     grown |= (outside > 0) & ~np.isin(outside, border)
     body = ~_max_filter(~torch.from_numpy(grown), radius) if radius else torch.from_numpy(grown)
     if step > 1:
         body = _max_filter(body, 1)
-        body = body.repeat_interleave(step, 0).repeat_interleave(step, 1).repeat_interleave(step, 2)[: shape[0], : shape[1], : shape[2]]
+        body = (
+            body.repeat_interleave(step, 0)
+            .repeat_interleave(step, 1)
+            .repeat_interleave(step, 2)[: shape[0], : shape[1], : shape[2]]
+        )
     return body.contiguous()
 
 
@@ -173,8 +193,17 @@ class _WindowPredictor:
     channels-last, autocast. With ``masked``, the windows' last channel is the body mask (not fed to
     the network); otherwise a window holds body when a voxel is above ``threshold``."""
 
-    def __init__(self, network: Any, *, precision: str, threshold: float, background: int, skip_air: bool,
-                 channels_last: bool, masked: bool = False) -> None:
+    def __init__(
+        self,
+        network: Any,
+        *,
+        precision: str,
+        threshold: float,
+        background: int,
+        skip_air: bool,
+        channels_last: bool,
+        masked: bool = False,
+    ) -> None:
         self.network, self.precision, self.threshold = network, precision, threshold
         self.background, self.skip_air, self.channels_last = background, skip_air, channels_last
         self.masked = masked
@@ -206,7 +235,9 @@ class _WindowPredictor:
             self._forward(windows[:1])  # one window tells the number of classes
         assert self.classes is not None or bool(body.any())
         parts = self._forward(windows[body]) if bool(body.any()) else None
-        out = torch.full((windows.shape[0], self.classes or 1, *windows.shape[2:]), -20.0, device=windows.device)
+        out = torch.full(
+            (windows.shape[0], self.classes or 1, *windows.shape[2:]), -20.0, device=windows.device
+        )
         out[:, self.background] = 20.0
         if parts is not None:
             out[body] = parts
@@ -300,7 +331,9 @@ class FastSlidingWindowInferer(Inferer):
         if roi_zoom < 1:
             raise InputError(f"roi_zoom: expected a downsampling factor >= 1, found {roi_zoom!r}")
         self.organ_roi, self.roi_zoom = bool(organ_roi), float(roi_zoom)
-        self.roi_margin = [int(v) for v in roi_margin] if roi_margin is not None else [r // 4 for r in self.roi_size]
+        self.roi_margin = (
+            [int(v) for v in roi_margin] if roi_margin is not None else [r // 4 for r in self.roi_size]
+        )
         self.roi_labels = [int(v) for v in roi_labels] if roi_labels is not None else None
         self.background = background
         self.skip_air, self.channels_last = skip_air, channels_last
@@ -327,24 +360,44 @@ class FastSlidingWindowInferer(Inferer):
         needed = 2 * 4 * classes_hint * inputs[0, 0].numel() * inputs.shape[0]  # output + weight map, float32
         return inputs.device if needed < free else torch.device("cpu")
 
-    def _windows(self, inputs: torch.Tensor, network: Any, mask: torch.Tensor | None, *,
-                 tta: bool) -> tuple[torch.Tensor, dict[str, int]]:
+    def _windows(
+        self, inputs: torch.Tensor, network: Any, mask: torch.Tensor | None, *, tta: bool
+    ) -> tuple[torch.Tensor, dict[str, int]]:
         """Blended logits of MONAI's window grid over ``inputs``; with ``mask`` (X, Y, Z), only windows holding some of it run."""
-        predictor = _WindowPredictor(self._network(network), precision=self.precision, threshold=self.threshold,
-                                     background=self.background, skip_air=self.skip_air,
-                                     channels_last=self.channels_last, masked=mask is not None)
+        predictor = _WindowPredictor(
+            self._network(network),
+            precision=self.precision,
+            threshold=self.threshold,
+            background=self.background,
+            skip_air=self.skip_air,
+            channels_last=self.channels_last,
+            masked=mask is not None,
+        )
         if mask is not None:
-            inputs = torch.cat([inputs, mask.to(inputs.device, inputs.dtype).expand(inputs.shape[0], 1, *mask.shape)], dim=1)
+            inputs = torch.cat(
+                [inputs, mask.to(inputs.device, inputs.dtype).expand(inputs.shape[0], 1, *mask.shape)], dim=1
+            )
         spatial = list(range(2, inputs.ndim))
-        flips = [list(c) for n in range(len(spatial) + 1) for c in itertools.combinations(spatial, n)] if tta else [[]]
+        flips = (
+            [list(c) for n in range(len(spatial) + 1) for c in itertools.combinations(spatial, n)]
+            if tta
+            else [[]]
+        )
         device = self._output_device(inputs)
         total: torch.Tensor | None = None
         with _channels_last(network, self.channels_last):
             for dims in flips:
                 view = torch.flip(inputs, dims) if dims else inputs
                 out = sliding_window_inference(
-                    view, self.roi_size, self.sw_batch_size, predictor, overlap=self.overlap, mode=self.mode,
-                    sw_device=inputs.device, device=device, progress=self.progress,
+                    view,
+                    self.roi_size,
+                    self.sw_batch_size,
+                    predictor,
+                    overlap=self.overlap,
+                    mode=self.mode,
+                    sw_device=inputs.device,
+                    device=device,
+                    progress=self.progress,
                 ).float()
                 out = torch.flip(out, dims) if dims else out
                 total = out if total is None else total.add_(out)
@@ -352,23 +405,37 @@ class FastSlidingWindowInferer(Inferer):
         counts = {"run": predictor.run, "skipped": predictor.skipped, "passes": len(flips)}
         return (total / len(flips) if len(flips) > 1 else total), counts
 
-    def _organ_box(self, inputs: torch.Tensor, network: Any) -> tuple[tuple[slice, ...] | None, dict[str, int]]:
+    def _organ_box(
+        self, inputs: torch.Tensor, network: Any
+    ) -> tuple[tuple[slice, ...] | None, dict[str, int]]:
         """The full-grid box of the foreground a pass at ``roi_zoom`` times the spacing predicts, plus ``roi_margin``."""
         import numpy as np
         from scipy import ndimage
 
         plain = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
         coarse = torch.nn.functional.interpolate(plain, scale_factor=1.0 / self.roi_zoom, mode="area")
-        mask = body_mask(coarse, threshold=self.threshold, opening=max(1, round(self.opening / self.roi_zoom)),
-                         keep_fraction=self.keep_fraction) if self.skip_air and self.body_mask else None
+        mask = (
+            body_mask(
+                coarse,
+                threshold=self.threshold,
+                opening=max(1, round(self.opening / self.roi_zoom)),
+                keep_fraction=self.keep_fraction,
+            )
+            if self.skip_air and self.body_mask
+            else None
+        )
         logits, counts = self._windows(coarse, network, mask, tta=False)
         labels = logits.argmax(1).cpu().numpy()
-        foreground = np.isin(labels, self.roi_labels) if self.roi_labels is not None else labels != self.background
+        foreground = (
+            np.isin(labels, self.roi_labels) if self.roi_labels is not None else labels != self.background
+        )
         components, count = ndimage.label(foreground.any(axis=0))
         if count == 0:
             return None, counts
         sizes = np.bincount(components.ravel())[1:]
-        kept = torch.from_numpy(np.isin(components, np.flatnonzero(sizes >= self.keep_fraction * sizes.max()) + 1))
+        kept = torch.from_numpy(
+            np.isin(components, np.flatnonzero(sizes >= self.keep_fraction * sizes.max()) + 1)
+        )
         box = _box_of(kept, [0, 0, 0])
         assert box is not None
         scale = [full / small for full, small in zip(inputs.shape[2:], coarse.shape[2:], strict=True)]
@@ -395,7 +462,9 @@ class FastSlidingWindowInferer(Inferer):
         spatial = tuple(inputs.shape[2:])
         mask = None
         if self.skip_air and self.body_mask:
-            mask = body_mask(inputs, threshold=self.threshold, opening=self.opening, keep_fraction=self.keep_fraction)
+            mask = body_mask(
+                inputs, threshold=self.threshold, opening=self.opening, keep_fraction=self.keep_fraction
+            )
         counts: dict[str, Any] = {}
         if mask is not None:
             counts["body_fraction"] = float(mask.float().mean())
@@ -404,7 +473,9 @@ class FastSlidingWindowInferer(Inferer):
             roi, coarse = self._organ_box(inputs, network)
             counts["coarse_run"] = coarse["run"]
             if roi is None:
-                logger.warning("organ ROI: the coarse pass found no foreground; windows run over the whole body")
+                logger.warning(
+                    "organ ROI: the coarse pass found no foreground; windows run over the whole body"
+                )
             else:
                 inside = torch.zeros(spatial, dtype=torch.bool)
                 inside[roi] = True
@@ -414,24 +485,42 @@ class FastSlidingWindowInferer(Inferer):
         box = None
         if roi is not None:  # full resolution runs on a window grid of its own over the organ box
             box = roi
-        elif self.crop_body and (mask is None or bool(mask.any())):  # no body at all: the windows learn the classes
-            box = _box_of(mask, self.margin) if mask is not None else body_box(inputs, threshold=self.threshold, margin=self.margin)
+        elif self.crop_body and (
+            mask is None or bool(mask.any())
+        ):  # no body at all: the windows learn the classes
+            box = (
+                _box_of(mask, self.margin)
+                if mask is not None
+                else body_box(inputs, threshold=self.threshold, margin=self.margin)
+            )
         if box is None or box == tuple(slice(0, n) for n in spatial):
             out, run = self._windows(inputs, network, mask, tta=self.tta)
         else:
             region = (slice(None), slice(None), *box)
-            cropped, run = self._windows(inputs[region], network, None if mask is None else mask[box], tta=self.tta)
-            out = torch.empty((inputs.shape[0], cropped.shape[1], *spatial), dtype=torch.float32, device=cropped.device)
+            cropped, run = self._windows(
+                inputs[region], network, None if mask is None else mask[box], tta=self.tta
+            )
+            out = torch.empty(
+                (inputs.shape[0], cropped.shape[1], *spatial), dtype=torch.float32, device=cropped.device
+            )
             out[region] = cropped
             self._background_outside(out, box)  # outside the body box: background with certainty
         if roi is not None:
             self._background_outside(out, roi)  # outside the organ box: background with certainty
         counts.update(run)
         self.last_counts = counts
-        logger.info("sliding window: %d windows run, %d skipped%s", counts["run"], counts["skipped"],
-                    f"; organ ROI {counts['roi']} ({100 * counts['roi_fraction']:.0f} % of the volume)" if "roi" in counts else "")
+        logger.info(
+            "sliding window: %d windows run, %d skipped%s",
+            counts["run"],
+            counts["skipped"],
+            f"; organ ROI {counts['roi']} ({100 * counts['roi_fraction']:.0f} % of the volume)"
+            if "roi" in counts
+            else "",
+        )
         if hasattr(inputs, "meta") and not hasattr(out, "meta"):  # keep MONAI metadata (affine) for Invertd
             from monai.data import MetaTensor
 
-            out = MetaTensor(out, meta=inputs.meta, applied_operations=getattr(inputs, "applied_operations", []))
+            out = MetaTensor(
+                out, meta=inputs.meta, applied_operations=getattr(inputs, "applied_operations", [])
+            )
         return out

@@ -40,7 +40,9 @@ def largest_diameter_mm(mask: np.ndarray, affine: np.ndarray) -> float:
     from scipy.spatial.distance import cdist
 
     longest = 0.0
-    for start in range(0, len(points), 1024):  # every pair of hull vertices, 1024 rows at a time (bounded memory)
+    for start in range(
+        0, len(points), 1024
+    ):  # every pair of hull vertices, 1024 rows at a time (bounded memory)
         longest = max(longest, float(cdist(points[start : start + 1024], points).max()))
     return longest
 
@@ -87,7 +89,9 @@ def case_statistics(
     return stats
 
 
-def write_statistics(per_case: Mapping[str, Mapping[str, Any]], output_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+def write_statistics(
+    per_case: Mapping[str, Mapping[str, Any]], output_dir: str | os.PathLike[str]
+) -> tuple[Path, Path]:
     """``statistics.json`` (nested) and ``statistics.csv`` (one row per case, ``<structure>_<field>`` columns)."""
     folder = Path(output_dir)
     json_path = write_text_atomic(folder / "statistics.json", json.dumps(per_case, indent=2) + "\n")
@@ -109,8 +113,9 @@ def write_statistics(per_case: Mapping[str, Mapping[str, Any]], output_dir: str 
     return json_path, write_text_atomic(folder / "statistics.csv", buffer.getvalue())
 
 
-def write_shard_statistics(per_case: Mapping[str, Mapping[str, Any]], output_dir: str | os.PathLike[str],
-                           shard: tuple[int, int]) -> tuple[Path, Path]:
+def write_shard_statistics(
+    per_case: Mapping[str, Mapping[str, Any]], output_dir: str | os.PathLike[str], shard: tuple[int, int]
+) -> tuple[Path, Path]:
     """One shard's statistics (``statistics-shard-K-of-N.json``), then ``statistics.csv``/``.json`` of all shards so far.
 
     The merge runs under an exclusive lock on ``.statistics.lock`` in ``output_dir`` (``fcntl.flock``;

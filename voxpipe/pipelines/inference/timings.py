@@ -32,15 +32,35 @@ from typing import Any
 
 from voxpipe.transforms.io import write_text_atomic
 
-STAGES = ("load", "resample", "intensity", "network", "stitch", "invert", "post-process", "write", "statistics", "DICOM-SEG")
+STAGES = (
+    "load",
+    "resample",
+    "intensity",
+    "network",
+    "stitch",
+    "invert",
+    "post-process",
+    "write",
+    "statistics",
+    "DICOM-SEG",
+)
 _BY_CLASS = {
-    "LoadVolumed": "load", "LoadImaged": "load", "EnsureChannelFirstd": "load",
-    "Orientationd": "resample", "Spacingd": "resample",
-    "Activationsd": "invert", "ResampleArgmaxd": "invert", "Invertd": "invert", "AsDiscreted": "invert",
-    "PostProcessd": "post-process", "KeepLargestConnectedComponentd": "post-process",
-    "RemoveSmallObjectsd": "post-process", "FillHolesd": "post-process",
-    "SaveLabelLiked": "write", "SaveImaged": "write",
-}  # fmt: skip
+    "LoadVolumed": "load",
+    "LoadImaged": "load",
+    "EnsureChannelFirstd": "load",
+    "Orientationd": "resample",
+    "Spacingd": "resample",
+    "Activationsd": "invert",
+    "ResampleArgmaxd": "invert",
+    "Invertd": "invert",
+    "AsDiscreted": "invert",
+    "PostProcessd": "post-process",
+    "KeepLargestConnectedComponentd": "post-process",
+    "RemoveSmallObjectsd": "post-process",
+    "FillHolesd": "post-process",
+    "SaveLabelLiked": "write",
+    "SaveImaged": "write",
+}
 
 
 def _synchronise() -> None:
@@ -83,8 +103,12 @@ class Timings:
             if not isinstance(transforms, (list, tuple)):
                 continue
             for index, transform in enumerate(transforms):
-                _time_transform(transform, _BY_CLASS.get(type(transform).__name__, default), self,
-                                counts_cases=key == "preprocessing" and index == 0)
+                _time_transform(
+                    transform,
+                    _BY_CLASS.get(type(transform).__name__, default),
+                    self,
+                    counts_cases=key == "preprocessing" and index == 0,
+                )
         if "evaluator" in parser:
             evaluator = parser.get_parsed_content("evaluator")
             inferer = getattr(evaluator, "inferer", None)
@@ -96,14 +120,21 @@ class Timings:
         lines = [f"{'stage':<13}{'seconds':>9}{'per case':>10}{'share':>8}"]
         for stage in [s for s in STAGES if s in self.seconds] + sorted(set(self.seconds) - set(STAGES)):
             value = self.seconds[stage]
-            lines.append(f"{stage:<13}{value:9.2f}{value / max(self.cases, 1):10.2f}{100 * value / total:7.1f}%")
-        lines.append(f"{'total':<13}{sum(self.seconds.values()):9.2f}{sum(self.seconds.values()) / max(self.cases, 1):10.2f}"
-                     f"   ({self.cases} case(s))")
+            lines.append(
+                f"{stage:<13}{value:9.2f}{value / max(self.cases, 1):10.2f}{100 * value / total:7.1f}%"
+            )
+        lines.append(
+            f"{'total':<13}{sum(self.seconds.values()):9.2f}{sum(self.seconds.values()) / max(self.cases, 1):10.2f}"
+            f"   ({self.cases} case(s))"
+        )
         return "\n".join(lines)
 
     def write(self, folder: Path) -> Path:
-        document = {"cases": self.cases, "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
-                    "total_seconds": round(sum(self.seconds.values()), 4)}
+        document = {
+            "cases": self.cases,
+            "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
+            "total_seconds": round(sum(self.seconds.values()), 4),
+        }
         return write_text_atomic(Path(folder) / "timings.json", json.dumps(document, indent=2) + "\n")
 
 
@@ -125,8 +156,16 @@ def _time_transform(transform: Any, stage: str, timings: Timings, *, counts_case
             timings.cases += 1
         return timings.timed(stage, original)(self, data, *args, **kwargs)
 
-    timed = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                                        "_voxpipe_timed": True})
+    timed = type(
+        cls.__name__,
+        (cls,),
+        {
+            "__call__": __call__,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "_voxpipe_timed": True,
+        },
+    )
     try:
         transform.__class__ = timed
     except TypeError:

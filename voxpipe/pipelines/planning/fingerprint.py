@@ -29,11 +29,21 @@ logger = logging.getLogger(__name__)
 
 SAMPLES_PER_CASE = 10_000
 # nnU-Net's channel names that pick a normalisation; any other name is z-scored.
-NORMALISATION_BY_NAME = {"ct": "CTNormalization", "nonorm": "NoNormalization", "zscore": "ZScoreNormalization",
-                         "rescale_to_0_1": "RescaleTo01Normalization", "rgb_to_0_1": "RGBTo01Normalization"}
+NORMALISATION_BY_NAME = {
+    "ct": "CTNormalization",
+    "nonorm": "NoNormalization",
+    "zscore": "ZScoreNormalization",
+    "rescale_to_0_1": "RescaleTo01Normalization",
+    "rgb_to_0_1": "RGBTo01Normalization",
+}
 
 
-READERS = ("SimpleITKIO", "SimpleITKIOWithReorient", "NibabelIO", "NibabelIOWithReorient")  # nnU-Net's 3D readers
+READERS = (
+    "SimpleITKIO",
+    "SimpleITKIOWithReorient",
+    "NibabelIO",
+    "NibabelIOWithReorient",
+)  # nnU-Net's 3D readers
 
 
 def _read_nibabel(path: str, *, reorient: bool) -> tuple[np.ndarray, list[float], np.ndarray, int]:
@@ -56,7 +66,9 @@ def _read_nibabel(path: str, *, reorient: bool) -> tuple[np.ndarray, list[float]
     return array, zooms, np.asarray(image.affine)[:3, :3], dims
 
 
-def _read_channels(paths: list[str], reader: str = "SimpleITKIO") -> tuple[np.ndarray, list[float], np.ndarray]:
+def _read_channels(
+    paths: list[str], reader: str = "SimpleITKIO"
+) -> tuple[np.ndarray, list[float], np.ndarray]:
     """Channels ``(C, z, y, x)`` as nnU-Net's reader gives them (SimpleITK unless the dataset.json names
     another in ``overwrite_image_reader_writer``), the spacing ``(z, y, x)`` and the 3 × 3 direction (columns: the storage axes i, j, k in world
     space). A 4D file (MSD) holds its channels on its 4th axis."""
@@ -65,19 +77,27 @@ def _read_channels(paths: list[str], reader: str = "SimpleITKIO") -> tuple[np.nd
     arrays, spacing, direction = [], None, None
     for path in paths:
         if reader.startswith("Nibabel"):
-            array, channel_spacing, matrix, dims = _read_nibabel(str(path), reorient=reader == "NibabelIOWithReorient")
+            array, channel_spacing, matrix, dims = _read_nibabel(
+                str(path), reorient=reader == "NibabelIOWithReorient"
+            )
             arrays.extend(array if dims == 4 else [array])
             spacing, direction = (channel_spacing, matrix) if spacing is None else (spacing, direction)
             if not np.allclose(channel_spacing, spacing) or arrays[-1].shape != arrays[0].shape:
-                raise InputError(f"{path!r}: expected the grid of {paths[0]!r} (spacing {spacing[::-1]}, shape "
-                                 f"{arrays[0].shape[::-1]}), found spacing {channel_spacing[::-1]}, shape {arrays[-1].shape[::-1]}")
+                raise InputError(
+                    f"{path!r}: expected the grid of {paths[0]!r} (spacing {spacing[::-1]}, shape "
+                    f"{arrays[0].shape[::-1]}), found spacing {channel_spacing[::-1]}, shape {arrays[-1].shape[::-1]}"
+                )
             continue
         try:
             image = sitk.ReadImage(str(path))
-            if reader == "SimpleITKIOWithReorient":  # as nnU-Net's: DICOMOrient to "RAS" before reading the array
+            if (
+                reader == "SimpleITKIOWithReorient"
+            ):  # as nnU-Net's: DICOMOrient to "RAS" before reading the array
                 image = sitk.DICOMOrient(image, "RAS")
         except RuntimeError as error:
-            raise InputError(f"{path!r}: could not read the image ({str(error).strip().splitlines()[-1]})") from error
+            raise InputError(
+                f"{path!r}: could not read the image ({str(error).strip().splitlines()[-1]})"
+            ) from error
         array = sitk.GetArrayFromImage(image)
         dims = image.GetDimension()
         if dims == 4:
@@ -93,8 +113,10 @@ def _read_channels(paths: list[str], reader: str = "SimpleITKIO") -> tuple[np.nd
         if spacing is None:
             spacing, direction = channel_spacing, matrix
         elif not np.allclose(channel_spacing, spacing) or arrays[-1].shape != arrays[0].shape:
-            raise InputError(f"{path!r}: expected the grid of {paths[0]!r} (spacing {spacing[::-1]}, shape "
-                             f"{arrays[0].shape[::-1]}), found spacing {channel_spacing[::-1]}, shape {arrays[-1].shape[::-1]}")
+            raise InputError(
+                f"{path!r}: expected the grid of {paths[0]!r} (spacing {spacing[::-1]}, shape "
+                f"{arrays[0].shape[::-1]}), found spacing {channel_spacing[::-1]}, shape {arrays[-1].shape[::-1]}"
+            )
     assert spacing is not None and direction is not None
     return np.stack(arrays), [abs(float(v)) for v in spacing], direction
 
@@ -131,7 +153,9 @@ def dataset_info(source: str | os.PathLike[str]) -> dict[str, Any]:
     return info
 
 
-def planning_fingerprint(source: str | os.PathLike[str], *, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+def planning_fingerprint(
+    source: str | os.PathLike[str], *, seed: int = 0, progress: bool = False
+) -> dict[str, Any]:
     """The planning fingerprint of the labelled cases of a dataset (MSD, nnU-Net v2 raw, or any layout
     :func:`load_datalist` reads).
 
@@ -147,14 +171,18 @@ def planning_fingerprint(source: str | os.PathLike[str], *, seed: int = 0, progr
     labels = dataset_label_groups(info, source=Path(source) / "dataset.json") if info.get("labels") else {}
     regions = [name for name, values in labels.items() if len(values) > 1]
     if regions:
-        raise InputError(f"{str(source)!r}: labels {regions} are region-based (one name, several values); "
-                         "expected one value per label",
-                         hint="voxpipe plan trains one softmax class per label value; nnU-Net's region training is not supported")
+        raise InputError(
+            f"{str(source)!r}: labels {regions} are region-based (one name, several values); "
+            "expected one value per label",
+            hint="voxpipe plan trains one softmax class per label value; nnU-Net's region training is not supported",
+        )
     channels_info = info.get("channel_names", info.get("modality")) or {"0": "CT"}
     channel_names = [str(channels_info[k]) for k in sorted(channels_info, key=lambda k: int(k))]
     reader = info.get("overwrite_image_reader_writer", "SimpleITKIO")
     if reader not in READERS:
-        raise InputError(f"{str(source)!r}: dataset.json 'overwrite_image_reader_writer': expected one of {READERS}, found {reader!r}")
+        raise InputError(
+            f"{str(source)!r}: dataset.json 'overwrite_image_reader_writer': expected one of {READERS}, found {reader!r}"
+        )
     rng = np.random.default_rng(seed)
     cases: list[dict[str, Any]] = []
     samples: list[list[np.ndarray]] = [[] for _ in channel_names]
@@ -163,12 +191,16 @@ def planning_fingerprint(source: str | os.PathLike[str], *, seed: int = 0, progr
         paths = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
         channels, spacing, direction = _read_channels(paths, reader)
         if len(channels) != len(channel_names):
-            raise InputError(f"{paths[0]!r}: expected {len(channel_names)} channel(s) {channel_names} (dataset.json), "
-                             f"found {len(channels)}")
+            raise InputError(
+                f"{paths[0]!r}: expected {len(channel_names)} channel(s) {channel_names} (dataset.json), "
+                f"found {len(channels)}"
+            )
         label_array, _, _ = _read_channels([entry["label"]], reader)
         if label_array.shape[1:] != channels.shape[1:]:
-            raise InputError(f"{entry['label']!r}: expected the image's shape {list(channels.shape[1:][::-1])}, "
-                             f"found {list(label_array.shape[1:][::-1])}")
+            raise InputError(
+                f"{entry['label']!r}: expected the image's shape {list(channels.shape[1:][::-1])}, "
+                f"found {list(label_array.shape[1:][::-1])}"
+            )
         box = _nonzero_box(channels)
         cropped = channels[(slice(None), *box)]
         shape_after = list(cropped.shape[1:])
@@ -177,28 +209,53 @@ def planning_fingerprint(source: str | os.PathLike[str], *, seed: int = 0, progr
         for c in range(len(channel_names)):
             values = cropped[c][foreground]
             if values.size:
-                samples[c].append(rng.choice(values, size=min(SAMPLES_PER_CASE, values.size), replace=False).astype(np.float64))
-        cases.append({"case": entry["case"], "spacing": spacing, "shape_before_crop": list(channels.shape[1:]),
-                      "shape_after_crop": shape_after,
-                      "relative_size_after_cropping": float(np.prod(shape_after) / np.prod(channels.shape[1:])),
-                      "ras_axes": ras_axes(direction)})
+                samples[c].append(
+                    rng.choice(values, size=min(SAMPLES_PER_CASE, values.size), replace=False).astype(
+                        np.float64
+                    )
+                )
+        cases.append(
+            {
+                "case": entry["case"],
+                "spacing": spacing,
+                "shape_before_crop": list(channels.shape[1:]),
+                "shape_after_crop": shape_after,
+                "relative_size_after_cropping": float(np.prod(shape_after) / np.prod(channels.shape[1:])),
+                "ras_axes": ras_axes(direction),
+            }
+        )
     intensity = []
     for c, name in enumerate(channel_names):
         values = np.concatenate(samples[c]) if samples[c] else np.zeros(1)
-        intensity.append({"channel": name, "mean": float(values.mean()), "std": float(values.std()),
-                          "percentile_00_5": float(np.percentile(values, 0.5)), "median": float(np.median(values)),
-                          "percentile_99_5": float(np.percentile(values, 99.5))})
+        intensity.append(
+            {
+                "channel": name,
+                "mean": float(values.mean()),
+                "std": float(values.std()),
+                "percentile_00_5": float(np.percentile(values, 0.5)),
+                "median": float(np.median(values)),
+                "percentile_99_5": float(np.percentile(values, 99.5)),
+            }
+        )
     if labels:
         label_values = {values[0]: name for name, values in labels.items()}
     else:
         label_values = {v: ("background" if v == 0 else f"label_{v}") for v in sorted(found_labels | {0})}
     return {
-        "dataset": str(Path(source).resolve()), "layout": layout, "reader": reader, "n_cases": len(cases),
+        "dataset": str(Path(source).resolve()),
+        "layout": layout,
+        "reader": reader,
+        "n_cases": len(cases),
         # nnU-Net sizes its batch cap with dataset.json's numTraining, not with the files it found
-        "num_training": int(info.get("numTraining", len(cases))) if str(info.get("numTraining", "")).isdigit() else len(cases),
-        "channel_names": channel_names, "labels": {str(k): v for k, v in sorted(label_values.items())},
+        "num_training": int(info.get("numTraining", len(cases)))
+        if str(info.get("numTraining", "")).isdigit()
+        else len(cases),
+        "channel_names": channel_names,
+        "labels": {str(k): v for k, v in sorted(label_values.items())},
         "axis_order": "storage (z, y, x), as SimpleITK reads; ras_axes maps storage (i, j, k) to world (x, y, z)",
         "cases": cases,
-        "median_relative_size_after_cropping": float(np.median([c["relative_size_after_cropping"] for c in cases])),
+        "median_relative_size_after_cropping": float(
+            np.median([c["relative_size_after_cropping"] for c in cases])
+        ),
         "foreground_intensity": intensity,
     }

@@ -32,8 +32,14 @@ class Measurement:
     step_seconds: float
 
 
-def _step(network_spec: dict[str, Any], patch_size: list[int], batch_size: int, in_channels: int, device: str,
-          steps: int) -> tuple[int, float, int]:
+def _step(
+    network_spec: dict[str, Any],
+    patch_size: list[int],
+    batch_size: int,
+    in_channels: int,
+    device: str,
+    steps: int,
+) -> tuple[int, float, int]:
     """Run ``steps`` training steps; (peak bytes, mean seconds of the steps after the first, baseline bytes)."""
     import resource
 
@@ -60,7 +66,9 @@ def _step(network_spec: dict[str, Any], patch_size: list[int], batch_size: int, 
         # CUDA: mixed precision, as voxpipe's trainer runs there (AMP); CPU: fp32 (cpu_bf16 is opt-in).
         with torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
             output = network(image)
-            if output.ndim == image.ndim + 1:  # DynUNet's deep supervision: (B, S, C, X, Y, Z); all scales train
+            if (
+                output.ndim == image.ndim + 1
+            ):  # DynUNet's deep supervision: (B, S, C, X, Y, Z); all scales train
                 output = output.flatten(0, 1)
                 loss = loss_fn(output.float(), target.repeat_interleave(output.shape[0] // batch_size, dim=0))
             else:
@@ -78,8 +86,16 @@ def _step(network_spec: dict[str, Any], patch_size: list[int], batch_size: int, 
     return int(peak - baseline), float(sum(timed) / len(timed)), int(baseline)
 
 
-def measure_step(network_spec: dict[str, Any], *, patch_size: list[int], batch_size: int, in_channels: int,
-                 device: str = "cpu", steps: int = 2, timeout: float = 1800.0) -> Measurement:
+def measure_step(
+    network_spec: dict[str, Any],
+    *,
+    patch_size: list[int],
+    batch_size: int,
+    in_channels: int,
+    device: str = "cpu",
+    steps: int = 2,
+    timeout: float = 1800.0,
+) -> Measurement:
     """Peak memory and seconds of one training step of ``build_network(**network_spec)``.
 
     Raises:
@@ -96,15 +112,31 @@ def measure_step(network_spec: dict[str, Any], *, patch_size: list[int], batch_s
         finally:
             torch.cuda.empty_cache()
         return Measurement(device, batch_size, list(patch_size), peak, seconds)
-    request = json.dumps({"network": network_spec, "patch_size": list(patch_size), "batch_size": batch_size,
-                          "in_channels": in_channels, "device": device, "steps": steps})
-    done = subprocess.run([sys.executable, "-m", "voxpipe.pipelines.planning.memory"], input=request, text=True,
-                          capture_output=True, timeout=timeout, check=False)
+    request = json.dumps(
+        {
+            "network": network_spec,
+            "patch_size": list(patch_size),
+            "batch_size": batch_size,
+            "in_channels": in_channels,
+            "device": device,
+            "steps": steps,
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "voxpipe.pipelines.planning.memory"],
+        input=request,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise InputError(f"memory measurement of a training step at patch {patch_size}, batch {batch_size}: "
-                                 f"expected the child process to finish, found exit code {done.returncode} ({last})",
-                                 hint="the step may need more memory than this machine has; give --gpu-memory a smaller budget")
+        raise InputError(
+            f"memory measurement of a training step at patch {patch_size}, batch {batch_size}: "
+            f"expected the child process to finish, found exit code {done.returncode} ({last})",
+            hint="the step may need more memory than this machine has; give --gpu-memory a smaller budget",
+        )
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     return Measurement(device, batch_size, list(patch_size), answer["peak_bytes"], answer["step_seconds"])
 
@@ -115,10 +147,18 @@ def as_dict(measurement: Measurement) -> dict[str, Any]:
 
 def _main() -> None:
     request = json.loads(sys.stdin.read())
-    peak, seconds, baseline = _step(request["network"], request["patch_size"], request["batch_size"],
-                                    request["in_channels"], request["device"], request["steps"])
+    peak, seconds, baseline = _step(
+        request["network"],
+        request["patch_size"],
+        request["batch_size"],
+        request["in_channels"],
+        request["device"],
+        request["steps"],
+    )
     # The reply to measure_step, which reads the last line of this child process's stdout.
-    sys.stdout.write(json.dumps({"peak_bytes": peak, "step_seconds": seconds, "baseline_bytes": baseline}) + "\n")
+    sys.stdout.write(
+        json.dumps({"peak_bytes": peak, "step_seconds": seconds, "baseline_bytes": baseline}) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 
 RULES = ("voxpipe", "nnunet")
 NETWORKS = ("dynunet", "segresnet")
-MASK_FOR_NORM_BELOW = 0.75  # nnU-Net: z-score inside the non-zero mask when cropping kept < 75 % of the voxels
+MASK_FOR_NORM_BELOW = (
+    0.75  # nnU-Net: z-score inside the non-zero mask when cropping kept < 75 % of the voxels
+)
 
 
 def to_xyz(values_transposed: Any, backward: list[int], ras_axes: list[int]) -> list[Any]:
@@ -65,9 +67,12 @@ def normalisation(fingerprint: dict[str, Any]) -> list[dict[str, Any]]:
     cropped = fingerprint["median_relative_size_after_cropping"]
     for stats in fingerprint["foreground_intensity"]:
         scheme = NORMALISATION_BY_NAME.get(stats["channel"].casefold(), "ZScoreNormalization")
-        entry = {"channel": stats["channel"], "scheme": scheme,
-                 "use_mask_for_norm": bool(cropped < MASK_FOR_NORM_BELOW and scheme == "ZScoreNormalization"),
-                 "median_relative_size_after_cropping": cropped}
+        entry = {
+            "channel": stats["channel"],
+            "scheme": scheme,
+            "use_mask_for_norm": bool(cropped < MASK_FOR_NORM_BELOW and scheme == "ZScoreNormalization"),
+            "median_relative_size_after_cropping": cropped,
+        }
         if scheme == "CTNormalization":
             entry["window"] = [round(stats["percentile_00_5"], 2), round(stats["percentile_99_5"], 2)]
         schemes.append(entry)
@@ -86,17 +91,28 @@ def nnunet_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float = 8.0) -> d
     n_training, n_classes = int(fingerprint.get("num_training", len(cases))), len(fingerprint["labels"])
     target, spacing_why = rules.target_spacing(spacings, shapes)
     forward, backward = rules.transpose_for(target)
-    new_shapes = [rules.resampled_shape(shape, spacing, target) for spacing, shape in zip(spacings, shapes, strict=True)]
+    new_shapes = [
+        rules.resampled_shape(shape, spacing, target) for spacing, shape in zip(spacings, shapes, strict=True)
+    ]
     median_shape = np.median(new_shapes, 0)[forward]
     if median_shape[0] == 1:
-        raise InputError(f"{fingerprint['dataset']!r}: expected 3D images, found a median of 1 slice along the coarsest axis",
-                         hint="nnU-Net plans only a 2d configuration for such data; voxpipe plan plans 3D networks")
+        raise InputError(
+            f"{fingerprint['dataset']!r}: expected 3D images, found a median of 1 slice along the coarsest axis",
+            hint="nnU-Net plans only a 2d configuration for such data; voxpipe plan plans 3D networks",
+        )
     n_voxels = float(np.prod(median_shape, dtype=np.float64) * n_training)
-    fullres = rules.plan_3d(target[forward], median_shape, n_voxels_dataset=n_voxels, n_classes=n_classes,
-                            gpu_memory_gb=gpu_memory_gb)
-    lowres = rules.plan_lowres(fullres, median_shape, n_training=n_training, n_classes=n_classes,
-                               gpu_memory_gb=gpu_memory_gb)
+    fullres = rules.plan_3d(
+        target[forward],
+        median_shape,
+        n_voxels_dataset=n_voxels,
+        n_classes=n_classes,
+        gpu_memory_gb=gpu_memory_gb,
+    )
+    lowres = rules.plan_lowres(
+        fullres, median_shape, n_training=n_training, n_classes=n_classes, gpu_memory_gb=gpu_memory_gb
+    )
     ras_axes = cases[0]["ras_axes"]
+
     def xyz(values: Any) -> list[Any]:
         return _xyz(values, backward, ras_axes)
 
@@ -109,20 +125,31 @@ def nnunet_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float = 8.0) -> d
         "features_per_stage": fullres["features_per_stage"],
         "median_shape": xyz(fullres["median_shape"]),
         "spacing_rule": {**spacing_why, "axis_order": "storage (z, y, x)"},
-        "lowres": {**{k: v for k, v in lowres.items() if k != "plan"},
-                   "target_spacing": xyz(lowres["plan"]["spacing"]) if lowres["plan"] else None,
-                   "patch_size": xyz(lowres["plan"]["patch_size"]) if lowres["plan"] else None},
-        "memory": {"model": "nnU-Net proxy (feature-map elements of its plain U-Net)", "gpu_memory_gb": gpu_memory_gb,
-                   "proxy_elements": fullres["proxy_elements"], "proxy_reference": fullres["proxy_reference"],
-                   "proxy_elements_initial": fullres["proxy_elements_initial"],
-                   "patch_reductions": fullres["patch_reductions"],
-                   "batch_size_from_memory": fullres["batch_size_from_memory"],
-                   "batch_size_cap_5_percent": fullres["batch_size_cap_5_percent"]},
-        "nnunet_order": {"transpose_forward": forward, "transpose_backward": backward,
-                         "spacing": fullres["spacing"], "patch_size": fullres["patch_size"],
-                         "pool_op_kernel_sizes": fullres["pool_kernels"], "conv_kernel_sizes": fullres["conv_kernels"],
-                         "median_image_size_in_voxels": fullres["median_shape"],
-                         "initial_patch_size": fullres["initial_patch_size"]},
+        "lowres": {
+            **{k: v for k, v in lowres.items() if k != "plan"},
+            "target_spacing": xyz(lowres["plan"]["spacing"]) if lowres["plan"] else None,
+            "patch_size": xyz(lowres["plan"]["patch_size"]) if lowres["plan"] else None,
+        },
+        "memory": {
+            "model": "nnU-Net proxy (feature-map elements of its plain U-Net)",
+            "gpu_memory_gb": gpu_memory_gb,
+            "proxy_elements": fullres["proxy_elements"],
+            "proxy_reference": fullres["proxy_reference"],
+            "proxy_elements_initial": fullres["proxy_elements_initial"],
+            "patch_reductions": fullres["patch_reductions"],
+            "batch_size_from_memory": fullres["batch_size_from_memory"],
+            "batch_size_cap_5_percent": fullres["batch_size_cap_5_percent"],
+        },
+        "nnunet_order": {
+            "transpose_forward": forward,
+            "transpose_backward": backward,
+            "spacing": fullres["spacing"],
+            "patch_size": fullres["patch_size"],
+            "pool_op_kernel_sizes": fullres["pool_kernels"],
+            "conv_kernel_sizes": fullres["conv_kernels"],
+            "median_image_size_in_voxels": fullres["median_shape"],
+            "initial_patch_size": fullres["initial_patch_size"],
+        },
         "ras_axes": ras_axes,
         "storage_axes_consistent": all(c["ras_axes"] == ras_axes for c in cases),
     }
@@ -132,16 +159,29 @@ def network_spec(plan: dict[str, Any], *, network: str, in_channels: int, n_clas
     """``build_network`` arguments for the planned layout (MONAI DynUNet or SegResNet; no network code of ours)."""
     if network == "dynunet":
         stages = len(plan["pool_kernels"])
-        spec = {"name": "dynunet", "in_channels": in_channels, "out_channels": n_classes,
-                "kernel_size": plan["conv_kernels"], "strides": plan["pool_kernels"],
-                "upsample_kernel_size": plan["pool_kernels"][1:], "filters": plan["features_per_stage"],
-                "res_block": False, "norm_name": "instance", "deep_supervision": stages >= 3,
-                "deep_supr_num": max(1, stages - 2)}
+        spec = {
+            "name": "dynunet",
+            "in_channels": in_channels,
+            "out_channels": n_classes,
+            "kernel_size": plan["conv_kernels"],
+            "strides": plan["pool_kernels"],
+            "upsample_kernel_size": plan["pool_kernels"][1:],
+            "filters": plan["features_per_stage"],
+            "res_block": False,
+            "norm_name": "instance",
+            "deep_supervision": stages >= 3,
+            "deep_supr_num": max(1, stages - 2),
+        }
         if stages < 3:
             spec.pop("deep_supr_num")
         return spec
     if network == "segresnet":
-        return {"name": "segresnet", "in_channels": in_channels, "out_channels": n_classes, "init_filters": 16}
+        return {
+            "name": "segresnet",
+            "in_channels": in_channels,
+            "out_channels": n_classes,
+            "init_filters": 16,
+        }
     raise InputError(f"--network: expected one of {NETWORKS}, found {network!r}")
 
 
@@ -161,7 +201,9 @@ def _budget_bytes(gpu_memory_gb: float | None, device: str) -> tuple[int, str]:
     return int(0.5 * available), f"half the available RAM ({available / 1024**3:.1f} GB)"
 
 
-def measured_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float | None, network: str, device: str) -> dict[str, Any]:
+def measured_plan(
+    fingerprint: dict[str, Any], *, gpu_memory_gb: float | None, network: str, device: str
+) -> dict[str, Any]:
     """voxpipe's rules: nnU-Net's spacing and pooling, then patch and batch size fitted to the measured
     peak memory of one training step of the planned network on ``device``.
 
@@ -178,23 +220,33 @@ def measured_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float | None, n
     order = plan["nnunet_order"]
     spacing_t = np.asarray(order["spacing"])
     median_t = order["median_image_size_in_voxels"]
-    n_voxels = float(np.prod(median_t, dtype=np.float64) * fingerprint.get("num_training", fingerprint["n_cases"]))
+    n_voxels = float(
+        np.prod(median_t, dtype=np.float64) * fingerprint.get("num_training", fingerprint["n_cases"])
+    )
     backward, ras_axes = order["transpose_backward"], plan["ras_axes"]
     layout = rules.topology(spacing_t, order["patch_size"])
     measurements: list[dict[str, Any]] = []
 
     def planned(current: rules.Topology) -> dict[str, Any]:
-        return {"patch_size": _xyz(current.patch_size, backward, ras_axes),
-                "pool_kernels": [_xyz(k, backward, ras_axes) for k in current.pool_kernels],
-                "conv_kernels": [_xyz(k, backward, ras_axes) for k in current.conv_kernels],
-                "features_per_stage": list(rules.features_per_stage(len(current.pool_kernels)))}
+        return {
+            "patch_size": _xyz(current.patch_size, backward, ras_axes),
+            "pool_kernels": [_xyz(k, backward, ras_axes) for k in current.pool_kernels],
+            "conv_kernels": [_xyz(k, backward, ras_axes) for k in current.conv_kernels],
+            "features_per_stage": list(rules.features_per_stage(len(current.pool_kernels))),
+        }
 
     def measure(current: rules.Topology, batch: int) -> dict[str, Any]:
         layout_xyz = planned(current)
         spec = network_spec(layout_xyz, network=network, in_channels=in_channels, n_classes=n_classes)
-        patch = layout_xyz["patch_size"] if network == "dynunet" else segresnet_patch(layout_xyz["patch_size"])
-        logger.info("measuring a training step: %s at patch %s, batch %d on %s", network, patch, batch, device)
-        result = as_dict(measure_step(spec, patch_size=patch, batch_size=batch, in_channels=in_channels, device=device))
+        patch = (
+            layout_xyz["patch_size"] if network == "dynunet" else segresnet_patch(layout_xyz["patch_size"])
+        )
+        logger.info(
+            "measuring a training step: %s at patch %s, batch %d on %s", network, patch, batch, device
+        )
+        result = as_dict(
+            measure_step(spec, patch_size=patch, batch_size=batch, in_channels=in_channels, device=device)
+        )
         measurements.append(result)
         return result
 
@@ -204,11 +256,16 @@ def measured_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float | None, n
             break
         proxy = rules.feature_map_elements(layout.patch_size, layout.pool_kernels, n_classes)
         bytes_per_element = (two["peak_bytes"] if two["peak_bytes"] > 0 else 2 * budget) / proxy
-        while rules.feature_map_elements(layout.patch_size, layout.pool_kernels, n_classes) * bytes_per_element > budget:
+        while (
+            rules.feature_map_elements(layout.patch_size, layout.pool_kernels, n_classes) * bytes_per_element
+            > budget
+        ):
             smaller = rules.shrink(spacing_t, layout, median_t)
             if smaller is None:
-                raise InputError(f"memory budget ({budget_source}): expected it to fit a training step at batch 2, "
-                                 f"found {two['peak_bytes'] / 1024**3:.2f} GB needed at the smallest patch")
+                raise InputError(
+                    f"memory budget ({budget_source}): expected it to fit a training step at batch 2, "
+                    f"found {two['peak_bytes'] / 1024**3:.2f} GB needed at the smallest patch"
+                )
             layout = smaller
     else:
         raise InputError(f"memory budget ({budget_source}): no patch fitted after 8 measurements")
@@ -230,13 +287,23 @@ def measured_plan(fingerprint: dict[str, Any], *, gpu_memory_gb: float | None, n
     plan["batch_size"] = int(batch)
     plan["memory"] = {
         "model": f"measured: one training step (forward, loss, backward, SGD) of {network} on {device}",
-        "budget_bytes": budget, "budget_source": budget_source, "per_sample_bytes": int(per_sample),
-        "fixed_bytes": int(fixed), "batch_size_from_memory": batch_memory, "batch_size_cap_5_percent": int(cap),
-        "peak_bytes_at_plan": final["peak_bytes"], "measurements": measurements,
+        "budget_bytes": budget,
+        "budget_source": budget_source,
+        "per_sample_bytes": int(per_sample),
+        "fixed_bytes": int(fixed),
+        "batch_size_from_memory": batch_memory,
+        "batch_size_cap_5_percent": int(cap),
+        "peak_bytes_at_plan": final["peak_bytes"],
+        "measurements": measurements,
         "nnunet_proxy_start_gb": round(start_gb, 3),
     }
-    plan["timing"] = {"device": device, "step_seconds": final["step_seconds"], "training_cases": n_train,
-                      "steps_per_epoch": steps, "epoch_seconds": round(final["step_seconds"] * steps, 2),
-                      "nnunet_epoch_seconds": round(final["step_seconds"] * 250, 1),
-                      "note": "an epoch is one pass over the training cases (voxpipe's trainer); nnU-Net's is 250 steps"}
+    plan["timing"] = {
+        "device": device,
+        "step_seconds": final["step_seconds"],
+        "training_cases": n_train,
+        "steps_per_epoch": steps,
+        "epoch_seconds": round(final["step_seconds"] * steps, 2),
+        "nnunet_epoch_seconds": round(final["step_seconds"] * 250, 1),
+        "note": "an epoch is one pass over the training cases (voxpipe's trainer); nnU-Net's is 250 steps",
+    }
     return plan

@@ -54,8 +54,13 @@ def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> tuple[np.ndarray
     other_spacings, other_sizes = [target[i] for i in others], [median_size[i] for i in others]
     aniso_spacing = bool(target[coarse] > ANISOTROPY_THRESHOLD * max(other_spacings))
     aniso_voxels = bool(median_size[coarse] * ANISOTROPY_THRESHOLD < min(other_sizes))
-    why: dict[str, Any] = {"median_spacing": target.tolist(), "median_shape": median_size.tolist(), "coarse_axis": coarse,
-                           "anisotropic_spacing": aniso_spacing, "anisotropic_voxels": aniso_voxels}
+    why: dict[str, Any] = {
+        "median_spacing": target.tolist(),
+        "median_shape": median_size.tolist(),
+        "coarse_axis": coarse,
+        "anisotropic_spacing": aniso_spacing,
+        "anisotropic_voxels": aniso_voxels,
+    }
     if aniso_spacing and aniso_voxels:
         coarse_spacing = np.percentile(spacings[:, coarse], 10)
         why["coarse_axis_p10"] = float(coarse_spacing)
@@ -73,7 +78,9 @@ def transpose_for(spacing: Sequence[float]) -> tuple[list[int], list[int]]:
     return forward, backward
 
 
-def resampled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> np.ndarray:
+def resampled_shape(
+    shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]
+) -> np.ndarray:
     return np.array([int(round(s / n * k)) for s, n, k in zip(spacing, new_spacing, shape, strict=True)])
 
 
@@ -140,7 +147,9 @@ def features_per_stage(n_stages: int) -> tuple[int, ...]:
     return tuple(min(MAX_FEATURES_3D, BASE_FEATURES * 2**i) for i in range(n_stages))
 
 
-def feature_map_elements(patch_size: Sequence[int], pool_kernels: Sequence[Sequence[int]], n_classes: int) -> int:
+def feature_map_elements(
+    patch_size: Sequence[int], pool_kernels: Sequence[Sequence[int]], n_classes: int
+) -> int:
     """nnU-Net's memory proxy: the elements of every convolution output of its plain U-Net (2 convolutions
     per stage, transposed convolutions, the final 1 × 1 × 1 output; no deep supervision) for one patch."""
     features = features_per_stage(len(pool_kernels))
@@ -153,7 +162,9 @@ def feature_map_elements(patch_size: Sequence[int], pool_kernels: Sequence[Seque
         skips.append(size)
     for level in range(len(pool_kernels) - 2, -1, -1):  # decoder, from the bottleneck up
         voxels = np.prod(skips[level], dtype=np.int64)
-        total += (CONVS_PER_STAGE + 1) * features[level] * voxels  # its convolutions and the transposed conv into it
+        total += (
+            (CONVS_PER_STAGE + 1) * features[level] * voxels
+        )  # its convolutions and the transposed conv into it
         if level == 0:
             total += n_classes * voxels
     return int(total)
@@ -171,8 +182,14 @@ def shrink(spacing: Sequence[float], layout: Topology, median_shape: Sequence[fl
     return topology(spacing, patch) if patch[axis] > 0 else None
 
 
-def plan_3d(spacing: Sequence[float], median_shape: Sequence[float], *, n_voxels_dataset: float, n_classes: int,
-            gpu_memory_gb: float = 8.0) -> dict[str, Any]:
+def plan_3d(
+    spacing: Sequence[float],
+    median_shape: Sequence[float],
+    *,
+    n_voxels_dataset: float,
+    n_classes: int,
+    gpu_memory_gb: float = 8.0,
+) -> dict[str, Any]:
     """nnU-Net's 3D configuration for a target spacing and the median resampled shape (both in planning order).
 
     The first patch has the aspect ratio of the spacing's inverse and 256³ voxels, clipped to the median
@@ -194,8 +211,10 @@ def plan_3d(spacing: Sequence[float], median_shape: Sequence[float], *, n_voxels
     while estimate / REFERENCE_BATCH * 2 > reference:
         smaller = shrink(spacing, layout, median_shape)
         if smaller is None:
-            raise InputError(f"--gpu-memory {gpu_memory_gb:g} GB: expected a memory target that fits a patch, "
-                             f"found none (the smallest patch still needs a proxy of {estimate} elements)")
+            raise InputError(
+                f"--gpu-memory {gpu_memory_gb:g} GB: expected a memory target that fits a patch, "
+                f"found none (the smallest patch still needs a proxy of {estimate} elements)"
+            )
         layout = smaller
         estimate = feature_map_elements(layout.patch_size, layout.pool_kernels, n_classes)
         reductions += 1
@@ -219,8 +238,14 @@ def plan_3d(spacing: Sequence[float], median_shape: Sequence[float], *, n_voxels
     }
 
 
-def plan_lowres(fullres: dict[str, Any], median_shape: Sequence[float], *, n_training: int, n_classes: int,
-                gpu_memory_gb: float = 8.0) -> dict[str, Any]:
+def plan_lowres(
+    fullres: dict[str, Any],
+    median_shape: Sequence[float],
+    *,
+    n_training: int,
+    n_classes: int,
+    gpu_memory_gb: float = 8.0,
+) -> dict[str, Any]:
     """Whether nnU-Net would add a 3d_lowres stage (and its plan): while the full-resolution patch covers
     under 25 % of the median image, coarsen the spacing by 3 % (the anisotropic axes first); keep the
     stage only if the low-resolution image has at least 2 × fewer voxels than the full-resolution one."""
@@ -238,11 +263,20 @@ def plan_lowres(fullres: dict[str, Any], median_shape: Sequence[float], *, n_tra
         else:
             spacing *= LOWRES_SPACING_STEP
         median_voxels = np.prod(full_spacing / spacing * median_shape, dtype=np.float64)
-        lowres = plan_3d(spacing, tuple(round(v) for v in full_spacing / spacing * median_shape),
-                         n_voxels_dataset=float(np.prod(median_voxels) * n_training), n_classes=n_classes,
-                         gpu_memory_gb=gpu_memory_gb)
+        lowres = plan_3d(
+            spacing,
+            tuple(round(v) for v in full_spacing / spacing * median_shape),
+            n_voxels_dataset=float(np.prod(median_voxels) * n_training),
+            n_classes=n_classes,
+            gpu_memory_gb=gpu_memory_gb,
+        )
         patch_voxels = np.prod(lowres["patch_size"], dtype=np.int64)
     shrink = float(np.prod(median_shape, dtype=np.float64) / median_voxels)
     worthwhile = lowres is not None and shrink >= 2
-    return {"worthwhile": worthwhile, "patch_fraction_of_median_image": ratio, "threshold": LOWRES_THRESHOLD,
-            "voxel_reduction": shrink, "plan": lowres if worthwhile else None}
+    return {
+        "worthwhile": worthwhile,
+        "patch_fraction_of_median_image": ratio,
+        "threshold": LOWRES_THRESHOLD,
+        "voxel_reduction": shrink,
+        "plan": lowres if worthwhile else None,
+    }

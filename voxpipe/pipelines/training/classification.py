@@ -29,7 +29,12 @@ from voxpipe.errors import InputError
 from voxpipe.pipelines.data.splits import split_part
 from voxpipe.transforms.io import case_id
 
-CONFUSION_METRICS = {"accuracy": "accuracy", "f1": "f1 score", "sensitivity": "sensitivity", "specificity": "specificity"}
+CONFUSION_METRICS = {
+    "accuracy": "accuracy",
+    "f1": "f1 score",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+}
 
 
 def load_classification_datalist(
@@ -53,7 +58,9 @@ def load_classification_datalist(
     if path.is_dir():
         path = path / "dataset.json"
     if not path.is_file():
-        raise InputError(f"{str(path)!r}: expected a classification dataset (dataset.json, JSON or CSV), found no file")
+        raise InputError(
+            f"{str(path)!r}: expected a classification dataset (dataset.json, JSON or CSV), found no file"
+        )
     if path.suffix.lower() == ".csv":
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -90,7 +97,9 @@ def _entry(row: Mapping[str, Any], path: Path, place: str, require_label: bool =
     except (KeyError, ValueError):
         label = -1
     if label < 0 or str(row.get("label", "")).strip() not in (str(label), f"{label}.0"):
-        raise InputError(f"{str(path)!r}: {place}: expected an integer class label ≥ 0, found {row.get('label')!r}")
+        raise InputError(
+            f"{str(path)!r}: {place}: expected an integer class label ≥ 0, found {row.get('label')!r}"
+        )
     entry: dict[str, Any] = {"image": str((path.parent / str(row["image"])).resolve()), "label": label}
     if row.get("mask"):
         entry["mask"] = str((path.parent / str(row["mask"])).resolve())
@@ -126,7 +135,9 @@ def classification_datalist(
     entries = load_classification_datalist(dataset, section="training")
     if part == "all":
         return entries
-    return split_part(entries, part, val_fraction=val_fraction, seed=seed, split_file=split_file, fold=fold, source=dataset)
+    return split_part(
+        entries, part, val_fraction=val_fraction, seed=seed, split_file=split_file, fold=fold, source=dataset
+    )
 
 
 def class_weights(datalist: Sequence[Mapping[str, Any]], *, num_classes: int) -> torch.Tensor:
@@ -162,7 +173,9 @@ class RoiCropd(MapTransform):
     itself is cropped too when listed in ``keys``. MetaTensor affines are shifted with the crop.
     """
 
-    def __init__(self, keys: Sequence[Hashable] | Hashable, *, roi_key: str | None = "mask", margin: int = 4) -> None:
+    def __init__(
+        self, keys: Sequence[Hashable] | Hashable, *, roi_key: str | None = "mask", margin: int = 4
+    ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.roi_key = roi_key
         self.margin = int(margin)
@@ -203,7 +216,9 @@ def classification_metrics(
         raise InputError(f"classification_metrics which: expected 'key' or 'additional', found {which!r}")
     return {
         f"val_{name}": ConfusionMatrix(
-            include_background=num_classes > 2, metric_name=monai_name, output_transform=from_engine([discrete_key, "label"])
+            include_background=num_classes > 2,
+            metric_name=monai_name,
+            output_transform=from_engine([discrete_key, "label"]),
         )
         for name, monai_name in CONFUSION_METRICS.items()
     }
@@ -212,7 +227,9 @@ def classification_metrics(
 BALANCE = ("none", "class_weights", "sampling")
 
 
-def classification_loss(*, datalist: Sequence[Mapping[str, Any]], num_classes: int, balance: str = "class_weights") -> torch.nn.Module:
+def classification_loss(
+    *, datalist: Sequence[Mapping[str, Any]], num_classes: int, balance: str = "class_weights"
+) -> torch.nn.Module:
     """Cross-entropy, weighted by inverse class frequency when ``balance="class_weights"``.
 
     ``balance``: ``none``, ``class_weights`` or ``sampling`` (plain loss; the data loader draws
@@ -224,6 +241,8 @@ def classification_loss(*, datalist: Sequence[Mapping[str, Any]], num_classes: i
     return torch.nn.CrossEntropyLoss(weight=weight)
 
 
-def balanced_sample_weights(*, datalist: Sequence[Mapping[str, Any]], balance: str = "class_weights") -> list[float] | None:
+def balanced_sample_weights(
+    *, datalist: Sequence[Mapping[str, Any]], balance: str = "class_weights"
+) -> list[float] | None:
     """Per-item sampling weights when ``balance="sampling"``, else ``None`` (plain shuffling)."""
     return sample_weights(datalist) if balance == "sampling" else None

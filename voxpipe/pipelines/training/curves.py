@@ -32,7 +32,9 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str])
     left.set_xlabel("epoch")
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("val_")]
     for key in keys:
-        points = [(e, float(r[key])) for e, r in zip(epochs, rows, strict=True) if r.get(key) not in (None, "")]
+        points = [
+            (e, float(r[key])) for e, r in zip(epochs, rows, strict=True) if r.get(key) not in (None, "")
+        ]
         if points:
             right.plot(*zip(*points, strict=True), marker="o", label=key)
     right.set_title("validation")

@@ -51,7 +51,11 @@ ANCHORS_FILE = "anchors.json"
 
 def _scan_images(root: Path) -> dict[str, Path]:
     """seriesuid → image file, from ``images/`` or LUNA16's ``subset*/`` folders (or the folder itself)."""
-    folders = [root / "images"] if (root / "images").is_dir() else sorted(p for p in root.glob("subset*") if p.is_dir()) or [root]
+    folders = (
+        [root / "images"]
+        if (root / "images").is_dir()
+        else sorted(p for p in root.glob("subset*") if p.is_dir()) or [root]
+    )
     found: dict[str, Path] = {}
     for folder in folders:
         for path in sorted(folder.iterdir()):
@@ -71,7 +75,9 @@ def _box_file(path: Path, image: Path) -> np.ndarray:
     if space == "voxel":
         return voxel_boxes_to_world(boxes, read_geometry(image)[1], space="world_lps")
     if space == "world_ras":  # RAS → LPS negates x and y, which swaps each box's low and high corner there
-        return np.stack([-boxes[:, 3], -boxes[:, 4], boxes[:, 2], -boxes[:, 0], -boxes[:, 1], boxes[:, 5]], axis=1)
+        return np.stack(
+            [-boxes[:, 3], -boxes[:, 4], boxes[:, 2], -boxes[:, 0], -boxes[:, 1], boxes[:, 5]], axis=1
+        )
     return boxes
 
 
@@ -85,8 +91,10 @@ def read_annotations(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     findings = read_findings(path, value="diameter_mm")
     bad = next((f for f in findings if not f.value > 0), None)
     if bad is not None:
-        raise InputError(f"{str(path)!r}: expected a positive diameter_mm for every nodule, found {bad.value} for "
-                         f"{bad.series} at ({bad.x}, {bad.y}, {bad.z})")
+        raise InputError(
+            f"{str(path)!r}: expected a positive diameter_mm for every nodule, found {bad.value} for "
+            f"{bad.series} at ({bad.x}, {bad.y}, {bad.z})"
+        )
     return finding_cubes(findings)
 
 
@@ -115,18 +123,29 @@ def detection_datalist(
     """
     root = Path(dataset)
     if not root.is_dir():
-        raise InputError(f"{str(root)!r}: expected a detection dataset folder (images/ and annotations.csv), found no folder")
+        raise InputError(
+            f"{str(root)!r}: expected a detection dataset folder (images/ and annotations.csv), found no folder"
+        )
     images = _scan_images(root)
     if not images:
-        raise InputError(f"{str(root)!r}: expected scans ({', '.join(VOLUME_SUFFIXES)}) in images/ or subset*/, found none")
+        raise InputError(
+            f"{str(root)!r}: expected scans ({', '.join(VOLUME_SUFFIXES)}) in images/ or subset*/, found none"
+        )
     table, box_dir = root / annotations, root / "boxes"
     from_boxes = boxes == "files" or (boxes == "auto" and not table.is_file() and box_dir.is_dir())
     if boxes not in ("auto", "files", "annotations"):
         raise InputError(f"detection datalist boxes: expected auto, files or annotations, found {boxes!r}")
-    nodules = {} if from_boxes else read_annotations(table) if (require_annotations or table.is_file()) else {}
+    nodules = (
+        {} if from_boxes else read_annotations(table) if (require_annotations or table.is_file()) else {}
+    )
     unmatched = sorted(set(nodules) - set(images))
     if unmatched:
-        logger.info("%s: %d annotated scans have no image here (skipped), e.g. %s", table, len(unmatched), unmatched[0])
+        logger.info(
+            "%s: %d annotated scans have no image here (skipped), e.g. %s",
+            table,
+            len(unmatched),
+            unmatched[0],
+        )
     entries = []
     for uid, image in images.items():
         if from_boxes:
@@ -134,14 +153,24 @@ def detection_datalist(
         else:
             world = nodules.get(uid, np.zeros((0, 6)))
         centres, extents = (world[:, :3] + world[:, 3:]) / 2, world[:, 3:] - world[:, :3]
-        entries.append({"image": str(image), "case": uid, "seriesuid": uid, "box": world.astype(np.float32),
-                        "label": np.zeros(len(world), dtype=np.int64), "centres": centres.tolist(),
-                        "diameters": extents.mean(axis=1).tolist()})  # fmt: skip
+        entries.append(
+            {
+                "image": str(image),
+                "case": uid,
+                "seriesuid": uid,
+                "box": world.astype(np.float32),
+                "label": np.zeros(len(world), dtype=np.int64),
+                "centres": centres.tolist(),
+                "diameters": extents.mean(axis=1).tolist(),
+            }
+        )
     if part == "all":
         return entries
     if part not in ("train", "val"):
         raise InputError(f"detection datalist part: expected train, val or all, found {part!r}")
-    return split_part(entries, part, val_fraction=val_fraction, seed=seed, split_file=split_file, fold=fold, source=root)
+    return split_part(
+        entries, part, val_fraction=val_fraction, seed=seed, split_file=split_file, fold=fold, source=root
+    )
 
 
 def _centred_iou(sizes: np.ndarray, anchors: np.ndarray) -> np.ndarray:
@@ -174,10 +203,14 @@ def plan_anchors(
     scales = np.asarray(feature_map_scales, dtype=float)
     if isinstance(base_anchor_shapes, str):
         if base_anchor_shapes != "auto":
-            raise InputError(f"base_anchor_shapes: expected 'auto' or a list of (x, y, z) shapes, found {base_anchor_shapes!r}")
+            raise InputError(
+                f"base_anchor_shapes: expected 'auto' or a list of (x, y, z) shapes, found {base_anchor_shapes!r}"
+            )
         if not len(sizes):
-            raise InputError("anchor planning: expected at least one annotated nodule in the training scans, found none",
-                             hint="check annotations.csv, or give base_anchor_shapes explicitly")
+            raise InputError(
+                "anchor planning: expected at least one annotated nodule in the training scans, found none",
+                hint="check annotations.csv, or give base_anchor_shapes explicitly",
+            )
         candidates = np.unique(np.round(np.concatenate([sizes / s for s in scales]), 2), axis=0)
         chosen: list[np.ndarray] = []
         for _ in range(n_shapes):
@@ -188,23 +221,37 @@ def plan_anchors(
                 if score > best_score:
                     best, best_score = candidate, score
             chosen.append(best)  # type: ignore[arg-type]
-        shapes = sorted([[round(float(v), 2) for v in shape] for shape in chosen], key=lambda s: float(np.prod(s)))
-        rule = ("greedy: the box sizes divided by each level scale are the candidates; each pick most raises the mean "
-                "best IoU of the boxes with anchors base x scale (centred boxes)")
+        shapes = sorted(
+            [[round(float(v), 2) for v in shape] for shape in chosen], key=lambda s: float(np.prod(s))
+        )
+        rule = (
+            "greedy: the box sizes divided by each level scale are the candidates; each pick most raises the mean "
+            "best IoU of the boxes with anchors base x scale (centred boxes)"
+        )
     else:
         shapes = [[float(v) for v in shape] for shape in base_anchor_shapes]
         rule = "given in the config"
     anchors = np.concatenate([np.asarray(shapes) * s for s in scales])
     best_iou = _centred_iou(sizes, anchors).max(axis=1) if len(sizes) else np.zeros(0)
     summary = {
-        "base_anchor_shapes": shapes, "feature_map_scales": [int(s) for s in feature_map_scales],
-        "pixdim": [float(v) for v in spacing], "units": "voxels at pixdim, RAS (x, y, z); level l anchors = base x scale[l]",
-        "rule": rule, "boxes": int(len(sizes)),
+        "base_anchor_shapes": shapes,
+        "feature_map_scales": [int(s) for s in feature_map_scales],
+        "pixdim": [float(v) for v in spacing],
+        "units": "voxels at pixdim, RAS (x, y, z); level l anchors = base x scale[l]",
+        "rule": rule,
+        "boxes": int(len(sizes)),
         "mean_best_iou": round(float(best_iou.mean()), 4) if len(sizes) else None,
         "boxes_with_best_iou_below_0.3": int((best_iou < 0.3).sum()),
-        "box_size_voxels_min_median_max": ([np.round(sizes.min(axis=0), 2).tolist(), np.round(np.median(sizes, axis=0), 2).tolist(),
-                                            np.round(sizes.max(axis=0), 2).tolist()] if len(sizes) else None),
-    }  # fmt: skip
+        "box_size_voxels_min_median_max": (
+            [
+                np.round(sizes.min(axis=0), 2).tolist(),
+                np.round(np.median(sizes, axis=0), 2).tolist(),
+                np.round(sizes.max(axis=0), 2).tolist(),
+            ]
+            if len(sizes)
+            else None
+        ),
+    }
     logger.info("anchors %s (mean best IoU %s over %d boxes)", shapes, summary["mean_best_iou"], len(sizes))
     if output_dir is not None:
         write_text_atomic(Path(output_dir) / "models" / ANCHORS_FILE, json.dumps(summary, indent=2) + "\n")
@@ -222,12 +269,17 @@ def read_anchors(*, checkpoint: str | os.PathLike[str], fallback: Any = None) ->
         try:
             shapes = json.loads(path.read_text())["base_anchor_shapes"]
         except (ValueError, KeyError, TypeError) as error:
-            raise InputError(f"{str(path)!r}: expected JSON with 'base_anchor_shapes', found {error}") from None
+            raise InputError(
+                f"{str(path)!r}: expected JSON with 'base_anchor_shapes', found {error}"
+            ) from None
         return [[float(v) for v in shape] for shape in shapes]
     if isinstance(fallback, (list, tuple)) and fallback:
         return [[float(v) for v in shape] for shape in fallback]
-    raise InputError(f"{str(path)!r}: expected the anchor shapes the weights were trained with (written by training "
-                     "beside models/model.pt), found no file", hint="copy anchors.json next to the weights, or set base_anchor_shapes")
+    raise InputError(
+        f"{str(path)!r}: expected the anchor shapes the weights were trained with (written by training "
+        "beside models/model.pt), found no file",
+        hint="copy anchors.json next to the weights, or set base_anchor_shapes",
+    )
 
 
 def _items(batch: Any) -> list[dict[str, Any]]:
@@ -257,14 +309,26 @@ class DetectionTrainStep:
         """Ignite process function (engine: MONAI ``SupervisedTrainer``)."""
         import ignite.distributed as idist
 
-        if idist.get_world_size() > 1:  # the detector holds the bare network: DDP would not synchronise its gradients
-            raise InputError("detection training: expected a single process, found a torchrun launch of "
-                             f"{idist.get_world_size()}", hint="train the detection bundle without torchrun")
+        if (
+            idist.get_world_size() > 1
+        ):  # the detector holds the bare network: DDP would not synchronise its gradients
+            raise InputError(
+                "detection training: expected a single process, found a torchrun launch of "
+                f"{idist.get_world_size()}",
+                hint="train the detection bundle without torchrun",
+            )
         items = _items(batch)
         device = _device(engine)
-        images = torch.stack([convert_to_tensor(item["image"], track_meta=False) for item in items]).to(device)
-        targets = [{"box": torch.as_tensor(item["box"], dtype=torch.float32).reshape(-1, 6).to(device),
-                    "label": torch.as_tensor(item["label"], dtype=torch.long).reshape(-1).to(device)} for item in items]  # fmt: skip
+        images = torch.stack([convert_to_tensor(item["image"], track_meta=False) for item in items]).to(
+            device
+        )
+        targets = [
+            {
+                "box": torch.as_tensor(item["box"], dtype=torch.float32).reshape(-1, 6).to(device),
+                "label": torch.as_tensor(item["label"], dtype=torch.long).reshape(-1).to(device),
+            }
+            for item in items
+        ]
         self.detector.train()
         engine.optimizer.zero_grad(set_to_none=True)
         try:
@@ -285,7 +349,11 @@ class DetectionTrainStep:
         else:
             loss.backward()
             engine.optimizer.step()
-        return {"loss": loss.detach(), "classification": cls_loss.detach(), "box_regression": box_loss.detach()}
+        return {
+            "loss": loss.detach(),
+            "classification": cls_loss.detach(),
+            "box_regression": box_loss.detach(),
+        }
 
 
 def detect_boxes(detector: Any, image: Any, *, device: str | torch.device) -> tuple[np.ndarray, np.ndarray]:
@@ -294,7 +362,9 @@ def detect_boxes(detector: Any, image: Any, *, device: str | torch.device) -> tu
     detector.eval()
     with torch.no_grad():
         found = detector([tensor.to(device)], use_inferer=True)[0]
-    return found["box"].float().cpu().numpy().reshape(-1, 6), found["label_scores"].float().cpu().numpy().reshape(-1)
+    return found["box"].float().cpu().numpy().reshape(-1, 6), found[
+        "label_scores"
+    ].float().cpu().numpy().reshape(-1)
 
 
 def world_centres(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -329,7 +399,6 @@ class DetectionCPM(Metric):
     Thin adapter over :func:`voxpipe.metrics.detection.luna16_froc` (no bootstrap during training).
     A validation set without nodules gives NaN, which never counts as an improvement.
     """
-
 
     def reset(self) -> None:
         """Forget the scans seen."""

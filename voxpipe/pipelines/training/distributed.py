@@ -46,7 +46,9 @@ def initialize(*, seed: int | None = 0, backend: str | None = None) -> None:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
-        logger.info("rank %d of %d joined the %s process group", dist.get_rank(), dist.get_world_size(), backend)
+        logger.info(
+            "rank %d of %d joined the %s process group", dist.get_rank(), dist.get_world_size(), backend
+        )
     if seed is not None:
         set_determinism(seed=int(seed) + idist.get_rank())
 
@@ -74,8 +76,10 @@ def data_loader(
         raise InputError(f"data_loader part: expected 'train' or 'val', found {part!r}")
     if sample_weights is not None:
         if idist.get_world_size() > 1:
-            raise InputError("balanced sampling: expected a single process, found a torchrun launch",
-                             hint="use class weights in the loss instead (balance: class_weights)")
+            raise InputError(
+                "balanced sampling: expected a single process, found a torchrun launch",
+                hint="use class weights in the loss instead (balance: class_weights)",
+            )
         sampler = WeightedRandomSampler(list(sample_weights), num_samples=len(dataset), replacement=True)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, **kwargs)
     if idist.get_world_size() > 1:

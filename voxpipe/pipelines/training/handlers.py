@@ -104,7 +104,9 @@ class EpochSummary:
     def _epoch_started(self, engine: Engine) -> None:
         self._losses, self._started = [], time.perf_counter()
         optimizer = getattr(engine, "optimizer", None)
-        self._lr = optimizer.param_groups[0]["lr"] if optimizer is not None else math.nan  # the lr used this epoch
+        self._lr = (
+            optimizer.param_groups[0]["lr"] if optimizer is not None else math.nan
+        )  # the lr used this epoch
 
     def _iteration_completed(self, engine: Engine) -> None:
         self._losses.append(batch_loss(engine.state.output))
@@ -124,7 +126,11 @@ class EpochSummary:
         shown = " ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
         logger.info(
             "epoch %d/%d: loss %.4f, lr %.2e, %.1f s%s",
-            row["epoch"], engine.state.max_epochs, row["loss"], row["lr"], row["seconds"],
+            row["epoch"],
+            engine.state.max_epochs,
+            row["loss"],
+            row["lr"],
+            row["seconds"],
             f" | {shown}" if shown else "",
         )
         write_text_atomic(self.csv_path, rows_to_csv(self.rows))
@@ -208,8 +214,12 @@ def _random_transforms(root: Any) -> Iterator[Randomizable]:
         seen.add(id(item))
         if isinstance(item, (list, tuple)):
             stack.extend(reversed(item))
-        elif callable(item) and not isinstance(item, type) and hasattr(item, "__dict__") \
-                and type(item).__module__.startswith(("monai", "voxpipe")):
+        elif (
+            callable(item)
+            and not isinstance(item, type)
+            and hasattr(item, "__dict__")
+            and type(item).__module__.startswith(("monai", "voxpipe"))
+        ):
             if isinstance(item, Randomizable):
                 yield item
             stack.extend(reversed([v for k, v in vars(item).items() if not k.startswith("__")]))
@@ -221,10 +231,16 @@ def rng_state(transform_root: Any = None) -> dict[str, Any]:
     numpy states are stored as tensors and plain numbers so the checkpoint loads with
     ``torch.load(weights_only=True)``.
     """
+
     def numpy_state(state: tuple) -> dict[str, Any]:
         name, keys, pos, has_gauss, cached = state
-        return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                "has_gauss": int(has_gauss), "cached": float(cached)}
+        return {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        }
 
     return {
         "torch": torch.get_rng_state(),
@@ -237,8 +253,15 @@ def rng_state(transform_root: Any = None) -> dict[str, Any]:
 
 def set_rng_state(state: Mapping[str, Any], transform_root: Any = None) -> None:
     """Restore what :func:`rng_state` returned (the transforms must be built the same way)."""
+
     def numpy_state(saved: Mapping[str, Any]) -> tuple:
-        return (saved["name"], saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"], saved["cached"])
+        return (
+            saved["name"],
+            saved["keys"].numpy().astype(np.uint32),
+            saved["pos"],
+            saved["has_gauss"],
+            saved["cached"],
+        )
 
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
@@ -250,7 +273,8 @@ def set_rng_state(state: Mapping[str, Any], transform_root: Any = None) -> None:
     if len(transforms) != len(state["transforms"]):
         logger.warning(
             "resume: %d random transforms now, %d in the checkpoint; their random states were not restored",
-            len(transforms), len(state["transforms"]),
+            len(transforms),
+            len(state["transforms"]),
         )
         return
     for transform, saved in zip(transforms, state["transforms"], strict=True):
@@ -267,7 +291,9 @@ class RunCheckpoint:
     loads it back with ``torch.load(weights_only=True)``; the trainer then continues with the next epoch.
     """
 
-    def __init__(self, path: str | os.PathLike[str], objects: dict[str, Any], *, transforms: Any = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], objects: dict[str, Any], *, transforms: Any = None
+    ) -> None:
         self.path = Path(path)
         self.objects = objects  # the caller may add entries until the run starts
         self.transforms = transforms
@@ -292,18 +318,24 @@ class RunCheckpoint:
         state = load_torch_file(self.path)
         max_epochs = engine.state.max_epochs
         found = sorted(str(k) for k in state)[:12] if isinstance(state, dict) else type(state).__name__
-        missing = [name for name in [*self.objects, "rng"] if not isinstance(state, dict) or name not in state]
+        missing = [
+            name for name in [*self.objects, "rng"] if not isinstance(state, dict) or name not in state
+        ]
         if missing:
-            raise InputError(f"{str(self.path)!r}: expected a resumable checkpoint with the states {missing}, found "
-                             f"{found} (a weights-only file?)",
-                             hint="resume needs the last.pt that training wrote; start without --resume to train from epoch 1")
+            raise InputError(
+                f"{str(self.path)!r}: expected a resumable checkpoint with the states {missing}, found "
+                f"{found} (a weights-only file?)",
+                hint="resume needs the last.pt that training wrote; start without --resume to train from epoch 1",
+            )
         for name, obj in self.objects.items():
             try:
                 obj.load_state_dict(state[name])
             except (RuntimeError, KeyError, ValueError, TypeError) as error:
-                raise InputError(f"{str(self.path)!r}: the saved {name!r} state does not fit this run "
-                                 f"({' '.join(str(error).split())[:200]})",
-                                 hint="resume with the same bundle settings that wrote the checkpoint") from error
+                raise InputError(
+                    f"{str(self.path)!r}: the saved {name!r} state does not fit this run "
+                    f"({' '.join(str(error).split())[:200]})",
+                    hint="resume with the same bundle settings that wrote the checkpoint",
+                ) from error
         engine.state.max_epochs = max_epochs  # the bundle may have raised max_epochs for the resumed run
         set_rng_state(state["rng"], self.transforms)
         logger.info("resumed from %s: epoch %d of %d done", self.path, engine.state.epoch, max_epochs)
@@ -342,4 +374,6 @@ class CaseProgress:
         if self.enabled and is_main_process():
             from ignite.handlers import ProgressBar
 
-            ProgressBar(persist=True, bar_format="{desc}cases {n_fmt}/{total_fmt} [{elapsed}<{remaining}]").attach(engine)
+            ProgressBar(
+                persist=True, bar_format="{desc}cases {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
+            ).attach(engine)

@@ -122,7 +122,9 @@ def build_scheduler(
         return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max_epochs, power=power)
     if name == "constant":
         return None
-    raise InputError(f"lr_scheduler name: expected one of cosine, warmup_cosine, poly, constant; found {name!r}")
+    raise InputError(
+        f"lr_scheduler name: expected one of cosine, warmup_cosine, poly, constant; found {name!r}"
+    )
 
 
 def clip_gradients(optimizer: torch.optim.Optimizer, *, max_norm: float) -> Any:
@@ -229,8 +231,15 @@ def build_trainer(
         decollate=iteration_update is None,
     )
     summary = EpochSummary(output_dir, evaluator=evaluator)
-    state: dict[str, Any] = {"network": network, "optimizer": optimizer, "trainer": trainer, "summary": summary}
-    checkpoint = RunCheckpoint(output_dir / "checkpoints" / "last.pt", state, transforms=_transform_root(train_data_loader))
+    state: dict[str, Any] = {
+        "network": network,
+        "optimizer": optimizer,
+        "trainer": trainer,
+        "summary": summary,
+    }
+    checkpoint = RunCheckpoint(
+        output_dir / "checkpoints" / "last.pt", state, transforms=_transform_root(train_data_loader)
+    )
     if resume:
         trainer.add_event_handler(Events.STARTED, checkpoint.restore)
     for handler in train_handlers:
@@ -249,7 +258,9 @@ def build_trainer(
         if early_stop_patience is not None:
             stopper = EarlyStopping(
                 patience=int(early_stop_patience),
-                score_function=lambda engine: float(engine.state.metrics[key_metric_name or engine.state.key_metric_name]),
+                score_function=lambda engine: float(
+                    engine.state.metrics[key_metric_name or engine.state.key_metric_name]
+                ),
                 trainer=trainer,
             )
             evaluator.add_event_handler(Events.COMPLETED, stopper)
@@ -272,11 +283,15 @@ def build_trainer(
             logger.info("saved final weights to %s", final_path)
 
     if progress and is_main_process():
-        ProgressBar(persist=False).attach(trainer, output_transform=lambda output: {"loss": batch_loss(output)})
+        ProgressBar(persist=False).attach(
+            trainer, output_transform=lambda output: {"loss": batch_loss(output)}
+        )
     return trainer
 
 
-def _attach_tensorboard(trainer: Engine, evaluator: Engine | None, summary: EpochSummary, log_dir: Path) -> None:
+def _attach_tensorboard(
+    trainer: Engine, evaluator: Engine | None, summary: EpochSummary, log_dir: Path
+) -> None:
     """MONAI's ``TensorBoardStatsHandler``: loss per iteration, validation metrics per epoch; plus epoch loss and lr."""
     from monai.handlers import TensorBoardStatsHandler
     from torch.utils.tensorboard import SummaryWriter
@@ -307,17 +322,25 @@ def _attach_mlflow(trainer: Engine, evaluator: Engine | None, output_dir: Path, 
     """MONAI's ``MLFlowHandler`` on the trainer (loss) and the evaluator (metrics), if mlflow is installed."""
     _, has_mlflow = optional_import("mlflow")
     if not has_mlflow:
-        raise InputError("mlflow: expected the mlflow package for MLflow logging, found it not installed",
-                         hint="pip install mlflow, or set mlflow: false")
+        raise InputError(
+            "mlflow: expected the mlflow package for MLflow logging, found it not installed",
+            hint="pip install mlflow, or set mlflow: false",
+        )
     from monai.handlers import MLFlowHandler
 
     uri = (output_dir / "mlruns").resolve().as_uri() if mlflow is True else str(mlflow)
     if is_main_process():
-        MLFlowHandler(tracking_uri=uri, output_transform=batch_loss, experiment_name="voxpipe").attach(trainer)
+        MLFlowHandler(tracking_uri=uri, output_transform=batch_loss, experiment_name="voxpipe").attach(
+            trainer
+        )
         if evaluator is not None:
-            MLFlowHandler(tracking_uri=uri, iteration_log=False, output_transform=lambda output: None,
-                          global_epoch_transform=lambda _: trainer.state.epoch,
-                          experiment_name="voxpipe").attach(evaluator)
+            MLFlowHandler(
+                tracking_uri=uri,
+                iteration_log=False,
+                output_transform=lambda output: None,
+                global_epoch_transform=lambda _: trainer.state.epoch,
+                experiment_name="voxpipe",
+            ).attach(evaluator)
 
 
 _OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -342,7 +365,9 @@ def build_optimizer(
         raise InputError(f"optimizer name: expected one of {sorted(_OPTIMIZERS)}, found {name!r}")
     report = getattr(network, "voxpipe_load_report", None)
     if report is not None and pretrained_lr_scale != 1.0:
-        groups = parameter_groups(network, lr=lr, pretrained=report.loaded, pretrained_lr_scale=pretrained_lr_scale)
+        groups = parameter_groups(
+            network, lr=lr, pretrained=report.loaded, pretrained_lr_scale=pretrained_lr_scale
+        )
         return _OPTIMIZERS[name](groups, lr=lr, **kwargs)
     params = [p for p in network.parameters() if p.requires_grad]
     return _OPTIMIZERS[name](params, lr=lr, **kwargs)
