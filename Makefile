@@ -28,6 +28,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check voxpipe tests benchmarks
+	$(BIN)/ruff format --check voxpipe tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
