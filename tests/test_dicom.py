@@ -195,11 +195,67 @@ def test_uncompressed_pixels_read_directly_equal_pydicoms_decoding(tmp_path, hu,
     ours, theirs = _native_pixels(ds), ds.pixel_array
     assert ours is not None and np.array_equal(ours.astype(np.int32), theirs.astype(np.int32))
     assert np.array_equal(ours.astype(np.int32), values)
-    array, _, _ = _pixels(path)
-    expected = theirs.astype(np.int64)
-    if monochrome == "MONOCHROME1":
-        expected = expected.max() + expected.min() - expected
-    assert np.array_equal(array.astype(np.int64), expected)
+    from pydicom.pixels import apply_modality_lut
+
+    array, slope, intercept = _pixels(path)
+    assert np.array_equal(array * slope + intercept, apply_modality_lut(theirs, ds))
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_hu_do_not_depend_on_the_photometric_interpretation_and_equal_pydicoms_modality_lut(
+    tmp_path, photometric
+):
+    """Promise: MONOCHROME1 is a display convention; HU come from the modality LUT alone (pydicom is the
+    reference), the same on every slice however its other pixels range."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    hu = np.full((8, 8, 3), 40, dtype=np.int16)
+    hu[0, 0, 0], hu[1, 1, 1] = -1000, 1500  # each slice has its own min and max
+    files = write_dicom_series(hu, AXIAL, tmp_path / "s")
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.PhotometricInterpretation = photometric
+        ds.save_as(path)
+    volume, _, _ = load_dicom_series(tmp_path / "s")
+    assert volume[4, 4, :].tolist() == [40, 40, 40]
+    for path in files:
+        ds = pydicom.dcmread(path)
+        z = int(np.argmin([abs(float(ds.ImagePositionPatient[2]) - 2.5 * k) for k in range(3)]))
+        assert np.array_equal(volume[:, :, z].T, apply_modality_lut(ds.pixel_array, ds))
+
+
+def test_a_modality_lut_sequence_is_applied_as_pydicom_applies_it(tmp_path):
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_modality_lut
+
+    files = write_dicom_series(np.zeros((6, 6, 2), dtype=np.int16), AXIAL, tmp_path / "s")
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.PixelRepresentation = 0
+        ds.PixelData = (np.arange(36, dtype=np.uint16) % 4).reshape(6, 6).tobytes()
+        item = Dataset()
+        item.LUTDescriptor, item.ModalityLUTType = [4, 0, 16], "HU"
+        item.LUTData = np.array([0, 100, 200, 300], dtype=np.uint16).tobytes()
+        ds.ModalityLUTSequence = [item]
+        del ds.RescaleSlope, ds.RescaleIntercept
+        ds.save_as(path)
+    volume, _, _ = load_dicom_series(tmp_path / "s")
+    ds = pydicom.dcmread(files[0])
+    assert np.array_equal(volume[:, :, 0].T, apply_modality_lut(ds.pixel_array, ds))
+    assert set(np.unique(volume).tolist()) == {0, 100, 200, 300}
+
+
+def test_a_series_that_mixes_modalities_is_refused_naming_the_odd_slice(tmp_path, hu):
+    import pydicom
+
+    files = write_dicom_series(hu, AXIAL, tmp_path / "s")
+    ds = pydicom.dcmread(files[3])
+    ds.Modality = "MR"
+    ds.save_as(files[3])
+    with pytest.raises(GeometryError, match=r"different Modality values: CT in 9 slice\(s\).*MR in 1 slice"):
+        load_dicom_series(tmp_path / "s")
 
 
 def test_pixels_read_at_the_header_offset_equal_pydicoms_reading_of_each_file(tmp_path, hu, monkeypatch):

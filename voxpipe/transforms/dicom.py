@@ -14,7 +14,8 @@ several series in a folder    ``series_uid`` picks one; without it the series wi
                               warning. Series are never mixed.
 slice order                   by position along the slice normal (ImagePositionPatient ·
                               (row × column)); file names and InstanceNumber are ignored.
-RescaleSlope/Intercept        applied per slice; integer result → int16/int32, else float32.
+RescaleSlope/Intercept        applied per slice; integer result → int16/int32, else float32;
+                              a Modality LUT Sequence is applied as pydicom applies it.
 compressed transfer syntaxes  decoded by pydicom with its Pillow / pylibjpeg plugins.
 duplicate positions           error (usually two acquisitions in one series).
 missing slices                error when a gap exceeds 1.5 × the median spacing.
@@ -24,7 +25,10 @@ gantry tilt (sheared stack)   each slice is shifted in-plane onto an orthogonal 
                               interpolation; outside the field of view = series minimum), with
                               a warning giving the angle (``tilt="error"`` refuses instead).
 mixed orientation / pixel     error.
-spacing / matrix size
+spacing / matrix size /
+modality
+MONOCHROME1                   stored values go through the modality LUT as MONOCHROME2 ones do
+                              (the photometric interpretation is a display matter, not HU).
 single slice                  error: not a volume.
 multi-frame objects           error (enhanced multi-frame and DICOM-SEG are not slice series).
 ============================  ================================================================
@@ -118,7 +122,8 @@ def _pixels_at_offset(path: Path, header: pydicom.Dataset) -> np.ndarray | None:
     if (
         offset is None
         or layout is None
-        or str(header.get("PhotometricInterpretation", "MONOCHROME2")) != "MONOCHROME2"
+        or str(header.get("PhotometricInterpretation", "MONOCHROME2")) not in ("MONOCHROME1", "MONOCHROME2")
+        or "ModalityLUTSequence" in header
     ):
         return None
     syntax, rows, columns, stored, dtype = layout
@@ -234,6 +239,18 @@ def series_geometry(
                 f"{str(path)!r}: multi-frame object ({frames} frames, SOP class {ds.get('SOPClassUID', '?')}); "
                 "expected single-frame slices of one image series"
             )
+    modalities: dict[str, list[Path]] = {}
+    for ds, path in zip(headers, files, strict=True):
+        modalities.setdefault(str(ds.get("Modality", "")), []).append(path)
+    if len(modalities) > 1:
+        listing = "; ".join(
+            f"{modality or '(none)'} in {len(paths)} slice(s), e.g. {str(paths[0])!r}"
+            for modality, paths in sorted(modalities.items(), key=lambda item: -len(item[1]))
+        )
+        raise GeometryError(
+            f"{str(folder)!r}: slices of one series (SeriesInstanceUID) have different Modality values: "
+            f"{listing}; expected one modality per series"
+        )
     if len(headers) < 2:
         raise GeometryError(
             f"{str(files[0])!r}: the series has 1 slice; expected a volume of at least 2 slices"
@@ -415,8 +432,12 @@ def _pixels(path: Path) -> tuple[np.ndarray, float, float]:
         raise InputError(
             f"{str(path)!r}: expected a single-channel 2D slice, found pixel array shape {array.shape}"
         )
-    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
-        array = array.max() + array.min() - array  # MONOCHROME1 stores inverted grey levels
+    # The modality LUT (rescale or LUT sequence) maps stored values to HU whatever the photometric
+    # interpretation: MONOCHROME1 only says how a viewer shows grey levels, so nothing is inverted here.
+    if "ModalityLUTSequence" in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        return np.asarray(apply_modality_lut(array, ds), dtype=np.float32), 1.0, 0.0
     return array, float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
