@@ -83,8 +83,9 @@ def test_promise_safe_refuses_numpy_load_with_allow_pickle(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "runner", ["voxpipe.pipelines.bundle.run_bundle", "voxpipe.pipelines.bundles.run.run_bundle"]
-)  # 0.1 and new path
+    "runner",
+    ["voxpipe.pipelines.bundles.run.run_bundle", "voxpipe.pipelines.inference.infer.infer_with_bundle"],
+)
 def test_promise_safe_refuses_bundle_runners_that_would_run_another_bundle(tmp_path, capsys, runner):
     marker = tmp_path / "pwned"
     inner = make_bundle(
@@ -156,7 +157,10 @@ def test_promise_safe_refuses_the_bundles_own_scripts_and_keeps_sys_path(tmp_pat
             },
             "weights_only: false",
         ),
-        ({"x": {"_target_": "LoadImaged", "keys": "image", "reader": "scripts.reader.Evil"}}, "dotted path"),
+        (
+            {"x": {"_target_": "LoadImaged", "keys": "image", "reader": "scripts.reader.Evil"}},
+            "scripts/ package",
+        ),
         ({"x": {"_target_": "UNet", "_mode_": "debug"}}, "_mode_ 'debug'"),
         (
             {
@@ -180,7 +184,7 @@ def test_promise_safe_refuses_the_bundles_own_scripts_and_keeps_sys_path(tmp_pat
                     "pretrained": True,
                 }
             },
-            "pretrained: true downloads",
+            "pretrained True: safe mode downloads nothing",
         ),
         ({"x": {"_target_": "torch.jit.load", "f": "m.ts"}}, "in torch.jit"),
         ({"x": {"_target_": "monai.bundle.ConfigWorkflow", "config_file": "c.json"}}, "in monai.bundle"),
@@ -211,7 +215,6 @@ def test_promise_safe_refuses_my_own_bypasses(config, why):
         ("monai.data.Dataset", True),
         ("voxpipe.networks.build_network", True),
         ("voxpipe.pipelines.bundles.run.run_engines", True),
-        ("voxpipe.pipelines.bundle.run_engines", True),  # the 0.1 path of the same function
         ("torch.load", False),
         ("numpy.load", False),
         ("pickle.loads", False),
@@ -266,3 +269,151 @@ def test_payload_is_what_we_think(tmp_path):
     pickle.loads(pickle.dumps(_Payload(marker)))
     assert marker.exists()
     os.remove(marker)
+
+
+def test_promise_safe_refuses_a_reader_list_that_names_a_function(tmp_path, capsys):
+    """LoadImaged(reader=[...]): MONAI resolves every item and calls it with the other keywords."""
+    marker = tmp_path / "pwned"
+    bundle = make_bundle(
+        tmp_path / "b",
+        {
+            "loader": {
+                "_target_": "LoadImaged",
+                "keys": "image",
+                "reader": ["os.system"],
+                "command": f"touch {marker}",
+            },
+            "run": ["@loader"],
+        },
+    )
+    assert run(bundle, safe=True) == 2 and not marker.exists()
+    assert "loader#reader: reader 'os.system': _target_ 'os.system' is outside" in capsys.readouterr().err
+    run(bundle, safe=False)
+    assert marker.exists()  # the threat is real
+
+
+@pytest.mark.parametrize(
+    "reader",
+    [
+        ["os.system"],
+        [["os.system"]],
+        {"a": ["os.system"]},
+        ("NibabelReader", "os.system"),
+        "open",  # pydoc.locate finds builtins
+        "builtins.open",
+        "monai.utils.optional_import",
+        "monai.transforms.Compose",  # a safe class, but not a reader
+        "@evil",
+        ["@evil"],
+    ],
+)
+def test_promise_safe_checks_readers_and_writers_in_any_shape(reader):
+    config = {"evil": "os.system", "x": {"_target_": "LoadImaged", "keys": "image", "reader": reader}}
+    problems = [p for p in unsafe_entries(config, file="c.json") if "x#reader" in p]
+    assert problems, reader
+    writer = {"evil": "os.system", "x": {"_target_": "SaveImaged", "keys": "pred", "writer": reader}}
+    assert [p for p in unsafe_entries(writer, file="c.json") if "x#writer" in p], reader
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"x": {"_target_": "LoadImaged", "keys": "image", "reader": "NibabelReader"}},
+        {"x": {"_target_": "LoadImaged", "keys": "image", "reader": "itkreader"}},
+        {"x": {"_target_": "LoadImaged", "keys": "image", "reader": ["ITKReader", "monai.data.NrrdReader"]}},
+        {"x": {"_target_": "LoadImaged", "keys": "image", "reader": {"_target_": "PydicomReader"}}},
+        {"r": "NibabelReader", "x": {"_target_": "LoadImaged", "keys": "image", "reader": "@r"}},
+        {"x": {"_target_": "SaveImaged", "keys": "pred", "writer": "NibabelWriter"}},
+        {"x": {"_target_": "SaveImaged", "keys": "pred", "output_dtype": "numpy.float32"}},
+        {"x": {"_target_": "CastToTyped", "keys": "image", "dtype": "torch.float16"}},
+        {
+            "x": {
+                "_target_": "DenseNet121",
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 2,
+                "pretrained": False,
+            }
+        },
+        {"_meta_": {"url": "https://example.org/bundle.zip", "network": "monai.networks.nets.UNet"}},
+        {"x": {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3}},
+        {"dataset_dir": "/data/Task09_Spleen", "image": "imagesTr/spleen_2.nii.gz"},
+    ],
+)
+def test_promise_safe_allows_what_safe_bundles_write(config):
+    assert unsafe_entries(config, file="c.json") == []
+
+
+@pytest.mark.parametrize(
+    "config,why",
+    [
+        (
+            {"x": {"_target_": "HoVerNet", "pretrained_url": "http://127.0.0.1:9/w.pt"}},
+            "x#pretrained_url: pretrained_url 'http://127.0.0.1:9/w.pt': safe mode downloads nothing",
+        ),
+        ({"x": {"_target_": "UNet", "weights_url": "file:///etc/passwd"}}, "weights_url"),
+        ({"x": {"_target_": "UNet", "download": "yes"}}, "x#download"),
+        ({"x": {"_target_": "UNet", "load_from_hub": True}}, "x#load_from_hub"),
+        ({"u": "https://x/y", "x": {"_target_": "UNet", "url": "@u"}}, "x#url"),
+        ({"x": {"_target_": "CheckpointLoader", "load_path": "https://x/model.pt"}}, "is a URL"),
+        ({"x": {"_target_": "Lambda", "func": "os.system"}}, "the string 'os.system' names code"),
+        (
+            {"x": {"_target_": "Lambda", "func": "monai.bundle.run"}},
+            "the string 'monai.bundle.run' names code",
+        ),
+    ],
+)
+def test_promise_safe_downloads_nothing_and_resolves_no_named_code(config, why):
+    problems = unsafe_entries(config, file="c.json")
+    assert any(why in p for p in problems), problems
+
+
+BILLION_LAUGHS = "\n".join(
+    ["a: &a ['lol','lol','lol','lol','lol','lol','lol','lol','lol']"]
+    + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)]
+    + ["run: ['@i']"]
+)
+
+
+@pytest.mark.parametrize(
+    "name,text,why",
+    [
+        ("inference.yaml", BILLION_LAUGHS, "expands to more than 1,000,000 values"),
+        ("inference.json", "[" * 5000 + "]" * 5000, "nested too deeply to parse"),
+        (
+            "inference.json",
+            json.dumps({"run": [[[[[[[[[[1]]]]]]]]]]}).replace("1", "[" * 70 + "]" * 70),
+            "levels deep",
+        ),
+        ("inference.yaml", "a: &a [*a]\nrun: ['@a']\n", "refers to itself"),
+        ("inference.yaml", "run: [\n", "YAML syntax error at line"),
+        ("inference.json", '{"run": [}', "JSON syntax error at line 1"),
+    ],
+)
+@pytest.mark.parametrize("safe", [True, False])
+def test_promise_config_parsing_is_bounded_and_names_the_file(tmp_path, capsys, name, text, why, safe):
+    """An alias bomb, deep nesting or a self-referencing anchor: exit 2 at once, naming the config file."""
+    import time
+
+    bundle = make_bundle(tmp_path / "b", {})
+    (bundle / "configs" / "inference.json").unlink()
+    (bundle / "configs" / name).write_text(text)
+    start = time.perf_counter()
+    assert run(bundle, "--config", "inference", safe=safe) == 2
+    assert time.perf_counter() - start < 10
+    error = capsys.readouterr().err
+    assert name in error and why in error, error
+
+
+def test_promise_a_bundle_zip_member_outside_its_folder_is_refused_naming_it(tmp_path, capsys):
+    import zipfile
+
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("b/configs/metadata.json", (ZOO / "configs" / "metadata.json").read_text())
+        zipped.writestr("b/configs/inference.json", json.dumps({"run": []}))
+        zipped.writestr("b/../../escaped.txt", "x")
+    assert run(archive, "--config", "inference", safe=True) == 2
+    error = capsys.readouterr().err
+    assert "evil.zip" in error and "'b/../../escaped.txt' would be written outside" in error
+    assert not list(tmp_path.rglob("escaped.txt"))

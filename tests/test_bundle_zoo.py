@@ -380,7 +380,7 @@ def test_promise_a_syntax_error_stops_the_run_with_its_line(tmp_path, capsys):
     (bundle / "configs" / "inference.json").write_text('{"run": [1,\n')
     assert main(["bundle", "run", str(bundle)]) == 2
     err = capsys.readouterr().err
-    assert "inference.json: JSON syntax error at line 2, column 1" in err and "internal error" not in err
+    assert "inference.json': JSON syntax error at line 2, column 1" in err and "internal error" not in err
     assert (
         "required bundle property" not in err
     )  # not every property reported missing because the file did not parse

@@ -236,22 +236,30 @@ def test_promise_disk_full_during_infer_still_lists_every_case(liver_bundle, tmp
     assert message.count("not run") >= 1 and failed.value.exit_code == 2
 
 
-def test_promise_a_killed_runs_temporaries_are_removed_on_start(tmp_path):
+def test_promise_a_killed_runs_temporaries_are_removed_on_start_and_only_this_hosts(tmp_path):
+    """Shards on several machines write into one folder: a late shard removes only its own host's
+    leftovers of dead processes, never another host's half-written file (whose pid means nothing here)."""
+    import hashlib
+    import socket
+
     folder = tmp_path / "out"
     folder.mkdir()
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    stale = folder / f".case.nii.gz.{dead.stdout.strip()}-abcd1234.tmp.nii.gz"
-    legacy = folder / ".case2.nii.gz.k3j4h5g6.tmp.nii.gz"
-    live = folder / f".case3.nii.gz.{os.getpid()}-zzzz9999.tmp.nii.gz"
+    ).stdout.strip()
+    here = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    other = "0123abcd" if here != "0123abcd" else "4567cdef"
+    stale = folder / f".case.nii.gz.{here}-{dead}-abcd1234.tmp.nii.gz"
+    elsewhere = folder / f".case4.nii.gz.{other}-{dead}-abcd1234.tmp.nii.gz"
+    unknown = folder / ".case2.nii.gz.k3j4h5g6.tmp.nii.gz"
+    live = folder / f".case3.nii.gz.{here}-{os.getpid()}-zzzz9999.tmp.nii.gz"
     keep = folder / "case.nii.gz"
-    for path in (stale, legacy, live, keep):
+    for path in (stale, elsewhere, unknown, live, keep):
         path.write_bytes(b"x")
-    assert sorted(remove_stale_temporaries(folder)) == sorted([stale, legacy])
-    assert live.exists() and keep.exists()
+    assert remove_stale_temporaries(folder) == [stale]
+    assert all(p.exists() for p in (elsewhere, unknown, live, keep))
     with atomic_path(folder / "new.nii.gz") as tmp:
-        assert f".new.nii.gz.{os.getpid()}-" in tmp.name  # the pid that makes the cleanup safe
+        assert f".new.nii.gz.{here}-{os.getpid()}-" in tmp.name  # the host and pid that make the cleanup safe
 
 
 @pytest.mark.slow

@@ -7,14 +7,6 @@ users run, one subpackage per capability; ``cli`` is a thin shell over ``pipelin
 
 from __future__ import annotations
 
-import warnings
-
-from voxpipe import _moved
-
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]
-
-# Old dotted paths (copied bundles, scripts) keep working for one release, and say where things went.
-_moved.install()
-warnings.filterwarnings("default", category=_moved.VoxpipeDeprecationWarning)

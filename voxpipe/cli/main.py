@@ -16,7 +16,6 @@ import warnings
 from collections.abc import Sequence
 
 from voxpipe import __version__
-from voxpipe._moved import VoxpipeDeprecationWarning
 from voxpipe.cli import annotate, bundle, data, demo, evaluate, infer, networks, plan, serve, train
 from voxpipe.errors import VoxpipeError
 
@@ -36,8 +35,6 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-    # Except ours: an old dotted path in a copied bundle says where the component went.
-    warnings.filterwarnings("default", category=VoxpipeDeprecationWarning)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -316,9 +318,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         ) from error
     suffix = volume_suffix(target) or target.suffix
     try:
-        # The writer's pid in the name lets remove_stale_temporaries tell a killed run's leftovers from a live one's.
+        # The writer's host and pid in the name let remove_stale_temporaries tell a killed run's leftovers
+        # from a live one's, and leave alone those of other machines writing into the same shared folder.
         handle, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.{os.getpid()}-", suffix=f".tmp{suffix}", dir=target.parent
+            prefix=f".{target.name}.{_host_tag()}-{os.getpid()}-", suffix=f".tmp{suffix}", dir=target.parent
         )
     except OSError as error:
         raise OutputError(
@@ -345,15 +348,21 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]{8}\.tmp(\..+)?$")
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[A-Za-z0-9_]{8}\.tmp(\..+)?$")
+
+
+@functools.lru_cache(maxsize=1)
+def _host_tag() -> str:
+    """8 hex digits naming this machine in temporary file names (a hash: host names may hold dots)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporary files :func:`atomic_path` left in ``folder`` when its process was killed.
 
-    Only voxpipe's own naming (``.<name>.<pid>-<random>.tmp<suffix>``) whose process is gone, and
-    the pid-less names of earlier voxpipe versions; a live process's temporary file is kept.
-    Returns the removed paths.
+    Only voxpipe's own naming (``.<name>.<host>-<pid>-<random>.tmp<suffix>``), only this machine's
+    (shards on several machines may share the folder: another host's pid says nothing here), and
+    only those whose process is gone; a live process's temporary file is kept. Returns the removed paths.
     """
     root = Path(folder)
     removed: list[Path] = []
@@ -361,10 +370,9 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
         return removed
     for path in root.iterdir():
         match = _TEMPORARY.match(path.name)
-        if not match or not path.is_file():
+        if not match or not path.is_file() or match.group("host") != _host_tag():
             continue
-        pid = match.group("pid")
-        if pid is not None and _alive(int(pid)):
+        if _alive(int(match.group("pid"))):
             continue
         path.unlink(missing_ok=True)
         removed.append(path)

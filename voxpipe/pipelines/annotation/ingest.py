@@ -254,9 +254,9 @@ def ingest(workdir: str | os.PathLike[str], corrected_dir: str | os.PathLike[str
 
 def _lesion_labels(inference_config: Path, names: Mapping[int, str]) -> set[int]:
     """The bundle's ``lesion_labels`` (as for statistics), else the structures named like lesions."""
-    from monai.bundle import ConfigParser
+    from voxpipe.pipelines.bundles.config import read_config
 
-    configured = ConfigParser.load_config_file(str(inference_config)).get("lesion_labels")
+    configured = read_config(inference_config).get("lesion_labels")
     if isinstance(configured, list) and configured:
         return {int(v) for v in configured}
     words = ("tumour", "tumor", "lesion", "nodule", "metastas")

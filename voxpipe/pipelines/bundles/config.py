@@ -10,7 +10,7 @@ import ast
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,126 @@ def shipped_bundle(name: str) -> Path:
             hint="install voxpipe from its source tree (pip install -e .) so configs/ is available",
         )
     return folder
+
+
+MAX_CONFIG_BYTES = 16 * 2**20  # a bundle config is kilobytes; the Model Zoo's largest are under 100 KB
+MAX_CONFIG_ITEMS = 1_000_000  # values once YAML aliases are expanded (MONAI walks the expanded tree)
+MAX_CONFIG_DEPTH = 64  # nesting; MONAI's ConfigParser recurses once per level
+
+
+def read_config(path: str | os.PathLike[str]) -> Any:
+    """A YAML/JSON config file parsed with bounds, before MONAI's ``ConfigParser`` walks it.
+
+    Why our own: MONAI reads configs with ``yaml.safe_load`` / ``json.load`` and then recurses through
+    the result. A YAML alias bomb ("billion laughs") parses in milliseconds into a few shared lists
+    that expand to billions of values when walked, and deeply nested JSON overflows Python's stack
+    (``RecursionError``) somewhere inside MONAI, naming no file. Here the expanded size, the nesting
+    depth and the file size are bounded (:data:`MAX_CONFIG_ITEMS`, :data:`MAX_CONFIG_DEPTH`,
+    :data:`MAX_CONFIG_BYTES`) and a self-referencing YAML anchor is refused.
+
+    Raises:
+        BundleError: unreadable, too large, a syntax error, too deep, too many values once expanded,
+            or self-referencing; the message names the file.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise BundleError(
+                f"{str(path)!r}: expected a config file of at most {MAX_CONFIG_BYTES // 2**20} MiB, found {size} bytes"
+            )
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise BundleError(
+            f"{str(path)!r}: expected UTF-8 text, found {error.reason} at byte {error.start}"
+        ) from error
+    except OSError as error:
+        raise BundleError(f"{str(path)!r}: could not be read ({error.strerror or error})") from error
+    try:
+        content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except RecursionError as error:
+        raise BundleError(
+            f"{str(path)!r}: nested too deeply to parse; expected at most {MAX_CONFIG_DEPTH} levels"
+        ) from error
+    except json.JSONDecodeError as error:
+        raise BundleError(
+            f"{str(path)!r}: JSON syntax error at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise BundleError(f"{str(path)!r}: YAML syntax error{where}: {problem}") from error
+    _check_expanded_size(content, path)
+    return content
+
+
+def _check_expanded_size(content: Any, path: Path) -> None:
+    """Count values as if shared (aliased) containers were copied, without copying; bound depth and count."""
+    sizes: dict[int, int] = {}  # container id -> expanded value count
+    open_ids: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(content, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        key = id(node)
+        children = list(node.values()) if isinstance(node, dict) else node
+        if done:
+            open_ids.discard(key)
+            sizes[key] = len(children) + sum(
+                sizes.get(id(c), 0) for c in children if isinstance(c, (dict, list))
+            )
+            if sizes[key] > MAX_CONFIG_ITEMS:
+                raise BundleError(
+                    f"{str(path)!r}: expands to more than {MAX_CONFIG_ITEMS:,} values (YAML aliases repeated "
+                    "inside each other: an alias bomb?); expected a config of ordinary size"
+                )
+            continue
+        if key in open_ids:
+            raise BundleError(f"{str(path)!r}: a YAML anchor refers to itself (an endless structure)")
+        if key in sizes:
+            continue
+        if depth > MAX_CONFIG_DEPTH:
+            raise BundleError(
+                f"{str(path)!r}: nested {depth} levels deep; expected at most {MAX_CONFIG_DEPTH}"
+            )
+        open_ids.add(key)
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children if isinstance(child, (dict, list)))
+
+
+def check_config_files(files: Sequence[str | os.PathLike[str]]) -> list[Any]:
+    """:func:`read_config` on each file and on every file a ``%file#id`` macro in them names (which MONAI
+    would read too); the parsed contents of ``files``, in order.
+
+    Raises:
+        BundleError: as :func:`read_config`, naming the offending file.
+    """
+    contents = [read_config(f) for f in files]
+    seen = {Path(f).resolve() for f in files}
+    pending = list(contents)
+    while pending:
+        for value in _string_values(pending.pop()):
+            if not value.startswith("%") or "#" not in value:
+                continue
+            target = Path(value[1:].split("#", 1)[0])
+            if target.suffix in CONFIG_SUFFIXES and target.is_file() and target.resolve() not in seen:
+                seen.add(target.resolve())
+                pending.append(read_config(target))
+    return contents
+
+
+def _string_values(node: Any) -> Iterator[str]:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def find_config(bundle_dir: str | os.PathLike[str], config: str) -> Path:
@@ -223,7 +343,7 @@ def bundle_network(
         BundleError / InputError: no such config, or its ``network_def`` is not ``voxpipe.networks.build_network``.
     """
     parser = ConfigParser()
-    parser.read_config(str(find_config(bundle_dir, config)))
+    parser.read_config(read_config(find_config(bundle_dir, config)))
     parser.update({"bundle_root": str(Path(bundle_dir).resolve()), **(overrides or {})})
     definition = parser.get("network_def")
     if not isinstance(definition, Mapping) or not str(definition.get("_target_", "")).endswith(

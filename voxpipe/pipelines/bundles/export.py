@@ -79,16 +79,60 @@ def export_bundle(
     return output
 
 
+MAX_UNCOMPRESSED_BYTES = 64 * 2**30  # far above any real bundle (weights included); a zip bomb is refused
+
+
+def safe_extract_zip(archive: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Extract ``archive`` into ``target`` after checking every member name and the total size.
+
+    Why our own: ``zipfile`` drops ``..`` parts silently and MONAI's ``extractall`` raises a bare
+    ``ValueError``; a bundle is a stranger's file, so a member that would land outside ``target``
+    (absolute, ``..``, a drive letter), a symbolic link, or a total size past
+    :data:`MAX_UNCOMPRESSED_BYTES` is refused naming the archive and the member, before anything is written.
+
+    Raises:
+        BundleError: not a zip, or one of the members above.
+    """
+    import stat
+
+    archive = Path(archive)
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            members = zipped.infolist()
+            total = 0
+            for member in members:
+                name = member.filename
+                parts = Path(name.replace("\\", "/")).parts
+                if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                    raise BundleError(
+                        f"{str(archive)!r}: member {name!r} would be written outside the folder it is "
+                        "extracted to; expected relative paths inside the bundle"
+                    )
+                if stat.S_ISLNK(member.external_attr >> 16):
+                    raise BundleError(
+                        f"{str(archive)!r}: member {name!r} is a symbolic link; expected plain files"
+                    )
+                total += member.file_size
+            if total > MAX_UNCOMPRESSED_BYTES:
+                raise BundleError(
+                    f"{str(archive)!r}: members add up to {total:,} bytes uncompressed; expected at most "
+                    f"{MAX_UNCOMPRESSED_BYTES:,} (a zip bomb?)"
+                )
+            zipped.extractall(target)
+    except zipfile.BadZipFile as error:
+        raise BundleError(f"{str(archive)!r}: expected a zip archive, found {error}") from error
+    except OSError as error:
+        raise BundleError(f"{str(archive)!r}: could not be extracted ({error.strerror or error})") from error
+
+
 def open_bundle_zip(archive: str | os.PathLike[str], *, into: str | os.PathLike[str] | None = None) -> Path:
     """Extract a bundle zip (one top folder) and verify the checksums in its metadata; return the bundle folder.
 
     Raises:
         BundleError: not one top folder with configs/metadata.json, or a file whose SHA-256 differs.
     """
-    from monai.apps.utils import extractall
-
     target = Path(into) if into else Path(tempfile.mkdtemp(prefix="voxpipe-bundle-"))
-    extractall(str(archive), str(target), has_base=False)
+    safe_extract_zip(archive, target)
     tops = [p for p in target.iterdir() if (p / "configs" / "metadata.json").is_file()]
     if len(tops) != 1:
         raise BundleError(

@@ -22,6 +22,7 @@ from voxpipe.errors import BundleError, VoxpipeError
 from voxpipe.networks.transfer import load_torch_file
 from voxpipe.pipelines.bundles.config import (
     WORKFLOW_TYPES,
+    check_config_files,
     checkpoint_loaders,
     find_config,
     is_false,
@@ -162,6 +163,7 @@ def run_bundle(
     meta_file = root / "configs" / "metadata.json"
     if not meta_file.is_file():
         raise BundleError(f"{str(meta_file)!r}: expected the bundle's metadata.json, found no file")
+    check_config_files([*config_files, meta_file])  # bounded parsing, before MONAI walks them
     weights_in_use: list[str] = []
     with _importable(root, enabled=not safe):
         try:

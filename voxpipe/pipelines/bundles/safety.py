@@ -20,11 +20,25 @@ merged, ``--set`` overrides and ``--weights`` applied, ``_meta_`` included, ``%`
    bundles call, and a few MONAI helpers). Functions that load or evaluate (``torch.load``,
    ``numpy.load``, ``pickle.*``, ``eval``, ``importlib``, ``subprocess``, ``os.*``, ``shutil.*``,
    ``open``, bundle runners, ``monai.bundle.*``, ``torch.hub``) are none of these, so they are refused.
-3. **No unsafe switches.** Keyword values that turn a safe loader into an unsafe one or fetch
-   something are refused wherever they appear: ``weights_only`` false, ``allow_pickle`` true,
-   ``pickle_module``, ``trust_remote_code`` true, ``pretrained`` / ``download`` true, and a
-   ``reader`` / ``writer`` given as a dotted path (``LoadImage`` imports it with ``pydoc.locate``).
-4. **No bundle code.** A ``_target_`` in the bundle's own ``scripts/`` package (or anything that is
+3. **No unsafe switches.** Keyword values that turn a safe loader into an unsafe one are refused
+   wherever they appear: ``weights_only`` false, ``allow_pickle`` true, ``pickle_module``,
+   ``trust_remote_code`` true.
+4. **No string becomes a callable unchecked.** MONAI turns a string into a class or function in
+   ``LoadImage(reader=...)`` and ``SaveImage(writer=...)`` (a name is looked up in ``monai.data``,
+   then imported as a dotted path with ``pydoc.locate``, which also finds builtins such as ``open``;
+   every item of a list is resolved, and the other keywords go to what it found). So every string
+   under a ``reader`` / ``writer`` key, in any nesting of lists and dicts, must name a MONAI image
+   reader / writer class (:func:`io_class_problem`). Anywhere else, any string that is a dotted
+   name in an installed module (``os.system``, ``monai.utils.optional_import``) must pass the
+   ``_target_`` rule, so an argument that resolves names which this list does not know is covered
+   too. ``_meta_`` is data and exempt; dtype names (``torch.float32``) pass.
+5. **Nothing downloads.** A keyword whose name says it fetches (``url``, ``uri``, ``download``,
+   ``pretrained``, ``hub``, or any ``*_url`` / ``*_uri``: ``pretrained_url``) with any value other
+   than off/empty; a keyword with such a word as a ``_``-separated part (``download_weights``,
+   ``use_hub``) switched on (not a number or a path: ``pretrained_lr_scale`` is not a fetch); and
+   any string value that is a URL
+   (``http``, ``https``, ``ftp``, ``s3``, ``gs``, ``hf``), are refused outside ``_meta_``.
+6. **No bundle code.** A ``_target_`` in the bundle's own ``scripts/`` package (or anything that is
    not installed) is refused, and :func:`voxpipe.pipelines.bundles.run.run_bundle` does not put the
    bundle folder on ``sys.path`` in safe mode.
 
@@ -38,9 +52,11 @@ bundle you do not trust; run it as a user who can write only where the outputs g
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import os
 import pydoc
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +65,7 @@ from monai.bundle import ConfigParser
 from monai.bundle.config_item import ComponentLocator
 
 from voxpipe.errors import BundleError
-from voxpipe.pipelines.bundles.config import is_false, is_true
+from voxpipe.pipelines.bundles.config import check_config_files, is_false, is_true
 
 ALLOWED_PACKAGES = ("monai", "torch", "ignite", "voxpipe")
 # Parts of the allowed packages that download, load code or run bundles, whatever kind their classes are.
@@ -69,7 +85,6 @@ DENIED_MODULES = (
     "monai.data.LMDBDataset",
     "voxpipe.pipelines.bundles",
     "voxpipe.cli",
-    "voxpipe._moved",
 )
 # Inside those: MONAI's box transforms for detection are plain transforms (no download, no code loading).
 SAFE_INSIDE_DENIED = ("monai.apps.detection.transforms",)
@@ -265,15 +280,106 @@ _UNSAFE_KEYWORDS = {
     "allow_pickle": (is_true, "allow_pickle: true lets numpy.load unpickle code"),
     "pickle_module": (lambda v: v is not None, "pickle_module replaces the unpickler torch.load uses"),
     "trust_remote_code": (is_true, "trust_remote_code: true runs code that comes with downloaded weights"),
-    "pretrained": (is_true, "pretrained: true downloads and loads weights from the internet"),
-    "download": (is_true, "download: true fetches data from the internet"),
 }
+_FETCHING_KEY = re.compile(r"(^|_)(url|urls|uri|download|pretrained|hub)(_|$)", re.IGNORECASE)
+_ADDRESS_KEY = re.compile(r"(^|_)(url|urls|uri)(_|$)", re.IGNORECASE)
+
+
+def _fetches(key: str, value: Any) -> bool:
+    """Whether a keyword named like a fetching one asks for a fetch with this (literal) value.
+
+    ``url`` / ``pretrained`` / ``download`` / ``hub`` alone and any ``*_url`` / ``*_uri`` key: any value
+    but off or empty. A key that only contains such a word (``pretrained_lr_scale``, ``download_dir``):
+    a switch turned on (``True``, ``"yes"``), not a number or a path.
+    """
+    if _is_off(value):
+        return False
+    if key.lower() in ("url", "urls", "uri", "download", "pretrained", "hub") or _ADDRESS_KEY.search(key):
+        return True
+    return value is True or (isinstance(value, str) and is_true(value))
+
+
+_URL_VALUE = re.compile(r"^\s*(https?|ftp|s3|gs|hf)://", re.IGNORECASE)
+_DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def _is_off(value: Any) -> bool:
+    """A fetching keyword that fetches nothing: ``None``, ``False``/``0``/``"false"``, ``""``, ``[]``, ``{}``."""
+    return value is None or is_false(value) or (isinstance(value, (str, list, tuple, dict)) and not value)
+
+
+def io_class_problem(key: str, name: str) -> str | None:
+    """Why a ``reader`` / ``writer`` string is refused, or ``None`` when it names a MONAI reader/writer class.
+
+    Mirrors how ``LoadImage`` / ``SaveImage`` resolve it: a bare name in ``monai.data`` first, then
+    MONAI's lower-case aliases (``"itkreader"``), else a dotted path imported by ``pydoc.locate``
+    (which also finds builtins: ``"open"``).
+    """
+    import monai.data
+    from monai.data.image_writer import SUPPORTED_WRITERS
+    from monai.transforms.io.array import SUPPORTED_READERS
+
+    base = monai.data.ImageReader if key == "reader" else monai.data.ImageWriter
+    kind = "image reader" if key == "reader" else "image writer"
+    aliases = SUPPORTED_READERS if key == "reader" else SUPPORTED_WRITERS
+    if "." not in name:
+        found = getattr(monai.data, name, None)
+        if (inspect.isclass(found) and issubclass(found, base)) or (
+            found is None and name.lower() in aliases
+        ):
+            return None
+        return f"{key} {name!r} is not a MONAI {kind} class (MONAI would resolve it with pydoc.locate)"
+    why = target_problem(name)
+    if why:
+        return f"{key} {name!r}: {why}"
+    found = pydoc.locate(name)
+    if not (inspect.isclass(found) and issubclass(found, base)):
+        return f"{key} {name!r} is not a MONAI {kind} class"
+    return None
+
+
+def _leaves(node: Any) -> Iterator[Any]:
+    """Every leaf of lists, tuples and plain dicts (a ``_target_`` dict is a component, checked on its own)."""
+    if isinstance(node, Mapping):
+        if "_target_" in node:
+            yield node
+        else:
+            for value in node.values():
+                yield from _leaves(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _leaves(value)
+    else:
+        yield node
+
+
+def _importable_name(value: str) -> bool:
+    """A dotted name whose top-level module is installed (found without importing anything)."""
+    if not _DOTTED_NAME.match(value):
+        return False
+    try:
+        return importlib.util.find_spec(value.split(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _dtype_name(value: str) -> bool:
+    """``torch.float32`` / ``numpy.int16``: dtype names MONAI converts, not callables."""
+    module, _, name = value.partition(".")
+    if module not in ("torch", "numpy") or "." in name:
+        return False
+    import numpy
+    import torch
+
+    found = getattr(torch if module == "torch" else numpy, name, None)
+    return isinstance(found, torch.dtype) or (inspect.isclass(found) and issubclass(found, numpy.generic))
 
 
 def unsafe_entries(config: Any, *, file: str, bundle_root: str | os.PathLike[str] | None = None) -> list[str]:
     """Every entry of a parsed config that safe mode refuses, as ``'file: key#path: why'`` lines."""
     problems = []
     for path, key, value in _walk(config, ""):
+        in_meta = path == "_meta_" or path.startswith("_meta_#")
         if isinstance(key, str) and key.startswith("$"):
             problems.append(f"{file}: {path}: a '$' key runs Python")
         if isinstance(value, str) and value.startswith("$"):
@@ -305,12 +411,44 @@ def unsafe_entries(config: Any, *, file: str, bundle_root: str | os.PathLike[str
             elif unsafe(literal):
                 problems.append(f"{file}: {path}: {why}")
         elif key in ("reader", "writer"):
+            problems.extend(f"{file}: {path}: {why}" for why in _io_problems(config, key, value))
+        elif isinstance(key, str) and _FETCHING_KEY.search(key) and not in_meta:
             literal, resolved = _follow(config, value)
-            if resolved and isinstance(literal, str) and "." in literal:
-                problems.append(
-                    f"{file}: {path}: {key} {literal!r} is a dotted path that LoadImage/SaveImage would import"
-                )
+            if not resolved:
+                if not (isinstance(literal, Mapping) and "_target_" in literal):
+                    problems.append(
+                        f"{file}: {path}: {key} is {value!r}, which safe mode cannot check (it may fetch)"
+                    )
+            elif _fetches(key, literal):
+                shown = repr(literal) if len(repr(literal)) <= 70 else repr(literal)[:67] + "..."
+                problems.append(f"{file}: {path}: {key} {shown}: safe mode downloads nothing")
+        elif isinstance(value, str) and not in_meta:
+            if _URL_VALUE.match(value):
+                problems.append(f"{file}: {path}: {value!r} is a URL: safe mode downloads nothing")
+            elif _importable_name(value) and not _dtype_name(value):
+                why = target_problem(value, bundle_root=bundle_root)
+                if why:
+                    problems.append(f"{file}: {path}: the string {value!r} names code ({why})")
     return problems
+
+
+def _io_problems(config: Any, key: str, value: Any) -> Iterator[str]:
+    """What is wrong with a ``reader`` / ``writer`` value: a string, a component, or lists / dicts of them."""
+    literal, resolved = _follow(config, value)
+    if not resolved:
+        if not (isinstance(literal, Mapping) and "_target_" in literal):  # a component is checked on its own
+            yield f"{key} {value!r} does not name a reader/writer literally (safe mode cannot check it)"
+        return
+    for item in _leaves(literal):
+        item, resolved = _follow(config, item)
+        if isinstance(item, Mapping) and "_target_" in item:
+            continue
+        if not resolved:
+            yield f"{key} item {item!r} does not name a reader/writer literally (safe mode cannot check it)"
+        elif isinstance(item, str):
+            why = io_class_problem(key, item)
+            if why:
+                yield why
 
 
 def _expanded(parser: ConfigParser) -> Any:
@@ -345,7 +483,11 @@ def check_safe(
     bundle_root: str | os.PathLike[str] | None = None,
 ) -> None:
     """:func:`check_safe_parser` on ``config_files`` merged in order, with ``overrides`` applied."""
+    merged = ConfigParser(config={})
+    for content in check_config_files(config_files):  # bounded parsing; merged in order as MONAI merges
+        for key, value in content.items():
+            merged[key] = value
     parser = ConfigParser()
-    parser.read_config([str(f) for f in config_files])
+    parser.read_config(merged.get())
     parser.update(dict(overrides or {}))
     check_safe_parser(parser, name=", ".join(Path(f).name for f in config_files), bundle_root=bundle_root)

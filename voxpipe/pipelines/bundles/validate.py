@@ -41,12 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from monai.bundle import ConfigParser
 from monai.bundle.config_item import ComponentLocator
 from monai.bundle.properties import InferProperties, TrainProperties
 
-from voxpipe.pipelines.bundles.config import CONFIG_SUFFIXES
+from voxpipe.errors import BundleError
+from voxpipe.pipelines.bundles.config import CONFIG_SUFFIXES, read_config
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "bundle_metadata.json"
 NON_ARG_KEYS = {"_target_", "_disabled_", "_requires_", "_desc_", "_mode_"}
@@ -75,21 +75,14 @@ class Problem:
 
 
 def _load(path: Path) -> tuple[Any, Problem | None]:
-    """Parse a YAML/JSON file; a syntax error becomes a Problem with its line and column."""
-    text = path.read_text()
+    """Parse a YAML/JSON file with bounds (:func:`read_config`); a problem (a syntax error with its line
+    and column, an alias bomb, too deep) becomes a Problem."""
     try:
-        if path.suffix == ".json":
-            return json.loads(text), None
-        return yaml.safe_load(text), None
-    except json.JSONDecodeError as error:
-        return None, Problem(
-            path.name, "", f"JSON syntax error at line {error.lineno}, column {error.colno}: {error.msg}"
-        )
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        return None, Problem(path.name, "", f"YAML syntax error{where}: {problem}")
+        return read_config(path), None
+    except BundleError as error:
+        message = str(error)
+        prefix = f"{str(path)!r}: "
+        return None, Problem(path.name, "", message[len(prefix) :] if message.startswith(prefix) else message)
 
 
 def _walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.bundles.config import find_config
+from voxpipe.pipelines.bundles.config import find_config, read_config
 from voxpipe.pipelines.bundles.run import run_bundle
 from voxpipe.pipelines.data.datalists import split_datalist
 from voxpipe.pipelines.inference.infer import infer_with_bundle
@@ -59,7 +59,7 @@ def parse_folds(text: str | Sequence[int], n_folds: int) -> list[int]:
 def _config_values(bundle_dir: Path, overrides: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser(ConfigParser.load_config_file(str(find_config(bundle_dir, "train"))))
+    parser = ConfigParser(read_config(find_config(bundle_dir, "train")))
     parser["bundle_root"] = str(bundle_dir)
     for key, value in overrides.items():
         parser[key] = value
@@ -176,6 +176,5 @@ def train_folds(
 
 
 def _inference_keys(bundle: Path) -> set[str]:
-    from monai.bundle import ConfigParser
 
-    return set(ConfigParser.load_config_file(str(find_config(bundle, "inference"))))
+    return set(read_config(find_config(bundle, "inference")))

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from voxpipe.errors import BundleError, InputError, OutputError
-from voxpipe.pipelines.bundles.config import find_config
+from voxpipe.pipelines.bundles.config import find_config, read_config
 from voxpipe.pipelines.bundles.run import innermost_error, run_bundle
 from voxpipe.transforms.io import (
     VOLUME_SUFFIXES,
@@ -224,7 +224,7 @@ def run_options(
     wanted["device#preference"] = device
     wanted = {k: v for k, v in wanted.items() if v is not None}
     config_file = find_config(bundle_dir, "inference")
-    config = ConfigParser(ConfigParser.load_config_file(str(config_file)))
+    config = ConfigParser(read_config(config_file))
     if "progress" not in config:  # progress bars are cosmetic: a bundle without the key runs without them
         wanted.pop("progress", None)
     missing = [k for k in wanted if k not in config]
@@ -561,11 +561,10 @@ def _write_statistics(
     shard: tuple[int, int] | None = None,
 ) -> None:
     """Per-case statistics from the written label maps and their source images."""
-    from monai.bundle import ConfigParser
 
     from voxpipe.pipelines.inference.stats import case_statistics, write_shard_statistics, write_statistics
 
-    config = ConfigParser.load_config_file(str(find_config(bundle_dir, "inference")))
+    config = read_config(find_config(bundle_dir, "inference"))
     lesion_labels = overrides.get("lesion_labels", config.get("lesion_labels", []))
     names = label_names(bundle_dir)
     per_case = {}
