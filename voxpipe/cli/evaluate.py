@@ -181,6 +181,11 @@ def _cmd_evaluate_detections(args: argparse.Namespace) -> int:
         f"missed; {result.false_positives} false positives ({result.ignored_on_excluded} on excluded findings and "
         f"{result.ignored_double_hits} double hits ignored)"
     )
+    if result.unlisted_candidates or result.unlisted_nodules:
+        print(
+            f"not scored: {result.unlisted_candidates} candidate(s) and {result.unlisted_nodules} nodule(s) under "
+            f"{len(result.unlisted_scans)} series UID(s) that are not among the scans evaluated"
+        )
     print("FPs/scan  sensitivity  95% CI")
     for rate, value in result.sensitivity_at.items():
         interval = ci.get(str(rate))

@@ -73,6 +73,10 @@ class FrocResult:
     cpm: float
     ci: dict[str, Any] = field(default_factory=dict)
     coco: dict[str, float] | None = None  # COCO-style AP/recall, when the candidates came with boxes
+    # Rows under a series UID that is not among the scans evaluated: not scored (as the script), but counted.
+    unlisted_candidates: int = 0
+    unlisted_nodules: int = 0
+    unlisted_scans: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -84,6 +88,9 @@ class FrocResult:
             "false_negatives": self.false_negatives,
             "ignored_on_excluded": self.ignored_on_excluded,
             "ignored_double_hits": self.ignored_double_hits,
+            "unlisted_candidates": self.unlisted_candidates,
+            "unlisted_nodules": self.unlisted_nodules,
+            "unlisted_scans": self.unlisted_scans,
             "sensitivity_at": {str(k): v for k, v in self.sensitivity_at.items()},
             "cpm": self.cpm,
             **self.ci,
@@ -93,13 +100,19 @@ class FrocResult:
 def read_findings(path: str | os.PathLike[str], *, value: str) -> list[Finding]:
     """Rows of a LUNA16 CSV (``seriesuid, coordX, coordY, coordZ`` and ``value``: ``diameter_mm`` or ``probability``).
 
+    Cells are stripped of surrounding spaces (a ``", "`` separator would otherwise put a space in
+    front of every series UID, which then matches no scan: the official script scores such a file
+    as nothing found). A row with more or fewer cells than the header is refused: decimal commas in
+    unquoted cells (``12,5``) shift every column after them.
+
     Raises:
-        InputError: no such file, a missing column, or a cell that is not a number (with its line).
+        InputError: no such file, a missing column, a row of the wrong width, or a cell that is not a
+            finite number (with its line).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{str(path)!r}: expected a LUNA16 CSV file, found nothing at that path")
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.reader(handle))
     if not rows:
         raise InputError(
@@ -109,19 +122,30 @@ def read_findings(path: str | os.PathLike[str], *, value: str) -> list[Finding]:
     wanted = ["seriesuid", "coordX", "coordY", "coordZ", value]
     missing = [c for c in wanted if c not in header]
     if missing:
-        raise InputError(f"{str(path)!r}: expected the columns {wanted}, found {header} (missing {missing})")
+        semicolons = len(header) == 1 and ";" in header[0]
+        raise InputError(
+            f"{str(path)!r}: expected the columns {wanted}, found {header} (missing {missing})",
+            hint="separate cells with commas (this file uses semicolons)" if semicolons else None,
+        )
     index = [header.index(c) for c in wanted]
     findings = []
     for number, row in enumerate(rows[1:], start=2):
         if not row or not any(cell.strip() for cell in row):
             continue
+        if len(row) != len(header):
+            raise InputError(
+                f"{str(path)!r}: line {number}: expected {len(header)} cells as in the header, found {len(row)}: {row}",
+                hint="decimal commas (12,5) split a number in two: write 12.5, or quote the cell",
+            )
         try:
-            series = row[index[0]]
+            series = row[index[0]].strip()
             numbers = [float(row[i]) for i in index[1:]]
-        except (IndexError, ValueError):
+        except ValueError:
             raise InputError(
                 f"{str(path)!r}: line {number}: expected numbers in {wanted[1:]}, found {row}"
             ) from None
+        if not series:
+            raise InputError(f"{str(path)!r}: line {number}: expected a seriesuid, found an empty cell")
         if not all(math.isfinite(v) for v in numbers):
             raise InputError(f"{str(path)!r}: line {number}: expected finite numbers, found {row}")
         findings.append(Finding(series, *numbers))
@@ -141,16 +165,21 @@ def finding_cubes(findings: Sequence[Finding]) -> dict[str, np.ndarray]:
 
 
 def read_seriesuids(path: str | os.PathLike[str]) -> list[str]:
-    """The first column of each row (the LUNA16 ``seriesuids.csv`` has no header)."""
+    """The first cell of each row, stripped (the LUNA16 ``seriesuids.csv`` has no header; a
+    ``seriesuid`` header row is skipped). Repeated UIDs count once.
+
+    Raises:
+        InputError: no such file, or no UID in it.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{str(path)!r}: expected a CSV of series UIDs, found nothing at that path")
-    with path.open(newline="") as handle:
-        return [
-            row[0].strip()
-            for row in csv.reader(handle)
-            if row and row[0].strip() and row[0].strip() != "seriesuid"
-        ]
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        uids = [row[0].strip() for row in csv.reader(handle) if row and row[0].strip()]
+    uids = list(dict.fromkeys(u for u in uids if u != "seriesuid"))
+    if not uids:
+        raise InputError(f"{str(path)!r}: expected one series UID per line, found none")
+    return uids
 
 
 def roc_curve(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -320,6 +349,10 @@ def luna16_froc(
         at,
         cpm,
     )
+    listed = set(scans)
+    result.unlisted_candidates = sum(c.series not in listed for c in candidates)
+    result.unlisted_nodules = sum(a.series not in listed for a in annotations)
+    result.unlisted_scans = sorted({f.series for f in (*candidates, *annotations)} - listed)
     if n_bootstrap and counts["nodules"]:
         result.ci = _bootstrap(entries, scans, n_bootstrap, seed)
     return result

@@ -59,11 +59,22 @@ def evaluate_detections(
         read_findings(annotations, value="diameter_mm"),
     )
     skipped = read_findings(excluded, value="diameter_mm") if excluded else []
-    scans = (
-        read_seriesuids(seriesuids)
-        if seriesuids
-        else list(dict.fromkeys([f.series for f in nodules + marks]))
-    )
+    if seriesuids is None and (Path(annotations).parent / "seriesuids.csv").is_file():
+        seriesuids = (
+            Path(annotations).parent / "seriesuids.csv"
+        )  # the LUNA16 layout keeps it beside annotations.csv
+        logger.info("scans evaluated: %s (beside the annotations)", seriesuids)
+    if seriesuids:
+        scans = read_seriesuids(seriesuids)
+    else:
+        scans = list(dict.fromkeys([f.series for f in nodules + marks]))
+        logger.warning(
+            "no seriesuids.csv: FPs per scan are divided by the %d scan(s) named in %s and %s; a scan with "
+            "neither a nodule nor a candidate is not counted, unlike the LUNA16 script (pass --seriesuids)",
+            len(scans),
+            candidates,
+            annotations,
+        )
     result = luna16_froc(
         marks,
         nodules,
@@ -73,6 +84,24 @@ def evaluate_detections(
         seed=seed,
         max_marks=max_marks,
     )
+    if result.unlisted_candidates or result.unlisted_nodules:
+        shown = ", ".join(result.unlisted_scans[:3]) + (", ..." if len(result.unlisted_scans) > 3 else "")
+        logger.warning(
+            "%s: %d candidate(s) and %d nodule(s) are under %d series UID(s) not listed in %s (%s); "
+            "they are not scored, as the LUNA16 script does not score them",
+            candidates,
+            result.unlisted_candidates,
+            result.unlisted_nodules,
+            len(result.unlisted_scans),
+            seriesuids or "the scans evaluated",
+            shown,
+        )
+    if result.n_nodules and result.true_positives == 0 and result.n_candidates == 0:
+        logger.warning(
+            "%s: no candidate lies in any listed scan; check that its series UIDs are those of %s",
+            candidates,
+            seriesuids or annotations,
+        )
     out = Path(output_dir)
     curve = "fps_per_scan,sensitivity,threshold\n" + "".join(
         f"{f:.9f},{s:.9f},{t:.9f}\n"
@@ -84,6 +113,9 @@ def evaluate_detections(
         "annotations_file": str(annotations),
         "excluded_file": str(excluded or ""),
         "seriesuids_file": str(seriesuids or ""),
+        "scans_from": "seriesuids file"
+        if seriesuids
+        else "the scans named in the candidates and annotations",
         "rules": "LUNA16 (noduleCADEvaluationLUNA16.py)",
         "max_marks_per_scan": max_marks,
         "bootstrap_seed": seed,
