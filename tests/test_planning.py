@@ -319,3 +319,50 @@ def test_fingerprint_and_plan_equal_nnunetv2_on_real_scans(real_data, tmp_path):
     np.testing.assert_allclose([c["spacing"] for c in fingerprint["cases"]], expected["spacings"], rtol=1e-12)
     assert [c["shape_after_crop"] for c in fingerprint["cases"]] == expected["shapes_after_crop"]
     _assert_equal_to_nnunet(nnunet_plan(fingerprint), expected)
+
+
+def _small_dataset(root, n_cases=3, *, label_value=1.0, label_affine=None, empty=False):
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(n_cases):
+        image = rng.normal(0, 100, (24, 24, 12)).astype(np.float32)
+        label = np.zeros((24, 24, 12), np.float32)
+        if not empty:
+            label[8:16, 8:16, 4:8] = label_value
+        nib.save(
+            nib.Nifti1Image(image, np.diag([1.0, 1.0, 2.0, 1.0])), root / "imagesTr" / f"c{index}_0000.nii.gz"
+        )
+        affine = np.diag([1.0, 1.0, 2.0, 1.0]) if label_affine is None else label_affine
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"c{index}.nii.gz")
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {"background": 0, "organ": 1},
+                "numTraining": n_cases,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
+    return root
+
+
+@pytest.mark.parametrize(
+    "options,why",
+    [
+        ({"empty": True}, r"all 3 label maps are empty"),
+        ({"label_value": 0.5}, r"c0.nii.gz: non-integral-label"),
+        (
+            {"label_affine": np.diag([1.0, 1.0, 2.0, 1.0]) + np.array([[0, 0, 0, 7.0]] + [[0] * 4] * 3)},
+            r"c0.nii.gz: origin-mismatch",
+        ),
+        ({"n_cases": 1}, r"at least 2 patients; found 1"),
+    ],
+)
+def test_promise_plan_refuses_what_data_check_refuses(tmp_path, options, why):
+    """All-empty labels (a CT window of [0, 0]), fractional labels, a label on another grid, one patient."""
+    root = _small_dataset(tmp_path / "Dataset001_x", **options)
+    with pytest.raises(InputError, match=why):
+        plan_dataset(root, tmp_path / "out", rules="nnunet")
+    assert not (tmp_path / "out").exists()

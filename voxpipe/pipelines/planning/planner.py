@@ -55,6 +55,7 @@ def plan_dataset(
         raise InputError(f"--network: expected one of {NETWORKS}, found {network!r}")
     if gpu_memory_gb is not None and not gpu_memory_gb > 0:
         raise InputError(f"--gpu-memory: expected a positive number of GB, found {gpu_memory_gb}")
+    _refuse_what_check_refuses(dataset, progress=progress)
     fingerprint = planning_fingerprint(dataset, progress=progress)
     if rules == "nnunet":
         plan = nnunet_plan(fingerprint, gpu_memory_gb=8.0 if gpu_memory_gb is None else gpu_memory_gb)
@@ -93,7 +94,14 @@ def plan_dataset(
         "voxpipe's planned bundles do not express yet"
     )
     entries = [e for e in load_datalist(dataset) if e.get("label")]
-    folds = min(FOLDS, len({str(e.get("patient") or e["case"]) for e in entries}))
+    groups = len({str(e.get("patient") or e["case"]) for e in entries})
+    if groups < 2:
+        raise InputError(
+            f"{str(dataset)!r}: cross-validation needs labelled cases of at least 2 patients; found {groups} "
+            f"({len(entries)} labelled case(s))",
+            hint="add labelled cases; one patient cannot be both trained on and validated",
+        )
+    folds = min(FOLDS, groups)
     split = make_split(entries, folds=folds, seed=0)
     plan["cross_validation"] = {
         "folds": folds,
@@ -271,3 +279,30 @@ def render_markdown(plan: dict[str, Any]) -> str:
 
 def _xyz_of(values_transposed: list[float], plan: dict[str, Any]) -> list[float]:
     return to_xyz(values_transposed, plan["nnunet_order"]["transpose_backward"], plan["ras_axes"])
+
+
+def _refuse_what_check_refuses(dataset: str | os.PathLike[str], *, progress: bool) -> None:
+    """``voxpipe data check``'s errors stop planning (listed all at once), and so does a dataset whose
+    every label map is empty: the CT window and the patch come from foreground voxels, of which there are none.
+
+    Raises:
+        InputError: the check's errors (case, file, what), or no foreground in any label map.
+    """
+    from voxpipe.pipelines.data.check import check_dataset
+
+    report = check_dataset(dataset, progress=progress)
+    errors = [p for p in report.problems if p.severity == "error"]
+    if errors:
+        listing = "\n  ".join(f"{p.case}: {p.path}: {p.code}: {p.message}" for p in errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise InputError(
+            f"{str(dataset)!r}: {len(errors)} problem(s) that `voxpipe data check` reports as errors:\n  {listing}{more}",
+            hint="fix them first (voxpipe data check DATASET lists every one)",
+        )
+    labelled = [p for p in report.problems if p.code == "empty-label"]
+    n_labels = sum(1 for _ in load_datalist(dataset) if _.get("label"))
+    if n_labels and len(labelled) == n_labels:
+        raise InputError(
+            f"{str(dataset)!r}: all {n_labels} label maps are empty (no foreground voxel); expected labelled "
+            "structures to plan spacing, patch and the CT intensity window from"
+        )
