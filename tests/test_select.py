@@ -361,3 +361,40 @@ def test_nnunet_layout_with_one_file_per_channel_cross_validates_and_infers(tmp_
     assert output.name == "b4.nii.gz"  # named by the case, not by its channel-0 file
     source = nib.load(root / "imagesTs" / "b4_0000.nii.gz")
     assert nib.load(output).shape == source.shape and np.allclose(nib.load(output).affine, source.affine)
+
+
+def test_promise_a_run_with_a_missing_fold_is_scored_with_a_warning_naming_it(oof_runs, tmp_path, caplog):
+    record = json.loads((oof_runs[0] / "cv.json").read_text())
+    del record["folds"]["1"]
+    (oof_runs[0] / "cv.json").write_text(json.dumps(record))
+    with caplog.at_level("WARNING"):
+        selection = select_runs(oof_runs[:1], tmp_path / "s", write_bundle=False)
+    assert "folds [1] of 2 are not done" in caplog.text and "2 out-of-fold cases" in caplog.text
+    assert selection["runs"][0]["missing_folds"] == [1] and len(selection["cases"]) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-a-record", "corrupt-npz", "pickled-npz", "no-array"])
+def test_promise_damaged_run_files_exit_2_naming_the_file(oof_runs, tmp_path, capsys, damage):
+    from voxpipe.cli import main
+
+    run = oof_runs[0]
+    record = run / "cv.json"
+    npz = run / "fold_0" / "validation" / "case_0_probabilities.npz"
+    if damage == "truncated":
+        record.write_text(record.read_text()[:40])
+        named = "cv.json"
+    elif damage == "not-a-record":
+        record.write_text("[1, 2]")
+        named = "cv.json"
+    elif damage == "corrupt-npz":
+        npz.write_bytes(npz.read_bytes()[:100])
+        named = npz.name
+    elif damage == "pickled-npz":
+        np.savez(npz, probabilities=np.array([{"a": 1}], dtype=object))
+        named = npz.name
+    else:
+        np.savez(npz, other=np.zeros(3))
+        named = npz.name
+    assert main(["select", str(run), "-o", str(tmp_path / "s"), "--no-bundle"]) == 2
+    error = capsys.readouterr().err
+    assert named in error and "internal error" not in error, error

@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,15 +54,41 @@ MAX_ENSEMBLE_RUNS = 4  # 2^4 - 1 = 15 model candidates
 
 
 def _load_run(path: Path) -> dict[str, Any]:
+    """A cross-validation run's ``cv.json`` and its out-of-fold probability files, checked.
+
+    A run whose folds are not all done is scored on the cases of the folds it has, with a warning
+    naming the missing folds (``missing_folds`` in the result).
+
+    Raises:
+        InputError: no or unreadable cv.json, one not written by ``voxpipe train --folds``, or a missing
+            probability file (each named).
+    """
     record_path = path / "cv.json" if path.is_dir() else path
     try:
         record = json.loads(record_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(
             f"{str(record_path)!r}: expected the cv.json of a voxpipe train --folds run ({error})"
         ) from error
+    folds = record.get("folds") if isinstance(record, dict) else None
+    if (
+        not isinstance(folds, dict)
+        or not isinstance(record.get("bundle"), str)
+        or not isinstance(record.get("dataset_dir"), str)
+        or not all(
+            isinstance(f, dict)
+            and isinstance(f.get("cases"), list)
+            and isinstance(f.get("validation_dir"), str)
+            for f in folds.values()
+        )
+    ):
+        raise InputError(
+            f"{str(record_path)!r}: expected the cv.json of a voxpipe train --folds run (bundle, dataset_dir, "
+            f"folds with cases and validation_dir), found {type(record).__name__} with keys "
+            f"{sorted(record) if isinstance(record, dict) else []}"
+        )
     probabilities = {}
-    for fold, info in record.get("folds", {}).items():
+    for fold, info in folds.items():
         for case in info["cases"]:
             file = Path(info["validation_dir"]) / f"{case}_probabilities.npz"
             if not file.is_file():
@@ -70,9 +97,43 @@ def _load_run(path: Path) -> dict[str, Any]:
                     hint="rerun voxpipe train BUNDLE --folds ... to finish the fold's predictions",
                 )
             probabilities[case] = file
+    n_folds = record.get("n_folds")
+    missing = [k for k in range(n_folds) if str(k) not in folds] if isinstance(n_folds, int) else []
+    if missing:
+        logger.warning(
+            "%s: folds %s of %d are not done; this run is scored on the %d out-of-fold cases of folds %s only",
+            record_path,
+            missing,
+            n_folds,
+            len(probabilities),
+            sorted(int(k) for k in folds),
+        )
     bundle_name, run_name = Path(record["bundle"]).name, record_path.parent.name
     name = bundle_name if run_name in ("", ".", bundle_name) else f"{bundle_name} ({run_name})"
-    return {"path": record_path.parent, "name": name, "record": record, "probabilities": probabilities}
+    return {
+        "path": record_path.parent,
+        "name": name,
+        "record": record,
+        "probabilities": probabilities,
+        "missing_folds": missing,
+    }
+
+
+def _read_probabilities(file: Path) -> np.ndarray:
+    """The ``probabilities`` array of an out-of-fold ``.npz`` (never unpickled).
+
+    Raises:
+        InputError: not a readable npz, no ``probabilities`` array, or an object (pickled) array.
+    """
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            return archive["probabilities"].astype(np.float32)
+    except KeyError:
+        raise InputError(f"{str(file)!r}: expected an array named 'probabilities', found none") from None
+    except ValueError as error:
+        raise InputError(f"{str(file)!r}: expected a numeric probability array, found {error}") from error
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
+        raise InputError(f"{str(file)!r}: expected an npz archive, found a damaged file ({error})") from error
 
 
 def _options(labels: dict[int, str]) -> dict[str, dict[str, Any]]:
@@ -150,6 +211,14 @@ def select_runs(
     cases = sorted(set.intersection(*(set(r["probabilities"]) for r in loaded)))
     if not cases:
         raise InputError("select: expected cases that every run predicted out of fold, found none")
+    for run in loaded:
+        if len(run["probabilities"]) > len(cases):
+            logger.warning(
+                "%s: scored on the %d cases every run predicted, of its %d",
+                run["name"],
+                len(cases),
+                len(run["probabilities"]),
+            )
     references = {e["case"]: e["label"] for e in load_datalist(next(iter(datasets))) if e.get("label")}
     missing = [c for c in cases if c not in references]
     if missing:
@@ -170,7 +239,7 @@ def select_runs(
         voxel_mm3 = float(abs(np.linalg.det(np.asarray(reference.affine)[:3, :3])))
         probabilities = []
         for run in loaded:
-            data = np.load(run["probabilities"][case])["probabilities"].astype(np.float32)
+            data = _read_probabilities(run["probabilities"][case])
             if data.shape[1:] != reference.array.shape:
                 raise InputError(
                     f"{str(run['probabilities'][case])!r}: expected probabilities on the reference grid "
@@ -207,7 +276,9 @@ def select_runs(
     winner, why = _choose(table)
     selection = {
         "cases": cases,
-        "runs": [{"name": r["name"], "path": str(r["path"])} for r in loaded],
+        "runs": [
+            {"name": r["name"], "path": str(r["path"]), "missing_folds": r["missing_folds"]} for r in loaded
+        ],
         "labels": {str(k): v for k, v in labels.items()},
         "candidates": table,
         "winner": winner,
