@@ -157,16 +157,109 @@ def test_promise_unplaceable_geometry_is_refused_and_a_fallback_is_named(tmp_pat
     )
 
 
-def test_promise_header_faults_of_itk_formats_are_one_line(tmp_path, capfd):
-    """ITK's MetaIO prints its parse errors to the process's own stdout/stderr: they become the one line's reason."""
-    (tmp_path / "bad.mha").write_text(
-        "ObjectType = Image\nNDims = 3\nDimSize = 8 8\nElementType = MET_FOO\nElementDataFile = LOCAL\n"
-    )
+@pytest.mark.parametrize(
+    "header,why",
+    [
+        ("NDims = 3\nDimSize = 8 8\nElementType = MET_SHORT\n", "DimSize '8 8': expected 3 positive sizes"),
+        ("NDims = 3\nDimSize = 8 8 8\nElementType = MET_FOO\n", "ElementType 'MET_FOO': expected one of"),
+        ("NDims = 3\nElementType = MET_SHORT\n", "the header has no DimSize field"),
+    ],
+)
+def test_promise_header_faults_of_itk_formats_are_one_line(tmp_path, capfd, header, why):
+    """Checked before ITK reads (ITK's MetaIO would print its own complaint to the process's stderr)."""
+    (tmp_path / "bad.mha").write_text("ObjectType = Image\n" + header + "ElementDataFile = LOCAL\n")
     assert main(["data", "convert", str(tmp_path / "bad.mha"), "-o", str(tmp_path / "o.nii.gz")]) == 2
     out, err = capfd.readouterr()
     line = one_error_line(err)
-    assert "bad.mha" in line and "ElementType required and not defined" in line
-    assert "MetaImage" not in out + err and "ITK ERROR" not in line and "itkImageFileReader" not in line
+    assert "bad.mha" in line and why in line
+    assert "MetaImage" not in out + err and "ITK ERROR" not in line
+
+
+def test_promise_itks_reason_comes_from_a_child_and_other_threads_keep_their_output(tmp_path, capfd):
+    """A file ITK itself rejects: its printed reason is got by re-reading in a child process, so this
+    process's stdout/stderr are never redirected (another thread's lines all arrive, none in the reason)."""
+    import threading
+
+    from voxpipe.errors import InputError
+
+    raw = tmp_path / "bad.nrrd"
+    header = (
+        "NRRD0004\ntype: short\ndimension: 3\nsizes: 8 8 8\nspace: left-posterior-superior\n"
+        "space directions: (1,0) (0,1,0) (0,0,1)\nencoding: raw\nendian: little\n\n"
+    )
+    raw.write_bytes(header.encode() + np.zeros(512, np.int16).tobytes())
+    done = threading.Event()
+
+    def chatter():
+        for k in range(200):
+            os.write(2, f"other-thread-line-{k}\n".encode())
+        done.set()
+
+    thread = threading.Thread(target=chatter)
+    thread.start()
+    with pytest.raises(InputError) as error:
+        for _ in range(3):
+            load_volume(raw)
+    thread.join()
+    _, err = capfd.readouterr()
+    assert "bad.nrrd" in str(error.value) and "other-thread-line" not in str(error.value)
+    assert all(f"other-thread-line-{k}\n" in err for k in range(200))
+
+
+def test_promise_a_damaged_compressed_stream_is_refused_not_read_as_zeros(tmp_path):
+    """ITK prints "Uncompress failed" and returns zeros; the stream is counted before ITK reads it."""
+    from voxpipe.errors import InputError
+
+    raw = tmp_path / "bad.mha"
+    raw.write_bytes(
+        b"ObjectType = Image\nNDims = 3\nDimSize = 8 8 8\nElementType = MET_SHORT\nCompressedData = True\n"
+        b"CompressedDataSize = 20\nElementDataFile = LOCAL\nnot zlib data at all"
+    )
+    with pytest.raises(InputError, match=r"bad.mha'"):
+        load_volume(raw)
+
+
+def test_promise_a_detached_header_whose_data_lie_elsewhere_is_refused(tmp_path):
+    from voxpipe.errors import InputError
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "scan.raw").write_bytes(np.full(512, 40, np.int16).tobytes())
+    (tmp_path / "in").mkdir()
+    for name, data_file in (
+        ("up.mhd", "../elsewhere/scan.raw"),
+        ("abs.mhd", str(tmp_path / "elsewhere" / "scan.raw")),
+    ):
+        (tmp_path / "in" / name).write_text(
+            "ObjectType = Image\nNDims = 3\nDimSize = 8 8 8\nElementType = MET_SHORT\n"
+            f"ElementDataFile = {data_file}\n"
+        )
+        with pytest.raises(
+            InputError, match=rf"{name}': the header's data file .* lies outside the header's folder"
+        ):
+            load_volume(tmp_path / "in" / name)
+        assert load_volume(tmp_path / "in" / name, allow_external_data=True).array.max() == 40
+    (tmp_path / "in" / "scan.raw").write_bytes(np.full(512, 7, np.int16).tobytes())
+    (tmp_path / "in" / "here.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 8 8 8\nElementType = MET_SHORT\nElementDataFile = scan.raw\n"
+    )
+    assert load_volume(tmp_path / "in" / "here.mhd").array.max() == 7
+
+
+def test_promise_a_nifti_whose_qform_and_sform_disagree_is_refused(tmp_path):
+    import nibabel as nib
+
+    from voxpipe.errors import GeometryError
+
+    image = nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4))
+    rotated = np.array([[0, -1, 0, 50.0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    image.set_sform(np.eye(4), code=1)
+    image.set_qform(rotated, code=1)
+    nib.save(image, tmp_path / "two.nii.gz")
+    with pytest.raises(GeometryError, match=r"two.nii.gz': the qform and sform disagree .* origins by 50 mm"):
+        load_volume(tmp_path / "two.nii.gz")
+    image.set_qform(np.eye(4) + np.diag([1e-4, 0, 0, 0]), code=1)  # float32 rounding-sized: agrees
+    nib.save(image, tmp_path / "same.nii.gz")
+    assert load_volume(tmp_path / "same.nii.gz").array.shape == (8, 8, 8)
 
 
 # --- outputs and exit codes ---------------------------------------------------------------------

@@ -13,15 +13,12 @@ Why our own: nibabel and SimpleITK check none of this before reading, and MONAI 
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import logging
 import os
 import re
 import sys
-import tempfile
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +105,29 @@ def _gzip_size_at_least(path: Path, needed: int) -> int:
     return total
 
 
+def _stream_size_at_least(path: Path, offset: int, needed: int) -> int:
+    """Bytes a zlib or gzip stream starting at ``offset`` decompresses to, counted up to ``needed``
+    (corrupt data count as the end). For MetaImage ``CompressedData`` and NRRD ``gzip`` encoding: ITK
+    prints "Uncompress failed" for a damaged stream and returns an image of zeros, without raising."""
+    inflater = zlib.decompressobj(wbits=47)  # zlib or gzip header, detected
+    total = 0
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            while total < needed:
+                chunk = handle.read(_CHUNK)
+                if not chunk:
+                    break
+                total += len(inflater.decompress(chunk, needed - total + 1))
+                while inflater.unconsumed_tail and total < needed:
+                    total += len(inflater.decompress(inflater.unconsumed_tail, needed - total + 1))
+                if inflater.eof:
+                    break
+    except zlib.error:
+        pass
+    return min(total, needed)
+
+
 def available_memory() -> int | None:
     """MemAvailable in bytes (Linux ``/proc/meminfo``), or None where it cannot be read."""
     try:
@@ -179,7 +199,7 @@ def _text_header(path: Path, *, limit: int = 65536) -> tuple[dict[str, str], int
     return fields, min(offset, len(head))
 
 
-def check_header(path: str | os.PathLike[str]) -> None:
+def check_header(path: str | os.PathLike[str], *, allow_external_data: bool = False) -> None:
     """Everything checked from an image file's header before its voxels are read.
 
     :func:`check_declared_size`, and for NIfTI :func:`nifti_geometry_note`; the NIfTI header is read
@@ -190,7 +210,7 @@ def check_header(path: str | os.PathLike[str]) -> None:
     """
     path = Path(path)
     if not path.name.lower().endswith((".nii", ".nii.gz")):
-        check_declared_size(path)
+        check_declared_size(path, allow_external_data=allow_external_data)
         return
     try:
         header = raw_nifti_header(path)
@@ -200,9 +220,14 @@ def check_header(path: str | os.PathLike[str]) -> None:
     nifti_geometry_note(path, header)
 
 
-def check_declared_size(path: str | os.PathLike[str], *, nifti_header: Any = None) -> None:
+def check_declared_size(
+    path: str | os.PathLike[str], *, nifti_header: Any = None, allow_external_data: bool = False
+) -> None:
     """Refuse a file whose header declares more voxels than it holds, more than :data:`MAX_VOXELS`,
-    or more than the memory available can load.
+    or more than the memory available can load; and a detached header (MetaImage ``ElementDataFile``,
+    NRRD ``data file``) whose data file lies outside the header's folder (``../../elsewhere/scan.raw``,
+    an absolute path) unless ``allow_external_data``: a header is a few lines anyone can write, and
+    it would make voxpipe read, segment and score a file the user never named.
 
     NIfTI (``.nii``, ``.nii.gz``), NRRD/NHDR (raw or gzip data, attached or detached) and MetaImage
     (``.mha``/``.mhd``, raw or compressed). Compressed data are counted by decompressing only up to
@@ -229,6 +254,7 @@ def check_declared_size(path: str | os.PathLike[str], *, nifti_header: Any = Non
     if name.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
         fields, header_bytes = _text_header(path)
         nrrd = name.endswith((".nrrd", ".nhdr"))
+        _refuse_malformed_text_header(path, fields, nrrd=nrrd)
         try:
             if nrrd:
                 shape = tuple(int(v) for v in fields["sizes"].split())
@@ -250,6 +276,15 @@ def check_declared_size(path: str | os.PathLike[str], *, nifti_header: Any = Non
             return  # the reader reports a malformed header
         data_bytes = int(np.prod(shape, dtype=np.float64)) * itemsize
         _refuse_declared(path, shape, itemsize)
+        if data_file and not allow_external_data and data_file.upper() != "LIST":
+            named = data_file.split()[0]  # a "%03d.raw 1 10 1" pattern: its first word is the name
+            where = (path.parent / named).resolve()
+            if not where.is_relative_to(path.parent.resolve()):
+                raise InputError(
+                    f"{str(path)!r}: the header's data file {data_file!r} lies outside the header's folder "
+                    f"({str(where)!r}); expected the data beside the header",
+                    hint="move the data file next to the header, or allow external data files explicitly",
+                )
         if data_file and (data_file.upper() == "LIST" or "%" in data_file or " " in data_file.strip()):
             return  # several data files: left to the reader
         source = (path.parent / data_file) if data_file else path
@@ -259,8 +294,53 @@ def check_declared_size(path: str | os.PathLike[str], *, nifti_header: Any = Non
             )
         offset = 0 if data_file else header_bytes
         if compressed:
-            return  # the maximum was checked; the reader checks the compressed stream itself
+            encoding = fields.get("encoding", "gzip").lower() if nrrd else "zlib"
+            if encoding in ("gzip", "gz", "zlib"):  # ITK does not raise on a damaged stream: count it here
+                holds = _stream_size_at_least(source, offset, data_bytes)
+                _refuse_short(path, shape, itemsize, holds, data_bytes)
+            return
         _refuse_short(path, shape, itemsize, source.stat().st_size - offset, data_bytes)
+
+
+def _refuse_malformed_text_header(path: Path, fields: dict[str, str], *, nrrd: bool) -> None:
+    """The fields ITK's NRRD and MetaImage readers need, checked here with a one-line message (ITK prints
+    its own complaint to the process's stderr before raising, which voxpipe would have to capture).
+
+    Raises:
+        InputError: a missing or malformed dimension, size or element type.
+    """
+    ndims_key, sizes_key, type_key = (
+        ("dimension", "sizes", "type") if nrrd else ("ndims", "dimsize", "elementtype")
+    )
+    types = _NRRD_TYPES if nrrd else _ITK_TYPES
+    shown = {
+        "dimension": "dimension",
+        "sizes": "sizes",
+        "type": "type",
+        "ndims": "NDims",
+        "dimsize": "DimSize",
+    }
+    shown["elementtype"] = "ElementType"
+    for key in (ndims_key, sizes_key, type_key):
+        if key not in fields:
+            raise InputError(f"{str(path)!r}: the header has no {shown[key]} field; expected one")
+    try:
+        ndims = int(fields[ndims_key])
+        sizes = [int(v) for v in fields[sizes_key].split()]
+    except ValueError:
+        raise InputError(
+            f"{str(path)!r}: expected whole numbers in {shown[ndims_key]} and {shown[sizes_key]}, found "
+            f"{fields[ndims_key]!r} and {fields[sizes_key]!r}"
+        ) from None
+    if len(sizes) != ndims or any(n <= 0 for n in sizes):
+        raise InputError(
+            f"{str(path)!r}: {shown[sizes_key]} {fields[sizes_key]!r}: expected {ndims} positive sizes ({shown[ndims_key]} {ndims})"
+        )
+    kind = fields[type_key].lower() if nrrd else fields[type_key].upper()
+    if kind not in types:
+        raise InputError(
+            f"{str(path)!r}: {shown[type_key]} {fields[type_key]!r}: expected one of {', '.join(sorted(types))}"
+        )
 
 
 def check_affine(path: str | os.PathLike[str], affine: np.ndarray) -> None:
@@ -306,7 +386,8 @@ def raw_nifti_header(path: str | os.PathLike[str]) -> Any:
 
 
 def nifti_geometry_note(path: str | os.PathLike[str], header: Any = None) -> None:
-    """Refuse or explain the geometry of a NIfTI file that has neither a qform nor an sform.
+    """Refuse a NIfTI whose qform and sform disagree; refuse or explain the geometry of one that has
+    neither a qform nor an sform.
 
     nibabel then falls back to the pixdim scaling with the origin at the volume centre; with a zero
     pixdim it also sets that spacing to 1 mm with a warning that names no file. Refuse that case
@@ -320,6 +401,8 @@ def nifti_geometry_note(path: str | os.PathLike[str], header: Any = None) -> Non
             header = raw_nifti_header(path)
         except Exception:
             return  # the reader reports an unreadable header
+    if int(header["qform_code"]) > 0 and int(header["sform_code"]) > 0:
+        _refuse_disagreeing_forms(path, header)
     if int(header["qform_code"]) or int(header["sform_code"]):
         return
     zooms = [float(v) for v in np.asarray(header["pixdim"][1:4], dtype=float)]
@@ -336,6 +419,39 @@ def nifti_geometry_note(path: str | os.PathLike[str], header: Any = None) -> Non
     )
 
 
+FORM_DIRECTION_TOL = 1e-2  # direction cosines: 0.6°, far above the quaternion's float32 rounding
+FORM_ORIGIN_TOL_MM = 1.0
+FORM_SPACING_REL_TOL = 1e-2
+
+
+def _refuse_disagreeing_forms(path: str | os.PathLike[str], header: Any) -> None:
+    """A NIfTI whose qform and sform (both set) place the voxels differently is refused.
+
+    nibabel (and MONAI's NibabelReader) use the sform, ITK (SimpleITK, MONAI's ITKReader) may use the
+    qform: the same file would be segmented in one place and scored or exported in another.
+
+    Raises:
+        GeometryError: the two forms differ in direction, spacing or origin beyond the tolerances above.
+    """
+    qform = np.asarray(header.get_qform(), dtype=float)
+    sform = np.asarray(header.get_sform(), dtype=float)
+    if not (np.isfinite(qform).all() and np.isfinite(sform).all()):
+        return  # check_affine reports non-finite geometry
+    q_spacing, s_spacing = np.linalg.norm(qform[:3, :3], axis=0), np.linalg.norm(sform[:3, :3], axis=0)
+    if not ((q_spacing > 0).all() and (s_spacing > 0).all()):
+        return
+    angle = float(np.abs(qform[:3, :3] / q_spacing - sform[:3, :3] / s_spacing).max())
+    shift = float(np.linalg.norm(qform[:3, 3] - sform[:3, 3]))
+    scale = float(np.abs(q_spacing / s_spacing - 1).max())
+    if angle > FORM_DIRECTION_TOL or shift > FORM_ORIGIN_TOL_MM or scale > FORM_SPACING_REL_TOL:
+        raise GeometryError(
+            f"{str(path)!r}: the qform and sform disagree (direction cosines differ by up to {angle:.3g}, origins "
+            f"by {shift:.3g} mm, spacings by {100 * scale:.3g} %); expected one geometry: readers differ in which "
+            "they use, so the image would land in different places",
+            hint="fix the header: set the code of the wrong form to 0 (e.g. nibabel's set_qform(None) or set_sform(None))",
+        )
+
+
 def itk_reason(error: BaseException) -> str:
     """The one line of reason in an ITK exception (``ITK ERROR: ImageFileReader(0x..): <reason>``)."""
     text = str(error)
@@ -344,35 +460,28 @@ def itk_reason(error: BaseException) -> str:
     return " ".join(reason.split())[:300]
 
 
-@contextlib.contextmanager
-def native_output_captured(lines: list[str]) -> Iterator[None]:
-    """Collect what C++ code (ITK's MetaIO, NRRD IO) writes to the process's stdout/stderr into ``lines``.
+def native_messages(
+    path: str | os.PathLike[str], *, header_only: bool = False, timeout: float = 60.0
+) -> list[str]:
+    """What ITK's C++ readers print about ``path`` when reading it fails, from a reading in a child process.
 
-    Those libraries print their parse errors straight to file descriptors 1 and 2, around Python's
-    own streams; the caller folds the first line into its one-line error instead.
+    ITK's MetaIO and NRRD IO print their parse errors straight to file descriptors 1 and 2. Capturing
+    them in this process would mean redirecting those descriptors for every thread (the prefetch
+    thread, ``voxpipe serve``'s workers): their log lines would vanish or become this file's reason.
+    So only after a read has failed, the file is read again in a child whose output is captured.
     """
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    import subprocess
+
+    action = "r.ReadImageInformation()" if header_only else "r.Execute()"
+    code = f"import sys, SimpleITK as s; r = s.ImageFileReader(); r.SetFileName(sys.argv[1]); {action}"
     try:
-        saved = [os.dup(1), os.dup(2)]
-    except OSError:  # no real descriptors (an embedded interpreter): nothing to capture
-        yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            lines.extend(
-                line.strip() for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip()
-            )
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=timeout
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    lines = [line.strip() for line in (done.stdout + "\n" + done.stderr).splitlines() if line.strip()]
+    return [line for line in lines if not line.startswith(("Traceback", "File ", "RuntimeError", "^"))]
 
 
 def with_native_reason(reason: str, lines: list[str]) -> str:

@@ -46,7 +46,7 @@ from voxpipe.transforms.headers import (
     check_affine,
     check_header,
     itk_reason,
-    native_output_captured,
+    native_messages,
     with_native_reason,
 )
 
@@ -107,6 +107,7 @@ def load_volume(
     series_uid: str | None = None,
     finite: bool = True,
     channels: bool = False,
+    allow_external_data: bool = False,
 ) -> Volume:
     """Load a NIfTI, NRRD/NHDR or MHA/MHD file, or a DICOM series folder, as :class:`Volume`.
 
@@ -121,6 +122,8 @@ def load_volume(
         channels: accept a 4D NIfTI image (x, y, z, c): the MSD stores multi-contrast MRI that way
             (Task01 BrainTumour, Task05 Prostate); its array is returned channel-first ``(C, X, Y, Z)``.
             A 3D image stays ``(X, Y, Z)``.
+        allow_external_data: read a detached header (MHD/NHDR) whose data file lies outside its folder
+            (refused by default: :func:`voxpipe.transforms.headers.check_declared_size`).
 
     Raises:
         InputError: the file is missing, has an unknown suffix, a header that declares more data than
@@ -141,16 +144,14 @@ def load_volume(
         raise InputError(
             f"{str(path)!r}: unknown image format; expected one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder"
         )
-    check_header(path)  # from the header alone, before anything is allocated
-    native: list[str] = []
+    check_header(path, allow_external_data=allow_external_data)  # from the header alone, before allocating
     try:
         if suffix in (".nii.gz", ".nii"):
             with _quiet_nibabel():
                 image = nib.load(str(path))
                 array, affine = np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=float)
         else:
-            with native_output_captured(native):
-                image = sitk.ReadImage(str(path))
+            image = sitk.ReadImage(str(path))
             if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
                 raise InputError(
                     f"{str(path)!r}: expected a 3D single-component image, found {image.GetDimension()}D with "
@@ -162,6 +163,7 @@ def load_volume(
     except MemoryError as error:
         raise InputError(f"{str(path)!r}: not enough memory to load it ({_declared_shape(path)})") from error
     except Exception as error:  # the readers raise many unrelated types for corrupt files
+        native = native_messages(path) if suffix not in (".nii.gz", ".nii") else []
         raise InputError(
             f"{str(path)!r}: could not be read as {suffix} ({with_native_reason(itk_reason(error), native)})"
         ) from error
@@ -575,7 +577,6 @@ def read_geometry(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.nda
     if not path.is_file():
         raise InputError(f"{str(path)!r}: expected an image file or DICOM folder, found nothing at that path")
     check_header(path)
-    native: list[str] = []
     try:
         if volume_suffix(path) in (".nii.gz", ".nii"):
             with _quiet_nibabel():
@@ -584,12 +585,14 @@ def read_geometry(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.nda
         else:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
-            with native_output_captured(native):
-                reader.ReadImageInformation()
+            reader.ReadImageInformation()
             shape, affine = tuple(int(n) for n in reader.GetSize()[:3]), sitk_affine(reader)
     except InputError:
         raise
     except Exception as error:  # nibabel and SimpleITK raise many unrelated types for bad headers
+        native = (
+            native_messages(path, header_only=True) if volume_suffix(path) not in (".nii.gz", ".nii") else []
+        )
         raise InputError(
             f"{str(path)!r}: could not read the image header ({with_native_reason(itk_reason(error), native)})"
         ) from error
