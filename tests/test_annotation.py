@@ -337,6 +337,19 @@ def test_dicom_inputs_get_a_dicom_seg_and_a_dicom_seg_correction_is_ingested(
     result = ingest(work, corrected)
     assert result["summary"]["cases_accepted_unchanged"] == 1 and {r["dice"] for r in result["rows"]} == {1.0}
 
+    # Promise: a SEG that references another series on the same grid is refused, naming the file.
+    import pydicom
+
+    from voxpipe.pipelines.annotation.ingest import IngestFailed
+
+    seg = pydicom.dcmread(corrected / "series_a.dcm")
+    seg.ReferencedSeriesSequence[0].SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.999"
+    seg.save_as(corrected / "series_a.dcm")
+    with pytest.raises(
+        IngestFailed, match=r"series_a.dcm'.*references series .*999.*expected the case's series"
+    ):
+        ingest(work, corrected)
+
 
 @pytest.mark.slow
 def test_a_simulated_round_of_active_learning_raises_dice_on_the_remaining_cases(liver_bundle, tmp_path):

@@ -41,6 +41,7 @@ class SegFrames:
     pixel_spacing: tuple[float, float]  # (between rows, between columns) mm
     slice_spacing: float | None
     labels: dict[int, str]
+    referenced_series: tuple[str, ...] = ()  # SeriesInstanceUIDs of ReferencedSeriesSequence
 
 
 def is_dicom_seg(path: str | os.PathLike[str]) -> bool:
@@ -122,6 +123,7 @@ def read_seg(path: str | os.PathLike[str]) -> SegFrames:
         (float(spacing[0][0]), float(spacing[0][1])) if len(spacing) else (1.0, 1.0),
         float(between) if between else None,
         labels,
+        tuple(str(item.get("SeriesInstanceUID", "")) for item in ds.get("ReferencedSeriesSequence", [])),
     )
 
 

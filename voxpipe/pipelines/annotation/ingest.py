@@ -57,12 +57,22 @@ def _find_correction(folder: Path, case: str) -> Path | None:
 
 
 def read_correction(
-    path: Path, *, names: Mapping[int, str], shape: tuple[int, ...], affine: np.ndarray
+    path: Path,
+    *,
+    names: Mapping[int, str],
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    series_uid: str | None = None,
 ) -> np.ndarray:
     """A correction file as a label map of the bundle's values on the image grid (``shape``, ``affine``).
 
+    A DICOM-SEG must reference ``series_uid`` (the DICOM series the case was pre-labelled from, when
+    it was one): a SEG of another series on the same grid (a second reconstruction, another study)
+    would otherwise be ingested as this case's truth.
+
     Raises:
-        InputError: unreadable, a segment name or label value the bundle does not have, or another grid.
+        InputError: unreadable, a segment name or label value the bundle does not have, another grid,
+            or a DICOM-SEG that references another series.
     """
     from voxpipe.transforms.dicom_seg import is_dicom_seg, read_seg, seg_to_label_map
     from voxpipe.transforms.io import place_on_grid
@@ -108,6 +118,12 @@ def read_correction(
                 f"{str(path)!r}: expected a DICOM-SEG (Modality SEG), found another DICOM object or no DICOM"
             )
         seg = read_seg(path)
+        if series_uid is not None and series_uid not in seg.referenced_series:
+            raise InputError(
+                f"{str(path)!r}: the DICOM-SEG references series {list(seg.referenced_series) or 'none'}; "
+                f"expected the case's series {series_uid!r}",
+                hint="export the segmentation from the series that was pre-labelled",
+            )
         return remap(seg_to_label_map(seg, shape, affine), seg.labels)
     volume = load_volume(path, label=True)
     unknown = sorted(int(v) for v in np.unique(volume.array) if v and int(v) not in names)
@@ -201,7 +217,13 @@ def ingest(workdir: str | os.PathLike[str], corrected_dir: str | os.PathLike[str
         prelabel_file = root / entry["label"]
         try:
             original = load_volume(prelabel_file, label=True)
-            final = read_correction(path, names=names, shape=original.array.shape, affine=original.affine)
+            final = read_correction(
+                path,
+                names=names,
+                shape=original.array.shape,
+                affine=original.affine,
+                series_uid=_series_uid(entry.get("image")),
+            )
         except InputError as error:
             failures[case] = str(error).splitlines()[0]
             logger.error("%s: not ingested (%s)", path, failures[case])
@@ -250,6 +272,19 @@ def ingest(workdir: str | os.PathLike[str], corrected_dir: str | os.PathLike[str
             failures=failures,
         )
     return result
+
+
+def _series_uid(image: str | None) -> str | None:
+    """The SeriesInstanceUID a case was pre-labelled from, when its image is a DICOM folder (the series
+    voxpipe loads from it: the one with most slices); None for image files."""
+    if not image or not Path(image).is_dir():
+        return None
+    from voxpipe.transforms.dicom import choose_series, discover_series
+
+    try:
+        return choose_series(discover_series(image), folder=image).uid
+    except InputError:
+        return None  # the image is gone or changed: the grid check still applies
 
 
 def _lesion_labels(inference_config: Path, names: Mapping[int, str]) -> set[int]:
