@@ -127,3 +127,22 @@ def test_fingerprint_drives_window_and_spacing(tiny_liver_dataset):
     assert target_spacing(np.array([[0.8, 0.8, 5.0], [0.7, 0.7, 2.5], [0.9, 0.9, 5.0]])) == [0.8, 0.8, 3.0]
     with pytest.raises(InputError, match="'auto' with a fingerprint"):
         preprocessing("ct_liver", spacing="auto")
+
+
+def test_promise_fingerprint_refuses_a_case_with_another_channel_count(tiny_liver_dataset, tmp_path):
+    """A 2-channel image in a 1-channel (CT) dataset is named, not averaged into channel 0's statistics."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import nibabel as nib
+
+    copy = Path(shutil.copytree(tiny_liver_dataset, tmp_path / "copy"))
+    first = json.loads((copy / "dataset.json").read_text())["training"][1]["image"]
+    image = nib.load(copy / first)
+    data = np.asarray(image.dataobj)
+    nib.save(nib.Nifti1Image(np.stack([data, data], axis=-1), image.affine), copy / first)
+    with pytest.raises(
+        InputError, match=rf"{Path(first).name}'?: 2 channel\(s\); expected 1 as in dataset.json"
+    ):
+        compute_fingerprint(copy)

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.data.datalists import load_datalist
+from voxpipe.pipelines.data.datalists import dataset_modality, load_datalist
 from voxpipe.transforms.io import load_channels, load_volume, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ def compute_fingerprint(
     entries = [e for e in load_datalist(source) if e.get("label") and e.get("image")]
     if not entries:
         raise InputError(f"{str(source)!r}: expected labelled cases for a fingerprint, found none")
+    declared = _declared_channels(source)
+    expected_channels = len(declared) if declared else None
     rng = np.random.default_rng(seed)
     spacings, shapes = [], []
     samples: dict[int, list[np.ndarray]] = {}
@@ -54,6 +56,14 @@ def compute_fingerprint(
             paths
         )  # (C, X, Y, Z) for several channels (4D NIfTI or one file each), else (X, Y, Z)
         channels = np.asarray(image.array) if image.array.ndim == 4 else np.asarray(image.array)[None]
+        if expected_channels is None:
+            expected_channels = len(channels)  # no dataset.json: the first case sets the count
+        if len(channels) != expected_channels:
+            source_of = "dataset.json" if declared else f"the first case {entries[0].get('case', '')!r}"
+            raise InputError(
+                f"{paths[0]!r}: {len(channels)} channel(s); expected {expected_channels} as in {source_of}"
+                + (f" ({', '.join(declared)})" if declared else "")
+            )
         label = load_volume(entry["label"], label=True)
         spacings.append(image.spacing)
         shapes.append(channels.shape[1:])
@@ -95,6 +105,17 @@ def compute_fingerprint(
     if len(per_channel) > 1:
         result["foreground_intensity_per_channel"] = per_channel
     return result
+
+
+def _declared_channels(source: str | os.PathLike[str]) -> list[str]:
+    """The channels a dataset.json declares (MSD ``modality``, nnU-Net ``channel_names``); [] without one."""
+    manifest = Path(source) / "dataset.json" if Path(source).is_dir() else Path(source)
+    if manifest.name != "dataset.json" or not manifest.is_file():
+        return []
+    try:
+        return dataset_modality(json.loads(manifest.read_text()))
+    except (OSError, ValueError):
+        return []  # load_datalist reports an unreadable dataset.json
 
 
 def _intensity(values: np.ndarray) -> dict[str, float]:
