@@ -471,6 +471,37 @@ def test_a_broken_scan_fails_alone_and_the_others_are_written(trained, tmp_path)
     assert rows and {r["seriesuid"] for r in rows} == {uid}
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"base_anchor_shapes": [[4, 4], [8, 8, 8]]}',
+        '{"base_anchor_shapes": "big"}',
+        '{"shapes": []}',
+        "{nope",
+    ],
+)
+def test_promise_a_broken_anchors_file_is_named_not_the_config(trained, tmp_path, text):
+    import shutil
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(trained["run"] / "models" / "model.pt", models / "model.pt")
+    (models / "anchors.json").write_text(text)
+    uid = (trained["data"] / "seriesuids.csv").read_text().split()[0]
+    with pytest.raises(InputError) as error:
+        from voxpipe.pipelines.inference.detect import detect_with_bundle
+
+        detect_with_bundle(
+            BUNDLE,
+            [trained["data"] / "images" / f"{uid}.mha"],
+            output_dir=tmp_path / "out",
+            weights=models / "model.pt",
+            overrides={"network_def#block_inplanes": [8, 16, 16, 32], "network_def#fpn_channels": 32},
+        )
+    assert str(error.value).startswith(repr(str(models / "anchors.json"))), str(error.value)
+    assert "inference.yaml" not in str(error.value).splitlines()[0]
+
+
 def test_datalist_reads_box_files_in_any_space(tmp_path):
     """Box files in voxel, world RAS and world LPS give the same world LPS boxes as their LUNA16 rows would."""
     from voxpipe.transforms.boxes import world_boxes_to_voxel, write_boxes_json

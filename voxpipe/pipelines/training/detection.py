@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -268,11 +269,11 @@ def read_anchors(*, checkpoint: str | os.PathLike[str], fallback: Any = None) ->
     if path.is_file():
         try:
             shapes = json.loads(path.read_text())["base_anchor_shapes"]
-        except (ValueError, KeyError, TypeError) as error:
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
             raise InputError(
-                f"{str(path)!r}: expected JSON with 'base_anchor_shapes', found {error}"
+                f"{str(path)!r}: expected JSON with 'base_anchor_shapes', found {type(error).__name__}: {error}"
             ) from None
-        return [[float(v) for v in shape] for shape in shapes]
+        return _anchor_shapes(shapes, path)
     if isinstance(fallback, (list, tuple)) and fallback:
         return [[float(v) for v in shape] for shape in fallback]
     raise InputError(
@@ -280,6 +281,30 @@ def read_anchors(*, checkpoint: str | os.PathLike[str], fallback: Any = None) ->
         "beside models/model.pt), found no file",
         hint="copy anchors.json next to the weights, or set base_anchor_shapes",
     )
+
+
+def _anchor_shapes(shapes: Any, path: Path) -> list[list[float]]:
+    """``base_anchor_shapes`` checked: a non-empty list of (x, y, z) sizes in voxels, each positive and finite.
+
+    Raises:
+        InputError: anything else, naming the file (not the config that read it).
+    """
+    problem = None
+    if not isinstance(shapes, list) or not shapes:
+        problem = f"found {shapes!r}"
+    else:
+        for shape in shapes:
+            ok = isinstance(shape, list) and len(shape) == 3
+            ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in shape)
+            if not ok or not all(math.isfinite(v) and v > 0 for v in shape):
+                problem = f"found the entry {shape!r}"
+                break
+    if problem:
+        raise InputError(
+            f"{str(path)!r}: base_anchor_shapes: expected a list of [x, y, z] anchor sizes in voxels (positive "
+            f"numbers), {problem}"
+        )
+    return [[float(v) for v in shape] for shape in shapes]
 
 
 def _items(batch: Any) -> list[dict[str, Any]]:
