@@ -225,6 +225,32 @@ def test_prelabel_ranks_the_doubtful_case_first_and_writes_a_worklist(
         prelabel(liver_bundle, [folder], tmp_path / "w5", weights=oracle_weights, strategy="greedy")
 
 
+def test_promise_a_scan_the_model_cannot_read_is_ranked_first_and_says_why(
+    liver_bundle, oracle_weights, cases, tmp_path
+):
+    """A scan stored with a wrong rescale (every HU + 3000): the model confidently finds nothing, so its
+    entropy is lowest and entropy alone ranks it last; the out-of-distribution check puts it first."""
+    import shutil
+
+    folder, _ = cases
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    phantom = liver_phantom(45, size="tiny")
+    write_volume(
+        (label_image(phantom.label) + 3000).astype(np.int16), phantom.affine, mixed / "case_shifted.nii.gz"
+    )
+    rows = prelabel(
+        liver_bundle, [mixed], tmp_path / "work", weights=oracle_weights, overrides=SOFT_ORACLE, tta=False
+    )
+    assert rows[0]["case"] == "case_shifted" and rows[0]["ood"]
+    assert "intensity histogram" in rows[0]["ood_reason"] and "no liver predicted" in rows[0]["ood_reason"]
+    by_entropy = sorted(rows, key=lambda r: -r["mean_entropy"])
+    assert by_entropy[-1]["case"] == "case_shifted"  # the old ranking would have put it last
+    assert not any(r["ood"] for r in rows if r["case"].startswith("case_") and r["case"][5:].isdigit())
+    page = (tmp_path / "work" / "worklist.html").read_text()
+    assert "out of distribution against the median of these 6 cases" in page
+
+
 def test_ingest_measures_the_edit_and_names_refused_files(liver_bundle, oracle_weights, cases, tmp_path):
     folder, phantoms = cases
     work = tmp_path / "work"

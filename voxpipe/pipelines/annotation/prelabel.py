@@ -14,7 +14,7 @@ Layout of ``WORKDIR``::
     prelabel/<case>.seg.nrrd     the same as a Slicer segmentation (named, coloured segments)
     prelabel/<case>.dcm          DICOM-SEG, for DICOM series inputs
     thumbnails/<case>.png        the most uncertain slice: image + pre-label contour, entropy map
-    worklist.csv, worklist.html  cases in review order, with their uncertainty
+    worklist.csv, worklist.html  cases in review order: out-of-distribution scans first (with why), then by uncertainty
     labels/original, labels/final   filled by ``voxpipe annotate ingest``
 """
 
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from voxpipe.errors import InputError
+from voxpipe.pipelines.annotation.outliers import flag_outliers, intensity_signature, load_fingerprint
 from voxpipe.pipelines.annotation.uncertainty import case_uncertainty
 from voxpipe.transforms.io import case_id, load_volume, write_text_atomic
 
@@ -128,6 +129,7 @@ def prelabel(
         json.loads((out / "statistics.json").read_text()) if (out / "statistics.json").is_file() else {}
     )
     rows = []
+    signatures: dict[str, dict[str, Any]] = {}
     for image in (p for p in todo if str(p) not in failures):
         case = case_id(image)
         label_file = out / f"{case}.nii.gz"
@@ -138,7 +140,15 @@ def prelabel(
             figures = case_uncertainty(stored["probabilities"])
         if not keep_probabilities:
             probabilities_file.unlink()
-        thumbnail = _thumbnail(image, label.array, label.affine, figures, root / "thumbnails" / f"{case}.png")
+        try:
+            volume = load_volume(image).array
+        except InputError:
+            volume = None
+        if volume is not None and volume.ndim == 3:
+            signatures[case] = intensity_signature(volume, label.array > 0)
+        thumbnail = _thumbnail(
+            image, label.array, label.affine, figures, root / "thumbnails" / f"{case}.png", volume=volume
+        )
         row = {
             "case": case,
             "image": str(image.resolve()),
@@ -151,6 +161,16 @@ def prelabel(
         for name, fields in statistics.get(case, {}).items():
             row[f"{name}_ml"] = round(float(fields.get("volume_ml", 0.0)), 3)
         rows.append(row)
+    volumes = {
+        case: {name: float(fields.get("volume_ml", 0.0)) for name, fields in per_case.items()}
+        for case, per_case in statistics.items()
+    }
+    checked = [r for r in rows if r["case"] in signatures]
+    reference = flag_outliers(checked, signatures, volumes, names=names, fingerprint=load_fingerprint(bundle))
+    for row in rows:
+        row.setdefault("ood", False)
+        row.setdefault("ood_score", 0.0)
+        row.setdefault("ood_reason", "" if row["case"] in signatures else "image not readable for the check")
     rows = _ranked(rows, strategy, seed)
     manifest_path = root / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"round": 0, "cases": {}}
@@ -174,7 +194,14 @@ def prelabel(
         }
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     _write_worklist(
-        root, rows, strategy=strategy, done=sorted(done), failures=failures, round_=manifest["round"], tta=tta
+        root,
+        rows,
+        strategy=strategy,
+        done=sorted(done),
+        failures=failures,
+        round_=manifest["round"],
+        tta=tta,
+        reference=reference,
     )
     if failures:
         listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures.items())
@@ -188,9 +215,19 @@ def prelabel(
 
 
 def _ranked(rows: list[dict[str, Any]], strategy: str, seed: int) -> list[dict[str, Any]]:
-    """Review order: most uncertain first (ties by case id), a seeded shuffle, or input order."""
-    if strategy == "uncertainty":
-        rows = sorted(rows, key=lambda r: (-r["mean_entropy"], -r["uncertain_fraction"], r["case"]))
+    """Review order: out-of-distribution scans first (highest score first), then most uncertain (ties by
+    case id); or a seeded shuffle, or input order."""
+    if strategy == "uncertainty":  # scans the model probably cannot read first (outliers), then the unsure
+        rows = sorted(
+            rows,
+            key=lambda r: (
+                not r["ood"],
+                -r["ood_score"],
+                -r["mean_entropy"],
+                -r["uncertain_fraction"],
+                r["case"],
+            ),
+        )
     elif strategy == "random":
         rows = list(rows)
         random.Random(seed).shuffle(rows)
@@ -200,7 +237,13 @@ def _ranked(rows: list[dict[str, Any]], strategy: str, seed: int) -> list[dict[s
 
 
 def _thumbnail(
-    image: Path, label: np.ndarray, affine: np.ndarray, figures: dict[str, Any], path: Path
+    image: Path,
+    label: np.ndarray,
+    affine: np.ndarray,
+    figures: dict[str, Any],
+    path: Path,
+    *,
+    volume: np.ndarray | None = None,
 ) -> Path:
     """Two panels of the most uncertain axial slice, in radiological convention (patient's right on the left,
     anterior up): the image (CT window) with the pre-label's contours, and the entropy. Sets
@@ -220,11 +263,16 @@ def _thumbnail(
     per_slice = (entropy_ras * (region | (entropy_ras > 0.1))).sum(axis=(0, 1))
     z = int(per_slice.argmax())
     figures["worst_slice"] = z
-    try:
-        volume = load_volume(image).array
-        plane = np.asarray(to_ras(volume)[:, :, z], dtype=np.float32) if volume.shape == label.shape else None
-    except InputError:
-        plane = None
+    if volume is None:
+        try:
+            volume = load_volume(image).array
+        except InputError:
+            volume = None
+    plane = (
+        np.asarray(to_ras(volume)[:, :, z], dtype=np.float32)
+        if volume is not None and volume.shape == label.shape
+        else None
+    )
 
     def view(a):  # rows: anterior at the top; columns: patient's right on the left
         return np.flipud(np.asarray(a).T)[:, ::-1]
@@ -259,6 +307,7 @@ def _write_worklist(
     failures: Mapping[str, str],
     round_: int,
     tta: bool = True,
+    reference: str = "",
 ) -> None:
     from voxpipe.pipelines.training.handlers import rows_to_csv
 
@@ -271,6 +320,7 @@ def _write_worklist(
         body.append(
             f"<tr><td>{row['rank']}</td><td><b>{html.escape(row['case'])}</b><br><small>{html.escape(row['image'])}</small></td>"
             f"<td>{row['mean_entropy']:.3f}</td><td>{100 * row['uncertain_fraction']:.1f}%</td>{volumes}"
+            f"<td>{'<b>yes</b>: ' + html.escape(row['ood_reason']) if row.get('ood') else 'no'}</td>"
             f'<td><a href="{html.escape(row["prelabel"])}">{html.escape(Path(row["prelabel"]).name)}</a></td>'
             f'<td><img src="{html.escape(row["thumbnail"])}" alt="slice {row["worst_slice"]}"></td></tr>'
         )
@@ -285,7 +335,9 @@ def _write_worklist(
         )
     source = "flip-TTA probabilities" if tta else "probabilities (no TTA)"
     order = {
-        "uncertainty": f"most uncertain first (mean normalised entropy of the {source} inside the possible foreground)",
+        "uncertainty": "scans the model probably cannot read first (out of distribution against "
+        f"{reference or 'no reference'}: intensities, predicted volumes), then most uncertain (mean normalised "
+        f"entropy of the {source} inside the possible foreground)",
         "random": "seeded random order",
         "first": "input order",
     }[strategy]
@@ -297,7 +349,7 @@ vertical-align:middle;font-size:14px}}th{{background:#f3f3f3}}small{{color:#777}
 correct the segments in Segment Editor, save as <code>&lt;case&gt;.seg.nrrd</code> (or NIfTI / DICOM-SEG) into one folder, then
 run <code>voxpipe annotate ingest</code>.</p>{extra}
 <table><tr><th>rank</th><th>case</th><th>mean entropy</th><th>uncertain</th>{"".join(f"<th>{html.escape(c[:-3])} (mL)</th>" for c in volume_columns)}
-<th>pre-label</th><th>most uncertain slice</th></tr>
+<th>out of distribution</th><th>pre-label</th><th>most uncertain slice</th></tr>
 {chr(10).join(body)}
 </table></body></html>
 """
