@@ -188,3 +188,22 @@ class OrthancServer:
                 self.process.wait(30)
             except Exception:
                 self.process.kill()
+
+
+def require(module: str):
+    """Import a reference library a test compares against (a dev dependency).
+
+    On a user's machine without it the test skips; under CI (``VOXPIPE_REQUIRE_REFERENCES=1``, set by
+    ``.ci/run``) its absence fails the test, so a broken dev install cannot pass silently.
+    """
+    import importlib
+    import os
+
+    import pytest
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        if os.environ.get("VOXPIPE_REQUIRE_REFERENCES") == "1":
+            pytest.fail(f"{module} is a dev dependency the tests need (pip install -e '.[dev]'): {error}")
+        pytest.skip(f"{module} is not installed ({error})", allow_module_level=True)

@@ -15,7 +15,7 @@ import nrrd
 import numpy as np
 import pytest
 import torch
-from helpers import OracleNet, label_image
+from helpers import OracleNet, label_image, require
 
 from voxpipe.errors import GeometryError, InputError
 from voxpipe.metrics import dice
@@ -59,7 +59,7 @@ def cases(tmp_path_factory):
 
 
 def test_seg_nrrd_carries_slicers_keys_and_reads_back_on_the_image_grid(tmp_path):
-    slicerio = pytest.importorskip("slicerio")
+    slicerio = require("slicerio")
     phantom = liver_phantom(5, size="tiny", orientation="LPS")
     path = write_slicer_seg(
         phantom.label,
@@ -93,7 +93,7 @@ def test_seg_nrrd_carries_slicers_keys_and_reads_back_on_the_image_grid(tmp_path
 
 
 def test_seg_nrrd_that_slicer_saved_cropped_and_layered_lands_on_the_grid(tmp_path):
-    slicerio = pytest.importorskip("slicerio")
+    slicerio = require("slicerio")
     phantom = liver_phantom(6, size="tiny")
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ phantom.affine
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(phantom.label))
@@ -421,7 +421,7 @@ def test_a_simulated_round_of_active_learning_raises_dice_on_the_remaining_cases
 
 
 def test_segmentations_saved_by_slicer_itself_are_read_as_slicer_reads_them():
-    slicerio = pytest.importorskip("slicerio")
+    slicerio = require("slicerio")
     path = slicerio.get_testdata_file("Segmentation.seg.nrrd")  # saved by 3D Slicer; shipped with slicerio
     theirs = slicerio.read_segmentation(path)
     mine = read_slicer_seg(path)

@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from helpers import OracleNet, OrthancServer, free_port, label_image, orthanc_binary
+from helpers import OracleNet, OrthancServer, free_port, label_image, orthanc_binary, require
 from pydicom.uid import generate_uid
 
 from voxpipe.errors import InputError
@@ -32,7 +32,7 @@ from voxpipe.pipelines.deploy.report import read_report_volumes
 from voxpipe.transforms.dicom import dicom_geometry
 from voxpipe.transforms.dicom_seg import read_seg, seg_to_label_map
 
-pynetdicom = pytest.importorskip("pynetdicom")
+pynetdicom = require("pynetdicom")
 
 ORACLE = {
     "network_def": {"_target_": "helpers.OracleNet"},

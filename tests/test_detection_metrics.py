@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import require
 from luna16_cases import SEEDS, VARIED_SEEDS, write_case, write_varied_case
 
 from voxpipe.errors import InputError
@@ -105,7 +106,7 @@ def test_bootstrap_gives_a_seeded_ci_around_the_cpm(tmp_path):
 
 
 def test_roc_curve_equals_scikit_learns():
-    metrics = pytest.importorskip("sklearn.metrics")
+    metrics = require("sklearn.metrics")
     rng = np.random.default_rng(0)
     for _ in range(20):
         truth = rng.integers(0, 2, size=int(rng.integers(3, 60)))

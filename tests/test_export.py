@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import SMALL
+from helpers import SMALL, require
 
 from voxpipe.cli import main
 from voxpipe.errors import VoxpipeError
@@ -22,7 +22,7 @@ def test_small_settings_cover_the_registry():
 
 @pytest.mark.parametrize("name", sorted(list_networks()))
 def test_every_network_exports_with_parity(tmp_path, name):
-    onnxruntime = pytest.importorskip("onnxruntime")
+    onnxruntime = require("onnxruntime")
     manifest = export_registered(
         name, output_dir=tmp_path, network_kwargs=SMALL[name], label_names=["a", "b", "c"]
     )

@@ -155,7 +155,7 @@ def test_air_windows_are_skipped_and_channels_last_changes_nothing_that_matters(
     assert all(p.is_contiguous() for p in net.parameters())  # the network is given back in its own layout
 
 
-def test_flip_tta_averages_the_flipped_passes_and_compile_is_optional(net):
+def test_flip_tta_averages_the_flipped_passes(net):
     image = torch.rand(1, 1, 40, 36, 20)
     with torch.no_grad():
         tta = FastSlidingWindowInferer([32, 32, 16], precision="fp32", crop_body=False, tta=True)

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import require
 
 from voxpipe.metrics import surface
 from voxpipe.metrics.classification import classification_summary, confusion_matrix, roc_auc, roc_auc_ovr
@@ -62,7 +63,7 @@ PAIRS = pairs()
 
 @pytest.fixture
 def surface_distance(monkeypatch):
-    module = pytest.importorskip("surface_distance")
+    module = require("surface_distance")
     monkeypatch.setattr(np, "Inf", np.inf, raising=False)  # the package predates NumPy 2
     return module
 
@@ -109,7 +110,7 @@ def test_empty_masks_follow_surface_distance(surface_distance):
 
 @pytest.mark.parametrize("name,pred,ref,spacing", PAIRS, ids=[p[0] for p in PAIRS])
 def test_medpy_definitions_equal_medpy(name, pred, ref, spacing):
-    binary = pytest.importorskip("medpy.metric.binary")
+    binary = require("medpy.metric.binary")
     d = surface.surface_distances(pred, ref, spacing, definition="medpy")
     assert surface.hausdorff(d) == pytest.approx(binary.hd(pred, ref, voxelspacing=spacing), abs=1e-6)
     assert surface.hausdorff(d, 95) == pytest.approx(binary.hd95(pred, ref, voxelspacing=spacing), abs=1e-6)
@@ -118,7 +119,7 @@ def test_medpy_definitions_equal_medpy(name, pred, ref, spacing):
 
 @pytest.mark.parametrize("name,pred,ref,spacing", PAIRS, ids=[p[0] for p in PAIRS])
 def test_overlap_metrics_equal_medpy(name, pred, ref, spacing):
-    binary = pytest.importorskip("medpy.metric.binary")
+    binary = require("medpy.metric.binary")
     c = confusion(pred, ref)
     assert dice(pred, ref) == pytest.approx(binary.dc(pred, ref))
     assert iou_from(c) == pytest.approx(binary.jc(pred, ref))
@@ -178,7 +179,7 @@ def test_lesion_detection_counts_matches():
 
 
 def test_classification_metrics_equal_scikit_learn():
-    metrics = pytest.importorskip("sklearn.metrics")
+    metrics = require("sklearn.metrics")
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 200)
     scores = np.round(y * 0.6 + rng.random(200), 1)  # rounded: many ties

@@ -91,7 +91,7 @@ def run_case(script: types.ModuleType, paths: dict[str, Path], out: Path) -> dic
     grid = np.linspace(script.FROC_minX, script.FROC_maxX, num=10001)
     curve = np.interp(grid, fps, sens)
     at, rate = [], 0.125
-    for fp, value in zip(grid, curve):  # the script's own reading loop, on its own curve
+    for fp, value in zip(grid, curve, strict=True):  # the script's own reading loop, on its own curve
         if abs(fp - rate) < 3e-4:
             at.append(float(value))
             rate *= 2
