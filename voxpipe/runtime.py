@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import Any
 
 import torch
 
@@ -29,3 +31,19 @@ def select_device(preference: str = "auto") -> torch.device:
     if preference == "cpu":
         return torch.device("cpu")
     raise InputError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', found {preference!r}")
+
+
+def optional_module(name: str, *, extra: str, feature: str) -> Any:
+    """Import ``name``, a dependency of an optional feature; a missing one is the user's to install.
+
+    Raises:
+        InputError: ``name`` is not installed; the message names the feature and the extra that brings
+            it (``pip install 'voxpipe[serve]'``). Exit code 2 in the CLI.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise InputError(
+            f"{feature} needs the package {name.split('.')[0]!r}, which is not installed ({error})",
+            hint=f"pip install 'voxpipe[{extra}]'",
+        ) from None

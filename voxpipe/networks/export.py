@@ -100,7 +100,7 @@ def _onnx_runner(path: Path) -> tuple[Any, str]:
     try:
         import onnxruntime
     except ImportError:
-        return None, "onnx.checker only (pip install onnxruntime to run the parity check)"
+        return None, "onnx.checker only (pip install 'voxpipe[export]' to run the parity check)"
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # a shape the export cannot take is reported by the caller, not logged
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -137,7 +137,7 @@ def _export_one(
                 import onnx
             except ImportError as error:
                 raise InputError(
-                    "--format onnx: the onnx package is not installed", hint="pip install onnx onnxruntime"
+                    "--format onnx: the onnx package is not installed", hint="pip install 'voxpipe[export]'"
                 ) from error
             dynamic = {0: "batch"} if second is None else {0: "batch", 2: "x", 3: "y", 4: "z"}
             torch.onnx.export(

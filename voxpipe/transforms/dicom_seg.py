@@ -265,10 +265,12 @@ def write_dicom_seg(
         GeometryError: the label is not on the series' grid, or the series was resampled on loading
             (gantry tilt, non-uniform spacing), so its voxels are not the source slices' pixels.
     """
-    import highdicom as hd
     from pydicom.sr.codedict import codes
 
     from voxpipe import __version__
+    from voxpipe.runtime import optional_module
+
+    hd = optional_module("highdicom", extra="dicom", feature="writing DICOM-SEG")
     from voxpipe.transforms.dicom import choose_series, discover_series, series_geometry
     from voxpipe.transforms.io import atomic_path
 

@@ -17,6 +17,7 @@ from typing import Any
 import pydicom
 
 from voxpipe.pipelines.deploy.jobs import JobStore, is_uid
+from voxpipe.runtime import optional_module
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ class DicomwebPoller:
     def __init__(
         self, url: str, store: JobStore, *, modality: str | None, settle: float, timeout: float = 60.0
     ) -> None:
-        from dicomweb_client.api import DICOMwebClient
-
+        DICOMwebClient = optional_module(
+            "dicomweb_client.api", extra="serve", feature="voxpipe serve --dicomweb"
+        ).DICOMwebClient
         self.url = url.rstrip("/")
         self.client = DICOMwebClient(self.url, timeout=timeout)
         self.store = store

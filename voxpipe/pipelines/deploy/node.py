@@ -202,6 +202,11 @@ class DicomNode:
         retry: float = 30.0,
     ) -> None:
         from voxpipe.pipelines.inference.infer import check_inference_bundle
+        from voxpipe.runtime import optional_module
+
+        optional_module("pynetdicom", extra="serve", feature="voxpipe serve (the DICOM node)")
+        if dicomweb is not None:
+            optional_module("dicomweb_client", extra="serve", feature="voxpipe serve --dicomweb")
 
         self.bundle = Path(bundle)
         self.store = JobStore(workdir)

@@ -19,6 +19,8 @@ from typing import Any
 
 import pydicom
 
+from voxpipe.runtime import optional_module
+
 
 def write_measurement_report(
     seg_path: str | os.PathLike[str],
@@ -40,7 +42,7 @@ def write_measurement_report(
         path: the SR file to write (atomically).
         sop_instance_uid, series_instance_uid: the SR's own UIDs.
     """
-    import highdicom as hd
+    hd = optional_module("highdicom", extra="dicom", feature="writing the DICOM SR report")
     from pydicom.sr.codedict import codes
 
     from voxpipe import __version__
@@ -126,7 +128,7 @@ def read_report_volumes(path: str | os.PathLike[str]) -> dict[str, dict[str, flo
 
     What a PACS-side check (or a test) reads back: the measurements per group, by their concept names.
     """
-    import highdicom as hd
+    hd = optional_module("highdicom", extra="dicom", feature="writing the DICOM SR report")
 
     sr = hd.sr.srread(path)
     out: dict[str, dict[str, float]] = {}

@@ -269,7 +269,13 @@ def build_trainer(
     if plot:
         ProgressPlot(output_dir / "progress.png", summary).attach(trainer)
     if tensorboard and is_main_process():
-        _attach_tensorboard(trainer, evaluator, summary, output_dir / "tensorboard")
+        if optional_import("tensorboard")[1]:
+            _attach_tensorboard(trainer, evaluator, summary, output_dir / "tensorboard")
+        else:  # metrics.csv and progress.png carry the same curves
+            logger.warning(
+                "tensorboard: true, but TensorBoard is not installed: no events written "
+                "(metrics.csv and progress.png are); pip install 'voxpipe[tracking]', or set tensorboard: false"
+            )
     if mlflow:
         _attach_mlflow(trainer, evaluator, output_dir, mlflow)
     checkpoint.attach(trainer)
