@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.voxpipe-installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
+# Two workers, one test file each (module fixtures such as a trained model are built once per file).
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test docs bench lint clean
 
 install: $(STAMP)
 
@@ -21,7 +23,10 @@ demo: $(STAMP)
 	$(BIN)/voxpipe demo --output $(DEMO_OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	@echo "benchmark scripts (run one at a time, nothing else on the machine; figures in benchmarks/README.md):"; ls benchmarks/*.py
@@ -31,4 +36,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check voxpipe tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache
