@@ -20,12 +20,11 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_help_lists_the_commands():
+    """The installed console script runs (one process; every verb's help is rendered in-process below)."""
     done = run_cli("--help")
     assert done.returncode == 0
-    for command in ("demo", "synth", "train", "infer", "evaluate"):
+    for command in ("demo", "synth", "train", "infer", "evaluate", "serve", "annotate", "plan", "select"):
         assert command in done.stdout
-    for command in ("demo", "synth", "train", "infer", "evaluate"):
-        assert run_cli(command, "--help").returncode == 0
 
 
 def _every_parser(parser, name="voxpipe"):
