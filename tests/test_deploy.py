@@ -274,6 +274,43 @@ def test_failing_series_are_recorded_with_reasons_and_the_good_one_is_processed(
     assert len(peer.by_modality("SEG")) == 1 and len(peer.by_modality("SR")) == 1
 
 
+def test_promise_back_to_back_series_share_one_model_load_and_a_weights_change_reloads_it(
+    liver_bundle, oracle_weights, tmp_path, peer
+):
+    import shutil
+
+    from voxpipe.pipelines.inference.engine import STATS
+
+    weights = tmp_path / "weights.pt"
+    shutil.copy(oracle_weights, weights)
+    builds, loads = STATS.builds, STATS.weight_loads
+    node = make_node(liver_bundle, tmp_path / "node", peer.destination(), weights)
+    assert (STATS.builds - builds, STATS.weight_loads - loads) == (1, 1)  # loaded at start-up
+    node.start()
+    try:
+        uids = []
+        for seed in (11, 12, 13):
+            _, files = write_series(tmp_path / f"s{seed}", seed=seed)
+            assert send_series(files, node.port) == [0] * len(files)
+            uids.append(str(pydicom.dcmread(files[0]).SeriesInstanceUID))
+        wait_for(
+            lambda: all((j := node.store.get(u)) and j["state"] == "done" for u in uids), what="three jobs"
+        )
+        assert (STATS.builds - builds, STATS.weight_loads - loads) == (1, 1)  # three series, one model load
+        weights.write_bytes(oracle_weights.read_bytes())  # "new" weights on disk: the node reloads once
+        import os
+
+        os.utime(weights, ns=(1, 1))
+        _, files = write_series(tmp_path / "s14", seed=14)
+        assert send_series(files, node.port) == [0] * len(files)
+        uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+        wait_for(lambda: (j := node.store.get(uid)) and j["state"] == "done", what="the fourth job")
+    finally:
+        node.stop()
+    assert (STATS.builds - builds, STATS.weight_loads - loads) == (2, 2)
+    assert len(peer.by_modality("SEG")) == 4
+
+
 def test_results_are_kept_until_the_destination_takes_them(liver_bundle, oracle_weights, tmp_path):
     _, files = write_series(tmp_path / "series")
     down = Destination("PACS", "127.0.0.1", free_port())

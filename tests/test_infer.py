@@ -196,8 +196,13 @@ def test_failing_cases_are_reported_and_the_rest_written_then_resumed(liver_bund
     save_nifti(label_image(phantom.label), phantom.affine, inputs / "d.nii.gz")
     out = tmp_path / "out"
     overrides = {**ORACLE, "pixdim": [0.0, 0.0, 0.0]}
+    from voxpipe.pipelines.inference.engine import STATS
+
+    builds, loads, cases = STATS.builds, STATS.weight_loads, STATS.cases
     with pytest.raises(InferenceFailed) as caught:
         infer_with_bundle(liver_bundle, [inputs], output_dir=out, weights=oracle_weights, overrides=overrides)
+    # Promise: the failing cases cost nothing else: one build, one weights load, the good cases run once each.
+    assert (STATS.builds - builds, STATS.weight_loads - loads, STATS.cases - cases) == (1, 1, 2)
     assert sorted(os.path.basename(p) for p in caught.value.failures) == ["0.nii.gz", "b.nii.gz", "c.nii.gz"]
     assert "3 of 5 cases failed" in str(caught.value) and "expected a 3D volume" in str(caught.value)
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["a.nii.gz", "d.nii.gz"]  # the rest were written

@@ -114,6 +114,7 @@ def run_bundle(
     run_id: str = "run",
     check_only: bool = False,
     before_run: Callable[[ConfigWorkflow], None] | None = None,
+    execute: bool = True,
 ) -> ConfigWorkflow:
     """Initialise, run and finalise a bundle's config(s) with MONAI's ``ConfigWorkflow``.
 
@@ -144,6 +145,9 @@ def run_bundle(
             rather than at its first case.
         before_run: called with the initialised workflow just before it runs (``voxpipe infer
             --timings`` wraps its transforms and inferer there).
+        execute: ``False`` stops after initialising (components built, weights files checked,
+            ``before_run`` called) and returns the workflow unrun: the inference engine
+            (:mod:`voxpipe.pipelines.inference.engine`) then runs its evaluator case by case.
 
     Returns:
         The finished workflow (its ``parser`` gives access to the built components).
@@ -233,6 +237,8 @@ def run_bundle(
                 weights_in_use.append(str(wanted))
             if before_run is not None:
                 before_run(workflow)
+            if not execute:
+                return workflow
             workflow.run()
             workflow.finalize()
         except VoxpipeError:
@@ -246,11 +252,11 @@ def run_bundle(
                 raise BundleError(
                     f"{', '.join(repr(w) for w in weights_in_use)}: the weights do not fit the network of {label} "
                     f"({type(root_cause).__name__}: {_condensed(message)})",
-                    hint=_hint_for(message),
+                    hint=hint_for(message),
                 ) from error
             raise BundleError(
                 f"{label}: {type(root_cause).__name__}: {_condensed(str(root_cause))}",
-                hint=_hint_for(str(root_cause)),
+                hint=hint_for(str(root_cause)),
             ) from error
     return workflow
 
@@ -310,7 +316,7 @@ def _condensed(message: str, *, keep: int = 2) -> str:
     return shown if len(lines) <= keep else f"{shown} ... ({len(lines) - keep} more lines; --debug shows all)"
 
 
-def _hint_for(message: str) -> str:
+def hint_for(message: str) -> str:
     if "size mismatch" in message or "Missing key(s) in state_dict" in message:
         return (
             "the weights were trained with other network settings: pass the same network_def values "

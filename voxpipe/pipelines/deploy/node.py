@@ -201,7 +201,6 @@ class DicomNode:
         poll: float = 10.0,
         retry: float = 30.0,
     ) -> None:
-        from voxpipe.pipelines.inference.infer import check_inference_bundle
         from voxpipe.runtime import optional_module
 
         optional_module("pynetdicom", extra="serve", feature="voxpipe serve (the DICOM node)")
@@ -231,7 +230,11 @@ class DicomNode:
         )
         self.weights, self.overrides, self.safe = weights, dict(overrides or {}), not trust_bundle
         self.dicomweb_url = dicomweb
-        check_inference_bundle(self.bundle, weights=weights, overrides=self.overrides, safe=self.safe)
+        self._engine: Any = None
+        self._engine_key: tuple[Any, ...] | None = None
+        self._engine_lock = threading.Lock()
+        self._timings: Any = None
+        self.engine()  # the model is loaded at start-up: a refused bundle or bad weights stop the node here
         self.modality = _bundle_modality(self.bundle)
         self._server: Any = None
         self._worker: threading.Thread | None = None
@@ -469,13 +472,42 @@ class DicomNode:
             job = self._deliver(job)
         return job
 
+    def engine(self) -> Any:
+        """The warm inference engine: built at start-up, reused for every series, rebuilt only when the
+        bundle's configs or the weights file change on disk (their times and sizes)."""
+        from voxpipe.pipelines.inference.engine import InferenceEngine, engine_key
+        from voxpipe.pipelines.inference.infer import weights_path
+        from voxpipe.pipelines.inference.timings import Timings
+
+        weights = weights_path(self.bundle, self.weights)
+        key = engine_key(self.bundle, weights)
+        with self._engine_lock:
+            if self._engine is None or key != self._engine_key:
+                if self._engine is not None:
+                    logger.info(
+                        "%s: the bundle or its weights changed on disk; reloading the model", self.bundle
+                    )
+                self._timings = Timings()
+                self._engine = InferenceEngine(
+                    self.bundle,
+                    overrides={
+                        "checkpoint": str(weights.resolve()),
+                        "output_dir": str((self.store.root / "results").resolve()),
+                        "progress": False,
+                        **self.overrides,
+                    },
+                    safe=self.safe,
+                    before_run=self._timings.instrument,
+                )
+                self._engine_key = key
+            return self._engine
+
     def _predict(self, job: dict[str, Any]) -> dict[str, dict[str, str]]:
         """Segment the series; write the label map, statistics, DICOM-SEG and SR; their paths and UIDs."""
         import json
 
         from voxpipe.pipelines.deploy.report import write_measurement_report
         from voxpipe.pipelines.inference.infer import infer_with_bundle, label_names
-        from voxpipe.pipelines.inference.timings import Timings
         from voxpipe.transforms.dicom import discover_series
         from voxpipe.transforms.dicom_seg import write_dicom_seg
         from voxpipe.transforms.io import case_id, load_volume
@@ -486,7 +518,9 @@ class DicomNode:
         if out.exists():  # what an interrupted run left; the results are made again (same UIDs)
             shutil.rmtree(out)
         screen_series(series, modality=self.modality)
-        timings = Timings()
+        engine = self.engine()
+        timings = self._timings
+        timings.seconds.clear()  # this series' stages only
         [label_path] = infer_with_bundle(
             self.bundle,
             [series],
@@ -496,6 +530,7 @@ class DicomNode:
             safe=self.safe,
             progress=False,
             timings=timings,
+            engine=engine,
         )
         self.store.update(uid, stage_seconds={k: round(v, 6) for k, v in timings.seconds.items()})
         names = label_names(self.bundle)

@@ -590,7 +590,7 @@ def detect_with_bundle(
         InferenceFailed: some cases failed; every other case was written first.
     """
     from voxpipe.pipelines.bundles.run import run_bundle
-    from voxpipe.pipelines.inference.infer import InferenceFailed, _checkpoint, collect_inputs
+    from voxpipe.pipelines.inference.infer import InferenceFailed, collect_inputs, weights_path
 
     images = collect_inputs(inputs)
     if dicom_seg:
@@ -600,7 +600,7 @@ def detect_with_bundle(
                 f"--dicom-seg: expected DICOM series folders, found image files {files}",
                 hint="a DICOM-SEG references the source slices; leave out --dicom-seg for these inputs",
             )
-    checkpoint = _checkpoint(bundle_dir, weights)
+    checkpoint = weights_path(bundle_dir, weights)
     from voxpipe.runtime import select_device
 
     classifier_device = select_device(device) if device is not None else torch.device("cpu")

@@ -21,7 +21,6 @@ clear error rather than a silently ignored option.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -30,9 +29,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from voxpipe.errors import BundleError, InputError, OutputError
+from voxpipe.errors import BundleError, InputError
 from voxpipe.pipelines.bundles.config import find_config, read_config
-from voxpipe.pipelines.bundles.run import innermost_error, run_bundle
+from voxpipe.pipelines.bundles.run import run_bundle
+from voxpipe.pipelines.inference.engine import CaseResult, InferenceEngine, machine_problem
 from voxpipe.transforms.io import (
     VOLUME_SUFFIXES,
     case_id,
@@ -258,8 +258,12 @@ def infer_with_bundle(
     safe: bool = False,
     shard: tuple[int, int] | None = None,
     timings: Any = None,
+    engine: InferenceEngine | None = None,
 ) -> list[Path]:
     """Segment every input image; one ``<case id>.<format>`` per image on the image's exact grid.
+
+    The bundle is built and its weights loaded once (:class:`~voxpipe.pipelines.inference.engine.InferenceEngine`);
+    cases run one at a time, each succeeding or failing on its own.
 
     Args:
         bundle_dir: bundle folder with ``configs/inference.yaml``.
@@ -290,6 +294,8 @@ def infer_with_bundle(
             far, so the last one to finish leaves the complete ``statistics.csv``.
         timings: a :class:`voxpipe.pipelines.inference.timings.Timings` to fill with the seconds of
             each stage (load, resample, network, stitch, invert, post-process, write, statistics, ...).
+        engine: an engine already built for this bundle, weights and options (``voxpipe serve`` keeps
+            one warm); its writers are pointed at ``output_dir``. Default: one is built for this call.
 
     Returns:
         Paths of the label maps (written or, with ``resume``, already present), in input order.
@@ -326,7 +332,7 @@ def infer_with_bundle(
         progress=progress,
         device=device,
     )
-    checkpoint = _checkpoint(bundle_dir, weights)
+    checkpoint = weights_path(bundle_dir, weights)
     failures: dict[str, str] = {}
     remove_stale_temporaries(out_dir)  # a killed run's half-written outputs, never under a final name
 
@@ -357,48 +363,22 @@ def infer_with_bundle(
         **options,
         **(overrides or {}),
     }
-    while pending:
-        before = {p: _stamp(output(p)) for p in pending}
-        try:
-            run_bundle(
+    if pending:
+        if engine is None:
+            engine = InferenceEngine(
                 bundle_dir,
-                config="inference",
+                overrides=values,
                 safe=safe,
-                overrides={**values, "datalist": [{"image": _datalist_image(p)} for p in pending]},
                 before_run=timings.instrument if timings is not None else None,
             )
-            pending = []
-        except Exception as error:  # one case's failure must not cost the others
-            fresh = [p for p in pending if _stamp(output(p)) != before[p]]
-            unwritten = [p for p in pending if p not in fresh]
-            machine = _machine_problem(error)
-            if (
-                machine is not None
-            ):  # a full disk fails every case that follows: stop, and say which were not run
-                for index, case in enumerate(unwritten):
-                    failures[_key(case)] = machine if index == 0 else f"not run ({machine})"
-                logger.error("%s: %s; stopping", unwritten[0] if unwritten else out_dir, machine)
-                pending = []
-                break
-            if not unwritten or (fresh and pending.index(unwritten[0]) < pending.index(fresh[-1])):
-                raise  # not attributable to one case: a set-up error, reported as is
-            # Attributable to a case when the engine was already writing cases, or when voxpipe's own
-            # loading/writing refused the case; otherwise (weights that do not fit, a bad override)
-            # it is a set-up error and is reported as such.
-            root = (
-                innermost_error(error)
-                if isinstance(error, BundleError) or not isinstance(error, InputError)
-                else error
-            )
-            if not fresh and not (isinstance(root, InputError) and not isinstance(root, BundleError)):
-                raise
-            failed = unwritten[0]
-            reason = str(error).splitlines()[0]
-            failures[_key(failed)] = reason
-            logger.error(
-                "%s: inference failed (%s); continuing with the next case", failed, failures[_key(failed)]
-            )
-            pending = pending[pending.index(failed) + 1 :]
+        else:
+            engine.set_output_dir(out_dir)
+        results = list(engine.run(pending, item=lambda case: {"image": _datalist_image(case)}))
+        for result in results:
+            if not result.ok:
+                failures[_key(result.case)] = result.reason
+                logger.error("%s: inference failed (%s)", result.case, result.reason)
+        _raise_setup_error(bundle_dir, results)
     outputs = [output(p) for p in images if _key(p) not in failures]
     missing = [str(p) for p in outputs if not p.is_file()]
     if missing:
@@ -421,7 +401,7 @@ def infer_with_bundle(
             if timings is not None:
                 timings.add("DICOM-SEG", time.perf_counter() - started)
     except Exception as error:
-        machine = _machine_problem(error)
+        machine = machine_problem(error)
         if machine is None or not failures:
             raise
         unwritten_summaries = (
@@ -435,6 +415,27 @@ def infer_with_bundle(
             failures=failures,
         )
     return outputs
+
+
+def _raise_setup_error(bundle_dir: str | os.PathLike[str], results: Sequence[CaseResult]) -> None:
+    """Every case failed with the same reason, and not because voxpipe refused an input file: the
+    bundle or its settings are at fault (a patch the network cannot take, an override that breaks a
+    transform), not the cases; raise that once, naming the config.
+
+    Raises:
+        BundleError: as above.
+    """
+    from voxpipe.pipelines.bundles.run import hint_for, innermost_error
+
+    if not results or any(r.ok for r in results):
+        return
+    roots = [innermost_error(r.error) for r in results]
+    if any(isinstance(root, InputError) and not isinstance(root, BundleError) for root in roots):
+        return
+    if len({r.reason for r in results}) != 1 or machine_problem(results[0].error) is not None:
+        return
+    label = repr(str(find_config(bundle_dir, "inference")))
+    raise BundleError(f"{label}: {results[0].reason}", hint=hint_for(results[0].reason)) from results[0].error
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -471,7 +472,7 @@ def shard_from_environment() -> tuple[int, int] | None:
     return int(os.environ.get("RANK", "0")) + 1, world
 
 
-def _checkpoint(bundle_dir: str | os.PathLike[str], weights: str | os.PathLike[str] | None) -> Path:
+def weights_path(bundle_dir: str | os.PathLike[str], weights: str | os.PathLike[str] | None) -> Path:
     checkpoint = Path(weights) if weights is not None else Path(bundle_dir) / "models" / "model.pt"
     if not checkpoint.is_file():
         raise InputError(
@@ -497,27 +498,9 @@ def check_inference_bundle(
         InputError: missing weights.
         BundleError: the configuration is refused (safe mode, a bad override).
     """
-    checkpoint = _checkpoint(bundle_dir, weights)
+    checkpoint = weights_path(bundle_dir, weights)
     values = {"checkpoint": str(checkpoint.resolve()), **(overrides or {}), "datalist": []}
     run_bundle(bundle_dir, config="inference", overrides=values, safe=safe, check_only=True)
-
-
-def _machine_problem(error: BaseException) -> str | None:
-    """The reason when ``error`` (or its cause) is the machine's: a full disk or quota, a read-only or forbidden output."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            return f"{current.strerror or current} ({current.filename or 'output folder'})"
-        if isinstance(current, OutputError) and current.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            return str(current)
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _stamp(path: Path) -> int | None:
-    return path.stat().st_mtime_ns if path.is_file() else None
 
 
 def label_names(bundle_dir: str | os.PathLike[str]) -> dict[int, str]:

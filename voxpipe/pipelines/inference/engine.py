@@ -1,0 +1,262 @@
+"""One inference engine: a bundle's network built and its weights loaded once, then cases run one at a time.
+
+A bundle's inference config is a MONAI ``SupervisedEvaluator`` over a data loader of the whole
+datalist, whose ``CheckpointLoader`` loads the weights every time the evaluator starts. Running it
+as is, one failing case stops the run for every case after it, and running it again (for the rest,
+or for the next series a PACS sends) rebuilds the network and reloads the weights. Here the
+workflow is initialised once (:func:`voxpipe.pipelines.bundles.run.run_bundle` with
+``execute=False``: every check of a bundle run, safe mode included), the checkpoint loaders run once
+and are detached, and :meth:`InferenceEngine.run` feeds the evaluator one case per run: each case
+succeeds or fails on its own, with its reason, and the next case's loading and resampling (the
+bundle's ``preprocessing``) runs in a thread while the network works on the current one.
+
+Why our own: MONAI's evaluator and ``ThreadDataLoader`` end the whole run at the first failing case,
+and MONAI has no object that keeps a bundle's network warm between runs. The bundle's ``evaluator``,
+``preprocessing`` and ``handlers`` ids are what is needed (voxpipe's bundles and the Model Zoo's
+inference configs have them).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voxpipe.errors import BundleError, OutputError, VoxpipeError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CaseResult:
+    """What became of one case: ``error`` is None when it was written."""
+
+    case: Any
+    seconds: float
+    error: BaseException | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class EngineStats:
+    """How often the expensive parts ran: the workflow built and the weights loaded (tests count them)."""
+
+    builds: int = 0
+    weight_loads: int = 0
+    cases: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+#: Process-wide counters, for tests and ``voxpipe serve --status``: an engine's construction adds one build.
+STATS = EngineStats()
+
+
+def machine_problem(error: BaseException) -> str | None:
+    """The reason when ``error`` (or its cause) is the machine's: a full disk or quota, a read-only output."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return f"{current.strerror or current} ({current.filename or 'output folder'})"
+        if isinstance(current, OutputError) and current.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _reason(error: BaseException) -> str:
+    """One line: voxpipe's own message (it names the file), else the innermost cause with its type."""
+    from voxpipe.pipelines.bundles.run import innermost_error
+
+    root = innermost_error(error)
+    if isinstance(root, VoxpipeError):
+        return str(root).splitlines()[0]
+    return f"{type(root).__name__}: {' '.join(str(root).split())[:400]}"
+
+
+class InferenceEngine:
+    """A bundle's inference workflow, built once, run case by case.
+
+    Args:
+        bundle_dir: bundle folder with ``configs/inference.{yaml,json}``.
+        overrides: config values (``checkpoint``, ``output_dir``, run options...), as for
+            :func:`voxpipe.pipelines.bundles.run.run_bundle`; ``datalist`` is set per case.
+        safe: safe mode (:mod:`voxpipe.pipelines.bundles.safety`), checked before anything is built.
+        before_run: called once with the initialised workflow (``Timings.instrument``).
+        prefetch: prepare the next case in a thread while the network runs (the bundle's ``prefetch``
+            value when it has one).
+
+    Raises:
+        BundleError: the bundle lacks ``evaluator``/``preprocessing``, is refused, or its weights do not
+            load into its network (named); nothing is run then.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | os.PathLike[str],
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        safe: bool = False,
+        before_run: Callable[[Any], None] | None = None,
+        prefetch: bool | None = None,
+    ) -> None:
+        from ignite.engine import Events
+        from monai.handlers import CheckpointLoader
+
+        from voxpipe.pipelines.bundles.run import run_bundle
+
+        self.bundle_dir = Path(bundle_dir)
+        values = {**(overrides or {}), "datalist": []}
+        self.workflow = run_bundle(
+            bundle_dir, config="inference", overrides=values, safe=safe, before_run=before_run, execute=False
+        )
+        STATS.builds += 1
+        parser = self.workflow.parser
+        missing = [key for key in ("evaluator", "preprocessing") if key not in parser]
+        if missing:
+            raise BundleError(
+                f"{str(self.bundle_dir)!r}: the inference config has no {missing}; expected a MONAI evaluator and "
+                "its preprocessing (the bundle layout voxpipe runs case by case)"
+            )
+        self.evaluator = parser.get_parsed_content("evaluator")
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.prefetch = bool(parser.get("prefetch", 1)) if prefetch is None else bool(prefetch)
+        loaders = [
+            handler
+            for handler in (parser.get_parsed_content("handlers") if "handlers" in parser else [])
+            if isinstance(handler, CheckpointLoader)
+        ]
+        for loader in loaders:  # the weights, once: then the evaluator starts without reloading them
+            if self.evaluator.has_event_handler(loader, Events.STARTED):
+                try:
+                    loader(self.evaluator)
+                except Exception as error:
+                    raise BundleError(
+                        f"{str(getattr(loader, 'load_path', '?'))!r}: the weights do not load into the network of "
+                        f"{str(self.bundle_dir)!r} ({_reason(error)})",
+                        hint="check --weights and the network settings (--set network_def#...) it was trained with",
+                    ) from error
+                self.evaluator.remove_event_handler(loader, Events.STARTED)
+                STATS.weight_loads += 1
+        self.writers = _writers(parser)
+
+    def set_output_dir(self, output_dir: str | os.PathLike[str]) -> None:
+        """Point the bundle's writers (voxpipe's ``SaveLabelLiked``, MONAI's ``SaveImage(d)``, the
+        probabilities of ``ResampleArgmaxd`` when on) at ``output_dir`` without rebuilding anything.
+
+        Raises:
+            BundleError: the bundle writes through a component whose folder is not known here.
+        """
+        if not self.writers:
+            raise BundleError(
+                f"{str(self.bundle_dir)!r}: no known writer in the postprocessing to point at {str(output_dir)!r}"
+            )
+        for owner, attribute in self.writers:
+            if attribute == "probabilities_dir" and getattr(owner, attribute) is None:
+                continue
+            setattr(owner, attribute, Path(output_dir))
+
+    def _prepared(self, item: dict[str, Any]) -> Any:
+        return self.preprocessing(dict(item))
+
+    def _run_prepared(self, prepared: Any) -> None:
+        from monai.data import DataLoader, Dataset
+
+        loader = DataLoader(Dataset([prepared], transform=None), batch_size=1, num_workers=0, shuffle=False)
+        self.evaluator.data_loader = loader
+        self.evaluator.state.epoch_length = len(loader)  # built on an empty datalist: 0 iterations otherwise
+        self.evaluator.run()
+        STATS.cases += 1
+
+    def run(self, cases: Sequence[Any], *, item: Callable[[Any], dict[str, Any]]) -> Iterator[CaseResult]:
+        """Run ``cases`` one by one; yield a :class:`CaseResult` for each, in order.
+
+        ``item(case)`` is the datalist entry (``{"image": ...}``). A case whose loading, network or
+        writing fails yields its error and reason; the next case runs. A full disk or a read-only
+        output stops the run: that case and every later one yield the machine's reason.
+        """
+        pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxpipe-prefetch")
+            if self.prefetch
+            else None
+        )
+        try:
+            pending: Future | None = None
+            if pool is not None and cases:
+                pending = pool.submit(self._prepared, item(cases[0]))
+            stopped: str | None = None
+            for index, case in enumerate(cases):
+                started = time.perf_counter()
+                if stopped is not None:
+                    yield CaseResult(case, 0.0, OutputError(stopped), f"not run ({stopped})")
+                    continue
+                try:
+                    future, pending = pending, None
+                    prepared = future.result() if future is not None else self._prepared(item(case))
+                    if pool is not None and index + 1 < len(cases):
+                        pending = pool.submit(self._prepared, item(cases[index + 1]))
+                    self._run_prepared(prepared)
+                except Exception as error:  # one case's failure must not cost the others
+                    if pool is not None and pending is None and index + 1 < len(cases):
+                        pending = pool.submit(self._prepared, item(cases[index + 1]))
+                    stopped = machine_problem(error)
+                    reason = stopped or _reason(error)
+                    yield CaseResult(case, time.perf_counter() - started, error, reason)
+                    continue
+                yield CaseResult(case, time.perf_counter() - started)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _writers(parser: Any) -> list[tuple[Any, str]]:
+    """(object, attribute) pairs holding the output folder of the bundle's writers, where known."""
+    from voxpipe.transforms.invert import ResampleArgmaxd
+    from voxpipe.transforms.io import SaveLabelLiked
+
+    found: list[tuple[Any, str]] = []
+    if "postprocessing" not in parser:
+        return found
+    chain = getattr(parser.get_parsed_content("postprocessing"), "transforms", []) or []
+    for transform in _flatten(chain):
+        inner = transform
+        if isinstance(inner, SaveLabelLiked):
+            found.append((inner, "output_dir"))
+        elif isinstance(inner, ResampleArgmaxd):
+            found.append((inner, "probabilities_dir"))
+        else:
+            saver = getattr(inner, "saver", inner)
+            layout = getattr(saver, "folder_layout", None)
+            if layout is not None and hasattr(layout, "output_dir"):
+                found.append((layout, "output_dir"))
+    return found
+
+
+def _flatten(transforms: Sequence[Any]) -> Iterator[Any]:
+    for transform in transforms:
+        inner = getattr(transform, "transforms", None)
+        if isinstance(inner, (list, tuple)):
+            yield from _flatten(inner)
+        else:
+            yield transform
+
+
+def engine_key(bundle_dir: str | os.PathLike[str], weights: str | os.PathLike[str] | None) -> tuple[Any, ...]:
+    """What, on disk, an engine was built from: the bundle's config files and the weights file, with
+    their modification times and sizes. ``voxpipe serve`` rebuilds its engine when this changes."""
+    files = sorted((Path(bundle_dir) / "configs").glob("*")) + ([Path(weights)] if weights else [])
+    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
+
+
+__all__ = ["STATS", "CaseResult", "EngineStats", "InferenceEngine", "engine_key", "machine_problem"]
