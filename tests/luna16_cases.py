@@ -69,23 +69,7 @@ def write_case(folder: Path, seed: int) -> dict[str, Path]:
             candidates.append([scan, *(centre + rng.uniform(-120, 120, size=3)), float(rng.beta(2, 5))])
     candidates.append([scans[2] + "9", 0.0, 0.0, 0.0, 0.99])  # a scan that is not listed: ignored
     order = rng.permutation(len(candidates))
-    candidates = [candidates[i] for i in order]
-    paths = {
-        name: folder / f"{name}.csv"
-        for name in ("annotations", "annotations_excluded", "candidates", "seriesuids")
-    }
-    for name, rows, value in (
-        ("annotations", annotations, "diameter_mm"),
-        ("annotations_excluded", excluded, "diameter_mm"),
-        ("candidates", candidates, "probability"),
-    ):
-        with paths[name].open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", value])
-            writer.writerows([[row[0], *(repr(float(v)) for v in row[1:])] for row in rows])
-    with paths["seriesuids"].open("w", newline="") as handle:
-        csv.writer(handle).writerows([[scan] for scan in scans])
-    return paths
+    return _write_lists(folder, scans, annotations, excluded, [candidates[i] for i in order])
 
 
 def write_varied_case(folder: Path, seed: int) -> dict[str, Path]:
@@ -137,7 +121,11 @@ def write_varied_case(folder: Path, seed: int) -> dict[str, Path]:
         annotations.append([scans[0], *position, 8.0])
         candidates.append([scans[0], *position, probability(True)])
     order = rng.permutation(len(candidates))
-    candidates = [candidates[i] for i in order]
+    return _write_lists(folder, scans, annotations, excluded, [candidates[i] for i in order])
+
+
+def _write_lists(folder: Path, scans, annotations, excluded, candidates) -> dict[str, Path]:
+    """The four LUNA16 CSVs (coordinates written with repr: read back bit for bit)."""
     paths = {
         name: folder / f"{name}.csv"
         for name in ("annotations", "annotations_excluded", "candidates", "seriesuids")
