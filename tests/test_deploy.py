@@ -422,7 +422,9 @@ def test_kill_9_mid_job_then_restart_completes_once_and_sends_once(
         process = _serve_process(liver_bundle, oracle_weights, workdir, peer, port)
         try:
             job = wait_for(
-                lambda: (j := store.get(uid)) and j["state"] == "done" and j, what="the job after restart"
+                lambda: (j := store.get(uid)) and j["state"] == "done" and j,
+                timeout=180,  # a fresh process imports torch and loads the model first: slow on a loaded CI machine
+                what="the job after restart",
             )
             time.sleep(1.5)  # anything sent twice would arrive by now
         finally:

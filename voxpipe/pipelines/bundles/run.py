@@ -183,12 +183,12 @@ def run_bundle(
         except Exception as error:
             if validate:  # a syntax error: the validator gives its line and column
                 _stop_on_errors(root, names, overrides)
-            raise BundleError(f"{label}: {type(error).__name__}: {_condensed(str(error))}") from error
+            raise BundleError(f"{label}: {type(error).__name__}: {condensed(str(error))}") from error
         values = _run_values(workflow.parser, root, label, overrides, weights)
         try:
             workflow.parser.update(values)
         except Exception as error:  # an override of a nested id whose parent does not exist
-            raise BundleError(f"{label}: --set: {type(error).__name__}: {_condensed(str(error))}") from error
+            raise BundleError(f"{label}: --set: {type(error).__name__}: {condensed(str(error))}") from error
         loaders = checkpoint_loaders(workflow.parser.get())
         if safe:
             from voxpipe.pipelines.bundles.safety import check_safe_parser
@@ -251,11 +251,11 @@ def run_bundle(
             if weights_in_use and ("state_dict" in message or "size mismatch" in message):
                 raise BundleError(
                     f"{', '.join(repr(w) for w in weights_in_use)}: the weights do not fit the network of {label} "
-                    f"({type(root_cause).__name__}: {_condensed(message)})",
+                    f"({type(root_cause).__name__}: {condensed(message)})",
                     hint=hint_for(message),
                 ) from error
             raise BundleError(
-                f"{label}: {type(root_cause).__name__}: {_condensed(str(root_cause))}",
+                f"{label}: {type(root_cause).__name__}: {condensed(str(root_cause))}",
                 hint=hint_for(str(root_cause)),
             ) from error
     return workflow
@@ -309,7 +309,7 @@ def _stop_on_errors(root: Path, names: Sequence[str], overrides: Mapping[str, An
         )
 
 
-def _condensed(message: str, *, keep: int = 2) -> str:
+def condensed(message: str, *, keep: int = 2) -> str:
     """The first ``keep`` lines of a long error (PyTorch lists every mismatched tensor), joined."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     shown = " ".join(lines[:keep])

@@ -142,10 +142,15 @@ class InferenceEngine:
                 try:
                     loader(self.evaluator)
                 except Exception as error:
+                    from voxpipe.pipelines.bundles.config import find_config
+                    from voxpipe.pipelines.bundles.run import condensed, hint_for, innermost_error
+
+                    root = innermost_error(error)
                     raise BundleError(
-                        f"{str(getattr(loader, 'load_path', '?'))!r}: the weights do not load into the network of "
-                        f"{str(self.bundle_dir)!r} ({_reason(error)})",
-                        hint="check --weights and the network settings (--set network_def#...) it was trained with",
+                        f"{str(getattr(loader, 'load_path', '?'))!r}: the weights do not fit the network of "
+                        f"{str(find_config(self.bundle_dir, 'inference'))!r} ({type(root).__name__}: "
+                        f"{condensed(str(root))})",
+                        hint=hint_for(str(root)),
                     ) from error
                 self.evaluator.remove_event_handler(loader, Events.STARTED)
                 STATS.weight_loads += 1
