@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
+# Under pytest-xdist each worker gets its share of the cores (and so do the processes tests start):
+# two workers each running PyTorch's OpenMP pool over every core oversubscribe them and slow down.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, _threads)
 
-from voxpipe.phantoms.ct import write_msd_dataset
-from voxpipe.pipelines.bundles.config import shipped_bundle
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from voxpipe.phantoms.ct import write_msd_dataset  # noqa: E402
+from voxpipe.pipelines.bundles.config import shipped_bundle  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
