@@ -303,6 +303,35 @@ def test_largest_diameter_is_the_longest_distance_between_voxel_centres():
     assert largest_diameter_mm(ball, np.eye(4)) == pytest.approx(40.0, abs=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_largest_diameter_equals_brute_force_on_random_shapes_and_oblique_grids(seed):
+    """Only the ends of each line along axis 0 are hull candidates: equal to all pairs of all voxels."""
+    from scipy.spatial.transform import Rotation
+
+    from voxpipe.pipelines.inference.stats import largest_diameter_mm
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((14, 12, 10)) < rng.uniform(0.02, 0.4)
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.random(random_state=seed).as_matrix() @ np.diag(rng.uniform(0.3, 3.0, 3))
+    points = np.argwhere(mask) @ affine[:3, :3].T
+    brute = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1)).max() if len(points) > 1 else 0.0
+    assert largest_diameter_mm(mask, affine) == pytest.approx(brute, rel=1e-12, abs=1e-9)
+
+
+def test_structure_mean_and_std_equal_numpys():
+    from voxpipe.pipelines.inference.stats import case_statistics
+
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 3, (20, 18, 37))
+    image = rng.normal(40, 200, label.shape).astype(np.float32)
+    stats = case_statistics(label, np.eye(4), names={1: "liver", 2: "tumour"}, image=image)
+    for value, name in ((1, "liver"), (2, "tumour")):
+        inside = image[label == value].astype(np.float64)
+        assert stats[name]["mean"] == pytest.approx(inside.mean(), rel=1e-12)
+        assert stats[name]["std"] == pytest.approx(inside.std(), rel=1e-10)
+
+
 def test_organ_roi_gives_the_same_labels_and_says_what_it_chose(
     liver_bundle, oracle_weights, tmp_path, caplog
 ):

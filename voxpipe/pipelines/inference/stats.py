@@ -27,9 +27,29 @@ from voxpipe.transforms.postprocess import foreground_box
 _FULL = ndimage.generate_binary_structure(3, 3)
 
 
+def _segment_ends(mask: np.ndarray) -> np.ndarray:
+    """The first and last ``True`` voxel of every line along axis 0 that holds one, as (N, 3) indices.
+
+    The convex hull of a voxel set is the hull of these ends (every other voxel lies on a segment
+    between two of them), so a lesion of 50 M voxels gives at most 2 × Y × Z candidate points
+    instead of 50 M: bounded memory and time whatever its size.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    present = mask.any(axis=0)
+    first = np.argmax(mask, axis=0)
+    last = mask.shape[0] - 1 - np.argmax(mask[::-1], axis=0)
+    ys, zs = np.nonzero(present)
+    ends = np.concatenate([np.stack([first[ys, zs], ys, zs], 1), np.stack([last[ys, zs], ys, zs], 1)])
+    return np.unique(ends, axis=0)
+
+
 def largest_diameter_mm(mask: np.ndarray, affine: np.ndarray) -> float:
-    """Longest distance (mm) between two voxel centres of ``mask`` (0 for an empty mask or one voxel)."""
-    index = np.argwhere(mask)
+    """Longest distance (mm) between two voxel centres of ``mask`` (0 for an empty mask or one voxel).
+
+    Exact: the farthest pair of a point set lies on its convex hull, whose vertices are among the
+    ends of the mask's lines (:func:`_segment_ends`); an affine map keeps both properties.
+    """
+    index = _segment_ends(mask)
     if len(index) < 2:
         return 0.0
     points = index @ np.asarray(affine, dtype=float)[:3, :3].T
@@ -40,11 +60,26 @@ def largest_diameter_mm(mask: np.ndarray, affine: np.ndarray) -> float:
     from scipy.spatial.distance import cdist
 
     longest = 0.0
-    for start in range(
-        0, len(points), 1024
-    ):  # every pair of hull vertices, 1024 rows at a time (bounded memory)
+    for start in range(0, len(points), 1024):  # every pair of hull vertices, 1024 rows at a time
         longest = max(longest, float(cdist(points[start : start + 1024], points).max()))
     return longest
+
+
+def _masked_mean_std(image: np.ndarray, mask: np.ndarray, *, slab: int = 16) -> tuple[float, float]:
+    """Mean and standard deviation of ``image`` inside ``mask`` (count > 0), two passes over slabs of
+    the last axis in float64: no float64 copy of every voxel of a structure (800 MB for a large organ)."""
+    image = np.asarray(image)
+    count, total = 0, 0.0
+    for start in range(0, mask.shape[-1], slab):
+        values = image[..., start : start + slab][mask[..., start : start + slab]]
+        count += values.size
+        total += float(values.sum(dtype=np.float64))
+    mean = total / count
+    squares = 0.0
+    for start in range(0, mask.shape[-1], slab):
+        values = image[..., start : start + slab][mask[..., start : start + slab]].astype(np.float64)
+        squares += float(np.square(values - mean).sum())
+    return mean, float(np.sqrt(squares / count))
 
 
 def case_statistics(
@@ -70,10 +105,7 @@ def case_statistics(
         count = int(mask.sum())
         entry: dict[str, Any] = {"volume_ml": count * voxel_ml}
         if image is not None:
-            inside = np.asarray(image)[mask].astype(np.float64)
-            entry["mean"] = float(inside.mean()) if count else None
-            entry["std"] = float(inside.std()) if count else None
-            del inside
+            entry["mean"], entry["std"] = _masked_mean_std(image, mask) if count else (None, None)
         if int(value) in {int(v) for v in lesion_labels}:
             box = foreground_box(mask)  # label components in the lesions' bounding box, not the whole scan
             components, n = ndimage.label(mask[box] if box else mask, structure=_FULL)
