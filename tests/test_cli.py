@@ -249,3 +249,16 @@ def test_infer_options_reach_the_bundle_and_unknown_ones_are_refused(tmp_path, l
         == 2
     )
     assert "expected the keys ['tta']" in capsys.readouterr().err
+
+
+def test_building_the_parser_imports_neither_torch_nor_monai():
+    """`voxpipe --help` answers at once: no verb's parser may import the heavy libraries."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from voxpipe.cli.main import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'monai', 'SimpleITK') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -36,7 +36,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def add_commands(commands: Any) -> None:
     """Register ``plan`` on the top-level subparsers."""
-    from voxpipe.pipelines.planning.plan import NETWORKS, RULES
+    from voxpipe.pipelines.planning import NETWORKS, RULES
 
     plan = commands.add_parser(
         "plan",

@@ -24,14 +24,13 @@ import numpy as np
 
 from voxpipe.errors import InputError
 from voxpipe.pipelines.data.caching import available_memory_bytes
+from voxpipe.pipelines.planning import NETWORKS
 from voxpipe.pipelines.planning import topology as rules
 from voxpipe.pipelines.planning.fingerprint import NORMALISATION_BY_NAME
 from voxpipe.pipelines.planning.memory import as_dict, measure_step
 
 logger = logging.getLogger(__name__)
 
-RULES = ("voxpipe", "nnunet")
-NETWORKS = ("dynunet", "segresnet")
 MASK_FOR_NORM_BELOW = (
     0.75  # nnU-Net: z-score inside the non-zero mask when cropping kept < 75 % of the voxels
 )

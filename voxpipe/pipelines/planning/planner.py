@@ -11,11 +11,10 @@ from typing import Any
 from voxpipe.errors import InputError
 from voxpipe.pipelines.data.datalists import load_datalist
 from voxpipe.pipelines.data.splits import make_split, save_split
+from voxpipe.pipelines.planning import NETWORKS, RULES
 from voxpipe.pipelines.planning.bundle import write_planned_bundle
 from voxpipe.pipelines.planning.fingerprint import planning_fingerprint
 from voxpipe.pipelines.planning.plan import (
-    NETWORKS,
-    RULES,
     measured_plan,
     network_spec,
     nnunet_plan,
