@@ -196,7 +196,13 @@ def _child(kind: str, images: list[str], weights: str, init_filters: int, out: s
     stages = {k: round(v, 2) for k, v in timings.seconds.items()}
     print(
         json.dumps(
-            {"rss_mib": _rss_mib(), "seconds": seconds, "import_seconds": import_seconds, "stages": stages}
+            {
+                "rss_mib": _rss_mib(),
+                "seconds": seconds,
+                "import_seconds": import_seconds,
+                "stages": stages,
+                "peak_raised_mib": {k: round(v) for k, v in timings.peak_raised_mib.items()},
+            }
         )
     )
 
@@ -225,6 +231,12 @@ def side(kind: str, images: list[Path], weights: str, init_filters: int, out: Pa
     print(
         "               stages: " + ", ".join(f"{k} {v:.1f}" for k, v in result["stages"].items()), flush=True
     )
+    if result.get("peak_raised_mib"):
+        print(
+            "               peak RSS rose during: "
+            + ", ".join(f"{k} +{v} MiB" for k, v in result["peak_raised_mib"].items()),
+            flush=True,
+        )
     for line in done.stderr.splitlines():
         if line.startswith("sliding window:"):
             print(f"               {line}")

@@ -207,3 +207,21 @@ def test_timings_leave_monais_invertd_able_to_invert_the_preprocessing(liver_bun
     assert timings.cases == 5 and timings.seconds["invert"] > 0 and timings.seconds["resample"] > 0
     for a, b in zip(plain, timed, strict=True):
         assert np.array_equal(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj))
+
+
+def test_timings_name_the_stage_that_raised_the_peak_memory():
+    """In a fresh process (a test worker's peak is already high): 400 MB allocated inside one stage."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import numpy as np\n"
+        "from voxpipe.pipelines.inference.timings import Timings\n"
+        "t = Timings()\n"
+        "t.timed('small', lambda: np.ones(1000).sum())()\n"
+        "t.timed('big', lambda: np.ones(50_000_000).sum())()\n"
+        "print(t.peak_stage, round(t.peak_raised_mib.get('big', 0)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    stage, raised = done.stdout.split()
+    assert stage == "big" and int(raised) > 300, done.stdout + done.stderr

@@ -63,6 +63,15 @@ _BY_CLASS = {
 }
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident set size so far (MiB; kilobytes on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 def _synchronise() -> None:
     import torch
 
@@ -76,18 +85,26 @@ class Timings:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.cases = 0
+        # MiB by which the process's peak RSS rose while a stage ran (the prefetch thread's loading
+        # overlaps the network, so a rise is attributed to the stage that was timed when it was seen).
+        self.peak_raised_mib: dict[str, float] = {}
+        self.peak_stage: str | None = None
 
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
     def timed(self, stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            started, peak = time.perf_counter(), _peak_rss_mib()
             try:
                 return function(*args, **kwargs)
             finally:
                 _synchronise()
                 self.add(stage, time.perf_counter() - started)
+                raised = _peak_rss_mib() - peak
+                if raised > 0:
+                    self.peak_raised_mib[stage] = self.peak_raised_mib.get(stage, 0.0) + raised
+                    self.peak_stage = stage
 
         return call
 
@@ -127,6 +144,8 @@ class Timings:
             f"{'total':<13}{sum(self.seconds.values()):9.2f}{sum(self.seconds.values()) / max(self.cases, 1):10.2f}"
             f"   ({self.cases} case(s))"
         )
+        if self.peak_stage is not None:
+            lines.append(f"peak RSS {_peak_rss_mib():.0f} MiB, last raised during {self.peak_stage}")
         return "\n".join(lines)
 
     def write(self, folder: Path) -> Path:
@@ -134,6 +153,9 @@ class Timings:
             "cases": self.cases,
             "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
             "total_seconds": round(sum(self.seconds.values()), 4),
+            "peak_rss_mib": round(_peak_rss_mib(), 1),
+            "peak_rss_raised_mib": {k: round(v, 1) for k, v in self.peak_raised_mib.items()},
+            "peak_last_raised_by": self.peak_stage,
         }
         return write_text_atomic(Path(folder) / "timings.json", json.dumps(document, indent=2) + "\n")
 
