@@ -64,10 +64,21 @@ _BY_CLASS = {
 
 
 def _peak_rss_mib() -> float:
-    """This process's peak resident set size so far (MiB; kilobytes on Linux, bytes on macOS)."""
+    """This process's peak resident set size so far, MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status`` (the ``ru_maxrss`` of ``getrusage`` survives ``exec``, so a
+    child started by a large process would report its parent's peak); elsewhere ``ru_maxrss`` (bytes on macOS).
+    """
     import resource
     import sys
 
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
