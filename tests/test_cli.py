@@ -68,6 +68,43 @@ def test_bad_path_is_one_line_exit_2_without_traceback(tmp_path):
     assert len(errors) == 1 and "refs" in errors[0] and "no such folder" in errors[0]
 
 
+def test_error_classes_say_what_they_are_and_all_user_problems_exit_2(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    from voxpipe import errors
+
+    cli_main = importlib.import_module("voxpipe.cli.main")
+
+    assert not issubclass(errors.BundleError, errors.InputError)
+    assert not issubclass(errors.OutputError, errors.InputError)
+    assert issubclass(errors.GeometryError, errors.InputError)
+    for kind in (errors.InputError, errors.BundleError, errors.OutputError, errors.GeometryError):
+        assert issubclass(kind, errors.UserError)
+
+        def fail(args, kind=kind):
+            raise kind(f"{str(tmp_path)!r}: expected something, found {kind.__name__}")
+
+        monkeypatch.setattr(cli_main, "build_parser", _parser_calling(fail))
+        assert cli_main.main(["x"]) == 2
+        assert kind.__name__ in capsys.readouterr().err
+
+    def bug(args):
+        raise errors.VoxpipeError("an internal inconsistency")
+
+    monkeypatch.setattr(cli_main, "build_parser", _parser_calling(bug))
+    assert cli_main.main(["x"]) == 1
+
+
+def _parser_calling(function):
+    def build():
+        parser = argparse.ArgumentParser()
+        parser.add_argument("verb")
+        parser.set_defaults(func=function, debug=False, verbose=0, quiet=False)
+        return parser
+
+    return build
+
+
 def test_bad_bundle_and_missing_weights_exit_2(tmp_path, liver_bundle):
     assert run_cli("train", str(tmp_path)).returncode == 2
     assert (

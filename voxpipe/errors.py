@@ -1,8 +1,13 @@
 """One exception family for voxpipe.
 
 Every message names the file (or setting), the field, what was expected and what was found, so a
-user can fix the input without reading a traceback. The CLI maps :class:`InputError` (and
-:class:`OutputError`, the machine's problems) to exit code 2 and anything else to exit code 1.
+user can fix the input without reading a traceback. The CLI maps every :class:`UserError` (bad
+input, a bad bundle, an output that cannot be written) to exit code 2 and anything else to exit code 1.
+
+The classes say what went wrong, not only which exit code it gets: a bundle that does not load is a
+:class:`BundleError`, a full disk an :class:`OutputError`, and neither is a kind of
+:class:`InputError` (the user's image or option). Code that handles "anything the user or the machine
+can fix" catches :class:`UserError`.
 """
 
 from __future__ import annotations
@@ -18,21 +23,25 @@ class VoxpipeError(Exception):
         self.hint = hint
 
 
-class InputError(VoxpipeError):
-    """The user's input (a file, a folder, an option, a config value) is wrong. Exit code 2."""
+class UserError(VoxpipeError):
+    """The user's or the machine's problem, not voxpipe's: exit code 2. Raise one of its subclasses."""
 
     exit_code = 2
+
+
+class InputError(UserError):
+    """The user's input (a file, a folder, an option, a config value) is wrong. Exit code 2."""
 
 
 class GeometryError(InputError):
     """Two images that must share a voxel grid do not, or a geometry is invalid."""
 
 
-class BundleError(InputError):
+class BundleError(UserError):
     """A bundle folder or config is missing something or is malformed."""
 
 
-class OutputError(InputError):
+class OutputError(UserError):
     """An output cannot be written: a folder where a file should go, a parent that is a file, no
     permission, a full disk. The user's or the machine's problem, not voxpipe's: exit code 2.
 

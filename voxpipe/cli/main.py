@@ -3,7 +3,7 @@
 The verbs live in one module per group (:mod:`~voxpipe.cli.demo`, ``train``, ``bundle``, ``infer``,
 ``networks``, ``evaluate``, ``data``, ``plan``, ``serve``, ``annotate``), each with an ``add_commands`` that registers them here.
 
-Exit codes: 0 success, 2 bad input (a :class:`voxpipe.errors.InputError`: the message names the
+Exit codes: 0 success, 2 the user's or the machine's problem (a :class:`voxpipe.errors.UserError`: the message names the
 file and the problem), 1 internal failure. No traceback unless ``--debug``.
 """
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from voxpipe.errors import InputError
+from voxpipe.errors import InputError, UserError
 from voxpipe.pipelines.annotation.prelabel import read_manifest
 from voxpipe.transforms.io import load_volume, write_text_atomic
 
@@ -224,7 +224,7 @@ def ingest(workdir: str | os.PathLike[str], corrected_dir: str | os.PathLike[str
                 affine=original.affine,
                 series_uid=_series_uid(entry.get("image")),
             )
-        except InputError as error:
+        except UserError as error:
             failures[case] = str(error).splitlines()[0]
             logger.error("%s: not ingested (%s)", path, failures[case])
             continue

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from voxpipe.errors import BundleError, InputError
+from voxpipe.errors import BundleError, InputError, OutputError
 from voxpipe.pipelines.bundles.config import find_config, read_config
 from voxpipe.pipelines.bundles.run import run_bundle
 from voxpipe.pipelines.inference.engine import CaseResult, InferenceEngine, machine_problem
@@ -430,7 +430,7 @@ def _raise_setup_error(bundle_dir: str | os.PathLike[str], results: Sequence[Cas
     if not results or any(r.ok for r in results):
         return
     roots = [innermost_error(r.error) for r in results]
-    if any(isinstance(root, InputError) and not isinstance(root, BundleError) for root in roots):
+    if any(isinstance(root, (InputError, OutputError)) for root in roots):
         return
     if len({r.reason for r in results}) != 1 or machine_problem(results[0].error) is not None:
         return
