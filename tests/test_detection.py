@@ -462,10 +462,17 @@ def test_a_broken_scan_fails_alone_and_the_others_are_written(trained, tmp_path)
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / good.name).write_bytes(good.read_bytes())
-    (folder / "truncated.mha").write_bytes(good.read_bytes()[:3000])
-    with pytest.raises(InferenceFailed, match=r"1 of 2 scans failed: truncated: .*truncated.mha"):
+    (folder / "0_truncated.mha").write_bytes(good.read_bytes()[:3000])  # first: the scan after it still runs
+    from voxpipe.pipelines.inference.engine import STATS
+
+    before = (STATS.builds, STATS.weight_loads, STATS.cases)
+    with pytest.raises(InferenceFailed, match=r"1 of 2 scans failed: 0_truncated: .*0_truncated.mha"):
         _detect(trained, [folder], tmp_path / "out")
-    assert (tmp_path / "out" / f"{uid}.json").is_file() and not (tmp_path / "out" / "truncated.json").exists()
+    # one detector built and loaded for the run; the failing scan did not cost a rebuild
+    assert (STATS.builds, STATS.weight_loads, STATS.cases) == (before[0] + 1, before[1] + 1, before[2] + 1)
+    assert (tmp_path / "out" / f"{uid}.json").is_file() and not (
+        tmp_path / "out" / "0_truncated.json"
+    ).exists()
     rows = list(csv.DictReader((tmp_path / "out" / "candidates.csv").open()))
     assert rows and {r["seriesuid"] for r in rows} == {uid}
 

@@ -150,7 +150,8 @@ def run_bundle(
             (:mod:`voxpipe.pipelines.inference.engine`) then runs its evaluator case by case.
 
     Returns:
-        The finished workflow (its ``parser`` gives access to the built components).
+        The finished workflow (its ``parser`` gives access to the built components; ``outputs``, when
+        run, holds what the `run` entry returned: MONAI drops it, and reading `run` again would run it again).
 
     Raises:
         BundleError: missing files, refused by safe mode or validation, or a failure while building
@@ -239,7 +240,9 @@ def run_bundle(
                 before_run(workflow)
             if not execute:
                 return workflow
-            workflow.run()
+            workflow.outputs = (
+                workflow.run()
+            )  # MONAI drops the resolved `run`: reading it again runs it again
             workflow.finalize()
         except VoxpipeError:
             raise

@@ -44,6 +44,7 @@ import torch
 from monai.utils import convert_to_tensor
 
 from voxpipe.errors import InputError
+from voxpipe.pipelines.inference.engine import STATS, run_cases
 from voxpipe.pipelines.training.detection import detect_boxes
 from voxpipe.transforms.boxes import (
     meta_affine,
@@ -305,8 +306,11 @@ def run_detection(
 ) -> dict[str, Any]:
     """Detect nodules in every scan of ``datalist`` (entries with ``image``); the inference config's ``run``.
 
-    Cases that fail are logged and listed (``failures``) after every other case was written; the
-    candidate list holds the cases that finished. Returns ``{"cases", "failures", "candidates"}``.
+    The network and its weights are loaded once; the scans run through the inference engine's case
+    loop (:func:`voxpipe.pipelines.inference.engine.run_cases`: the next scan is loaded and resampled
+    while the detector runs on this one). Cases that fail are logged and listed (``failures``) after
+    every other case was written; the candidate list holds the cases that finished. Returns
+    ``{"cases", "failures", "candidates"}``.
     """
     from voxpipe.networks.transfer import read_state_dict
 
@@ -318,45 +322,54 @@ def run_detection(
             f"{str(checkpoint)!r}: expected weights of this bundle's detection network, found others "
             f"({str(error).splitlines()[0]})"
         ) from None
+    STATS.builds += 1  # the bundle built the detector for this run; the scans below reuse it
+    STATS.weight_loads += 1
     detector.eval()
     all_rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
-    cases: list[str] = []
+    finished: dict[str, list[dict[str, Any]]] = {}
     started = time.perf_counter()
+    pending = []
     for entry in datalist:
         case = _case_name(entry)
         done = out_dir / f"{case}.json"
         if resume and done.is_file():
-            all_rows += read_case(done)
-            cases.append(case)
-            continue
-        try:
-            item = _preprocess(preprocessing, entry["image"])
-            image = item["image"]
-            affine = meta_affine(image)
-            boxes, scores = detect_scan(
-                detector, image, device=device, tta=tta, merge=tta_merge, merge_iou=tta_merge_iou
+            finished[case] = read_case(done)
+        else:
+            pending.append(entry)
+
+    def detect(prepared: tuple[Mapping[str, Any], dict[str, Any]]) -> None:
+        entry, item = prepared
+        case = _case_name(entry)
+        image = item["image"]
+        affine = meta_affine(image)
+        boxes, scores = detect_scan(
+            detector, image, device=device, tta=tta, merge=tta_merge, merge_iou=tta_merge_iou
+        )
+        keep = scores >= min_score
+        world = voxel_boxes_to_world(boxes[keep], affine, space="world_lps")
+        rows = _rows(case, world, scores[keep], _midline_x(image, affine, hu_window))
+        if dicom_seg:
+            _write_seg(
+                Path(entry["image"]), out_dir, case, [r for r in rows if r["score"] >= seg_score_threshold]
             )
-            keep = scores >= min_score
-            world = voxel_boxes_to_world(boxes[keep], affine, space="world_lps")
-            rows = _rows(case, world, scores[keep], _midline_x(image, affine, hu_window))
-            if dicom_seg:
-                _write_seg(
-                    Path(entry["image"]),
-                    out_dir,
-                    case,
-                    [r for r in rows if r["score"] >= seg_score_threshold],
-                )
-            write_case(out_dir, case, rows, image=str(entry["image"]))
-        except InputError as error:
-            failures[case] = str(error)
-            logger.error("%s: skipped (%s)", entry["image"], error)
-            continue
-        all_rows += rows
-        cases.append(case)
+        write_case(out_dir, case, rows, image=str(entry["image"]))
+        finished[case] = rows
+        STATS.cases += 1
         logger.info(
             "%s: %d candidates (%d with score >= 0.5)", case, len(rows), sum(r["score"] >= 0.5 for r in rows)
         )
+
+    results = run_cases(
+        pending, prepare=lambda entry: (entry, _preprocess(preprocessing, entry["image"])), execute=detect
+    )
+    for result in results:
+        if not result.ok:
+            failures[_case_name(result.case)] = result.reason
+            logger.error("%s: skipped (%s)", result.case["image"], result.reason)
+    cases = [_case_name(e) for e in datalist if _case_name(e) in finished]
+    for case in cases:
+        all_rows += finished[case]
     candidates = write_candidates(out_dir, all_rows)
     summary = {
         "cases": cases,
@@ -624,7 +637,7 @@ def detect_with_bundle(
     if device is not None:
         values["device#preference"] = device
     workflow = run_bundle(bundle_dir, config="inference", overrides=values, safe=safe)
-    summary = dict(workflow.parser.get_parsed_content("run"))
+    [summary] = [dict(output) for output in workflow.outputs]  # run_detection's, from the one run
     failures = dict(summary["failures"])
     if classifier is not None:
         finished = {case: by_case[case] for case in summary["cases"]}

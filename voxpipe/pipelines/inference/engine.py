@@ -191,38 +191,57 @@ class InferenceEngine:
         writing fails yields its error and reason; the next case runs. A full disk or a read-only
         output stops the run: that case and every later one yield the machine's reason.
         """
-        pool = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxpipe-prefetch")
-            if self.prefetch
-            else None
+        yield from run_cases(
+            cases,
+            prepare=lambda case: self._prepared(item(case)),
+            execute=self._run_prepared,
+            prefetch=self.prefetch,
         )
-        try:
-            pending: Future | None = None
-            if pool is not None and cases:
-                pending = pool.submit(self._prepared, item(cases[0]))
-            stopped: str | None = None
-            for index, case in enumerate(cases):
-                started = time.perf_counter()
-                if stopped is not None:
-                    yield CaseResult(case, 0.0, OutputError(stopped), f"not run ({stopped})")
-                    continue
-                try:
-                    future, pending = pending, None
-                    prepared = future.result() if future is not None else self._prepared(item(case))
-                    if pool is not None and index + 1 < len(cases):
-                        pending = pool.submit(self._prepared, item(cases[index + 1]))
-                    self._run_prepared(prepared)
-                except Exception as error:  # one case's failure must not cost the others
-                    if pool is not None and pending is None and index + 1 < len(cases):
-                        pending = pool.submit(self._prepared, item(cases[index + 1]))
-                    stopped = machine_problem(error)
-                    reason = stopped or _reason(error)
-                    yield CaseResult(case, time.perf_counter() - started, error, reason)
-                    continue
-                yield CaseResult(case, time.perf_counter() - started)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_cases(
+    cases: Sequence[Any],
+    *,
+    prepare: Callable[[Any], Any],
+    execute: Callable[[Any], None],
+    prefetch: bool = True,
+) -> Iterator[CaseResult]:
+    """The engine's case loop: ``prepare(case)`` (loading, resampling) for the next case runs in a thread
+    while ``execute(prepared)`` (network, stitching, writing) runs for this one; yields a
+    :class:`CaseResult` per case, in order.
+
+    Each case succeeds or fails on its own, with its reason; a full disk or a read-only output stops the
+    loop (that case and every later one yield the machine's reason). Used by :class:`InferenceEngine`
+    (segmentation bundles) and by :func:`voxpipe.pipelines.inference.detect.run_detection`.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxpipe-prefetch") if prefetch else None
+    try:
+        pending: Future | None = None
+        if pool is not None and cases:
+            pending = pool.submit(prepare, cases[0])
+        stopped: str | None = None
+        for index, case in enumerate(cases):
+            started = time.perf_counter()
+            if stopped is not None:
+                yield CaseResult(case, 0.0, OutputError(stopped), f"not run ({stopped})")
+                continue
+            try:
+                future, pending = pending, None
+                prepared = future.result() if future is not None else prepare(case)
+                if pool is not None and index + 1 < len(cases):
+                    pending = pool.submit(prepare, cases[index + 1])
+                execute(prepared)
+            except Exception as error:  # one case's failure must not cost the others
+                if pool is not None and pending is None and index + 1 < len(cases):
+                    pending = pool.submit(prepare, cases[index + 1])
+                stopped = machine_problem(error)
+                reason = stopped or _reason(error)
+                yield CaseResult(case, time.perf_counter() - started, error, reason)
+                continue
+            yield CaseResult(case, time.perf_counter() - started)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _writers(parser: Any) -> list[tuple[Any, str]]:
@@ -264,4 +283,12 @@ def engine_key(bundle_dir: str | os.PathLike[str], weights: str | os.PathLike[st
     return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
 
 
-__all__ = ["STATS", "CaseResult", "EngineStats", "InferenceEngine", "engine_key", "machine_problem"]
+__all__ = [
+    "STATS",
+    "CaseResult",
+    "EngineStats",
+    "InferenceEngine",
+    "engine_key",
+    "machine_problem",
+    "run_cases",
+]
