@@ -213,6 +213,33 @@ def test_series_round_trip_seg_on_the_source_grid_and_sr_equal_to_statistics(
     assert "done: 1" in format_status(JobStore(tmp_path / "node"))
 
 
+def test_a_series_without_tumour_gets_an_sr_with_volume_zero(tmp_path):
+    """The common case next to a PACS: nothing of one class found. Its segment has no frames in the SEG;
+    the SR still reports it (highdicom's from_segmentation alone refuses such a segment)."""
+    from voxpipe.pipelines.deploy.report import write_measurement_report
+    from voxpipe.transforms.dicom import discover_series
+    from voxpipe.transforms.dicom_seg import write_dicom_seg
+
+    phantom, files = write_series(tmp_path / "series", seed=3)
+    label = (phantom.label > 0).astype(np.uint8)  # liver only: no tumour voxel
+    seg = write_dicom_seg(label, tmp_path / "series", tmp_path / "seg.dcm", names={1: "liver", 2: "tumour"})
+    statistics = {
+        "liver": {"volume_ml": 12.5},
+        "tumour": {"volume_ml": 0.0, "lesion_count": 0, "largest_lesion_diameter_mm": 0.0},
+    }
+    sr = write_measurement_report(
+        seg,
+        discover_series(tmp_path / "series")[0].headers,
+        statistics,
+        tmp_path / "sr.dcm",
+        sop_instance_uid=generate_uid(),
+        series_instance_uid=generate_uid(),
+    )
+    report = read_report_volumes(sr)
+    assert report["segment 1: liver"]["Volume"] == 12.5
+    assert report["segment 2: tumour"] == {"Volume": 0.0, "Count": 0.0, "Maximum Diameter": 0.0}
+
+
 def test_unknown_calling_ae_title_is_rejected_and_bad_uids_refused(
     liver_bundle, oracle_weights, tmp_path, peer
 ):
@@ -308,6 +335,61 @@ def test_promise_back_to_back_series_share_one_model_load_and_a_weights_change_r
     finally:
         node.stop()
     assert (STATS.builds - builds, STATS.weight_loads - loads) == (2, 2)
+    assert len(peer.by_modality("SEG")) == 4
+
+
+def test_a_pool_of_workers_each_with_its_own_warm_network_takes_each_job_once(
+    liver_bundle, oracle_weights, tmp_path, peer
+):
+    import threading
+
+    import torch
+
+    from voxpipe.pipelines.inference.engine import STATS
+
+    threads = torch.get_num_threads()
+    builds, loads = STATS.builds, STATS.weight_loads
+    with pytest.raises(InputError, match="--workers: expected 1 to 8"):
+        make_node(liver_bundle, tmp_path / "bad", peer.destination(), oracle_weights, workers=9)
+    node = make_node(liver_bundle, tmp_path / "node", peer.destination(), oracle_weights, workers=2)
+    try:
+        assert (STATS.builds - builds, STATS.weight_loads - loads) == (2, 2)  # one network per worker
+        assert node.engine(0) is not node.engine(1)
+        seen: list[tuple[str, str, float, float]] = []
+        predict = node._predict
+
+        def recording(job):
+            started = time.monotonic()
+            try:
+                time.sleep(1.0)  # a job longer than the gap between series: the next one goes to the free worker
+                return predict(job)
+            finally:
+                seen.append((threading.current_thread().name, job["series_uid"], started, time.monotonic()))
+
+        node._predict = recording
+        node.start()
+        try:
+            uids = []
+            for seed in (21, 22, 23, 24):
+                _, files = write_series(tmp_path / f"s{seed}", seed=seed)
+                assert send_series(files, node.port) == [0] * len(files)
+                uids.append(str(pydicom.dcmread(files[0]).SeriesInstanceUID))
+            jobs = wait_for(
+                lambda: (
+                    (js := [node.store.get(u) for u in uids])
+                    and all(j and j["state"] == "done" for j in js)
+                    and js
+                ),
+                what="four jobs",
+            )
+        finally:
+            node.stop()
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(uid for _, uid, _, _ in seen) == sorted(uids)  # each series run once
+    assert all(j["attempts"] == 1 for j in jobs)
+    assert {name for name, *_ in seen} == {"voxpipe-node-worker-0", "voxpipe-node-worker-1"}
+    assert (STATS.builds - builds, STATS.weight_loads - loads) == (2, 2)  # no rebuild per series
     assert len(peer.by_modality("SEG")) == 4
 
 

@@ -41,6 +41,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         dicomweb=args.dicomweb,
         poll=args.poll,
         retry=args.retry,
+        workers=args.workers,
     )
     node.serve_forever()
     return 0
@@ -111,6 +112,13 @@ def add_commands(commands: Any) -> None:
         type=float,
         default=30.0,
         help="seconds before a failed delivery is tried again (default 30)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="series segmented at once (default 1, at most 8); each worker loads its own network at "
+        "start-up, and the CPU threads are shared out between them",
     )
     serve.add_argument("--status", metavar="WORKDIR", help="list the jobs of a node's work folder and exit")
     serve.set_defaults(func=_cmd_serve)

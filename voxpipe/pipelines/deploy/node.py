@@ -5,9 +5,10 @@ pynetdicom does the networking (a Storage SCP that receives, a Storage SCU that 
 (:func:`voxpipe.pipelines.inference.infer.infer_with_bundle`) segments; highdicom writes the
 DICOM-SEG (:func:`voxpipe.transforms.dicom_seg.write_dicom_seg`) and the SR
 (:mod:`voxpipe.pipelines.deploy.report`). What voxpipe adds is the policy a node next to a PACS needs
-and neither library has: when a series is complete (nothing received for ``idle`` seconds), one job
-at a time from an on-disk queue, a failed series recorded with its reason while the node goes on,
-results sent until the destination acknowledges each one, and a restart that resumes from disk.
+and neither library has: when a series is complete (nothing received for ``idle`` seconds), jobs
+from an on-disk queue (one at a time, or a small bounded pool of workers, each with its own warm
+network), a failed series recorded with its reason while the node goes on, results sent until the
+destination acknowledges each one, and a restart that resumes from disk.
 
 Safe by default: the SCP listens on 127.0.0.1 unless told otherwise, accepts associations only from
 the allowed calling AE titles (by default the destination's), refuses instances whose UIDs are not
@@ -41,6 +42,7 @@ MIN_BODY_FRACTION = 0.01  # of the sampled slices' pixels; below it the series s
 MIN_FREE_BYTES = (
     256 * 2**20
 )  # below this free space an instance is refused (out of resources), not half-stored
+MAX_WORKERS = 8  # jobs in flight at once; each holds a network and a case's arrays in memory
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 # Status codes of C-STORE (PS3.4 B.2.3)
@@ -177,6 +179,8 @@ class DicomNode:
             ``send_to``, store to (STOW-RS); the Storage SCP is not started.
         poll: seconds between DICOMweb polls.
         retry: seconds before a failed delivery is tried again.
+        workers: jobs in flight at once (1 to :data:`MAX_WORKERS`); each worker holds its own network,
+            built at start-up. The queue stays on disk: a job is claimed by one worker at a time.
 
     Raises:
         InputError: bad options, missing weights, or a bundle refused by safe mode (at construction,
@@ -200,6 +204,7 @@ class DicomNode:
         dicomweb: str | None = None,
         poll: float = 10.0,
         retry: float = 30.0,
+        workers: int = 1,
     ) -> None:
         from voxpipe.runtime import optional_module
 
@@ -230,14 +235,21 @@ class DicomNode:
         )
         self.weights, self.overrides, self.safe = weights, dict(overrides or {}), not trust_bundle
         self.dicomweb_url = dicomweb
-        self._engine: Any = None
-        self._engine_key: tuple[Any, ...] | None = None
+        if not 1 <= int(workers) <= MAX_WORKERS:
+            raise InputError(f"--workers: expected 1 to {MAX_WORKERS} jobs in flight, found {workers}")
+        self.workers = int(workers)
+        self._engines: dict[int, tuple[Any, tuple[Any, ...], Any]] = {}  # worker → (engine, key, timings)
         self._engine_lock = threading.Lock()
-        self._timings: Any = None
-        self.engine()  # the model is loaded at start-up: a refused bundle or bad weights stop the node here
+        self._claim_lock = threading.Lock()
+        self._busy: set[str] = set()  # series a worker of this node holds now
+        self._local = threading.local()  # which worker this thread is
+        if self.workers > 1:
+            _share_threads(self.workers)
+        for worker in range(self.workers):  # every model loaded at start-up: a bad bundle stops the node here
+            self.engine(worker)
         self.modality = _bundle_modality(self.bundle)
         self._server: Any = None
-        self._worker: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._retry_at: dict[str, float] = {}
         self._poller: Any = None
@@ -284,8 +296,14 @@ class DicomNode:
                 self.poll,
                 self.destination or f"{self.dicomweb_url} (STOW-RS)",
             )
-        self._worker = threading.Thread(target=self._work, name="voxpipe-node-worker", daemon=True)
-        self._worker.start()
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(worker,), name=f"voxpipe-node-worker-{worker}", daemon=True
+            )
+            for worker in range(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop listening; wait (up to ``timeout`` s) for the job in progress. Unfinished jobs resume at the next start."""
@@ -293,8 +311,10 @@ class DicomNode:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-        if self._worker is not None:
-            self._worker.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = []
         if self._log_handler is not None:
             logging.getLogger("voxpipe").removeHandler(self._log_handler)
             self._log_handler.close()
@@ -400,26 +420,43 @@ class DicomNode:
         return SUCCESS
 
     # -- working ----------------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _work(self, worker: int = 0) -> None:
+        self._local.worker = worker
         next_poll = 0.0
         while not self._stop.is_set():
             try:
-                if self._poller is not None and time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + self.poll
-                    self._poller.poll()
-                self.store.complete_idle(self.idle)
-                job = self._next_job()
-                if job is None:
+                if worker == 0:  # one thread polls and completes series; every worker takes jobs
+                    if self._poller is not None and time.monotonic() >= next_poll:
+                        next_poll = time.monotonic() + self.poll
+                        self._poller.poll()
+                    self.store.complete_idle(self.idle)
+                uid = self._claim()
+                if uid is None:
                     self._stop.wait(0.2)
                     continue
-                self.process(job["series_uid"])
+                try:
+                    self.process(uid)
+                finally:
+                    with self._claim_lock:
+                        self._busy.discard(uid)
             except Exception:  # the node must go on: log the bug and keep serving
                 logger.exception("node worker error; continuing")
                 self._stop.wait(1.0)
 
+    def _claim(self) -> str | None:
+        """The oldest job with work to do that no other worker holds; marked as held."""
+        with self._claim_lock:
+            job = self._next_job()
+            if job is None:
+                return None
+            self._busy.add(job["series_uid"])
+            return str(job["series_uid"])
+
     def _next_job(self) -> dict[str, Any] | None:
         now = time.monotonic()
         for job in self.store.jobs():
+            if job["series_uid"] in self._busy:
+                continue
             if job["state"] == "queued" or (
                 job["state"] == "sending" and self._retry_at.get(job["series_uid"], 0) <= now
             ):
@@ -472,23 +509,31 @@ class DicomNode:
             job = self._deliver(job)
         return job
 
-    def engine(self) -> Any:
-        """The warm inference engine: built at start-up, reused for every series, rebuilt only when the
-        bundle's configs or the weights file change on disk (their times and sizes)."""
+    def engine(self, worker: int | None = None) -> Any:
+        """The worker's warm inference engine (default: the calling worker's, 0 outside the workers):
+        built at start-up, reused for every series, rebuilt only when the bundle's configs or the
+        weights file change on disk (their times and sizes)."""
+        return self._engine_and_timings(worker)[0]
+
+    def _engine_and_timings(self, worker: int | None = None) -> tuple[Any, Any]:
         from voxpipe.pipelines.inference.engine import InferenceEngine, engine_key
         from voxpipe.pipelines.inference.infer import weights_path
         from voxpipe.pipelines.inference.timings import Timings
 
+        worker = getattr(self._local, "worker", 0) if worker is None else worker
         weights = weights_path(self.bundle, self.weights)
         key = engine_key(self.bundle, weights)
-        with self._engine_lock:
-            if self._engine is None or key != self._engine_key:
-                if self._engine is not None:
+        with self._engine_lock:  # one build at a time: each holds a network's worth of memory while it loads
+            held = self._engines.get(worker)
+            if held is None or key != held[1]:
+                if held is not None:
                     logger.info(
-                        "%s: the bundle or its weights changed on disk; reloading the model", self.bundle
+                        "%s: the bundle or its weights changed on disk; worker %d reloads the model",
+                        self.bundle,
+                        worker,
                     )
-                self._timings = Timings()
-                self._engine = InferenceEngine(
+                timings = Timings()
+                engine = InferenceEngine(
                     self.bundle,
                     overrides={
                         "checkpoint": str(weights.resolve()),
@@ -497,10 +542,10 @@ class DicomNode:
                         **self.overrides,
                     },
                     safe=self.safe,
-                    before_run=self._timings.instrument,
+                    before_run=timings.instrument,
                 )
-                self._engine_key = key
-            return self._engine
+                held = self._engines[worker] = (engine, key, timings)
+            return held[0], held[2]
 
     def _predict(self, job: dict[str, Any]) -> dict[str, dict[str, str]]:
         """Segment the series; write the label map, statistics, DICOM-SEG and SR; their paths and UIDs."""
@@ -518,8 +563,7 @@ class DicomNode:
         if out.exists():  # what an interrupted run left; the results are made again (same UIDs)
             shutil.rmtree(out)
         screen_series(series, modality=self.modality)
-        engine = self.engine()
-        timings = self._timings
+        engine, timings = self._engine_and_timings()
         timings.seconds.clear()  # this series' stages only
         [label_path] = infer_with_bundle(
             self.bundle,
@@ -588,6 +632,17 @@ class DicomNode:
         return self.store.update(
             uid, state="done", sent=sent, last_error=None, seconds_from_last_instance=round(seconds, 3)
         )
+
+
+def _share_threads(workers: int) -> None:
+    """Give each worker an equal share of the CPU threads: torch's intra-op pool is per process, and
+    ``workers`` networks each using every core would fight over them."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers)
+    torch.set_num_threads(threads)
+    logger.info("%d workers on %d cores: %d CPU thread(s) per network", workers, cores, threads)
 
 
 # Patient-identifying attributes (PS3.15 E.1 basic profile, the ones a library message might quote).

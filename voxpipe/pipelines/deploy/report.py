@@ -89,7 +89,7 @@ def write_measurement_report(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=hd.UID(), identifier=f"segment {segment.SegmentNumber}: {name}"
                 ),
-                referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, int(segment.SegmentNumber)),
+                referenced_segment=_referenced_segment(hd, seg, int(segment.SegmentNumber)),
                 finding_type=hd.sr.CodedConcept(
                     kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning
                 ),
@@ -121,6 +121,30 @@ def write_measurement_report(
     with atomic_path(path) as tmp:
         sr.save_as(tmp)
     return Path(path)
+
+
+def _referenced_segment(hd: Any, seg: Any, number: int) -> Any:
+    """The SR's reference to one segment of the SEG. A segment with no voxels (no tumour found) has no
+    frames, and highdicom's ``from_segmentation`` refuses it: it is then referenced with the source
+    series instead of frames, and its measurements (volume 0) still go into the report."""
+    try:
+        return hd.sr.ReferencedSegment.from_segmentation(seg, number)
+    except ValueError:
+        frames = [
+            item
+            for item in seg.PerFrameFunctionalGroupsSequence
+            if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == number
+        ]
+        if frames:
+            raise
+        return hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=number,
+            source_series=hd.sr.SourceSeriesForSegmentation(
+                seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+            ),
+        )
 
 
 def read_report_volumes(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
