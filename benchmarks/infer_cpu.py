@@ -29,6 +29,8 @@ Other modes:
     --real FILE...        real CT files or DICOM folders (no truth: agreement only), e.g. ../shared/data
     --memory              peak RSS of a 512 × 512 × 600 clinical-size CT, whole pipeline (budget 3 GB)
     --network-only        the network part alone on a resampled phantom held in memory (the older figure)
+    --variants            voxpipe fp32, bf16 and bf16 + channels-last 3D against MONAI fp32 (file to file,
+                          or the network alone with --network-only)
 
 Without ``--weights`` the network is a seeded random init, whose near-tied logits make agreement
 figures pessimistic.
@@ -54,6 +56,12 @@ from voxpipe.metrics.overlap import dice
 
 BUNDLE = Path(__file__).resolve().parents[1] / "configs" / "liver_ct_segresnet"
 CLASSES = {1: "liver", 2: "tumour"}
+# --variants: voxpipe's numeric paths, each against plain MONAI fp32 (everything else as shipped)
+VARIANTS = {
+    "voxpipe-fp32": {"precision": "fp32"},
+    "voxpipe-bf16": {"precision": "bf16"},
+    "voxpipe-bf16-cl": {"precision": "bf16", "inferer#channels_last": True},
+}
 
 
 # --- clinical-size cases -------------------------------------------------------------------------
@@ -119,6 +127,9 @@ def _child(kind: str, images: list[str], weights: str, init_filters: int, out: s
     if kind.startswith("voxpipe"):
         from voxpipe.pipelines.inference.infer import infer_with_bundle
 
+        variant = VARIANTS.get(kind, {})
+        overrides.update({k: v for k, v in variant.items() if k == "inferer#channels_last"})
+
         infer_with_bundle(
             BUNDLE,
             images,
@@ -126,6 +137,7 @@ def _child(kind: str, images: list[str], weights: str, init_filters: int, out: s
             weights=weights,
             overrides=overrides,
             organ_roi=kind == "voxpipe-roi",
+            precision=variant.get("precision"),
             timings=timings,
         )
     else:  # the bundle's preprocessing with MONAI's loader, inferer, inversion, component filter and writer
@@ -263,7 +275,11 @@ def compare(images: list[Path], truths: list[Path | None], args: argparse.Namesp
     import nibabel as nib
 
     weights = _weights(args, folder)
-    kinds = ["monai", "voxpipe"] + (["voxpipe-roi"] if args.organ_roi else [])
+    kinds = (
+        ["monai", *VARIANTS]
+        if args.variants
+        else ["monai", "voxpipe"] + (["voxpipe-roi"] if args.organ_roi else [])
+    )
     results = {kind: side(kind, images, weights, args.init_filters, folder / kind) for kind in kinds}
     if results["monai"] is None:
         return
@@ -283,7 +299,7 @@ def compare(images: list[Path], truths: list[Path | None], args: argparse.Namesp
             )
     minutes = {k: r["seconds"] / 60 for k, r in results.items() if r is not None}
     for kind in [k for k in kinds[1:] if k in maps]:
-        label = "" if kind == "voxpipe" else " (organ ROI)"
+        label = "" if kind == "voxpipe" else f" ({'organ ROI' if kind == 'voxpipe-roi' else kind})"
         if len(images) > 1:
             print(
                 f"  cases per minute{label}: monai {len(images) / minutes['monai']:.2f}, {kind} {len(images) / minutes[kind]:.2f}"
@@ -390,6 +406,7 @@ def network(init_filters: int, weights: str | None) -> torch.nn.Module:
 
 
 def _network_child(kind: str, args: argparse.Namespace, queue: mp.Queue) -> None:
+    variant = VARIANTS.get(kind, {"precision": args.precision, "inferer#channels_last": args.channels_last})
     from monai.inferers import sliding_window_inference
 
     from voxpipe.pipelines.inference.sliding_window import FastSlidingWindowInferer
@@ -407,8 +424,8 @@ def _network_child(kind: str, args: argparse.Namespace, queue: mp.Queue) -> None
                 sw_batch_size=4,
                 overlap=0.25,
                 mode="gaussian",
-                precision=args.precision,
-                channels_last=args.channels_last,
+                precision=variant["precision"],
+                channels_last=bool(variant.get("inferer#channels_last", False)),
                 skip_air=not args.no_skip_air,
             )
             logits = inferer(image, net)
@@ -427,7 +444,7 @@ def network_only(args: argparse.Namespace) -> None:
         f"sw_batch 4, gaussian, {args.threads} threads, weights: {args.weights or 'random init (seed 0)'}"
     )
     results = {}
-    for kind in ("monai", "voxpipe"):
+    for kind in ("monai", *(VARIANTS if args.variants else ["voxpipe"])):
         context = mp.get_context("fork")
         queue = context.Queue()
         process = context.Process(target=_network_child, args=(kind, args, queue))
@@ -437,11 +454,13 @@ def network_only(args: argparse.Namespace) -> None:
     for kind, (seconds, rss, labels) in results.items():
         counts = np.bincount(labels.ravel(), minlength=3)
         print(f"  {kind:8s} {seconds:7.1f} s   peak RSS {rss:7.0f} MiB   voxels per class {counts.tolist()}")
-    plain, fast = results["monai"][2], results["voxpipe"][2]
-    agreement = [dice(plain == c, fast == c) for c in (1, 2)]
-    print(
-        f"speed-up {results['monai'][0] / results['voxpipe'][0]:.2f}×; Dice agreement liver {agreement[0]:.4f}, tumour {agreement[1]:.4f}"
-    )
+    plain = results["monai"][2]
+    for kind in [k for k in results if k != "monai"]:
+        agreement = [dice(plain == c, results[kind][2] == c) for c in (1, 2)]
+        print(
+            f"{kind}: speed-up {results['monai'][0] / results[kind][0]:.2f}×; "
+            f"Dice agreement with MONAI fp32: liver {agreement[0]:.4f}, tumour {agreement[1]:.4f}"
+        )
 
 
 def main() -> None:
@@ -483,6 +502,12 @@ def main() -> None:
         "--channels-last", action="store_true", help="--network-only: voxpipe in channels-last 3D"
     )
     parser.add_argument("--no-skip-air", action="store_true", help="--network-only: run every window")
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="voxpipe in fp32, bf16 and bf16 + channels-last 3D, each against plain MONAI fp32 "
+        "(file to file, or with --network-only the network alone)",
+    )
     args = parser.parse_args()
     if args.memory:
         memory(args)

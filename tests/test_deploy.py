@@ -361,7 +361,9 @@ def test_a_pool_of_workers_each_with_its_own_warm_network_takes_each_job_once(
         def recording(job):
             started = time.monotonic()
             try:
-                time.sleep(1.0)  # a job longer than the gap between series: the next one goes to the free worker
+                time.sleep(
+                    1.0
+                )  # a job longer than the gap between series: the next one goes to the free worker
                 return predict(job)
             finally:
                 seen.append((threading.current_thread().name, job["series_uid"], started, time.monotonic()))

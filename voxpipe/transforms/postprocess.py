@@ -13,8 +13,12 @@ label map, in millimetres from the prediction's own affine, in this order:
 4. ``min_size_mm3``: ``{2: 20}`` removes components of label 2 smaller than 20 mm³.
 
 Removed voxels become background (0). Everything runs inside the bounding box of the labelled voxels
-(plus one voxel), so the int32 component maps cover the organ rather than the whole scan: on a
-512 × 512 × 600 CT that is the difference between ~0.3 and 1.2 GB for one map.
+(plus one voxel), and steps 2–4 label components slab by slab (:class:`SlabComponents`): a component
+map of the whole box is never held. scipy labels one slab at a time and the components that touch
+across slab faces are joined as a graph (``scipy.sparse.csgraph``), so the result is the whole-array
+labelling's, exactly, while the memory is one slab's int32 map instead of the box's (on a fragmented
+512 × 512 × 600 prediction, ~70 MB instead of ~630 MB). Why our own: neither scipy nor MONAI labels
+components in bounded memory.
 """
 
 from __future__ import annotations
@@ -46,11 +50,13 @@ def postprocess_labels(
     largest: Sequence[Sequence[int]] = (),
     inside: Mapping[int, Sequence[int]] | None = None,
     min_size_mm3: Mapping[int, float] | None = None,
+    in_place: bool = False,
 ) -> np.ndarray:
-    """Post-process an integer label map ``(X, Y, Z)``; returns a new array (see module doc for the order)."""
+    """Post-process an integer label map ``(X, Y, Z)`` (see module doc for the order); returns a new
+    array, or ``label`` itself changed with ``in_place`` (no copy of the whole map)."""
     if np.ndim(label) != 3:
         raise InputError(f"post-processing: expected a 3D label map (X, Y, Z), found shape {np.shape(label)}")
-    out = np.array(label, copy=True)
+    out = label if in_place and isinstance(label, np.ndarray) else np.array(label, copy=True)
     box = foreground_box(out)
     if box is not None:
         _postprocess_in_place(
@@ -89,15 +95,113 @@ def foreground_box(label: np.ndarray, margin: int | Sequence[int] = 1) -> tuple[
     return tuple(box)
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected components of ``mask``; uint16 labels when they fit (half of scipy's int32 memory)."""
-    labels = np.empty(mask.shape, dtype=np.uint16)
-    try:
-        count = ndimage.label(mask, structure=_FULL, output=labels)
-    except RuntimeError:  # more than 65535 components
-        del labels
-        return ndimage.label(mask, structure=_FULL)
-    return labels, int(count)
+SLAB = 32  # slices (last axis) labelled at once by SlabComponents
+
+
+def _in(out: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """``np.isin(out, values)`` for a few values, with one temporary instead of one per value."""
+    mask = out == int(values[0])
+    for value in values[1:]:
+        mask |= out == int(value)
+    return mask
+
+
+class SlabComponents:
+    """26-connected components of ``np.isin(out, values)``, labelled slab by slab along the last axis.
+
+    Each slab is labelled by ``scipy.ndimage.label``; components of neighbouring slabs that touch
+    (26-connectivity across the face between them) are joined with
+    ``scipy.sparse.csgraph.connected_components``. :attr:`sizes` holds each component's voxel count;
+    :meth:`slabs` yields every slab's map of component numbers (1..:attr:`count`, 0 outside),
+    relabelled again on the way (a second ``ndimage.label`` pass costs less than keeping the maps).
+    The numbering is not scipy's whole-array numbering; the components are the same.
+    """
+
+    def __init__(self, out: np.ndarray, values: Sequence[int], slab: int | None = None) -> None:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        self.out, self.values = out, [int(v) for v in values]
+        self.slab = max(1, int(SLAB if slab is None else slab))
+        offsets, sizes, rows, cols = [], [], [], []
+        total = 0
+        previous_face: np.ndarray | None = None
+        for _, labels, count in self._labelled():
+            offsets.append(total)
+            sizes.append(np.bincount(labels.ravel(), minlength=count + 1)[1:])
+            if previous_face is not None:
+                pairs = _touching(previous_face, labels[..., 0])
+                if pairs.size:
+                    rows.append(pairs[:, 0] + offsets[-2] - 1)
+                    cols.append(pairs[:, 1] + total - 1)
+            previous_face = labels[..., -1].copy()
+            total += count
+        self._offsets = offsets
+        if total == 0:
+            self.count, self._component, self.sizes = 0, np.zeros(0, np.int64), np.zeros(0, np.int64)
+            return
+        row = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        graph = coo_matrix((np.ones(row.size, np.int8), (row, col)), shape=(total, total))
+        count, component = connected_components(graph, directed=False)
+        self.count = int(count)
+        self._component = component.astype(np.int64) + 1  # slab label (global) → component number
+        self.sizes = np.bincount(self._component, weights=np.concatenate(sizes), minlength=count + 1)[
+            1:
+        ].astype(np.int64)
+
+    def _labelled(self):
+        depth = self.out.shape[-1]
+        for start in range(0, depth, self.slab):
+            stop = min(start + self.slab, depth)
+            labels, count = ndimage.label(_in(self.out[..., start:stop], self.values), structure=_FULL)
+            yield start, labels, int(count)
+
+    def slabs(self):
+        """``(start, stop, numbers)`` per slab: ``numbers`` maps the slab's voxels to component numbers."""
+        for (start, labels, _), offset in zip(self._labelled(), self._offsets, strict=True):
+            lookup = np.concatenate(([0], self._component[offset : offset + int(labels.max(initial=0))]))
+            yield start, start + labels.shape[-1], lookup[labels]
+
+    def largest(self) -> int:
+        """The number of the largest component; among equal sizes, the one whose first voxel comes first
+        in C order (the one scipy's whole-array labelling numbers first, so the same one is kept)."""
+        tied = np.flatnonzero(self.sizes == self.sizes.max()) + 1
+        if tied.size == 1:
+            return int(tied[0])
+        first = np.full(self.count + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        for start, _, numbers in self.slabs():
+            where = np.nonzero(np.isin(numbers, tied))
+            if where[0].size:
+                index = np.ravel_multi_index((*where[:-1], where[-1] + start), self.out.shape)
+                np.minimum.at(first, numbers[where], index)
+        return int(tied[np.argmin(first[tied])])
+
+    def remove(self, numbers: np.ndarray) -> None:
+        """Set the voxels of the given component numbers to background (0) in ``out``."""
+        numbers = np.asarray(numbers, dtype=np.int64)
+        if not numbers.size:
+            return
+        gone = np.zeros(self.count + 1, dtype=bool)
+        gone[numbers] = True
+        for start, stop, labels in self.slabs():
+            self.out[..., start:stop][gone[labels]] = 0
+
+
+def _touching(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Unique ``(label in lower, label in upper)`` pairs of 26-neighbours across two adjacent planes."""
+    found = []
+    nx, ny = lower.shape
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            a = lower[max(dx, 0) : nx + min(dx, 0), max(dy, 0) : ny + min(dy, 0)]
+            b = upper[max(-dx, 0) : nx + min(-dx, 0), max(-dy, 0) : ny + min(-dy, 0)]
+            both = (a > 0) & (b > 0)
+            if both.any():
+                found.append(np.stack([a[both], b[both]], axis=1))
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.unique(np.concatenate(found).astype(np.int64), axis=0)
 
 
 def _postprocess_in_place(
@@ -115,36 +219,34 @@ def _postprocess_in_place(
         out[filled] = value
         del filled
     for group in largest:
-        components, count = _components(np.isin(out, list(group)))
-        if count > 1:
-            sizes = np.bincount(components.ravel())[1:]
-            drop = components != int(np.argmax(sizes)) + 1
-            drop &= components > 0
-            del components
-            out[drop] = 0
-            del drop
-        else:
-            del components
+        components = SlabComponents(out, list(group))
+        if components.count > 1:
+            keep = components.largest()
+            components.remove(np.setdiff1d(np.arange(1, components.count + 1), [keep]))
     for value, hosts in (inside or {}).items():
-        components, count = _components(out == int(value))
-        if count:
-            near_host = ndimage.binary_dilation(np.isin(out, list(hosts)), structure=_FULL)
-            near_host &= components > 0
-            touching = np.unique(components[near_host])
-            del near_host
-            out[np.isin(components, np.setdiff1d(np.arange(1, count + 1), touching))] = 0
-        del components
+        components = SlabComponents(out, [int(value)])
+        if components.count:
+            touching = np.zeros(components.count + 1, dtype=bool)
+            depth = out.shape[-1]
+            for start, stop, numbers in components.slabs():
+                low, high = max(start - 1, 0), min(stop + 1, depth)  # a halo plane: dilation reaches across
+                near = ndimage.binary_dilation(_in(out[..., low:high], list(hosts)), structure=_FULL)
+                near = near[..., start - low : start - low + (stop - start)]
+                touching[numbers[near]] = True
+            touching[0] = True
+            components.remove(np.flatnonzero(~touching))
     for value, limit in (min_size_mm3 or {}).items():
-        components, count = _components(out == int(value))
-        if count:
-            sizes_mm3 = np.bincount(components.ravel())[1:] * voxel_mm3
-            small = np.flatnonzero(sizes_mm3 < float(limit)) + 1
-            out[np.isin(components, small)] = 0
-        del components
+        components = SlabComponents(out, [int(value)])
+        if components.count:
+            small = np.flatnonzero(components.sizes * voxel_mm3 < float(limit)) + 1
+            components.remove(small)
 
 
 class PostProcessd(MapTransform):
     """Dict transform over discrete label maps ``(1, X, Y, Z)`` (or ``(X, Y, Z)``); spacing from ``.affine``.
+
+    A tensor prediction is changed in place (it is the inference chain's own array; copying it would
+    add a whole label map to the peak memory); a numpy array is copied.
 
     Args:
         keys: label-map keys (after ``AsDiscreted(argmax=True)``).
@@ -181,7 +283,10 @@ class PostProcessd(MapTransform):
             labels = array[0] if squeeze else array
             if not np.issubdtype(labels.dtype, np.integer):  # AsDiscreted gives float class indices
                 labels = np.rint(labels).astype(np.int16)
-            result = postprocess_labels(labels, voxel_mm3=voxel, **self.options)
+            # in place: the prediction is this chain's own array (a copy of the map is 157 MB at 512 × 512 × 600)
+            result = postprocess_labels(
+                labels, voxel_mm3=voxel, in_place=isinstance(pred, torch.Tensor), **self.options
+            )
             result = result[None] if squeeze else result
             if isinstance(pred, torch.Tensor):
                 out = torch.as_tensor(result.astype(array.dtype, copy=False))
