@@ -184,3 +184,22 @@ def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch)
     assert sliding_window.resolve_precision(torch.device("cpu"), "auto") == "bf16"
     assert sliding_window.resolve_precision(torch.device("cuda"), "auto") == "fp16"
     assert sliding_window.resolve_precision(torch.device("cpu"), "fp32") == "fp32"
+
+
+def test_many_classes_are_blended_in_float16_close_to_float32():
+    torch.manual_seed(1)
+    many = SegResNet(spatial_dims=3, in_channels=1, out_channels=20, init_filters=8).eval()
+    image = torch.rand(1, 1, 40, 40, 24)
+    with torch.no_grad():
+        auto = FastSlidingWindowInferer([32, 32, 16], precision="fp32")(image, many)
+        full = FastSlidingWindowInferer([32, 32, 16], precision="fp32", stitch_dtype="float32")(image, many)
+        plain = sliding_window_inference(image, [32, 32, 16], 4, many, overlap=0.25, mode="gaussian")
+        few = FastSlidingWindowInferer([32, 32, 16], precision="fp32")(
+            image, SegResNet(init_filters=8).eval()
+        )
+    assert auto.dtype == torch.float16 and full.dtype == torch.float32 and few.dtype == torch.float32
+    assert torch.allclose(full, plain, atol=1e-4)
+    scale = float(full.abs().max())
+    assert float((auto.float() - full).abs().max()) < 2e-3 * max(scale, 1.0)  # float16 rounding of the blend
+    with pytest.raises(InputError, match="stitch_dtype"):
+        FastSlidingWindowInferer([32, 32, 16], stitch_dtype="int8")

@@ -153,3 +153,25 @@ def test_a_prediction_without_source_geometry_is_refused():
         ResampleArgmaxd(keys="pred")(
             {"image": MetaTensor(torch.zeros(1, 4, 4, 4)), "pred": torch.zeros(2, 4, 4, 4)}
         )
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_softmax_on_the_way_equals_softmax_first_and_float16_logits_are_read_as_they_are(oblique):
+    torch.manual_seed(3)
+    logits = torch.randn(6, 10, 9, 8) * 4
+    network = np.diag([2.0, 2.0, 3.0, 1.0])
+    source = oblique_affine([0.9, 0.8, 1.2], degrees=10.0) if oblique else np.diag([0.7, -0.9, 1.1, 1.0])
+    kwargs = {"source_affine": source, "network_affine": network, "source_shape": (20, 18, 21)}
+    first, first_p = resample_argmax(torch.softmax(logits, 0), keep_probabilities=True, **kwargs)
+    onway, onway_p = resample_argmax(logits, softmax=True, keep_probabilities=True, **kwargs)
+    assert torch.equal(first, onway)
+    assert torch.allclose(first_p.float(), onway_p.float(), atol=1e-3)
+    half = logits.half()
+    from_half, _ = resample_argmax(half, softmax=True, **kwargs)
+    expected, _ = resample_argmax(half.float(), softmax=True, **kwargs)
+    assert torch.equal(from_half, expected)
+    many = torch.randn(40, 10, 9, 8)  # many classes: slabs shrink, the labels do not change
+    assert torch.equal(
+        resample_argmax(many, softmax=True, slab=16, **kwargs)[0],
+        resample_argmax(torch.softmax(many, 0), slab=1, **kwargs)[0],
+    )

@@ -5,7 +5,7 @@ one whole sliding-window pass per model, every model's full-volume prediction he
 one weights file per model. Here the members run inside each window and their softmax
 probabilities are averaged there, so voxpipe's fast inferer, TTA, ``--weights`` handling and the
 bundle's single ``models/model.pt`` work unchanged. The output is the *logarithm* of the mean
-probabilities: the bundle's ``Activationsd(softmax=True)`` then gives back exactly that mean
+probabilities: the bundle's softmax (``ResampleArgmaxd(softmax=True)`` or ``Activationsd``) gives back exactly that mean
 (softmax(log p) = p when p sums to 1).
 """
 

@@ -43,16 +43,22 @@ def resample_argmax(
     source_shape: Sequence[int],
     slab: int = 16,
     keep_probabilities: bool = False,
+    softmax: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Argmax of ``probabilities`` interpolated at the voxel centres of the source grid.
 
     Args:
-        probabilities: ``(C, X, Y, Z)`` class probabilities (or logits) on the network grid.
+        probabilities: ``(C, X, Y, Z)`` class probabilities (or logits) on the network grid; float16
+            is read as it is (each slab is computed in float32), so a many-class prediction is not
+            copied whole.
         source_affine: 4 × 4 voxel → world (mm) of the source grid.
         network_affine: 4 × 4 voxel → world (mm) of the network grid, same world frame.
         source_shape: ``(X, Y, Z)`` of the source grid.
         slab: source slices (last axis) interpolated at once; memory grows with it.
         keep_probabilities: also return the interpolated probabilities as float16 ``(C, X, Y, Z)``.
+        softmax: ``probabilities`` are logits: the softmax over classes is taken on each slab's block
+            of the network grid before interpolating (the same values as a softmax of the whole
+            volume first, without a second C × grid tensor).
 
     Returns:
         ``(labels, probabilities_or_None)``: uint8 ``(X, Y, Z)`` labels (int16 above 255 classes).
@@ -70,7 +76,11 @@ def resample_argmax(
     offset = torch.from_numpy(mapping[:3, 3]) * scale - 1.0
     # grid_sample reads (N, C, D, H, W) with grid (x→W, y→H, z→D): our X, Y, Z are D, H, W.
     matrix, offset = matrix.flip(0).float(), offset.flip(0).float()
-    volume = probabilities.detach().float().cpu()[None]
+    volume = probabilities.detach().cpu()
+    volume = (volume if volume.dtype in (torch.float16, torch.bfloat16) else volume.float())[None]
+    slab = (
+        max(1, int(slab) * 4 // max(classes, 4)) if classes > 4 else int(slab)
+    )  # a slab's block: ~4 classes' worth
     label_dtype = torch.uint8 if classes <= 256 else torch.int16
     labels = torch.zeros((sx, sy, sz), dtype=label_dtype)
     kept = torch.empty((classes, sx, sy, sz), dtype=torch.float16) if keep_probabilities else None
@@ -86,8 +96,11 @@ def resample_argmax(
     if np.allclose(
         linear, np.diag(np.diag(linear)), atol=1e-9
     ):  # axis-aligned grids (flips included): separable
-        _separable(volume[0], mapping, region, slab, labels, kept, label_dtype)
+        _separable(volume[0], mapping, region, slab, labels, kept, label_dtype, softmax)
         return labels, kept
+    volume = volume.float()  # grid_sample: oblique grids, rare; the whole volume in float32
+    if softmax:
+        volume = torch.softmax(volume, dim=1)
     ii = torch.arange(x0, x1, dtype=torch.float32)[:, None, None, None] * matrix[:, 0]
     jj = torch.arange(y0, y1, dtype=torch.float32)[None, :, None, None] * matrix[:, 1]
     plane = ii + jj + offset  # (X, Y, 1, 3): the k-independent part
@@ -142,6 +155,7 @@ def _separable(
     labels: torch.Tensor,
     kept: torch.Tensor | None,
     label_dtype: torch.dtype,
+    softmax: bool = False,
 ) -> None:
     """Trilinear interpolation as three 1D linear interpolations (z, then y, then x), for axis-aligned grids.
 
@@ -161,12 +175,20 @@ def _separable(
     for start in range(z0, z1, slab):
         stop = min(start + slab, z1)
         zl, zh, zw = _axis(mapping, 2, start, stop, nz)
-        values = torch.lerp(part.index_select(3, zl), part.index_select(3, zh), zw)  # (C, X', Y', k)
+        lower, upper = _block(part, zl, softmax), _block(part, zh, softmax)
+        values = torch.lerp(lower, upper, zw)  # (C, X', Y', k)
+        del lower, upper
         values = torch.lerp(values.index_select(2, yl), values.index_select(2, yh), yw[:, None])
         values = torch.lerp(values.index_select(1, xl), values.index_select(1, xh), xw[:, None, None])
         labels[x0:x1, y0:y1, start:stop] = channel_argmax(values, label_dtype)
         if kept is not None:
             kept[:, x0:x1, y0:y1, start:stop] = values.to(torch.float16)
+
+
+def _block(part: torch.Tensor, index: torch.Tensor, softmax: bool) -> torch.Tensor:
+    """``part``'s network slices ``index`` (last axis) in float32, softmaxed over classes when asked."""
+    block = part.index_select(3, index).float()
+    return torch.softmax(block, dim=0) if softmax else block
 
 
 def _changing_region(
@@ -206,8 +228,10 @@ class ResampleArgmaxd(MapTransform):
     them. The result is a ``(1, X, Y, Z)`` uint8 ``MetaTensor`` with the source affine.
 
     Args:
-        keys: prediction keys (after ``Activationsd(softmax=True)``).
+        keys: prediction keys (after ``Activationsd(softmax=True)``, or logits with ``softmax``).
         reference_key: the preprocessed image key.
+        softmax: the prediction holds logits; the softmax is taken slab by slab on the way (no second
+            C × grid tensor: with many classes, ``Activationsd`` would double the peak memory).
         slab: source slices interpolated at once.
         probabilities_dir: if given, also write the interpolated probabilities (float16,
             ``(C, X, Y, Z)`` on the source grid, with the affine) as
@@ -221,9 +245,10 @@ class ResampleArgmaxd(MapTransform):
         reference_key: str = "image",
         slab: int = 16,
         probabilities_dir: str | os.PathLike[str] | None = None,
+        softmax: bool = False,
     ) -> None:
         super().__init__(keys)
-        self.reference_key, self.slab = reference_key, int(slab)
+        self.reference_key, self.slab, self.softmax = reference_key, int(slab), bool(softmax)
         self.probabilities_dir = Path(probabilities_dir) if probabilities_dir else None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -248,6 +273,7 @@ class ResampleArgmaxd(MapTransform):
                 source_shape=shape,
                 slab=self.slab,
                 keep_probabilities=self.probabilities_dir is not None,
+                softmax=self.softmax,
             )
             if probabilities is not None:
                 self._save_probabilities(

@@ -46,8 +46,11 @@ changes:
 * **stitching device**: windows run on the input's device; on CUDA the blended output stays on the
   GPU when it fits in free GPU memory (twice its size) and is stitched on the CPU otherwise.
 
-Outputs are float32 logits of the full input size on the stitching device, so ``Activationsd`` and
-:class:`voxpipe.transforms.invert.ResampleArgmaxd` (or MONAI's ``Invertd``) work unchanged.
+Outputs are logits of the full input size on the stitching device, so ``Activationsd`` and
+:class:`voxpipe.transforms.invert.ResampleArgmaxd` (or MONAI's ``Invertd``) work unchanged: float32,
+or float16 for networks of more than :data:`MANY_CLASSES` outputs (``stitch_dtype="auto"``), where a
+float32 C × grid tensor alone would be gigabytes (100 classes on a 256 × 256 × 192 grid: 5 GB; in
+float16 2.5 GB, with each window still computed in float32 or bf16).
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ from voxpipe.errors import InputError
 from voxpipe.transforms.postprocess import foreground_box
 
 logger = logging.getLogger(__name__)
+
+MANY_CLASSES = 16  # above this many outputs, stitch_dtype "auto" blends in float16
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
@@ -212,6 +217,8 @@ class _WindowPredictor:
         self.run = 0
 
     def _forward(self, windows: torch.Tensor) -> torch.Tensor:
+        if windows.dtype == torch.float16:  # a float16 stitch: the network still sees float32 windows
+            windows = windows.float()
         if self.channels_last and windows.ndim == 5:
             windows = windows.contiguous(memory_format=torch.channels_last_3d)
         with _autocast(windows.device, self.precision):
@@ -243,6 +250,15 @@ class _WindowPredictor:
             out[body] = parts
         self.skipped += int((~body).sum())
         return out
+
+
+def _out_channels(network: Any) -> int | None:
+    """The output channels of the network's last convolution (its classes, for the segmentation
+    networks MONAI and nnU-Net build); None when it has none."""
+    if not isinstance(network, torch.nn.Module):
+        return None
+    convolutions = [m for m in network.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    return int(convolutions[-1].out_channels) if convolutions else None
 
 
 @contextlib.contextmanager
@@ -288,6 +304,8 @@ class FastSlidingWindowInferer(Inferer):
         compile: run the network through ``torch.compile`` (compiled once, on first use).
         stitch_device: ``"auto"`` (the input's device when the output fits there, else the CPU),
             ``"cpu"`` or ``"input"``.
+        stitch_dtype: the blended output's type: ``"float32"``, ``"float16"``, or ``"auto"``
+            (float16 when the network has more than :data:`MANY_CLASSES` output channels).
         progress: a progress bar over each volume's windows (MONAI's, tqdm).
 
     After each call ``last_counts`` holds ``run`` and ``skipped`` windows, ``passes``, the body
@@ -318,6 +336,7 @@ class FastSlidingWindowInferer(Inferer):
         tta: bool = False,
         compile: bool = False,
         stitch_device: str = "auto",
+        stitch_dtype: str = "auto",
         progress: bool = False,
     ) -> None:
         super().__init__()
@@ -340,6 +359,9 @@ class FastSlidingWindowInferer(Inferer):
         if stitch_device not in ("auto", "cpu", "input"):
             raise InputError(f"stitch_device: expected 'auto', 'cpu' or 'input', found {stitch_device!r}")
         self.tta, self.compile, self.stitch_device = bool(tta), bool(compile), stitch_device
+        if stitch_dtype not in ("auto", "float32", "float16"):
+            raise InputError(f"stitch_dtype: expected 'auto', 'float32' or 'float16', found {stitch_dtype!r}")
+        self.stitch_dtype = stitch_dtype
         self.progress = bool(progress)
         self._compiled: tuple[Any, Any] | None = None  # (network, its compiled version)
         self.last_counts: dict[str, Any] = {}
@@ -350,6 +372,12 @@ class FastSlidingWindowInferer(Inferer):
         if self._compiled is None or self._compiled[0] is not network:
             self._compiled = (network, torch.compile(network))
         return self._compiled[1]
+
+    def _stitch_dtype(self, network: Any) -> torch.dtype:
+        if self.stitch_dtype == "auto":
+            classes = _out_channels(network)
+            return torch.float16 if classes is not None and classes > MANY_CLASSES else torch.float32
+        return torch.float16 if self.stitch_dtype == "float16" else torch.float32
 
     def _output_device(self, inputs: torch.Tensor, classes_hint: int = 8) -> torch.device:
         if self.stitch_device == "cpu" or inputs.device.type != "cuda":
@@ -373,6 +401,8 @@ class FastSlidingWindowInferer(Inferer):
             channels_last=self.channels_last,
             masked=mask is not None,
         )
+        if self._stitch_dtype(network) == torch.float16:  # MONAI blends in the input's type
+            inputs = inputs.to(torch.float16)
         if mask is not None:
             inputs = torch.cat(
                 [inputs, mask.to(inputs.device, inputs.dtype).expand(inputs.shape[0], 1, *mask.shape)], dim=1
@@ -398,7 +428,8 @@ class FastSlidingWindowInferer(Inferer):
                     sw_device=inputs.device,
                     device=device,
                     progress=self.progress,
-                ).float()
+                )
+                out = out if out.dtype == torch.float16 else out.float()
                 out = torch.flip(out, dims) if dims else out
                 total = out if total is None else total.add_(out)
         assert total is not None
@@ -458,7 +489,7 @@ class FastSlidingWindowInferer(Inferer):
                     out[tuple(index)] = fill
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """(B, C_in, X, Y, Z) → (B, C_out, X, Y, Z) float32 logits."""
+        """(B, C_in, X, Y, Z) → (B, C_out, X, Y, Z) logits (float32; float16 with many classes)."""
         spatial = tuple(inputs.shape[2:])
         mask = None
         if self.skip_air and self.body_mask:
@@ -501,7 +532,7 @@ class FastSlidingWindowInferer(Inferer):
                 inputs[region], network, None if mask is None else mask[box], tta=self.tta
             )
             out = torch.empty(
-                (inputs.shape[0], cropped.shape[1], *spatial), dtype=torch.float32, device=cropped.device
+                (inputs.shape[0], cropped.shape[1], *spatial), dtype=cropped.dtype, device=cropped.device
             )
             out[region] = cropped
             self._background_outside(out, box)  # outside the body box: background with certainty
