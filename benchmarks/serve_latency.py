@@ -131,21 +131,23 @@ def main() -> None:
                 for ct in cts:  # back to back, as a scanner's worklist would
                     pacs.send(ct["ID"], "voxpipe")
                 transfer = time.perf_counter() - first_sent
-                while (
-                    len(pacs.series("SEG")) < len(cts)
-                    or not all(j["state"] in ("done", "failed") for j in node.store.jobs())
-                    or len(node.store.jobs()) < len(cts)
+                while len(node.store.jobs()) < len(cts) or not all(
+                    j["state"] in ("done", "failed") for j in node.store.jobs()
                 ):
                     time.sleep(0.2)
                 elapsed = time.perf_counter() - first_sent
             finally:
                 node.stop()
             jobs = node.store.jobs()
+            segs = pacs.series("SEG")
         finally:
             pacs.stop()
         done = [j for j in jobs if j["state"] == "done"]
         latencies = [float(j["seconds_from_last_instance"]) for j in done]
         inference = [float(j["inference_seconds"]) for j in done]
+        for job in (j for j in jobs if j["state"] != "done"):
+            print(f"  failed: {job['series_uid']}: {job.get('reason')}")
+        print(f"SEG series in the PACS: {len(segs)}")
         print(f"node start-up (models loaded: {STATS.builds - builds}, one per worker): {loading:.1f} s")
         print(f"transfer Orthanc -> node, all series: {transfer:.1f} s")
         print(
