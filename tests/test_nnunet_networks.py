@@ -49,7 +49,9 @@ def resenc(**extra):
     arch["n_blocks_per_stage"] = [1, 3, 4, 6, 6]  # ResEnc M's block counts, narrower
     arch["n_conv_per_stage_decoder"] = [1, 1, 1, 1]
     arch.update(extra)
-    architecture["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    architecture["network_class_name"] = (
+        "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    )
     return architecture
 
 
@@ -87,7 +89,9 @@ def _reference(architecture, input_channels, classes, deep_supervision):
             kwargs[key] = pydoc.locate(kwargs[key])
     module, name = architecture["network_class_name"].rsplit(".", 1)
     network = getattr(importlib.import_module(module), name)
-    return network(input_channels=input_channels, num_classes=classes, deep_supervision=deep_supervision, **kwargs)
+    return network(
+        input_channels=input_channels, num_classes=classes, deep_supervision=deep_supervision, **kwargs
+    )
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -97,7 +101,11 @@ def test_keys_shapes_and_outputs_equal_dynamic_network_architectures(name, deep_
     torch.manual_seed(0)
     reference = _reference(architecture, shape[1], 3, deep_supervision).eval()
     ours = network_from_plans(
-        {}, {"architecture": architecture}, input_channels=shape[1], num_classes=3, deep_supervision=deep_supervision
+        {},
+        {"architecture": architecture},
+        input_channels=shape[1],
+        num_classes=3,
+        deep_supervision=deep_supervision,
     ).eval()
     theirs = reference.state_dict()
     mine = ours.state_dict()
@@ -138,10 +146,82 @@ def test_the_legacy_plans_form_builds_the_same_network_as_the_current_one():
         ({"arch_kwargs": {**plain()["arch_kwargs"], "nonlin": "builtins.eval"}}, "arch_kwargs.nonlin"),
         ({"arch_kwargs": {**plain()["arch_kwargs"], "conv_op": "subprocess.Popen"}}, "arch_kwargs.conv_op"),
         ({"arch_kwargs": {**plain()["arch_kwargs"], "evil": 1}}, "unexpected \\['evil'\\]"),
-        ({"arch_kwargs": {**plain()["arch_kwargs"], "kernel_sizes": [[3, 3, 3]] * 2}}, "kernel_sizes: expected 4"),
+        (
+            {"arch_kwargs": {**plain()["arch_kwargs"], "kernel_sizes": [[3, 3, 3]] * 2}},
+            "kernel_sizes: expected 4",
+        ),
     ],
 )
 def test_plans_name_only_allow_listed_classes_and_bad_sizes_are_named(change, message):
     architecture = {**plain(), **change}
     with pytest.raises(InputError, match=message):
-        network_from_plans({}, {"architecture": architecture}, input_channels=1, num_classes=2, source="p.json")
+        network_from_plans(
+            {}, {"architecture": architecture}, input_channels=1, num_classes=2, source="p.json"
+        )
+
+
+def _checkpoint(path, weights, **extra):
+    """A checkpoint as nnU-Net's trainer saves it (numpy scalars in its logging, a torch.device)."""
+    import numpy as np
+
+    torch.save(
+        {
+            "network_weights": weights,
+            "optimizer_state": {"state": {}, "param_groups": [{"lr": 0.01, "momentum": 0.99, "params": [0]}]},
+            "grad_scaler_state": None,
+            "logging": {"mean_fg_dice": [np.float64(0.5), np.float32(0.25)], "lrs": [0.01]},
+            "_best_ema": np.float64(0.7),
+            "current_epoch": 1000,
+            "init_args": {
+                "plans": {},
+                "configuration": "3d_fullres",
+                "fold": 0,
+                "device": torch.device("cpu"),
+            },
+            "trainer_name": "nnUNetTrainer",
+            "inference_allowed_mirroring_axes": (0, 1, 2),
+            **extra,
+        },
+        path,
+    )
+    return path
+
+
+def test_checkpoints_load_with_weights_only_and_numpy_scalars_numpy_1_names_too(tmp_path):
+    import zipfile
+
+    from voxpipe.networks.nnunet import read_checkpoint
+
+    network = network_from_plans({}, {"architecture": plain()}, input_channels=1, num_classes=2)
+    path = _checkpoint(tmp_path / "checkpoint_final.pth", network.state_dict())
+    found = read_checkpoint(path)
+    assert found.trainer == "nnUNetTrainer" and found.mirroring_axes == (0, 1, 2)
+    assert found.configuration == "3d_fullres" and set(found.weights) == set(network.state_dict())
+    # the same file as numpy 1 wrote it (numpy.core, not numpy._core)
+    old = tmp_path / "numpy1.pth"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(old, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray\nscalar" in data
+                data = data.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")
+            target.writestr(item, data)
+    assert read_checkpoint(old).trainer == "nnUNetTrainer"
+
+
+class Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_naming_the_file_and_the_global(tmp_path):
+    from voxpipe.networks.nnunet import read_checkpoint
+
+    path = _checkpoint(tmp_path / "checkpoint_final.pth", {"w": torch.zeros(1)}, extra=Payload())
+    with pytest.raises(InputError, match=r"checkpoint_final.pth.*(posix|os)\.system"):
+        read_checkpoint(path)
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(InputError, match=r"other.pth.*'network_weights'"):
+        read_checkpoint(tmp_path / "other.pth")

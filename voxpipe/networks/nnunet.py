@@ -17,7 +17,9 @@ The plans name classes as strings (``"torch.nn.modules.conv.Conv3d"``). They are
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -522,4 +524,82 @@ def network_from_plans(
         raise InputError(f"{source}: arch_kwargs do not describe a {kind}: {error}") from None
 
 
-__all__ = ["NETWORKS", "OPERATIONS", "NnUNet", "network_from_plans"]
+def _numpy_globals() -> list[Any]:
+    """The plain-data numpy types nnU-Net's checkpoints pickle (its ``logging`` lists and ``_best_ema``
+    hold numpy scalars): the scalar constructor under its numpy 1 and 2 names, and the dtypes."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    allowed: list[Any] = [
+        multiarray.scalar,
+        (multiarray.scalar, "numpy.core.multiarray.scalar"),
+        (multiarray.scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+    ]
+    for kind in (
+        np.float16,
+        np.float32,
+        np.float64,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.bool_,
+    ):
+        dtype_class = type(np.dtype(kind))
+        allowed += [dtype_class, (dtype_class, f"numpy.dtypes.{dtype_class.__name__}")]
+    return allowed
+
+
+@dataclass(frozen=True)
+class NnUNetCheckpoint:
+    """What voxpipe reads of an nnU-Net v2 ``checkpoint_*.pth``."""
+
+    path: str
+    weights: dict[str, torch.Tensor]
+    trainer: str
+    mirroring_axes: tuple[int, ...] | None
+    configuration: str | None
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> NnUNetCheckpoint:
+    """An nnU-Net v2 checkpoint, loaded with ``torch.load(weights_only=True)`` and an allow-list of
+    numpy's plain-data types (nnU-Net itself loads it with ``weights_only=False``, which runs any
+    code the file holds).
+
+    Raises:
+        InputError: the file needs anything else (refused, the global named), is unreadable, or
+            holds no ``network_weights`` (named).
+    """
+    from voxpipe.networks.transfer import load_torch_file
+
+    content = load_torch_file(path, allowed_globals=_numpy_globals())
+    weights = content.get("network_weights") if isinstance(content, Mapping) else None
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        found = sorted(map(str, content))[:12] if isinstance(content, Mapping) else type(content).__name__
+        raise InputError(
+            f"{str(path)!r}: expected an nnU-Net checkpoint (a dict with 'network_weights' of tensors), found {found}"
+        )
+    axes = content.get("inference_allowed_mirroring_axes")
+    init = content.get("init_args") if isinstance(content.get("init_args"), Mapping) else {}
+    return NnUNetCheckpoint(
+        path=str(path),
+        weights=dict(weights),
+        trainer=str(content.get("trainer_name", "")),
+        mirroring_axes=tuple(int(a) for a in axes) if axes is not None else None,
+        configuration=str(init["configuration"]) if "configuration" in init else None,
+    )
+
+
+__all__ = [
+    "NETWORKS",
+    "OPERATIONS",
+    "NnUNet",
+    "NnUNetCheckpoint",
+    "network_from_plans",
+    "read_checkpoint",
+]

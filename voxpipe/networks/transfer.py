@@ -96,11 +96,15 @@ def _is_state_dict(value: Any) -> bool:
     )
 
 
-def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
+def load_torch_file(
+    path: str | os.PathLike[str], *, mmap: bool = False, allowed_globals: Sequence[Any] = ()
+) -> Any:
     """``torch.load(path, weights_only=True)`` with one-line errors that name the file.
 
     ``mmap=True`` maps the tensors instead of reading them (zip-format files; others are read), so
-    checking that a large weights file loads costs next to nothing.
+    checking that a large weights file loads costs next to nothing. ``allowed_globals`` adds a few
+    plain-data types to what the unpickler accepts (``torch.serialization.safe_globals``: the numpy
+    scalars nnU-Net's checkpoints hold, say); nothing that runs code belongs there.
 
     Raises:
         InputError: no such file; the file needs pickled code (refused); it is truncated, not a torch
@@ -111,9 +115,10 @@ def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
         raise InputError(f"{str(source)!r}: expected a weights file, found no file")
     try:
         use_mmap = mmap and zipfile.is_zipfile(source)
-        return torch.load(source, map_location="cpu", weights_only=True, mmap=use_mmap)
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(source, map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(error))
         what = (
             f"a pickled reference to {found.group(1)}"
             if found
