@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-	# test oracle for voxpipe's nnU-Net networks; without its dependencies (timm pulls torchvision, which breaks the CPU torch)
-	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt dynamic-network-architectures
+	# test oracles for voxpipe's nnU-Net networks and rules, without their dependencies (timm pulls
+	# torchvision, which breaks the CPU torch): the tests import only the modules that need none of them
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt dynamic-network-architectures nnunetv2 acvl-utils
 	@touch $(STAMP)
 
 demo: $(STAMP)
