@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	# test oracles for voxpipe's nnU-Net networks and rules, without their dependencies (timm pulls
 	# torchvision, which breaks the CPU torch): the tests import only the modules that need none of them
-	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt dynamic-network-architectures nnunetv2 acvl-utils
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt dynamic-network-architectures nnunetv2 acvl-utils batchgenerators
 	@touch $(STAMP)
 
 demo: $(STAMP)
