@@ -4,12 +4,19 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.voxpipe-installed
+# nnunetv2's predictor, the test oracle of voxpipe's nnU-Net path, with the packages it imports that
+# voxpipe does not: installed apart (pip --target, --no-deps: nothing may replace the CPU torch) and
+# put on the path of the child process that runs it (tests/oracles/nnunet_predict.py).
+ORACLE := .oracle/nnunet
+ORACLE_STAMP := $(ORACLE)/.installed
+ORACLE_PACKAGES := scikit-image lazy-loader imageio tifffile networkx pillow pandas python-dateutil pytz \
+	tzdata blosc2 ndindex msgpack numexpr platformdirs requests httpx batchgeneratorsv2 tqdm
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 # Two workers, one test file each (module fixtures such as a trained model are built once per file).
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: install demo test docs bench lint clean
+.PHONY: install oracle demo test docs bench lint clean
 
 install: $(STAMP)
 
@@ -22,10 +29,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt dynamic-network-architectures nnunetv2 acvl-utils batchgenerators
 	@touch $(STAMP)
 
+oracle: $(ORACLE_STAMP)
+
+$(ORACLE_STAMP): constraints.txt | $(STAMP)
+	rm -rf $(ORACLE)
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt --target $(ORACLE) $(ORACLE_PACKAGES)
+	@touch $(ORACLE_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/voxpipe demo --output $(DEMO_OUT)
 
-test: $(STAMP)
+test: $(STAMP) $(ORACLE_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 docs: $(STAMP)
@@ -39,4 +53,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check voxpipe tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs site .pytest_cache
+	rm -rf $(VENV) .oracle runs site .pytest_cache

@@ -1,0 +1,80 @@
+"""Run nnunetv2 2.8.1's own nnUNetPredictor on a model folder and images; the test oracle for
+voxpipe's nnU-Net path (tests/test_nnunet_predict.py runs this file in a child process whose
+``sys.path`` holds the oracle's packages: ``make oracle`` installs them into ``.oracle/``).
+
+    python tests/oracles/nnunet_predict.py MODEL_FOLDER OUT.npz IMAGE [IMAGE...] [--mirroring] [--step 0.5]
+
+Writes the segmentation (nnU-Net's array order) and the fold-averaged logits on the preprocessed grid.
+The network is built by dynamic-network-architectures and handed over with ``manual_initialization``
+(nnU-Net's trainer lookup imports every trainer module and its augmentation packages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pydoc
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("folder")
+    parser.add_argument("out")
+    parser.add_argument("images", nargs="+")
+    parser.add_argument("--mirroring", action="store_true")
+    parser.add_argument("--step", type=float, default=0.5)
+    args = parser.parse_args()
+
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = Path(args.folder)
+    plans = PlansManager(json.loads((folder / "plans.json").read_text()))
+    dataset = json.loads((folder / "dataset.json").read_text())
+    checkpoints = sorted(folder.glob("fold_*/checkpoint_final.pth"))
+    loaded = [torch.load(c, map_location="cpu", weights_only=False) for c in checkpoints]
+    configuration = plans.get_configuration(loaded[0]["init_args"]["configuration"])
+    labels = plans.get_label_manager(dataset)
+    arch = configuration.network_arch_init_kwargs
+    kwargs = dict(arch)
+    for key in configuration.network_arch_init_kwargs_req_import:
+        if kwargs.get(key) is not None:
+            kwargs[key] = pydoc.locate(kwargs[key])
+    module, name = configuration.network_arch_class_name.rsplit(".", 1)
+    network = getattr(importlib.import_module(module), name)(
+        input_channels=len(dataset["channel_names"]),
+        num_classes=labels.num_segmentation_heads,
+        deep_supervision=False,
+        **kwargs,
+    )
+    predictor = nnUNetPredictor(
+        tile_step_size=args.step,
+        use_gaussian=True,
+        use_mirroring=args.mirroring,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        verbose=False,
+        allow_tqdm=False,
+    )
+    predictor.manual_initialization(
+        network,
+        plans,
+        configuration,
+        [c["network_weights"] for c in loaded],
+        dataset,
+        loaded[0]["trainer_name"],
+        loaded[0]["inference_allowed_mirroring_axes"],
+    )
+    image, properties = SimpleITKIO().read_images(args.images)
+    segmentation = predictor.predict_single_npy_array(image, properties, None, None, False)
+    np.savez_compressed(args.out, segmentation=np.asarray(segmentation))
+
+
+if __name__ == "__main__":
+    main()

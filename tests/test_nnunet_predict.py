@@ -1,0 +1,276 @@
+"""voxpipe's nnU-Net path against nnunetv2 2.8.1's own nnUNetPredictor on generated model folders.
+
+The oracle runs in a child process over the packages ``make oracle`` installs into ``.oracle/nnunet``
+(or ``$VOXPIPE_NNUNET_ORACLE``): nnunetv2 and its dependencies, installed without the ones that
+would replace the CPU torch. Random-init networks: their logits are near-tied, the hardest case for
+"identical labels".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from voxpipe.networks.nnunet import network_from_plans
+from voxpipe.pipelines.inference.nnunet_predict import NnUNetPredictor
+
+REPO = Path(__file__).resolve().parents[1]
+ORACLE = Path(os.environ.get("VOXPIPE_NNUNET_ORACLE", REPO / ".oracle" / "nnunet"))
+
+
+def _oracle_site() -> Path:
+    if not (ORACLE / "skimage").is_dir():
+        if os.environ.get("VOXPIPE_REQUIRE_REFERENCES") == "1":
+            pytest.fail(f"the nnU-Net oracle is not installed in {ORACLE} (make oracle)")
+        pytest.skip(f"the nnU-Net oracle is not installed in {ORACLE} (make oracle)")
+    return ORACLE
+
+
+def _architecture(dims, stages, kernels, strides, features, kind="PlainConvUNet"):
+    arch = {
+        "n_stages": stages,
+        "features_per_stage": features,
+        "conv_op": f"torch.nn.modules.conv.Conv{dims}d",
+        "kernel_sizes": kernels,
+        "strides": strides,
+        "n_conv_per_stage_decoder": [1] * (stages - 1),
+        "conv_bias": True,
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+    arch["n_blocks_per_stage" if kind == "ResidualEncoderUNet" else "n_conv_per_stage"] = [1] * stages
+    return {
+        "network_class_name": f"dynamic_network_architectures.architectures.unet.{kind}",
+        "arch_kwargs": arch,
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+
+
+def make_model(
+    root: Path,
+    *,
+    spacing,
+    patch,
+    schemes,
+    labels,
+    folds=(0,),
+    kind="PlainConvUNet",
+    transpose=(0, 1, 2),
+    properties=None,
+    seed=0,
+    use_mask=None,
+):
+    """A model folder of the real layout with random-init weights (the same keys nnU-Net saves)."""
+    channels = len(schemes)
+    architecture = _architecture(3, 3, [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]], [4, 8, 16], kind)
+    configuration = {
+        "data_identifier": "nnUNetPlans_3d_fullres",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": list(patch),
+        "median_image_size_in_voxels": [64, 64, 64],
+        "spacing": list(spacing),
+        "normalization_schemes": list(schemes),
+        "use_mask_for_norm": list(use_mask or [False] * channels),
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {
+            "is_seg": False,
+            "order": 1,
+            "order_z": 0,
+            "force_separate_z": None,
+        },
+        "architecture": architecture,
+        "batch_dice": False,
+    }
+    plans = {
+        "dataset_name": "Dataset900_Test",
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": list(spacing),
+        "original_median_shape_after_transp": [64, 64, 64],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": list(transpose),
+        "transpose_backward": [int(i) for i in np.argsort(transpose)],
+        "configurations": {"3d_fullres": configuration},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": properties
+        or {
+            str(c): {
+                "max": 3000.0,
+                "mean": 80.0,
+                "median": 60.0,
+                "min": -1000.0,
+                "percentile_00_5": -900.0,
+                "percentile_99_5": 1200.0,
+                "std": 250.0,
+            }
+            for c in range(channels)
+        },
+    }
+    dataset = {
+        "channel_names": {str(c): s for c, s in enumerate(["CT"] * channels)},
+        "labels": labels,
+        "numTraining": 10,
+        "file_ending": ".nii.gz",
+    }
+    folder = root / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    folder.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans, indent=1))
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))
+    regions = any(isinstance(v, list) for v in labels.values())
+    heads = sum(1 for k, v in labels.items() if k != "background") if regions else len(labels)
+    for fold in folds:
+        torch.manual_seed(seed + fold)
+        network = network_from_plans(plans, configuration, input_channels=channels, num_classes=heads)
+        (folder / f"fold_{fold}").mkdir()
+        torch.save(
+            {
+                "network_weights": network.state_dict(),
+                "trainer_name": "nnUNetTrainer",
+                "init_args": {
+                    "plans": plans,
+                    "configuration": "3d_fullres",
+                    "fold": fold,
+                    "dataset_json": dataset,
+                },
+                "inference_allowed_mirroring_axes": (0, 1, 2),
+                "current_epoch": 1000,
+            },
+            folder / f"fold_{fold}" / "checkpoint_final.pth",
+        )
+    return folder
+
+
+def make_image(path: Path, *, shape, spacing, direction=None, seed=0, zero_border=True):
+    rng = np.random.default_rng(seed)
+    z, y, x = shape
+    grid = np.indices(shape).astype(np.float32)
+    body = ((grid[1] - y / 2) ** 2 / (y / 2.5) ** 2 + (grid[2] - x / 2) ** 2 / (x / 2.5) ** 2) < 1
+    array = np.where(
+        body, 40 + 300 * np.sin(grid[0] / 3) * np.cos(grid[2] / 5) + rng.normal(0, 30, shape), -1000
+    )
+    if zero_border:
+        array[:, :2] = 0  # outside the reconstruction: crop to non-zero has work to do
+    image = sitk.GetImageFromArray(array.astype(np.int16))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin((12.5, -30.0, 7.0))
+    if direction is not None:
+        image.SetDirection([float(v) for v in direction])
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def run_oracle(folder, images, out, *extra):
+    site = _oracle_site()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tests" / "oracles" / "nnunet_predict.py"),
+            str(folder),
+            str(out),
+            *map(str, images),
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return np.load(out)["segmentation"]
+
+
+CASES = {
+    # name: (model options, image options)
+    "isotropic CT, two folds, LPS-like direction": (
+        {
+            "spacing": [2.0, 2.0, 2.0],
+            "patch": [16, 24, 24],
+            "schemes": ["CTNormalization"],
+            "folds": (0, 1),
+            "labels": {"background": 0, "liver": 1, "tumour": 2},
+        },
+        {"shape": (30, 40, 36), "spacing": (1.6, 1.4, 2.5), "direction": (-1, 0, 0, 0, -1, 0, 0, 0, 1)},
+    ),
+    "anisotropic: separate z": (
+        {
+            "spacing": [5.0, 1.5, 1.5],
+            "patch": [8, 32, 32],
+            "schemes": ["CTNormalization"],
+            "labels": {"background": 0, "organ": 1},
+        },
+        {"shape": (12, 48, 40), "spacing": (1.1, 1.2, 6.0)},
+    ),
+    "z-score with mask, transposed": (
+        {
+            "spacing": [1.5, 2.0, 2.5],
+            "patch": [16, 16, 16],
+            "schemes": ["ZScoreNormalization"],
+            "use_mask": [True],
+            "labels": {"background": 0, "a": 1, "b": 2, "c": 3},
+            "transpose": (2, 0, 1),
+        },
+        {"shape": (20, 30, 26), "spacing": (2.2, 1.3, 1.9)},
+    ),
+    "ResEnc, mirroring": (
+        {
+            "spacing": [2.0, 2.0, 2.0],
+            "patch": [16, 16, 16],
+            "schemes": ["CTNormalization"],
+            "kind": "ResidualEncoderUNet",
+            "labels": {"background": 0, "liver": 1},
+            "mirroring": True,
+        },
+        {"shape": (22, 26, 30), "spacing": (1.5, 1.8, 2.4)},
+    ),
+    "regions": (
+        {
+            "spacing": [2.0, 2.0, 2.0],
+            "patch": [16, 16, 16],
+            "schemes": ["CTNormalization"],
+            "labels": {"background": 0, "whole": [1, 2], "core": 2},
+        },
+        {"shape": (24, 30, 28), "spacing": (1.7, 1.7, 2.2)},
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_labels_equal_nnunets_predictor(tmp_path, name):
+    model_options, image_options = CASES[name]
+    model_options = dict(model_options)
+    mirroring = model_options.pop("mirroring", False)
+    folder = make_model(tmp_path, **model_options)
+    image = make_image(tmp_path / "case_0000.nii.gz", **image_options)
+    if "regions" in name:
+        dataset = json.loads((folder / "dataset.json").read_text())
+        dataset["regions_class_order"] = [1, 2]
+        (folder / "dataset.json").write_text(json.dumps(dataset))
+    expected = run_oracle(folder, [image], tmp_path / "oracle.npz", *(["--mirroring"] if mirroring else []))
+    predictor = NnUNetPredictor(folder, mirroring=mirroring)
+    found, case = predictor.predict([image])
+    assert found.shape == expected.shape
+    differ = int((found != expected).sum())
+    assert differ == 0, f"{differ} of {found.size} voxels differ; classes {np.unique(expected).tolist()}"
+    written = predictor.write(found, case, tmp_path / "out.nii.gz")
+    source, label = sitk.ReadImage(str(image)), sitk.ReadImage(str(written))
+    assert label.GetSpacing() == source.GetSpacing() and label.GetDirection() == source.GetDirection()
+    assert label.GetOrigin() == source.GetOrigin()

@@ -1,0 +1,365 @@
+"""Run an nnU-Net v2 model folder on an image, step for step as nnU-Net 2.8's ``nnUNetPredictor`` does.
+
+The steps, each nnU-Net's own rule (``voxpipe.transforms.nnunet`` has the normalisation and window
+rules; this module the rest):
+
+1. read with the plans' reader (``SimpleITKIO``: the array in (z, y, x) order, the spacing reversed);
+2. ``transpose_forward``; crop to the box of the non-zero voxels (holes filled);
+3. normalise each channel by its scheme; resample to the configuration's spacing (third order; when
+   either spacing is anisotropic beyond 3:1, in-plane third order and nearest along the coarse axis);
+4. pad to the patch, run nnU-Net's windows with its float16 Gaussian, accumulating in float16 as its
+   predictor does (mirroring over the allowed axes on request), average the folds' logits;
+5. resample the logits back to the cropped shape (first order, float16), argmax (or the regions'
+   sigmoid > 0.5 in ``regions_class_order``), paste into the crop box, ``transpose_backward``, write
+   with the input's spacing, origin and direction.
+
+Why our own: nnU-Net's predictor cannot be installed beside voxpipe (its packaging pulls torchvision,
+which breaks the CPU torch), loads checkpoints with ``weights_only=False``, and holds its inputs and
+outputs in memory whole; this module is the reference path the faster ones are measured against.
+The tests compare it with ``nnUNetPredictor`` itself on generated model folders.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from voxpipe.errors import BundleError, InputError
+from voxpipe.pipelines.inference.nnunet_folder import NnUNetFolder
+from voxpipe.transforms.nnunet import gaussian_weights, normalise_channel, window_starts
+
+logger = logging.getLogger(__name__)
+
+ANISOTROPY = 3.0  # nnU-Net's ANISO_THRESHOLD
+READERS = ("SimpleITKIO",)
+
+
+@dataclass
+class Case:
+    """An image as nnU-Net holds it between the steps."""
+
+    data: np.ndarray  # (C, *spatial), float32
+    spacing: list[float]  # nnU-Net's order (reversed from SimpleITK's)
+    geometry: dict[str, Any]  # SimpleITK spacing, origin, direction, for writing
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+def read_case(paths: Sequence[str | os.PathLike[str]], *, reader: str = "SimpleITKIO") -> Case:
+    """The channels of one case, as nnU-Net's reader returns them.
+
+    Raises:
+        InputError: a reader other than :data:`READERS`, channels of different shapes or spacings (named).
+    """
+    import SimpleITK as sitk
+
+    if reader not in READERS:
+        raise InputError(
+            f"plans.json: image_reader_writer: expected one of {list(READERS)}, found {reader!r}"
+        )
+    arrays, spacings, first = [], [], None
+    for path in paths:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            raise InputError(
+                f"{str(path)!r}: expected an image SimpleITK reads, could not read it ({error})"
+            ) from None
+        array = sitk.GetArrayFromImage(image)
+        if array.ndim == 2:
+            array = array[None, None]
+            spacing = [max(image.GetSpacing()) * 999, *list(image.GetSpacing())[::-1]]
+        elif array.ndim == 3:
+            array = array[None]
+            spacing = list(image.GetSpacing())[::-1]
+        else:
+            raise InputError(f"{str(path)!r}: expected a 2D or 3D image, found {array.ndim} dimensions")
+        arrays.append(array)
+        spacings.append([abs(float(s)) for s in spacing])
+        if first is None:
+            first = {
+                "spacing": image.GetSpacing(),
+                "origin": image.GetOrigin(),
+                "direction": image.GetDirection(),
+            }
+    if len({a.shape for a in arrays}) != 1 or len({tuple(s) for s in spacings}) != 1:
+        raise InputError(
+            f"{str(paths[0])!r}: expected channels of one shape and spacing, found "
+            f"{[a.shape[1:] for a in arrays]} and {spacings}"
+        )
+    assert first is not None
+    return Case(np.vstack(arrays, dtype=np.float32, casting="unsafe"), spacings[0], first)
+
+
+def _nonzero_box(data: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
+    mask = data[0] != 0
+    for channel in data[1:]:
+        mask |= channel != 0
+    mask = ndimage.binary_fill_holes(mask)
+    where = np.argwhere(mask)
+    if not len(where):  # an all-zero image: nnU-Net's box is then empty-safe [0, 0] per axis
+        return mask, [[0, 0] for _ in range(mask.ndim)]
+    low, high = where.min(axis=0), where.max(axis=0) + 1
+    return mask, [[int(a), int(b)] for a, b in zip(low, high, strict=True)]
+
+
+def _resize(image: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    """``skimage.transform.resize(image, shape, order, mode="edge", anti_aliasing=False)``, which nnU-Net
+    calls: ``scipy.ndimage.zoom`` on the grid of voxel areas, edges repeated, clipped to the input's range."""
+    image = np.asarray(image, dtype=np.float64)
+    factors = [o / n for o, n in zip(image.shape, shape, strict=True)]
+    out = ndimage.zoom(image, [1 / f for f in factors], order=order, mode="nearest", grid_mode=True)
+    if order > 0:  # skimage clips to the input's range (splines overshoot)
+        np.clip(out, image.min(), image.max(), out=out)
+    return out
+
+
+def _separate_axis(current: Sequence[float], new: Sequence[float], force: bool | None) -> int | None:
+    def lowres(spacing: Sequence[float]) -> np.ndarray:
+        return np.where(max(spacing) / np.asarray(spacing) == 1)[0]
+
+    if force is not None:
+        axes = lowres(current) if force else None
+    elif np.max(current) / np.min(current) > ANISOTROPY:
+        axes = lowres(current)
+    elif np.max(new) / np.min(new) > ANISOTROPY:
+        axes = lowres(new)
+    else:
+        axes = None
+    if axes is None or len(axes) != 1:
+        return None
+    return int(axes[0])
+
+
+def resample(
+    data: np.ndarray,
+    shape: Sequence[int],
+    current: Sequence[float],
+    new: Sequence[float],
+    *,
+    order: int = 3,
+    order_z: int = 0,
+    force_separate_z: bool | None = None,
+    dtype: Any = None,
+) -> np.ndarray:
+    """nnU-Net's ``resample_data_or_seg_to_shape`` for images and probabilities (not label maps)."""
+    shape = [int(s) for s in shape]
+    if list(data.shape[1:]) == shape:
+        return data
+    out = np.zeros((data.shape[0], *shape), dtype=dtype or data.dtype)
+    axis = _separate_axis(current, new, force_separate_z)
+    for c in range(data.shape[0]):
+        channel = data[c].astype(float, copy=False)
+        if axis is None:
+            out[c] = _resize(channel, shape, order)
+            continue
+        plane_shape = [s for i, s in enumerate(shape) if i != axis]
+        partial = list(shape)
+        partial[axis] = channel.shape[axis]
+        planes = np.zeros(partial)
+        for k in range(channel.shape[axis]):
+            index = [slice(None)] * 3
+            index[axis] = k
+            planes[tuple(index)] = _resize(channel[tuple(index)], plane_shape, order)
+        if channel.shape[axis] == shape[axis]:
+            out[c] = planes
+            continue
+        scale = [p / s for p, s in zip(planes.shape, shape, strict=True)]
+        grid = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(float)
+        coords = np.array([f * (g + 0.5) - 0.5 for f, g in zip(scale, grid, strict=True)])
+        out[c] = ndimage.map_coordinates(planes, coords, order=order_z, mode="nearest")
+    return out
+
+
+class NnUNetPredictor:
+    """An nnU-Net model folder, loaded once (its folds' weights held), then run case by case.
+
+    Args:
+        folder: an :class:`NnUNetFolder` (or its path).
+        step: the window step as a fraction of the patch (nnU-Net's ``tile_step_size``, 0.5).
+        mirroring: test-time mirroring over the checkpoint's allowed axes (nnU-Net's default: on).
+    """
+
+    def __init__(
+        self, folder: NnUNetFolder | str | os.PathLike[str], *, step: float = 0.5, mirroring: bool = False
+    ) -> None:
+        from voxpipe.networks.nnunet import network_from_plans, read_checkpoint
+
+        self.folder = folder if isinstance(folder, NnUNetFolder) else NnUNetFolder(folder)
+        config = self.folder.configuration
+        self.step, self.mirroring = float(step), bool(mirroring)
+        checkpoints = [read_checkpoint(p) for p in self.folder.checkpoints]
+        self.mirror_axes = checkpoints[0].mirroring_axes
+        source = str(self.folder.path / "plans.json")
+        self.network = network_from_plans(
+            self.folder.plans,
+            config,
+            input_channels=len(self.folder.channels),
+            num_classes=self.folder.labels.heads,
+            source=source,
+        ).eval()
+        self.weights = []
+        for checkpoint in checkpoints:
+            try:
+                self.network.load_state_dict(checkpoint.weights)
+            except RuntimeError as error:
+                raise BundleError(
+                    f"{checkpoint.path!r}: the weights do not fit the network of {source!r} "
+                    f"({str(error).splitlines()[0]})"
+                ) from None
+            self.weights.append(checkpoint.weights)
+        self.patch = [int(p) for p in config["patch_size"]]
+        self.spacing = [float(s) for s in config["spacing"]]
+
+    # -- the steps --------------------------------------------------------------------------------
+    def preprocess(self, case: Case) -> np.ndarray:
+        plans, config = self.folder.plans, self.folder.configuration
+        forward = list(plans.get("transpose_forward", range(case.data.ndim - 1)))
+        data = case.data.transpose([0, *[i + 1 for i in forward]])
+        spacing = [case.spacing[i] for i in forward]
+        case.properties["shape_before_cropping"] = data.shape[1:]
+        mask, box = _nonzero_box(data)
+        crop = tuple(slice(a, b) for a, b in box)
+        data, mask = data[(slice(None), *crop)], mask[crop]
+        case.properties.update(box=box, shape_after_cropping=data.shape[1:], spacing_transposed=spacing)
+        target = list(self.spacing)
+        if len(target) < len(data.shape[1:]):
+            target = [spacing[0], *target]
+        shape = [int(round(i / j * k)) for i, j, k in zip(spacing, target, data.shape[1:], strict=True)]
+        schemes = config.get("normalization_schemes", [])
+        use_mask = config.get("use_mask_for_norm", [False] * len(schemes))
+        properties = plans.get("foreground_intensity_properties_per_channel", {})
+        normalised = np.empty(data.shape, dtype=np.float32)
+        for c in range(data.shape[0]):
+            normalised[c] = normalise_channel(
+                data[c],
+                schemes[c],
+                properties=properties.get(str(c)),
+                nonzero=mask,
+                use_mask=bool(use_mask[c]),
+                source=str(self.folder.path / "plans.json"),
+            )
+        kwargs = dict(
+            config.get("resampling_fn_data_kwargs") or {"order": 3, "order_z": 0, "force_separate_z": None}
+        )
+        case.properties["target_spacing"] = target
+        return resample(
+            normalised,
+            shape,
+            spacing,
+            target,
+            order=int(kwargs.get("order", 3)),
+            order_z=int(kwargs.get("order_z", 0)),
+            force_separate_z=kwargs.get("force_separate_z"),
+        )
+
+    def _windows(self, image: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        self.network.load_state_dict(weights)
+        spatial = image.shape[1:]
+        patch = self.patch
+        if len(patch) < len(spatial):  # a 2D configuration on a 3D image: slice by slice
+            raise InputError("2D configurations: not supported yet by voxpipe's nnU-Net path")
+        pad_low = [max(p - s, 0) // 2 for p, s in zip(patch, spatial, strict=True)]
+        padded_shape = [max(p, s) for p, s in zip(patch, spatial, strict=True)]
+        padded = torch.zeros((image.shape[0], *padded_shape), dtype=image.dtype)
+        inner = tuple(slice(lo, lo + s) for lo, s in zip(pad_low, spatial, strict=True))
+        padded[(slice(None), *inner)] = image
+        gaussian = gaussian_weights(patch).to(torch.float16)
+        logits = torch.zeros((self.folder.labels.heads, *padded_shape), dtype=torch.half)
+        counts = torch.zeros(padded_shape, dtype=torch.half)
+        axes = [a + 2 for a in (self.mirror_axes or ())] if self.mirroring else []
+        combos = [c for n in range(len(axes)) for c in itertools.combinations(axes, n + 1)]
+        with torch.inference_mode():
+            for start in itertools.product(*window_starts(padded_shape, patch, self.step)):
+                region = tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
+                window = padded[(slice(None), *region)][None].contiguous()
+                prediction = self.network(window)
+                for flip in combos:
+                    prediction += torch.flip(self.network(torch.flip(window, flip)), flip)
+                if combos:
+                    prediction /= len(combos) + 1
+                prediction = prediction[0] * gaussian
+                logits[(slice(None), *region)] += prediction
+                counts[region] += gaussian
+        torch.div(logits, counts, out=logits)
+        return logits[(slice(None), *inner)]
+
+    def logits(self, data: np.ndarray) -> torch.Tensor:
+        """Fold-averaged float16 logits on the preprocessed grid."""
+        image = torch.from_numpy(np.ascontiguousarray(data))
+        total: torch.Tensor | None = None
+        for weights in self.weights:
+            part = self._windows(image, weights)
+            total = part if total is None else total.add_(part)
+        assert total is not None
+        if len(self.weights) > 1:
+            total /= len(self.weights)
+        return total
+
+    def export(self, logits: torch.Tensor, case: Case) -> np.ndarray:
+        """The label map on the input's array grid (nnU-Net's array order), from the logits."""
+        config, plans, labels = self.folder.configuration, self.folder.plans, self.folder.labels
+        kwargs = dict(
+            config.get("resampling_fn_probabilities_kwargs")
+            or {"order": 1, "order_z": 0, "force_separate_z": None}
+        )
+        spacing = case.properties["spacing_transposed"]
+        current = (
+            self.spacing
+            if len(self.spacing) == len(case.properties["shape_after_cropping"])
+            else [spacing[0], *self.spacing]
+        )
+        resampled = resample(
+            logits.numpy(),
+            case.properties["shape_after_cropping"],
+            current,
+            spacing,
+            order=int(kwargs.get("order", 1)),
+            order_z=int(kwargs.get("order_z", 0)),
+            force_separate_z=kwargs.get("force_separate_z"),
+        )
+        if labels.regions is not None:
+            probabilities = torch.sigmoid(torch.from_numpy(resampled).float()).numpy()
+            segmentation = np.zeros(resampled.shape[1:], dtype=np.uint16)
+            for index, value in enumerate(labels.regions_class_order or []):
+                segmentation[probabilities[index] > 0.5] = value
+        else:
+            segmentation = resampled.argmax(0)
+        dtype = np.uint8 if len([v for v in labels.values if v]) < 255 else np.uint16
+        full = np.zeros(case.properties["shape_before_cropping"], dtype=dtype)
+        full[tuple(slice(a, b) for a, b in case.properties["box"])] = segmentation
+        backward = list(plans.get("transpose_backward", range(full.ndim)))
+        return full.transpose(backward)
+
+    def predict(self, paths: Sequence[str | os.PathLike[str]]) -> tuple[np.ndarray, Case]:
+        reader = str(self.folder.plans.get("image_reader_writer", "SimpleITKIO"))
+        case = read_case(paths, reader=reader)
+        data = self.preprocess(case)
+        return self.export(self.logits(data), case), case
+
+    def write(self, segmentation: np.ndarray, case: Case, path: str | os.PathLike[str]) -> Path:
+        """Write as nnU-Net's ``SimpleITKIO.write_seg`` (the input's spacing, origin, direction), atomically."""
+        import SimpleITK as sitk
+
+        from voxpipe.transforms.io import atomic_path
+
+        image = sitk.GetImageFromArray(
+            segmentation.astype(np.uint8 if np.max(segmentation) < 255 else np.uint16)
+        )
+        image.SetSpacing(case.geometry["spacing"])
+        image.SetOrigin(case.geometry["origin"])
+        image.SetDirection(case.geometry["direction"])
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), True)
+        return Path(path)
+
+
+__all__ = ["Case", "NnUNetPredictor", "read_case", "resample"]
