@@ -274,3 +274,36 @@ def test_labels_equal_nnunets_predictor(tmp_path, name):
     source, label = sitk.ReadImage(str(image)), sitk.ReadImage(str(written))
     assert label.GetSpacing() == source.GetSpacing() and label.GetDirection() == source.GetDirection()
     assert label.GetOrigin() == source.GetOrigin()
+
+
+def test_voxpipe_infer_runs_a_model_folder_case_by_case_with_failures_resume_and_statistics(tmp_path):
+    from voxpipe.cli import main
+
+    folder = make_model(
+        tmp_path / "model",
+        spacing=[2.0, 2.0, 2.0],
+        patch=[16, 16, 16],
+        schemes=["CTNormalization"],
+        labels={"background": 0, "liver": 1, "tumour": 2},
+        folds=(0, 1),
+    )
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    make_image(inputs / "a_0000.nii.gz", shape=(20, 24, 22), spacing=(1.5, 1.5, 2.0))
+    make_image(inputs / "b_0000.nii.gz", shape=(18, 20, 20), spacing=(2.0, 1.5, 2.5), seed=1)
+    (inputs / "broken_0000.nii.gz").write_bytes((inputs / "a_0000.nii.gz").read_bytes()[:200])
+    assert main(["infer", str(folder), str(inputs), "-o", str(tmp_path / "out")]) == 2  # one case failed
+    written = sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz"))
+    assert written == ["a.nii.gz", "b.nii.gz"]  # nnU-Net's names: the channel suffix dropped
+    statistics = json.loads((tmp_path / "out" / "statistics.json").read_text())
+    assert set(statistics) == {"a", "b"} and "liver" in statistics["a"]
+    direct, _ = NnUNetPredictor(folder).predict([inputs / "a_0000.nii.gz"])
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "a.nii.gz")))
+    assert np.array_equal(label, direct)
+    (inputs / "broken_0000.nii.gz").unlink()
+    before = (tmp_path / "out" / "a.nii.gz").stat().st_mtime_ns
+    assert (
+        main(["infer", str(folder), str(inputs), "-o", str(tmp_path / "out"), "--resume", "--folds", "1"])
+        == 0
+    )
+    assert (tmp_path / "out" / "a.nii.gz").stat().st_mtime_ns == before  # resumed: not run again

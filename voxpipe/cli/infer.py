@@ -19,6 +19,21 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         from voxpipe.pipelines.inference.timings import Timings
 
         timings = Timings()
+    from voxpipe.pipelines.inference.nnunet_predict import infer_with_nnunet, is_nnunet_folder
+
+    if is_nnunet_folder(args.model):  # an nnU-Net v2 model folder: nnU-Net's own pipeline, step for step
+        outputs = infer_with_nnunet(
+            args.model,
+            args.inputs,
+            output_dir=args.output,
+            folds=args.folds,
+            tta=bool(args.tta),
+            resume=args.resume,
+            statistics=not args.no_statistics,
+            shard=shard,
+        )
+        print(f"{len(outputs)} label map(s) in {args.output} (nnU-Net model folder {args.model})")
+        return 0
     outputs = infer_with_bundle(
         args.model,
         args.inputs,
@@ -57,7 +72,16 @@ def add_commands(commands: Any) -> None:
         help="segment images with a trained bundle; outputs on each input's grid",
         description="Failing cases are reported at the end (exit code 2) after every other case was written.",
     )
-    infer.add_argument("model", help="bundle folder (weights from BUNDLE/models/model.pt unless --weights)")
+    infer.add_argument(
+        "model",
+        help="bundle folder (weights from BUNDLE/models/model.pt unless --weights), or an nnU-Net v2 model "
+        "folder (<Trainer>__<Plans>__<configuration> with plans.json, dataset.json, fold_K/checkpoint_final.pth)",
+    )
+    infer.add_argument(
+        "--folds",
+        nargs="+",
+        help="nnU-Net model folders: the folds to average (default: every fold_K with a checkpoint)",
+    )
     infer.add_argument(
         "inputs",
         nargs="+",
@@ -89,7 +113,8 @@ def add_commands(commands: Any) -> None:
     infer.add_argument(
         "--tta",
         action="store_true",
-        help="test-time augmentation: average over flips along every axis combination (8× the time)",
+        help="test-time augmentation: average over flips along every axis combination (8× the time); "
+        "for an nnU-Net model folder, its mirroring over the checkpoint's allowed axes",
     )
     infer.add_argument(
         "--compile",

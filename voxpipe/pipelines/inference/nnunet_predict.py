@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,4 +363,112 @@ class NnUNetPredictor:
         return Path(path)
 
 
-__all__ = ["Case", "NnUNetPredictor", "read_case", "resample"]
+def is_nnunet_folder(path: str | os.PathLike[str]) -> bool:
+    """A folder with nnU-Net's ``plans.json`` and ``dataset.json`` (not a MONAI bundle)."""
+    folder = Path(path)
+    return (folder / "plans.json").is_file() and (folder / "dataset.json").is_file()
+
+
+def infer_with_nnunet(
+    folder: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    output_dir: str | os.PathLike[str],
+    folds: Sequence[int | str] | None = None,
+    checkpoint: str = "checkpoint_final.pth",
+    step: float = 0.5,
+    tta: bool = False,
+    resume: bool = False,
+    statistics: bool = True,
+    shard: tuple[int, int] | None = None,
+) -> list[Path]:
+    """``voxpipe infer`` for an nnU-Net model folder: one ``<case>.nii.gz`` per input on its grid.
+
+    The folds' weights are loaded once; the cases run through the inference engine's case loop
+    (:func:`voxpipe.pipelines.inference.engine.run_cases`: the next case is read while this one
+    runs, each case succeeds or fails on its own). ``tta`` is nnU-Net's mirroring over the
+    checkpoint's allowed axes. Writes ``statistics.csv``/``.json`` with ``dataset.json``'s names.
+
+    Raises:
+        InputError: bad inputs (before anything runs). BundleError: the folder does not load.
+        InferenceFailed: some cases failed; every other case was written first.
+    """
+    from voxpipe.pipelines.inference.engine import run_cases
+    from voxpipe.pipelines.inference.infer import (
+        InferenceFailed,
+        _complete,
+        case_name,
+        check_shard,
+        collect_inputs,
+    )
+    from voxpipe.transforms.io import read_geometry, remove_stale_temporaries
+
+    model = NnUNetFolder(folder, folds=folds, checkpoint=checkpoint)
+    images = collect_inputs(inputs, channels=len(model.channels))
+    if shard is not None:
+        k, n = check_shard(shard)
+        images = images[k - 1 :: n]
+    dicom = [str(p) for p in images if isinstance(p, Path) and p.is_dir()]
+    if dicom:
+        raise InputError(
+            f"{dicom[0]!r}: DICOM series are not read by voxpipe's nnU-Net path yet; convert to NIfTI first "
+            "(voxpipe data convert)"
+        )
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    predictor = NnUNetPredictor(model, step=step, mirroring=tta)
+    failures: dict[str, str] = {}
+    reader = str(model.plans.get("image_reader_writer", "SimpleITKIO"))
+
+    def paths(case: Any) -> list[Path]:
+        return list(case) if isinstance(case, tuple) else [case]
+
+    def output(case: Any) -> Path:  # nnU-Net's naming: the channel suffix (_0000) dropped
+        return out / f"{re.sub(r'_[0-9]{4}$', '', case_name(case))}.nii.gz"
+
+    def prepare(case: Any) -> tuple[Any, Case, np.ndarray]:
+        for path in paths(
+            case
+        ):  # voxpipe's header and size checks: SimpleITK reads a truncated .nii.gz as zeros
+            read_geometry(path)
+        item = read_case(paths(case), reader=reader)
+        return case, item, predictor.preprocess(item)
+
+    def execute(prepared: tuple[Any, Case, np.ndarray]) -> None:
+        case, item, data = prepared
+        segmentation = predictor.export(predictor.logits(data), item)
+        predictor.write(segmentation, item, output(case))
+
+    pending = [p for p in images if not (resume and _complete(output(p)))]
+    for result in run_cases(pending, prepare=prepare, execute=execute):
+        if not result.ok:
+            failures[str(paths(result.case)[0])] = result.reason
+            logger.error("%s: inference failed (%s)", result.case, result.reason)
+    written = [p for p in images if str(paths(p)[0]) not in failures]
+    outputs = [output(p) for p in written]
+    if statistics and outputs:
+        from voxpipe.pipelines.inference.stats import case_statistics, write_statistics
+        from voxpipe.transforms.io import load_volume
+
+        names = {k: v for k, v in model.labels.names.items() if k}
+        per_case = {}
+        for image, written_path in zip(written, outputs, strict=True):
+            label = load_volume(written_path)
+            source = load_volume(paths(image)[0])
+            intensity = source.array if source.array.shape == label.array.shape else None
+            per_case[output(image).name[: -len(".nii.gz")]] = case_statistics(
+                label.array, label.affine, names=names, image=intensity
+            )
+        write_statistics(per_case, out)
+    if failures:
+        listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures.items())
+        raise InferenceFailed(
+            f"{len(failures)} of {len(images)} cases failed (the other {len(outputs)} were written to {str(out)!r}):\n  {listing}",
+            outputs=outputs,
+            failures=failures,
+        )
+    return outputs
+
+
+__all__ = ["Case", "NnUNetPredictor", "infer_with_nnunet", "is_nnunet_folder", "read_case", "resample"]
