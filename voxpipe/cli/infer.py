@@ -19,20 +19,19 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         from voxpipe.pipelines.inference.timings import Timings
 
         timings = Timings()
-    from voxpipe.pipelines.inference.nnunet_predict import infer_with_nnunet, is_nnunet_folder
+    from pathlib import Path
 
-    if is_nnunet_folder(args.model):  # an nnU-Net v2 model folder: nnU-Net's own pipeline, step for step
-        outputs = infer_with_nnunet(
-            args.model,
-            args.inputs,
-            output_dir=args.output,
-            folds=args.folds,
-            tta=bool(args.tta),
-            resume=args.resume,
-            statistics=not args.no_statistics,
-            shard=shard,
-        )
-        print(f"{len(outputs)} label map(s) in {args.output} (nnU-Net model folder {args.model})")
+    from voxpipe.pipelines.inference.catalogue import CATALOGUE
+    from voxpipe.pipelines.inference.nnunet_predict import is_nnunet_folder
+
+    model_dir = Path(args.model)
+    if not model_dir.exists() and args.model in CATALOGUE:  # a catalogue name: the pulled model
+        model_dir = _pulled_model(args)
+        if (model_dir / "configs").is_dir():
+            args.model = str(model_dir)
+    if is_nnunet_folder(model_dir) or (model_dir / "voxpipe-model.json").is_file():
+        outputs = _infer_nnunet(args, model_dir, shard)
+        print(f"{len(outputs)} label map(s) in {args.output} ({args.model})")
         return 0
     outputs = infer_with_bundle(
         args.model,
@@ -65,6 +64,49 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pulled_model(args: argparse.Namespace) -> Any:
+    """The cache folder of a catalogue model (its bundle folder for a Model Zoo bundle)."""
+    import json
+
+    from voxpipe.cli.models import cache_folder
+    from voxpipe.errors import InputError
+    from voxpipe.pipelines.inference.catalogue import MANIFEST, pulled
+
+    folder = pulled(args.model, cache_folder(args))
+    if folder is None:
+        raise InputError(
+            f"{args.model!r}: a catalogue model that is not in the cache ({cache_folder(args)})",
+            hint=f"voxpipe models pull {args.model}",
+        )
+    manifest = json.loads((folder / MANIFEST).read_text())
+    return folder / manifest["bundle"] if manifest.get("kind") == "bundle" else folder
+
+
+def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any]:
+    """An nnU-Net model folder, or a pulled model made of nnU-Net models (one part or several, merged)."""
+    import json
+
+    from voxpipe.pipelines.inference.catalogue import MANIFEST
+    from voxpipe.pipelines.inference.nnunet_predict import infer_with_nnunet
+
+    options = {
+        "output_dir": args.output,
+        "folds": args.folds,
+        "tta": bool(args.tta),
+        "resume": args.resume,
+        "statistics": not args.no_statistics,
+        "shard": shard,
+    }
+    if not (folder / MANIFEST).is_file():
+        return infer_with_nnunet(folder, args.inputs, **options)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    parts = manifest["parts"]
+    if len(parts) == 1:
+        return infer_with_nnunet(folder / parts[0]["folder"], args.inputs, step=manifest["step"], **options)
+    names = {int(k): v for k, v in manifest["labels"].items()}
+    return infer_with_nnunet(folder, args.inputs, step=manifest["step"], parts=parts, names=names, **options)
+
+
 def add_commands(commands: Any) -> None:
     """Register ``infer`` on the top-level subparsers."""
     infer = commands.add_parser(
@@ -74,9 +116,13 @@ def add_commands(commands: Any) -> None:
     )
     infer.add_argument(
         "model",
-        help="bundle folder (weights from BUNDLE/models/model.pt unless --weights), or an nnU-Net v2 model "
-        "folder (<Trainer>__<Plans>__<configuration> with plans.json, dataset.json, fold_K/checkpoint_final.pth)",
+        help="bundle folder (weights from BUNDLE/models/model.pt unless --weights), an nnU-Net v2 model "
+        "folder (<Trainer>__<Plans>__<configuration> with plans.json, dataset.json, fold_K/checkpoint_final.pth), "
+        "or the name of a pulled catalogue model (voxpipe models list)",
     )
+    from voxpipe.cli.models import add_cache_option
+
+    add_cache_option(infer)
     infer.add_argument(
         "--folds",
         nargs="+",

@@ -1,7 +1,7 @@
 """The ``voxpipe`` command: parse arguments, call one pipeline function, map errors to exit codes.
 
 The verbs live in one module per group (:mod:`~voxpipe.cli.demo`, ``train``, ``bundle``, ``infer``,
-``networks``, ``evaluate``, ``data``, ``plan``, ``serve``, ``annotate``), each with an ``add_commands`` that registers them here.
+``models``, ``networks``, ``evaluate``, ``data``, ``plan``, ``serve``, ``annotate``), each with an ``add_commands`` that registers them here.
 
 Exit codes: 0 success, 2 the user's or the machine's problem (a :class:`voxpipe.errors.UserError`: the message names the
 file and the problem), 1 internal failure. No traceback unless ``--debug``.
@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 
 from voxpipe import __version__
-from voxpipe.cli import annotate, bundle, data, demo, evaluate, infer, networks, plan, serve, train
+from voxpipe.cli import annotate, bundle, data, demo, evaluate, infer, models, networks, plan, serve, train
 from voxpipe.errors import VoxpipeError
 
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for verb_group in (demo, train, bundle, infer, networks, evaluate, data, plan, serve, annotate):
+    for verb_group in (demo, train, bundle, infer, models, networks, evaluate, data, plan, serve, annotate):
         verb_group.add_commands(commands)
     return parser
 

@@ -381,8 +381,14 @@ def infer_with_nnunet(
     resume: bool = False,
     statistics: bool = True,
     shard: tuple[int, int] | None = None,
+    parts: Sequence[Mapping[str, Any]] | None = None,
+    names: Mapping[int, str] | None = None,
 ) -> list[Path]:
     """``voxpipe infer`` for an nnU-Net model folder: one ``<case>.nii.gz`` per input on its grid.
+
+    With ``parts`` (a multi-part model's manifest entries: ``folder`` relative to ``folder``, and
+    ``labels``, part label → merged label), every part runs on each case and the maps are merged
+    (:func:`voxpipe.pipelines.inference.catalogue.merge_parts`); ``names`` then name the merged labels.
 
     The folds' weights are loaded once; the cases run through the inference engine's case loop
     (:func:`voxpipe.pipelines.inference.engine.run_cases`: the next case is read while this one
@@ -393,6 +399,7 @@ def infer_with_nnunet(
         InputError: bad inputs (before anything runs). BundleError: the folder does not load.
         InferenceFailed: some cases failed; every other case was written first.
     """
+    from voxpipe.pipelines.inference.catalogue import merge_parts
     from voxpipe.pipelines.inference.engine import run_cases
     from voxpipe.pipelines.inference.infer import (
         InferenceFailed,
@@ -403,7 +410,10 @@ def infer_with_nnunet(
     )
     from voxpipe.transforms.io import read_geometry, remove_stale_temporaries
 
-    model = NnUNetFolder(folder, folds=folds, checkpoint=checkpoint)
+    root = Path(folder)
+    entries = list(parts) if parts else [{"folder": ".", "labels": None}]
+    models = [NnUNetFolder(root / e["folder"], folds=folds, checkpoint=checkpoint) for e in entries]
+    model = models[0]
     images = collect_inputs(inputs, channels=len(model.channels))
     if shard is not None:
         k, n = check_shard(shard)
@@ -417,7 +427,7 @@ def infer_with_nnunet(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
-    predictor = NnUNetPredictor(model, step=step, mirroring=tta)
+    predictors = [NnUNetPredictor(m, step=step, mirroring=tta) for m in models]  # every part's weights, once
     failures: dict[str, str] = {}
     reader = str(model.plans.get("image_reader_writer", "SimpleITKIO"))
 
@@ -427,18 +437,24 @@ def infer_with_nnunet(
     def output(case: Any) -> Path:  # nnU-Net's naming: the channel suffix (_0000) dropped
         return out / f"{re.sub(r'_[0-9]{4}$', '', case_name(case))}.nii.gz"
 
-    def prepare(case: Any) -> tuple[Any, Case, np.ndarray]:
-        for path in paths(
-            case
-        ):  # voxpipe's header and size checks: SimpleITK reads a truncated .nii.gz as zeros
+    def prepare(case: Any) -> tuple[Any, Case, list[Path], np.ndarray | None]:
+        files = paths(case)
+        for path in files:  # voxpipe's header and size checks: SimpleITK reads a truncated .nii.gz as zeros
             read_geometry(path)
-        item = read_case(paths(case), reader=reader)
-        return case, item, predictor.preprocess(item)
+        item = read_case(files, reader=reader)
+        # one model: its preprocessing runs here, in the prefetch thread, while the previous case runs
+        data = predictors[0].preprocess(item) if len(predictors) == 1 else None
+        return case, item, files, data
 
-    def execute(prepared: tuple[Any, Case, np.ndarray]) -> None:
-        case, item, data = prepared
-        segmentation = predictor.export(predictor.logits(data), item)
-        predictor.write(segmentation, item, output(case))
+    def execute(prepared: tuple[Any, Case, list[Path], np.ndarray | None]) -> None:
+        case, item, files, data = prepared
+        maps = []
+        for index, predictor in enumerate(predictors):
+            part = item if index == 0 else read_case(files, reader=reader)  # each part: its own copy
+            ready = data if data is not None else predictor.preprocess(part)
+            maps.append(predictor.export(predictor.logits(ready), part))
+        segmentation = maps[0] if parts is None else merge_parts(maps, entries)
+        predictors[0].write(segmentation, item, output(case))
 
     pending = [p for p in images if not (resume and _complete(output(p)))]
     for result in run_cases(pending, prepare=prepare, execute=execute):
@@ -451,7 +467,7 @@ def infer_with_nnunet(
         from voxpipe.pipelines.inference.stats import case_statistics, write_statistics
         from voxpipe.transforms.io import load_volume
 
-        names = {k: v for k, v in model.labels.names.items() if k}
+        names = {int(k): v for k, v in (names or model.labels.names).items() if int(k)}
         per_case = {}
         for image, written_path in zip(written, outputs, strict=True):
             label = load_volume(written_path)
