@@ -307,3 +307,62 @@ def test_voxpipe_infer_runs_a_model_folder_case_by_case_with_failures_resume_and
         == 0
     )
     assert (tmp_path / "out" / "a.nii.gz").stat().st_mtime_ns == before  # resumed: not run again
+
+
+@pytest.mark.slow
+def test_an_imported_bundle_runs_under_monais_runner_with_equal_labels(tmp_path):
+    from voxpipe.cli import main
+
+    folder = make_model(
+        tmp_path / "model",
+        spacing=[2.0, 2.0, 2.0],
+        patch=[16, 16, 16],
+        schemes=["CTNormalization"],
+        labels={"background": 0, "liver": 1, "tumour": 2},
+        folds=(0, 1),
+    )
+    image = make_image(tmp_path / "ct.nii.gz", shape=(20, 24, 22), spacing=(1.5, 1.5, 2.0))
+    bundle = tmp_path / "bundle"
+    assert main(["bundle", "import-nnunet", str(folder), "-o", str(bundle)]) == 0
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(bundle / "configs" / "inference.json"),
+            "--meta_file",
+            str(bundle / "configs" / "metadata.json"),
+            "--bundle_root",
+            str(bundle),
+            "--datalist",
+            f"['{image}']",
+            "--output_dir",
+            str(tmp_path / "monai"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert main(["infer", str(folder), str(image), "-o", str(tmp_path / "voxpipe"), "--no-statistics"]) == 0
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "voxpipe" / "ct.nii.gz")))
+    theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "monai" / "ct.nii.gz")))
+    assert np.array_equal(ours, theirs) and len(np.unique(ours)) > 1
+    assert (
+        main(
+            [
+                "bundle",
+                "run",
+                str(bundle),
+                "--safe",
+                "--set",
+                f"datalist=['{image}']",
+                "--set",
+                f"output_dir={tmp_path / 'safe'}",
+            ]
+        )
+        == 0
+    )
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "safe" / "ct.nii.gz"))), ours)

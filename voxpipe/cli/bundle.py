@@ -67,6 +67,14 @@ def _cmd_bundle_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bundle_import_nnunet(args: argparse.Namespace) -> int:
+    from voxpipe.pipelines.inference.nnunet_predict import import_nnunet
+
+    written = import_nnunet(args.folder, args.output)
+    print(f"wrote {written} (python -m monai.bundle run --config_file {written}/configs/inference.json ...)")
+    return 0
+
+
 def add_commands(commands: Any) -> None:
     """Register ``bundle`` and its actions on the top-level subparsers."""
     bundle = commands.add_parser(
@@ -136,6 +144,13 @@ def add_commands(commands: Any) -> None:
         help="also fail on warnings (metadata schema findings, missing bundle properties)",
     )
     bundle_validate.set_defaults(func=_cmd_bundle_validate)
+    bundle_import = bundle_actions.add_parser(
+        "import-nnunet",
+        help="write a MONAI bundle that runs an nnU-Net v2 model folder (MONAI's runner runs it too)",
+    )
+    bundle_import.add_argument("folder", help="nnU-Net model folder <Trainer>__<Plans>__<configuration>")
+    bundle_import.add_argument("-o", "--output", required=True, help="the new bundle's folder")
+    bundle_import.set_defaults(func=_cmd_bundle_import_nnunet)
     bundle_export = bundle_actions.add_parser(
         "export",
         help="package configs, docs and trained weights as a bundle zip (checksums in metadata.json)",
