@@ -35,27 +35,15 @@ def _oracle_site() -> Path:
 
 
 def _architecture(dims, stages, kernels, strides, features, kind="PlainConvUNet"):
-    arch = {
-        "n_stages": stages,
-        "features_per_stage": features,
-        "conv_op": f"torch.nn.modules.conv.Conv{dims}d",
-        "kernel_sizes": kernels,
-        "strides": strides,
-        "n_conv_per_stage_decoder": [1] * (stages - 1),
-        "conv_bias": True,
-        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }
+    from test_nnunet_networks import plain
+
+    architecture = plain(dims, stages=stages, kernels=kernels, strides=strides, features=features)
+    arch = architecture["arch_kwargs"]
+    arch["n_conv_per_stage_decoder"] = [1] * (stages - 1)
+    del arch["n_conv_per_stage"]
     arch["n_blocks_per_stage" if kind == "ResidualEncoderUNet" else "n_conv_per_stage"] = [1] * stages
-    return {
-        "network_class_name": f"dynamic_network_architectures.architectures.unet.{kind}",
-        "arch_kwargs": arch,
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-    }
+    architecture["network_class_name"] = f"dynamic_network_architectures.architectures.unet.{kind}"
+    return architecture
 
 
 def make_model(

@@ -123,8 +123,27 @@ class ConvDropoutNormReLU(nn.Module):
         return self.all_modules(x)
 
 
+def _stack(
+    block: type[nn.Module],
+    count: int,
+    conv_op: type[nn.Module],
+    inputs: int,
+    outputs: int,
+    kernel: Any,
+    stride: Any,
+    options: tuple[Any, ...],
+) -> nn.Sequential:
+    """``count`` blocks in a row; the first changes the width and carries the stride."""
+    return nn.Sequential(
+        *[
+            block(conv_op, inputs if i == 0 else outputs, outputs, kernel, stride if i == 0 else 1, *options)
+            for i in range(int(count))
+        ]
+    )
+
+
 class StackedConvBlocks(nn.Module):
-    """``num_convs`` :class:`ConvDropoutNormReLU`; the first carries the stride."""
+    """``num_convs`` :class:`ConvDropoutNormReLU` (module ``convs``, nnU-Net's key)."""
 
     def __init__(
         self,
@@ -137,18 +156,15 @@ class StackedConvBlocks(nn.Module):
         *options: Any,
     ) -> None:
         super().__init__()
-        self.convs = nn.Sequential(
-            *[
-                ConvDropoutNormReLU(
-                    conv_op,
-                    input_channels if i == 0 else output_channels,
-                    output_channels,
-                    kernel_size,
-                    initial_stride if i == 0 else 1,
-                    *options,
-                )
-                for i in range(int(num_convs))
-            ]
+        self.convs = _stack(
+            ConvDropoutNormReLU,
+            num_convs,
+            conv_op,
+            input_channels,
+            output_channels,
+            kernel_size,
+            initial_stride,
+            options,
         )
         self.output_channels = output_channels
 
@@ -216,6 +232,8 @@ class BasicBlockD(nn.Module):
 
 
 class StackedResidualBlocks(nn.Module):
+    """``n_blocks`` :class:`BasicBlockD` (module ``blocks``, nnU-Net's key)."""
+
     def __init__(
         self,
         n_blocks: int,
@@ -227,18 +245,15 @@ class StackedResidualBlocks(nn.Module):
         *options: Any,
     ) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(
-            *[
-                BasicBlockD(
-                    conv_op,
-                    input_channels if i == 0 else output_channels,
-                    output_channels,
-                    kernel_size,
-                    initial_stride if i == 0 else 1,
-                    *options,
-                )
-                for i in range(int(n_blocks))
-            ]
+        self.blocks = _stack(
+            BasicBlockD,
+            n_blocks,
+            conv_op,
+            input_channels,
+            output_channels,
+            kernel_size,
+            initial_stride,
+            options,
         )
         self.output_channels = output_channels
 
