@@ -175,7 +175,7 @@ def _child(
                 "mode": "gaussian",
             },
             "postprocessing#transforms": [
-                config["postprocessing"]["transforms"][0],  # Activationsd(softmax)
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
                 {
                     "_target_": "Invertd",
                     "keys": "pred",
