@@ -49,6 +49,9 @@ def test_slab_wise_components_equal_the_whole_array_labelling(seed, monkeypatch)
     shape = tuple(int(n) for n in rng.integers(2, 14, size=3))
     label = random_label(rng, shape, float(rng.uniform(0.05, 0.6)))
     monkeypatch.setattr(postprocess, "SLAB", int(rng.integers(1, 5)))  # many slab faces
+    monkeypatch.setattr(
+        postprocess, "WHOLE_FIRST", seed % 4 == 3
+    )  # mostly the slab path, sometimes the whole one
     rules = {
         "largest": [[1, 2]] if seed % 3 else [[1], [2]],
         "inside": {2: [1]} if seed % 2 else None,
@@ -105,3 +108,21 @@ def test_the_transform_changes_its_tensor_in_place_and_copies_arrays():
     array = label.copy()
     PostProcessd("pred", largest=[[1]])({"pred": array})
     assert array[0, 0, 0, 0] == 1  # a caller's numpy array is left alone
+
+
+def test_more_components_than_uint16_holds_take_the_slab_path_with_the_same_result(monkeypatch):
+    label = np.zeros((100, 100, 60), np.uint8)
+    label[::2, ::2, ::2] = 1  # 75 000 isolated voxels: more components than a uint16 map can number
+    label[10:30, 10:30, 10:30] = 1
+    rules = {"largest": [[1]]}
+    calls = []
+    original = postprocess.SlabComponents._labelled
+
+    def counting(self):
+        calls.append(self.slab)
+        yield from original(self)
+
+    monkeypatch.setattr(postprocess.SlabComponents, "_labelled", counting)
+    found = postprocess_labels(label, **rules)
+    assert calls and calls[0] == postprocess.SLAB  # the whole-box uint16 attempt overflowed
+    assert np.array_equal(found, reference(label, **rules))

@@ -96,6 +96,7 @@ def foreground_box(label: np.ndarray, margin: int | Sequence[int] = 1) -> tuple[
 
 
 SLAB = 32  # slices (last axis) labelled at once by SlabComponents
+WHOLE_FIRST = True  # SlabComponents tries one uint16 map of the whole box first (tests switch it off)
 
 
 def _in(out: np.ndarray, values: Sequence[int]) -> np.ndarray:
@@ -115,7 +116,9 @@ class SlabComponents:
     :meth:`slabs` yields every slab's map of component numbers (1..:attr:`count`, 0 outside). Each
     slab's own labels are kept as uint16 when its count fits (2 bytes a voxel, half of scipy's int32
     map of the whole box) and labelled again otherwise. The numbering is not scipy's whole-array
-    numbering; the components are the same.
+    numbering; the components are the same. Without an explicit ``slab``, the whole box is labelled
+    first into one uint16 map (one pass, the common case of a trained network's few components);
+    only more than 65 535 components (a fragmented prediction) take the slab path.
     """
 
     def __init__(self, out: np.ndarray, values: Sequence[int], slab: int | None = None) -> None:
@@ -124,6 +127,20 @@ class SlabComponents:
 
         self.out, self.values = out, [int(v) for v in values]
         self.slab = max(1, int(SLAB if slab is None else slab))
+        if (
+            slab is None and WHOLE_FIRST
+        ):  # first the whole box in one uint16 map (scipy's own numbering, one pass)
+            whole = np.empty(out.shape, dtype=np.uint16)
+            try:
+                count = int(ndimage.label(_in(out, self.values), structure=_FULL, output=whole))
+            except RuntimeError:  # more than 65535 components: slab by slab, in bounded memory
+                del whole
+            else:
+                self.slab, self._kept, self._offsets = max(out.shape[-1], 1), [whole], [0]
+                self.count = count
+                self._component = np.arange(1, count + 1, dtype=np.int64)
+                self.sizes = np.bincount(whole.ravel(), minlength=count + 1)[1:].astype(np.int64)
+                return
         offsets, sizes, rows, cols = [], [], [], []
         total = 0
         previous_face: np.ndarray | None = None
