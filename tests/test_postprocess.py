@@ -126,3 +126,19 @@ def test_more_components_than_uint16_holds_take_the_slab_path_with_the_same_resu
     found = postprocess_labels(label, **rules)
     assert calls and calls[0] == postprocess.SLAB  # the whole-box uint16 attempt overflowed
     assert np.array_equal(found, reference(label, **rules))
+
+
+def test_a_box_larger_than_the_whole_box_limit_takes_the_slab_path(monkeypatch):
+    rng = np.random.default_rng(7)
+    label = random_label(rng, (30, 30, 40), 0.3)
+    seen = []
+    original = postprocess.SlabComponents._labelled
+
+    def counting(self):
+        seen.append(self.slab)
+        yield from original(self)
+
+    monkeypatch.setattr(postprocess.SlabComponents, "_labelled", counting)
+    monkeypatch.setattr(postprocess, "WHOLE_MAX_VOXELS", 1000)
+    assert np.array_equal(postprocess_labels(label, largest=[[1, 2]]), reference(label, largest=[[1, 2]]))
+    assert seen and seen[0] == postprocess.SLAB
