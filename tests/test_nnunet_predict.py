@@ -354,3 +354,40 @@ def test_an_imported_bundle_runs_under_monais_runner_with_equal_labels(tmp_path)
         == 0
     )
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "safe" / "ct.nii.gz"))), ours)
+
+
+@pytest.mark.slow
+def test_a_dicom_series_is_segmented_and_written_back_as_dicom_seg(tmp_path):
+    from test_deploy import write_series
+
+    from voxpipe.cli import main
+    from voxpipe.transforms.dicom_seg import read_seg, seg_to_label_map
+    from voxpipe.transforms.io import load_volume, save_nifti
+
+    folder = make_model(
+        tmp_path / "model",
+        spacing=[2.0, 2.0, 2.0],
+        patch=[16, 16, 16],
+        schemes=["CTNormalization"],
+        labels={"background": 0, "liver": 1, "tumour": 2},
+    )
+    _, files = write_series(tmp_path / "series")
+    series = files[0].parent
+    out = tmp_path / "out"
+    assert main(["infer", str(folder), str(series), "-o", str(out), "--dicom-seg"]) == 0
+    label = load_volume(out / "series.nii.gz", label=True)
+    source = load_volume(series)
+    assert label.array.shape == source.array.shape and np.allclose(label.affine, source.affine, atol=1e-4)
+    # the same as the model on the series written as NIfTI by voxpipe's loader
+    save_nifti(np.asarray(source.array), source.affine, tmp_path / "series_0000.nii.gz")
+    direct, _ = NnUNetPredictor(folder).predict([tmp_path / "series_0000.nii.gz"])
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "series.nii.gz"))), direct)
+    seg = read_seg(out / "series.dcm")
+    assert np.array_equal(seg_to_label_map(seg, label.array.shape, label.affine), label.array)
+    assert not list(out.glob(".voxpipe-series.*"))  # the scratch copy is gone
+    with pytest.raises(Exception, match="expected DICOM series folders"):
+        from voxpipe.pipelines.inference.nnunet_predict import infer_with_nnunet
+
+        infer_with_nnunet(
+            folder, [tmp_path / "series_0000.nii.gz"], output_dir=tmp_path / "o2", dicom_seg=True
+        )

@@ -96,6 +96,7 @@ def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any
         "resume": args.resume,
         "statistics": not args.no_statistics,
         "shard": shard,
+        "dicom_seg": bool(args.dicom_seg),
     }
     if not (folder / MANIFEST).is_file():
         return infer_with_nnunet(folder, args.inputs, **options)

@@ -25,6 +25,8 @@ import itertools
 import logging
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,6 +365,11 @@ class NnUNetPredictor:
         return Path(path)
 
 
+def paths_of(case: Any) -> list[Path]:
+    """The channel files of a case (one path, or nnU-Net's ``case_0000``, ``case_0001``... tuple)."""
+    return list(case) if isinstance(case, tuple) else [case]
+
+
 def is_nnunet_folder(path: str | os.PathLike[str]) -> bool:
     """A folder with nnU-Net's ``plans.json`` and ``dataset.json`` (not a MONAI bundle)."""
     folder = Path(path)
@@ -383,12 +390,18 @@ def infer_with_nnunet(
     shard: tuple[int, int] | None = None,
     parts: Sequence[Mapping[str, Any]] | None = None,
     names: Mapping[int, str] | None = None,
+    dicom_seg: bool = False,
 ) -> list[Path]:
     """``voxpipe infer`` for an nnU-Net model folder: one ``<case>.nii.gz`` per input on its grid.
 
     With ``parts`` (a multi-part model's manifest entries: ``folder`` relative to ``folder``, and
     ``labels``, part label → merged label), every part runs on each case and the maps are merged
     (:func:`voxpipe.pipelines.inference.catalogue.merge_parts`); ``names`` then name the merged labels.
+
+    A DICOM series folder is read with voxpipe's series loader (slice order, spacing and orientation
+    checked) and handed to the model as SimpleITK would read the same volume written as NIfTI; with
+    ``dicom_seg``, ``<case>.dcm`` is written beside the label map: a DICOM-SEG referencing the series,
+    one coded segment per structure found.
 
     The folds' weights are loaded once; the cases run through the inference engine's case loop
     (:func:`voxpipe.pipelines.inference.engine.run_cases`: the next case is read while this one
@@ -418,12 +431,13 @@ def infer_with_nnunet(
     if shard is not None:
         k, n = check_shard(shard)
         images = images[k - 1 :: n]
-    dicom = [str(p) for p in images if isinstance(p, Path) and p.is_dir()]
-    if dicom:
-        raise InputError(
-            f"{dicom[0]!r}: DICOM series are not read by voxpipe's nnU-Net path yet; convert to NIfTI first "
-            "(voxpipe data convert)"
-        )
+    if dicom_seg:
+        files = [str(paths_of(p)[0]) for p in images if not (isinstance(p, Path) and p.is_dir())]
+        if files:
+            raise InputError(
+                f"--dicom-seg: expected DICOM series folders, found image files {files}",
+                hint="a DICOM-SEG references the source slices; leave out --dicom-seg for these inputs",
+            )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
@@ -431,16 +445,29 @@ def infer_with_nnunet(
     failures: dict[str, str] = {}
     reader = str(model.plans.get("image_reader_writer", "SimpleITKIO"))
 
-    def paths(case: Any) -> list[Path]:
-        return list(case) if isinstance(case, tuple) else [case]
+    paths = paths_of
+    scratch = Path(
+        tempfile.mkdtemp(prefix=".voxpipe-series.", dir=out)
+    )  # DICOM series as NIfTI, removed at the end
+
+    def readable(case: Any) -> list[Path]:
+        """The case's files as SimpleITK reads them: a DICOM series becomes one NIfTI of voxpipe's loading."""
+        if isinstance(case, Path) and case.is_dir():
+            from voxpipe.transforms.io import load_volume, save_nifti
+
+            volume = load_volume(case)
+            converted = scratch / f"{case_name(case)}_0000.nii.gz"
+            save_nifti(np.asarray(volume.array), volume.affine, converted)
+            return [converted]
+        return paths_of(case)
 
     def output(case: Any) -> Path:  # nnU-Net's naming: the channel suffix (_0000) dropped
         return out / f"{re.sub(r'_[0-9]{4}$', '', case_name(case))}.nii.gz"
 
     def prepare(case: Any) -> tuple[Any, Case, list[Path], np.ndarray | None]:
-        files = paths(case)
-        for path in files:  # voxpipe's header and size checks: SimpleITK reads a truncated .nii.gz as zeros
+        for path in paths(case):  # voxpipe's header checks: SimpleITK reads a truncated .nii.gz as zeros
             read_geometry(path)
+        files = readable(case)
         item = read_case(files, reader=reader)
         # one model: its preprocessing runs here, in the prefetch thread, while the previous case runs
         data = predictors[0].preprocess(item) if len(predictors) == 1 else None
@@ -454,27 +481,45 @@ def infer_with_nnunet(
             ready = data if data is not None else predictor.preprocess(part)
             maps.append(predictor.export(predictor.logits(ready), part))
         segmentation = maps[0] if parts is None else merge_parts(maps, entries)
-        predictors[0].write(segmentation, item, output(case))
+        written = predictors[0].write(segmentation, item, output(case))
+        if dicom_seg:
+            from voxpipe.transforms.dicom_seg import write_dicom_seg
+            from voxpipe.transforms.io import load_volume
 
+            label = load_volume(written, label=True)  # on the grid voxpipe loads the series with
+            present = {int(v) for v in np.unique(label.array) if v}
+            write_dicom_seg(
+                label.array,
+                case,
+                written.with_name(f"{case_name(case)}.dcm"),
+                names={v: label_names[v] for v in present},
+            )
+        for file in files:
+            if file.parent == scratch:
+                file.unlink()
+
+    label_names = {int(k): v for k, v in (names or model.labels.names).items() if int(k)}
     pending = [p for p in images if not (resume and _complete(output(p)))]
-    for result in run_cases(pending, prepare=prepare, execute=execute):
-        if not result.ok:
-            failures[str(paths(result.case)[0])] = result.reason
-            logger.error("%s: inference failed (%s)", result.case, result.reason)
+    try:
+        for result in run_cases(pending, prepare=prepare, execute=execute):
+            if not result.ok:
+                failures[str(paths(result.case)[0])] = result.reason
+                logger.error("%s: inference failed (%s)", result.case, result.reason)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     written = [p for p in images if str(paths(p)[0]) not in failures]
     outputs = [output(p) for p in written]
     if statistics and outputs:
         from voxpipe.pipelines.inference.stats import case_statistics, write_statistics
         from voxpipe.transforms.io import load_volume
 
-        names = {int(k): v for k, v in (names or model.labels.names).items() if int(k)}
         per_case = {}
         for image, written_path in zip(written, outputs, strict=True):
             label = load_volume(written_path)
             source = load_volume(paths(image)[0])
             intensity = source.array if source.array.shape == label.array.shape else None
             per_case[output(image).name[: -len(".nii.gz")]] = case_statistics(
-                label.array, label.affine, names=names, image=intensity
+                label.array, label.affine, names=label_names, image=intensity
             )
         write_statistics(per_case, out)
     if failures:
