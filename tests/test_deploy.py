@@ -357,13 +357,14 @@ def test_a_pool_of_workers_each_with_its_own_warm_network_takes_each_job_once(
         assert node.engine(0) is not node.engine(1)
         seen: list[tuple[str, str, float, float]] = []
         predict = node._predict
+        pairs = threading.Barrier(
+            2, timeout=60
+        )  # each job waits for a second one in flight: both workers busy
 
         def recording(job):
             started = time.monotonic()
             try:
-                time.sleep(
-                    1.0
-                )  # a job longer than the gap between series: the next one goes to the free worker
+                pairs.wait()
                 return predict(job)
             finally:
                 seen.append((threading.current_thread().name, job["series_uid"], started, time.monotonic()))

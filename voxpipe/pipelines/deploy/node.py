@@ -296,7 +296,7 @@ class DicomNode:
                 self.poll,
                 self.destination or f"{self.dicomweb_url} (STOW-RS)",
             )
-        self._threads = [
+        self._threads = [threading.Thread(target=self._watch, name="voxpipe-node-watch", daemon=True)] + [
             threading.Thread(
                 target=self._work, args=(worker,), name=f"voxpipe-node-worker-{worker}", daemon=True
             )
@@ -420,16 +420,25 @@ class DicomNode:
         return SUCCESS
 
     # -- working ----------------------------------------------------------------------------------
-    def _work(self, worker: int = 0) -> None:
-        self._local.worker = worker
+    def _watch(self) -> None:
+        """Poll DICOMweb when due and queue the series that went quiet, apart from the workers: a
+        long job must not hold back the series the other workers could take."""
         next_poll = 0.0
         while not self._stop.is_set():
             try:
-                if worker == 0:  # one thread polls and completes series; every worker takes jobs
-                    if self._poller is not None and time.monotonic() >= next_poll:
-                        next_poll = time.monotonic() + self.poll
-                        self._poller.poll()
-                    self.store.complete_idle(self.idle)
+                if self._poller is not None and time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + self.poll
+                    self._poller.poll()
+                self.store.complete_idle(self.idle)
+            except Exception:  # the node must go on: log the bug and keep serving
+                logger.exception("node watcher error; continuing")
+                self._stop.wait(1.0)
+            self._stop.wait(0.2)
+
+    def _work(self, worker: int = 0) -> None:
+        self._local.worker = worker
+        while not self._stop.is_set():
+            try:
                 uid = self._claim()
                 if uid is None:
                     self._stop.wait(0.2)
