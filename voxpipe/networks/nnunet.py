@@ -142,12 +142,15 @@ def _stack(
     )
 
 
-class StackedConvBlocks(nn.Module):
-    """``num_convs`` :class:`ConvDropoutNormReLU` (module ``convs``, nnU-Net's key)."""
+class _Stacked(nn.Module):
+    """``count`` blocks of ``block`` in a row under the attribute nnU-Net's state-dict keys use."""
+
+    attribute = ""
+    block: Any = None
 
     def __init__(
         self,
-        num_convs: int,
+        count: int,
         conv_op: type[nn.Module],
         input_channels: int,
         output_channels: int,
@@ -156,9 +159,9 @@ class StackedConvBlocks(nn.Module):
         *options: Any,
     ) -> None:
         super().__init__()
-        self.convs = _stack(
-            ConvDropoutNormReLU,
-            num_convs,
+        stack = _stack(
+            type(self).block,
+            count,
             conv_op,
             input_channels,
             output_channels,
@@ -166,10 +169,17 @@ class StackedConvBlocks(nn.Module):
             initial_stride,
             options,
         )
+        setattr(self, self.attribute, stack)
         self.output_channels = output_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.convs(x)
+        return getattr(self, self.attribute)(x)
+
+
+class StackedConvBlocks(_Stacked):
+    """``num_convs`` :class:`ConvDropoutNormReLU` (module ``convs``)."""
+
+    attribute, block = "convs", ConvDropoutNormReLU
 
 
 class BasicBlockD(nn.Module):
@@ -231,34 +241,10 @@ class BasicBlockD(nn.Module):
         return self.nonlin2(out)
 
 
-class StackedResidualBlocks(nn.Module):
-    """``n_blocks`` :class:`BasicBlockD` (module ``blocks``, nnU-Net's key)."""
+class StackedResidualBlocks(_Stacked):
+    """``n_blocks`` :class:`BasicBlockD` (module ``blocks``)."""
 
-    def __init__(
-        self,
-        n_blocks: int,
-        conv_op: type[nn.Module],
-        input_channels: int,
-        output_channels: int,
-        kernel_size: int | Sequence[int],
-        initial_stride: int | Sequence[int],
-        *options: Any,
-    ) -> None:
-        super().__init__()
-        self.blocks = _stack(
-            BasicBlockD,
-            n_blocks,
-            conv_op,
-            input_channels,
-            output_channels,
-            kernel_size,
-            initial_stride,
-            options,
-        )
-        self.output_channels = output_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x)
+    attribute, block = "blocks", BasicBlockD
 
 
 class _Encoder(nn.Module):
