@@ -142,3 +142,26 @@ def test_a_box_larger_than_the_whole_box_limit_takes_the_slab_path(monkeypatch):
     monkeypatch.setattr(postprocess, "WHOLE_MAX_VOXELS", 1000)
     assert np.array_equal(postprocess_labels(label, largest=[[1, 2]]), reference(label, largest=[[1, 2]]))
     assert seen and seen[0] == postprocess.SLAB
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_lesion_statistics_equal_the_whole_array_labelling(seed, monkeypatch):
+    from voxpipe.pipelines.inference.stats import case_statistics, largest_diameter_mm
+
+    rng = np.random.default_rng(500 + seed)
+    label = random_label(
+        rng, tuple(int(n) for n in rng.integers(4, 16, size=3)), float(rng.uniform(0.05, 0.5))
+    )
+    monkeypatch.setattr(postprocess, "SLAB", int(rng.integers(1, 4)))
+    monkeypatch.setattr(postprocess, "WHOLE_FIRST", seed % 2 == 0)
+    affine = np.diag([0.8, 0.9, 2.5, 1.0])
+    found = case_statistics(label, affine, names={1: "liver", 2: "tumour"}, lesion_labels=[2])["tumour"]
+    components, count = ndimage.label(label == 2, structure=FULL)
+    assert found["lesion_count"] == count
+    if count:
+        sizes = np.bincount(components.ravel())[1:]
+        biggest = int(np.argmax(sizes)) + 1
+        assert found["largest_lesion_ml"] == pytest.approx(sizes[biggest - 1] * 0.8 * 0.9 * 2.5 / 1000)
+        assert found["largest_lesion_diameter_mm"] == pytest.approx(
+            largest_diameter_mm(components == biggest, affine)
+        )

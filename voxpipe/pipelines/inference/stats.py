@@ -18,13 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from voxpipe.transforms.io import write_text_atomic
-from voxpipe.transforms.postprocess import foreground_box
-
-_FULL = ndimage.generate_binary_structure(3, 3)
+from voxpipe.transforms.postprocess import SlabComponents, foreground_box
 
 
 def _segment_ends(mask: np.ndarray) -> np.ndarray:
@@ -108,13 +105,16 @@ def case_statistics(
             entry["mean"], entry["std"] = _masked_mean_std(image, mask) if count else (None, None)
         if int(value) in {int(v) for v in lesion_labels}:
             box = foreground_box(mask)  # label components in the lesions' bounding box, not the whole scan
-            components, n = ndimage.label(mask[box] if box else mask, structure=_FULL)
-            entry["lesion_count"] = int(n)
-            if n:
-                sizes = np.bincount(components.ravel())[1:]
-                biggest = int(np.argmax(sizes)) + 1
-                entry["largest_lesion_ml"] = float(sizes[biggest - 1] * voxel_ml)
-                entry["largest_lesion_diameter_mm"] = largest_diameter_mm(components == biggest, affine)
+            lesions = np.ascontiguousarray(mask[box] if box else mask).view(np.uint8)
+            components = SlabComponents(lesions, [1])  # bounded memory for a fragmented prediction
+            entry["lesion_count"] = int(components.count)
+            if components.count:
+                biggest = components.largest()
+                entry["largest_lesion_ml"] = float(components.sizes[biggest - 1] * voxel_ml)
+                largest = np.zeros(lesions.shape, dtype=bool)
+                for start, stop, numbers in components.slabs():
+                    largest[..., start:stop] = numbers == biggest
+                entry["largest_lesion_diameter_mm"] = largest_diameter_mm(largest, affine)
             else:
                 entry["largest_lesion_ml"] = entry["largest_lesion_diameter_mm"] = 0.0
         stats[name] = entry
