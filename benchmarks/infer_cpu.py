@@ -153,12 +153,8 @@ def _child(
             timings=timings,
         )
     else:  # the bundle's preprocessing with MONAI's loader, inferer, inversion, component filter and writer
-        from monai.bundle import ConfigParser
-
-        from voxpipe.pipelines.bundles.config import find_config
         from voxpipe.pipelines.bundles.run import run_bundle
 
-        config = ConfigParser.load_config_file(str(find_config(bundle, "inference")))
         monai = {
             "dataloader": {
                 "_target_": "DataLoader",
