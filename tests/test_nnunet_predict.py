@@ -145,6 +145,18 @@ def make_model(
     return folder
 
 
+def liver_model(tmp_path: Path, *, folds=(0,)):
+    """A small CT model of three labels (background, liver, tumour) at 2 mm."""
+    return make_model(
+        tmp_path / "model",
+        spacing=[2.0, 2.0, 2.0],
+        patch=[16, 16, 16],
+        schemes=["CTNormalization"],
+        labels={"background": 0, "liver": 1, "tumour": 2},
+        folds=folds,
+    )
+
+
 def make_image(path: Path, *, shape, spacing, direction=None, seed=0, zero_border=True):
     rng = np.random.default_rng(seed)
     z, y, x = shape
@@ -267,14 +279,7 @@ def test_labels_equal_nnunets_predictor(tmp_path, name):
 def test_voxpipe_infer_runs_a_model_folder_case_by_case_with_failures_resume_and_statistics(tmp_path):
     from voxpipe.cli import main
 
-    folder = make_model(
-        tmp_path / "model",
-        spacing=[2.0, 2.0, 2.0],
-        patch=[16, 16, 16],
-        schemes=["CTNormalization"],
-        labels={"background": 0, "liver": 1, "tumour": 2},
-        folds=(0, 1),
-    )
+    folder = liver_model(tmp_path, folds=(0, 1))
     inputs = tmp_path / "in"
     inputs.mkdir()
     make_image(inputs / "a_0000.nii.gz", shape=(20, 24, 22), spacing=(1.5, 1.5, 2.0))
@@ -301,14 +306,7 @@ def test_voxpipe_infer_runs_a_model_folder_case_by_case_with_failures_resume_and
 def test_an_imported_bundle_runs_under_monais_runner_with_equal_labels(tmp_path):
     from voxpipe.cli import main
 
-    folder = make_model(
-        tmp_path / "model",
-        spacing=[2.0, 2.0, 2.0],
-        patch=[16, 16, 16],
-        schemes=["CTNormalization"],
-        labels={"background": 0, "liver": 1, "tumour": 2},
-        folds=(0, 1),
-    )
+    folder = liver_model(tmp_path, folds=(0, 1))
     image = make_image(tmp_path / "ct.nii.gz", shape=(20, 24, 22), spacing=(1.5, 1.5, 2.0))
     bundle = tmp_path / "bundle"
     assert main(["bundle", "import-nnunet", str(folder), "-o", str(bundle)]) == 0
@@ -364,13 +362,7 @@ def test_a_dicom_series_is_segmented_and_written_back_as_dicom_seg(tmp_path):
     from voxpipe.transforms.dicom_seg import read_seg, seg_to_label_map
     from voxpipe.transforms.io import load_volume, save_nifti
 
-    folder = make_model(
-        tmp_path / "model",
-        spacing=[2.0, 2.0, 2.0],
-        patch=[16, 16, 16],
-        schemes=["CTNormalization"],
-        labels={"background": 0, "liver": 1, "tumour": 2},
-    )
+    folder = liver_model(tmp_path)
     _, files = write_series(tmp_path / "series")
     series = files[0].parent
     out = tmp_path / "out"
