@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,10 @@ from scipy import ndimage
 from voxpipe.errors import BundleError, InputError
 from voxpipe.pipelines.inference.nnunet_folder import NnUNetFolder
 from voxpipe.transforms.nnunet import gaussian_weights, normalise_channel, window_starts
+from voxpipe.transforms.nnunet_resample import RowResampler, labels_by_rows, resample
 
 logger = logging.getLogger(__name__)
 
-ANISOTROPY = 3.0  # nnU-Net's ANISO_THRESHOLD
 READERS = ("SimpleITKIO",)
 
 
@@ -50,7 +50,7 @@ READERS = ("SimpleITKIO",)
 class Case:
     """An image as nnU-Net holds it between the steps."""
 
-    data: np.ndarray  # (C, *spatial), float32
+    data: np.ndarray | None  # (C, *spatial), float32; released once preprocessed
     spacing: list[float]  # nnU-Net's order (reversed from SimpleITK's)
     geometry: dict[str, Any]  # SimpleITK spacing, origin, direction, for writing
     properties: dict[str, Any] = field(default_factory=dict)
@@ -114,74 +114,6 @@ def _nonzero_box(data: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
     return mask, [[int(a), int(b)] for a, b in zip(low, high, strict=True)]
 
 
-def _resize(image: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
-    """``skimage.transform.resize(image, shape, order, mode="edge", anti_aliasing=False)``, which nnU-Net
-    calls: ``scipy.ndimage.zoom`` on the grid of voxel areas, edges repeated, clipped to the input's range."""
-    image = np.asarray(image, dtype=np.float64)
-    factors = [o / n for o, n in zip(image.shape, shape, strict=True)]
-    out = ndimage.zoom(image, [1 / f for f in factors], order=order, mode="nearest", grid_mode=True)
-    if order > 0:  # skimage clips to the input's range (splines overshoot)
-        np.clip(out, image.min(), image.max(), out=out)
-    return out
-
-
-def _separate_axis(current: Sequence[float], new: Sequence[float], force: bool | None) -> int | None:
-    def lowres(spacing: Sequence[float]) -> np.ndarray:
-        return np.where(max(spacing) / np.asarray(spacing) == 1)[0]
-
-    if force is not None:
-        axes = lowres(current) if force else None
-    elif np.max(current) / np.min(current) > ANISOTROPY:
-        axes = lowres(current)
-    elif np.max(new) / np.min(new) > ANISOTROPY:
-        axes = lowres(new)
-    else:
-        axes = None
-    if axes is None or len(axes) != 1:
-        return None
-    return int(axes[0])
-
-
-def resample(
-    data: np.ndarray,
-    shape: Sequence[int],
-    current: Sequence[float],
-    new: Sequence[float],
-    *,
-    order: int = 3,
-    order_z: int = 0,
-    force_separate_z: bool | None = None,
-    dtype: Any = None,
-) -> np.ndarray:
-    """nnU-Net's ``resample_data_or_seg_to_shape`` for images and probabilities (not label maps)."""
-    shape = [int(s) for s in shape]
-    if list(data.shape[1:]) == shape:
-        return data
-    out = np.zeros((data.shape[0], *shape), dtype=dtype or data.dtype)
-    axis = _separate_axis(current, new, force_separate_z)
-    for c in range(data.shape[0]):
-        channel = data[c].astype(float, copy=False)
-        if axis is None:
-            out[c] = _resize(channel, shape, order)
-            continue
-        plane_shape = [s for i, s in enumerate(shape) if i != axis]
-        partial = list(shape)
-        partial[axis] = channel.shape[axis]
-        planes = np.zeros(partial)
-        for k in range(channel.shape[axis]):
-            index = [slice(None)] * 3
-            index[axis] = k
-            planes[tuple(index)] = _resize(channel[tuple(index)], plane_shape, order)
-        if channel.shape[axis] == shape[axis]:
-            out[c] = planes
-            continue
-        scale = [p / s for p, s in zip(planes.shape, shape, strict=True)]
-        grid = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(float)
-        coords = np.array([f * (g + 0.5) - 0.5 for f, g in zip(scale, grid, strict=True)])
-        out[c] = ndimage.map_coordinates(planes, coords, order=order_z, mode="nearest")
-    return out
-
-
 class NnUNetPredictor:
     """An nnU-Net model folder, loaded once (its folds' weights held), then run case by case.
 
@@ -189,12 +121,29 @@ class NnUNetPredictor:
         folder: an :class:`NnUNetFolder` (or its path).
         step: the window step as a fraction of the patch (nnU-Net's ``tile_step_size``, 0.5).
         mirroring: test-time mirroring over the checkpoint's allowed axes (nnU-Net's default: on).
+        fast: voxpipe's fast path, not nnU-Net's numbers: the network in bf16 where the CPU runs
+            bf16 natively, and windows holding no body voxel (nothing above -500 HU in a CT channel)
+            not run, their voxels background (:attr:`skipped` counts them per case).
+            ``benchmarks/nnunet_cpu.py`` states its agreement with the reference path.
+        channels_last: run the windows in channels-last 3D layout (oneDNN; faster on some CPUs,
+            ~1e-3 relative differences).
     """
 
     def __init__(
-        self, folder: NnUNetFolder | str | os.PathLike[str], *, step: float = 0.5, mirroring: bool = False
+        self,
+        folder: NnUNetFolder | str | os.PathLike[str],
+        *,
+        step: float = 0.5,
+        mirroring: bool = False,
+        fast: bool = False,
+        channels_last: bool = False,
     ) -> None:
         from voxpipe.networks.nnunet import network_from_plans, read_checkpoint
+        from voxpipe.pipelines.inference.sliding_window import cpu_bf16_supported
+
+        self.fast, self.channels_last = bool(fast), bool(channels_last)
+        self.precision = "bf16" if self.fast and cpu_bf16_supported() else "fp32"
+        self.skipped = 0
 
         self.folder = folder if isinstance(folder, NnUNetFolder) else NnUNetFolder(folder)
         config = self.folder.configuration
@@ -224,7 +173,10 @@ class NnUNetPredictor:
 
     # -- the steps --------------------------------------------------------------------------------
     def preprocess(self, case: Case) -> np.ndarray:
+        """The case as the network sees it (C, *spatial) float32; ``case.data`` is released."""
         plans, config = self.folder.plans, self.folder.configuration
+        if case.data is None:
+            raise RuntimeError("this case was preprocessed already: read it again")
         forward = list(plans.get("transpose_forward", range(case.data.ndim - 1)))
         data = case.data.transpose([0, *[i + 1 for i in forward]])
         spacing = [case.spacing[i] for i in forward]
@@ -250,10 +202,12 @@ class NnUNetPredictor:
                 use_mask=bool(use_mask[c]),
                 source=str(self.folder.path / "plans.json"),
             )
+        case.data = None  # the full-resolution image: not needed again, and as large as the CT
+        del data, mask
         kwargs = dict(
             config.get("resampling_fn_data_kwargs") or {"order": 3, "order_z": 0, "force_separate_z": None}
         )
-        case.properties["target_spacing"] = target
+        case.properties.update(target_spacing=target, shape_after_resampling=shape)
         return resample(
             normalised,
             shape,
@@ -264,52 +218,176 @@ class NnUNetPredictor:
             force_separate_z=kwargs.get("force_separate_z"),
         )
 
-    def _windows(self, image: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        self.network.load_state_dict(weights)
-        spatial = image.shape[1:]
+    def _rows(
+        self, image: torch.Tensor, networks: Sequence[torch.nn.Module]
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """nnU-Net's sliding window, streamed: ``(first_row, logits)`` blocks along the first spatial
+        axis of ``image`` (C, Z, Y, X), each (heads, rows, Y, X) float16, fold-averaged, in order.
+
+        nnU-Net visits its windows row of windows by row of windows along Z (in 2D, slice by slice),
+        so the rows above the next row of windows are final once the current row of windows is done:
+        they are divided by the summed Gaussian and handed on, and only a patch-deep band of logits
+        per fold is held (nnU-Net holds the whole grid). Each fold keeps its own float16 band,
+        accumulated in nnU-Net's order, so the values are nnU-Net's to the bit."""
+        spatial = list(image.shape[1:])
         patch = self.patch
-        if len(patch) < len(spatial):  # a 2D configuration on a 3D image: slice by slice
-            raise InputError("2D configurations: not supported yet by voxpipe's nnU-Net path")
-        pad_low = [max(p - s, 0) // 2 for p, s in zip(patch, spatial, strict=True)]
-        padded_shape = [max(p, s) for p, s in zip(patch, spatial, strict=True)]
+        flat = len(patch) == len(spatial) - 1  # a 2D configuration: slice by slice along Z
+        if len(patch) not in (len(spatial), len(spatial) - 1):
+            raise InputError(
+                f"{str(self.folder.path / 'plans.json')!r}: patch_size {patch} does not fit a "
+                f"{len(spatial)}D image"
+            )
+        lead = len(spatial) - len(patch)
+        pad_low = [0] * lead + [max(p - s, 0) // 2 for p, s in zip(patch, spatial[lead:], strict=True)]
+        padded_shape = spatial[:lead] + [max(p, s) for p, s in zip(patch, spatial[lead:], strict=True)]
         padded = torch.zeros((image.shape[0], *padded_shape), dtype=image.dtype)
         inner = tuple(slice(lo, lo + s) for lo, s in zip(pad_low, spatial, strict=True))
         padded[(slice(None), *inner)] = image
+        del image
         gaussian = gaussian_weights(patch).to(torch.float16)
-        logits = torch.zeros((self.folder.labels.heads, *padded_shape), dtype=torch.half)
-        counts = torch.zeros(padded_shape, dtype=torch.half)
+        if flat:
+            row_starts, depth = list(range(padded_shape[0])), 1
+            in_plane = window_starts(padded_shape[1:], patch, self.step)
+        else:
+            row_starts, depth = window_starts(padded_shape[:1], patch[:1], self.step)[0], patch[0]
+            in_plane = window_starts(padded_shape[1:], patch[1:], self.step)
+        heads = self.folder.labels.heads
+        band_shape = (heads, depth, *padded_shape[1:])
+        bands = [torch.zeros(band_shape, dtype=torch.half) for _ in networks]
+        counts = torch.zeros((depth, *padded_shape[1:]), dtype=torch.half)
         axes = [a + 2 for a in (self.mirror_axes or ())] if self.mirroring else []
         combos = [c for n in range(len(axes)) for c in itertools.combinations(axes, n + 1)]
-        with torch.inference_mode():
-            for start in itertools.product(*window_starts(padded_shape, patch, self.step)):
-                region = tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
-                window = padded[(slice(None), *region)][None].contiguous()
-                prediction = self.network(window)
-                for flip in combos:
-                    prediction += torch.flip(self.network(torch.flip(window, flip)), flip)
-                if combos:
-                    prediction /= len(combos) + 1
-                prediction = prediction[0] * gaussian
-                logits[(slice(None), *region)] += prediction
-                counts[region] += gaussian
-        torch.div(logits, counts, out=logits)
-        return logits[(slice(None), *inner)]
+        base = 0
+        skip = self._skip_windows(padded, patch, flat)
+
+        def finish(upto: int) -> Iterator[tuple[int, torch.Tensor]]:
+            """Hand on padded rows [base, upto) and shift the bands."""
+            nonlocal base
+            n = upto - base
+            if n <= 0:
+                return
+            total: torch.Tensor | None = None
+            for band in bands:
+                part = torch.div(band[:, :n], counts[:n])
+                total = part if total is None else total.add_(part)
+            assert total is not None
+            if len(bands) > 1:
+                total /= len(bands)
+            if self.fast:  # rows no window reached: background, with certainty
+                empty = counts[:n] == 0
+                if bool(empty.any()):
+                    total[:, empty] = -10.0 if self.folder.labels.regions is not None else 0.0
+                    if self.folder.labels.regions is None:
+                        total[0][empty] = 10.0
+            lo, hi = max(base, inner[0].start), min(upto, inner[0].stop)
+            if hi > lo:
+                block = total[(slice(None), slice(lo - base, hi - base), *inner[1:])]
+                yield lo - inner[0].start, block.contiguous()
+            for band in bands:
+                band[:, : depth - n] = band[:, n:].clone()
+                band[:, depth - n :] = 0
+            counts[: depth - n] = counts[n:].clone()
+            counts[depth - n :] = 0
+            base = upto
+
+        with torch.inference_mode(), self._precision():
+            for row in row_starts:
+                yield from finish(row)
+                for start in itertools.product(*in_plane):
+                    if skip is not None and skip(row, start):
+                        continue
+                    if flat:
+                        region: tuple[Any, ...] = (row, *(slice(s, s + p) for s, p in zip(start, patch, strict=True)))
+                        local: tuple[Any, ...] = (0, *region[1:])
+                    else:
+                        region = (slice(row, row + depth), *(slice(s, s + p) for s, p in zip(start, patch[1:], strict=True)))
+                        local = (slice(0, depth), *region[1:])
+                    window = padded[(slice(None), *region)][None].contiguous()
+                    if self.channels_last and window.ndim == 5:
+                        window = window.contiguous(memory_format=torch.channels_last_3d)
+                    for network, band in zip(networks, bands, strict=True):
+                        prediction = network(window).float()
+                        for flip in combos:
+                            prediction += torch.flip(network(torch.flip(window, flip)).float(), flip)
+                        if combos:
+                            prediction /= len(combos) + 1
+                        band[(slice(None), *local)] += prediction[0] * gaussian
+                    counts[local] += gaussian
+            yield from finish(padded_shape[0])
+
+    def _skip_windows(self, padded: torch.Tensor, patch: Sequence[int], flat: bool) -> Any:
+        """The fast path's window test: a window with no body voxel is not run. The body is every
+        voxel above -500 HU (normalised as the plans normalise) in any CT channel; models without a
+        CT channel run every window."""
+        if not self.fast:
+            return None
+        config, plans = self.folder.configuration, self.folder.plans
+        schemes = config.get("normalization_schemes", [])
+        properties = plans.get("foreground_intensity_properties_per_channel", {})
+        body: torch.Tensor | None = None
+        for c, scheme in enumerate(schemes):
+            if scheme != "CTNormalization" or str(c) not in properties:
+                continue
+            p = properties[str(c)]
+            level = (max(-500.0, float(p["percentile_00_5"])) - float(p["mean"])) / max(float(p["std"]), 1e-8)
+            above = padded[c] > level
+            body = above if body is None else body | above
+        if body is None:
+            return None
+        # summed-area table along the in-plane axes and Z: any body voxel in a window, in O(1)
+        table = torch.nn.functional.pad(body.to(torch.int32), (1, 0, 1, 0, 1, 0)).cumsum(0).cumsum(1).cumsum(2)
+
+        def box_sum(z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> int:
+            return int(
+                table[z1, y1, x1] - table[z0, y1, x1] - table[z1, y0, x1] - table[z1, y1, x0]
+                + table[z0, y0, x1] + table[z0, y1, x0] + table[z1, y0, x0] - table[z0, y0, x0]
+            )
+
+        def skip(row: int, start: Sequence[int]) -> bool:
+            if flat:
+                (y, x), (py, px) = start, patch
+                return box_sum(row, row + 1, y, y + py, x, x + px) == 0
+            (y, x), (pz, py, px) = start, patch
+            empty = box_sum(row, row + pz, y, y + py, x, x + px) == 0
+            self.skipped += int(empty)
+            return empty
+
+        self.skipped = 0
+        return skip
+
+    def _precision(self) -> Any:
+        import contextlib
+
+        if self.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _networks(self) -> list[torch.nn.Module]:
+        """One callable per fold, sharing the module: each fold's weights are swapped in per call."""
+        if len(self.weights) == 1:
+            self.network.load_state_dict(self.weights[0])
+            return [self.network]
+        self.network._voxpipe_fold = None  # type: ignore[assignment]
+        return [_FoldNetwork(self.network, w) for w in self.weights]
+
+    def stream(self, data: np.ndarray) -> Iterator[tuple[int, torch.Tensor]]:
+        """Fold-averaged float16 logits on the preprocessed grid, row block by row block."""
+        image = torch.from_numpy(np.ascontiguousarray(data))
+        networks = self._networks()
+        if self.channels_last:
+            self.network.to(memory_format=torch.channels_last_3d)
+        try:
+            yield from self._rows(image, networks)
+        finally:
+            if self.channels_last:
+                self.network.to(memory_format=torch.contiguous_format)
 
     def logits(self, data: np.ndarray) -> torch.Tensor:
-        """Fold-averaged float16 logits on the preprocessed grid."""
-        image = torch.from_numpy(np.ascontiguousarray(data))
-        total: torch.Tensor | None = None
-        for weights in self.weights:
-            part = self._windows(image, weights)
-            total = part if total is None else total.add_(part)
-        assert total is not None
-        if len(self.weights) > 1:
-            total /= len(self.weights)
-        return total
+        """Fold-averaged float16 logits on the preprocessed grid, whole (for tests and probabilities)."""
+        return torch.cat([block for _, block in self.stream(data)], dim=1)
 
-    def export(self, logits: torch.Tensor, case: Case) -> np.ndarray:
-        """The label map on the input's array grid (nnU-Net's array order), from the logits."""
-        config, plans, labels = self.folder.configuration, self.folder.plans, self.folder.labels
+    def _resampler(self, case: Case, in_shape: Sequence[int]) -> RowResampler:
+        config = self.folder.configuration
         kwargs = dict(
             config.get("resampling_fn_probabilities_kwargs")
             or {"order": 1, "order_z": 0, "force_separate_z": None}
@@ -320,8 +398,8 @@ class NnUNetPredictor:
             if len(self.spacing) == len(case.properties["shape_after_cropping"])
             else [spacing[0], *self.spacing]
         )
-        resampled = resample(
-            logits.numpy(),
+        return RowResampler(
+            in_shape,
             case.properties["shape_after_cropping"],
             current,
             spacing,
@@ -329,14 +407,24 @@ class NnUNetPredictor:
             order_z=int(kwargs.get("order_z", 0)),
             force_separate_z=kwargs.get("force_separate_z"),
         )
-        if labels.regions is not None:
-            probabilities = torch.sigmoid(torch.from_numpy(resampled).float()).numpy()
-            segmentation = np.zeros(resampled.shape[1:], dtype=np.uint16)
-            for index, value in enumerate(labels.regions_class_order or []):
-                segmentation[probabilities[index] > 0.5] = value
-        else:
-            segmentation = resampled.argmax(0)
+
+    def export(
+        self, logits: torch.Tensor | Iterable[tuple[int, torch.Tensor]], case: Case
+    ) -> np.ndarray:
+        """The label map on the input's array grid (nnU-Net's array order), from the logits (whole,
+        or the row blocks of :meth:`stream`): resampled to the cropped shape slab by slab, argmax (or
+        the regions' sigmoid > 0.5 in ``regions_class_order``), pasted into the crop box,
+        ``transpose_backward``. The full-resolution C × grid never exists."""
+        plans, labels = self.folder.plans, self.folder.labels
+        blocks = [(0, logits)] if isinstance(logits, torch.Tensor) else logits
         dtype = np.uint8 if len([v for v in labels.values if v]) < 255 else np.uint16
+        segmentation = labels_by_rows(
+            self._resampler(case, case.properties["shape_after_resampling"]),
+            blocks,
+            heads=labels.heads,
+            regions=list(labels.regions_class_order or []) if labels.regions is not None else None,
+            dtype=dtype,
+        )
         full = np.zeros(case.properties["shape_before_cropping"], dtype=dtype)
         full[tuple(slice(a, b) for a, b in case.properties["box"])] = segmentation
         backward = list(plans.get("transpose_backward", range(full.ndim)))
@@ -346,7 +434,7 @@ class NnUNetPredictor:
         reader = str(self.folder.plans.get("image_reader_writer", "SimpleITKIO"))
         case = read_case(paths, reader=reader)
         data = self.preprocess(case)
-        return self.export(self.logits(data), case), case
+        return self.export(self.stream(data), case), case
 
     def write(self, segmentation: np.ndarray, case: Case, path: str | os.PathLike[str]) -> Path:
         """Write as nnU-Net's ``SimpleITKIO.write_seg`` (the input's spacing, origin, direction), atomically."""
@@ -363,6 +451,23 @@ class NnUNetPredictor:
         with atomic_path(path) as tmp:
             sitk.WriteImage(image, str(tmp), True)
         return Path(path)
+
+
+class _FoldNetwork(torch.nn.Module):
+    """One fold of a model: the shared network with this fold's weights loaded before a call when
+    another fold's are in it, so five folds hold five state dicts, not five networks. (A copy is
+    ~30 ms against seconds for a window; ``torch.func.functional_call`` leaves weights of the
+    previous call behind in networks whose modules are registered twice, as nnU-Net's are.)"""
+
+    def __init__(self, network: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.network, self.weights = network, dict(weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self.network, "_voxpipe_fold", None) != id(self):
+            self.network.load_state_dict(self.weights)
+            self.network._voxpipe_fold = id(self)  # type: ignore[assignment]
+        return self.network(x)
 
 
 def paths_of(case: Any) -> list[Path]:
@@ -479,7 +584,7 @@ def infer_with_nnunet(
         for index, predictor in enumerate(predictors):
             part = item if index == 0 else read_case(files, reader=reader)  # each part: its own copy
             ready = data if data is not None else predictor.preprocess(part)
-            maps.append(predictor.export(predictor.logits(ready), part))
+            maps.append(predictor.export(predictor.stream(ready), part))
         segmentation = maps[0] if parts is None else merge_parts(maps, entries)
         written = predictors[0].write(segmentation, item, output(case))
         if dicom_seg:

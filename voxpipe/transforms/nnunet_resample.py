@@ -1,0 +1,331 @@
+"""nnU-Net 2.8's resampling of images and probabilities, whole or a slab of rows at a time.
+
+nnU-Net resamples a case's every channel at once (``resample_data_or_seg_to_shape``): the image to
+the model's spacing (third order) and, after the network, the logits back to the cropped input's
+shape (first order). For a 117-class TotalSegmentator model on a 512 × 512 × 600 CT those logits are
+117 × 157 M voxels: 37 GB in float16 before argmax. :class:`RowResampler` computes the same values
+for output rows ``[a, b)`` along the first axis from only the input rows those rows read, so a label
+map is written slab by slab while the network's logits are still being stitched.
+
+Why our own: neither MONAI nor SciPy resamples part of an array with the coordinates of the whole,
+and nnU-Net's code cannot be installed beside voxpipe (it pulls torchvision). The rule (``skimage``'s
+``resize``: the grid of voxel areas, edges repeated, clipped to the input's range; anisotropic data
+in-plane first, then along the coarse axis) is checked against nnunetv2 itself by the tests, and the
+slabs against the whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+ANISOTROPY = 3.0  # nnU-Net's ANISO_THRESHOLD
+
+
+def resize(image: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    """``skimage.transform.resize(image, shape, order, mode="edge", anti_aliasing=False)``, which nnU-Net
+    calls: ``scipy.ndimage.zoom`` on the grid of voxel areas, edges repeated, clipped to the input's range."""
+    image = np.asarray(image, dtype=np.float64)
+    factors = [o / n for o, n in zip(image.shape, shape, strict=True)]
+    out = ndimage.zoom(image, [1 / f for f in factors], order=order, mode="nearest", grid_mode=True)
+    if order > 0:  # skimage clips to the input's range (splines overshoot)
+        np.clip(out, image.min(), image.max(), out=out)
+    return out
+
+
+def separate_axis(current: Sequence[float], new: Sequence[float], force: bool | None) -> int | None:
+    """The axis nnU-Net resamples on its own (the one coarse axis of anisotropic data), or None."""
+
+    def lowres(spacing: Sequence[float]) -> np.ndarray:
+        return np.where(max(spacing) / np.asarray(spacing) == 1)[0]
+
+    if force is not None:
+        axes = lowres(current) if force else None
+    elif np.max(current) / np.min(current) > ANISOTROPY:
+        axes = lowres(current)
+    elif np.max(new) / np.min(new) > ANISOTROPY:
+        axes = lowres(new)
+    else:
+        axes = None
+    if axes is None or len(axes) != 1:
+        return None
+    return int(axes[0])
+
+
+def resample(
+    data: np.ndarray,
+    shape: Sequence[int],
+    current: Sequence[float],
+    new: Sequence[float],
+    *,
+    order: int = 3,
+    order_z: int = 0,
+    force_separate_z: bool | None = None,
+    dtype: Any = None,
+) -> np.ndarray:
+    """nnU-Net's ``resample_data_or_seg_to_shape`` for images and probabilities (not label maps):
+    ``data`` (C, *spatial) to ``shape``, whole."""
+    shape = [int(s) for s in shape]
+    if list(data.shape[1:]) == shape:
+        return data
+    out = np.zeros((data.shape[0], *shape), dtype=dtype or data.dtype)
+    axis = separate_axis(current, new, force_separate_z)
+    for c in range(data.shape[0]):
+        channel = data[c].astype(float, copy=False)
+        if axis is None:
+            out[c] = resize(channel, shape, order)
+        else:
+            out[c] = _separate(channel, shape, axis, order, order_z, rows=(0, shape[0]))
+    return out
+
+
+def _separate(
+    channel: np.ndarray,
+    shape: Sequence[int],
+    axis: int,
+    order: int,
+    order_z: int,
+    *,
+    rows: tuple[int, int],
+    first: int = 0,
+    total: int | None = None,
+) -> np.ndarray:
+    """Output rows ``rows`` (of ``shape``) of nnU-Net's separate-axis resampling: each plane across
+    ``axis`` resized with ``order``, then ``axis`` itself with ``order_z`` (``map_coordinates``).
+
+    ``channel`` is the whole input, or for ``axis`` 0 its rows ``[first, first + len)`` of ``total``."""
+    a, b = rows
+    total = channel.shape[0] if total is None else total
+    plane_shape = [s for i, s in enumerate(shape) if i != axis]
+    partial = list(shape)
+    partial[axis] = channel.shape[axis]
+    planes = np.zeros(partial)
+    for k in range(channel.shape[axis]):
+        index: list[Any] = [slice(None)] * 3
+        index[axis] = k
+        planes[tuple(index)] = resize(channel[tuple(index)], plane_shape, order)
+    in_rows = total if axis == 0 else channel.shape[axis]
+    if in_rows == shape[axis]:
+        return planes[a - first : b - first]
+    grid = np.mgrid[a:b, : shape[1], : shape[2]].astype(float)
+    size = list(planes.shape)
+    size[0] = total if axis == 0 else size[0]
+    scale = [p / s for p, s in zip(size, shape, strict=True)]
+    coords = np.array([f * (g + 0.5) - 0.5 for f, g in zip(scale, grid, strict=True)])
+    coords[0] -= first  # an integer: the coordinates stay exactly those of the whole
+    return ndimage.map_coordinates(planes, coords, order=order_z, mode="nearest")
+
+
+def _zoom_shift() -> Any:
+    """SciPy's zoom kernel (``scipy.ndimage._nd_image.zoom_shift``), if it computes exactly what
+    ``ndimage.zoom`` does for a range of output rows on this SciPy, else None (checked once)."""
+    global _ZOOM_SHIFT
+    if _ZOOM_SHIFT is not None:
+        return _ZOOM_SHIFT or None
+    try:
+        from scipy.ndimage import _nd_image
+
+        kernel = _nd_image.zoom_shift
+        rng = np.random.default_rng(0)
+        probe = rng.normal(size=(7, 5, 6))
+        whole = ndimage.zoom(probe, (11 / 7, 3 / 5, 9 / 6), order=1, mode="nearest", grid_mode=True)
+        part = np.zeros((4, 3, 9))
+        kernel(probe, np.array([7 / 11, 5 / 3, 6 / 9]), np.array([5.0, 0.0, 0.0]), part, 1, 0, 0.0, 0, True)
+        _ZOOM_SHIFT = kernel if np.array_equal(part, whole[5:9]) else False
+    except (ImportError, AttributeError, TypeError, RuntimeError):
+        _ZOOM_SHIFT = False
+    return _ZOOM_SHIFT or None
+
+
+_ZOOM_SHIFT: Any = None
+
+
+class RowResampler:
+    """nnU-Net's resampling of (C, Z, Y, X) probabilities to ``shape``, computed for output rows
+    ``[a, b)`` along Z from input rows ``[lo, hi)`` only (:meth:`needs` says which).
+
+    Bit for bit what :func:`resample` computes on the whole array, where every interpolation that
+    touches Z is of order 0 or 1: third-order splines prefilter along the whole axis, so such plans
+    are resampled whole (:attr:`by_rows` is then False). The 3D case runs SciPy's own zoom kernel for
+    the output rows with the whole array's coordinates (``ndimage.zoom`` offers only whole outputs),
+    reading the input rows from a full-height scratch array of which only those rows are filled;
+    where that kernel is missing or computes differently on the installed SciPy, whole again.
+    Values are computed in float64 and returned as float16, as nnU-Net keeps its logits.
+
+    Args:
+        in_shape: the input's spatial shape (Z, Y, X); shape: the output's.
+        current, new: the spacings (mm) of input and output, in the same axis order.
+        order, order_z, force_separate_z: the plans' ``resampling_fn_probabilities_kwargs``.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        shape: Sequence[int],
+        current: Sequence[float],
+        new: Sequence[float],
+        *,
+        order: int = 1,
+        order_z: int = 0,
+        force_separate_z: bool | None = None,
+    ) -> None:
+        self.in_shape = [int(s) for s in in_shape]
+        self.shape = [int(s) for s in shape]
+        self.order, self.order_z = int(order), int(order_z)
+        self.same = self.in_shape == self.shape
+        self.axis = None if self.same else separate_axis(current, new, force_separate_z)
+        if self.same:
+            self.by_rows = True
+        elif self.axis is None:
+            self.by_rows = self.order <= 1 and _zoom_shift() is not None
+        elif self.axis == 0:
+            self.by_rows = self.order_z <= 1
+        else:
+            self.by_rows = False  # planes across another axis hold whole columns of Z
+        self.scale = self.in_shape[0] / self.shape[0]
+        self._scratch: np.ndarray | None = None
+
+    def needs(self, a: int, b: int) -> tuple[int, int]:
+        """The input rows ``[lo, hi)`` that output rows ``[a, b)`` read."""
+        if not self.by_rows:
+            return 0, self.in_shape[0]
+        if self.same or (self.in_shape[0] == self.shape[0] and self.axis == 0):
+            return a, b
+        low = (a + 0.5) * self.scale - 0.5
+        high = (b - 1 + 0.5) * self.scale - 0.5
+        lo = max(0, math.floor(low) - 1)
+        hi = min(self.in_shape[0], math.floor(high) + 3)
+        return lo, hi
+
+    def rows(self, channel: np.ndarray, first: int, a: int, b: int) -> np.ndarray:
+        """Output rows ``[a, b)`` (float16, (b − a, Y', X')) of one channel whose input rows
+        ``[first, first + len(channel))`` are given (they must cover :meth:`needs` ``(a, b)``)."""
+        if self.same:
+            return np.asarray(channel[a - first : b - first], dtype=np.float16)
+        if not self.by_rows:
+            assert first == 0 and len(channel) == self.in_shape[0], "resampled whole: the whole input"
+        if self.axis is None and not self.by_rows:
+            return resize(channel, self.shape, self.order)[a:b].astype(np.float16)
+        if self.axis is None:
+            return self._zoom_rows(np.asarray(channel), first, a, b).astype(np.float16)
+        out = _separate(
+            np.asarray(channel, dtype=np.float64),
+            self.shape,
+            self.axis,
+            self.order,
+            self.order_z,
+            rows=(a, b),
+            first=first,
+            total=self.in_shape[0] if self.axis == 0 else None,
+        )
+        return out.astype(np.float16)
+
+    def _zoom_rows(self, channel: np.ndarray, first: int, a: int, b: int) -> np.ndarray:
+        if self._scratch is None:  # pages of rows never filled are never touched
+            self._scratch = np.empty(self.in_shape, dtype=np.float64)
+        rows = slice(first, first + len(channel))
+        self._scratch[rows] = channel
+        zoom = np.ascontiguousarray(
+            [i / o if o else 1.0 for i, o in zip(self.in_shape, self.shape, strict=True)], dtype=np.float64
+        )
+        out = np.zeros((b - a, *self.shape[1:]))
+        nearest = 0  # scipy.ndimage's code for mode="nearest"
+        _zoom_shift()(self._scratch, zoom, np.array([float(a), 0.0, 0.0]), out, self.order, nearest, 0.0, 0, True)
+        if self.order > 0:  # skimage clips to the input's range; the rows read are within these
+            np.clip(out, channel.min(), channel.max(), out=out)
+        return out
+
+
+def labels_by_rows(
+    resampler: RowResampler,
+    blocks: Any,
+    *,
+    heads: int,
+    regions: Sequence[int] | None,
+    dtype: Any,
+    slab: int = 16,
+) -> np.ndarray:
+    """The label map of shape ``resampler.shape`` from a stream of ``(first_row, logits)`` blocks
+    ((heads, rows, Y, X) float16, consecutive along Z), as nnU-Net's export computes it: argmax of
+    the resampled logits (first maximum on ties), or for region-based models each region's sigmoid
+    > 0.5 painted in ``regions`` order. Output rows are computed ``slab`` at a time, as soon as the
+    input rows they read have arrived; input rows no longer needed are dropped, so memory holds a
+    few rows of logits, not the whole grid."""
+    shape = resampler.shape
+    slab = slab if resampler.by_rows else shape[0]
+    labels = np.zeros(shape, dtype=dtype)
+    held: torch.Tensor | None = None  # input rows [first, first + len)
+    first = 0
+    done = 0
+
+    def emit(upto: int, available: int) -> None:
+        nonlocal done, held, first
+        while done < upto:
+            b = min(done + slab, upto)
+            lo, hi = resampler.needs(done, b)
+            assert held is not None and lo >= first and hi <= available, (lo, hi, first, available)
+            labels[done:b] = _label_rows(resampler, held, first, done, b, heads=heads, regions=regions)
+            done = b
+            keep = resampler.needs(done, min(done + slab, shape[0]))[0] if done < shape[0] else available
+            if keep > first:
+                held = held[:, keep - first :]
+                first = keep
+
+    for start, block in blocks:
+        block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block))
+        if held is None:
+            held, first = block, start
+        else:
+            assert start == first + held.shape[1], "row blocks must be consecutive"
+            held = torch.cat([held, block], dim=1)
+        available = first + held.shape[1]
+        if available >= resampler.in_shape[0]:
+            emit(shape[0], available)
+            continue
+        # the last output row whose input has arrived
+        upto = done
+        while upto < shape[0] and resampler.needs(upto, upto + 1)[1] <= available:
+            upto += 1
+        if upto > done:
+            emit(upto, available)
+    if done != shape[0]:
+        raise RuntimeError(f"the logits covered output rows up to {done} of {shape[0]}")
+    return labels
+
+
+def _label_rows(
+    resampler: RowResampler,
+    held: torch.Tensor,
+    first: int,
+    a: int,
+    b: int,
+    *,
+    heads: int,
+    regions: Sequence[int] | None,
+) -> np.ndarray:
+    lo, hi = resampler.needs(a, b)
+    source = held[:, lo - first : hi - first].numpy()
+    best: np.ndarray | None = None
+    index = np.zeros((b - a, *resampler.shape[1:]), dtype=np.int64)
+    for c in range(heads):
+        values = resampler.rows(source[c], lo, a, b)
+        if regions is not None:
+            probability = torch.sigmoid(torch.from_numpy(values).float()).numpy()
+            if c < len(regions):
+                index[probability > 0.5] = regions[c]
+            continue
+        if best is None:
+            best = values
+            continue
+        better = values > best
+        best = np.where(better, values, best)
+        index[better] = c
+    return index
+
+
+__all__ = ["ANISOTROPY", "RowResampler", "labels_by_rows", "resample", "resize", "separate_axis"]
