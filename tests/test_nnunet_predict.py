@@ -59,12 +59,19 @@ def make_model(
     properties=None,
     seed=0,
     use_mask=None,
+    reader="SimpleITKIO",
+    channel_names=None,
 ):
-    """A model folder of the real layout with random-init weights (the same keys nnU-Net saves)."""
+    """A model folder of the real layout with random-init weights (the same keys nnU-Net saves);
+    a 2-value ``patch`` and ``spacing`` make a ``2d`` configuration."""
     channels = len(schemes)
-    architecture = _architecture(3, 3, [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]], [4, 8, 16], kind)
+    dims = len(patch)
+    name = "3d_fullres" if dims == 3 else "2d"
+    architecture = _architecture(
+        dims, 3, [[3] * dims] * 3, [[1] * dims, [2] * dims, [2] * dims], [4, 8, 16], kind
+    )
     configuration = {
-        "data_identifier": "nnUNetPlans_3d_fullres",
+        "data_identifier": f"nnUNetPlans_{name}",
         "preprocessor_name": "DefaultPreprocessor",
         "batch_size": 2,
         "patch_size": list(patch),
@@ -91,10 +98,10 @@ def make_model(
         "plans_name": "nnUNetPlans",
         "original_median_spacing_after_transp": list(spacing),
         "original_median_shape_after_transp": [64, 64, 64],
-        "image_reader_writer": "SimpleITKIO",
+        "image_reader_writer": reader,
         "transpose_forward": list(transpose),
         "transpose_backward": [int(i) for i in np.argsort(transpose)],
-        "configurations": {"3d_fullres": configuration},
+        "configurations": {name: configuration},
         "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": properties
@@ -112,12 +119,12 @@ def make_model(
         },
     }
     dataset = {
-        "channel_names": {str(c): s for c, s in enumerate(["CT"] * channels)},
+        "channel_names": {str(c): s for c, s in enumerate(channel_names or ["CT"] * channels)},
         "labels": labels,
         "numTraining": 10,
         "file_ending": ".nii.gz",
     }
-    folder = root / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    folder = root / f"nnUNetTrainer__nnUNetPlans__{name}"
     folder.mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans, indent=1))
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))
@@ -133,11 +140,11 @@ def make_model(
                 "trainer_name": "nnUNetTrainer",
                 "init_args": {
                     "plans": plans,
-                    "configuration": "3d_fullres",
+                    "configuration": name,
                     "fold": fold,
                     "dataset_json": dataset,
                 },
-                "inference_allowed_mirroring_axes": (0, 1, 2),
+                "inference_allowed_mirroring_axes": tuple(range(dims)),
                 "current_epoch": 1000,
             },
             folder / f"fold_{fold}" / "checkpoint_final.pth",
@@ -240,6 +247,37 @@ CASES = {
         },
         {"shape": (22, 26, 30), "spacing": (1.5, 1.8, 2.4)},
     ),
+    "2d, mirroring": (
+        {
+            "spacing": [1.5, 1.5],
+            "patch": [24, 24],
+            "schemes": ["CTNormalization"],
+            "labels": {"background": 0, "liver": 1, "tumour": 2},
+            "mirroring": True,
+        },
+        {"shape": (7, 34, 30), "spacing": (1.2, 1.3, 3.0)},
+    ),
+    "2-channel MR, z-score, NibabelIO": (
+        {
+            "spacing": [2.0, 2.0, 2.0],
+            "patch": [16, 16, 16],
+            "schemes": ["ZScoreNormalization", "ZScoreNormalization"],
+            "channel_names": ["T2", "ADC"],
+            "labels": {"background": 0, "zone": 1},
+            "reader": "NibabelIO",
+        },
+        {"shape": (20, 26, 22), "spacing": (1.4, 1.6, 2.6), "direction": (0, -1, 0, -1, 0, 0, 0, 0, 1)},
+    ),
+    "reoriented: NibabelIOWithReorient, separate z": (
+        {
+            "spacing": [4.0, 1.5, 1.5],
+            "patch": [8, 24, 24],
+            "schemes": ["CTNormalization"],
+            "labels": {"background": 0, "organ": 1, "other": 2},
+            "reader": "NibabelIOWithReorient",
+        },
+        {"shape": (10, 36, 30), "spacing": (1.3, 1.1, 5.0), "direction": (-1, 0, 0, 0, 0, 1, 0, -1, 0)},
+    ),
     "regions": (
         {
             "spacing": [2.0, 2.0, 2.0],
@@ -259,14 +297,18 @@ def test_labels_equal_nnunets_predictor(tmp_path, name):
     model_options = dict(model_options)
     mirroring = model_options.pop("mirroring", False)
     folder = make_model(tmp_path, **model_options)
-    image = make_image(tmp_path / "case_0000.nii.gz", **image_options)
+    channels = len(model_options["schemes"])
+    images = [
+        make_image(tmp_path / f"case_{c:04d}.nii.gz", **image_options, seed=c) for c in range(channels)
+    ]
+    image = images[0]
     if "regions" in name:
         dataset = json.loads((folder / "dataset.json").read_text())
         dataset["regions_class_order"] = [1, 2]
         (folder / "dataset.json").write_text(json.dumps(dataset))
-    expected = run_oracle(folder, [image], tmp_path / "oracle.npz", *(["--mirroring"] if mirroring else []))
+    expected = run_oracle(folder, images, tmp_path / "oracle.npz", *(["--mirroring"] if mirroring else []))
     predictor = NnUNetPredictor(folder, mirroring=mirroring)
-    found, case = predictor.predict([image])
+    found, case = predictor.predict(images)
     assert found.shape == expected.shape
     differ = int((found != expected).sum())
     assert differ == 0, f"{differ} of {found.size} voxels differ; classes {np.unique(expected).tolist()}"

@@ -71,8 +71,13 @@ def main() -> None:
         loaded[0]["trainer_name"],
         loaded[0]["inference_allowed_mirroring_axes"],
     )
-    image, properties = SimpleITKIO().read_images(args.images)
+    image, properties = plans.image_reader_writer_class().read_images(args.images)
     segmentation = predictor.predict_single_npy_array(image, properties, None, None, False)
+    if plans.image_reader_writer_class is not SimpleITKIO:  # the reader's own writer: back to file order
+        written = Path(args.out).with_suffix(".nii.gz")
+        plans.image_reader_writer_class().write_seg(np.asarray(segmentation), str(written), properties)
+        reread = SimpleITKIO().read_seg(str(written))[0][0]
+        segmentation = reread
     np.savez_compressed(args.out, segmentation=np.asarray(segmentation))
 
 

@@ -1,22 +1,29 @@
 """Run an nnU-Net v2 model folder on an image, step for step as nnU-Net 2.8's ``nnUNetPredictor`` does.
 
 The steps, each nnU-Net's own rule (``voxpipe.transforms.nnunet`` has the normalisation and window
-rules; this module the rest):
+rules, ``voxpipe.transforms.nnunet_resample`` the resampling; this module the rest):
 
-1. read with the plans' reader (``SimpleITKIO``: the array in (z, y, x) order, the spacing reversed);
+1. read with the plans' reader (``SimpleITKIO``, ``NibabelIO``, ``NibabelIOWithReorient``: the array
+   in (z, y, x) order, the spacing reversed);
 2. ``transpose_forward``; crop to the box of the non-zero voxels (holes filled);
 3. normalise each channel by its scheme; resample to the configuration's spacing (third order; when
    either spacing is anisotropic beyond 3:1, in-plane third order and nearest along the coarse axis);
-4. pad to the patch, run nnU-Net's windows with its float16 Gaussian, accumulating in float16 as its
-   predictor does (mirroring over the allowed axes on request), average the folds' logits;
+4. pad to the patch, run nnU-Net's windows (3D, or a 2D configuration slice by slice) with its
+   float16 Gaussian, accumulating in float16 as its predictor does (mirroring over the allowed axes
+   on request), average the folds' logits;
 5. resample the logits back to the cropped shape (first order, float16), argmax (or the regions'
    sigmoid > 0.5 in ``regions_class_order``), paste into the crop box, ``transpose_backward``, write
    with the input's spacing, origin and direction.
 
+What differs from nnU-Net is memory, not numbers: steps 4 and 5 stream. Rows of logits are handed
+from the window loop to the export as soon as no later window touches them, and the export computes
+the label map slab by slab, so neither the C × preprocessed grid nor the C × full-resolution grid
+(37 GB in float16 for TotalSegmentator's 117 classes on a 512 × 512 × 600 CT) is ever held.
+
 Why our own: nnU-Net's predictor cannot be installed beside voxpipe (its packaging pulls torchvision,
 which breaks the CPU torch), loads checkpoints with ``weights_only=False``, and holds its inputs and
-outputs in memory whole; this module is the reference path the faster ones are measured against.
-The tests compare it with ``nnUNetPredictor`` itself on generated model folders.
+outputs in memory whole. The tests compare this module with ``nnUNetPredictor`` itself on generated
+model folders; ``fast=True`` is voxpipe's faster path, measured against this one.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from voxpipe.transforms.nnunet_resample import RowResampler, labels_by_rows, res
 
 logger = logging.getLogger(__name__)
 
-READERS = ("SimpleITKIO",)
+READERS = ("SimpleITKIO", "NibabelIO", "NibabelIOWithReorient")
 
 
 @dataclass
@@ -57,10 +64,17 @@ class Case:
 
 
 def read_case(paths: Sequence[str | os.PathLike[str]], *, reader: str = "SimpleITKIO") -> Case:
-    """The channels of one case, as nnU-Net's reader returns them.
+    """The channels of one case, as the nnU-Net reader the plans name returns them.
+
+    ``SimpleITKIO``: SimpleITK's array, (z, y, x), spacing reversed. ``NibabelIO``: nibabel's data
+    transposed to the same order (float64 read, as nnU-Net does, then float32). ``NibabelIOWithReorient``:
+    the image turned to the closest RAS orientation first; ``case.properties["from_canonical"]`` then
+    holds the turn back, which :meth:`NnUNetPredictor.export` applies, so label maps always come back in
+    the input file's own (SimpleITK) array order and are written with its geometry.
 
     Raises:
-        InputError: a reader other than :data:`READERS`, channels of different shapes or spacings (named).
+        InputError: a reader other than :data:`READERS`, a file the reader cannot read, channels of
+            different shapes or spacings (named).
     """
     import SimpleITK as sitk
 
@@ -68,30 +82,39 @@ def read_case(paths: Sequence[str | os.PathLike[str]], *, reader: str = "SimpleI
         raise InputError(
             f"plans.json: image_reader_writer: expected one of {list(READERS)}, found {reader!r}"
         )
-    arrays, spacings, first = [], [], None
+    arrays, spacings, first, turn = [], [], None, None
     for path in paths:
         try:
-            image = sitk.ReadImage(str(path))
+            if reader == "SimpleITKIO":
+                image = sitk.ReadImage(str(path))
+                info = image
+            else:
+                info = sitk.ImageFileReader()
+                info.SetFileName(str(path))
+                info.ReadImageInformation()
         except RuntimeError as error:
             raise InputError(
                 f"{str(path)!r}: expected an image SimpleITK reads, could not read it ({error})"
             ) from None
-        array = sitk.GetArrayFromImage(image)
-        if array.ndim == 2:
-            array = array[None, None]
-            spacing = [max(image.GetSpacing()) * 999, *list(image.GetSpacing())[::-1]]
-        elif array.ndim == 3:
-            array = array[None]
-            spacing = list(image.GetSpacing())[::-1]
+        if reader == "SimpleITKIO":
+            array = sitk.GetArrayFromImage(image)
+            if array.ndim == 2:
+                array = array[None, None]
+                spacing = [max(image.GetSpacing()) * 999, *list(image.GetSpacing())[::-1]]
+            elif array.ndim == 3:
+                array = array[None]
+                spacing = list(image.GetSpacing())[::-1]
+            else:
+                raise InputError(f"{str(path)!r}: expected a 2D or 3D image, found {array.ndim} dimensions")
         else:
-            raise InputError(f"{str(path)!r}: expected a 2D or 3D image, found {array.ndim} dimensions")
+            array, spacing, turn = _read_nibabel(path, reorient=reader == "NibabelIOWithReorient")
         arrays.append(array)
         spacings.append([abs(float(s)) for s in spacing])
         if first is None:
             first = {
-                "spacing": image.GetSpacing(),
-                "origin": image.GetOrigin(),
-                "direction": image.GetDirection(),
+                "spacing": info.GetSpacing(),
+                "origin": info.GetOrigin(),
+                "direction": info.GetDirection(),
             }
     if len({a.shape for a in arrays}) != 1 or len({tuple(s) for s in spacings}) != 1:
         raise InputError(
@@ -99,7 +122,30 @@ def read_case(paths: Sequence[str | os.PathLike[str]], *, reader: str = "SimpleI
             f"{[a.shape[1:] for a in arrays]} and {spacings}"
         )
     assert first is not None
-    return Case(np.vstack(arrays, dtype=np.float32, casting="unsafe"), spacings[0], first)
+    case = Case(np.vstack(arrays, dtype=np.float32, casting="unsafe"), spacings[0], first)
+    if turn is not None:
+        case.properties["from_canonical"] = turn
+    return case
+
+
+def _read_nibabel(path: str | os.PathLike[str], *, reorient: bool) -> tuple[np.ndarray, list[float], Any]:
+    """nnU-Net's ``NibabelIO`` / ``NibabelIOWithReorient`` reading of one file: (1, z, y, x), spacing, turn back."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # nibabel raises many kinds for files it cannot read
+        raise InputError(f"{str(path)!r}: expected a NIfTI file nibabel reads ({error})") from None
+    if len(image.shape) != 3:
+        raise InputError(f"{str(path)!r}: expected a 3D image (NibabelIO), found shape {image.shape}")
+    turn = None
+    if reorient:
+        original = io_orientation(image.affine)
+        image = image.as_reoriented(original)
+        turn = ornt_transform(axcodes2ornt("RAS"), original)
+    array = np.asarray(image.get_fdata()).transpose((2, 1, 0))[None]
+    return array, [float(z) for z in image.header.get_zooms()[::-1]], turn
 
 
 def _nonzero_box(data: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
@@ -411,7 +457,7 @@ class NnUNetPredictor:
     def export(
         self, logits: torch.Tensor | Iterable[tuple[int, torch.Tensor]], case: Case
     ) -> np.ndarray:
-        """The label map on the input's array grid (nnU-Net's array order), from the logits (whole,
+        """The label map on the input's array grid (the input file's SimpleITK array order, z, y, x), from the logits (whole,
         or the row blocks of :meth:`stream`): resampled to the cropped shape slab by slab, argmax (or
         the regions' sigmoid > 0.5 in ``regions_class_order``), pasted into the crop box,
         ``transpose_backward``. The full-resolution C × grid never exists."""
@@ -428,7 +474,13 @@ class NnUNetPredictor:
         full = np.zeros(case.properties["shape_before_cropping"], dtype=dtype)
         full[tuple(slice(a, b) for a, b in case.properties["box"])] = segmentation
         backward = list(plans.get("transpose_backward", range(full.ndim)))
-        return full.transpose(backward)
+        full = full.transpose(backward)
+        turn = case.properties.get("from_canonical")
+        if turn is not None:  # NibabelIOWithReorient: from RAS back to the file's own voxel order
+            from nibabel.orientations import apply_orientation
+
+            full = np.ascontiguousarray(apply_orientation(full.transpose((2, 1, 0)), turn).transpose((2, 1, 0)))
+        return full
 
     def predict(self, paths: Sequence[str | os.PathLike[str]]) -> tuple[np.ndarray, Case]:
         reader = str(self.folder.plans.get("image_reader_writer", "SimpleITKIO"))
