@@ -298,9 +298,7 @@ def test_labels_equal_nnunets_predictor(tmp_path, name):
     mirroring = model_options.pop("mirroring", False)
     folder = make_model(tmp_path, **model_options)
     channels = len(model_options["schemes"])
-    images = [
-        make_image(tmp_path / f"case_{c:04d}.nii.gz", **image_options, seed=c) for c in range(channels)
-    ]
+    images = [make_image(tmp_path / f"case_{c:04d}.nii.gz", **image_options, seed=c) for c in range(channels)]
     image = images[0]
     if "regions" in name:
         dataset = json.loads((folder / "dataset.json").read_text())

@@ -77,7 +77,9 @@ def test_labels_from_row_blocks_equal_argmax_of_the_whole(seed, regions):
         else:
             order, expected = None, whole.argmax(0)
         cuts = sorted({0, ins[0], *rng.integers(1, ins[0], size=3).tolist()})
-        blocks = [(a, torch.from_numpy(data[:, a:b].copy())) for a, b in zip(cuts[:-1], cuts[1:], strict=False)]
+        blocks = [
+            (a, torch.from_numpy(data[:, a:b].copy())) for a, b in zip(cuts[:-1], cuts[1:], strict=False)
+        ]
         found = labels_by_rows(
             RowResampler(ins, outs, current, new, order=1, order_z=0),
             iter(blocks),

@@ -235,7 +235,9 @@ class RowResampler:
         )
         out = np.zeros((b - a, *self.shape[1:]))
         nearest = 0  # scipy.ndimage's code for mode="nearest"
-        _zoom_shift()(self._scratch, zoom, np.array([float(a), 0.0, 0.0]), out, self.order, nearest, 0.0, 0, True)
+        _zoom_shift()(
+            self._scratch, zoom, np.array([float(a), 0.0, 0.0]), out, self.order, nearest, 0.0, 0, True
+        )
         if self.order > 0:  # skimage clips to the input's range; the rows read are within these
             np.clip(out, channel.min(), channel.max(), out=out)
         return out

@@ -343,10 +343,16 @@ class NnUNetPredictor:
                     if skip is not None and skip(row, start):
                         continue
                     if flat:
-                        region: tuple[Any, ...] = (row, *(slice(s, s + p) for s, p in zip(start, patch, strict=True)))
+                        region: tuple[Any, ...] = (
+                            row,
+                            *(slice(s, s + p) for s, p in zip(start, patch, strict=True)),
+                        )
                         local: tuple[Any, ...] = (0, *region[1:])
                     else:
-                        region = (slice(row, row + depth), *(slice(s, s + p) for s, p in zip(start, patch[1:], strict=True)))
+                        region = (
+                            slice(row, row + depth),
+                            *(slice(s, s + p) for s, p in zip(start, patch[1:], strict=True)),
+                        )
                         local = (slice(0, depth), *region[1:])
                     window = padded[(slice(None), *region)][None].contiguous()
                     if self.channels_last and window.ndim == 5:
@@ -381,12 +387,20 @@ class NnUNetPredictor:
         if body is None:
             return None
         # summed-area table along the in-plane axes and Z: any body voxel in a window, in O(1)
-        table = torch.nn.functional.pad(body.to(torch.int32), (1, 0, 1, 0, 1, 0)).cumsum(0).cumsum(1).cumsum(2)
+        table = (
+            torch.nn.functional.pad(body.to(torch.int32), (1, 0, 1, 0, 1, 0)).cumsum(0).cumsum(1).cumsum(2)
+        )
 
         def box_sum(z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> int:
             return int(
-                table[z1, y1, x1] - table[z0, y1, x1] - table[z1, y0, x1] - table[z1, y1, x0]
-                + table[z0, y0, x1] + table[z0, y1, x0] + table[z1, y0, x0] - table[z0, y0, x0]
+                table[z1, y1, x1]
+                - table[z0, y1, x1]
+                - table[z1, y0, x1]
+                - table[z1, y1, x0]
+                + table[z0, y0, x1]
+                + table[z0, y1, x0]
+                + table[z1, y0, x0]
+                - table[z0, y0, x0]
             )
 
         def skip(row: int, start: Sequence[int]) -> bool:
@@ -454,9 +468,7 @@ class NnUNetPredictor:
             force_separate_z=kwargs.get("force_separate_z"),
         )
 
-    def export(
-        self, logits: torch.Tensor | Iterable[tuple[int, torch.Tensor]], case: Case
-    ) -> np.ndarray:
+    def export(self, logits: torch.Tensor | Iterable[tuple[int, torch.Tensor]], case: Case) -> np.ndarray:
         """The label map on the input's array grid (the input file's SimpleITK array order, z, y, x), from the logits (whole,
         or the row blocks of :meth:`stream`): resampled to the cropped shape slab by slab, argmax (or
         the regions' sigmoid > 0.5 in ``regions_class_order``), pasted into the crop box,
@@ -479,7 +491,9 @@ class NnUNetPredictor:
         if turn is not None:  # NibabelIOWithReorient: from RAS back to the file's own voxel order
             from nibabel.orientations import apply_orientation
 
-            full = np.ascontiguousarray(apply_orientation(full.transpose((2, 1, 0)), turn).transpose((2, 1, 0)))
+            full = np.ascontiguousarray(
+                apply_orientation(full.transpose((2, 1, 0)), turn).transpose((2, 1, 0))
+            )
         return full
 
     def predict(self, paths: Sequence[str | os.PathLike[str]]) -> tuple[np.ndarray, Case]:
