@@ -3,14 +3,20 @@
 Each side runs in its own process (peak RSS from ``VmHWM``): nnunetv2 2.8.1's ``nnUNetPredictor``
 (from the oracle packages ``make oracle`` installs into ``.oracle/nnunet``; the network built by
 dynamic-network-architectures and handed over with ``manual_initialization``, as
-tests/oracles/nnunet_predict.py does) and ``voxpipe.pipelines.inference.nnunet_predict``. Printed per
-side: seconds (reading to written label map), peak RSS, and the voxels whose label differs.
+tests/oracles/nnunet_predict.py does), voxpipe's reference path (``NnUNetPredictor``) and voxpipe's
+fast path (``fast=True``: bf16 where the CPU runs it natively, windows without body skipped).
+Printed per side: seconds (reading to label map), peak RSS, and against nnU-Net's labels the voxels
+that differ and the Dice of every foreground class.
 
-The model is a random-init PlainConvUNet folder of the real layout (two folds), sized for this
-2-core CPU unless told otherwise; the CT is a 512 × 512 × N clinical-size phantom
-(``voxpipe.phantoms.clinical``) or ``--image FILE``.
+The model is a PlainConvUNet folder of the real layout at 1.5 mm, sized for a 2-core CPU unless told
+otherwise. Agreement figures of a random-init network say little (its logits are near-tied
+everywhere, so bf16 flips voxels a trained network would hold), so by default the network is first
+trained for ``--train`` seconds on liver phantoms preprocessed as nnU-Net does, which gives it the
+confident logits of a trained model. The CT is a 512 × 512 × N clinical-size phantom (a body with
+arms in air, ``voxpipe.phantoms.clinical``) or ``--image FILE``.
 
-    python benchmarks/nnunet_cpu.py [--slices 120] [--features 16] [--patch 64] [--mirroring] [--image CT.nii.gz]
+    python benchmarks/nnunet_cpu.py [--slices 120] [--features 16] [--patch 64] [--train 240] [--mirroring]
+    python benchmarks/nnunet_cpu.py --memory   # voxpipe alone: 118 classes, 512 × 512 × 600, peak RSS
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 ORACLE = Path(os.environ.get("VOXPIPE_NNUNET_ORACLE", ROOT / ".oracle" / "nnunet"))
+SIDES = ("nnunet", "voxpipe", "voxpipe-fast")
 
 
 def _peak_mib() -> float:
@@ -39,34 +46,209 @@ def _peak_mib() -> float:
 
 def _child(side: str, folder: str, image: str, out: str, mirroring: bool) -> None:
     started = time.perf_counter()
+    extra = {}
     if side == "nnunet":
-        subprocess_args = [folder, out, image] + (["--mirroring"] if mirroring else [])
-        sys.argv = ["nnunet_predict.py", *subprocess_args]
+        sys.argv = ["nnunet_predict.py", folder, out, image] + (["--mirroring"] if mirroring else [])
         sys.path.insert(0, str(ROOT / "tests" / "oracles"))
         import nnunet_predict  # the oracle script: nnUNetPredictor.predict_single_npy_array
 
         nnunet_predict.main()
-        segmentation = np.load(out)["segmentation"]
     else:
         from voxpipe.pipelines.inference.nnunet_predict import NnUNetPredictor
 
-        predictor = NnUNetPredictor(folder, mirroring=mirroring)
+        predictor = NnUNetPredictor(folder, mirroring=mirroring, fast=side == "voxpipe-fast")
         segmentation, _ = predictor.predict([image])
         np.savez_compressed(out, segmentation=segmentation)
-    print(json.dumps({"seconds": time.perf_counter() - started, "peak_mib": _peak_mib()}))
+        extra = {"precision": predictor.precision, "skipped": predictor.skipped}
+    print(json.dumps({"seconds": time.perf_counter() - started, "peak_mib": _peak_mib(), **extra}))
 
 
 def run_side(side: str, folder: Path, image: Path, out: Path, mirroring: bool) -> dict:
     env = dict(os.environ)
     if side == "nnunet":
         env["PYTHONPATH"] = os.pathsep.join([str(ORACLE), str(ROOT)])
-    command = [sys.executable, __file__, "--child", side, str(folder), str(image), str(out)] + (
-        ["--mirroring"] if mirroring else []
+    command = [sys.executable, __file__, "--child", side, str(folder), str(image), str(out)]
+    done = subprocess.run(
+        command + (["--mirroring"] if mirroring else []), capture_output=True, text=True, env=env
     )
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.exit(f"{side} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def make_folder(work: Path, *, classes: int, features: int, patch: int, folds: int) -> Path:
+    """A random-init PlainConvUNet folder: 5 stages from ``features`` (×2 per stage, at most ×8)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import torch
+    from test_nnunet_predict import make_model
+
+    from voxpipe.networks.nnunet import network_from_plans
+
+    labels = {"background": 0, "liver": 1, "tumour": 2} if classes == 3 else {"background": 0}
+    labels.update({f"class_{c}": c for c in range(1, classes) if classes != 3})
+    folder = make_model(
+        work / "model",
+        spacing=[1.5, 1.5, 1.5],
+        patch=[patch] * 3,
+        schemes=["CTNormalization"],
+        labels=labels,
+        folds=tuple(range(folds)),
+    )
+    plans = json.loads((folder / "plans.json").read_text())
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    arch.update(
+        n_stages=5,
+        features_per_stage=[min(features * 2**i, features * 8) for i in range(5)],
+        kernel_sizes=[[3, 3, 3]] * 5,
+        strides=[[1, 1, 1]] + [[2, 2, 2]] * 4,
+        n_conv_per_stage=[2] * 5,
+        n_conv_per_stage_decoder=[2] * 4,
+    )
+    (folder / "plans.json").write_text(json.dumps(plans))
+    for fold in range(folds):
+        torch.manual_seed(fold)
+        network = network_from_plans(
+            plans, plans["configurations"]["3d_fullres"], input_channels=1, num_classes=classes
+        )
+        save_weights(folder, fold, network.state_dict())
+    return folder
+
+
+def save_weights(folder: Path, fold: int, weights: dict) -> None:
+    import torch
+
+    path = folder / f"fold_{fold}" / "checkpoint_final.pth"
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["network_weights"] = weights
+    torch.save(checkpoint, path)
+
+
+def train(folder: Path, work: Path, *, seconds: float, patch: int, folds: int) -> str:
+    """Train the folder's network on liver phantoms, preprocessed by voxpipe's nnU-Net path (nnU-Net's
+    own rules), with Dice + cross-entropy on random patches (two in three centred on foreground)."""
+    import torch
+    from monai.losses import DiceCELoss
+    from scipy import ndimage
+
+    from voxpipe.pipelines.inference.nnunet_predict import NnUNetPredictor, read_case
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from infer_cpu import clinical_case
+
+    predictor = NnUNetPredictor(folder)
+    samples = []
+    for seed in (11, 12, 13):
+        image, truth = clinical_case(work / "train", seed, spacing_xy=0.8, spacing_z=2.0, slices=70)
+        case = read_case([image])
+        data = predictor.preprocess(case)
+        label = read_case([truth]).data[0]
+        box = tuple(slice(a, b) for a, b in case.properties["box"])
+        label = label[box]
+        zoom = [n / o for n, o in zip(data.shape[1:], label.shape, strict=True)]
+        samples.append((data, ndimage.zoom(label, zoom, order=0, grid_mode=True, mode="nearest")))
+    network = predictor.network.train()
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimiser = torch.optim.Adam(network.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    started, steps, last = time.perf_counter(), 0, float("nan")
+    while time.perf_counter() - started < seconds:
+        images, labels = [], []
+        for _ in range(2):
+            data, label = samples[int(rng.integers(len(samples)))]
+            shape = np.array(label.shape)
+            if rng.random() < 2 / 3 and label.any():
+                centre = np.argwhere(label > 0)[int(rng.integers(int((label > 0).sum())))]
+            else:
+                centre = rng.integers(0, shape)
+            low = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
+            crop = tuple(slice(int(a), int(a) + patch) for a in low)
+            pad = [(0, max(patch - s, 0)) for s in shape]
+            images.append(np.pad(data[(slice(None), *crop)], [(0, 0), *pad]))
+            labels.append(np.pad(label[crop], pad)[None])
+        x = torch.from_numpy(np.stack(images)).float()
+        y = torch.from_numpy(np.stack(labels).astype(np.int64))
+        optimiser.zero_grad()
+        loss = loss_fn(network(x), y)
+        loss.backward()
+        optimiser.step()
+        steps, last = steps + 1, float(loss.detach())
+    weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    for fold in range(folds):
+        save_weights(folder, fold, weights)
+    return f"trained {steps} steps in {seconds:.0f} s (last loss {last:.3f})"
+
+
+def dice_per_class(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
+    found = {}
+    for value in sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0}):
+        x, y = a == value, b == value
+        found[int(value)] = 2 * float((x & y).sum()) / max(float(x.sum() + y.sum()), 1.0)
+    return found
+
+
+def compare(args: argparse.Namespace) -> None:
+    if not (ORACLE / "skimage").is_dir():
+        sys.exit(f"the nnU-Net oracle is not installed in {ORACLE}: make oracle")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from infer_cpu import clinical_case
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.image:
+            image = Path(args.image)
+        else:
+            image, _ = clinical_case(
+                work, 100, spacing_xy=0.8, spacing_z=2.0, slices=args.slices, name="ct_0000"
+            )
+        classes = args.classes or 3
+        folder = make_folder(
+            work, classes=classes, features=args.features, patch=args.patch, folds=args.folds
+        )
+        trained = (
+            train(folder, work, seconds=args.train, patch=args.patch, folds=args.folds)
+            if args.train and classes == 3
+            else "random init"
+        )
+        print(
+            f"image {image.name} ({args.slices} slices); PlainConvUNet from {args.features} features, "
+            f"{classes} classes, patch {args.patch}³, 1.5 mm, "
+            f"{args.folds} fold(s), {trained}; mirroring {'on' if args.mirroring else 'off'}"
+        )
+        results, maps = {}, {}
+        for side in args.sides.split(","):
+            out = work / f"{side}.npz"
+            results[side] = run_side(side, folder, image, out, args.mirroring)
+            maps[side] = np.load(out)["segmentation"]
+            line = f"  {side:13s} {results[side]['seconds']:7.1f} s   peak RSS {results[side]['peak_mib']:7.0f} MiB"
+            if side != "nnunet" and "nnunet" in maps:
+                differ = int((maps["nnunet"] != maps[side]).sum())
+                dice = dice_per_class(maps["nnunet"], maps[side])
+                line += (
+                    f"   speed-up {results['nnunet']['seconds'] / results[side]['seconds']:.2f}x"
+                    f"   RSS ratio {results[side]['peak_mib'] / results['nnunet']['peak_mib']:.2f}"
+                    f"   differ {differ} of {maps[side].size}   Dice "
+                    + " ".join(f"{k}:{v:.4f}" for k, v in dice.items())
+                )
+            if "precision" in results[side]:
+                line += f"   ({results[side]['precision']}, {results[side]['skipped']} windows skipped)"
+            print(line, flush=True)
+
+
+def memory(args: argparse.Namespace) -> None:
+    """voxpipe's peak RSS on a 512 × 512 × 600 CT with a random-init model of ``--classes`` outputs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from infer_cpu import clinical_case
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        image, _ = clinical_case(work, 300, spacing_xy=0.75, spacing_z=0.8, slices=600, name="ct_0000")
+        folder = make_folder(work, classes=args.classes, features=args.features, patch=args.patch, folds=1)
+        print(
+            f"image 512 x 512 x 600 (0.75 x 0.75 x 0.8 mm); random-init PlainConvUNet from {args.features} "
+            f"features, {args.classes} classes, patch {args.patch}³, 1.5 mm"
+        )
+        result = run_side("voxpipe", folder, image, work / "voxpipe.npz", False)
+        print(f"  voxpipe {result['seconds']:7.1f} s   peak RSS {result['peak_mib']:7.0f} MiB")
 
 
 def main() -> None:
@@ -76,80 +258,25 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=120)
-    parser.add_argument(
-        "--features", type=int, default=16, help="features of the first stage (x2 per stage, at most 8x)"
-    )
+    parser.add_argument("--features", type=int, default=16, help="features of the first stage")
     parser.add_argument("--patch", type=int, default=64, help="patch edge (voxels)")
+    parser.add_argument("--folds", type=int, default=1)
+    parser.add_argument("--train", type=float, default=240, help="seconds of training first (0: random init)")
     parser.add_argument("--mirroring", action="store_true")
     parser.add_argument("--image", help="a CT file instead of the phantom")
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"some of {','.join(SIDES)}, in order")
+    parser.add_argument("--memory", action="store_true", help="voxpipe's peak RSS with --classes outputs")
+    parser.add_argument(
+        "--classes",
+        type=int,
+        help="outputs of the network (default 3, trained; 118 with --memory; others random init)",
+    )
     args = parser.parse_args()
-    if not (ORACLE / "skimage").is_dir():
-        sys.exit(f"the nnU-Net oracle is not installed in {ORACLE}: make oracle")
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_nnunet_predict import make_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        if args.image:
-            image = Path(args.image)
-        else:
-            sys.path.insert(0, str(ROOT / "benchmarks"))
-            from infer_cpu import clinical_case
-
-            image, _ = clinical_case(
-                work, 100, spacing_xy=0.8, spacing_z=2.0, slices=args.slices, name="ct_0000"
-            )
-        features = [min(args.features * 2**i, args.features * 8) for i in range(5)]
-        folder = make_model(
-            work / "model",
-            spacing=[1.5, 1.5, 1.5],
-            patch=[args.patch] * 3,
-            schemes=["CTNormalization"],
-            labels={"background": 0, "liver": 1, "tumour": 2},
-            folds=(0, 1),
-        )
-        plans = json.loads((folder / "plans.json").read_text())
-        arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
-        arch.update(
-            n_stages=5,
-            features_per_stage=features,
-            kernel_sizes=[[3, 3, 3]] * 5,
-            strides=[[1, 1, 1]] + [[2, 2, 2]] * 4,
-            n_conv_per_stage=[2] * 5,
-            n_conv_per_stage_decoder=[2] * 4,
-        )
-        (folder / "plans.json").write_text(json.dumps(plans))
-        import torch
-
-        from voxpipe.networks.nnunet import network_from_plans
-
-        for fold in (0, 1):  # weights of the resized network
-            torch.manual_seed(fold)
-            network = network_from_plans(
-                plans, plans["configurations"]["3d_fullres"], input_channels=1, num_classes=3
-            )
-            path = folder / f"fold_{fold}" / "checkpoint_final.pth"
-            checkpoint = torch.load(path, weights_only=False)
-            checkpoint["network_weights"] = network.state_dict()
-            torch.save(checkpoint, path)
-        print(
-            f"image {image.name}; random-init PlainConvUNet {features}, patch {args.patch}³, 1.5 mm, 2 folds, "
-            f"mirroring {'on' if args.mirroring else 'off'}"
-        )
-        results, maps = {}, {}
-        for side in ("nnunet", "voxpipe"):
-            out = work / f"{side}.npz"
-            results[side] = run_side(side, folder, image, out, args.mirroring)
-            maps[side] = np.load(out)["segmentation"]
-            print(
-                f"  {side:8s} {results[side]['seconds']:7.1f} s   peak RSS {results[side]['peak_mib']:7.0f} MiB"
-            )
-        differ = int((maps["nnunet"] != maps["voxpipe"]).sum())
-        print(
-            f"speed-up {results['nnunet']['seconds'] / results['voxpipe']['seconds']:.2f}x, "
-            f"peak RSS ratio {results['voxpipe']['peak_mib'] / results['nnunet']['peak_mib']:.2f}, "
-            f"voxels differing {differ} of {maps['nnunet'].size}"
-        )
+    if args.memory:
+        args.classes = args.classes or 118
+        memory(args)
+    else:
+        compare(args)
 
 
 if __name__ == "__main__":

@@ -231,3 +231,44 @@ def test_totalsegmentator_labels_round_trip_through_seg_on_the_jpeg2000_series(r
     renumbered = np.zeros(256, np.uint8)
     renumbered[present] = np.arange(1, len(present) + 1)
     assert np.array_equal(seg_to_label_map(seg, ct.array.shape, ct.affine), renumbered[label])
+
+
+def test_structure_names_get_their_own_snomed_codes():
+    from pydicom.sr.codedict import codes
+
+    from voxpipe.transforms.dicom_seg import _SYNONYMS, structure_codes
+
+    expected = {
+        "kidney_right": "Kidney",
+        "vertebrae_L1": "L1 vertebra",
+        "vertebrae_C7": "C7 vertebra",
+        "rib_left_3": "Rib",
+        "urinary_bladder": "Bladder",
+        "small_bowel": "Small intestine",
+        "autochthon_left": "Erector spinae muscle",
+        "lung_middle_lobe_right": "Middle lobe of right lung",
+        "femur_left": "Femur",
+        "inferior_vena_cava": "Inferior vena cava",
+        "liver": "Liver",
+        "left lung": "Lung",
+    }
+    for name, meaning in expected.items():
+        category, kind = structure_codes(name)
+        assert (category.meaning, kind.meaning) == ("Anatomical Structure", meaning), name
+    assert structure_codes("liver tumour")[1].meaning == "Neoplasm"
+    assert structure_codes("kidney_cyst_left")[1].meaning == "Cyst"
+    assert structure_codes("part1_structure_3")[1].meaning == "Tissue"
+    for target in _SYNONYMS.values():  # every synonym names a concept pydicom knows
+        assert target in dir(codes.SCT), target
+
+
+@pytest.mark.realdata
+def test_every_totalsegmentator_class_has_a_specific_code(real_data):
+    import json
+
+    from voxpipe.transforms.dicom_seg import structure_codes
+
+    path = real_data / "totalsegmentator" / "class_map_total_and_total_mr.json"
+    names = json.loads(path.read_text())["total"].values()
+    generic = [name for name in names if structure_codes(name)[1].meaning == "Tissue"]
+    assert len(names) == 117 and generic == []

@@ -157,6 +157,26 @@ def test_pull_then_infer_total_writes_one_117_class_map_with_statistics(tmp_path
     statistics = json.loads((out / "statistics.json").read_text())["ct"]
     assert len(statistics) == 117 and "part3_structure_1" in statistics
 
+    # a DICOM series: one DICOM-SEG with a named segment per structure found, read back equal
+    from test_deploy import write_series
+
+    from voxpipe.transforms.dicom_seg import read_seg, seg_to_label_map
+    from voxpipe.transforms.io import load_volume
+
+    _, files = write_series(tmp_path / "series")
+    series = files[0].parent
+    seg_out = tmp_path / "seg_out"
+    command = ["infer", "total", str(series), "-o", str(seg_out), "--dicom-seg", "--models-cache", str(cache)]
+    assert main(command) == 0
+    label = load_volume(seg_out / "series.nii.gz", label=True)
+    present = sorted(int(v) for v in np.unique(label.array) if v)
+    assert len(present) >= 5 and max(present) > 24  # structures of more than one part
+    seg = read_seg(seg_out / "series.dcm")
+    assert [seg.labels[k] for k in sorted(seg.labels)] == [manifest["labels"][str(v)] for v in present]
+    renumbered = np.zeros(256, np.uint8)
+    renumbered[present] = np.arange(1, len(present) + 1)
+    assert np.array_equal(seg_to_label_map(seg, label.array.shape, label.affine), renumbered[label.array])
+
 
 def test_offline_a_hand_copied_file_is_used_and_a_missing_one_names_url_and_place(tmp_path):
     cache = tmp_path / "cache"

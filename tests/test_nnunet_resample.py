@@ -96,3 +96,23 @@ def test_missing_rows_are_an_error_not_a_partial_map():
     blocks = [(0, torch.zeros((2, 6, 4, 4), dtype=torch.float16))]
     with pytest.raises(RuntimeError, match="covered output rows up to"):
         labels_by_rows(resampler, blocks, heads=2, regions=None, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_a_float32_image_resizes_as_its_float64_copy_bit_for_bit(order):
+    from scipy import ndimage
+
+    from voxpipe.transforms.nnunet_resample import resize
+
+    rng = np.random.default_rng(order)
+    for _ in range(5):
+        image = (rng.normal(size=[int(n) for n in rng.integers(4, 14, size=3)]) * 300).astype(np.float32)
+        shape = [max(1, int(round(n * rng.uniform(0.4, 2.5)))) for n in image.shape]
+        found = resize(image, shape, order)
+        wide = image.astype(np.float64)
+        zoom = [s / n for s, n in zip(shape, image.shape, strict=True)]
+        expected = ndimage.zoom(wide, zoom, order=order, mode="nearest", grid_mode=True)
+        if order:
+            np.clip(expected, wide.min(), wide.max(), out=expected)
+        assert found.dtype == np.float64
+        np.testing.assert_array_equal(found, expected)

@@ -87,3 +87,23 @@ def test_unknown_schemes_and_missing_ct_properties_are_named():
         normalise_channel(np.full((2, 2, 2), 300.0), "RGBTo01Normalization")
     with pytest.raises(InputError, match="smaller than the window"):
         window_starts([10, 10], [12, 8], 0.5)
+
+
+def test_hole_filling_and_the_nonzero_box_equal_scipys_and_nnunets():
+    from scipy import ndimage
+
+    from voxpipe.pipelines.inference.nnunet_predict import _nonzero_box, fill_holes
+
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        shape = tuple(int(n) for n in rng.integers(1, 14, size=int(rng.integers(2, 4))))
+        mask = rng.random(shape) < rng.uniform(0.2, 0.9)
+        if trial % 2:
+            mask = ndimage.binary_closing(mask)  # larger enclosed holes
+        np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+    image = np.zeros((1, 9, 8, 7), np.float32)
+    image[0, 2:5, 3, 1:6] = 5
+    image[0, 3, 3, 3] = 0  # a hole inside: still in the box
+    _, box = _nonzero_box(image)
+    assert box == [[2, 5], [3, 4], [1, 6]]
+    assert _nonzero_box(np.zeros((1, 3, 3, 3), np.float32))[1] == [[0, 0]] * 3

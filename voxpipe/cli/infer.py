@@ -89,10 +89,31 @@ def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any
     from voxpipe.pipelines.inference.catalogue import MANIFEST
     from voxpipe.pipelines.inference.nnunet_predict import infer_with_nnunet
 
+    from voxpipe.errors import InputError
+
+    bundle_only = {
+        "--weights": args.weights,
+        "--set": args.set,
+        "--precision": args.precision,
+        "--compile": args.compile,
+        "--organ-roi": args.organ_roi,
+        "--save-probabilities": args.save_probabilities,
+        "--timings": args.timings,
+        "--device": args.device if args.device not in (None, "auto", "cpu") else None,
+        "--format": args.format if args.format != "nii.gz" else None,
+    }
+    given = [name for name, value in bundle_only.items() if value]
+    if given:
+        raise InputError(
+            f"{str(folder)!r}: an nnU-Net model runs without {', '.join(given)} (options of MONAI bundles)",
+            hint="--fast for bf16 and body-only windows; --tta for nnU-Net's mirroring; output is .nii.gz "
+            "(+ .dcm with --dicom-seg)",
+        )
     options = {
         "output_dir": args.output,
         "folds": args.folds,
         "tta": bool(args.tta),
+        "fast": bool(args.fast),
         "resume": args.resume,
         "statistics": not args.no_statistics,
         "shard": shard,
@@ -162,6 +183,13 @@ def add_commands(commands: Any) -> None:
         action="store_true",
         help="test-time augmentation: average over flips along every axis combination (8× the time); "
         "for an nnU-Net model folder, its mirroring over the checkpoint's allowed axes",
+    )
+    infer.add_argument(
+        "--fast",
+        action="store_true",
+        help="nnU-Net models: voxpipe's fast path instead of nnU-Net's exact numbers: the network in bf16 "
+        "on CPUs with native bf16, windows without body (nothing above -500 HU) not run; its agreement "
+        "with the exact path is in benchmarks/README.md",
     )
     infer.add_argument(
         "--compile",

@@ -230,13 +230,59 @@ def _parses(ds: pydicom.Dataset, keyword: str) -> bool:
     return True
 
 
+#: TotalSegmentator-style names whose SNOMED concept in pydicom's dictionary is named otherwise
+#: (checked by the tests: every target exists in ``pydicom.sr.codedict.codes.SCT``).
+_SYNONYMS = {
+    "small_bowel": "SmallIntestine",
+    "urinary_bladder": "Bladder",
+    "thyroid_gland": "Thyroid",
+    "clavicula": "Clavicle",
+    "costal_cartilages": "CostalCartilage",
+    "autochthon": "ErectorSpinaeMuscle",
+    "portal_vein_and_splenic_vein": "PortalVein",
+    "iliac_vena": "CommonIliacVein",
+    "iliac_artery": "CommonIliacArtery",
+    "hip": "Hip",
+    "lung_middle_lobe": "MiddleLobeOfRightLung",
+    "lung_upper_lobe": "LobeOfLung",
+    "lung_lower_lobe": "LobeOfLung",
+    "rib": "Rib",
+    "gluteus_maximus": "SkeletalMuscle",
+    "gluteus_medius": "SkeletalMuscle",
+    "gluteus_minimus": "SkeletalMuscle",
+    "iliopsoas": "SkeletalMuscle",
+    "atrial_appendage": "Heart",
+    "vertebrae_S1": "Sacrum",
+}
+
+
 def structure_codes(name: str) -> tuple[Any, Any]:
-    """(segmented property category, type) SNOMED codes for a structure name."""
+    """(segmented property category, type) SNOMED codes for a structure name.
+
+    Tumours, lesions, nodules and cysts are morphologically abnormal structures. Other names (the
+    TotalSegmentator style: ``kidney_right``, ``vertebrae_L1``, ``rib_left_3``) lose their side and
+    number and are looked up in pydicom's SNOMED dictionary as written (``kidney`` → Kidney,
+    ``vertebrae_L1`` → L1 vertebra) or through :data:`_SYNONYMS`; what is found there is an
+    anatomical structure, anything else the generic Tissue (the segment's label keeps the name).
+    """
+    import re
+
     from pydicom.sr.codedict import codes
 
     lowered = name.lower()
     if any(word in lowered for word in ("tumour", "tumor", "lesion", "nodule", "cancer", "neoplasm")):
         return codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm
+    if "cyst" in lowered:
+        return codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Cyst
+    base = re.sub(r"(_(left|right))?(_\d+)?$", "", name.strip())
+    vertebra = re.fullmatch(r"vertebrae?_([CTL]\d{1,2})", base, flags=re.IGNORECASE)
+    candidates = [_SYNONYMS.get(base), _SYNONYMS.get(base.lower())]
+    if vertebra:
+        candidates.append(f"{vertebra.group(1).upper()}Vertebra")
+    candidates.append("".join(word.capitalize() for word in re.split(r"[_\s]+", base) if word))
+    for candidate in candidates:
+        if candidate and candidate in dir(codes.SCT):
+            return codes.SCT.AnatomicalStructure, getattr(codes.SCT, candidate)
     for word, code in (("liver", codes.SCT.Liver), ("lung", codes.SCT.Lung)):
         if word in lowered:
             return codes.SCT.AnatomicalStructure, code

@@ -186,6 +186,13 @@ class NnUNetFolder:
         except InputError as error:
             raise BundleError(str(error), hint=error.hint) from None
         self.configuration_name = name
+        previous = self.configuration.get("previous_stage")
+        if previous:
+            raise BundleError(
+                f"{str(self.path / 'plans.json')!r}: configuration {name!r} is a cascade stage (it takes "
+                f"the {previous!r} prediction as input), which voxpipe does not run yet",
+                hint=f"run the {previous!r} model folder of the same plans instead",
+            )
         self.checkpoints = self._checkpoints(folds, checkpoint)
         channels = self.dataset.get("channel_names") or self.dataset.get("modality") or {}
         self.channels = (
