@@ -86,10 +86,9 @@ def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any
     """An nnU-Net model folder, or a pulled model made of nnU-Net models (one part or several, merged)."""
     import json
 
+    from voxpipe.errors import InputError
     from voxpipe.pipelines.inference.catalogue import MANIFEST
     from voxpipe.pipelines.inference.nnunet_predict import infer_with_nnunet
-
-    from voxpipe.errors import InputError
 
     bundle_only = {
         "--weights": args.weights,
