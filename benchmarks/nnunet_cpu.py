@@ -178,6 +178,15 @@ def train(folder: Path, work: Path, *, seconds: float, patch: int, folds: int) -
     return f"trained {steps} steps in {seconds:.0f} s (last loss {last:.3f})"
 
 
+def _size(image: Path) -> str:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(image))
+    reader.ReadImageInformation()
+    return " x ".join(str(n) for n in reader.GetSize())
+
+
 def dice_per_class(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
     found = {}
     for value in sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0}):
@@ -210,7 +219,7 @@ def compare(args: argparse.Namespace) -> None:
             else "random init"
         )
         print(
-            f"image {image.name} ({args.slices} slices); PlainConvUNet from {args.features} features, "
+            f"image {image.name} ({_size(image)}); PlainConvUNet from {args.features} features, "
             f"{classes} classes, patch {args.patch}³, 1.5 mm, "
             f"{args.folds} fold(s), {trained}; mirroring {'on' if args.mirroring else 'off'}"
         )

@@ -135,15 +135,3 @@ def test_a_model_folder_is_read_and_what_is_missing_is_named(tmp_path):
     (other / "plans.json").write_text("{not json")
     with pytest.raises(BundleError, match="plans.json'.*expected JSON"):
         NnUNetFolder(other)
-
-
-def test_a_cascade_stage_is_refused_naming_the_stage_it_needs(tmp_path):
-    folder = _folder(tmp_path, name="nnUNetTrainer__nnUNetPlans__3d_cascade_fullres")
-    plans = json.loads((folder / "plans.json").read_text())
-    plans["configurations"]["3d_cascade_fullres"] = {
-        "inherits_from": "3d_fullres",
-        "previous_stage": "3d_lowres",
-    }
-    (folder / "plans.json").write_text(json.dumps(plans))
-    with pytest.raises(BundleError, match="'3d_cascade_fullres' is a cascade stage.*'3d_lowres' prediction"):
-        NnUNetFolder(folder)

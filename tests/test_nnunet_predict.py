@@ -61,12 +61,15 @@ def make_model(
     use_mask=None,
     reader="SimpleITKIO",
     channel_names=None,
+    configuration_name=None,
+    previous_stage=None,
 ):
     """A model folder of the real layout with random-init weights (the same keys nnU-Net saves);
-    a 2-value ``patch`` and ``spacing`` make a ``2d`` configuration."""
+    a 2-value ``patch`` and ``spacing`` make a ``2d`` configuration; ``previous_stage`` a cascade
+    stage (the first stage's foreground labels as extra input channels)."""
     channels = len(schemes)
     dims = len(patch)
-    name = "3d_fullres" if dims == 3 else "2d"
+    name = configuration_name or ("3d_fullres" if dims == 3 else "2d")
     architecture = _architecture(
         dims, 3, [[3] * dims] * 3, [[1] * dims, [2] * dims, [2] * dims], [4, 8, 16], kind
     )
@@ -93,6 +96,8 @@ def make_model(
         "architecture": architecture,
         "batch_dice": False,
     }
+    if previous_stage:
+        configuration["previous_stage"] = previous_stage
     plans = {
         "dataset_name": "Dataset900_Test",
         "plans_name": "nnUNetPlans",
@@ -130,9 +135,13 @@ def make_model(
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))
     regions = any(isinstance(v, list) for v in labels.values())
     heads = sum(1 for k, v in labels.items() if k != "background") if regions else len(labels)
+    foreground = {
+        int(v) for value in labels.values() for v in (value if isinstance(value, list) else [value])
+    }
+    inputs = channels + (len(foreground - {0}) if previous_stage else 0)
     for fold in folds:
         torch.manual_seed(seed + fold)
-        network = network_from_plans(plans, configuration, input_channels=channels, num_classes=heads)
+        network = network_from_plans(plans, configuration, input_channels=inputs, num_classes=heads)
         (folder / f"fold_{fold}").mkdir()
         torch.save(
             {
@@ -423,3 +432,60 @@ def test_a_dicom_series_is_segmented_and_written_back_as_dicom_seg(tmp_path):
         infer_with_nnunet(
             folder, [tmp_path / "series_0000.nii.gz"], output_dir=tmp_path / "o2", dicom_seg=True
         )
+
+
+def test_the_fast_path_skips_windows_without_body_and_bundle_options_are_refused(tmp_path, capsys):
+    from voxpipe.cli import main
+
+    folder = liver_model(tmp_path)
+    array = np.full((24, 40, 40), -1000, np.int16)  # air, with a body in one corner
+    array[:10, :14, :14] = 60
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    sitk.WriteImage(image, str(tmp_path / "ct_0000.nii.gz"))
+    predictor = NnUNetPredictor(folder, fast=True)
+    found, _ = predictor.predict([tmp_path / "ct_0000.nii.gz"])
+    reference, _ = NnUNetPredictor(folder).predict([tmp_path / "ct_0000.nii.gz"])
+    assert predictor.skipped > 0
+    assert not found[16:, 24:, 24:].any()  # reached by no window that was run: background
+    assert reference[16:, 24:, 24:].any()  # (the random network finds something in air)
+    out = tmp_path / "out"
+    assert main(["infer", str(folder), str(tmp_path / "ct_0000.nii.gz"), "-o", str(out), "--fast"]) == 0
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "ct.nii.gz"))), found)
+    code = main(
+        ["infer", str(folder), str(tmp_path / "ct_0000.nii.gz"), "-o", str(out), "--precision", "bf16"]
+    )
+    assert code == 2 and "runs without --precision" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_cascade_runs_its_first_stage_and_equals_nnunets_cascade(tmp_path):
+    labels = {"background": 0, "liver": 1, "tumour": 2}
+    common = {"patch": [16, 16, 16], "schemes": ["CTNormalization"], "labels": labels}
+    low = make_model(tmp_path / "a", spacing=[3.0, 3.0, 3.0], configuration_name="3d_lowres", **common)
+    full = make_model(
+        tmp_path / "b",
+        spacing=[1.8, 1.8, 1.8],
+        configuration_name="3d_cascade_fullres",
+        previous_stage="3d_lowres",
+        seed=5,
+        **common,
+    )
+    plans = json.loads((low / "plans.json").read_text())  # one plans file with both configurations
+    plans["configurations"].update(json.loads((full / "plans.json").read_text())["configurations"])
+    models = tmp_path / "models"
+    models.mkdir()
+    for folder in (low, full):
+        (folder / "plans.json").write_text(json.dumps(plans))
+        folder.rename(models / folder.name)
+    image = make_image(tmp_path / "case_0000.nii.gz", shape=(26, 30, 28), spacing=(1.5, 1.6, 2.0))
+    expected = run_oracle(models / full.name, [image], tmp_path / "oracle.npz")
+    predictor = NnUNetPredictor(models / full.name)
+    found, _ = predictor.predict([image])
+    assert predictor.previous is not None and predictor.previous.folder.configuration_name == "3d_lowres"
+    assert int((found != expected).sum()) == 0 and len(np.unique(found)) > 1
+    first, _ = NnUNetPredictor(models / low.name).predict([image])
+    assert not np.array_equal(found, first)  # the second stage did something of its own
+    (models / low.name).rename(tmp_path / "gone")
+    with pytest.raises(Exception, match="3d_lowres' model folder beside"):
+        NnUNetPredictor(models / full.name)

@@ -21,34 +21,28 @@ import numpy as np
 import torch
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("folder")
-    parser.add_argument("out")
-    parser.add_argument("images", nargs="+")
-    parser.add_argument("--mirroring", action="store_true")
-    parser.add_argument("--step", type=float, default=0.5)
-    args = parser.parse_args()
-
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+def _predictor(folder: Path, args: argparse.Namespace):
+    """nnUNetPredictor for a model folder, its network built from the plans (input channels as
+    nnU-Net's ``determine_num_input_channels`` counts them)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    folder = Path(args.folder)
     plans = PlansManager(json.loads((folder / "plans.json").read_text()))
     dataset = json.loads((folder / "dataset.json").read_text())
     checkpoints = sorted(folder.glob("fold_*/checkpoint_final.pth"))
     loaded = [torch.load(c, map_location="cpu", weights_only=False) for c in checkpoints]
     configuration = plans.get_configuration(loaded[0]["init_args"]["configuration"])
     labels = plans.get_label_manager(dataset)
-    arch = configuration.network_arch_init_kwargs
-    kwargs = dict(arch)
+    kwargs = dict(configuration.network_arch_init_kwargs)
     for key in configuration.network_arch_init_kwargs_req_import:
         if kwargs.get(key) is not None:
             kwargs[key] = pydoc.locate(kwargs[key])
     module, name = configuration.network_arch_class_name.rsplit(".", 1)
+    channels = len(dataset["channel_names"])
+    if configuration.previous_stage_name is not None:
+        channels += len(labels.foreground_labels)
     network = getattr(importlib.import_module(module), name)(
-        input_channels=len(dataset["channel_names"]),
+        input_channels=channels,
         num_classes=labels.num_segmentation_heads,
         deep_supervision=False,
         **kwargs,
@@ -71,8 +65,35 @@ def main() -> None:
         loaded[0]["trainer_name"],
         loaded[0]["inference_allowed_mirroring_axes"],
     )
+    return predictor, plans
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("folder")
+    parser.add_argument("out")
+    parser.add_argument("images", nargs="+")
+    parser.add_argument("--mirroring", action="store_true")
+    parser.add_argument("--step", type=float, default=0.5)
+    args = parser.parse_args()
+
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    predictor, plans = _predictor(Path(args.folder), args)
     image, properties = plans.image_reader_writer_class().read_images(args.images)
-    segmentation = predictor.predict_single_npy_array(image, properties, None, None, False)
+    previous = None
+    if predictor.configuration_manager.previous_stage_name:  # a cascade: nnU-Net's first stage first
+        folder = Path(args.folder)
+        trainer, plans_name, _ = folder.name.split("__")
+        first, _ = _predictor(
+            folder.parent / f"{trainer}__{plans_name}__{predictor.configuration_manager.previous_stage_name}",
+            args,
+        )
+        # as nnU-Net reads the first stage's written prediction back: float32 (read_seg)
+        previous = first.predict_single_npy_array(image, dict(properties), None, None, False)[None].astype(
+            np.float32
+        )
+    segmentation = predictor.predict_single_npy_array(image, properties, previous, None, False)
     if plans.image_reader_writer_class is not SimpleITKIO:  # the reader's own writer: back to file order
         written = Path(args.out).with_suffix(".nii.gz")
         plans.image_reader_writer_class().write_seg(np.asarray(segmentation), str(written), properties)

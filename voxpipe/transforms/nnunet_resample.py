@@ -90,6 +90,64 @@ def resample(
     return out
 
 
+def resize_segmentation(segmentation: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    """batchgenerators' ``resize_segmentation``, which nnU-Net calls for label maps: order 0 resizes
+    the values; otherwise each label's mask is resized and painted where it reaches 0.5 (labels in
+    ascending order, later ones over earlier ones)."""
+    if order == 0:
+        return resize(segmentation.astype(np.float64), shape, 0).astype(segmentation.dtype)
+    out = np.zeros([int(s) for s in shape], dtype=segmentation.dtype)
+    for value in np.unique(segmentation):
+        out[resize((segmentation == value).astype(np.float64), shape, order) >= 0.5] = value
+    return out
+
+
+def resample_segmentation(
+    segmentation: np.ndarray,
+    shape: Sequence[int],
+    current: Sequence[float],
+    new: Sequence[float],
+    *,
+    order: int = 1,
+    order_z: int = 0,
+    force_separate_z: bool | None = None,
+) -> np.ndarray:
+    """nnU-Net's ``resample_data_or_seg_to_shape(is_seg=True)``: a (1, *spatial) label map to ``shape``
+    (a cascade's previous-stage prediction, resampled as nnU-Net resamples it)."""
+    shape = [int(s) for s in shape]
+    if list(segmentation.shape[1:]) == shape:
+        return segmentation
+    seg = segmentation[0].astype(np.float64)
+    axis = separate_axis(current, new, force_separate_z)
+    out = np.zeros((1, *shape), dtype=segmentation.dtype)
+    if axis is None:
+        out[0] = resize_segmentation(seg, shape, order)
+        return out
+    plane_shape = [s for i, s in enumerate(shape) if i != axis]
+    partial = list(shape)
+    partial[axis] = seg.shape[axis]
+    planes = np.zeros(partial)
+    for k in range(seg.shape[axis]):
+        index: list[Any] = [slice(None)] * 3
+        index[axis] = k
+        planes[tuple(index)] = resize_segmentation(seg[tuple(index)], plane_shape, order)
+    if seg.shape[axis] == shape[axis]:
+        out[0] = planes
+        return out
+    grid = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(float)
+    scale = [p / s for p, s in zip(planes.shape, shape, strict=True)]
+    coords = np.array([f * (g + 0.5) - 0.5 for f, g in zip(scale, grid, strict=True)])
+    if order_z == 0:
+        out[0] = ndimage.map_coordinates(planes, coords, order=0, mode="nearest")
+        return out
+    for value in np.unique(planes):
+        moved = ndimage.map_coordinates(
+            (planes == value).astype(float), coords, order=order_z, mode="nearest"
+        )
+        out[0][np.round(moved) > 0.5] = value
+    return out
+
+
 def _separate(
     channel: np.ndarray,
     shape: Sequence[int],
@@ -337,4 +395,13 @@ def _label_rows(
     return index
 
 
-__all__ = ["ANISOTROPY", "RowResampler", "labels_by_rows", "resample", "resize", "separate_axis"]
+__all__ = [
+    "ANISOTROPY",
+    "RowResampler",
+    "labels_by_rows",
+    "resample",
+    "resample_segmentation",
+    "resize",
+    "resize_segmentation",
+    "separate_axis",
+]

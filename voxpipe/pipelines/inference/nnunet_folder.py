@@ -187,12 +187,7 @@ class NnUNetFolder:
             raise BundleError(str(error), hint=error.hint) from None
         self.configuration_name = name
         previous = self.configuration.get("previous_stage")
-        if previous:
-            raise BundleError(
-                f"{str(self.path / 'plans.json')!r}: configuration {name!r} is a cascade stage (it takes "
-                f"the {previous!r} prediction as input), which voxpipe does not run yet",
-                hint=f"run the {previous!r} model folder of the same plans instead",
-            )
+        self.previous_stage: str | None = str(previous) if previous else None
         self.checkpoints = self._checkpoints(folds, checkpoint)
         channels = self.dataset.get("channel_names") or self.dataset.get("modality") or {}
         self.channels = (
@@ -200,6 +195,26 @@ class NnUNetFolder:
         )
         if not self.channels:
             raise BundleError(f"{str(self.path / 'dataset.json')!r}: expected channel_names, found none")
+
+    def previous_folder(self) -> Path:
+        """A cascade stage's first stage: the sibling folder ``<Trainer>__<Plans>__<previous_stage>``.
+
+        Raises:
+            BundleError: this configuration is no cascade stage, or the sibling folder is missing.
+        """
+        if not self.previous_stage:
+            raise BundleError(
+                f"{str(self.path)!r}: configuration {self.configuration_name!r} has no previous stage"
+            )
+        match = _FOLDER.match(self.path.name)
+        prefix = self.path.name[: match.start("configuration")] if match else ""
+        folder = self.path.parent / f"{prefix}{self.previous_stage}"
+        if not (folder / "plans.json").is_file():
+            raise BundleError(
+                f"{str(folder)!r}: expected the {self.previous_stage!r} model folder beside "
+                f"{self.path.name!r} (a cascade stage takes its prediction as input), found none"
+            )
+        return folder
 
     def _checkpoints(self, folds: Sequence[int | str] | None, name: str) -> list[Path]:
         if folds is None:

@@ -46,7 +46,7 @@ from scipy import ndimage
 from voxpipe.errors import BundleError, InputError
 from voxpipe.pipelines.inference.nnunet_folder import NnUNetFolder
 from voxpipe.transforms.nnunet import gaussian_weights, normalise_channel, window_starts
-from voxpipe.transforms.nnunet_resample import RowResampler, labels_by_rows, resample
+from voxpipe.transforms.nnunet_resample import RowResampler, labels_by_rows, resample, resample_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -220,10 +220,23 @@ class NnUNetPredictor:
         checkpoints = [read_checkpoint(p) for p in self.folder.checkpoints]
         self.mirror_axes = checkpoints[0].mirroring_axes
         source = str(self.folder.path / "plans.json")
+        # a cascade stage: the first stage runs first, its labels are extra input channels (one-hot)
+        self.previous = (
+            NnUNetPredictor(
+                NnUNetFolder(self.folder.previous_folder()),
+                step=step,
+                mirroring=mirroring,
+                fast=fast,
+                channels_last=channels_last,
+            )
+            if self.folder.previous_stage
+            else None
+        )
+        self.foreground = [v for v in self.folder.labels.values if v != 0]
         self.network = network_from_plans(
             self.folder.plans,
             config,
-            input_channels=len(self.folder.channels),
+            input_channels=len(self.folder.channels) + (len(self.foreground) if self.previous else 0),
             num_classes=self.folder.labels.heads,
             source=source,
         ).eval()
@@ -246,6 +259,7 @@ class NnUNetPredictor:
         plans, config = self.folder.plans, self.folder.configuration
         if case.data is None:
             raise RuntimeError("this case was preprocessed already: read it again")
+        previous = self._previous_stage(case) if self.previous is not None else None
         forward = list(plans.get("transpose_forward", range(case.data.ndim - 1)))
         data = case.data.transpose([0, *[i + 1 for i in forward]])
         spacing = [case.spacing[i] for i in forward]
@@ -253,6 +267,10 @@ class NnUNetPredictor:
         mask, box = _nonzero_box(data)
         crop = tuple(slice(a, b) for a, b in box)
         data, mask = data[(slice(None), *crop)], mask[crop]
+        if previous is not None:  # nnU-Net's crop_to_nonzero with a segmentation: outside is -1 ...
+            previous = previous.transpose(forward)[crop].astype(np.int16)
+            previous[(previous == 0) & ~mask] = -1
+            mask = previous >= 0  # ... and the normalisation mask is seg >= 0
         case.properties.update(box=box, shape_after_cropping=data.shape[1:], spacing_transposed=spacing)
         target = list(self.spacing)
         if len(target) < len(data.shape[1:]):
@@ -277,7 +295,7 @@ class NnUNetPredictor:
             config.get("resampling_fn_data_kwargs") or {"order": 3, "order_z": 0, "force_separate_z": None}
         )
         case.properties.update(target_spacing=target, shape_after_resampling=shape)
-        return resample(
+        resampled = resample(
             normalised,
             shape,
             spacing,
@@ -286,6 +304,30 @@ class NnUNetPredictor:
             order_z=int(kwargs.get("order_z", 0)),
             force_separate_z=kwargs.get("force_separate_z"),
         )
+        if previous is None:
+            return resampled
+        seg_kwargs = dict(
+            config.get("resampling_fn_seg_kwargs") or {"order": 1, "order_z": 0, "force_separate_z": None}
+        )
+        previous = resample_segmentation(
+            previous[None],
+            shape,
+            spacing,
+            target,
+            order=int(seg_kwargs.get("order", 1)),
+            order_z=int(seg_kwargs.get("order_z", 0)),
+            force_separate_z=seg_kwargs.get("force_separate_z"),
+        )[0]
+        one_hot = np.stack([previous == value for value in self.foreground]).astype(resampled.dtype)
+        return np.vstack((resampled, one_hot))
+
+    def _previous_stage(self, case: Case) -> np.ndarray:
+        """A cascade's first-stage labels on this case's array (in the reader's order, as nnU-Net reads
+        the first stage's written prediction back)."""
+        assert self.previous is not None and case.data is not None
+        first = Case(case.data.copy(), list(case.spacing), dict(case.geometry), dict(case.properties))
+        logits = self.previous.stream(self.previous.preprocess(first))
+        return self.previous.export(logits, first, to_file=False)
 
     def _rows(
         self, image: torch.Tensor, networks: Sequence[torch.nn.Module]
@@ -492,7 +534,9 @@ class NnUNetPredictor:
             force_separate_z=kwargs.get("force_separate_z"),
         )
 
-    def export(self, logits: torch.Tensor | Iterable[tuple[int, torch.Tensor]], case: Case) -> np.ndarray:
+    def export(
+        self, logits: torch.Tensor | Iterable[tuple[int, torch.Tensor]], case: Case, *, to_file: bool = True
+    ) -> np.ndarray:
         """The label map on the input's array grid (the input file's SimpleITK array order, z, y, x), from the logits (whole,
         or the row blocks of :meth:`stream`): resampled to the cropped shape slab by slab, argmax (or
         the regions' sigmoid > 0.5 in ``regions_class_order``), pasted into the crop box,
@@ -512,7 +556,7 @@ class NnUNetPredictor:
         backward = list(plans.get("transpose_backward", range(full.ndim)))
         full = full.transpose(backward)
         turn = case.properties.get("from_canonical")
-        if turn is not None:  # NibabelIOWithReorient: from RAS back to the file's own voxel order
+        if turn is not None and to_file:  # NibabelIOWithReorient: from RAS back to the file's own voxel order
             from nibabel.orientations import apply_orientation
 
             full = np.ascontiguousarray(
