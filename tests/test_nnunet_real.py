@@ -19,11 +19,11 @@ from voxpipe.pipelines.inference.nnunet_predict import NnUNetPredictor
 
 REAL = {
     # name: (scan under ../shared/data, model options, mirroring)
-    "CT NIfTI (RAS, int32), two folds, resampled 3 → 2.5 mm": (
+    "CT NIfTI (RAS, int32), two folds, resampled 3 → 3.5 mm": (
         "totalsegmentator/example_ct.nii.gz",
         {
-            "spacing": [2.5, 2.5, 2.5],
-            "patch": [32, 32, 32],
+            "spacing": [3.5, 3.5, 3.5],
+            "patch": [48, 48, 48],
             "schemes": ["CTNormalization"],
             "folds": (0, 1),
             "labels": {"background": 0, "liver": 1, "spleen": 2, "kidney": 3},
@@ -59,7 +59,7 @@ REAL = {
     "CT NRRD 0.63 x 0.63 x 5 mm: separate z, regions": (
         "pyradiomics/lung2_image.nrrd",
         {
-            "spacing": [5.0, 1.6, 1.6],
+            "spacing": [5.0, 2.5, 2.5],
             "patch": [16, 64, 64],
             "schemes": ["CTNormalization"],
             "labels": {"background": 0, "lungs": [1, 2], "tumour": 2},
