@@ -116,3 +116,16 @@ def test_a_float32_image_resizes_as_its_float64_copy_bit_for_bit(order):
             np.clip(expected, wide.min(), wide.max(), out=expected)
         assert found.dtype == np.float64
         np.testing.assert_array_equal(found, expected)
+
+
+def test_bands_shift_in_place_as_a_copy_would():
+    from voxpipe.pipelines.inference.nnunet_predict import _shift_rows
+
+    rng = np.random.default_rng(3)
+    for depth in (1, 2, 5, 8, 13):
+        for n in range(1, depth + 1):
+            band = torch.from_numpy(rng.normal(size=(3, depth, 4, 2)).astype(np.float16))
+            expected = torch.zeros_like(band)
+            expected[:, : depth - n] = band[:, n:].clone()
+            _shift_rows(band, n)
+            assert torch.equal(band, expected), (depth, n)

@@ -325,40 +325,43 @@ def labels_by_rows(
     shape = resampler.shape
     slab = slab if resampler.by_rows else shape[0]
     labels = np.zeros(shape, dtype=dtype)
-    held: torch.Tensor | None = None  # input rows [first, first + len)
-    first = 0
+    held: list[tuple[int, torch.Tensor]] = []  # consecutive blocks of input rows, not joined
     done = 0
 
-    def emit(upto: int, available: int) -> None:
-        nonlocal done, held, first
+    def rows(lo: int, hi: int) -> torch.Tensor:
+        """Input rows [lo, hi), joined from the blocks that hold them."""
+        parts = [
+            block[:, max(lo - start, 0) : min(hi - start, block.shape[1])]
+            for start, block in held
+            if start < hi and start + block.shape[1] > lo
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def emit(upto: int) -> None:
+        nonlocal done, held
         while done < upto:
             b = min(done + slab, upto)
             lo, hi = resampler.needs(done, b)
-            assert held is not None and lo >= first and hi <= available, (lo, hi, first, available)
-            labels[done:b] = _label_rows(resampler, held, first, done, b, heads=heads, regions=regions)
+            labels[done:b] = _label_rows(resampler, rows(lo, hi), lo, done, b, heads=heads, regions=regions)
             done = b
             keep = resampler.needs(done, min(done + slab, shape[0]))[0] if done < shape[0] else available
-            if keep > first:
-                held = held[:, keep - first :]
-                first = keep
+            held = [(start, block) for start, block in held if start + block.shape[1] > keep]
 
+    available = 0
     for start, block in blocks:
         block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block))
-        if held is None:
-            held, first = block, start
-        else:
-            assert start == first + held.shape[1], "row blocks must be consecutive"
-            held = torch.cat([held, block], dim=1)
-        available = first + held.shape[1]
+        if start != available:
+            raise RuntimeError(f"row blocks must be consecutive: rows from {start}, expected {available}")
+        held.append((start, block))
+        available = start + block.shape[1]
         if available >= resampler.in_shape[0]:
-            emit(shape[0], available)
+            emit(shape[0])
             continue
-        # the last output row whose input has arrived
-        upto = done
+        upto = done  # the last output row whose input has arrived
         while upto < shape[0] and resampler.needs(upto, upto + 1)[1] <= available:
             upto += 1
         if upto > done:
-            emit(upto, available)
+            emit(upto)
     if done != shape[0]:
         raise RuntimeError(f"the logits covered output rows up to {done} of {shape[0]}")
     return labels
@@ -366,16 +369,15 @@ def labels_by_rows(
 
 def _label_rows(
     resampler: RowResampler,
-    held: torch.Tensor,
-    first: int,
+    source_rows: torch.Tensor,
+    lo: int,
     a: int,
     b: int,
     *,
     heads: int,
     regions: Sequence[int] | None,
 ) -> np.ndarray:
-    lo, hi = resampler.needs(a, b)
-    source = held[:, lo - first : hi - first].numpy()
+    source = source_rows.numpy()
     best: np.ndarray | None = None
     index = np.zeros((b - a, *resampler.shape[1:]), dtype=np.int64)
     for c in range(heads):

@@ -51,6 +51,7 @@ from voxpipe.transforms.nnunet_resample import RowResampler, labels_by_rows, res
 logger = logging.getLogger(__name__)
 
 READERS = ("SimpleITKIO", "NibabelIO", "NibabelIOWithReorient")
+ROWS_PER_BLOCK = 8  # rows of logits handed from the window loop to the export at a time
 
 
 @dataclass
@@ -372,33 +373,30 @@ class NnUNetPredictor:
         skip = self._skip_windows(padded, patch, flat)
 
         def finish(upto: int) -> Iterator[tuple[int, torch.Tensor]]:
-            """Hand on padded rows [base, upto) and shift the bands."""
+            """Hand on padded rows [base, upto), a few rows at a time, and shift the bands."""
             nonlocal base
             n = upto - base
             if n <= 0:
                 return
-            total: torch.Tensor | None = None
-            for band in bands:
-                part = torch.div(band[:, :n], counts[:n])
-                total = part if total is None else total.add_(part)
-            assert total is not None
-            if len(bands) > 1:
-                total /= len(bands)
-            if self.fast:  # rows no window reached: background, with certainty
-                empty = counts[:n] == 0
-                if bool(empty.any()):
-                    total[:, empty] = -10.0 if self.folder.labels.regions is not None else 0.0
-                    if self.folder.labels.regions is None:
-                        total[0][empty] = 10.0
             lo, hi = max(base, inner[0].start), min(upto, inner[0].stop)
-            if hi > lo:
-                block = total[(slice(None), slice(lo - base, hi - base), *inner[1:])]
-                yield lo - inner[0].start, block.contiguous()
-            for band in bands:
-                band[:, : depth - n] = band[:, n:].clone()
-                band[:, depth - n :] = 0
-            counts[: depth - n] = counts[n:].clone()
-            counts[depth - n :] = 0
+            for first in range(lo, hi, ROWS_PER_BLOCK):
+                rows = slice(first - base, min(first + ROWS_PER_BLOCK, hi) - base)
+                total: torch.Tensor | None = None
+                for band in bands:
+                    part = torch.div(band[(slice(None), rows, *inner[1:])], counts[(rows, *inner[1:])])
+                    total = part if total is None else total.add_(part)
+                assert total is not None
+                if len(bands) > 1:
+                    total /= len(bands)
+                if self.fast:  # rows no window reached: background, with certainty
+                    empty = counts[(rows, *inner[1:])] == 0
+                    if bool(empty.any()):
+                        total[:, empty] = -10.0 if self.folder.labels.regions is not None else 0.0
+                        if self.folder.labels.regions is None:
+                            total[0][empty] = 10.0
+                yield first - inner[0].start, total
+            for band in [*bands, counts[None]]:
+                _shift_rows(band, n)
             base = upto
 
         with torch.inference_mode():  # (a generator: autocast is entered per window, not across yields)
@@ -585,6 +583,17 @@ class NnUNetPredictor:
         with atomic_path(path) as tmp:
             sitk.WriteImage(image, str(tmp), True)
         return Path(path)
+
+
+def _shift_rows(band: torch.Tensor, n: int) -> None:
+    """Move rows ``[n, depth)`` of a (C, depth, ...) band to the front and zero the rest, in place:
+    copied front to back in pieces no longer than ``n``, so no piece overlaps its source and no
+    band-sized copy is made (a band of 118 classes is ~2 GB)."""
+    depth = band.shape[1]
+    for start in range(0, depth - n, n):
+        size = min(n, depth - n - start)
+        band[:, start : start + size].copy_(band[:, start + n : start + n + size])
+    band[:, max(depth - n, 0) :] = 0
 
 
 class _FoldNetwork(torch.nn.Module):
