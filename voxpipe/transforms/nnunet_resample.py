@@ -123,20 +123,11 @@ def resample_segmentation(
     if axis is None:
         out[0] = resize_segmentation(seg, shape, order)
         return out
-    plane_shape = [s for i, s in enumerate(shape) if i != axis]
-    partial = list(shape)
-    partial[axis] = seg.shape[axis]
-    planes = np.zeros(partial)
-    for k in range(seg.shape[axis]):
-        index: list[Any] = [slice(None)] * 3
-        index[axis] = k
-        planes[tuple(index)] = resize_segmentation(seg[tuple(index)], plane_shape, order)
+    planes = _in_plane(seg, shape, axis, lambda plane, size: resize_segmentation(plane, size, order))
     if seg.shape[axis] == shape[axis]:
         out[0] = planes
         return out
-    grid = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(float)
-    scale = [p / s for p, s in zip(planes.shape, shape, strict=True)]
-    coords = np.array([f * (g + 0.5) - 0.5 for f, g in zip(scale, grid, strict=True)])
+    coords = _coordinates(planes.shape, shape, (0, shape[0]))
     if order_z == 0:
         out[0] = ndimage.map_coordinates(planes, coords, order=0, mode="nearest")
         return out
@@ -146,6 +137,26 @@ def resample_segmentation(
         )
         out[0][np.round(moved) > 0.5] = value
     return out
+
+
+def _in_plane(volume: np.ndarray, shape: Sequence[int], axis: int, resize_plane: Any) -> np.ndarray:
+    """Every plane of ``volume`` across ``axis`` resized to ``shape`` without ``axis`` (float64)."""
+    plane_shape = [s for i, s in enumerate(shape) if i != axis]
+    partial = list(shape)
+    partial[axis] = volume.shape[axis]
+    planes = np.zeros(partial)
+    for k in range(volume.shape[axis]):
+        index: list[Any] = [slice(None)] * 3
+        index[axis] = k
+        planes[tuple(index)] = resize_plane(volume[tuple(index)], plane_shape)
+    return planes
+
+
+def _coordinates(size: Sequence[int], shape: Sequence[int], rows: tuple[int, int]) -> np.ndarray:
+    """nnU-Net's ``map_coordinates`` grid from ``size`` to ``shape`` (voxel centres), output rows ``rows``."""
+    grid = np.mgrid[rows[0] : rows[1], : shape[1], : shape[2]].astype(float)
+    scale = [p / s for p, s in zip(size, shape, strict=True)]
+    return np.array([f * (g + 0.5) - 0.5 for f, g in zip(scale, grid, strict=True)])
 
 
 def _separate(
@@ -165,22 +176,13 @@ def _separate(
     ``channel`` is the whole input, or for ``axis`` 0 its rows ``[first, first + len)`` of ``total``."""
     a, b = rows
     total = channel.shape[0] if total is None else total
-    plane_shape = [s for i, s in enumerate(shape) if i != axis]
-    partial = list(shape)
-    partial[axis] = channel.shape[axis]
-    planes = np.zeros(partial)
-    for k in range(channel.shape[axis]):
-        index: list[Any] = [slice(None)] * 3
-        index[axis] = k
-        planes[tuple(index)] = resize(channel[tuple(index)], plane_shape, order)
+    planes = _in_plane(channel, shape, axis, lambda plane, size: resize(plane, size, order))
     in_rows = total if axis == 0 else channel.shape[axis]
     if in_rows == shape[axis]:
         return planes[a - first : b - first]
-    grid = np.mgrid[a:b, : shape[1], : shape[2]].astype(float)
     size = list(planes.shape)
     size[0] = total if axis == 0 else size[0]
-    scale = [p / s for p, s in zip(size, shape, strict=True)]
-    coords = np.array([f * (g + 0.5) - 0.5 for f, g in zip(scale, grid, strict=True)])
+    coords = _coordinates(size, shape, rows)
     coords[0] -= first  # an integer: the coordinates stay exactly those of the whole
     return ndimage.map_coordinates(planes, coords, order=order_z, mode="nearest")
 

@@ -292,35 +292,25 @@ class NnUNetPredictor:
             )
         case.data = None  # the full-resolution image: not needed again, and as large as the CT
         del data, mask
-        kwargs = dict(
-            config.get("resampling_fn_data_kwargs") or {"order": 3, "order_z": 0, "force_separate_z": None}
-        )
         case.properties.update(target_spacing=target, shape_after_resampling=shape)
         resampled = resample(
-            normalised,
-            shape,
-            spacing,
-            target,
-            order=int(kwargs.get("order", 3)),
-            order_z=int(kwargs.get("order_z", 0)),
-            force_separate_z=kwargs.get("force_separate_z"),
+            normalised, shape, spacing, target, **self._resampling("resampling_fn_data_kwargs", 3)
         )
         if previous is None:
             return resampled
-        seg_kwargs = dict(
-            config.get("resampling_fn_seg_kwargs") or {"order": 1, "order_z": 0, "force_separate_z": None}
-        )
-        previous = resample_segmentation(
-            previous[None],
-            shape,
-            spacing,
-            target,
-            order=int(seg_kwargs.get("order", 1)),
-            order_z=int(seg_kwargs.get("order_z", 0)),
-            force_separate_z=seg_kwargs.get("force_separate_z"),
-        )[0]
+        options = self._resampling("resampling_fn_seg_kwargs", 1)
+        previous = resample_segmentation(previous[None], shape, spacing, target, **options)[0]
         one_hot = np.stack([previous == value for value in self.foreground]).astype(resampled.dtype)
         return np.vstack((resampled, one_hot))
+
+    def _resampling(self, key: str, order: int) -> dict[str, Any]:
+        """The configuration's resampling options under ``key`` (nnU-Net's defaults where absent)."""
+        kwargs = dict(self.folder.configuration.get(key) or {})
+        return {
+            "order": int(kwargs.get("order", order)),
+            "order_z": int(kwargs.get("order_z", 0)),
+            "force_separate_z": kwargs.get("force_separate_z"),
+        }
 
     def _previous_stage(self, case: Case) -> np.ndarray:
         """A cascade's first-stage labels on this case's array (in the reader's order, as nnU-Net reads
@@ -511,26 +501,14 @@ class NnUNetPredictor:
         return torch.cat([block for _, block in self.stream(data)], dim=1)
 
     def _resampler(self, case: Case, in_shape: Sequence[int]) -> RowResampler:
-        config = self.folder.configuration
-        kwargs = dict(
-            config.get("resampling_fn_probabilities_kwargs")
-            or {"order": 1, "order_z": 0, "force_separate_z": None}
-        )
         spacing = case.properties["spacing_transposed"]
         current = (
             self.spacing
             if len(self.spacing) == len(case.properties["shape_after_cropping"])
             else [spacing[0], *self.spacing]
         )
-        return RowResampler(
-            in_shape,
-            case.properties["shape_after_cropping"],
-            current,
-            spacing,
-            order=int(kwargs.get("order", 1)),
-            order_z=int(kwargs.get("order_z", 0)),
-            force_separate_z=kwargs.get("force_separate_z"),
-        )
+        options = self._resampling("resampling_fn_probabilities_kwargs", 1)
+        return RowResampler(in_shape, case.properties["shape_after_cropping"], current, spacing, **options)
 
     def export(
         self, logits: torch.Tensor | Iterable[tuple[int, torch.Tensor]], case: Case, *, to_file: bool = True
