@@ -460,9 +460,10 @@ class NnUNetPredictor:
         def skip(row: int, start: Sequence[int]) -> bool:
             if flat:
                 (y, x), (py, px) = start, patch
-                return box_sum(row, row + 1, y, y + py, x, x + px) == 0
-            (y, x), (pz, py, px) = start, patch
-            empty = box_sum(row, row + pz, y, y + py, x, x + px) == 0
+                empty = box_sum(row, row + 1, y, y + py, x, x + px) == 0
+            else:
+                (y, x), (pz, py, px) = start, patch
+                empty = box_sum(row, row + pz, y, y + py, x, x + px) == 0
             self.skipped += int(empty)
             return empty
 
