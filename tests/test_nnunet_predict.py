@@ -213,6 +213,11 @@ def run_oracle(folder, images, out, *extra):
     return np.load(out)["segmentation"]
 
 
+def oracle_logits(out):
+    """The fold-averaged float16 logits nnU-Net computed on its preprocessed grid (run_oracle's file)."""
+    return np.load(out)["logits"]
+
+
 CASES = {
     # name: (model options, image options)
     "isotropic CT, two folds, LPS-like direction": (
@@ -319,6 +324,17 @@ def test_labels_equal_nnunets_predictor(tmp_path, name):
     assert found.shape == expected.shape
     differ = int((found != expected).sum())
     assert differ == 0, f"{differ} of {found.size} voxels differ; classes {np.unique(expected).tolist()}"
+    # the numbers behind the labels: logits on the preprocessed grid, and their probabilities
+    from voxpipe.pipelines.inference.nnunet_predict import read_case
+
+    reader = json.loads((folder / "plans.json").read_text())["image_reader_writer"]
+    logits = predictor.logits(predictor.preprocess(read_case(images, reader=reader))).numpy()
+    theirs = oracle_logits(tmp_path / "oracle.npz")
+    assert logits.shape == theirs.shape and logits.dtype == theirs.dtype == np.float16
+    nonlinear = torch.sigmoid if "regions" in name else lambda x: torch.softmax(x, 0)
+    ours_p, theirs_p = (nonlinear(torch.from_numpy(x).float()) for x in (logits, theirs))
+    assert float((ours_p - theirs_p).abs().max()) <= 1e-4
+    assert np.array_equal(logits, theirs)  # in fact to the bit
     written = predictor.write(found, case, tmp_path / "out.nii.gz")
     source, label = sitk.ReadImage(str(image)), sitk.ReadImage(str(written))
     assert label.GetSpacing() == source.GetSpacing() and label.GetDirection() == source.GetDirection()

@@ -93,13 +93,28 @@ def main() -> None:
         previous = first.predict_single_npy_array(image, dict(properties), None, None, False)[None].astype(
             np.float32
         )
+    logits = None
+    if previous is None:  # the fold-averaged logits on nnU-Net's own preprocessed grid, for the test
+        import copy
+
+        preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+        data, _, _ = preprocessor.run_case_npy(
+            image,
+            None,
+            copy.deepcopy(properties),
+            predictor.plans_manager,
+            predictor.configuration_manager,
+            predictor.dataset_json,
+        )
+        logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).numpy()
     segmentation = predictor.predict_single_npy_array(image, properties, previous, None, False)
     if plans.image_reader_writer_class is not SimpleITKIO:  # the reader's own writer: back to file order
         written = Path(args.out).with_suffix(".nii.gz")
         plans.image_reader_writer_class().write_seg(np.asarray(segmentation), str(written), properties)
         reread = SimpleITKIO().read_seg(str(written))[0][0]
         segmentation = reread
-    np.savez_compressed(args.out, segmentation=np.asarray(segmentation))
+    extra = {} if logits is None else {"logits": logits}
+    np.savez_compressed(args.out, segmentation=np.asarray(segmentation), **extra)
 
 
 if __name__ == "__main__":
