@@ -135,3 +135,12 @@ def test_a_model_folder_is_read_and_what_is_missing_is_named(tmp_path):
     (other / "plans.json").write_text("{not json")
     with pytest.raises(BundleError, match="plans.json'.*expected JSON"):
         NnUNetFolder(other)
+
+
+def test_plans_with_another_resampling_function_are_refused_by_name(tmp_path):
+    folder = _folder(tmp_path)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["resampling_fn_data"] = "resample_torch_fornnunet"
+    (folder / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(BundleError, match="resampling_fn_data: expected.*found 'resample_torch_fornnunet'"):
+        NnUNetFolder(folder)

@@ -23,6 +23,9 @@ from typing import Any
 from voxpipe.errors import BundleError, InputError
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
+#: The resampling functions voxpipe reproduces (nnU-Net's default planners name this one).
+RESAMPLING = ("resample_data_or_seg_to_shape",)
+
 _FOLDER = re.compile(r"^(?P<trainer>[^_]+(?:_[^_]+)*)__(?P<plans>.+)__(?P<configuration>[^_].*)$")
 
 
@@ -186,6 +189,15 @@ class NnUNetFolder:
         except InputError as error:
             raise BundleError(str(error), hint=error.hint) from None
         self.configuration_name = name
+        for key in ("resampling_fn_data", "resampling_fn_seg", "resampling_fn_probabilities"):
+            function = self.configuration.get(key)
+            if function not in (None, *RESAMPLING):
+                raise BundleError(
+                    f"{str(self.path / 'plans.json')!r}: configurations.{name}.{key}: expected one of "
+                    f"{list(RESAMPLING)}, found {function!r}",
+                    hint="voxpipe runs nnU-Net's default resampling; plans made with another resampling "
+                    "planner would give other numbers",
+                )
         previous = self.configuration.get("previous_stage")
         self.previous_stage: str | None = str(previous) if previous else None
         self.checkpoints = self._checkpoints(folds, checkpoint)
