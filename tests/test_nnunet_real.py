@@ -19,10 +19,10 @@ from voxpipe.pipelines.inference.nnunet_predict import NnUNetPredictor
 
 REAL = {
     # name: (scan under ../shared/data, model options, mirroring)
-    "CT NIfTI (RAS, int32), two folds, resampled 3 → 3.5 mm": (
+    "CT NIfTI (RAS, int32), two folds, resampled 3 → 4 mm": (
         "totalsegmentator/example_ct.nii.gz",
         {
-            "spacing": [3.5, 3.5, 3.5],
+            "spacing": [4.0, 4.0, 4.0],
             "patch": [48, 48, 48],
             "schemes": ["CTNormalization"],
             "folds": (0, 1),

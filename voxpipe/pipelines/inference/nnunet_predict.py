@@ -417,7 +417,9 @@ class NnUNetPredictor:
                                 prediction += torch.flip(network(torch.flip(window, flip)).float(), flip)
                         if combos:
                             prediction /= len(combos) + 1
-                        band[(slice(None), *local)] += prediction[0] * gaussian
+                        weighted = prediction[0]
+                        weighted *= gaussian  # in place, as nnU-Net does: no second C x patch array
+                        band[(slice(None), *local)] += weighted
                     counts[local] += gaussian
             yield from finish(padded_shape[0])
 
