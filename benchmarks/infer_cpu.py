@@ -374,8 +374,9 @@ def real(args: argparse.Namespace) -> None:
 def memory(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        phantoms = Path(args.phantoms) if args.phantoms else folder  # building the CT takes minutes
         image, _ = clinical_case(
-            folder, 300, spacing_xy=0.75, spacing_z=0.8, slices=600, name="ct_512x512x600"
+            phantoms, 300, spacing_xy=0.75, spacing_z=0.8, slices=600, name="ct_512x512x600"
         )
         bundle, extra, budget = BUNDLE, {}, 2.0
         if (
@@ -540,6 +541,9 @@ def main() -> None:
         help="--memory: output classes (not 3: a random-init network with that many, voxpipe alone; budget 4 GiB)",
     )
     parser.add_argument("--no-monai", action="store_true", help="--memory: voxpipe alone")
+    parser.add_argument(
+        "--phantoms", help="--memory: keep the 600-slice phantom in this folder and reuse it in later runs"
+    )
     parser.add_argument(
         "--size", type=int, nargs=3, default=[256, 256, 160], help="--network-only: volume size"
     )

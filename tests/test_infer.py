@@ -332,6 +332,28 @@ def test_structure_mean_and_std_equal_numpys():
         assert stats[name]["std"] == pytest.approx(inside.std(), rel=1e-10)
 
 
+def test_many_structures_at_once_equal_numpys_per_structure_and_absent_ones_have_no_mean():
+    from voxpipe.pipelines.inference.stats import case_statistics
+
+    rng = np.random.default_rng(1)
+    label = rng.integers(0, 40, (23, 17, 41)).astype(np.uint8)
+    label[label == 7] = 0  # absent
+    image = rng.integers(-1024, 3000, label.shape).astype(np.int16)
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    names = {k: f"s{k}" for k in range(0, 45)}  # 40..44 absent too
+    stats = case_statistics(label, affine, names=names, image=image)
+    assert "s0" not in stats
+    for value in range(1, 45):
+        inside = image[label == value].astype(np.float64)
+        entry = stats[f"s{value}"]
+        assert entry["volume_ml"] == pytest.approx(inside.size * 0.7 * 0.8 * 2.5 / 1000, rel=1e-12)
+        if inside.size == 0:
+            assert entry["mean"] is None and entry["std"] is None
+        else:
+            assert entry["mean"] == pytest.approx(inside.mean(), rel=1e-12)
+            assert entry["std"] == pytest.approx(inside.std(), rel=1e-10)
+
+
 def test_organ_roi_gives_the_same_labels_and_says_what_it_chose(
     liver_bundle, oracle_weights, tmp_path, caplog
 ):

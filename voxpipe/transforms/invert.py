@@ -10,12 +10,22 @@ values outside the network grid, then argmax, as ``Invertd(nearest_interp=False)
 through the two affines MONAI tracks (the source's ``original_affine`` and the preprocessed image's
 ``affine``, which already account for orientation, spacing and crops) and interpolates one slab of
 source slices at a time, keeping only the uint8 labels (and, if asked, float16 probabilities).
+
+On axis-aligned grids (any storage flips; not oblique or axis-swapped ones) the work is done by
+:class:`SourceArgmax`, which takes the network grid's rows in order along its first axis and
+interpolates each 16-row slab of the source grid as soon as the rows it reads have arrived. So the
+inferer can hand it rows as its windows finish
+(:func:`voxpipe.pipelines.inference.sliding_window.stream_sliding_window`; the inference engine
+links the two when ``ResampleArgmaxd`` starts a bundle's post-processing) and the C × network grid
+of logits is never held: with 100 classes on a 600-slice CT that is 2.5 GB in float16. The whole-grid
+path feeds the same class in blocks of rows, so both give the same labels.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +39,12 @@ from voxpipe.errors import InputError
 from voxpipe.transforms.postprocess import foreground_box
 
 logger = logging.getLogger(__name__)
+
+SOURCE_ROWS = 16  # source rows (first axis) interpolated together by SourceArgmax: its unit of streaming
+FEED_ROWS = 8  # network rows resample_argmax hands to SourceArgmax at once
+#: Metadata flag of a prediction that already is the label map on the source grid (the inferer streamed
+#: its rows through :meth:`ResampleArgmaxd.streamer`); ResampleArgmaxd passes it through.
+SOURCE_LABELS = "voxpipe_labels_on_source_grid"
 
 
 def _matrix(affine: Any) -> np.ndarray:
@@ -77,7 +93,22 @@ def resample_argmax(
     # grid_sample reads (N, C, D, H, W) with grid (x→W, y→H, z→D): our X, Y, Z are D, H, W.
     matrix, offset = matrix.flip(0).float(), offset.flip(0).float()
     volume = probabilities.detach().cpu()
-    volume = (volume if volume.dtype in (torch.float16, torch.bfloat16) else volume.float())[None]
+    volume = volume if volume.dtype in (torch.float16, torch.bfloat16) else volume.float()
+    if separable(mapping):  # axis-aligned grids (flips included): slab by slab, as when streamed
+        stream = SourceArgmax(
+            classes=classes,
+            source_affine=source_affine,
+            network_affine=network_affine,
+            source_shape=(sx, sy, sz),
+            network_shape=volume.shape[1:],
+            softmax=softmax,
+            keep_probabilities=keep_probabilities,
+            slab=slab,
+        )
+        for start in range(0, volume.shape[1], FEED_ROWS):  # as the sliding window hands them on
+            stream.add(start, volume[:, start : start + FEED_ROWS])
+        return stream.result()
+    volume = volume[None]
     slab = (
         max(1, int(slab) * 4 // max(classes, 4)) if classes > 4 else int(slab)
     )  # a slab's block: ~4 classes' worth
@@ -92,12 +123,6 @@ def resample_argmax(
     if region is None:
         return labels, kept  # class 0 wins everywhere on the network grid, so everywhere on the source grid
     (x0, x1), (y0, y1), (z0, z1) = region
-    linear = mapping[:3, :3]
-    if np.allclose(
-        linear, np.diag(np.diag(linear)), atol=1e-9
-    ):  # axis-aligned grids (flips included): separable
-        _separable(volume[0], mapping, region, slab, labels, kept, label_dtype, softmax)
-        return labels, kept
     volume = volume.float()  # grid_sample: oblique grids, rare; the whole volume in float32
     if softmax:
         volume = torch.softmax(volume, dim=1)
@@ -147,50 +172,6 @@ def _axis(
     )
 
 
-def _separable(
-    volume: torch.Tensor,
-    mapping: np.ndarray,
-    region: list[tuple[int, int]],
-    slab: int,
-    labels: torch.Tensor,
-    kept: torch.Tensor | None,
-    label_dtype: torch.dtype,
-    softmax: bool = False,
-) -> None:
-    """Trilinear interpolation as three 1D linear interpolations (z, then y, then x), for axis-aligned grids.
-
-    The same values as ``grid_sample(bilinear, border, align_corners=True)`` (trilinear is the tensor
-    product of 1D linear interpolations), at a fraction of the work: each output voxel costs three
-    lerps of already-reduced data instead of eight gathers, and the network voxels outside the
-    region are never touched.
-    """
-    (x0, x1), (y0, y1), (z0, z1) = region
-    _, nx, ny, nz = volume.shape
-    xl, xh, xw = _axis(mapping, 0, x0, x1, nx)
-    yl, yh, yw = _axis(mapping, 1, y0, y1, ny)
-    xa, xb = int(min(xl.min(), xh.min())), int(max(xl.max(), xh.max())) + 1  # network rows the region needs
-    ya, yb = int(min(yl.min(), yh.min())), int(max(yl.max(), yh.max())) + 1
-    part = volume[:, xa:xb, ya:yb]
-    xl, xh, yl, yh = xl - xa, xh - xa, yl - ya, yh - ya
-    for start in range(z0, z1, slab):
-        stop = min(start + slab, z1)
-        zl, zh, zw = _axis(mapping, 2, start, stop, nz)
-        lower, upper = _block(part, zl, softmax), _block(part, zh, softmax)
-        values = torch.lerp(lower, upper, zw)  # (C, X', Y', k)
-        del lower, upper
-        values = torch.lerp(values.index_select(2, yl), values.index_select(2, yh), yw[:, None])
-        values = torch.lerp(values.index_select(1, xl), values.index_select(1, xh), xw[:, None, None])
-        labels[x0:x1, y0:y1, start:stop] = channel_argmax(values, label_dtype)
-        if kept is not None:
-            kept[:, x0:x1, y0:y1, start:stop] = values.to(torch.float16)
-
-
-def _block(part: torch.Tensor, index: torch.Tensor, softmax: bool) -> torch.Tensor:
-    """``part``'s network slices ``index`` (last axis) in float32, softmaxed over classes when asked."""
-    block = part.index_select(3, index).float()
-    return torch.softmax(block, dim=0) if softmax else block
-
-
 def _changing_region(
     volume: torch.Tensor, mapping: np.ndarray, source_shape: Sequence[int]
 ) -> list[tuple[int, int]] | None:
@@ -217,6 +198,185 @@ def _changing_region(
     if (high <= low).any():
         return None
     return [(int(a), int(b)) for a, b in zip(low, high, strict=True)]
+
+
+def separable(mapping: np.ndarray) -> bool:
+    """Whether a source voxel → network voxel mapping is axis-aligned (scaling, flips, shifts: no
+    rotation or axis swap), so trilinear interpolation separates into three 1D interpolations."""
+    linear = mapping[:3, :3]
+    return bool(
+        np.allclose(linear, np.diag(np.diag(linear)), atol=1e-9) and np.all(np.abs(np.diag(linear)) > 1e-9)
+    )
+
+
+class SourceArgmax:
+    """Source-grid labels from rows of network-grid class scores, handed on in order along the first axis.
+
+    The source grid is cut into slabs of :data:`SOURCE_ROWS` rows of its first axis; a slab is
+    interpolated (:func:`resample_argmax`'s numbers) as soon as the network rows it reads have
+    arrived, and network rows no slab still needs are dropped. So a sliding window that hands on
+    finished rows (:func:`voxpipe.pipelines.inference.sliding_window.stream_sliding_window`) never
+    needs the C × network grid, and :func:`resample_argmax`, which hands on the whole grid at once,
+    computes the same slabs the same way: the labels do not depend on how the rows arrive.
+
+    Only for axis-aligned grids (:func:`separable`); oblique or axis-swapped grids take
+    :func:`resample_argmax`'s ``grid_sample`` path over the whole grid.
+
+    Args:
+        classes: channels of the rows (None: taken from the first rows).
+        source_affine, network_affine: 4 × 4 voxel → world (mm) of the two grids.
+        source_shape, network_shape: ``(X, Y, Z)`` of each.
+        softmax: the rows are logits (the softmax is taken block by block).
+        keep_probabilities: also keep the interpolated values, float16 ``(C, X, Y, Z)``.
+        slab: sets how many values are interpolated at once: ``slab`` source slices of the whole
+            first two axes, for 4 classes.
+    """
+
+    def __init__(
+        self,
+        *,
+        classes: int | None,
+        source_affine: np.ndarray,
+        network_affine: np.ndarray,
+        source_shape: Sequence[int],
+        network_shape: Sequence[int],
+        softmax: bool = False,
+        keep_probabilities: bool = False,
+        slab: int = 16,
+    ) -> None:
+        self.mapping = np.linalg.inv(np.asarray(network_affine, dtype=np.float64)) @ np.asarray(
+            source_affine, dtype=np.float64
+        )
+        if not separable(self.mapping):
+            raise ValueError("SourceArgmax: the grids are not axis-aligned; use resample_argmax")
+        self.classes, self.softmax = (None if classes is None else int(classes)), bool(softmax)
+        self.keep_probabilities = bool(keep_probabilities)
+        self.source_shape = tuple(int(v) for v in source_shape)
+        self.network_shape = tuple(int(v) for v in network_shape)
+        sx, sy, sz = self.source_shape
+        self.budget = max(1, int(slab)) * sx * sy * 4  # values per block: as slab slices of 4 classes
+        self.labels: torch.Tensor | None = None
+        self.kept: torch.Tensor | None = None
+        self.axes = [
+            _axis(self.mapping, axis, 0, size, self.network_shape[axis])
+            for axis, size in enumerate(self.source_shape)
+        ]
+        lower, upper, _ = self.axes[0]
+        self.pending = [
+            (
+                start,
+                min(start + SOURCE_ROWS, sx),
+                int(lower[start : start + SOURCE_ROWS].min()),
+                int(upper[start : start + SOURCE_ROWS].max()),
+            )
+            for start in range(0, sx, SOURCE_ROWS)
+        ]
+        self.held: torch.Tensor | None = None
+        self.held_start = 0
+        self.next_row = 0
+        self.seconds = 0.0  # spent here, for --timings (the stitcher calls add from inside the inferer)
+
+    def add(self, start: int, rows: torch.Tensor) -> None:
+        """Network rows ``start`` to ``start + n`` of all channels, ``(C, n, Y, Z)``; kept (not copied)
+        while a slab still needs them, so the caller must not write into ``rows`` afterwards."""
+        began = time.perf_counter()
+        if self.classes is None:
+            self.classes = int(rows.shape[0])
+        if self.labels is None:
+            self.labels = torch.zeros(
+                self.source_shape, dtype=torch.uint8 if self.classes <= 256 else torch.int16
+            )
+            if self.keep_probabilities:
+                self.kept = torch.empty((self.classes, *self.source_shape), dtype=torch.float16)
+        if (
+            start != self.next_row
+            or tuple(rows.shape[2:]) != self.network_shape[1:]
+            or rows.shape[0] != self.classes
+        ):
+            raise ValueError(
+                f"SourceArgmax: expected rows from {self.next_row} of shape ({self.classes}, n, "
+                f"{self.network_shape[1]}, {self.network_shape[2]}), found rows from {start} of {tuple(rows.shape)}"
+            )
+        rows = rows.detach().cpu()
+        # float32 probabilities, row by row (so the numbers do not depend on how rows are grouped):
+        # each network voxel's softmax is taken once, not once for every source slice that reads it
+        prepared = torch.empty(rows.shape, dtype=torch.float32)
+        for row in range(rows.shape[1]):
+            values = rows[:, row].contiguous().float()
+            prepared[:, row] = torch.softmax(values, dim=0) if self.softmax else values
+        rows = prepared
+        self.held = rows if self.held is None else torch.cat([self.held, rows], dim=1)
+        self.next_row += rows.shape[1]
+        waiting = []
+        for slab in self.pending:
+            if slab[3] < self.next_row:
+                self._slab(*slab)
+            else:
+                waiting.append(slab)
+        self.pending = waiting
+        keep_from = min(min((slab[2] for slab in waiting), default=self.next_row), self.next_row)
+        if keep_from > self.held_start:  # a copy, so that the block the rows came in can be freed
+            self.held = self.held[:, keep_from - self.held_start :].clone()
+            self.held_start = keep_from
+        self.seconds += time.perf_counter() - began
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(labels, probabilities_or_None)`` once every network row has been added."""
+        if self.pending or self.next_row != self.network_shape[0]:
+            raise ValueError(
+                f"SourceArgmax: {self.next_row} of {self.network_shape[0]} network rows added; the labels are incomplete"
+            )
+        self.held = None
+        assert self.labels is not None
+        return self.labels, self.kept
+
+    def _range(self, axis: int, start: int, stop: int, low: int, high: int) -> tuple[int, int] | None:
+        """The source indices of ``start:stop`` along ``axis`` whose two network neighbours reach ``low..high``."""
+        lower, upper, _ = self.axes[axis]
+        hits = np.flatnonzero(((upper[start:stop] >= low) & (lower[start:stop] <= high)).numpy())
+        return None if hits.size == 0 else (start + int(hits[0]), start + int(hits[-1]) + 1)
+
+    def _slab(self, s0: int, s1: int, lo: int, hi: int) -> None:
+        """Interpolate source rows ``s0:s1``, which read network rows ``lo..hi``."""
+        assert self.held is not None and self.labels is not None and self.classes is not None
+        part = self.held[:, lo - self.held_start : hi - self.held_start + 1]
+        _, sy, sz = self.source_shape
+        if self.kept is not None:
+            region = [(s0, s1), (0, sy), (0, sz)]
+        else:
+            # Trilinear interpolation is a convex combination of the 8 network voxels around a point:
+            # where class 0 is the argmax at all of them it stays the argmax (ties go to the first
+            # class), so only source voxels with a neighbour of another class are interpolated.
+            box = foreground_box((channel_argmax(part, torch.int16) != 0).numpy(), 0)
+            if box is None:
+                return
+            ranges = [
+                self._range(0, s0, s1, lo + box[0].start, lo + box[0].stop - 1),
+                self._range(1, 0, sy, box[1].start, box[1].stop - 1),
+                self._range(2, 0, sz, box[2].start, box[2].stop - 1),
+            ]
+            if any(r is None for r in ranges):
+                return
+            region = [r for r in ranges if r is not None]
+        (x0, x1), (y0, y1), (z0, z1) = region
+        xl, xh, xw = (v[x0:x1] for v in self.axes[0])
+        yl, yh, yw = (v[y0:y1] for v in self.axes[1])
+        xl, xh = xl - lo, xh - lo
+        ya, yb = int(min(yl.min(), yh.min())), int(max(yl.max(), yh.max())) + 1
+        part = part[:, :, ya:yb]
+        yl, yh = yl - ya, yh - ya
+        step = max(1, self.budget // (self.classes * (x1 - x0) * (y1 - y0)))
+        for start in range(z0, z1, step):
+            stop = min(start + step, z1)
+            zl, zh, zw = (v[start:stop] for v in self.axes[2])
+            lower, upper = part.index_select(3, zl), part.index_select(3, zh)
+            values = torch.lerp(lower, upper, zw)  # (C, X', Y', k)
+            del lower, upper
+            values = torch.lerp(values.index_select(2, yl), values.index_select(2, yh), yw[:, None])
+            values = torch.lerp(values.index_select(1, xl), values.index_select(1, xh), xw[:, None, None])
+            self.labels[x0:x1, y0:y1, start:stop] = channel_argmax(values, self.labels.dtype)
+            if self.kept is not None:
+                self.kept[:, x0:x1, y0:y1, start:stop] = values.to(torch.float16)
 
 
 class ResampleArgmaxd(MapTransform):
@@ -266,6 +426,18 @@ class ResampleArgmaxd(MapTransform):
         shape = [int(v) for v in np.asarray(meta["spatial_shape"]).ravel()]
         for key in self.key_iterator(d):
             pred = d[key]
+            if bool(getattr(pred, "meta", {}).get(SOURCE_LABELS, False)):  # streamed by the inferer
+                if tuple(pred.shape) != (1, *shape):
+                    raise InputError(
+                        f"{key!r}: expected labels (1, {', '.join(map(str, shape))}) on the source grid from the "
+                        f"streaming inferer, found shape {tuple(pred.shape)}"
+                    )
+                d[key] = MetaTensor(
+                    torch.as_tensor(pred).as_subclass(torch.Tensor),
+                    affine=torch.as_tensor(source_affine),
+                    meta={"filename_or_obj": meta.get("filename_or_obj")},
+                )
+                continue
             labels, probabilities = resample_argmax(
                 torch.as_tensor(pred),
                 source_affine=source_affine,
@@ -288,6 +460,35 @@ class ResampleArgmaxd(MapTransform):
                 meta={"filename_or_obj": meta.get("filename_or_obj")},
             )
         return d
+
+    def streamer(self, inputs: Any) -> SourceArgmax | None:
+        """A :class:`SourceArgmax` that turns the inferer's rows of logits for ``inputs`` (the batched
+        preprocessed image, ``(1, C, X, Y, Z)``) into this transform's labels as they are stitched; None
+        when this transform must see the whole prediction (probabilities are saved, the grids are not
+        axis-aligned, the source geometry is not in ``inputs``' metadata)."""
+        meta = getattr(inputs, "meta", None)
+        if (
+            self.probabilities_dir is not None
+            or meta is None
+            or not hasattr(inputs, "affine")
+            or any(k not in meta for k in ("original_affine", "spatial_shape"))
+            or inputs.ndim != 5
+            or inputs.shape[0] != 1
+        ):
+            return None
+        source_affine = _matrix(meta["original_affine"]).reshape(-1, 4, 4)[0]
+        network_affine = _matrix(inputs.affine).reshape(-1, 4, 4)[0]
+        if not separable(np.linalg.inv(network_affine) @ source_affine):
+            return None
+        return SourceArgmax(
+            classes=None,
+            source_affine=source_affine,
+            network_affine=network_affine,
+            source_shape=[int(v) for v in np.asarray(meta["spatial_shape"]).ravel()[:3]],
+            network_shape=inputs.shape[2:],
+            softmax=self.softmax,
+            slab=self.slab,
+        )
 
     def _save_probabilities(
         self, probabilities: torch.Tensor, affine: np.ndarray, source: str, case: str | None

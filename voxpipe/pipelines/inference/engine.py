@@ -155,6 +155,7 @@ class InferenceEngine:
                 self.evaluator.remove_event_handler(loader, Events.STARTED)
                 STATS.weight_loads += 1
         self.writers = _writers(parser)
+        self.streamed = _link_streaming(parser, self.evaluator)
 
     def set_output_dir(self, output_dir: str | os.PathLike[str]) -> None:
         """Point the bundle's writers (voxpipe's ``SaveLabelLiked``, MONAI's ``SaveImage(d)``, the
@@ -265,6 +266,36 @@ def _writers(parser: Any) -> list[tuple[Any, str]]:
             if layout is not None and hasattr(layout, "output_dir"):
                 found.append((layout, "output_dir"))
     return found
+
+
+def _link_streaming(parser: Any, evaluator: Any) -> bool:
+    """Let the inferer hand its logits to the post-processing's ``ResampleArgmaxd`` row block by row
+    block (no C × network grid; the same labels) when that transform comes first and reads the
+    evaluator's ``pred`` against its ``image``, and the inferer is voxpipe's. Returns whether it did.
+
+    Why here: the inferer and the post-processing are separate config entries; only the engine, which
+    runs both for every case, knows that nothing between them reads the whole prediction.
+    """
+    from voxpipe.pipelines.inference.sliding_window import FastSlidingWindowInferer
+    from voxpipe.transforms.invert import ResampleArgmaxd
+
+    if "postprocessing" not in parser:
+        return False
+    chain = list(_flatten(getattr(parser.get_parsed_content("postprocessing"), "transforms", []) or []))
+    first = chain[0] if chain else None
+    if (
+        not isinstance(first, ResampleArgmaxd)
+        or tuple(first.keys) != ("pred",)
+        or first.reference_key != "image"
+    ):
+        return False
+    inferer = getattr(evaluator, "inferer", None)
+    while inferer is not None and not isinstance(inferer, FastSlidingWindowInferer):
+        inferer = getattr(inferer, "__dict__", {}).get("inferer")  # voxpipe's timing wrapper
+    if inferer is None or not inferer.stream:
+        return False
+    inferer.stream_into = first
+    return True
 
 
 def _flatten(transforms: Sequence[Any]) -> Iterator[Any]:

@@ -62,21 +62,38 @@ def largest_diameter_mm(mask: np.ndarray, affine: np.ndarray) -> float:
     return longest
 
 
-def _masked_mean_std(image: np.ndarray, mask: np.ndarray, *, slab: int = 16) -> tuple[float, float]:
-    """Mean and standard deviation of ``image`` inside ``mask`` (count > 0), two passes over slabs of
-    the last axis in float64: no float64 copy of every voxel of a structure (800 MB for a large organ)."""
-    image = np.asarray(image)
-    count, total = 0, 0.0
-    for start in range(0, mask.shape[-1], slab):
-        values = image[..., start : start + slab][mask[..., start : start + slab]]
-        count += values.size
-        total += float(values.sum(dtype=np.float64))
-    mean = total / count
-    squares = 0.0
-    for start in range(0, mask.shape[-1], slab):
-        values = image[..., start : start + slab][mask[..., start : start + slab]].astype(np.float64)
-        squares += float(np.square(values - mean).sum())
-    return mean, float(np.sqrt(squares / count))
+def _moments(
+    label: np.ndarray, image: np.ndarray | None, classes: int, *, slab: int = 16
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Voxel count, and mean and standard deviation of ``image``, of every label value ``0..classes-1``.
+
+    Two passes over slabs of the last axis, each voxel's value added to its label's sum by
+    ``np.bincount`` in float64 (the second pass: squared deviations from the mean): every structure
+    at once, where one mask per structure read the whole map once per class (100 classes: a minute
+    on a 600-slice CT), and no float64 copy of a structure's voxels. Means and deviations are NaN
+    for absent values.
+    """
+    counts = np.zeros(classes, dtype=np.int64)
+    sums = np.zeros(classes) if image is not None else None
+    depth = label.shape[-1]
+    for start in range(0, depth, slab):
+        part = label[..., start : start + slab].ravel()
+        counts += np.bincount(part, minlength=classes)[:classes]
+        if sums is not None:
+            values = np.asarray(image[..., start : start + slab], dtype=np.float64).ravel()
+            sums += np.bincount(part, weights=values, minlength=classes)[:classes]
+    if sums is None:
+        return counts, None, None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+    squares = np.zeros(classes)
+    lookup = np.nan_to_num(means)
+    for start in range(0, depth, slab):
+        part = label[..., start : start + slab].ravel()
+        deviations = np.asarray(image[..., start : start + slab], dtype=np.float64).ravel() - lookup[part]
+        squares += np.bincount(part, weights=deviations * deviations, minlength=classes)[:classes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return counts, means, np.sqrt(squares / counts)
 
 
 def case_statistics(
@@ -94,16 +111,24 @@ def case_statistics(
         for every named non-zero label (absent structures have volume 0 and no mean).
     """
     voxel_ml = float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
+    label = np.asarray(label)
+    if label.dtype.kind not in "iu" or (label.size and int(label.min()) < 0):
+        label = label.astype(np.int64)  # values bincount cannot index are nobody's structure
+        label[label < 0] = 0
+    classes = max([int(v) for v in names] + [int(label.max()) if label.size else 0]) + 1
+    counts, means, stds = _moments(label, image, classes)
     stats: dict[str, Any] = {}
     for value, name in sorted(names.items()):
-        if int(value) == 0:
+        if int(value) <= 0:
             continue
-        mask = label == int(value)
-        count = int(mask.sum())
+        count = int(counts[int(value)])
         entry: dict[str, Any] = {"volume_ml": count * voxel_ml}
-        if image is not None:
-            entry["mean"], entry["std"] = _masked_mean_std(image, mask) if count else (None, None)
+        if means is not None and stds is not None:
+            entry["mean"], entry["std"] = (
+                (float(means[int(value)]), float(stds[int(value)])) if count else (None, None)
+            )
         if int(value) in {int(v) for v in lesion_labels}:
+            mask = label == int(value)
             box = foreground_box(mask)  # label components in the lesions' bounding box, not the whole scan
             lesions = np.ascontiguousarray(mask[box] if box else mask).view(np.uint8)
             components = SlabComponents(lesions, [1])  # bounded memory for a fragmented prediction

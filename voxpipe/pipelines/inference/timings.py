@@ -14,7 +14,8 @@ Stages, by transform class:
 - *intensity*: the other preprocessing transforms;
 - *network*: the forward passes;
 - *stitch*: the rest of the inferer (window grid, blending, TTA flips);
-- *invert*: Activationsd, ResampleArgmaxd, Invertd, AsDiscreted;
+- *invert*: Activationsd, ResampleArgmaxd, Invertd, AsDiscreted (and ResampleArgmaxd's work inside
+  the inferer when the rows are streamed into it);
 - *post-process*: PostProcessd and MONAI's component filters;
 - *write*: SaveLabelLiked, SaveImaged;
 - *statistics* and *DICOM-SEG*: after the run.
@@ -237,7 +238,11 @@ class _TimedInferer:
         finally:
             _synchronise()
             network_seconds = self.timings.seconds.get("network", 0.0) - before
-            self.timings.add("stitch", time.perf_counter() - started - network_seconds)
+            # a streamed inversion (FastSlidingWindowInferer.stream) runs inside the inferer
+            invert_seconds = float(getattr(self.inferer, "last_counts", {}).get("invert_seconds", 0.0))
+            if invert_seconds:
+                self.timings.add("invert", invert_seconds)
+            self.timings.add("stitch", time.perf_counter() - started - network_seconds - invert_seconds)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inferer, name)

@@ -1,0 +1,28 @@
+"""benchmarks/gpu_check.py, the script a lent GPU runs, works: here on the CPU, small, every part."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_every_part_on_the_cpu(capsys):
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--device", "cpu", "--quick", "--init-filters", "8"])
+    inference = report["inference"]
+    assert set(inference["seconds"]) == {"cpu fp32", "cpu auto"}
+    agreement = inference["agreement"]["cpu auto vs cpu fp32"]
+    assert all(0.0 <= value <= 1.0 for value in agreement.values())
+    stitched = report["stitching"]
+    assert stitched["stitch on input"]["output device"] == stitched["stitch on cpu"]["output device"] == "cpu"
+    assert stitched["100 classes streamed"]["rows handed on"] == 64  # every row of the 64-row grid, once
+    assert report["training"]["finite"] and not math.isnan(report["training"]["last loss"])
+    assert '"training"' in capsys.readouterr().out
