@@ -182,7 +182,10 @@ class InferenceEngine:
         loader = DataLoader(Dataset([prepared], transform=None), batch_size=1, num_workers=0, shuffle=False)
         self.evaluator.data_loader = loader
         self.evaluator.state.epoch_length = len(loader)  # built on an empty datalist: 0 iterations otherwise
-        self.evaluator.run()
+        try:
+            self.evaluator.run()
+        finally:  # the case's arrays (its label map, its network-grid image) are not kept to the next case
+            self.evaluator.state.batch = self.evaluator.state.output = None
         STATS.cases += 1
 
     def run(self, cases: Sequence[Any], *, item: Callable[[Any], dict[str, Any]]) -> Iterator[CaseResult]:

@@ -386,11 +386,11 @@ def infer_with_bundle(
     written = [p for p in images if _key(p) not in failures]
     unwritten_summaries = ""
     try:
-        started = time.perf_counter()
-        if statistics and outputs:
-            _write_statistics(bundle_dir, overrides or {}, written, out_dir, output, shard=shard)
-        if timings is not None and statistics and outputs:
-            timings.add("statistics", time.perf_counter() - started)
+        if statistics and outputs:  # timed like a stage, with the peak memory it raised
+            write = (
+                timings.timed("statistics", _write_statistics) if timings is not None else _write_statistics
+            )
+            write(bundle_dir, overrides or {}, written, out_dir, output, shard=shard)
         started = time.perf_counter()
         if dicom_seg:
             from voxpipe.transforms.dicom_seg import write_dicom_seg
@@ -553,9 +553,12 @@ def _write_statistics(
     per_case = {}
     for image in images:
         label = load_volume(output(image))
-        source = load_volume(_first(image), channels=True)  # a multi-channel image: statistics of channel 0
-        array = source.array[0] if source.array.ndim == 4 else source.array
-        intensity = array if array.shape == label.array.shape else None
+
+        def intensity(image: Any = image, shape: tuple[int, ...] = label.array.shape) -> Any:
+            source = load_volume(_first(image), channels=True)  # a multi-channel image: channel 0
+            array = source.array[0] if source.array.ndim == 4 else source.array
+            return array if array.shape == shape else None
+
         per_case[case_name(image)] = case_statistics(
             label.array, label.affine, names=names, image=intensity, lesion_labels=lesion_labels
         )

@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +101,12 @@ def case_statistics(
     affine: np.ndarray,
     *,
     names: Mapping[int, str],
-    image: np.ndarray | None = None,
+    image: np.ndarray | Callable[[], np.ndarray | None] | None = None,
     lesion_labels: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Statistics of one label map ``(X, Y, Z)`` on ``affine`` (mm); ``image`` on the same grid if given.
+    """Statistics of one label map ``(X, Y, Z)`` on ``affine`` (mm); ``image`` on the same grid if given
+    (or a function that loads it: it is then dropped before the lesions are labelled, which keeps a
+    600-slice CT's intensities out of that stage's peak memory).
 
     Returns:
         ``{name: {"volume_ml", "mean", "std", [lesion_count, largest_lesion_ml, largest_lesion_diameter_mm]}}``
@@ -116,7 +118,7 @@ def case_statistics(
         label = label.astype(np.int64)  # values bincount cannot index are nobody's structure
         label[label < 0] = 0
     classes = max([int(v) for v in names] + [int(label.max()) if label.size else 0]) + 1
-    counts, means, stds = _moments(label, image, classes)
+    counts, means, stds = _moments(label, image() if callable(image) else image, classes)
     stats: dict[str, Any] = {}
     for value, name in sorted(names.items()):
         if int(value) <= 0:
