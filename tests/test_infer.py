@@ -352,6 +352,8 @@ def test_many_structures_at_once_equal_numpys_per_structure_and_absent_ones_have
         else:
             assert entry["mean"] == pytest.approx(inside.mean(), rel=1e-12)
             assert entry["std"] == pytest.approx(inside.std(), rel=1e-10)
+    empty = case_statistics(np.zeros_like(label), affine, names=names, image=image)
+    assert all(e["volume_ml"] == 0 and e["mean"] is None for e in empty.values())
 
 
 def test_organ_roi_gives_the_same_labels_and_says_what_it_chose(

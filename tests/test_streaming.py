@@ -162,9 +162,11 @@ def test_rows_out_of_order_or_missing_are_refused():
         stream.result()
 
 
-@pytest.mark.parametrize(("orientation", "classes"), [("LPS", 3), ("RAS", 40), ("LPI", 3)])
+@pytest.mark.parametrize(
+    ("orientation", "classes", "precision"), [("LPS", 3, "fp32"), ("RAS", 40, "fp32"), ("LPI", 3, "bf16")]
+)
 def test_a_bundle_run_streamed_writes_the_labels_of_the_whole_grid_path(
-    liver_bundle, tmp_path, caplog, orientation, classes
+    liver_bundle, tmp_path, caplog, orientation, classes, precision
 ):
     """voxpipe infer's engine links the inferer to ResampleArgmaxd: the label files equal those of the
     whole-grid run (``inferer#stream=false``), for stored flips, resampling, and float16 blending."""
@@ -176,7 +178,10 @@ def test_a_bundle_run_streamed_writes_the_labels_of_the_whole_grid_path(
     from voxpipe.transforms.io import write_volume
 
     phantom = liver_phantom(5, orientation=orientation, size="tiny")
-    image = write_volume(phantom.image.astype(np.int16), phantom.affine, tmp_path / "in" / "case.nii.gz")
+    nx, ny, nz = phantom.image.shape
+    air = np.full((nx + 160, ny + 160, nz), -1024, dtype=np.int16)
+    air[80:-80, 80:-80] = phantom.image  # air around: windows without body are skipped, beside others
+    image = write_volume(air, phantom.affine, tmp_path / "in" / "case.nii.gz")
     torch.manual_seed(classes)
     weights = tmp_path / "model.pt"
     network = build_network("segresnet", in_channels=1, out_channels=classes, init_filters=8)
@@ -186,7 +191,7 @@ def test_a_bundle_run_streamed_writes_the_labels_of_the_whole_grid_path(
         "network_def#init_filters": 8,
         "patch_size": [32, 32, 16],
         "pixdim": [1.7, 1.3, 2.2],
-        "precision": "fp32",
+        "precision": precision,
     }
     written, streamed = {}, {}
     for stream in (True, False):
@@ -200,8 +205,54 @@ def test_a_bundle_run_streamed_writes_the_labels_of_the_whole_grid_path(
                 overrides={**overrides, "inferer#stream": stream},
             )
         streamed[stream] = "rows streamed" in caplog.text
+        assert " 0 skipped" not in caplog.text  # some windows held only air
         written[stream] = np.asanyarray(nib.load(out).dataobj)
     assert streamed == {True: True, False: False}
-    assert written[True].shape == phantom.image.shape
+    assert written[True].shape == air.shape
     assert np.array_equal(written[True], written[False])
     assert len(np.unique(written[True])) > 1  # a random network still predicts more than background
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_skipping_classes_that_cannot_win_changes_no_label(monkeypatch, seed):
+    """Per block, classes whose largest corner value is below another's smallest are not interpolated:
+    on trained-like scores (one class clearly ahead per region), near-ties and plain noise, the labels
+    equal those with every class interpolated."""
+    import voxpipe.transforms.invert as invert
+
+    rng = np.random.default_rng(100 + seed)
+    network, source, shape, source_shape = _geometry(rng)
+    kind = seed % 3
+    classes = int(rng.choice([20, 60])) if kind == 0 else int(rng.choice([6, 20, 60]))
+    if kind == 0:  # trained-like: regions each won by one class, smooth transitions between them
+        from scipy import ndimage
+
+        regions = rng.integers(0, classes, size=(2, 2, 2))
+        zoom = [int(np.ceil(n / 2)) for n in shape]
+        winner = np.kron(regions, np.ones(zoom, dtype=int))[: shape[0], : shape[1], : shape[2]]
+        onehot = (np.arange(classes)[:, None, None, None] == winner[None]).astype(np.float32)
+        logits = 12 * ndimage.gaussian_filter(onehot, (0, 1.5, 1.5, 1.5)) + rng.normal(
+            scale=0.3, size=onehot.shape
+        ).astype(np.float32)
+    elif kind == 1:  # near-ties: two classes within float rounding of each other everywhere
+        logits = rng.normal(size=(classes, *shape)).astype(np.float32) - 5
+        logits[1] = 3.0
+        logits[2] = np.nextafter(np.float32(3.0), np.float32(4.0)) * (rng.random(shape) < 0.5)
+    else:
+        logits = rng.normal(size=(classes, *shape)).astype(np.float32) * 2
+    kwargs = {
+        "source_affine": source,
+        "network_affine": network,
+        "source_shape": source_shape,
+        "softmax": True,
+    }
+    kept = []
+    candidates = invert._candidates
+    monkeypatch.setattr(invert, "_candidates", lambda v: kept.append(r := candidates(v)) or r)
+    pruned, _ = resample_argmax(torch.from_numpy(logits), **kwargs)
+    if kind == 0:  # a few classes win here: most are skipped in most blocks
+        skipped = [r is not None and len(r) < classes / 2 for r in kept]
+        assert kept and sum(skipped) > len(kept) / 2, [None if r is None else len(r) for r in kept]
+    monkeypatch.setattr(invert, "PRUNE_ABOVE", 10**6)
+    every, _ = resample_argmax(torch.from_numpy(logits), **kwargs)
+    assert torch.equal(pruned, every)

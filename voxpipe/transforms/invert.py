@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 SOURCE_ROWS = 16  # source rows (first axis) interpolated together by SourceArgmax: its unit of streaming
 FEED_ROWS = 8  # network rows resample_argmax hands to SourceArgmax at once
+PRUNE_ABOVE = 4  # with more classes than this, those that cannot win in a block are not interpolated
 #: Metadata flag of a prediction that already is the label map on the source grid (the inferer streamed
 #: its rows through :meth:`ResampleArgmaxd.streamer`); ResampleArgmaxd passes it through.
 SOURCE_LABELS = "voxpipe_labels_on_source_grid"
@@ -170,6 +171,31 @@ def _axis(
         torch.from_numpy(upper),
         torch.from_numpy((coords - lower).astype(np.float32)),
     )
+
+
+def _candidates(values: torch.Tensor) -> torch.Tensor | None:
+    """The classes of ``values`` ``(C, X, Y, k)`` that can be the argmax somewhere once interpolated
+    in X and Y, in order; None when every class can.
+
+    A point between network voxels takes a convex combination of the 2 × 2 corners of its cell (as
+    ``torch.lerp`` computes it, never outside their range), so a class whose largest corner value is
+    below another class's smallest corner value in that cell loses there, strictly. A class that
+    loses so in every cell of the block is dropped: the argmax over the rest, in order, is the
+    argmax over all, ties included. With a trained network only a few classes are near each cell.
+    """
+    low, high = values, values
+    for axis in (1, 2):
+        if values.shape[axis] > 1:
+            first = [slice(None)] * 4
+            second = [slice(None)] * 4
+            first[axis], second[axis] = slice(0, -1), slice(1, None)
+            low = torch.minimum(low[tuple(first)], low[tuple(second)])
+            high = torch.maximum(high[tuple(first)], high[tuple(second)])
+    floor = low.amax(dim=0)  # in each cell, the value some class reaches everywhere
+    keep = (high >= floor).flatten(1).any(dim=1)
+    if bool(keep.all()):
+        return None
+    return torch.nonzero(keep).flatten()
 
 
 def _changing_region(
@@ -372,9 +398,15 @@ class SourceArgmax:
             lower, upper = part.index_select(3, zl), part.index_select(3, zh)
             values = torch.lerp(lower, upper, zw)  # (C, X', Y', k)
             del lower, upper
+            classes = _candidates(values) if self.kept is None and PRUNE_ABOVE < values.shape[0] else None
+            if classes is not None:
+                values = values.index_select(0, classes)
             values = torch.lerp(values.index_select(2, yl), values.index_select(2, yh), yw[:, None])
             values = torch.lerp(values.index_select(1, xl), values.index_select(1, xh), xw[:, None, None])
-            self.labels[x0:x1, y0:y1, start:stop] = channel_argmax(values, self.labels.dtype)
+            index = channel_argmax(values, self.labels.dtype)
+            if classes is not None:
+                index = classes[index.long()].to(self.labels.dtype)
+            self.labels[x0:x1, y0:y1, start:stop] = index
             if self.kept is not None:
                 self.kept[:, x0:x1, y0:y1, start:stop] = values.to(torch.float16)
 

@@ -8,7 +8,9 @@ workflow is initialised once (:func:`voxpipe.pipelines.bundles.run.run_bundle` w
 ``execute=False``: every check of a bundle run, safe mode included), the checkpoint loaders run once
 and are detached, and :meth:`InferenceEngine.run` feeds the evaluator one case per run: each case
 succeeds or fails on its own, with its reason, and the next case's loading and resampling (the
-bundle's ``preprocessing``) runs in a thread while the network works on the current one.
+bundle's ``preprocessing``) runs in a thread while the network works on the current one. When the
+post-processing starts with ``ResampleArgmaxd`` and the inferer is voxpipe's, the engine links them so
+the logits are streamed into the source grid's labels as the windows finish (no C × network grid).
 
 Why our own: MONAI's evaluator and ``ThreadDataLoader`` end the whole run at the first failing case,
 and MONAI has no object that keeps a bundle's network warm between runs. The bundle's ``evaluator``,

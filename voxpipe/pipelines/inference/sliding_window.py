@@ -251,8 +251,11 @@ class _WindowPredictor:
             self._forward(windows[:1])  # one window tells the number of classes
         assert self.classes is not None or bool(body.any())
         parts = self._forward(windows[body]) if bool(body.any()) else None
-        out = torch.full(
-            (windows.shape[0], self.classes or 1, *windows.shape[2:]), -20.0, device=windows.device
+        out = torch.full(  # ±20 are exact in every type: raw (bf16) windows take the network's type
+            (windows.shape[0], self.classes or 1, *windows.shape[2:]),
+            -20.0,
+            device=windows.device,
+            dtype=parts.dtype if parts is not None else torch.float32,
         )
         out[:, self.background] = 20.0
         if parts is not None:

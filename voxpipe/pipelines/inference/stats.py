@@ -118,7 +118,12 @@ def case_statistics(
         label = label.astype(np.int64)  # values bincount cannot index are nobody's structure
         label[label < 0] = 0
     classes = max([int(v) for v in names] + [int(label.max()) if label.size else 0]) + 1
-    counts, means, stds = _moments(label, image() if callable(image) else image, classes)
+    box = foreground_box(label, 0)  # every structure lies in it; the background's numbers are not used
+    if box is None:
+        box = tuple(slice(0, 0) for _ in label.shape)
+    intensities = image() if callable(image) else image
+    counts, means, stds = _moments(label[box], None if intensities is None else intensities[box], classes)
+    del intensities
     stats: dict[str, Any] = {}
     for value, name in sorted(names.items()):
         if int(value) <= 0:
