@@ -417,7 +417,9 @@ class ResampleArgmaxd(MapTransform):
 
     The network grid's affine is ``data[reference_key].affine`` (the preprocessed image); the source
     grid is its ``meta["original_affine"]`` and ``meta["spatial_shape"]``, as MONAI's loaders record
-    them. The result is a ``(1, X, Y, Z)`` uint8 ``MetaTensor`` with the source affine.
+    them. The result is a ``(1, X, Y, Z)`` uint8 ``MetaTensor`` with the source affine. A prediction
+    flagged :data:`SOURCE_LABELS` already is that label map (the inferer streamed its rows through
+    :meth:`streamer`) and is passed through with the source affine.
 
     Args:
         keys: prediction keys (after ``Activationsd(softmax=True)``, or logits with ``softmax``).
