@@ -87,12 +87,6 @@ def resample_argmax(
     classes = probabilities.shape[0]
     mapping = np.linalg.inv(network_affine) @ source_affine  # source voxel → network voxel
     sx, sy, sz = (int(v) for v in source_shape)
-    size = torch.tensor(probabilities.shape[1:], dtype=torch.float64)
-    scale = 2.0 / torch.clamp(size - 1.0, min=1.0)  # align_corners=True: voxel index → [-1, 1]
-    matrix = torch.from_numpy(mapping[:3, :3]) * scale[:, None]
-    offset = torch.from_numpy(mapping[:3, 3]) * scale - 1.0
-    # grid_sample reads (N, C, D, H, W) with grid (x→W, y→H, z→D): our X, Y, Z are D, H, W.
-    matrix, offset = matrix.flip(0).float(), offset.flip(0).float()
     volume = probabilities.detach().cpu()
     volume = volume if volume.dtype in (torch.float16, torch.bfloat16) else volume.float()
     if separable(mapping):  # axis-aligned grids (flips included): slab by slab, as when streamed
@@ -124,6 +118,12 @@ def resample_argmax(
     if region is None:
         return labels, kept  # class 0 wins everywhere on the network grid, so everywhere on the source grid
     (x0, x1), (y0, y1), (z0, z1) = region
+    size = torch.tensor(probabilities.shape[1:], dtype=torch.float64)
+    scale = 2.0 / torch.clamp(size - 1.0, min=1.0)  # align_corners=True: voxel index → [-1, 1]
+    matrix = torch.from_numpy(mapping[:3, :3]) * scale[:, None]
+    offset = torch.from_numpy(mapping[:3, 3]) * scale - 1.0
+    # grid_sample reads (N, C, D, H, W) with grid (x→W, y→H, z→D): our X, Y, Z are D, H, W.
+    matrix, offset = matrix.flip(0).float(), offset.flip(0).float()
     volume = volume.float()  # grid_sample: oblique grids, rare; the whole volume in float32
     if softmax:
         volume = torch.softmax(volume, dim=1)
