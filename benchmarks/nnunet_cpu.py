@@ -3,7 +3,7 @@
 Each side runs in its own process (peak RSS from ``VmHWM``): nnunetv2 2.8.1's ``nnUNetPredictor``
 (from the oracle packages ``make oracle`` installs into ``.oracle/nnunet``; the network built by
 dynamic-network-architectures and handed over with ``manual_initialization``, as
-tests/oracles/nnunet_predict.py does), voxpipe's reference path (``NnUNetPredictor``) and voxpipe's
+tests/oracles/nnunet_predict.py does), voxpipe's reference path (``NnUNetModel``) and voxpipe's
 fast path (``fast=True``: bf16 where the CPU runs it natively, windows without body skipped).
 Printed per side: seconds (reading to label map), peak RSS, and against nnU-Net's labels the voxels
 that differ and the Dice of every foreground class.
@@ -54,9 +54,9 @@ def _child(side: str, folder: str, image: str, out: str, mirroring: bool) -> Non
 
         nnunet_predict.main()
     else:
-        from voxpipe.pipelines.inference.nnunet_predict import NnUNetPredictor
+        from voxpipe.pipelines.inference.nnunet.model import NnUNetModel
 
-        predictor = NnUNetPredictor(folder, mirroring=mirroring, fast=side == "voxpipe-fast")
+        predictor = NnUNetModel(folder, mirroring=mirroring, fast=side == "voxpipe-fast")
         segmentation, _ = predictor.predict([image])
         np.savez_compressed(out, segmentation=segmentation)
         extra = {"precision": predictor.precision, "skipped": predictor.skipped}
@@ -130,12 +130,13 @@ def train(folder: Path, work: Path, *, seconds: float, patch: int, folds: int) -
     from monai.losses import DiceCELoss
     from scipy import ndimage
 
-    from voxpipe.pipelines.inference.nnunet_predict import NnUNetPredictor, read_case
+    from voxpipe.pipelines.inference.nnunet.model import NnUNetModel
+    from voxpipe.pipelines.inference.nnunet.readers import read_case
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from infer_cpu import clinical_case
 
-    predictor = NnUNetPredictor(folder)
+    predictor = NnUNetModel(folder)
     samples = []
     for seed in (11, 12, 13):
         image, truth = clinical_case(work / "train", seed, spacing_xy=0.8, spacing_z=2.0, slices=70)

@@ -76,7 +76,16 @@ def main() -> None:
     from helpers import OrthancServer, free_port, orthanc_binary
 
     from voxpipe.pipelines.deploy.node import DicomNode
-    from voxpipe.pipelines.inference.engine import STATS
+    from voxpipe.pipelines.inference.engine import InferenceEngine
+
+    built: list[InferenceEngine] = []  # every engine the node builds (its models loaded)
+    construct = InferenceEngine.__init__
+
+    def counting(self: InferenceEngine, *args: object, **kwargs: object) -> None:
+        construct(self, *args, **kwargs)
+        built.append(self)
+
+    InferenceEngine.__init__ = counting  # type: ignore[method-assign]
 
     if orthanc_binary() is None:
         sys.exit(
@@ -112,7 +121,7 @@ def main() -> None:
             for files in studies:
                 pacs.upload(files)
             cts = pacs.series("CT")
-            builds = STATS.builds
+            builds = len(built)
             loading = time.perf_counter()
             node = DicomNode(
                 BUNDLE,
@@ -148,7 +157,7 @@ def main() -> None:
         for job in (j for j in jobs if j["state"] != "done"):
             print(f"  failed: {job['series_uid']}: {job.get('reason')}")
         print(f"SEG series in the PACS: {len(segs)}")
-        print(f"node start-up (models loaded: {STATS.builds - builds}, one per worker): {loading:.1f} s")
+        print(f"node start-up (models loaded: {len(built) - builds}, one per worker): {loading:.1f} s")
         print(f"transfer Orthanc -> node, all series: {transfer:.1f} s")
         print(
             f"jobs: {len(done)} done, {len(jobs) - len(done)} failed; workers {args.workers}; idle wait {args.idle:.1f} s"
@@ -161,7 +170,7 @@ def main() -> None:
         print(
             f"throughput: {len(done) / elapsed * 3600:.0f} series per hour ({elapsed:.1f} s for {len(done)})"
         )
-        print(f"model loads after start-up: {STATS.builds - builds - args.workers}")
+        print(f"model loads after start-up: {len(built) - builds - args.workers}")
 
 
 if __name__ == "__main__":

@@ -78,3 +78,20 @@ def tiny_liver_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # Overrides that make the liver bundle fast enough for unit tests on tiny phantoms.
 TINY_MODEL = {"patch_size": [32, 32, 16], "network_def#init_filters": 8, "progress": False}
+
+
+@pytest.fixture
+def engines(monkeypatch):
+    """Every InferenceEngine built during the test, in order (their ``stats`` count weight loads and
+    cases): how tests see that a run built its network once."""
+    from voxpipe.pipelines.inference.engine import InferenceEngine
+
+    built: list = []
+    original = InferenceEngine.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(InferenceEngine, "__init__", recording)
+    return built

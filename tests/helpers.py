@@ -207,3 +207,12 @@ def require(module: str):
         if os.environ.get("VOXPIPE_REQUIRE_REFERENCES") == "1":
             pytest.fail(f"{module} is a dev dependency the tests need (pip install -e '.[dev]'): {error}")
         pytest.skip(f"{module} is not installed ({error})", allow_module_level=True)
+
+
+def engine_counts(built) -> tuple[int, int, int]:
+    """(builds, weight loads, cases) of the engines the ``engines`` fixture recorded."""
+    return (
+        len(built),
+        sum(e.stats.weight_loads for e in built),
+        sum(e.stats.cases for e in built),
+    )

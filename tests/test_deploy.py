@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from helpers import OracleNet, OrthancServer, free_port, label_image, orthanc_binary, require
+from helpers import OracleNet, OrthancServer, engine_counts, free_port, label_image, orthanc_binary, require
 from pydicom.uid import generate_uid
 
 from voxpipe.errors import InputError
@@ -302,17 +302,14 @@ def test_failing_series_are_recorded_with_reasons_and_the_good_one_is_processed(
 
 
 def test_promise_back_to_back_series_share_one_model_load_and_a_weights_change_reloads_it(
-    liver_bundle, oracle_weights, tmp_path, peer
+    liver_bundle, oracle_weights, tmp_path, peer, engines
 ):
     import shutil
 
-    from voxpipe.pipelines.inference.engine import STATS
-
     weights = tmp_path / "weights.pt"
     shutil.copy(oracle_weights, weights)
-    builds, loads = STATS.builds, STATS.weight_loads
     node = make_node(liver_bundle, tmp_path / "node", peer.destination(), weights)
-    assert (STATS.builds - builds, STATS.weight_loads - loads) == (1, 1)  # loaded at start-up
+    assert engine_counts(engines)[:2] == (1, 1)  # loaded at start-up
     node.start()
     try:
         uids = []
@@ -323,7 +320,7 @@ def test_promise_back_to_back_series_share_one_model_load_and_a_weights_change_r
         wait_for(
             lambda: all((j := node.store.get(u)) and j["state"] == "done" for u in uids), what="three jobs"
         )
-        assert (STATS.builds - builds, STATS.weight_loads - loads) == (1, 1)  # three series, one model load
+        assert engine_counts(engines)[:2] == (1, 1)  # three series, one model load
         weights.write_bytes(oracle_weights.read_bytes())  # "new" weights on disk: the node reloads once
         import os
 
@@ -334,26 +331,23 @@ def test_promise_back_to_back_series_share_one_model_load_and_a_weights_change_r
         wait_for(lambda: (j := node.store.get(uid)) and j["state"] == "done", what="the fourth job")
     finally:
         node.stop()
-    assert (STATS.builds - builds, STATS.weight_loads - loads) == (2, 2)
+    assert engine_counts(engines)[:2] == (2, 2)
     assert len(peer.by_modality("SEG")) == 4
 
 
 def test_a_pool_of_workers_each_with_its_own_warm_network_takes_each_job_once(
-    liver_bundle, oracle_weights, tmp_path, peer
+    liver_bundle, oracle_weights, tmp_path, peer, engines
 ):
     import threading
 
     import torch
 
-    from voxpipe.pipelines.inference.engine import STATS
-
-    threads = torch.get_num_threads()
-    builds, loads = STATS.builds, STATS.weight_loads
+    threads = torch.get_num_threads()  # the node leaves the process's threads alone (serve's CLI shares them)
     with pytest.raises(InputError, match="--workers: expected 1 to 8"):
         make_node(liver_bundle, tmp_path / "bad", peer.destination(), oracle_weights, workers=9)
     node = make_node(liver_bundle, tmp_path / "node", peer.destination(), oracle_weights, workers=2)
     try:
-        assert (STATS.builds - builds, STATS.weight_loads - loads) == (2, 2)  # one network per worker
+        assert engine_counts(engines)[:2] == (2, 2)  # one network per worker
         assert node.engine(0) is not node.engine(1)
         seen: list[tuple[str, str, float, float]] = []
         predict = node._predict
@@ -389,10 +383,11 @@ def test_a_pool_of_workers_each_with_its_own_warm_network_takes_each_job_once(
             node.stop()
     finally:
         torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
     assert sorted(uid for _, uid, _, _ in seen) == sorted(uids)  # each series run once
     assert all(j["attempts"] == 1 for j in jobs)
     assert {name for name, *_ in seen} == {"voxpipe-node-worker-0", "voxpipe-node-worker-1"}
-    assert (STATS.builds - builds, STATS.weight_loads - loads) == (2, 2)  # no rebuild per series
+    assert engine_counts(engines)[:2] == (2, 2)  # no rebuild per series
     assert len(peer.by_modality("SEG")) == 4
 
 

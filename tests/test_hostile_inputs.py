@@ -24,7 +24,8 @@ from voxpipe.cli import main
 from voxpipe.errors import GeometryError, InputError
 from voxpipe.phantoms.ct import liver_phantom
 from voxpipe.pipelines.data.datalists import dataset_label_groups, dataset_label_values
-from voxpipe.pipelines.inference.infer import InferenceFailed, infer_with_bundle
+from voxpipe.pipelines.inference.cases import InferenceFailed
+from voxpipe.pipelines.inference.infer import infer_with_bundle
 from voxpipe.transforms.io import (
     atomic_path,
     load_volume,

@@ -11,12 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import OracleNet, label_image
+from helpers import OracleNet, engine_counts, label_image
 
 from voxpipe.errors import InputError
 from voxpipe.metrics import dice
 from voxpipe.phantoms.ct import liver_phantom
-from voxpipe.pipelines.inference.infer import collect_inputs, infer_with_bundle
+from voxpipe.pipelines.inference.cases import collect_inputs
+from voxpipe.pipelines.inference.infer import infer_with_bundle
 from voxpipe.transforms.io import save_nifti, write_volume
 
 ORACLE = {"network_def": {"_target_": "helpers.OracleNet"}, "patch_size": [32, 32, 16]}
@@ -177,11 +178,13 @@ def test_missing_weights_and_bad_inputs_are_named(liver_bundle, tmp_path):
         collect_inputs([tmp_path / "empty"])
 
 
-def test_failing_cases_are_reported_and_the_rest_written_then_resumed(liver_bundle, oracle_weights, tmp_path):
+def test_failing_cases_are_reported_and_the_rest_written_then_resumed(
+    liver_bundle, oracle_weights, tmp_path, engines
+):
     import json
     import os
 
-    from voxpipe.pipelines.inference.infer import InferenceFailed
+    from voxpipe.pipelines.inference.cases import InferenceFailed
 
     phantom = liver_phantom(30, size="tiny")
     inputs = tmp_path / "in"
@@ -196,13 +199,10 @@ def test_failing_cases_are_reported_and_the_rest_written_then_resumed(liver_bund
     save_nifti(label_image(phantom.label), phantom.affine, inputs / "d.nii.gz")
     out = tmp_path / "out"
     overrides = {**ORACLE, "pixdim": [0.0, 0.0, 0.0]}
-    from voxpipe.pipelines.inference.engine import STATS
-
-    builds, loads, cases = STATS.builds, STATS.weight_loads, STATS.cases
     with pytest.raises(InferenceFailed) as caught:
         infer_with_bundle(liver_bundle, [inputs], output_dir=out, weights=oracle_weights, overrides=overrides)
     # Promise: the failing cases cost nothing else: one build, one weights load, the good cases run once each.
-    assert (STATS.builds - builds, STATS.weight_loads - loads, STATS.cases - cases) == (1, 1, 2)
+    assert engine_counts(engines) == (1, 1, 2)
     assert sorted(os.path.basename(p) for p in caught.value.failures) == ["0.nii.gz", "b.nii.gz", "c.nii.gz"]
     assert "3 of 5 cases failed" in str(caught.value) and "expected a 3D volume" in str(caught.value)
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["a.nii.gz", "d.nii.gz"]  # the rest were written

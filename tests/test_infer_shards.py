@@ -17,7 +17,8 @@ from helpers import OracleNet, label_image
 
 from voxpipe.errors import InputError
 from voxpipe.phantoms.ct import liver_phantom
-from voxpipe.pipelines.inference.infer import infer_with_bundle, parse_shard
+from voxpipe.pipelines.inference.cases import parse_shard
+from voxpipe.pipelines.inference.infer import infer_with_bundle
 from voxpipe.transforms.io import write_volume
 
 ORACLE = {

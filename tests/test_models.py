@@ -146,11 +146,11 @@ def test_pull_then_infer_total_writes_one_117_class_map_with_statistics(tmp_path
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "ct.nii.gz")))
     assert label.shape == (20, 26, 24) and label.max() <= 117
     # the merge: each part's own prediction, mapped, later parts over earlier ones
-    from voxpipe.pipelines.inference.nnunet_predict import NnUNetPredictor
+    from voxpipe.pipelines.inference.nnunet.model import NnUNetModel
 
     expected = np.zeros(label.shape, np.uint8)
     for part in manifest["parts"]:
-        found, _ = NnUNetPredictor(cache / "total" / part["folder"], step=0.8).predict([image])
+        found, _ = NnUNetModel(cache / "total" / part["folder"], step=0.8).predict([image])
         for source, target in part["labels"].items():
             expected[found == int(source)] = target
     assert np.array_equal(label, expected)

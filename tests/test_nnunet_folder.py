@@ -12,7 +12,7 @@ import torch
 from helpers import require
 
 from voxpipe.errors import BundleError, InputError
-from voxpipe.pipelines.inference.nnunet_folder import NnUNetFolder, read_labels, resolve_configuration
+from voxpipe.pipelines.inference.nnunet.folder import NnUNetFolder, read_labels, resolve_configuration
 
 
 def _nnunet(module: str):

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 
 from voxpipe.networks.nnunet import network_from_plans
-from voxpipe.pipelines.inference.nnunet_predict import NnUNetPredictor
+from voxpipe.pipelines.inference.nnunet.model import NnUNetModel
 
 REPO = Path(__file__).resolve().parents[1]
 ORACLE = Path(os.environ.get("VOXPIPE_NNUNET_ORACLE", REPO / ".oracle" / "nnunet"))
@@ -319,13 +319,13 @@ def test_labels_equal_nnunets_predictor(tmp_path, name):
         dataset["regions_class_order"] = [1, 2]
         (folder / "dataset.json").write_text(json.dumps(dataset))
     expected = run_oracle(folder, images, tmp_path / "oracle.npz", *(["--mirroring"] if mirroring else []))
-    predictor = NnUNetPredictor(folder, mirroring=mirroring)
+    predictor = NnUNetModel(folder, mirroring=mirroring)
     found, case = predictor.predict(images)
     assert found.shape == expected.shape
     differ = int((found != expected).sum())
     assert differ == 0, f"{differ} of {found.size} voxels differ; classes {np.unique(expected).tolist()}"
     # the numbers behind the labels: logits on the preprocessed grid, and their probabilities
-    from voxpipe.pipelines.inference.nnunet_predict import read_case
+    from voxpipe.pipelines.inference.nnunet.readers import read_case
 
     reader = json.loads((folder / "plans.json").read_text())["image_reader_writer"]
     logits = predictor.logits(predictor.preprocess(read_case(images, reader=reader))).numpy()
@@ -355,7 +355,7 @@ def test_voxpipe_infer_runs_a_model_folder_case_by_case_with_failures_resume_and
     assert written == ["a.nii.gz", "b.nii.gz"]  # nnU-Net's names: the channel suffix dropped
     statistics = json.loads((tmp_path / "out" / "statistics.json").read_text())
     assert set(statistics) == {"a", "b"} and "liver" in statistics["a"]
-    direct, _ = NnUNetPredictor(folder).predict([inputs / "a_0000.nii.gz"])
+    direct, _ = NnUNetModel(folder).predict([inputs / "a_0000.nii.gz"])
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "a.nii.gz")))
     assert np.array_equal(label, direct)
     (inputs / "broken_0000.nii.gz").unlink()
@@ -437,13 +437,13 @@ def test_a_dicom_series_is_segmented_and_written_back_as_dicom_seg(tmp_path):
     assert label.array.shape == source.array.shape and np.allclose(label.affine, source.affine, atol=1e-4)
     # the same as the model on the series written as NIfTI by voxpipe's loader
     save_nifti(np.asarray(source.array), source.affine, tmp_path / "series_0000.nii.gz")
-    direct, _ = NnUNetPredictor(folder).predict([tmp_path / "series_0000.nii.gz"])
+    direct, _ = NnUNetModel(folder).predict([tmp_path / "series_0000.nii.gz"])
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "series.nii.gz"))), direct)
     seg = read_seg(out / "series.dcm")
     assert np.array_equal(seg_to_label_map(seg, label.array.shape, label.affine), label.array)
     assert not list(out.glob(".voxpipe-series.*"))  # the scratch copy is gone
     with pytest.raises(Exception, match="expected DICOM series folders"):
-        from voxpipe.pipelines.inference.nnunet_predict import infer_with_nnunet
+        from voxpipe.pipelines.inference.nnunet.run import infer_with_nnunet
 
         infer_with_nnunet(
             folder, [tmp_path / "series_0000.nii.gz"], output_dir=tmp_path / "o2", dicom_seg=True
@@ -459,9 +459,9 @@ def test_the_fast_path_skips_windows_without_body_and_bundle_options_are_refused
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((2.0, 2.0, 2.0))
     sitk.WriteImage(image, str(tmp_path / "ct_0000.nii.gz"))
-    predictor = NnUNetPredictor(folder, fast=True)
+    predictor = NnUNetModel(folder, fast=True)
     found, _ = predictor.predict([tmp_path / "ct_0000.nii.gz"])
-    reference, _ = NnUNetPredictor(folder).predict([tmp_path / "ct_0000.nii.gz"])
+    reference, _ = NnUNetModel(folder).predict([tmp_path / "ct_0000.nii.gz"])
     assert predictor.skipped > 0
     assert not found[16:, 24:, 24:].any()  # reached by no window that was run: background
     assert reference[16:, 24:, 24:].any()  # (the random network finds something in air)
@@ -496,12 +496,12 @@ def test_a_cascade_runs_its_first_stage_and_equals_nnunets_cascade(tmp_path):
         folder.rename(models / folder.name)
     image = make_image(tmp_path / "case_0000.nii.gz", shape=(26, 30, 28), spacing=(1.5, 1.6, 2.0))
     expected = run_oracle(models / full.name, [image], tmp_path / "oracle.npz")
-    predictor = NnUNetPredictor(models / full.name)
+    predictor = NnUNetModel(models / full.name)
     found, _ = predictor.predict([image])
     assert predictor.previous is not None and predictor.previous.folder.configuration_name == "3d_lowres"
     assert int((found != expected).sum()) == 0 and len(np.unique(found)) > 1
-    first, _ = NnUNetPredictor(models / low.name).predict([image])
+    first, _ = NnUNetModel(models / low.name).predict([image])
     assert not np.array_equal(found, first)  # the second stage did something of its own
     (models / low.name).rename(tmp_path / "gone")
     with pytest.raises(Exception, match="3d_lowres' model folder beside"):
-        NnUNetPredictor(models / full.name)
+        NnUNetModel(models / full.name)

@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 from test_nnunet_predict import make_model, run_oracle
 
-from voxpipe.pipelines.inference.nnunet_predict import NnUNetPredictor
+from voxpipe.pipelines.inference.nnunet.model import NnUNetModel
 
 REAL = {
     # name: (scan under ../shared/data, model options, mirroring)
@@ -80,7 +80,7 @@ def test_real_scans_give_nnunets_labels(real_data, tmp_path, name):
         (folder / "dataset.json").write_text(json.dumps(dataset))
     image = real_data / scan
     expected = run_oracle(folder, [image], tmp_path / "oracle.npz", *(["--mirroring"] if mirroring else []))
-    predictor = NnUNetPredictor(folder, mirroring=mirroring)
+    predictor = NnUNetModel(folder, mirroring=mirroring)
     found, case = predictor.predict([image])
     assert found.shape == expected.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(image))).shape
     differ = int((found != expected).sum())

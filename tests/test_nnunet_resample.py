@@ -119,7 +119,7 @@ def test_a_float32_image_resizes_as_its_float64_copy_bit_for_bit(order):
 
 
 def test_bands_shift_in_place_as_a_copy_would():
-    from voxpipe.pipelines.inference.nnunet_predict import _shift_rows
+    from voxpipe.pipelines.inference.predictor import shift_rows as _shift_rows
 
     rng = np.random.default_rng(3)
     for depth in (1, 2, 5, 8, 13):

@@ -92,7 +92,8 @@ def test_unknown_schemes_and_missing_ct_properties_are_named():
 def test_hole_filling_and_the_nonzero_box_equal_scipys_and_nnunets():
     from scipy import ndimage
 
-    from voxpipe.pipelines.inference.nnunet_predict import _nonzero_box, fill_holes
+    from voxpipe.pipelines.inference.nnunet.preprocess import fill_holes
+    from voxpipe.pipelines.inference.nnunet.preprocess import nonzero_box as _nonzero_box
 
     rng = np.random.default_rng(7)
     for trial in range(200):

@@ -13,11 +13,27 @@ from voxpipe.errors import InputError
 logger = logging.getLogger(__name__)
 
 
+DEVICE_NAMES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
+def device_name(text: str) -> str:
+    """A device name as the user wrote it, checked for its form only (argparse ``type``): ``auto``,
+    ``cpu``, ``cuda``, ``cuda:N``, ``mps``. Whether the device exists is :func:`select_device`'s to say."""
+    import argparse
+    import re
+
+    name = str(text).strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", name):
+        raise argparse.ArgumentTypeError(f"expected {DEVICE_NAMES}, found {text!r}")
+    return name
+
+
 def select_device(preference: str = "auto") -> torch.device:
-    """Pick the compute device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    """Pick the compute device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"``, ``"mps"`` (Apple GPUs).
 
     Raises:
-        InputError: CUDA was asked for explicitly but is not available, or the name is unknown.
+        InputError: a GPU was asked for explicitly but is not available, or the name is unknown.
     """
     preference = str(preference).strip().lower()
     if preference == "auto":
@@ -27,10 +43,20 @@ def select_device(preference: str = "auto") -> torch.device:
             raise InputError(
                 f"device: expected an available CUDA device for {preference!r}, found none on this machine"
             )
-        return torch.device(preference)
+        device = torch.device(preference)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(
+                f"device: expected one of the {torch.cuda.device_count()} CUDA device(s) of this machine, "
+                f"found {preference!r}"
+            )
+        return device
     if preference == "cpu":
         return torch.device("cpu")
-    raise InputError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', found {preference!r}")
+    if preference == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise InputError("device: expected an available Apple GPU for 'mps', found none on this machine")
+        return torch.device("mps")
+    raise InputError(f"device: expected {DEVICE_NAMES}, found {preference!r}")
 
 
 def optional_module(name: str, *, extra: str, feature: str) -> Any:

@@ -68,7 +68,7 @@ def _cmd_bundle_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_bundle_import_nnunet(args: argparse.Namespace) -> int:
-    from voxpipe.pipelines.inference.nnunet_predict import import_nnunet
+    from voxpipe.pipelines.inference.nnunet.bundle import import_nnunet
 
     written = import_nnunet(args.folder, args.output)
     print(f"wrote {written} (python -m monai.bundle run --config_file {written}/configs/inference.json ...)")

@@ -6,11 +6,13 @@ import argparse
 from typing import Any
 
 from voxpipe.cli.common import quiet_monai_bundle
+from voxpipe.runtime import device_name
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.bundles.config import parse_overrides
-    from voxpipe.pipelines.inference.infer import infer_with_bundle, parse_shard, shard_from_environment
+    from voxpipe.pipelines.inference.cases import parse_shard
+    from voxpipe.pipelines.inference.infer import infer_with_bundle
 
     quiet_monai_bundle(args.verbose)
     shard = parse_shard(args.shard) if args.shard else shard_from_environment()
@@ -22,14 +24,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from voxpipe.pipelines.inference.catalogue import CATALOGUE
-    from voxpipe.pipelines.inference.nnunet_predict import is_nnunet_folder
+    from voxpipe.pipelines.inference.models import model_kind
 
     model_dir = Path(args.model)
     if not model_dir.exists() and args.model in CATALOGUE:  # a catalogue name: the pulled model
         model_dir = _pulled_model(args)
         if (model_dir / "configs").is_dir():
             args.model = str(model_dir)
-    if is_nnunet_folder(model_dir) or (model_dir / "voxpipe-model.json").is_file():
+    if model_kind(model_dir) == "nnunet":
         outputs = _infer_nnunet(args, model_dir, shard)
         print(f"{len(outputs)} label map(s) in {args.output} ({args.model})")
         return 0
@@ -64,6 +66,24 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def shard_from_environment() -> tuple[int, int] | None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): this rank's shard, ``(RANK + 1, WORLD_SIZE)``; else None.
+
+    With CUDA, each rank also takes its own GPU (``LOCAL_RANK``), so ``cuda`` means that GPU: set
+    here, by the command, since it is the process's state.
+    """
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return int(os.environ.get("RANK", "0")) + 1, world
+
+
 def _pulled_model(args: argparse.Namespace) -> Any:
     """The cache folder of a catalogue model (its bundle folder for a Model Zoo bundle)."""
     import json
@@ -87,8 +107,8 @@ def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any
     import json
 
     from voxpipe.errors import InputError
-    from voxpipe.pipelines.inference.catalogue import MANIFEST
-    from voxpipe.pipelines.inference.nnunet_predict import infer_with_nnunet
+    from voxpipe.pipelines.inference.models import MANIFEST
+    from voxpipe.pipelines.inference.nnunet.run import infer_with_nnunet
 
     bundle_only = {
         "--weights": args.weights,
@@ -98,14 +118,14 @@ def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any
         "--organ-roi": args.organ_roi,
         "--save-probabilities": args.save_probabilities,
         "--timings": args.timings,
-        "--device": args.device if args.device not in (None, "auto", "cpu") else None,
         "--format": args.format if args.format != "nii.gz" else None,
     }
     given = [name for name, value in bundle_only.items() if value]
     if given:
         raise InputError(
             f"{str(folder)!r}: an nnU-Net model runs without {', '.join(given)} (options of MONAI bundles)",
-            hint="--fast for bf16 and body-only windows; --tta for nnU-Net's mirroring; output is .nii.gz "
+            hint="--fast for bf16 and body-only windows; --tta for nnU-Net's mirroring; --device for a GPU; "
+            "output is .nii.gz "
             "(+ .dcm with --dicom-seg)",
         )
     options = {
@@ -117,6 +137,7 @@ def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any
         "statistics": not args.no_statistics,
         "shard": shard,
         "dicom_seg": bool(args.dicom_seg),
+        "device": args.device or "auto",
     }
     if not (folder / MANIFEST).is_file():
         return infer_with_nnunet(folder, args.inputs, **options)
@@ -209,9 +230,11 @@ def add_commands(commands: Any) -> None:
     )
     infer.add_argument(
         "--device",
-        choices=["auto", "cpu", "cuda"],
-        help="where the network runs (bundle default auto: CUDA when present); on CUDA the output is "
-        "stitched on the GPU when it fits, else on the CPU",
+        type=device_name,
+        metavar="{auto,cpu,cuda,cuda:N,mps}",
+        help="where the network runs (default auto: CUDA when present). Bundles: on CUDA the output is "
+        "stitched on the GPU when it fits, else on the CPU. nnU-Net models: fp16 autocast on CUDA, as "
+        "nnU-Net's own predictor runs there",
     )
     infer.add_argument("--no-progress", action="store_true", help="no progress bars over cases and windows")
     infer.add_argument(
@@ -325,7 +348,10 @@ def add_detect_command(commands: Any) -> None:
         ">= seg_score_threshold (a sphere of its diameter on the series grid)",
     )
     detect.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], help="where the network runs (bundle default auto)"
+        "--device",
+        type=device_name,
+        metavar="{auto,cpu,cuda,cuda:N,mps}",
+        help="where the network runs (bundle default auto)",
     )
     detect.add_argument("--resume", action="store_true", help="skip scans whose <case>.json already exists")
     detect.add_argument(

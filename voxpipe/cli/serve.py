@@ -8,6 +8,22 @@ from typing import Any
 from voxpipe.cli.common import quiet_monai_bundle
 
 
+def share_threads(workers: int) -> None:
+    """Give each of ``workers`` networks an equal share of the CPU threads: torch's intra-op pool is per process, and
+    ``workers`` networks each using every core would fight over them. Process-wide: set here, by the command, not by the library."""
+    import logging
+    import os
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers)
+    torch.set_num_threads(threads)
+    logging.getLogger(__name__).info(
+        "%d workers on %d cores: %d CPU thread(s) per network", workers, cores, threads
+    )
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from voxpipe.errors import InputError
 
@@ -26,6 +42,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.deploy.node import DicomNode
 
     quiet_monai_bundle(args.verbose)
+    if args.workers > 1:
+        share_threads(args.workers)
     node = DicomNode(
         args.bundle,
         workdir=args.workdir,

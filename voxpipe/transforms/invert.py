@@ -15,7 +15,7 @@ On axis-aligned grids (any storage flips; not oblique or axis-swapped ones) the 
 :class:`SourceArgmax`, which takes the network grid's rows in order along its first axis and
 interpolates each 16-row slab of the source grid as soon as the rows it reads have arrived. So the
 inferer can hand it rows as its windows finish
-(:func:`voxpipe.pipelines.inference.sliding_window.stream_sliding_window`; the inference engine
+(:mod:`voxpipe.pipelines.inference.predictor`; the inference engine
 links the two when ``ResampleArgmaxd`` starts a bundle's post-processing) and the C × network grid
 of logits is never held: with 100 classes on a 600-slice CT that is 2.5 GB in float16. The whole-grid
 path feeds the same class in blocks of rows, so both give the same labels.
@@ -37,6 +37,7 @@ from monai.transforms import MapTransform
 
 from voxpipe.errors import InputError
 from voxpipe.transforms.postprocess import foreground_box
+from voxpipe.transforms.rows import RowStream
 
 logger = logging.getLogger(__name__)
 
@@ -288,18 +289,18 @@ class SourceArgmax:
             for axis, size in enumerate(self.source_shape)
         ]
         lower, upper, _ = self.axes[0]
-        self.pending = [
+        slabs = [
             (
                 start,
                 min(start + SOURCE_ROWS, sx),
                 int(lower[start : start + SOURCE_ROWS].min()),
-                int(upper[start : start + SOURCE_ROWS].max()),
+                int(upper[start : start + SOURCE_ROWS].max()) + 1,
             )
             for start in range(0, sx, SOURCE_ROWS)
         ]
-        self.held: torch.Tensor | None = None
-        self.held_start = 0
-        self.next_row = 0
+        self.stream = RowStream(
+            in_rows=self.network_shape[0], slabs=slabs, compute=self._slab, prepare=self._prepare
+        )
         self.seconds = 0.0  # spent here, for --timings (the stitcher calls add from inside the inferer)
 
     def add(self, start: int, rows: torch.Tensor) -> None:
@@ -315,44 +316,41 @@ class SourceArgmax:
             if self.keep_probabilities:
                 self.kept = torch.empty((self.classes, *self.source_shape), dtype=torch.float16)
         if (
-            start != self.next_row
+            start != self.stream.next_row
             or tuple(rows.shape[2:]) != self.network_shape[1:]
             or rows.shape[0] != self.classes
         ):
             raise ValueError(
-                f"SourceArgmax: expected rows from {self.next_row} of shape ({self.classes}, n, "
+                f"SourceArgmax: expected rows from {self.stream.next_row} of shape ({self.classes}, n, "
                 f"{self.network_shape[1]}, {self.network_shape[2]}), found rows from {start} of {tuple(rows.shape)}"
             )
-        rows = rows.detach().cpu()
-        # float32 probabilities, row by row (so the numbers do not depend on how rows are grouped):
-        # each network voxel's softmax is taken once, not once for every source slice that reads it
+        self.stream.add(start, rows)
+        self.seconds += time.perf_counter() - began
+
+    def _prepare(self, rows: torch.Tensor) -> torch.Tensor:
+        """float32 probabilities, row by row (so the numbers do not depend on how rows are grouped):
+        each network voxel's softmax is taken once, not once for every source slice that reads it."""
         prepared = torch.empty(rows.shape, dtype=torch.float32)
         for row in range(rows.shape[1]):
             values = rows[:, row].contiguous().float()
             prepared[:, row] = torch.softmax(values, dim=0) if self.softmax else values
-        rows = prepared
-        self.held = rows if self.held is None else torch.cat([self.held, rows], dim=1)
-        self.next_row += rows.shape[1]
-        waiting = []
-        for slab in self.pending:
-            if slab[3] < self.next_row:
-                self._slab(*slab)
-            else:
-                waiting.append(slab)
-        self.pending = waiting
-        keep_from = min(min((slab[2] for slab in waiting), default=self.next_row), self.next_row)
-        if keep_from > self.held_start:  # a copy, so that the block the rows came in can be freed
-            self.held = self.held[:, keep_from - self.held_start :].clone()
-            self.held_start = keep_from
-        self.seconds += time.perf_counter() - began
+        return prepared
+
+    @property
+    def held(self) -> torch.Tensor | None:
+        """The network rows held now, ``(C, n, Y, Z)`` joined (a copy); None when none are."""
+        if not self.stream.held_rows:
+            return None
+        first = self.stream.held[0][0]
+        return self.stream.rows(first, first + self.stream.held_rows)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(labels, probabilities_or_None)`` once every network row has been added."""
-        if self.pending or self.next_row != self.network_shape[0]:
+        if not self.stream.complete:
             raise ValueError(
-                f"SourceArgmax: {self.next_row} of {self.network_shape[0]} network rows added; the labels are incomplete"
+                f"SourceArgmax: {self.stream.next_row} of {self.network_shape[0]} network rows added; the labels are incomplete"
             )
-        self.held = None
+        self.stream.held = []
         assert self.labels is not None
         return self.labels, self.kept
 
@@ -362,10 +360,9 @@ class SourceArgmax:
         hits = np.flatnonzero(((upper[start:stop] >= low) & (lower[start:stop] <= high)).numpy())
         return None if hits.size == 0 else (start + int(hits[0]), start + int(hits[-1]) + 1)
 
-    def _slab(self, s0: int, s1: int, lo: int, hi: int) -> None:
-        """Interpolate source rows ``s0:s1``, which read network rows ``lo..hi``."""
-        assert self.held is not None and self.labels is not None and self.classes is not None
-        part = self.held[:, lo - self.held_start : hi - self.held_start + 1]
+    def _slab(self, part: torch.Tensor, lo: int, s0: int, s1: int) -> None:
+        """Interpolate source rows ``s0:s1`` from ``part``, the network rows from ``lo`` they read."""
+        assert self.labels is not None and self.classes is not None
         _, sy, sz = self.source_shape
         if self.kept is not None:
             region = [(s0, s1), (0, sy), (0, sz)]

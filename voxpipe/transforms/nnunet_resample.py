@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from voxpipe.transforms.rows import RowStream
+
 ANISOTROPY = 3.0  # nnU-Net's ANISO_THRESHOLD
 
 
@@ -322,50 +324,29 @@ def labels_by_rows(
     ((heads, rows, Y, X) float16, consecutive along Z), as nnU-Net's export computes it: argmax of
     the resampled logits (first maximum on ties), or for region-based models each region's sigmoid
     > 0.5 painted in ``regions`` order. Output rows are computed ``slab`` at a time, as soon as the
-    input rows they read have arrived; input rows no longer needed are dropped, so memory holds a
-    few rows of logits, not the whole grid."""
+    input rows they read have arrived (:class:`voxpipe.transforms.rows.RowStream`, the export the
+    MONAI path uses too); input rows no longer needed are dropped, so memory holds a few rows of
+    logits, not the whole grid."""
     shape = resampler.shape
     slab = slab if resampler.by_rows else shape[0]
     labels = np.zeros(shape, dtype=dtype)
-    held: list[tuple[int, torch.Tensor]] = []  # consecutive blocks of input rows, not joined
-    done = 0
+    slabs = [
+        (a, min(a + slab, shape[0]), *resampler.needs(a, min(a + slab, shape[0])))
+        for a in range(0, shape[0], slab)
+    ]
 
-    def rows(lo: int, hi: int) -> torch.Tensor:
-        """Input rows [lo, hi), joined from the blocks that hold them."""
-        parts = [
-            block[:, max(lo - start, 0) : min(hi - start, block.shape[1])]
-            for start, block in held
-            if start < hi and start + block.shape[1] > lo
-        ]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    def compute(source_rows: torch.Tensor, lo: int, a: int, b: int) -> None:
+        labels[a:b] = _label_rows(resampler, source_rows, lo, a, b, heads=heads, regions=regions)
 
-    def emit(upto: int) -> None:
-        nonlocal done, held
-        while done < upto:
-            b = min(done + slab, upto)
-            lo, hi = resampler.needs(done, b)
-            labels[done:b] = _label_rows(resampler, rows(lo, hi), lo, done, b, heads=heads, regions=regions)
-            done = b
-            keep = resampler.needs(done, min(done + slab, shape[0]))[0] if done < shape[0] else available
-            held = [(start, block) for start, block in held if start + block.shape[1] > keep]
-
-    available = 0
+    stream = RowStream(in_rows=resampler.in_shape[0], slabs=slabs, compute=compute)
     for start, block in blocks:
         block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block))
-        if start != available:
-            raise RuntimeError(f"row blocks must be consecutive: rows from {start}, expected {available}")
-        held.append((start, block))
-        available = start + block.shape[1]
-        if available >= resampler.in_shape[0]:
-            emit(shape[0])
-            continue
-        upto = done  # the last output row whose input has arrived
-        while upto < shape[0] and resampler.needs(upto, upto + 1)[1] <= available:
-            upto += 1
-        if upto > done:
-            emit(upto)
-    if done != shape[0]:
-        raise RuntimeError(f"the logits covered output rows up to {done} of {shape[0]}")
+        try:
+            stream.add(start, block)
+        except ValueError as error:
+            raise RuntimeError(str(error)) from None
+    if not stream.complete:
+        raise RuntimeError(f"the logits covered output rows up to {stream.done_rows} of {shape[0]}")
     return labels
 
 

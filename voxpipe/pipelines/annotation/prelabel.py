@@ -86,12 +86,8 @@ def prelabel(
         InputError: bad inputs or strategy (before anything runs).
         InferenceFailed: some cases failed; the others are in the worklist.
     """
-    from voxpipe.pipelines.inference.infer import (
-        InferenceFailed,
-        collect_inputs,
-        infer_with_bundle,
-        label_names,
-    )
+    from voxpipe.pipelines.inference.cases import InferenceFailed, collect_inputs
+    from voxpipe.pipelines.inference.infer import infer_with_bundle, label_names
     from voxpipe.transforms.slicer_seg import write_slicer_seg
 
     if strategy not in STRATEGIES:
@@ -204,12 +200,11 @@ def prelabel(
         reference=reference,
     )
     if failures:
-        listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures.items())
-        raise InferenceFailed(
-            f"{len(failures)} of {len(todo)} cases failed (the others are in {str(root / 'worklist.csv')!r}):"
-            f"\n  {listing}",
+        raise InferenceFailed.of(
+            failures,
+            total=len(todo),
             outputs=[],
-            failures=failures,
+            where=f"are in {str(root / 'worklist.csv')!r}",
         )
     return rows
 

@@ -115,7 +115,8 @@ BUNDLE_SAFE_FUNCTIONS = frozenset(
         "voxpipe.pipelines.training.detection.plan_anchors",
         "voxpipe.pipelines.training.detection.read_anchors",
         "voxpipe.pipelines.inference.detect.run_detection",
-        "voxpipe.pipelines.inference.nnunet_predict.run_nnunet_bundle",
+        "voxpipe.pipelines.inference.nnunet_predict.run_nnunet_bundle",  # bundles imported before the move
+        "voxpipe.pipelines.inference.nnunet.bundle.run_nnunet_bundle",
         "voxpipe.pipelines.evaluation.detections.evaluate_run",
         "monai.data.utils.no_collation",
         "monai.data.decathlon_datalist.load_decathlon_datalist",

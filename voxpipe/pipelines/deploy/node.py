@@ -243,8 +243,6 @@ class DicomNode:
         self._claim_lock = threading.Lock()
         self._busy: set[str] = set()  # series a worker of this node holds now
         self._local = threading.local()  # which worker this thread is
-        if self.workers > 1:
-            _share_threads(self.workers)
         for worker in range(self.workers):  # every model loaded at start-up: a bad bundle stops the node here
             self.engine(worker)
         self.modality = _bundle_modality(self.bundle)
@@ -474,7 +472,7 @@ class DicomNode:
 
     def process(self, series_uid: str) -> dict[str, Any]:
         """Run one job as far as it goes now: predict (if queued), then send what is unsent."""
-        from voxpipe.pipelines.inference.infer import InferenceFailed
+        from voxpipe.pipelines.inference.cases import InferenceFailed
 
         job = self.store.get(series_uid)
         if job is None:
@@ -641,17 +639,6 @@ class DicomNode:
         return self.store.update(
             uid, state="done", sent=sent, last_error=None, seconds_from_last_instance=round(seconds, 3)
         )
-
-
-def _share_threads(workers: int) -> None:
-    """Give each worker an equal share of the CPU threads: torch's intra-op pool is per process, and
-    ``workers`` networks each using every core would fight over them."""
-    import torch
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // workers)
-    torch.set_num_threads(threads)
-    logger.info("%d workers on %d cores: %d CPU thread(s) per network", workers, cores, threads)
 
 
 # Patient-identifying attributes (PS3.15 E.1 basic profile, the ones a library message might quote).

@@ -29,16 +29,16 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from voxpipe.errors import InputError
+from voxpipe.pipelines.inference.models import MANIFEST
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "voxpipe-model.json"
 _TS = "https://github.com/wasserth/TotalSegmentator/releases/download"
 _ZOO_WEIGHTS = "https://developer.download.nvidia.com/assets/Clara/monai/tutorials/model_zoo"
 _ZOO_BUNDLES = "https://github.com/Project-MONAI/model-zoo/releases/download/hosting_storage_v1"
@@ -441,22 +441,6 @@ def describe(entry: Model, cache: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def merge_parts(part_maps: Sequence[Any], parts: Sequence[Mapping[str, Any]]) -> Any:
-    """One label map from the parts' maps (same grid): each part's labels mapped through its manifest
-    entry, in part order, later parts overwriting where they found something (TotalSegmentator's rule)."""
-    import numpy as np
-
-    merged = np.zeros(part_maps[0].shape, dtype=np.uint8)
-    for array, part in zip(part_maps, parts, strict=True):
-        mapping = {int(k): int(v) for k, v in part["labels"].items()}
-        lut = np.zeros(max(int(array.max()), max(mapping, default=0)) + 1, dtype=np.uint8)
-        for source, target in mapping.items():
-            lut[source] = target
-        mapped = lut[array]
-        np.copyto(merged, mapped, where=mapped != 0)
-    return merged
-
-
 __all__ = [
     "CATALOGUE",
     "MANIFEST",
@@ -465,7 +449,6 @@ __all__ = [
     "default_cache",
     "describe",
     "fetch_file",
-    "merge_parts",
     "model",
     "pull",
     "pulled",

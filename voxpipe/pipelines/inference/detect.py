@@ -44,7 +44,7 @@ import torch
 from monai.utils import convert_to_tensor
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.inference.engine import STATS, run_cases
+from voxpipe.pipelines.inference.cases import run_cases
 from voxpipe.pipelines.training.detection import detect_boxes
 from voxpipe.transforms.boxes import (
     meta_affine,
@@ -322,8 +322,9 @@ def run_detection(
             f"{str(checkpoint)!r}: expected weights of this bundle's detection network, found others "
             f"({str(error).splitlines()[0]})"
         ) from None
-    STATS.builds += 1  # the bundle built the detector for this run; the scans below reuse it
-    STATS.weight_loads += 1
+    from voxpipe.pipelines.inference.engine import EngineStats
+
+    stats = EngineStats(builds=1, weight_loads=1)  # the bundle built the detector; the scans reuse it
     detector.eval()
     all_rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
@@ -355,7 +356,7 @@ def run_detection(
             )
         write_case(out_dir, case, rows, image=str(entry["image"]))
         finished[case] = rows
-        STATS.cases += 1
+        stats.cases += 1
         logger.info(
             "%s: %d candidates (%d with score >= 0.5)", case, len(rows), sum(r["score"] >= 0.5 for r in rows)
         )
@@ -381,6 +382,7 @@ def run_detection(
         "min_score": min_score,
         "coordinates": "world mm, LPS (ITK/DICOM/LUNA16 physical space); boxes cccwhd",
         "seconds": round(time.perf_counter() - started, 3),
+        "engine": {"builds": stats.builds, "weight_loads": stats.weight_loads, "cases": stats.cases},
     }
     write_text_atomic(out_dir / "detections.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -603,7 +605,8 @@ def detect_with_bundle(
         InferenceFailed: some cases failed; every other case was written first.
     """
     from voxpipe.pipelines.bundles.run import run_bundle
-    from voxpipe.pipelines.inference.infer import InferenceFailed, collect_inputs, weights_path
+    from voxpipe.pipelines.inference.cases import InferenceFailed, collect_inputs
+    from voxpipe.pipelines.inference.infer import weights_path
 
     images = collect_inputs(inputs)
     if dicom_seg:
@@ -645,8 +648,11 @@ def detect_with_bundle(
         summary["classifier"] = classifier.source
     if failures:
         outputs = [Path(output_dir) / f"{c}.json" for c in summary["cases"] if c not in failures]
-        listing = "; ".join(f"{c}: {m}" for c, m in failures.items())
-        raise InferenceFailed(
-            f"{len(failures)} of {len(images)} scans failed: {listing}", outputs=outputs, failures=failures
+        raise InferenceFailed.of(
+            failures,
+            total=len(images),
+            outputs=outputs,
+            where=f"were written to {str(output_dir)!r}",
+            noun="scans",
         )
     return summary

@@ -12,6 +12,8 @@ bundle's ``preprocessing``) runs in a thread while the network works on the curr
 post-processing starts with ``ResampleArgmaxd`` and the inferer is voxpipe's, the engine links them so
 the logits are streamed into the source grid's labels as the windows finish (no C × network grid).
 
+The case loop is :func:`voxpipe.pipelines.inference.cases.run_cases`, the one every inference path uses.
+
 Why our own: MONAI's evaluator and ``ThreadDataLoader`` end the whole run at the first failing case,
 and MONAI has no object that keeps a bundle's network warm between runs. The bundle's ``evaluator``,
 ``preprocessing`` and ``handlers`` ids are what is needed (voxpipe's bundles and the Model Zoo's
@@ -20,71 +22,27 @@ inference configs have them).
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from voxpipe.errors import BundleError, OutputError, VoxpipeError
+from voxpipe.errors import BundleError
+from voxpipe.pipelines.inference.cases import CaseResult, run_cases
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class CaseResult:
-    """What became of one case: ``error`` is None when it was written."""
-
-    case: Any
-    seconds: float
-    error: BaseException | None = None
-    reason: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass
 class EngineStats:
-    """How often the expensive parts ran: the workflow built and the weights loaded (tests count them)."""
+    """How often this engine's expensive parts ran: the workflow built, the weights loaded, the cases
+    run (``voxpipe serve --status`` shows them per worker)."""
 
     builds: int = 0
     weight_loads: int = 0
     cases: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
-
-
-#: Process-wide counters, for tests and ``voxpipe serve --status``: an engine's construction adds one build.
-STATS = EngineStats()
-
-
-def machine_problem(error: BaseException) -> str | None:
-    """The reason when ``error`` (or its cause) is the machine's: a full disk or quota, a read-only output."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            return f"{current.strerror or current} ({current.filename or 'output folder'})"
-        if isinstance(current, OutputError) and current.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            return str(current)
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _reason(error: BaseException) -> str:
-    """One line: voxpipe's own message (it names the file), else the innermost cause with its type."""
-    from voxpipe.pipelines.bundles.run import innermost_error
-
-    root = innermost_error(error)
-    if isinstance(root, VoxpipeError):
-        return str(root).splitlines()[0]
-    return f"{type(root).__name__}: {' '.join(str(root).split())[:400]}"
 
 
 class InferenceEngine:
@@ -123,7 +81,7 @@ class InferenceEngine:
         self.workflow = run_bundle(
             bundle_dir, config="inference", overrides=values, safe=safe, before_run=before_run, execute=False
         )
-        STATS.builds += 1
+        self.stats = EngineStats(builds=1)
         parser = self.workflow.parser
         missing = [key for key in ("evaluator", "preprocessing") if key not in parser]
         if missing:
@@ -155,7 +113,7 @@ class InferenceEngine:
                         hint=hint_for(str(root)),
                     ) from error
                 self.evaluator.remove_event_handler(loader, Events.STARTED)
-                STATS.weight_loads += 1
+                self.stats.weight_loads += 1
         self.writers = _writers(parser)
         self.streamed = _link_streaming(parser, self.evaluator)
 
@@ -188,7 +146,7 @@ class InferenceEngine:
             self.evaluator.run()
         finally:  # the case's arrays (its label map, its network-grid image) are not kept to the next case
             self.evaluator.state.batch = self.evaluator.state.output = None
-        STATS.cases += 1
+        self.stats.cases += 1
 
     def run(self, cases: Sequence[Any], *, item: Callable[[Any], dict[str, Any]]) -> Iterator[CaseResult]:
         """Run ``cases`` one by one; yield a :class:`CaseResult` for each, in order.
@@ -203,51 +161,6 @@ class InferenceEngine:
             execute=self._run_prepared,
             prefetch=self.prefetch,
         )
-
-
-def run_cases(
-    cases: Sequence[Any],
-    *,
-    prepare: Callable[[Any], Any],
-    execute: Callable[[Any], None],
-    prefetch: bool = True,
-) -> Iterator[CaseResult]:
-    """The engine's case loop: ``prepare(case)`` (loading, resampling) for the next case runs in a thread
-    while ``execute(prepared)`` (network, stitching, writing) runs for this one; yields a
-    :class:`CaseResult` per case, in order.
-
-    Each case succeeds or fails on its own, with its reason; a full disk or a read-only output stops the
-    loop (that case and every later one yield the machine's reason). Used by :class:`InferenceEngine`
-    (segmentation bundles) and by :func:`voxpipe.pipelines.inference.detect.run_detection`.
-    """
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxpipe-prefetch") if prefetch else None
-    try:
-        pending: Future | None = None
-        if pool is not None and cases:
-            pending = pool.submit(prepare, cases[0])
-        stopped: str | None = None
-        for index, case in enumerate(cases):
-            started = time.perf_counter()
-            if stopped is not None:
-                yield CaseResult(case, 0.0, OutputError(stopped), f"not run ({stopped})")
-                continue
-            try:
-                future, pending = pending, None
-                prepared = future.result() if future is not None else prepare(case)
-                if pool is not None and index + 1 < len(cases):
-                    pending = pool.submit(prepare, cases[index + 1])
-                execute(prepared)
-            except Exception as error:  # one case's failure must not cost the others
-                if pool is not None and pending is None and index + 1 < len(cases):
-                    pending = pool.submit(prepare, cases[index + 1])
-                stopped = machine_problem(error)
-                reason = stopped or _reason(error)
-                yield CaseResult(case, time.perf_counter() - started, error, reason)
-                continue
-            yield CaseResult(case, time.perf_counter() - started)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _writers(parser: Any) -> list[tuple[Any, str]]:
@@ -320,11 +233,7 @@ def engine_key(bundle_dir: str | os.PathLike[str], weights: str | os.PathLike[st
 
 
 __all__ = [
-    "STATS",
-    "CaseResult",
     "EngineStats",
     "InferenceEngine",
     "engine_key",
-    "machine_problem",
-    "run_cases",
 ]

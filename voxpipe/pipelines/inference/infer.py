@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,140 +31,27 @@ from typing import Any
 from voxpipe.errors import BundleError, InputError, OutputError
 from voxpipe.pipelines.bundles.config import find_config, read_config
 from voxpipe.pipelines.bundles.run import run_bundle
-from voxpipe.pipelines.inference.engine import CaseResult, InferenceEngine, machine_problem
+from voxpipe.pipelines.inference.cases import (
+    CaseResult,
+    InferenceFailed,
+    case_name,
+    check_shard,
+    collect_inputs,
+    first_path,
+    is_complete,
+    machine_problem,
+)
+from voxpipe.pipelines.inference.engine import InferenceEngine
 from voxpipe.transforms.io import (
-    VOLUME_SUFFIXES,
-    case_id,
-    find_volumes,
     load_volume,
     read_geometry,
     remove_stale_temporaries,
-    volume_suffix,
 )
 
 logger = logging.getLogger(__name__)
 
-# What the bundles' LoadVolumed reads (nibabel for NIfTI, SimpleITK for the rest); a folder without
-# such files is read as a DICOM series.
-INFER_SUFFIXES = VOLUME_SUFFIXES
 # Label-map formats (single files, written atomically); "dicom-seg" writes <case>.dcm beside a .nii.gz.
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "dicom-seg")
-
-
-def case_name(case: Path | tuple[Path, ...]) -> str:
-    """The case id of an input: its file or folder name, or for one file per channel (nnU-Net's
-    ``case_0000.nii.gz``, ``case_0001.nii.gz``...) the name without the channel suffix."""
-    if isinstance(case, tuple):
-        return re.sub(r"_\d{4}$", "", case_id(case[0]))
-    return case_id(case)
-
-
-def _first(case: Path | tuple[Path, ...]) -> Path:
-    return case[0] if isinstance(case, tuple) else case
-
-
-def _group_channels(files: list[Path], channels: int) -> list[Path | tuple[Path, ...]]:
-    """nnU-Net-style channel files of a folder (``<case>_0000`` ... ``_<channels - 1>``) as one case each."""
-    groups: dict[str, dict[int, Path]] = {}
-    for file in files:
-        match = re.match(r"^(.+)_(\d{4})$", case_id(file))
-        if not match:
-            raise InputError(
-                f"{str(file)!r}: expected one file per channel named <case>_0000 ... _{channels - 1:04d} "
-                f"(the bundle takes {channels} channels) or a 4D image, found a file without a channel suffix"
-            )
-        groups.setdefault(match.group(1), {})[int(match.group(2))] = file
-    cases: list[Path | tuple[Path, ...]] = []
-    for name, found in sorted(groups.items()):
-        if sorted(found) != list(range(channels)):
-            raise InputError(
-                f"{str(found[min(found)])!r}: case {name!r}: expected channels {list(range(channels))}, found {sorted(found)}"
-            )
-        cases.append(tuple(found[c] for c in range(channels)))
-    return cases
-
-
-def collect_inputs(
-    inputs: Sequence[str | os.PathLike[str] | Sequence[str | os.PathLike[str]]], *, channels: int = 1
-) -> list[Path | tuple[Path, ...]]:
-    """Image files from a mix of files and folders (a folder contributes the images directly in it;
-    a folder holding no image files but DICOM slices is one input, a DICOM series).
-
-    For a bundle that takes several ``channels``, an input is a 4D image, a list of channel files
-    (one case), or a folder whose 3D files are grouped by nnU-Net's channel suffix (``case_0000``...);
-    a folder of 4D images gives one case per file.
-
-    Raises:
-        InputError: a path does not exist, is not an image, a folder holds no images, two inputs share
-            a case id (their outputs would overwrite each other), or nothing was given.
-    """
-    images: list[Path | tuple[Path, ...]] = []
-    for item in inputs:
-        if isinstance(item, (list, tuple)):
-            files = tuple(Path(f) for f in item)
-            missing = [str(f) for f in files if not f.is_file()]
-            if missing or len(files) != channels:
-                raise InputError(
-                    f"{str(files[0]) if files else '[]'!r}: expected {channels} existing channel files for one case, "
-                    f"found {len(files)}" + (f" ({missing[0]!r} missing)" if missing else "")
-                )
-            images.append(files)
-            continue
-        path = Path(item)
-        if path.is_dir():
-            found = [p for p in find_volumes(path) if volume_suffix(p) in INFER_SUFFIXES]
-            if found and channels > 1 and all(_is_3d(p) for p in found):
-                images.extend(_group_channels(found, channels))
-                continue
-            if not found:
-                from voxpipe.transforms.dicom import discover_series
-
-                try:
-                    discover_series(path)
-                except InputError:
-                    raise InputError(
-                        f"{str(path)!r}: expected image files ({', '.join(INFER_SUFFIXES)}) or DICOM slices in this folder, found neither"
-                    ) from None
-                found = [path]
-            images.extend(found)
-        elif path.is_file():
-            if volume_suffix(path) not in INFER_SUFFIXES:
-                raise InputError(
-                    f"{str(path)!r}: expected an image file ({', '.join(INFER_SUFFIXES)}), found {volume_suffix(path) or path.suffix!r}",
-                    hint="convert other formats with `voxpipe data convert`",
-                )
-            images.append(path)
-        else:
-            raise InputError(f"{str(path)!r}: expected an image file or folder, found nothing at that path")
-    if not images:
-        raise InputError("inputs: expected at least one image file or folder, found none")
-    seen: dict[str, Path | tuple[Path, ...]] = {}
-    for image in images:
-        if case_name(image) in seen:
-            raise InputError(
-                f"{str(_first(image))!r}: same case id {case_name(image)!r} as {str(_first(seen[case_name(image)]))!r}; "
-                "outputs would collide"
-            )
-        seen[case_name(image)] = image
-    return images
-
-
-def _is_3d(path: Path) -> bool:
-    """Whether an image file holds one channel (a 4D NIfTI holds several)."""
-    if volume_suffix(path) not in (".nii", ".nii.gz"):
-        return True
-    import nibabel as nib
-
-    return len(nib.load(str(path)).shape) == 3
-
-
-class InferenceFailed(InputError):
-    """Some cases failed; the others were written. ``failures`` maps input path → reason."""
-
-    def __init__(self, message: str, *, outputs: list[Path], failures: dict[str, str]) -> None:
-        super().__init__(message)
-        self.outputs = outputs
-        self.failures = failures
 
 
 def _output_path(output_dir: Path, image: Path | tuple[Path, ...], output_format: str = "nii.gz") -> Path:
@@ -174,14 +60,6 @@ def _output_path(output_dir: Path, image: Path | tuple[Path, ...], output_format
 
 def _seg_path(output_dir: Path, image: Path | tuple[Path, ...]) -> Path:
     return output_dir / f"{case_name(image)}.dcm"
-
-
-def _complete(path: Path) -> bool:
-    try:
-        read_geometry(path)
-    except InputError:
-        return False
-    return True
 
 
 def run_options(
@@ -219,8 +97,13 @@ def run_options(
         "output_ext": None if output_format in ("nii.gz", "dicom-seg") else f".{output_format}",
         "probabilities_dir": str(Path(probabilities_dir).resolve()) if probabilities_dir else None,
     }
-    if device is not None and device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"device: expected auto, cpu or cuda, found {device!r}")
+    if device is not None:
+        from voxpipe.runtime import DEVICE_NAMES, device_name
+
+        try:
+            device = device_name(device)
+        except Exception:
+            raise InputError(f"device: expected {DEVICE_NAMES}, found {device!r}") from None
     wanted["device#preference"] = device
     wanted = {k: v for k, v in wanted.items() if v is not None}
     config_file = find_config(bundle_dir, "inference")
@@ -289,7 +172,7 @@ def infer_with_bundle(
         safe: run the bundle in safe mode (known component kinds only, no code;
             :mod:`voxpipe.pipelines.bundles.safety`).
         shard: ``(k, n)``: run only the k-th of n shards (1 ≤ k ≤ n) of the inputs, every n-th case
-            from the k-th on, in input order (:func:`parse_shard`, :func:`shard_from_environment`).
+            from the k-th on, in input order (:func:`parse_shard`).
             Shards write into one output folder; each merges the statistics of all shards finished so
             far, so the last one to finish leaves the complete ``statistics.csv``.
         timings: a :class:`voxpipe.pipelines.inference.timings.Timings` to fill with the seconds of
@@ -314,7 +197,7 @@ def infer_with_bundle(
             return []
     if output_format == "dicom-seg":
         dicom_seg = True
-        not_dicom = [str(_first(p)) for p in images if isinstance(p, tuple) or not p.is_dir()]
+        not_dicom = [str(first_path(p)) for p in images if isinstance(p, tuple) or not p.is_dir()]
         if not_dicom:
             raise InputError(
                 f"format 'dicom-seg': expected DICOM series folders, found image files {not_dicom}",
@@ -341,7 +224,7 @@ def infer_with_bundle(
 
     def finished(image: Path | tuple[Path, ...]) -> bool:
         is_series = isinstance(image, Path) and image.is_dir()
-        return _complete(output(image)) and not (
+        return is_complete(output(image)) and not (
             dicom_seg and is_series and not _seg_path(out_dir, image).is_file()
         )
 
@@ -351,7 +234,7 @@ def infer_with_bundle(
     pending = []
     for image in (p for p in images if p not in done):
         try:
-            read_geometry(_first(image))
+            read_geometry(first_path(image))
         except InputError as error:
             failures[_key(image)] = str(error)
             logger.error("%s: skipped (%s)", image, error)
@@ -408,11 +291,12 @@ def infer_with_bundle(
             f"\n  statistics / DICOM-SEG not written: {machine}"  # the case list matters more
         )
     if failures:
-        listing = "\n  ".join(f"{path}: {reason}" for path, reason in failures.items()) + unwritten_summaries
-        raise InferenceFailed(
-            f"{len(failures)} of {len(images)} cases failed (the other {len(outputs)} were written to {str(out_dir)!r}):\n  {listing}",
+        raise InferenceFailed.of(
+            failures,
+            total=len(images),
             outputs=outputs,
-            failures=failures,
+            where=f"were written to {str(out_dir)!r}",
+            note=unwritten_summaries,
         )
     return outputs
 
@@ -436,40 +320,6 @@ def _raise_setup_error(bundle_dir: str | os.PathLike[str], results: Sequence[Cas
         return
     label = repr(str(find_config(bundle_dir, "inference")))
     raise BundleError(f"{label}: {results[0].reason}", hint=hint_for(results[0].reason)) from results[0].error
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"K/N"`` (1 ≤ K ≤ N) → ``(K, N)``.
-
-    Raises:
-        InputError: not of that form.
-    """
-    k, _, n = str(text).partition("/")
-    if not (k.strip().isdigit() and n.strip().isdigit()):
-        raise InputError(f"--shard: expected K/N with 1 <= K <= N (e.g. 2/8), found {text!r}")
-    return check_shard((int(k), int(n)))
-
-
-def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
-    k, n = (int(v) for v in shard)
-    if not 1 <= k <= n:
-        raise InputError(f"--shard: expected K/N with 1 <= K <= N (e.g. 2/8), found {k}/{n}")
-    return k, n
-
-
-def shard_from_environment() -> tuple[int, int] | None:
-    """Under ``torchrun`` (``WORLD_SIZE`` > 1): this rank's shard, ``(RANK + 1, WORLD_SIZE)``; else None.
-
-    With CUDA, each rank also takes its own GPU (``LOCAL_RANK``), so ``cuda`` means that GPU.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return None
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    return int(os.environ.get("RANK", "0")) + 1, world
 
 
 def weights_path(bundle_dir: str | os.PathLike[str], weights: str | os.PathLike[str] | None) -> Path:
@@ -516,7 +366,7 @@ def label_names(bundle_dir: str | os.PathLike[str]) -> dict[int, str]:
 
 def _key(case: Path | tuple[Path, ...]) -> str:
     """How a case is named in failure lists: its path (the first channel file for one file per channel)."""
-    return str(_first(case))
+    return str(first_path(case))
 
 
 def _datalist_image(case: Path | tuple[Path, ...]) -> str | list[str]:
@@ -555,7 +405,7 @@ def _write_statistics(
         label = load_volume(output(image))
 
         def intensity(image: Any = image, shape: tuple[int, ...] = label.array.shape) -> Any:
-            source = load_volume(_first(image), channels=True)  # a multi-channel image: channel 0
+            source = load_volume(first_path(image), channels=True)  # a multi-channel image: channel 0
             array = source.array[0] if source.array.ndim == 4 else source.array
             return array if array.shape == shape else None
 

@@ -68,10 +68,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from monai.inferers import Inferer, sliding_window_inference
+from monai.inferers import Inferer
 
 from voxpipe.errors import InputError
-from voxpipe.transforms.postprocess import foreground_box
+from voxpipe.pipelines.inference.predictor import NotStreamable, WindowCounts, WindowSkipper, stream_windows
+from voxpipe.transforms.body import body_box, body_mask, box_of
 
 logger = logging.getLogger(__name__)
 
@@ -107,161 +108,23 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device.type, dtype=dtype)
 
 
-def body_box(image: torch.Tensor, *, threshold: float, margin: Sequence[int]) -> tuple[slice, ...] | None:
-    """Bounding box (spatial slices) of ``image > threshold`` over batch and channels, grown by ``margin``."""
-    return _box_of((image > threshold).any(dim=0).any(dim=0), margin)
+class _WindowNetwork:
+    """The callable the streamed sliding window runs on each batch of windows: a float16 stitch's
+    windows taken to float32, channels-last, autocast. Its output keeps the network's type (bf16 under
+    autocast): the stitch weights each window in float32 on its own, so a batch of 100-class windows
+    is not held in float32 at once."""
 
+    def __init__(self, network: Any, *, precision: str, channels_last: bool) -> None:
+        self.network, self.precision, self.channels_last = network, precision, channels_last
 
-def _max_filter(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary dilation of an (X, Y, Z) mask by a (2r+1)³ cube, as three separable 1D max-pools."""
-    out = mask[None, None].float()
-    for axis in range(3):
-        kernel = [1, 1, 1]
-        kernel[axis] = 2 * radius + 1
-        padding = [k // 2 for k in kernel]
-        out = torch.nn.functional.max_pool3d(out, kernel_size=kernel, stride=1, padding=padding)
-    return out[0, 0] > 0.5
-
-
-def body_mask(
-    image: torch.Tensor,
-    *,
-    threshold: float,
-    opening: int = 2,
-    closing: int = 8,
-    keep_fraction: float = 0.2,
-    step: int = 2,
-) -> torch.Tensor:
-    """The patient's body on a CT, without the table: an (X, Y, Z) bool mask of ``image`` (B, C, X, Y, Z).
-
-    ``image > threshold`` (any batch item or channel), opened by a cube of radius ``opening`` voxels
-    (erosion, then dilation: structures thinner than that go, such as the table's shell, skin and
-    cables); then the largest connected component, with every other component at least
-    ``keep_fraction`` of its size; then closed by a cube of radius ``closing`` voxels with the holes
-    of each axial slice (last axis) filled in between, so the lungs and bowel gas are body even where
-    fat between the ribs (below a [-100, 200] HU window) leaves gaps in the chest wall. The work is
-    done on a grid ``step`` times coarser (radii divided by it) and the result brought back by
-    nearest neighbour, grown by one coarse voxel.
-
-    Why our own: MONAI has connected-component and hole-filling transforms for label maps, but no
-    body/table separation; this is the usual CT recipe (threshold, opening, largest component,
-    filled) written for speed on a whole volume (a coarse grid, separable max-pools, one labelling).
-    """
-    import numpy as np
-    from scipy import ndimage
-
-    full = (image > threshold).any(dim=0).any(dim=0).cpu()
-    shape = full.shape
-    mask = full
-    if step > 1:
-        mask = (
-            torch.nn.functional.max_pool3d(
-                full[None, None].float(), kernel_size=step, stride=step, ceil_mode=True
-            )[0, 0]
-            > 0.5
-        )
-    radius = -(-opening // step) if opening > 0 else 0
-    if radius:
-        mask = ~_max_filter(~mask, radius)  # erosion: the complement dilated
-        mask = _max_filter(mask, radius)
-    labels, count = ndimage.label(mask.numpy())
-    if count == 0:
-        return torch.zeros(shape, dtype=torch.bool)
-    sizes = np.bincount(labels.ravel())[1:]
-    kept = np.flatnonzero(sizes >= keep_fraction * sizes.max()) + 1
-    body = torch.from_numpy(np.isin(labels, kept) if len(kept) > 1 else labels == kept[0])
-    radius = -(-closing // step) if closing > 0 else 0
-    grown = _max_filter(body, radius).numpy() if radius else body.numpy()
-    # Holes of every axial slice at once: the outside's components, connected within slices only,
-    # that do not reach the slice's border.
-    in_plane = np.zeros((3, 3, 3), dtype=bool)
-    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
-    outside, _ = ndimage.label(~grown, structure=in_plane)
-    border = np.unique(
-        np.concatenate(
-            [outside[0].ravel(), outside[-1].ravel(), outside[:, 0].ravel(), outside[:, -1].ravel()]
-        )
-    )
-    grown |= (outside > 0) & ~np.isin(outside, border)
-    body = ~_max_filter(~torch.from_numpy(grown), radius) if radius else torch.from_numpy(grown)
-    if step > 1:
-        body = _max_filter(body, 1)
-        body = (
-            body.repeat_interleave(step, 0)
-            .repeat_interleave(step, 1)
-            .repeat_interleave(step, 2)[: shape[0], : shape[1], : shape[2]]
-        )
-    return body.contiguous()
-
-
-def _box_of(mask: torch.Tensor, margin: Sequence[int]) -> tuple[slice, ...] | None:
-    """Bounding box (spatial slices) of an (X, Y, Z) bool mask grown by ``margin``, clipped; None when empty."""
-    return foreground_box(mask.cpu().numpy(), margin)
-
-
-class _WindowPredictor:
-    """The callable MONAI's sliding window runs on each batch of windows: skips windows without body,
-    channels-last, autocast. With ``masked``, the windows' last channel is the body mask (not fed to
-    the network); otherwise a window holds body when a voxel is above ``threshold``."""
-
-    def __init__(
-        self,
-        network: Any,
-        *,
-        precision: str,
-        threshold: float,
-        background: int,
-        skip_air: bool,
-        channels_last: bool,
-        masked: bool = False,
-    ) -> None:
-        self.network, self.precision, self.threshold = network, precision, threshold
-        self.background, self.skip_air, self.channels_last = background, skip_air, channels_last
-        self.masked = masked
-        # the network's own output type (bf16 under autocast); stream_sliding_window takes each window
-        # to float32 on its own, so 4 windows of 100 classes are not held in float32 at once
-        self.raw = False
-        self.classes: int | None = None
-        self.skipped = 0
-        self.run = 0
-
-    def _forward(self, windows: torch.Tensor) -> torch.Tensor:
+    def __call__(self, windows: torch.Tensor, fold: int = 0) -> torch.Tensor:
+        """(N, C_in, *roi) → (N, C_out, *roi) logits."""
         if windows.dtype == torch.float16:  # a float16 stitch: the network still sees float32 windows
             windows = windows.float()
         if self.channels_last and windows.ndim == 5:
             windows = windows.contiguous(memory_format=torch.channels_last_3d)
         with _autocast(windows.device, self.precision):
-            out = self.network(windows)
-        self.classes = out.shape[1]
-        self.run += windows.shape[0]
-        return out if self.raw else out.float().contiguous()
-
-    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        """(N, C_in (+1 mask), *roi) → (N, C_out, *roi) float32 logits."""
-        if self.masked:
-            body = windows[:, -1].flatten(1).amax(dim=1) > 0.5
-            windows = windows[:, :-1].contiguous()
-        elif self.skip_air:
-            body = windows.flatten(1).amax(dim=1) > self.threshold
-        else:
-            return self._forward(windows)
-        if bool(body.all()):
-            return self._forward(windows)
-        if self.classes is None and not bool(body.any()):
-            self._forward(windows[:1])  # one window tells the number of classes
-        assert self.classes is not None or bool(body.any())
-        parts = self._forward(windows[body]) if bool(body.any()) else None
-        out = torch.full(  # ±20 are exact in every type: raw (bf16) windows take the network's type
-            (windows.shape[0], self.classes or 1, *windows.shape[2:]),
-            -20.0,
-            device=windows.device,
-            dtype=parts.dtype if parts is not None else torch.float32,
-        )
-        out[:, self.background] = 20.0
-        if parts is not None:
-            out[body] = parts
-        self.skipped += int((~body).sum())
-        return out
+            return self.network(windows)
 
 
 def _out_channels(network: Any) -> int | None:
@@ -286,13 +149,6 @@ def _channels_last(network: Any, enabled: bool) -> Any:
         network.to(memory_format=torch.contiguous_format)
 
 
-EMIT_ROWS = 8  # finished rows divided and handed on at once by stream_sliding_window
-
-
-class NotStreamable(Exception):
-    """The network's output does not allow a streamed stitch (another size than its window, or a tuple)."""
-
-
 def _scan_interval(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> list[int]:
     """MONAI's window step: ``int(roi × (1 − overlap))`` (at least 1); the whole axis when the window spans it."""
     return [
@@ -313,18 +169,22 @@ def stream_sliding_window(
     sigma_scale: float = 0.125,
     cval: float = 0.0,
     device: torch.device | str | None = None,
+    body: torch.Tensor | float | None = None,
+    background: int = 0,
+    counts: WindowCounts | None = None,
+    progress: bool = False,
 ) -> None:
     """MONAI's ``sliding_window_inference`` over one volume, handing on finished rows of the first
     spatial axis instead of returning the whole blended output.
 
     The windows, their order, the importance map, the padding and every addition and division are
     MONAI's (the values are bit-identical to ``sliding_window_inference``'s output; the tests compare
-    them). MONAI visits windows in order of their first-axis start, so once the windows starting at
-    row ``r`` are done every row above ``r`` is final: those rows are divided by the summed weights
-    and handed to ``rows(start, values)`` (values ``(C, n, Y, Z)`` in ``inputs``' type, rows of the
-    unpadded grid, in order, each once), and the band of rows still open moves up. Only that band, a
-    window deep, is held: with 100 output classes on a 256 × 256 × 192 grid, 0.9 GB in float16 instead
-    of MONAI's 2.5 GB output (and 5 GB in float32).
+    them), run by voxpipe's one streamed sliding window
+    (:func:`voxpipe.pipelines.inference.predictor.stream_windows`): finished rows are divided by the
+    summed weights and handed to ``rows(start, values)`` (values ``(C, n, Y, Z)`` in ``inputs``'
+    type, rows of the unpadded grid, in order, each once); only a band of rows a window deep is held:
+    with 100 output classes on a 256 × 256 × 192 grid, 0.9 GB in float16 instead of MONAI's 2.5 GB
+    output (and 5 GB in float32).
 
     Why our own: MONAI's ``buffer_steps`` option buffers windows on the window device but still
     returns the whole C × grid output.
@@ -336,6 +196,11 @@ def stream_sliding_window(
             returns float32, without the batch's float32 copy).
         rows: receives each finished block of rows.
         device: where the band is held (default: ``inputs``' device).
+        body: windows holding no body voxel are not run and stand for background with certainty
+            (logits +20 for ``background``, -20 for the rest, weighted like any window). A bool
+            ``(X, Y, Z)`` mask (the padding is not body), or a threshold: voxels of the padded input
+            above it in any channel are body. None: every window runs, as MONAI's.
+        counts: filled with the windows run and skipped.
 
     Raises:
         NotStreamable: the predictor returned something else than one tensor of the window's size.
@@ -346,7 +211,6 @@ def stream_sliding_window(
     if inputs.ndim != 5 or inputs.shape[0] != 1:
         raise NotStreamable(f"expected one 3D volume (1, C, X, Y, Z), found {tuple(inputs.shape)}")
     compute_dtype = inputs.dtype
-    device = torch.device(device) if device is not None else inputs.device
     original = [int(v) for v in inputs.shape[2:]]
     roi = [int(v) for v in fall_back_tuple(roi_size, original)]
     image_size = [max(n, r) for n, r in zip(original, roi, strict=True)]
@@ -358,6 +222,7 @@ def stream_sliding_window(
     if any(pad_size):
         plain = torch.nn.functional.pad(plain, pad=pad_size, mode="constant", value=cval)
     low = [pad_size[2 * (2 - axis)] for axis in range(3)]  # padding before each axis
+    inner = tuple(slice(lo, lo + n) for lo, n in zip(low, original, strict=True))
     slices = dense_patch_slices(image_size, roi, _scan_interval(image_size, roi, overlap))
     weight = compute_importance_map(
         get_valid_patch_size(image_size, roi),
@@ -365,59 +230,35 @@ def stream_sliding_window(
         sigma_scale=sigma_scale,
         device=inputs.device,
         dtype=compute_dtype,
-    )
-    weight = weight.to(dtype=compute_dtype, device=inputs.device)[None, None]
-    stitched_weight = weight.to(device)
-    count = torch.zeros([1, 1, *image_size], dtype=compute_dtype, device=device)
-    for window in slices:
-        count[(slice(None), slice(None), *window)] += stitched_weight
-    batches = [slices[i : i + sw_batch_size] for i in range(0, len(slices), sw_batch_size)]
-    depth = max(max(w[0].stop for w in batch) - batch[0][0].start for batch in batches)
-    band: torch.Tensor | None = None
-    base = 0  # the band's first row, in padded coordinates
-    for index, batch in enumerate(batches):
-        data = (
-            torch.cat([plain[(slice(0, 1), slice(None), *w)] for w in batch])
-            if len(batch) > 1
-            else plain[(slice(0, 1), slice(None), *batch[0])]
-        )
-        out = predictor(data)
-        if (
-            not isinstance(out, torch.Tensor)
-            or tuple(out.shape[2:]) != tuple(roi)
-            or out.shape[0] != len(batch)
-        ):
-            raise NotStreamable(
-                f"the network's output is {type(out).__name__} {tuple(getattr(out, 'shape', ()))}, not one tensor of the window's size {tuple(roi)}"
-            )
-        if band is None:
-            band = torch.zeros([1, out.shape[1], depth, *image_size[1:]], dtype=compute_dtype, device=device)
-        for window, values in zip(batch, out, strict=True):
-            # MONAI: the float32 output times the weights, added in the output's type; one window at a time
-            values = (values.float() * weight[0]).to(device)
-            rows_in_band = slice(window[0].start - base, window[0].stop - base)
-            band[(slice(None), slice(None), rows_in_band, *window[1:])] += values
-        del out, values
-        finished = batches[index + 1][0][0].start if index + 1 < len(batches) else image_size[0]
-        if finished > base:
-            done = finished - base
-            first, last = max(base, low[0]), min(finished, low[0] + original[0])  # image rows, not padding
-            for start in range(first, last, EMIT_ROWS):  # a few rows at a time: no second band-sized array
-                stop = min(start + EMIT_ROWS, last)
-                values = band[:, :, start - base : stop - base] / count[:, :, start:stop]
-                crop = (
-                    0,
-                    slice(None),
-                    slice(None),
-                    slice(low[1], low[1] + original[1]),
-                    slice(low[2], low[2] + original[2]),
-                )
-                rows(start - low[0], values[crop])
-            kept = depth - done
-            if kept > 0:
-                band[:, :, :kept] = band[:, :, done:].clone() if done < kept else band[:, :, done:]
-            band[:, :, max(kept, 0) :] = 0
-            base = finished
+    ).to(dtype=compute_dtype, device=inputs.device)
+    skip = None
+    if isinstance(body, torch.Tensor):
+        mask = torch.zeros(image_size, dtype=torch.bool)
+        mask[inner] = body.cpu()
+        skip = WindowSkipper(mask)
+    elif body is not None:
+        skip = WindowSkipper((plain[0] > body).any(dim=0))
+
+    def certain_background(classes: int) -> torch.Tensor:
+        fill = torch.full((classes,), -20.0)  # ±20 are exact in every type
+        fill[background] = 20.0
+        return fill
+
+    for start, values in stream_windows(
+        plain[0],
+        [tuple(w) for w in slices],
+        lambda windows, fold: predictor(windows),
+        weight=weight,
+        inner=inner,
+        band_dtype=compute_dtype,
+        device=device,
+        batch=sw_batch_size,
+        skip=skip,
+        skipped_logits=certain_background if skip is not None else None,
+        counts=counts,
+        progress=progress,
+    ):
+        rows(start, values)
 
 
 class FastSlidingWindowInferer(Inferer):
@@ -553,24 +394,18 @@ class FastSlidingWindowInferer(Inferer):
         tta: bool,
         rows: Callable[[int, torch.Tensor], None] | None = None,
     ) -> tuple[torch.Tensor | None, dict[str, int]]:
-        """Blended logits of MONAI's window grid over ``inputs``; with ``mask`` (X, Y, Z), only windows
-        holding some of it run. With ``rows``, the logits are handed on row block by row block
-        (:func:`stream_sliding_window`, no TTA) and None is returned."""
-        predictor = _WindowPredictor(
-            self._network(network),
-            precision=self.precision,
-            threshold=self.threshold,
-            background=self.background,
-            skip_air=self.skip_air,
-            channels_last=self.channels_last,
-            masked=mask is not None,
+        """Blended logits of MONAI's window grid over ``inputs`` (each batch item on its own); with
+        ``mask`` (X, Y, Z), only windows holding some of it run. With ``rows``, the logits are handed
+        on row block by row block (no TTA) and None is returned; otherwise the rows are gathered into
+        the whole output (the same values as MONAI's ``sliding_window_inference``)."""
+        predictor = _WindowNetwork(
+            self._network(network), precision=self.precision, channels_last=self.channels_last
         )
         if self._stitch_dtype(network) == torch.float16:  # MONAI blends in the input's type
             inputs = inputs.to(torch.float16)
-        if mask is not None:
-            inputs = torch.cat(
-                [inputs, mask.to(inputs.device, inputs.dtype).expand(inputs.shape[0], 1, *mask.shape)], dim=1
-            )
+        body: torch.Tensor | float | None = (
+            mask if mask is not None else (self.threshold if self.skip_air else None)
+        )
         spatial = list(range(2, inputs.ndim))
         flips = (
             [list(c) for n in range(len(spatial) + 1) for c in itertools.combinations(spatial, n)]
@@ -578,40 +413,56 @@ class FastSlidingWindowInferer(Inferer):
             else [[]]
         )
         device = self._output_device(inputs)
+        counts = WindowCounts()
+        options = {
+            "overlap": self.overlap,
+            "mode": self.mode,
+            "device": device,
+            "background": self.background,
+            "counts": counts,
+            "progress": self.progress,
+        }
         total: torch.Tensor | None = None
         with _channels_last(network, self.channels_last):
             if rows is not None:
-                predictor.raw = True
                 stream_sliding_window(
-                    inputs,
-                    self.roi_size,
-                    self.sw_batch_size,
-                    predictor,
-                    rows,
-                    overlap=self.overlap,
-                    mode=self.mode,
-                    device=device,
+                    inputs, self.roi_size, self.sw_batch_size, predictor, rows, body=body, **options
                 )
-                return None, {"run": predictor.run, "skipped": predictor.skipped, "passes": 1}
+                return None, {"run": counts.run, "skipped": counts.skipped, "passes": 1}
+            plain = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
             for dims in flips:
-                view = torch.flip(inputs, dims) if dims else inputs
-                out = sliding_window_inference(
-                    view,
-                    self.roi_size,
-                    self.sw_batch_size,
-                    predictor,
-                    overlap=self.overlap,
-                    mode=self.mode,
-                    sw_device=inputs.device,
-                    device=device,
-                    progress=self.progress,
-                )
+                view = torch.flip(plain, dims) if dims else plain
+                flipped = body
+                if isinstance(body, torch.Tensor) and dims:
+                    flipped = torch.flip(body, [d - 2 for d in dims])
+                out: torch.Tensor | None = None
+                for item in range(view.shape[0]):
+
+                    def gather(
+                        start: int, values: torch.Tensor, item: int = item, view: torch.Tensor = view
+                    ) -> None:
+                        nonlocal out
+                        if out is None:
+                            shape = (view.shape[0], values.shape[0], *view.shape[2:])
+                            out = torch.empty(shape, dtype=values.dtype, device=values.device)
+                        out[item, :, start : start + values.shape[1]] = values
+
+                    stream_sliding_window(
+                        view[item : item + 1],
+                        self.roi_size,
+                        self.sw_batch_size,
+                        predictor,
+                        gather,
+                        body=flipped,
+                        **options,
+                    )
+                assert out is not None
                 out = out if out.dtype == torch.float16 else out.float()
                 out = torch.flip(out, dims) if dims else out
                 total = out if total is None else total.add_(out)
         assert total is not None
-        counts = {"run": predictor.run, "skipped": predictor.skipped, "passes": len(flips)}
-        return (total / len(flips) if len(flips) > 1 else total), counts
+        result = {"run": counts.run, "skipped": counts.skipped, "passes": len(flips)}
+        return (total / len(flips) if len(flips) > 1 else total), result
 
     def _organ_box(
         self, inputs: torch.Tensor, network: Any
@@ -645,7 +496,7 @@ class FastSlidingWindowInferer(Inferer):
         kept = torch.from_numpy(
             np.isin(components, np.flatnonzero(sizes >= self.keep_fraction * sizes.max()) + 1)
         )
-        box = _box_of(kept, [0, 0, 0])
+        box = box_of(kept, [0, 0, 0])
         assert box is not None
         scale = [full / small for full, small in zip(inputs.shape[2:], coarse.shape[2:], strict=True)]
         full_box = tuple(
@@ -739,7 +590,7 @@ class FastSlidingWindowInferer(Inferer):
             mask is None or bool(mask.any())
         ):  # no body at all: the windows learn the classes
             box = (
-                _box_of(mask, self.margin)
+                box_of(mask, self.margin)
                 if mask is not None
                 else body_box(inputs, threshold=self.threshold, margin=self.margin)
             )

@@ -1,0 +1,358 @@
+"""An nnU-Net model folder loaded once and run case by case, step for step as nnU-Net 2.8's
+``nnUNetPredictor`` does, through voxpipe's one streamed sliding window.
+
+The steps: read with the plans' reader (:mod:`.readers`), preprocess (:mod:`.preprocess`), nnU-Net's
+windows with its float16 Gaussian, one float16 band per fold (mirroring over the allowed axes on
+request), run by :func:`voxpipe.pipelines.inference.predictor.stream_windows`, then the logits
+resampled back to the cropped shape row by row and argmaxed (or the regions' sigmoid > 0.5), pasted
+into the crop box, ``transpose_backward``, written with the input's geometry.
+
+What differs from nnU-Net is memory, not numbers: rows of logits go from the window loop to the
+export as soon as no later window touches them, so neither the C × preprocessed grid nor the
+C × full-resolution grid (37 GB in float16 for TotalSegmentator's 117 classes on a 512 × 512 × 600
+CT) is held. On CUDA the windows run under fp16 autocast and the window arithmetic stays in float16,
+as nnU-Net's predictor does on a GPU; on the CPU in float32 (``fast``: bf16 where the CPU has it).
+
+Why our own: nnU-Net's predictor cannot be installed beside voxpipe (its packaging pulls torchvision,
+which breaks the CPU torch), loads checkpoints with ``weights_only=False``, and holds its inputs and
+outputs in memory whole. The tests compare this module with ``nnUNetPredictor`` itself on generated
+model folders. Named ``NnUNetModel`` so that it is not mistaken for nnU-Net's ``nnUNetPredictor``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from voxpipe.errors import BundleError, InputError
+from voxpipe.pipelines.inference.nnunet.folder import NnUNetFolder
+from voxpipe.pipelines.inference.nnunet.preprocess import preprocess, resampling_options
+from voxpipe.pipelines.inference.nnunet.readers import Case, read_case
+from voxpipe.pipelines.inference.predictor import WindowSkipper, stream_windows
+from voxpipe.runtime import select_device
+from voxpipe.transforms.nnunet import gaussian_weights, window_starts
+from voxpipe.transforms.nnunet_resample import RowResampler, labels_by_rows
+
+#: Where a CT channel counts as body for ``fast``'s window skipping (HU, before normalisation).
+BODY_HU = -500.0
+
+
+def _precision(device: torch.device, *, fast: bool) -> str:
+    """nnU-Net's autocast: fp16 on CUDA (its predictor's default there); on the CPU float32, or bf16
+    with ``fast`` where the CPU runs bf16 natively; MPS in float32, as nnU-Net runs it."""
+    from voxpipe.pipelines.inference.sliding_window import cpu_bf16_supported
+
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if fast and device.type == "cpu" and cpu_bf16_supported() else "fp32"
+
+
+class NnUNetModel:
+    """An nnU-Net model folder, loaded once (its folds' weights held), then run case by case.
+
+    Args:
+        folder: an :class:`NnUNetFolder` (or its path).
+        step: the window step as a fraction of the patch (nnU-Net's ``tile_step_size``, 0.5).
+        mirroring: test-time mirroring over the checkpoint's allowed axes.
+        fast: voxpipe's fast path, not nnU-Net's numbers: the network in bf16 where the CPU runs
+            bf16 natively, and windows holding no body voxel (nothing above -500 HU in a CT channel)
+            not run, their voxels background (:attr:`skipped` counts them per case).
+            ``benchmarks/nnunet_cpu.py`` states its agreement with the reference path.
+        channels_last: run the windows in channels-last 3D layout (oneDNN; faster on some CPUs,
+            ~1e-3 relative differences).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"``: where the networks run and
+            the bands are held (fp16 autocast on CUDA, as nnU-Net).
+    """
+
+    def __init__(
+        self,
+        folder: NnUNetFolder | str | os.PathLike[str],
+        *,
+        step: float = 0.5,
+        mirroring: bool = False,
+        fast: bool = False,
+        channels_last: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        from voxpipe.networks.nnunet import network_from_plans, read_checkpoint
+
+        self.device = select_device(device) if isinstance(device, str) else torch.device(device)
+        self.fast, self.channels_last = bool(fast), bool(channels_last)
+        self.precision = _precision(self.device, fast=self.fast)
+        self.skipped = 0
+
+        self.folder = folder if isinstance(folder, NnUNetFolder) else NnUNetFolder(folder)
+        config = self.folder.configuration
+        self.step, self.mirroring = float(step), bool(mirroring)
+        checkpoints = [read_checkpoint(p) for p in self.folder.checkpoints]
+        self.mirror_axes = checkpoints[0].mirroring_axes
+        source = str(self.folder.path / "plans.json")
+        # a cascade stage: the first stage runs first, its labels are extra input channels (one-hot)
+        self.previous = (
+            NnUNetModel(
+                NnUNetFolder(self.folder.previous_folder()),
+                step=step,
+                mirroring=mirroring,
+                fast=fast,
+                channels_last=channels_last,
+                device=self.device,
+            )
+            if self.folder.previous_stage
+            else None
+        )
+        self.foreground = [v for v in self.folder.labels.values if v != 0]
+        self.network = network_from_plans(
+            self.folder.plans,
+            config,
+            input_channels=len(self.folder.channels) + (len(self.foreground) if self.previous else 0),
+            num_classes=self.folder.labels.heads,
+            source=source,
+        ).eval()
+        self.network.to(self.device)
+        self.weights = []
+        for checkpoint in checkpoints:
+            weights = {k: v.to(self.device) for k, v in checkpoint.weights.items()}
+            try:
+                self.network.load_state_dict(weights)
+            except RuntimeError as error:
+                raise BundleError(
+                    f"{checkpoint.path!r}: the weights do not fit the network of {source!r} "
+                    f"({str(error).splitlines()[0]})"
+                ) from None
+            self.weights.append(weights)
+        self.patch = [int(p) for p in config["patch_size"]]
+        self.spacing = [float(s) for s in config["spacing"]]
+
+    # -- the steps --------------------------------------------------------------------------------
+    def preprocess(self, case: Case) -> np.ndarray:
+        """The case as the network sees it (C, *spatial) float32; ``case.data`` is released."""
+        previous = self._previous_stage(case) if self.previous is not None else None
+        return preprocess(case, self.folder, previous=previous, foreground=self.foreground)
+
+    def _previous_stage(self, case: Case) -> np.ndarray:
+        """A cascade's first-stage labels on this case's array (in the reader's order, as nnU-Net reads
+        the first stage's written prediction back)."""
+        assert self.previous is not None and case.data is not None
+        first = Case(case.data.copy(), list(case.spacing), dict(case.geometry), dict(case.properties))
+        logits = self.previous.stream(self.previous.preprocess(first))
+        return self.previous.export(logits, first, to_file=False)
+
+    def _networks(self) -> list[torch.nn.Module]:
+        """One callable per fold, sharing the module: each fold's weights are swapped in per call."""
+        if len(self.weights) == 1:
+            self.network.load_state_dict(self.weights[0])
+            return [self.network]
+        self.network._voxpipe_fold = None  # type: ignore[assignment]
+        return [_FoldNetwork(self.network, w) for w in self.weights]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _body(self, padded: torch.Tensor) -> WindowSkipper | None:
+        """The fast path's window test: a window with no body voxel is not run. The body is every
+        voxel above :data:`BODY_HU` (normalised as the plans normalise) in any CT channel; models
+        without a CT channel run every window."""
+        config, plans = self.folder.configuration, self.folder.plans
+        schemes = config.get("normalization_schemes", [])
+        properties = plans.get("foreground_intensity_properties_per_channel", {})
+        body: torch.Tensor | None = None
+        for c, scheme in enumerate(schemes):
+            if scheme != "CTNormalization" or str(c) not in properties:
+                continue
+            p = properties[str(c)]
+            level = (max(BODY_HU, float(p["percentile_00_5"])) - float(p["mean"])) / max(
+                float(p["std"]), 1e-8
+            )
+            above = padded[c] > level
+            body = above if body is None else body | above
+        return WindowSkipper(body) if body is not None else None
+
+    def _windows(self, padded_shape: Sequence[int]) -> tuple[list[tuple[slice, ...]], bool]:
+        """nnU-Net's windows on the padded grid, in its order (rows of windows along Z; a 2D
+        configuration slice by slice), and whether they are 2D."""
+        patch = self.patch
+        flat = len(patch) == len(padded_shape) - 1
+        if flat:
+            rows, depth = list(range(padded_shape[0])), 1
+            in_plane = window_starts(padded_shape[1:], patch, self.step)
+            size = patch
+        else:
+            rows, depth = window_starts(padded_shape[:1], patch[:1], self.step)[0], patch[0]
+            in_plane = window_starts(padded_shape[1:], patch[1:], self.step)
+            size = patch[1:]
+        windows = [
+            (slice(row, row + depth), *(slice(s, s + p) for s, p in zip(start, size, strict=True)))
+            for row in rows
+            for start in itertools.product(*in_plane)
+        ]
+        return windows, flat
+
+    def stream(self, data: np.ndarray) -> Iterator[tuple[int, torch.Tensor]]:
+        """Fold-averaged float16 logits on the preprocessed grid ``data`` (C, Z, Y, X), row block by
+        row block along Z: ``(first_row, (heads, rows, Y, X))``, in order, on :attr:`device`."""
+        image = torch.from_numpy(np.ascontiguousarray(data))
+        spatial, patch = list(image.shape[1:]), self.patch
+        if len(patch) not in (len(spatial), len(spatial) - 1):
+            raise InputError(
+                f"{str(self.folder.path / 'plans.json')!r}: patch_size {patch} does not fit a "
+                f"{len(spatial)}D image"
+            )
+        lead = len(spatial) - len(patch)
+        pad_low = [0] * lead + [max(p - s, 0) // 2 for p, s in zip(patch, spatial[lead:], strict=True)]
+        padded_shape = spatial[:lead] + [max(p, s) for p, s in zip(patch, spatial[lead:], strict=True)]
+        padded = torch.zeros((image.shape[0], *padded_shape), dtype=image.dtype)
+        inner = tuple(slice(lo, lo + s) for lo, s in zip(pad_low, spatial, strict=True))
+        padded[(slice(None), *inner)] = image
+        del image
+        windows, flat = self._windows(padded_shape)
+        skip = self._body(padded) if self.fast else None
+        networks = self._networks()
+        axes = [a + 2 for a in (self.mirror_axes or ())] if self.mirroring else []
+        combos = [c for n in range(len(axes)) for c in itertools.combinations(axes, n + 1)]
+        regions = self.folder.labels.regions is not None
+
+        def predict(window: torch.Tensor, fold: int) -> torch.Tensor:
+            """nnU-Net's ``_internal_maybe_mirror_and_predict``, in the type the network gives (float16
+            under CUDA autocast, as nnU-Net keeps it; bf16 is taken to float32)."""
+            network = networks[fold]
+            window = window.to(self.device)
+            if self.channels_last and window.ndim == 5:
+                window = window.contiguous(memory_format=torch.channels_last_3d)
+            with self._autocast():
+                prediction = _exact(network(window))
+                for flip in combos:
+                    prediction += torch.flip(_exact(network(torch.flip(window, flip))), flip)
+            if combos:
+                prediction /= len(combos) + 1
+            return prediction
+
+        def unreached(heads: int) -> torch.Tensor:  # the fast path's rows no window reached
+            if regions:
+                return torch.full((heads,), -10.0)
+            fill = torch.zeros(heads)
+            fill[0] = 10.0
+            return fill
+
+        if self.channels_last:
+            self.network.to(memory_format=torch.channels_last_3d)
+        try:
+            with torch.inference_mode():  # (a generator: autocast is entered per window, not across yields)
+                yield from stream_windows(
+                    padded,
+                    windows,
+                    predict,
+                    weight=gaussian_weights(patch).to(torch.float16),
+                    inner=inner,
+                    band_dtype=torch.float16,
+                    device=self.device,
+                    networks=len(networks),
+                    as_weighted=lambda values: values,
+                    skip=skip,
+                    unreached=unreached if skip is not None else None,
+                    flat=flat,
+                )
+        finally:
+            self.skipped = skip.skipped if skip is not None else 0
+            if self.channels_last:
+                self.network.to(memory_format=torch.contiguous_format)
+
+    def logits(self, data: np.ndarray) -> torch.Tensor:
+        """Fold-averaged float16 logits on the preprocessed grid, whole (for tests and probabilities)."""
+        return torch.cat([block.cpu() for _, block in self.stream(data)], dim=1)
+
+    def _resampler(self, case: Case, in_shape: Sequence[int]) -> RowResampler:
+        spacing = case.properties["spacing_transposed"]
+        current = (
+            self.spacing
+            if len(self.spacing) == len(case.properties["shape_after_cropping"])
+            else [spacing[0], *self.spacing]
+        )
+        options = resampling_options(self.folder.configuration, "resampling_fn_probabilities_kwargs", 1)
+        return RowResampler(in_shape, case.properties["shape_after_cropping"], current, spacing, **options)
+
+    def export(
+        self, logits: torch.Tensor | Iterable[tuple[int, torch.Tensor]], case: Case, *, to_file: bool = True
+    ) -> np.ndarray:
+        """The label map on the input's array grid (the input file's SimpleITK array order, z, y, x), from the logits (whole,
+        or the row blocks of :meth:`stream`): resampled to the cropped shape slab by slab, argmax (or
+        the regions' sigmoid > 0.5 in ``regions_class_order``), pasted into the crop box,
+        ``transpose_backward``. The full-resolution C × grid never exists."""
+        plans, labels = self.folder.plans, self.folder.labels
+        blocks = [(0, logits)] if isinstance(logits, torch.Tensor) else logits
+        dtype = np.uint8 if len([v for v in labels.values if v]) < 255 else np.uint16
+        segmentation = labels_by_rows(
+            self._resampler(case, case.properties["shape_after_resampling"]),
+            blocks,
+            heads=labels.heads,
+            regions=list(labels.regions_class_order or []) if labels.regions is not None else None,
+            dtype=dtype,
+        )
+        full = np.zeros(case.properties["shape_before_cropping"], dtype=dtype)
+        full[tuple(slice(a, b) for a, b in case.properties["box"])] = segmentation
+        backward = list(plans.get("transpose_backward", range(full.ndim)))
+        full = full.transpose(backward)
+        turn = case.properties.get("from_canonical")
+        if turn is not None and to_file:  # NibabelIOWithReorient: from RAS back to the file's own voxel order
+            from nibabel.orientations import apply_orientation
+
+            full = np.ascontiguousarray(
+                apply_orientation(full.transpose((2, 1, 0)), turn).transpose((2, 1, 0))
+            )
+        return full
+
+    def predict(self, paths: Sequence[str | os.PathLike[str]]) -> tuple[np.ndarray, Case]:
+        reader = str(self.folder.plans.get("image_reader_writer", "SimpleITKIO"))
+        case = read_case(paths, reader=reader)
+        data = self.preprocess(case)
+        return self.export(self.stream(data), case), case
+
+    def write(self, segmentation: np.ndarray, case: Case, path: str | os.PathLike[str]) -> Path:
+        """Write as nnU-Net's ``SimpleITKIO.write_seg`` (the input's spacing, origin, direction), atomically."""
+        import SimpleITK as sitk
+
+        from voxpipe.transforms.io import atomic_path
+
+        image = sitk.GetImageFromArray(
+            segmentation.astype(np.uint8 if np.max(segmentation) < 255 else np.uint16)
+        )
+        image.SetSpacing(case.geometry["spacing"])
+        image.SetOrigin(case.geometry["origin"])
+        image.SetDirection(case.geometry["direction"])
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), True)
+        return Path(path)
+
+
+def _exact(prediction: torch.Tensor) -> torch.Tensor:
+    """A window's logits in the type nnU-Net sums them in: float16 stays (CUDA autocast), the rest float32."""
+    return prediction if prediction.dtype in (torch.float16, torch.float32) else prediction.float()
+
+
+class _FoldNetwork(torch.nn.Module):
+    """One fold of a model: the shared network with this fold's weights loaded before a call when
+    another fold's are in it, so five folds hold five state dicts, not five networks. (A copy is
+    ~30 ms against seconds for a window; ``torch.func.functional_call`` leaves weights of the
+    previous call behind in networks whose modules are registered twice, as nnU-Net's are.)"""
+
+    def __init__(self, network: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.network, self.weights = network, dict(weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self.network, "_voxpipe_fold", None) != id(self):
+            self.network.load_state_dict(self.weights)
+            self.network._voxpipe_fold = id(self)  # type: ignore[assignment]
+        return self.network(x)
+
+
+__all__ = ["BODY_HU", "NnUNetModel"]
