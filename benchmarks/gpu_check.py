@@ -13,7 +13,11 @@ What it runs, each for real, and prints:
    blended output on the GPU (``stitch_device input``) and on the CPU, seconds and peak GPU memory;
    and a 100-class random network streamed row block by row block (peak GPU memory);
 3. **training**: the liver bundle's trainer (MONAI ``SupervisedTrainer``, AMP on CUDA) for a few
-   iterations on tiny phantoms: seconds per iteration and the loss, which must be finite.
+   iterations on tiny phantoms: seconds per iteration and the loss, which must be finite;
+4. **nnU-Net folder**: a random-init PlainConvUNet folder of the real layout (``nnunet_cpu.py``'s) run
+   by ``NnUNetModel`` on the device (fp16 autocast, float16 window arithmetic, as nnU-Net on a GPU)
+   and on the CPU (float32): seconds, peak GPU memory, the share of identical voxels and Dice per
+   class between the two label maps (fp16 against fp32: close, not identical).
 
 Random-init SegResNet(16) unless ``--weights`` (with ``--init-filters``) names trained weights:
 agreement figures of a random network are pessimistic (near-tied logits). Nothing here downloads.
@@ -208,6 +212,50 @@ def training(args: argparse.Namespace, folder: Path, device: torch.device) -> di
     }
 
 
+def nnunet(args: argparse.Namespace, folder: Path, device: torch.device) -> dict:
+    import importlib.util
+
+    import SimpleITK as sitk
+
+    from voxpipe.phantoms.ct import liver_phantom
+    from voxpipe.pipelines.inference.nnunet.model import NnUNetModel
+
+    spec = importlib.util.spec_from_file_location("nnunet_cpu", Path(__file__).with_name("nnunet_cpu.py"))
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = bench.make_folder(
+        folder / "nnunet",
+        classes=3,
+        features=8 if args.quick else 32,
+        patch=32 if args.quick else 128,
+        folds=1 if args.quick else 2,
+    )
+    phantom = liver_phantom(5, size="tiny" if args.quick else "default")
+    image = sitk.GetImageFromArray(np.asarray(phantom.image, dtype=np.int16).transpose(2, 1, 0))
+    image.SetSpacing([float(v) for v in np.abs(np.diag(phantom.affine))[:3]])
+    path = folder / "nnunet_ct_0000.nii.gz"
+    sitk.WriteImage(image, str(path))
+    figures: dict = {"image": list(image.GetSize())}
+    maps = {}
+    for name, where in (("cpu fp32", torch.device("cpu")), (f"{device.type} device", device)):
+        runner = NnUNetModel(model, device=where)
+        runner.predict([path])  # warm-up (cuDNN autotuning, allocator)
+        if where.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(where)
+        _sync(where)
+        started = time.perf_counter()
+        maps[name], _ = runner.predict([path])
+        _sync(where)
+        figures[f"{name} ({runner.precision}) seconds"] = round(time.perf_counter() - started, 2)
+        if where.type == "cuda":
+            figures["peak GPU MiB"] = round(torch.cuda.max_memory_allocated(where) / 2**20, 1)
+    first, second = maps.values()
+    figures["identical voxels"] = round(float(np.mean(first == second)), 6)
+    figures["dice"] = {str(c): round(_dice(first == c, second == c), 4) for c in (1, 2)}
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -216,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small volumes and few iterations")
     parser.add_argument("--weights", help="trained liver bundle weights (default: a seeded random init)")
     parser.add_argument("--init-filters", type=int, default=16)
-    parser.add_argument("--only", choices=("inference", "stitching", "training"), action="append")
+    parser.add_argument("--only", choices=("inference", "stitching", "training", "nnunet"), action="append")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -227,12 +275,14 @@ def main(argv: list[str] | None = None) -> dict:
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for part in args.only or ("inference", "stitching", "training"):
+        for part in args.only or ("inference", "stitching", "training", "nnunet"):
             started = time.perf_counter()
             if part == "inference":
                 report[part] = inference(args, folder, device)
             elif part == "stitching":
                 report[part] = stitching(args, device)
+            elif part == "nnunet":
+                report[part] = nnunet(args, folder, device)
             else:
                 report[part] = training(args, folder, device)
             print(f"{part}: {json.dumps(report[part])} ({time.perf_counter() - started:.1f} s)", flush=True)

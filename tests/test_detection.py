@@ -400,7 +400,7 @@ def test_dicom_seg_of_detections_reads_back_on_the_series_grid(trained, tmp_path
 @pytest.mark.slow
 def test_classifier_patches_are_centred_on_the_world_point(tmp_path):
     """A bright voxel at a known LPS point lands at the centre of the classifier's patch (flipped storage, near the edge)."""
-    from voxpipe.pipelines.inference.detect import NoduleClassifier
+    from voxpipe.pipelines.inference.classify import NoduleClassifier
 
     bundle = tmp_path / "classifier"
     import shutil

@@ -25,4 +25,6 @@ def test_the_gpu_script_runs_every_part_on_the_cpu(capsys):
     assert stitched["stitch on input"]["output device"] == stitched["stitch on cpu"]["output device"] == "cpu"
     assert stitched["12 classes streamed"]["rows handed on"] == 40  # every row of the 40-row grid, once
     assert report["training"]["finite"] and not math.isnan(report["training"]["last loss"])
+    # the nnU-Net part: the same torch code on the same device twice gives the same map
+    assert report["nnunet"]["identical voxels"] == 1.0
     assert '"training"' in capsys.readouterr().out

@@ -26,13 +26,8 @@ from voxpipe.phantoms.ct import liver_phantom
 from voxpipe.pipelines.data.datalists import dataset_label_groups, dataset_label_values
 from voxpipe.pipelines.inference.cases import InferenceFailed
 from voxpipe.pipelines.inference.infer import infer_with_bundle
-from voxpipe.transforms.io import (
-    atomic_path,
-    load_volume,
-    read_geometry,
-    remove_stale_temporaries,
-    write_volume,
-)
+from voxpipe.transforms.files import atomic_path, remove_stale_temporaries
+from voxpipe.transforms.io import load_volume, read_geometry, write_volume
 
 ORACLE = {
     "network_def": {"_target_": "helpers.OracleNet"},

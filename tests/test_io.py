@@ -9,14 +9,8 @@ import SimpleITK as sitk
 
 from voxpipe.errors import GeometryError, InputError
 from voxpipe.phantoms.ct import liver_phantom
-from voxpipe.transforms.io import (
-    atomic_path,
-    case_id,
-    load_volume,
-    save_nifti,
-    write_label_like,
-    write_volume,
-)
+from voxpipe.transforms.files import atomic_path
+from voxpipe.transforms.io import case_id, load_volume, save_nifti, write_label_like, write_volume
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +159,7 @@ def test_atomic_outputs_get_the_mode_of_a_plain_file(tmp_path):
     import os
     import stat
 
-    from voxpipe.transforms.io import write_text_atomic
+    from voxpipe.transforms.files import write_text_atomic
 
     umask = os.umask(0)
     os.umask(umask)

@@ -474,6 +474,51 @@ def test_the_fast_path_skips_windows_without_body_and_bundle_options_are_refused
     assert code == 2 and "runs without --precision" in capsys.readouterr().err
 
 
+def test_the_cuda_arithmetic_equals_nnunets_on_a_gpu_run_here_on_the_cpu(tmp_path):
+    """On CUDA voxpipe runs nnU-Net's windows under fp16 autocast and keeps the window arithmetic in
+    float16, as nnU-Net's predictor does there. The same torch code, on the CPU with fp16 autocast,
+    against nnU-Net's own predictor with its CUDA-only autocast turned on for the CPU."""
+    from voxpipe.pipelines.inference.nnunet.readers import read_case
+
+    folder = make_model(
+        tmp_path / "model",
+        spacing=[2.0, 2.0, 2.0],
+        patch=[16, 16, 16],
+        schemes=["CTNormalization"],
+        labels={"background": 0, "liver": 1, "tumour": 2},
+        folds=(0, 1),
+    )
+    images = [make_image(tmp_path / "ct_0000.nii.gz", shape=(20, 30, 26), spacing=(1.6, 2.2, 2.0), seed=4)]
+    expected = run_oracle(folder, images, tmp_path / "oracle.npz", "--mirroring", "--gpu-arithmetic")
+    model = NnUNetModel(folder, mirroring=True, device="cpu")
+    model.precision = "fp16"  # what a CUDA device chooses (nnunet.model._precision), here on the CPU
+    logits = model.logits(model.preprocess(read_case(images)))
+    assert logits.dtype == torch.float16
+    assert torch.equal(logits, torch.from_numpy(oracle_logits(tmp_path / "oracle.npz")))
+    found, _ = model.predict(images)
+    np.testing.assert_array_equal(found, expected)
+
+
+def test_device_names_reach_the_nnunet_path_and_a_missing_gpu_is_the_users_problem(tmp_path, capsys):
+    from voxpipe.cli import main
+    from voxpipe.pipelines.inference.nnunet.model import _precision
+
+    assert _precision(torch.device("cuda"), fast=False) == "fp16"  # nnU-Net's autocast on a GPU
+    assert _precision(torch.device("mps"), fast=True) == "fp32"
+    folder = liver_model(tmp_path)
+    image = make_image(tmp_path / "ct_0000.nii.gz", shape=(12, 20, 20), spacing=(2.0, 2.0, 2.0))
+    out = tmp_path / "out"
+    assert main(["infer", str(folder), str(image), "-o", str(out), "--device", "cpu"]) == 0
+    assert (out / "ct.nii.gz").is_file()
+    if not torch.cuda.is_available():
+        code = main(["infer", str(folder), str(image), "-o", str(tmp_path / "gpu"), "--device", "cuda:0"])
+        assert code == 2 and "expected an available CUDA device" in capsys.readouterr().err
+        assert not (tmp_path / "gpu" / "ct.nii.gz").exists()
+    with pytest.raises(SystemExit):
+        main(["infer", str(folder), str(image), "-o", str(out), "--device", "gpu"])
+    assert "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_cascade_runs_its_first_stage_and_equals_nnunets_cascade(tmp_path):
     labels = {"background": 0, "liver": 1, "tumour": 2}

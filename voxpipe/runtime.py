@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from voxpipe.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def select_device(preference: str = "auto") -> torch.device:
     Raises:
         InputError: a GPU was asked for explicitly but is not available, or the name is unknown.
     """
+    import torch  # here, not at import: the CLI's argument checks use this module without torch
+
     preference = str(preference).strip().lower()
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

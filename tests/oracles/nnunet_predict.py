@@ -3,6 +3,12 @@ voxpipe's nnU-Net path (tests/test_nnunet_predict.py runs this file in a child p
 ``sys.path`` holds the oracle's packages: ``make oracle`` installs them into ``.oracle/``).
 
     python tests/oracles/nnunet_predict.py MODEL_FOLDER OUT.npz IMAGE [IMAGE...] [--mirroring] [--step 0.5]
+        [--gpu-arithmetic]
+
+``--gpu-arithmetic``: nnU-Net's CUDA path run on the CPU: its predictor enters ``torch.autocast`` only
+on CUDA (``dummy_context`` elsewhere); here that context is fp16 autocast on the CPU, so the network
+gives float16 and nnU-Net's own window arithmetic (mirroring sum, Gaussian product, accumulation)
+runs in float16 as it does on a GPU.
 
 Writes the segmentation (nnU-Net's array order) and the fold-averaged logits on the preprocessed grid.
 The network is built by dynamic-network-architectures and handed over with ``manual_initialization``
@@ -75,7 +81,12 @@ def main() -> None:
     parser.add_argument("images", nargs="+")
     parser.add_argument("--mirroring", action="store_true")
     parser.add_argument("--step", type=float, default=0.5)
+    parser.add_argument("--gpu-arithmetic", action="store_true")
     args = parser.parse_args()
+    if args.gpu_arithmetic:
+        import nnunetv2.inference.predict_from_raw_data as raw
+
+        raw.dummy_context = lambda: torch.autocast("cpu", dtype=torch.float16)
 
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 

@@ -43,7 +43,7 @@ def _cmd_networks_load(args: argparse.Namespace) -> int:
         trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
         print(f"freeze {args.freeze}: {len(frozen)} tensors frozen, {trainable:,} trainable parameters left")
     if args.report:
-        from voxpipe.transforms.io import write_text_atomic
+        from voxpipe.transforms.files import write_text_atomic
 
         write_text_atomic(args.report, json.dumps(report.as_dict(), indent=2) + "\n")
         print(f"wrote {args.report}")

@@ -26,7 +26,7 @@ import torch
 
 from voxpipe.errors import InputError, VoxpipeError
 from voxpipe.networks.registry import NetworkSpec, build_network, network_spec
-from voxpipe.transforms.io import atomic_path, sha256_file, write_text_atomic
+from voxpipe.transforms.files import atomic_path, sha256_file, write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from voxpipe.transforms.boxes import (
     voxel_boxes_to_world,
     write_boxes_json,
 )
-from voxpipe.transforms.io import atomic_path, save_nifti, write_text_atomic, write_volume
+from voxpipe.transforms.files import atomic_path, write_text_atomic
+from voxpipe.transforms.io import save_nifti, write_volume
 
 KINDS = ("solid", "part-solid", "calcified")
 LOCATIONS = ("isolated", "juxtapleural", "juxtavascular")

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from voxpipe import __version__
 from voxpipe.errors import InputError
-from voxpipe.transforms.io import save_nifti, write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
+from voxpipe.transforms.io import save_nifti
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from voxpipe import __version__
 from voxpipe.errors import InputError
-from voxpipe.transforms.io import atomic_path, save_nifti, write_text_atomic
+from voxpipe.transforms.files import atomic_path, write_text_atomic
+from voxpipe.transforms.io import save_nifti
 
 CLASSES = ("benign", "malignant")
 

@@ -30,7 +30,8 @@ from monai.transforms import MapTransform
 from scipy import ndimage
 
 from voxpipe.errors import InputError
-from voxpipe.transforms.io import LPS_TO_RAS, write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
+from voxpipe.transforms.io import LPS_TO_RAS
 
 SPACES = ("world_lps", "world_ras", "voxel")
 MODES = ("xyzxyz", "xxyyzz", "xyzwhd", "cccwhd")

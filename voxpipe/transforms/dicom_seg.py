@@ -318,7 +318,7 @@ def write_dicom_seg(
 
     hd = optional_module("highdicom", extra="dicom", feature="writing DICOM-SEG")
     from voxpipe.transforms.dicom import choose_series, discover_series, series_geometry
-    from voxpipe.transforms.io import atomic_path
+    from voxpipe.transforms.files import atomic_path
 
     folder = Path(series_folder)
     info = choose_series(discover_series(folder), series_uid, folder=folder)

@@ -524,7 +524,8 @@ class ResampleArgmaxd(MapTransform):
     def _save_probabilities(
         self, probabilities: torch.Tensor, affine: np.ndarray, source: str, case: str | None
     ) -> None:
-        from voxpipe.transforms.io import atomic_path, case_id
+        from voxpipe.transforms.files import atomic_path
+        from voxpipe.transforms.io import case_id
 
         assert self.probabilities_dir is not None
         path = self.probabilities_dir / f"{case or case_id(source)}_probabilities.npz"

@@ -94,7 +94,7 @@ def write_slicer_seg(
     """
     import nrrd
 
-    from voxpipe.transforms.io import atomic_path
+    from voxpipe.transforms.files import atomic_path
 
     label = np.asarray(label)
     present = sorted(int(v) for v in np.unique(label) if v)

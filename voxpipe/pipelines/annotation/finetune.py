@@ -19,7 +19,7 @@ from typing import Any
 
 from voxpipe.errors import InputError
 from voxpipe.pipelines.annotation.prelabel import read_manifest
-from voxpipe.transforms.io import write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

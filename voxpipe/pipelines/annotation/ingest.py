@@ -32,7 +32,8 @@ from scipy import ndimage
 
 from voxpipe.errors import InputError, UserError
 from voxpipe.pipelines.annotation.prelabel import read_manifest
-from voxpipe.transforms.io import load_volume, write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
+from voxpipe.transforms.io import load_volume
 
 logger = logging.getLogger(__name__)
 

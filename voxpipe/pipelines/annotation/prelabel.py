@@ -34,7 +34,8 @@ import numpy as np
 from voxpipe.errors import InputError
 from voxpipe.pipelines.annotation.outliers import flag_outliers, intensity_signature, load_fingerprint
 from voxpipe.pipelines.annotation.uncertainty import case_uncertainty
-from voxpipe.transforms.io import case_id, load_volume, write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
+from voxpipe.transforms.io import case_id, load_volume
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def _thumbnail(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from voxpipe.transforms.io import atomic_path
+    from voxpipe.transforms.files import atomic_path
 
     orientation = nib.io_orientation(np.asarray(affine))  # storage axes → RAS
     to_ras = lambda a: nib.apply_orientation(np.asarray(a), orientation)  # noqa: E731

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from voxpipe.errors import BundleError
 from voxpipe.networks.transfer import load_torch_file
-from voxpipe.transforms.io import atomic_path, sha256_file
+from voxpipe.transforms.files import atomic_path, sha256_file
 
 PACKAGED = ("configs", "docs")
 SKIPPED_SUFFIXES = (".pyc",)

@@ -32,7 +32,8 @@ from voxpipe.pipelines.data.datalists import (
     detect_layout,
     load_datalist,
 )
-from voxpipe.transforms.io import Volume, load_channels, load_volume, write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
+from voxpipe.transforms.io import Volume, load_channels, load_volume
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from voxpipe.errors import InputError
 from voxpipe.pipelines.data.datalists import dataset_modality, load_datalist
-from voxpipe.transforms.io import load_channels, load_volume, write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
+from voxpipe.transforms.io import load_channels, load_volume
 
 logger = logging.getLogger(__name__)
 

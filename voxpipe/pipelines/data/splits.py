@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from voxpipe.errors import InputError
-from voxpipe.transforms.io import write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
 
 
 def make_split(

@@ -46,7 +46,7 @@ def write_measurement_report(
     from pydicom.sr.codedict import codes
 
     from voxpipe import __version__
-    from voxpipe.transforms.io import atomic_path
+    from voxpipe.transforms.files import atomic_path
 
     seg = pydicom.dcmread(seg_path)
     millilitre = hd.sr.CodedConcept("ml", "UCUM", "milliliter")

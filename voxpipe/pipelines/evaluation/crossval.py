@@ -27,7 +27,7 @@ from voxpipe.pipelines.bundles.config import find_config, read_config
 from voxpipe.pipelines.bundles.run import run_bundle
 from voxpipe.pipelines.data.datalists import split_datalist
 from voxpipe.pipelines.inference.infer import infer_with_bundle
-from voxpipe.transforms.io import exclusive_lock, write_text_atomic
+from voxpipe.transforms.files import exclusive_lock, write_text_atomic
 
 logger = logging.getLogger(__name__)
 

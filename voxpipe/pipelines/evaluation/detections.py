@@ -29,7 +29,7 @@ from voxpipe.metrics.detection import (
     read_findings,
     read_seriesuids,
 )
-from voxpipe.transforms.io import atomic_path, write_text_atomic
+from voxpipe.transforms.files import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 

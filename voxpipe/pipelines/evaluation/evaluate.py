@@ -44,7 +44,8 @@ from voxpipe.metrics.overlap import (
     specificity_from,
     volume_difference,
 )
-from voxpipe.transforms.io import Volume, case_id, find_volumes, load_volume, write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
+from voxpipe.transforms.io import Volume, case_id, find_volumes, load_volume
 
 logger = logging.getLogger(__name__)
 

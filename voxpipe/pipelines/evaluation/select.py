@@ -44,7 +44,8 @@ from voxpipe.pipelines.bundles.config import find_config
 from voxpipe.pipelines.data.datalists import load_datalist
 from voxpipe.pipelines.evaluation.evaluate import bootstrap_ci
 from voxpipe.pipelines.inference.infer import label_names
-from voxpipe.transforms.io import load_volume, write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
+from voxpipe.transforms.io import load_volume
 from voxpipe.transforms.postprocess import postprocess_labels
 
 logger = logging.getLogger(__name__)

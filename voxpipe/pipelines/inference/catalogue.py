@@ -323,7 +323,7 @@ def pull(
         InputError: an unknown name or a download/hash failure; BundleError: an unsafe or unexpected archive.
     """
     from voxpipe.pipelines.bundles.export import safe_extract_zip
-    from voxpipe.transforms.io import write_text_atomic
+    from voxpipe.transforms.files import write_text_atomic
 
     entry = model(name)
     root = Path(cache)

@@ -42,11 +42,8 @@ from voxpipe.pipelines.inference.cases import (
     machine_problem,
 )
 from voxpipe.pipelines.inference.engine import InferenceEngine
-from voxpipe.transforms.io import (
-    load_volume,
-    read_geometry,
-    remove_stale_temporaries,
-)
+from voxpipe.transforms.files import remove_stale_temporaries
+from voxpipe.transforms.io import load_volume, read_geometry
 
 logger = logging.getLogger(__name__)
 

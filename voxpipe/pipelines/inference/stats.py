@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
-from voxpipe.transforms.io import write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
 from voxpipe.transforms.postprocess import SlabComponents, foreground_box
 
 
@@ -187,7 +187,7 @@ def write_shard_statistics(
     so the last shard to merge sees every part: the final files cover all finished shards, whichever
     finishes last. Parts of a run with another shard count are ignored.
     """
-    from voxpipe.transforms.io import exclusive_lock
+    from voxpipe.transforms.files import exclusive_lock
 
     folder = Path(output_dir)
     k, n = shard

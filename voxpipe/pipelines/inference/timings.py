@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from voxpipe.transforms.io import write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
 
 STAGES = (
     "load",

@@ -18,7 +18,7 @@ import yaml
 
 from voxpipe.metrics.lesions import is_lesion_name
 from voxpipe.pipelines.bundles.config import shipped_bundle
-from voxpipe.transforms.io import write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
 
 TEMPLATE = "liver_ct_segresnet"
 _ORGAN_SPECIFIC = {"voxpipe.transforms.postprocess.PostProcessd"}

@@ -22,7 +22,7 @@ from voxpipe.pipelines.planning.plan import (
     segresnet_patch,
     to_xyz,
 )
-from voxpipe.transforms.io import write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,8 @@ from voxpipe.errors import InputError
 from voxpipe.metrics.detection import Finding, finding_cubes, luna16_froc, read_findings
 from voxpipe.pipelines.data.splits import split_part
 from voxpipe.transforms.boxes import meta_affine, voxel_boxes_to_world
-from voxpipe.transforms.io import VOLUME_SUFFIXES, case_id, write_text_atomic
+from voxpipe.transforms.files import write_text_atomic
+from voxpipe.transforms.io import VOLUME_SUFFIXES, case_id
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from ignite.engine import Engine, Events
 from monai.transforms import Randomizable
 
 from voxpipe.errors import InputError, VoxpipeError
-from voxpipe.transforms.io import atomic_path, write_text_atomic
+from voxpipe.transforms.files import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -58,7 +58,7 @@ from voxpipe.pipelines.training.handlers import (
     batch_loss,
     is_main_process,
 )
-from voxpipe.transforms.io import atomic_path
+from voxpipe.transforms.files import atomic_path
 
 logger = logging.getLogger(__name__)
 

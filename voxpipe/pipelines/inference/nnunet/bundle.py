@@ -53,7 +53,7 @@ def import_nnunet(folder: str | os.PathLike[str], output: str | os.PathLike[str]
     import shutil
 
     from voxpipe.errors import OutputError
-    from voxpipe.transforms.io import write_text_atomic
+    from voxpipe.transforms.files import write_text_atomic
 
     model = NnUNetFolder(folder)
     target = Path(output)

@@ -320,7 +320,7 @@ class NnUNetModel:
         """Write as nnU-Net's ``SimpleITKIO.write_seg`` (the input's spacing, origin, direction), atomically."""
         import SimpleITK as sitk
 
-        from voxpipe.transforms.io import atomic_path
+        from voxpipe.transforms.files import atomic_path
 
         image = sitk.GetImageFromArray(
             segmentation.astype(np.uint8 if np.max(segmentation) < 255 else np.uint16)

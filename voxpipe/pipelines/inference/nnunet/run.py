@@ -81,7 +81,8 @@ def infer_with_nnunet(
         InputError: bad inputs (before anything runs). BundleError: the folder does not load.
         InferenceFailed: some cases failed; every other case was written first.
     """
-    from voxpipe.transforms.io import read_geometry, remove_stale_temporaries
+    from voxpipe.transforms.files import remove_stale_temporaries
+    from voxpipe.transforms.io import read_geometry
 
     root = Path(folder)
     entries = list(parts) if parts else [{"folder": ".", "labels": None}]
