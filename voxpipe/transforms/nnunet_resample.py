@@ -293,6 +293,36 @@ class RowResampler:
         )
         return out.astype(np.float16)
 
+    def rows_on_device(self, channel: torch.Tensor, first: int, a: int, b: int) -> torch.Tensor:
+        """:meth:`rows` in torch, on ``channel``'s device: the same float16 values, bit for bit, where
+        the rows are resampled by rows (:mod:`voxpipe.transforms.torch_resample`'s exact kernels);
+        a plan resampled whole (third order along Z) goes through SciPy on the CPU."""
+        from voxpipe.transforms import torch_resample
+
+        if self.same:
+            return torch_resample.to_half(channel[a - first : b - first])
+        if not self.by_rows:
+            wide = np.asarray(channel.cpu().numpy(), dtype=np.float64)
+            return torch.from_numpy(self.rows(wide, first, a, b)).to(channel.device)
+        if self.axis is None:
+            out = torch_resample.zoom_exact(
+                channel, self.in_shape, self.shape, (a, b), first=first, order=self.order
+            )
+            if self.order > 0:  # skimage's clip, as :meth:`rows`
+                wide = channel.to(torch.float64)
+                out = out.clamp(wide.min(), wide.max())
+            return torch_resample.to_half(out)
+        out = torch_resample.separate_rows_exact(
+            channel,
+            self.in_shape[0],
+            self.shape,
+            (a, b),
+            first=first,
+            order=self.order,
+            order_z=self.order_z,
+        )
+        return torch_resample.to_half(out)
+
     def _zoom_rows(self, channel: np.ndarray, first: int, a: int, b: int) -> np.ndarray:
         if self._scratch is None:  # pages of rows never filled are never touched
             self._scratch = np.empty(self.in_shape, dtype=np.float64)
@@ -319,6 +349,7 @@ def labels_by_rows(
     regions: Sequence[int] | None,
     dtype: Any,
     slab: int = 16,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
     """The label map of shape ``resampler.shape`` from a stream of ``(first_row, logits)`` blocks
     ((heads, rows, Y, X) float16, consecutive along Z), as nnU-Net's export computes it: argmax of
@@ -326,7 +357,9 @@ def labels_by_rows(
     > 0.5 painted in ``regions`` order. Output rows are computed ``slab`` at a time, as soon as the
     input rows they read have arrived (:class:`voxpipe.transforms.rows.RowStream`, the export the
     MONAI path uses too); input rows no longer needed are dropped, so memory holds a few rows of
-    logits, not the whole grid."""
+    logits, not the whole grid. With ``device``, the rows stay there and are resampled and argmaxed
+    there (:meth:`RowResampler.rows_on_device`: the same values, bit for bit); the labels come back
+    to the CPU slab by slab."""
     shape = resampler.shape
     slab = slab if resampler.by_rows else shape[0]
     labels = np.zeros(shape, dtype=dtype)
@@ -336,9 +369,13 @@ def labels_by_rows(
     ]
 
     def compute(source_rows: torch.Tensor, lo: int, a: int, b: int) -> None:
+        if device is not None:
+            found = _label_rows_on_device(resampler, source_rows, lo, a, b, heads=heads, regions=regions)
+            labels[a:b] = found.cpu().numpy()
+            return
         labels[a:b] = _label_rows(resampler, source_rows, lo, a, b, heads=heads, regions=regions)
 
-    stream = RowStream(in_rows=resampler.in_shape[0], slabs=slabs, compute=compute)
+    stream = RowStream(in_rows=resampler.in_shape[0], slabs=slabs, compute=compute, device=device)
     for start, block in blocks:
         block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block))
         try:
@@ -348,6 +385,34 @@ def labels_by_rows(
     if not stream.complete:
         raise RuntimeError(f"the logits covered output rows up to {stream.done_rows} of {shape[0]}")
     return labels
+
+
+def _label_rows_on_device(
+    resampler: RowResampler,
+    source_rows: torch.Tensor,
+    lo: int,
+    a: int,
+    b: int,
+    *,
+    heads: int,
+    regions: Sequence[int] | None,
+) -> torch.Tensor:
+    """:func:`_label_rows` in torch, on the rows' device: the same comparisons on the same values."""
+    best: torch.Tensor | None = None
+    index = torch.zeros((b - a, *resampler.shape[1:]), dtype=torch.int64, device=source_rows.device)
+    for c in range(heads):
+        values = resampler.rows_on_device(source_rows[c], lo, a, b).float()
+        if regions is not None:
+            if c < len(regions):
+                index[torch.sigmoid(values) > 0.5] = int(regions[c])
+            continue
+        if best is None:
+            best = values
+            continue
+        better = values > best
+        best = torch.where(better, values, best)
+        index[better] = c
+    return index
 
 
 def _label_rows(

@@ -26,8 +26,9 @@ class RowStream:
         in_rows: how many input rows will arrive.
         slabs: ``(a, b, lo, hi)`` per output slab: output rows ``[a, b)`` read input rows ``[lo, hi)``.
         compute: called once per slab as ``compute(rows, lo, a, b)`` with ``rows`` the input rows
-            ``[lo, hi)`` (a view or a join of the blocks that hold them, on the CPU).
+            ``[lo, hi)`` (a view or a join of the blocks that hold them, on ``device``).
         prepare: applied to each block as it arrives (e.g. a softmax), before it is held.
+        device: where the blocks are held and handed to ``compute`` (default the CPU).
     """
 
     def __init__(
@@ -37,10 +38,12 @@ class RowStream:
         slabs: Sequence[tuple[int, int, int, int]],
         compute: Callable[[torch.Tensor, int, int, int], None],
         prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         self.in_rows = int(in_rows)
         self.pending = [tuple(int(v) for v in slab) for slab in slabs]
         self.compute, self.prepare = compute, prepare
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.held: list[tuple[int, torch.Tensor]] = []  # consecutive blocks of input rows
         self.next_row = 0
         self.done_rows = 0  # output rows computed
@@ -54,7 +57,7 @@ class RowStream:
         """
         if start != self.next_row:
             raise ValueError(f"row blocks must be consecutive: rows from {start}, expected {self.next_row}")
-        rows = rows.detach().cpu()
+        rows = rows.detach().to(self.device)
         if self.prepare is not None:
             rows = self.prepare(rows)
         self.held.append((start, rows))

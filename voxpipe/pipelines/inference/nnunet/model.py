@@ -12,6 +12,8 @@ export as soon as no later window touches them, so neither the C × preprocessed
 C × full-resolution grid (37 GB in float16 for TotalSegmentator's 117 classes on a 512 × 512 × 600
 CT) is held. On CUDA the windows run under fp16 autocast and the window arithmetic stays in float16,
 as nnU-Net's predictor does on a GPU; on the CPU in float32 (``fast``: bf16 where the CPU has it).
+On a GPU the image is resampled there (:mod:`voxpipe.transforms.torch_resample`: SciPy's spline to
+~1e-12) and the export's resampling and argmax run there too, with SciPy's values bit for bit.
 
 Why our own: nnU-Net's predictor cannot be installed beside voxpipe (its packaging pulls torchvision,
 which breaks the CPU torch), loads checkpoints with ``weights_only=False``, and holds its inputs and
@@ -86,6 +88,8 @@ class NnUNetModel:
         self.device = select_device(device) if isinstance(device, str) else torch.device(device)
         self.fast, self.channels_last = bool(fast), bool(channels_last)
         self.precision = _precision(self.device, fast=self.fast)
+        # resampling and argmax in torch on the device (SciPy's values); on the CPU SciPy itself
+        self.steps_on_device = self.device.type != "cpu"
         self.skipped = 0
 
         self.folder = folder if isinstance(folder, NnUNetFolder) else NnUNetFolder(folder)
@@ -134,7 +138,13 @@ class NnUNetModel:
     def preprocess(self, case: Case) -> np.ndarray:
         """The case as the network sees it (C, *spatial) float32; ``case.data`` is released."""
         previous = self._previous_stage(case) if self.previous is not None else None
-        return preprocess(case, self.folder, previous=previous, foreground=self.foreground)
+        return preprocess(
+            case,
+            self.folder,
+            previous=previous,
+            foreground=self.foreground,
+            device=self.device if self.steps_on_device else None,  # the CPU: SciPy, as nnU-Net
+        )
 
     def _previous_stage(self, case: Case) -> np.ndarray:
         """A cascade's first-stage labels on this case's array (in the reader's order, as nnU-Net reads
@@ -296,6 +306,8 @@ class NnUNetModel:
             heads=labels.heads,
             regions=list(labels.regions_class_order or []) if labels.regions is not None else None,
             dtype=dtype,
+            # on a GPU the rows stay there: resampled and argmaxed with SciPy's values, bit for bit
+            device=self.device if self.steps_on_device else None,
         )
         full = np.zeros(case.properties["shape_before_cropping"], dtype=dtype)
         full[tuple(slice(a, b) for a, b in case.properties["box"])] = segmentation

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from voxpipe.pipelines.inference.nnunet.folder import NnUNetFolder
@@ -60,8 +61,12 @@ def preprocess(
     *,
     previous: np.ndarray | None = None,
     foreground: Sequence[int] = (),
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
     """The case as the network of ``folder`` sees it, (C, *spatial) float32; ``case.data`` is released.
+
+    ``device``: resample the image with torch there (:mod:`voxpipe.transforms.torch_resample`, SciPy's
+    values to ~1e-12 relative); None: with SciPy, as nnU-Net does.
 
     ``previous``: a cascade's first-stage labels on the case's array (the reader's order), added as
     one-hot channels of the ``foreground`` labels, as nnU-Net's cascade does.
@@ -101,9 +106,17 @@ def preprocess(
     case.data = None  # the full-resolution image: not needed again, and as large as the CT
     del data, mask
     case.properties.update(target_spacing=target, shape_after_resampling=shape)
-    resampled = resample(
-        normalised, shape, spacing, target, **resampling_options(config, "resampling_fn_data_kwargs", 3)
-    )
+    options = resampling_options(config, "resampling_fn_data_kwargs", 3)
+    if device is not None:  # torch on that device: SciPy's values to ~1e-12 relative
+        from voxpipe.transforms import torch_resample
+
+        on_device = torch.from_numpy(normalised).to(device)
+        del normalised
+        resampled = (
+            torch_resample.resample(on_device, shape, spacing, target, **options).float().cpu().numpy()
+        )
+    else:
+        resampled = resample(normalised, shape, spacing, target, **options)
     if previous is None:
         return resampled
     options = resampling_options(config, "resampling_fn_seg_kwargs", 1)
