@@ -176,7 +176,7 @@ def test_flip_tta_averages_the_flipped_passes(net):
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch):
-    from voxpipe.pipelines.inference import sliding_window
+    from voxpipe.pipelines.inference import predictor as sliding_window  # the precision rules live there
 
     monkeypatch.setattr(sliding_window, "cpu_bf16_supported", lambda: False)
     assert sliding_window.resolve_precision(torch.device("cpu"), "auto") == "fp32"

@@ -369,11 +369,10 @@ def labels_by_rows(
     ]
 
     def compute(source_rows: torch.Tensor, lo: int, a: int, b: int) -> None:
-        if device is not None:
-            found = _label_rows_on_device(resampler, source_rows, lo, a, b, heads=heads, regions=regions)
-            labels[a:b] = found.cpu().numpy()
-            return
-        labels[a:b] = _label_rows(resampler, source_rows, lo, a, b, heads=heads, regions=regions)
+        found = _label_rows(
+            resampler, source_rows, lo, a, b, heads=heads, regions=regions, on_device=device is not None
+        )
+        labels[a:b] = found.cpu().numpy()
 
     stream = RowStream(in_rows=resampler.in_shape[0], slabs=slabs, compute=compute, device=device)
     for start, block in blocks:
@@ -387,34 +386,6 @@ def labels_by_rows(
     return labels
 
 
-def _label_rows_on_device(
-    resampler: RowResampler,
-    source_rows: torch.Tensor,
-    lo: int,
-    a: int,
-    b: int,
-    *,
-    heads: int,
-    regions: Sequence[int] | None,
-) -> torch.Tensor:
-    """:func:`_label_rows` in torch, on the rows' device: the same comparisons on the same values."""
-    best: torch.Tensor | None = None
-    index = torch.zeros((b - a, *resampler.shape[1:]), dtype=torch.int64, device=source_rows.device)
-    for c in range(heads):
-        values = resampler.rows_on_device(source_rows[c], lo, a, b).float()
-        if regions is not None:
-            if c < len(regions):
-                index[torch.sigmoid(values) > 0.5] = int(regions[c])
-            continue
-        if best is None:
-            best = values
-            continue
-        better = values > best
-        best = torch.where(better, values, best)
-        index[better] = c
-    return index
-
-
 def _label_rows(
     resampler: RowResampler,
     source_rows: torch.Tensor,
@@ -424,23 +395,35 @@ def _label_rows(
     *,
     heads: int,
     regions: Sequence[int] | None,
-) -> np.ndarray:
-    source = source_rows.numpy()
-    best: np.ndarray | None = None
-    index = np.zeros((b - a, *resampler.shape[1:]), dtype=np.int64)
+    on_device: bool = False,
+) -> torch.Tensor:
+    """Labels of output rows ``[a, b)`` from the input rows from ``lo``: each head resampled
+    (:meth:`RowResampler.rows` with SciPy, or :meth:`RowResampler.rows_on_device` in torch on the rows'
+    device: the same float16 values), then nnU-Net's argmax or regions on those values."""
+    if on_device:
+
+        def resampled(c: int) -> torch.Tensor:
+            return resampler.rows_on_device(source_rows[c], lo, a, b).float()
+    else:
+        source = source_rows.numpy()
+
+        def resampled(c: int) -> torch.Tensor:
+            return torch.from_numpy(resampler.rows(source[c], lo, a, b).astype(np.float32))
+
+    best: torch.Tensor | None = None
+    index = torch.zeros((b - a, *resampler.shape[1:]), dtype=torch.int64, device=source_rows.device)
     for c in range(heads):
         # float16 is where nnU-Net rounds; compared in float32 (exact for float16 values, and fast)
-        values = resampler.rows(source[c], lo, a, b).astype(np.float32)
+        values = resampled(c)
         if regions is not None:
-            probability = torch.sigmoid(torch.from_numpy(values)).numpy()
             if c < len(regions):
-                index[probability > 0.5] = regions[c]
+                index[torch.sigmoid(values) > 0.5] = int(regions[c])
             continue
         if best is None:
             best = values
             continue
         better = values > best
-        np.copyto(best, values, where=better)
+        best = torch.where(better, values, best)
         index[better] = c
     return index
 

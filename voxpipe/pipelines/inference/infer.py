@@ -79,7 +79,7 @@ def run_options(
     """
     from monai.bundle import ConfigParser
 
-    from voxpipe.pipelines.inference.sliding_window import PRECISIONS
+    from voxpipe.pipelines.inference.predictor import PRECISIONS
 
     if output_format not in OUTPUT_FORMATS:
         raise InputError(f"format: expected one of {', '.join(OUTPUT_FORMATS)}, found {output_format!r}")

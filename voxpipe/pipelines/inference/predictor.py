@@ -23,6 +23,7 @@ finished rows. Any device: the windows run where the network is, the band is hel
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +31,48 @@ from typing import Any
 
 import torch
 
+from voxpipe.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 EMIT_ROWS = 8  # finished rows divided and handed on at once
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``"auto"`` → fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; other values unchanged."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if device.type == "cpu" and cpu_bf16_supported() else "fp32"
+
+
+def autocast(
+    device: torch.device, precision: str, *, cpu_fp16: bool = False
+) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context of ``precision`` on ``device`` (none for fp32).
+
+    Raises:
+        InputError: fp16 asked for on the CPU (slow there, and no user's choice), unless ``cpu_fp16``:
+            the tests run the CUDA arithmetic so.
+    """
+    precision = resolve_precision(device, precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type == "cpu" and dtype == torch.float16 and not cpu_fp16:
+        raise InputError("precision 'fp16' needs CUDA; on the CPU use 'bf16' or 'fp32'")
+    return torch.autocast(device.type, dtype=dtype)
 
 
 class NotStreamable(Exception):
@@ -246,4 +286,15 @@ def _progress(total: int) -> Any:
     return tqdm(total=total, desc="windows", leave=False)
 
 
-__all__ = ["EMIT_ROWS", "NotStreamable", "WindowCounts", "WindowSkipper", "shift_rows", "stream_windows"]
+__all__ = [
+    "EMIT_ROWS",
+    "PRECISIONS",
+    "NotStreamable",
+    "WindowCounts",
+    "WindowSkipper",
+    "autocast",
+    "cpu_bf16_supported",
+    "resolve_precision",
+    "shift_rows",
+    "stream_windows",
+]

@@ -71,41 +71,19 @@ import torch
 from monai.inferers import Inferer
 
 from voxpipe.errors import InputError
-from voxpipe.pipelines.inference.predictor import NotStreamable, WindowCounts, WindowSkipper, stream_windows
+from voxpipe.pipelines.inference.predictor import (
+    PRECISIONS,
+    NotStreamable,
+    WindowCounts,
+    WindowSkipper,
+    autocast,
+    stream_windows,
+)
 from voxpipe.transforms.body import body_box, body_mask, box_of
 
 logger = logging.getLogger(__name__)
 
 MANY_CLASSES = 16  # above this many outputs, stitch_dtype "auto" blends in float16
-
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(device: torch.device, precision: str) -> str:
-    """``"auto"`` → fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; other values unchanged."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "fp16"
-    return "bf16" if device.type == "cpu" and cpu_bf16_supported() else "fp32"
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    precision = resolve_precision(device, precision)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if device.type == "cpu" and dtype == torch.float16:
-        raise InputError("precision 'fp16' needs CUDA; on the CPU use 'bf16' or 'fp32'")
-    return torch.autocast(device.type, dtype=dtype)
 
 
 class _WindowNetwork:
@@ -123,7 +101,7 @@ class _WindowNetwork:
             windows = windows.float()
         if self.channels_last and windows.ndim == 5:
             windows = windows.contiguous(memory_format=torch.channels_last_3d)
-        with _autocast(windows.device, self.precision):
+        with autocast(windows.device, self.precision):
             return self.network(windows)
 
 

@@ -23,12 +23,10 @@ model folders. Named ``NnUNetModel`` so that it is not mistaken for nnU-Net's ``
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +35,7 @@ from voxpipe.errors import BundleError, InputError
 from voxpipe.pipelines.inference.nnunet.folder import NnUNetFolder
 from voxpipe.pipelines.inference.nnunet.preprocess import preprocess, resampling_options
 from voxpipe.pipelines.inference.nnunet.readers import Case, read_case
-from voxpipe.pipelines.inference.predictor import WindowSkipper, stream_windows
+from voxpipe.pipelines.inference.predictor import WindowSkipper, autocast, resolve_precision, stream_windows
 from voxpipe.runtime import select_device
 from voxpipe.transforms.nnunet import gaussian_weights, window_starts
 from voxpipe.transforms.nnunet_resample import RowResampler, labels_by_rows
@@ -49,11 +47,7 @@ BODY_HU = -500.0
 def _precision(device: torch.device, *, fast: bool) -> str:
     """nnU-Net's autocast: fp16 on CUDA (its predictor's default there); on the CPU float32, or bf16
     with ``fast`` where the CPU runs bf16 natively; MPS in float32, as nnU-Net runs it."""
-    from voxpipe.pipelines.inference.sliding_window import cpu_bf16_supported
-
-    if device.type == "cuda":
-        return "fp16"
-    return "bf16" if fast and device.type == "cpu" and cpu_bf16_supported() else "fp32"
+    return resolve_precision(device, "auto" if fast or device.type == "cuda" else "fp32")
 
 
 class NnUNetModel:
@@ -162,12 +156,6 @@ class NnUNetModel:
         self.network._voxpipe_fold = None  # type: ignore[assignment]
         return [_FoldNetwork(self.network, w) for w in self.weights]
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def _body(self, padded: torch.Tensor) -> WindowSkipper | None:
         """The fast path's window test: a window with no body voxel is not run. The body is every
         voxel above :data:`BODY_HU` (normalised as the plans normalise) in any CT channel; models
@@ -238,7 +226,7 @@ class NnUNetModel:
             window = window.to(self.device)
             if self.channels_last and window.ndim == 5:
                 window = window.contiguous(memory_format=torch.channels_last_3d)
-            with self._autocast():
+            with autocast(self.device, self.precision, cpu_fp16=True):  # (fp16 is set on CUDA only)
                 prediction = _exact(network(window))
                 for flip in combos:
                     prediction += torch.flip(_exact(network(torch.flip(window, flip))), flip)
