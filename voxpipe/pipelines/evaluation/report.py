@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 from voxpipe.errors import InputError  # noqa: E402
 from voxpipe.pipelines.evaluation.evaluate import EvaluationResult, find_references, load_reference  # noqa: E402
 from voxpipe.pipelines.training.curves import plot_curves  # noqa: E402
-from voxpipe.transforms.io import case_id, find_volumes, load_volume, write_text_atomic  # noqa: E402
+from voxpipe.transforms.files import write_text_atomic  # noqa: E402
+from voxpipe.transforms.io import case_id, find_volumes, load_volume  # noqa: E402
 
 PLOTTED = ("dice", "nsd", "hd95", "assd")
 

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from voxpipe.transforms.io import atomic_path  # noqa: E402
+from voxpipe.transforms.files import atomic_path  # noqa: E402
 
 
 def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
