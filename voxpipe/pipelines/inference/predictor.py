@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -128,7 +128,6 @@ class WindowCounts:
 
     run: int = 0
     skipped: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def stream_windows(
