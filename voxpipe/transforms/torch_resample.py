@@ -62,39 +62,52 @@ def _prefilter(volume: torch.Tensor, axis: int, order: int) -> torch.Tensor:
     return c.movedim(0, axis)
 
 
-def _weights(x: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """SciPy's ``get_spline_interpolation_weights``: the first tap's index and the taps' weights
-    ``(len(x), order + 1)`` for coordinates ``x``."""
+def _taps(coordinates: torch.Tensor, size: int, order: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per tap, the input indices (clamped: ``mode="nearest"``) and SciPy's weights for order 0 or 1:
+    ``1 - x`` and the rest of 1, as ``get_spline_interpolation_weights`` leaves the last weight."""
+    if order == 0:
+        start = torch.floor(coordinates + 0.5).long()
+        return [(start.clamp(0, size - 1), torch.ones_like(coordinates))]
+    start = torch.floor(coordinates)
+    first = 1.0 - (coordinates - start)
+    start = start.long()
+    return [(start.clamp(0, size - 1), first), ((start + 1).clamp(0, size - 1), 1.0 - first)]
+
+
+def _grid(out_rows: Sequence[int], size: int, out_size: int) -> torch.Tensor:
+    """SciPy's ``grid_mode`` coordinates of output indices ``out_rows`` (not clamped: the taps are)."""
+    index = torch.as_tensor(out_rows, dtype=torch.float64)
+    return (index + 0.5) * (size / out_size) - 0.5
+
+
+def _spline_taps(x: torch.Tensor, order: int, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per tap of a spline of ``order`` (2 or 3, SciPy's ``get_spline_interpolation_weights``), the
+    indices (clamped to ``size``) and the weights at coordinates ``x``."""
     start = torch.floor(x) if order & 1 else torch.floor(x + 0.5)
     t = x - start
-    if order == 0:
-        return start.long(), torch.ones_like(x)[:, None]
-    if order == 1:
-        return start.long(), torch.stack([1.0 - t, t], dim=1)
     if order == 3:
         y = 1.0 - t
         w0 = y * y * y / 6.0
         w3 = t * t * t / 6.0
         w1 = 2.0 / 3.0 + 0.5 * t * t * (t - 2.0)
-        w2 = 1.0 - w0 - w1 - w3
-        return start.long() - 1, torch.stack([w0, w1, w2, w3], dim=1)
-    if order == 2:
+        weights = [w0, w1, 1.0 - w0 - w1 - w3, w3]
+    elif order == 2:
         w1 = 0.75 - t * t
         w0 = 0.5 * (0.5 - t) ** 2
-        w2 = 1.0 - w0 - w1
-        return start.long() - 1, torch.stack([w0, w1, w2], dim=1)
-    raise ValueError(f"spline order {order}: expected 0 to 3")
+        weights = [w0, w1, 1.0 - w0 - w1]
+    else:
+        raise ValueError(f"spline order {order}: expected 0 to 3")
+    first = start.long() - 1
+    return [((first + k).clamp(0, size - 1), w) for k, w in enumerate(weights)]
 
 
 def _interpolate(volume: torch.Tensor, axis: int, size: int, order: int) -> torch.Tensor:
     """``volume`` resized along ``axis`` to ``size`` as SciPy's zoom does (``mode="nearest"``,
     ``grid_mode=True``), the prefilter included for orders above 1."""
     n = volume.shape[axis]
-    dtype = volume.dtype
-    x = (torch.arange(size, dtype=torch.float64) + 0.5) * (n / size) - 0.5
-    pad = 0
-    if order <= 1:  # mode "nearest": the coordinate itself is clamped (SciPy's map_coordinate)
-        x = x.clamp(0.0, n - 1.0)
+    x = _grid(list(range(size)), n, size)
+    if order <= 1:  # the exact kernels' rule: coordinates as they are, taps clamped to the edge
+        taps = _taps(x, n, order)
     else:  # SciPy pads by 12 edge voxels first: coordinates beyond the edge read the padded spline
         pad = SPLINE_PAD
         index = [slice(None)] * volume.ndim
@@ -104,16 +117,13 @@ def _interpolate(volume: torch.Tensor, axis: int, size: int, order: int) -> torc
             edges.append(volume[tuple(index)])
         volume = torch.cat([_repeat(edges[0], axis, pad), volume, _repeat(edges[1], axis, pad)], dim=axis)
         volume = _prefilter(volume, axis, order)
-    start, weights = _weights(x, order)
-    weights = weights.to(device=volume.device, dtype=dtype)
-    length = volume.shape[axis]
+        taps = _spline_taps(x + pad, order, volume.shape[axis])
+    view = [1] * volume.ndim
+    view[axis] = size
     out: torch.Tensor | None = None
-    for tap in range(weights.shape[1]):
-        index = (start + tap + pad).clamp(0, length - 1).to(volume.device)
-        values = volume.index_select(axis, index)
-        shape = [1] * volume.ndim
-        shape[axis] = size
-        term = values * weights[:, tap].view(shape)
+    for index, weight in taps:
+        values = volume.index_select(axis, index.to(volume.device))
+        term = values * weight.to(device=volume.device, dtype=volume.dtype).view(view) if order else values
         out = term if out is None else out + term
     assert out is not None
     return out
@@ -125,16 +135,13 @@ def _repeat(edge: torch.Tensor, axis: int, times: int) -> torch.Tensor:
     return edge.repeat(*repeats)
 
 
-def zoom(
-    volume: torch.Tensor, shape: Sequence[int], order: int, *, axes: Sequence[int] | None = None
-) -> torch.Tensor:
+def zoom(volume: torch.Tensor, shape: Sequence[int], order: int) -> torch.Tensor:
     """``voxpipe.transforms.nnunet_resample.resize`` (skimage's ``resize`` as nnU-Net calls it) in torch:
     ``volume`` resized to ``shape`` with splines of ``order``, edges repeated, clipped to its range
-    for orders above 0. Only ``axes`` (default: every axis whose size changes) are resized."""
+    for orders above 0 (each axis whose size changes, one after the other)."""
     work = volume.to(_float(volume.device))
     low, high = work.min(), work.max()
-    axes = [a for a in range(work.ndim) if work.shape[a] != int(shape[a])] if axes is None else list(axes)
-    for axis in axes:
+    for axis in [a for a in range(work.ndim) if work.shape[a] != int(shape[a])]:
         work = _interpolate(work, axis, int(shape[axis]), order)
     if order > 0:
         work = work.clamp(low, high)
@@ -179,24 +186,6 @@ def resample(
             planes = _interpolate(planes, axis, shape[axis], order_z)  # map_coordinates, mode nearest
         out.append(planes)
     return torch.stack(out)
-
-
-def _taps(coordinates: torch.Tensor, size: int, order: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per tap, the input indices (clamped: ``mode="nearest"``) and SciPy's weights for order 0 or 1:
-    ``1 - x`` and the rest of 1, as ``get_spline_interpolation_weights`` leaves the last weight."""
-    if order == 0:
-        start = torch.floor(coordinates + 0.5).long()
-        return [(start.clamp(0, size - 1), torch.ones_like(coordinates))]
-    start = torch.floor(coordinates)
-    first = 1.0 - (coordinates - start)
-    start = start.long()
-    return [(start.clamp(0, size - 1), first), ((start + 1).clamp(0, size - 1), 1.0 - first)]
-
-
-def _grid(out_rows: Sequence[int], size: int, out_size: int) -> torch.Tensor:
-    """SciPy's ``grid_mode`` coordinates of output indices ``out_rows`` (not clamped: the taps are)."""
-    index = torch.as_tensor(out_rows, dtype=torch.float64)
-    return (index + 0.5) * (size / out_size) - 0.5
 
 
 def zoom_exact(

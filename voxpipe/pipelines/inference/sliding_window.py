@@ -2,9 +2,10 @@
 
 MONAI's ``SlidingWindowInferer`` runs every window of the volume in the network's precision and
 memory layout. On CT part of the grid is air, table and arms around the body; on CPUs with bf16
-support a bf16 forward pass is about twice as fast. :class:`FastSlidingWindowInferer` wraps MONAI's
-``sliding_window_inference`` (the same window grid rule, Gaussian blending and overlap) with these
-changes:
+support a bf16 forward pass is about twice as fast. :class:`FastSlidingWindowInferer` runs MONAI's
+window grid, Gaussian blending and overlap, bit for bit as ``sliding_window_inference`` computes them,
+on voxpipe's one streamed sliding window (:mod:`voxpipe.pipelines.inference.predictor`, the one the
+nnU-Net path uses too), with these changes:
 
 * **windows over the body mask**: the body is ``input > threshold`` (the normalised image; for a
   CT window clipped to [0, 1], 0 is everything below the window) after a morphological opening
@@ -48,7 +49,8 @@ changes:
   MONAI's windows in MONAI's order with MONAI's arithmetic (bit-identical, tested) but hands each
   finished block of rows straight to the inversion to the source grid, so only a window-deep band
   of the output is held (100 classes on a 600-slice CT: 0.9 GB of float16 instead of 2.5 GB, and
-  no second copy for the inversion). Not with TTA, organ ROI or body crop;
+  no second copy for the inversion). With TTA, organ ROI or body crop the same rows are gathered
+  into the whole output instead;
 * **stitching device**: windows run on the input's device; on CUDA the blended output stays on the
   GPU when it fits in free GPU memory (twice its size) and is stitched on the CPU otherwise.
 
