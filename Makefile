@@ -11,6 +11,11 @@ ORACLE := .oracle/nnunet
 ORACLE_STAMP := $(ORACLE)/.installed
 ORACLE_PACKAGES := scikit-image lazy-loader imageio tifffile networkx pillow pandas python-dateutil pytz \
 	tzdata blosc2 ndindex msgpack numexpr platformdirs requests httpx batchgeneratorsv2 tqdm
+# TotalSegmentator 2.18.0 itself, the test oracle of voxpipe's TotalSegmentator path, with the packages
+# its imports need beyond nnunetv2's: installed apart the same way (tests/oracles/totalseg_run.py).
+TS_ORACLE := .oracle/totalseg
+TS_ORACLE_STAMP := $(TS_ORACLE)/.installed
+TS_ORACLE_PACKAGES := totalsegmentator connected-components-3d seaborn dicom2nifti
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 # Two workers, one test file each (module fixtures such as a trained model are built once per file).
@@ -29,17 +34,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt dynamic-network-architectures nnunetv2 acvl-utils batchgenerators
 	@touch $(STAMP)
 
-oracle: $(ORACLE_STAMP)
+oracle: $(ORACLE_STAMP) $(TS_ORACLE_STAMP)
 
 $(ORACLE_STAMP): constraints.txt | $(STAMP)
 	rm -rf $(ORACLE)
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt --target $(ORACLE) $(ORACLE_PACKAGES)
 	@touch $(ORACLE_STAMP)
 
+$(TS_ORACLE_STAMP): constraints.txt | $(STAMP)
+	rm -rf $(TS_ORACLE)
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt --target $(TS_ORACLE) $(TS_ORACLE_PACKAGES)
+	@touch $(TS_ORACLE_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/voxpipe demo --output $(DEMO_OUT)
 
-test: $(STAMP) $(ORACLE_STAMP)
+test: $(STAMP) $(ORACLE_STAMP) $(TS_ORACLE_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 docs: $(STAMP)

@@ -1,6 +1,6 @@
 """``voxpipe models``: the catalogue, downloads from a local server (resumed, hash-checked, safely
-unpacked), offline copies, and ``voxpipe infer total`` on a fake TotalSegmentator archive of the real
-layout (five nnU-Net parts, 24 + 26 + 18 + 23 + 26 = 117 classes merged)."""
+unpacked), offline copies, and ``voxpipe models pull total`` then ``voxpipe infer total`` on fake
+TotalSegmentator archives of the real layout (its five parts, 117 classes, and its 3 mm and 6 mm models)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-from test_nnunet_predict import make_image, make_model
+from test_nnunet_predict import make_image
 
 from voxpipe.errors import BundleError, InputError
 from voxpipe.pipelines.inference import catalogue
 from voxpipe.pipelines.inference.catalogue import CATALOGUE, pull
-
-PART_CLASSES = (24, 26, 18, 23, 26)  # TotalSegmentator v2's five parts
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
@@ -74,44 +71,43 @@ def _zip_folder(folder: Path, archive: Path, prefix: str) -> Path:
     return archive
 
 
-def _total_archives(tmp_path: Path, served: Path) -> None:
-    """Five archives named as TotalSegmentator's, each DatasetXXX/<Trainer>__nnUNetPlans__3d_fullres/..."""
-    for index, (dataset, classes) in enumerate(zip(catalogue._TOTAL, PART_CLASSES, strict=True)):
-        labels = {"background": 0, **{f"part{index + 1}_structure_{k}": k for k in range(1, classes + 1)}}
-        work = tmp_path / "build" / dataset
-        make_model(
-            work,
-            spacing=[3.0, 3.0, 3.0],
-            patch=[16, 16, 16],
-            schemes=["CTNormalization"],
-            labels=labels,
-            seed=10 * index,
-        )
-        trained = work / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-        renamed = work / "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres"
-        trained.rename(renamed)
-        _zip_folder(work, served / f"{dataset}.zip", dataset)
+def _total_archives(tmp_path: Path, served: Path) -> list[str]:
+    """TotalSegmentator's archives for ``total`` (its five parts, the 3 mm and 6 mm models), each
+    ``DatasetNNN_name/<trainer>__nnUNetPlans__3d_fullres/...`` as its releases hold them."""
+    from totalseg_weights import make_weights
+
+    from voxpipe.pipelines.inference.totalseg import tasks
+
+    built = tmp_path / "build"
+    make_weights(built, "total", prefer=["liver"])
+    make_weights(built, "total", fast=True)
+    make_weights(built, "total", fastest=True)
+    names = []
+    for entry in CATALOGUE["total"].parts:
+        _zip_folder(built / entry, served / f"{entry}.zip", entry)
+        names.append(entry)
+    assert names[:5] == [tasks.dataset_folder(i) for i in (291, 292, 293, 294, 295)]
+    return names
 
 
 def test_the_catalogue_names_source_licence_classes_and_hashes():
-    assert {
-        "total",
-        "total-fast",
-        "lung_nodules",
-        "liver_segments",
-        "liver_lesions",
-        "lung_vessels",
-        "body",
-    } <= set(CATALOGUE)
+    from voxpipe.pipelines.inference.totalseg.tasks import OPEN_TASKS
+
+    assert set(OPEN_TASKS) <= set(CATALOGUE) and "total-fast" not in CATALOGUE
     assert {"wholeBody_ct_segmentation", "spleen_ct_segmentation", "lung_nodule_ct_detection"} <= set(
         CATALOGUE
     )
     total = CATALOGUE["total"]
-    assert len(total.downloads) == 5 and total.step == 0.8
+    assert total.kind == "totalseg" and len(total.downloads) == 7  # 5 parts, the 3 mm and 6 mm models
     assert all(
-        d.url.startswith("https://github.com/wasserth/TotalSegmentator/releases/download/")
+        d.url.startswith("https://github.com/wasserth/TotalSegmentator/releases/download/v2.0.0-weights/")
         for d in total.downloads
     )
+    nodules = CATALOGUE["lung_nodules"]  # its own model and the 6 mm crop model
+    assert [d.url.rsplit("/", 1)[1] for d in nodules.downloads] == [
+        "Dataset913_lung_nodules.zip",
+        "Dataset298_TotalSegmentator_total_6mm_1559subj.zip",
+    ]
     zoo = CATALOGUE["spleen_ct_segmentation"]
     assert any(d.hash == "md5:be4fa95e236df91766147c112ee6fafd" for d in zoo.downloads)
     text = catalogue.describe(total)
@@ -119,43 +115,41 @@ def test_the_catalogue_names_source_licence_classes_and_hashes():
 
 
 @pytest.mark.slow
-def test_pull_then_infer_total_writes_one_117_class_map_with_statistics(tmp_path, server):
+def test_pull_total_into_totalsegmentators_layout_then_infer_total(tmp_path, server):
     from voxpipe.cli import main
+    from voxpipe.pipelines.inference.totalseg.tasks import classes
 
     served, url = server
-    _total_archives(tmp_path, served)
-    cache = tmp_path / "cache"
+    names = _total_archives(tmp_path, served)
+    cache, weights = tmp_path / "cache", tmp_path / "weights"
     # an interrupted earlier download of the first part: the rest is fetched with a Range request
-    first = served / f"{catalogue._TOTAL[0]}.zip"
+    first = served / f"{names[0]}.zip"
     (cache / "downloads").mkdir(parents=True)
     (cache / "downloads" / f"{first.name}.part").write_bytes(first.read_bytes()[:1000])
-    assert main(["models", "pull", "total", "--models-cache", str(cache), "--mirror", url]) == 0
+    pull_command = ["models", "pull", "total", "--models-cache", str(cache), "--mirror", url]
+    assert main([*pull_command, "--weights-dir", str(weights)]) == 0
     assert (f"/{first.name}", "bytes=1000-") in RangeHandler.seen
     assert (cache / "downloads" / first.name).read_bytes() == first.read_bytes()
     recorded = json.loads((cache / "hashes.json").read_text())
     assert (
         recorded[first.name] == hashlib.sha256(first.read_bytes()).hexdigest()
     )  # recorded at first download
-    manifest = json.loads((cache / "total" / "voxpipe-model.json").read_text())
-    assert len(manifest["labels"]) == 118 and manifest["labels"]["117"] == "part5_structure_26"
-    assert manifest["parts"][1]["labels"]["1"] == 25  # vertebrae start after the 24 organs
+    for name in names:  # TotalSegmentator's own layout: where it (and voxpipe) looks
+        assert (weights / name).is_dir() and any(
+            (weights / name).glob("*__nnUNetPlans__3d_fullres/plans.json")
+        )
+    RangeHandler.seen = []
+    assert main([*pull_command, "--weights-dir", str(weights)]) == 0 and RangeHandler.seen == []  # kept
 
-    image = make_image(tmp_path / "ct_0000.nii.gz", shape=(20, 26, 24), spacing=(2.5, 2.5, 3.0))
+    image = make_image(tmp_path / "ct.nii.gz", shape=(20, 26, 24), spacing=(2.5, 2.5, 3.0))
     out = tmp_path / "out"
-    assert main(["infer", "total", str(image), "-o", str(out), "--models-cache", str(cache)]) == 0
-    label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "ct.nii.gz")))
-    assert label.shape == (20, 26, 24) and label.max() <= 117
-    # the merge: each part's own prediction, mapped, later parts over earlier ones
-    from voxpipe.pipelines.inference.nnunet.model import NnUNetModel
-
-    expected = np.zeros(label.shape, np.uint8)
-    for part in manifest["parts"]:
-        found, _ = NnUNetModel(cache / "total" / part["folder"], step=0.8).predict([image])
-        for source, target in part["labels"].items():
-            expected[found == int(source)] = target
-    assert np.array_equal(label, expected)
-    statistics = json.loads((out / "statistics.json").read_text())["ct"]
-    assert len(statistics) == 117 and "part3_structure_1" in statistics
+    assert (
+        main(["infer", "total", str(image), "-o", str(out), "--weights-dir", str(weights), "--device", "cpu"])
+        == 0
+    )
+    files = sorted(p.name[: -len(".nii.gz")] for p in (out / "ct").glob("*.nii.gz"))
+    assert files == sorted(classes("total").values())  # one mask per structure, TotalSegmentator's names
+    assert json.loads((out / "totalseg.json").read_text())["models"] == [291, 292, 293, 294, 295]
 
     # a DICOM series: one DICOM-SEG with a named segment per structure found, read back equal
     from test_deploy import write_series
@@ -163,16 +157,26 @@ def test_pull_then_infer_total_writes_one_117_class_map_with_statistics(tmp_path
     from voxpipe.transforms.dicom_seg import read_seg, seg_to_label_map
     from voxpipe.transforms.io import load_volume
 
-    _, files = write_series(tmp_path / "series")
-    series = files[0].parent
+    _, series_files = write_series(tmp_path / "series")
+    series = series_files[0].parent
     seg_out = tmp_path / "seg_out"
-    command = ["infer", "total", str(series), "-o", str(seg_out), "--dicom-seg", "--models-cache", str(cache)]
+    command = [
+        "infer",
+        "total",
+        str(series),
+        "-o",
+        str(seg_out),
+        "--dicom-seg",
+        "--ml",
+        "--weights-dir",
+        str(weights),
+    ]
     assert main(command) == 0
     label = load_volume(seg_out / "series.nii.gz", label=True)
     present = sorted(int(v) for v in np.unique(label.array) if v)
-    assert len(present) >= 5 and max(present) > 24  # structures of more than one part
+    assert len(present) >= 2
     seg = read_seg(seg_out / "series.dcm")
-    assert [seg.labels[k] for k in sorted(seg.labels)] == [manifest["labels"][str(v)] for v in present]
+    assert [seg.labels[k] for k in sorted(seg.labels)] == [classes("total")[v] for v in present]
     renumbered = np.zeros(256, np.uint8)
     renumbered[present] = np.arange(1, len(present) + 1)
     assert np.array_equal(seg_to_label_map(seg, label.array.shape, label.affine), renumbered[label.array])
@@ -180,20 +184,29 @@ def test_pull_then_infer_total_writes_one_117_class_map_with_statistics(tmp_path
 
 def test_offline_a_hand_copied_file_is_used_and_a_missing_one_names_url_and_place(tmp_path):
     cache = tmp_path / "cache"
-    with pytest.raises(InputError, match=r"Dataset297.*offline") as error:
-        pull("total-fast", cache, offline=True)
-    assert "releases/download/v2.0.0-weights/Dataset297" in error.value.hint
+    with pytest.raises(InputError, match=r"Dataset913.*offline") as error:
+        pull("lung_nodules", cache, offline=True, weights=tmp_path / "weights")
+    assert "releases/download/v2.5.0-weights/Dataset913_lung_nodules.zip" in error.value.hint
     assert str(cache / "downloads") in error.value.hint
 
 
 def test_a_hostile_archive_and_a_wrong_published_hash_are_refused(tmp_path, server):
     served, url = server
-    with zipfile.ZipFile(served / "Dataset297_TotalSegmentator_total_3mm_1559subj.zip", "w") as zipped:
+    with zipfile.ZipFile(served / "Dataset913_lung_nodules.zip", "w") as zipped:
         zipped.writestr("../../escape.txt", "x")
     cache = tmp_path / "cache"
     with pytest.raises(BundleError, match="escape.txt"):
-        pull("total-fast", cache, mirror=url)
-    assert not (tmp_path / "escape.txt").exists() and not (cache / "total-fast").exists()
+        pull("lung_nodules", cache, mirror=url, weights=tmp_path / "weights")
+    assert (
+        not (tmp_path / "escape.txt").exists()
+        and not (tmp_path / "weights" / "Dataset913_lung_nodules").exists()
+    )
+    with zipfile.ZipFile(served / "Dataset913_lung_nodules.zip", "w") as zipped:
+        zipped.writestr("something_else/readme.txt", "x")
+    (cache / "downloads" / "Dataset913_lung_nodules.zip").unlink()
+    (cache / "hashes.json").unlink(missing_ok=True)
+    with pytest.raises(BundleError, match="Dataset913_lung_nodules/<trainer>"):
+        pull("lung_nodules", cache, mirror=url, weights=tmp_path / "weights")
     (served / "spleen_ct_segmentation_v0.5.9.zip").write_bytes(b"")
     (served / "model_spleen_ct_segmentation_v1.pt").write_bytes(b"not the published weights")
     zipped = zipfile.ZipFile(served / "spleen_ct_segmentation_v0.5.9.zip", "w")

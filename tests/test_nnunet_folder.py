@@ -117,16 +117,17 @@ def _folder(tmp_path, *, name="nnUNetTrainer__nnUNetPlans__3d_fullres", folds=(0
 
 
 def test_a_model_folder_is_read_and_what_is_missing_is_named(tmp_path):
-    folder = NnUNetFolder(_folder(tmp_path, folds=(1, 0, "all")))
+    folder = NnUNetFolder(_folder(tmp_path, folds=(1, 0, 10, 2, "all")))
     assert folder.trainer == "nnUNetTrainer" and folder.configuration_name == "3d_fullres"
-    assert [p.parent.name for p in folder.checkpoints] == ["fold_0", "fold_1", "fold_all"]
+    # nnUNetv2_predict's automatic folds: its (name) order, fold_all left out unless named
+    assert [p.parent.name for p in folder.checkpoints] == ["fold_0", "fold_1", "fold_10", "fold_2"]
+    assert [p.parent.name for p in NnUNetFolder(folder.path, folds=["all"]).checkpoints] == ["fold_all"]
     assert folder.channels == ["CT"] and folder.labels.names == {0: "background", 1: "liver"}
     assert [p.parent.name for p in NnUNetFolder(folder.path, folds=[1]).checkpoints] == ["fold_1"]
     with pytest.raises(BundleError, match="fold_4/checkpoint_final.pth'.*requested fold"):
         NnUNetFolder(folder.path, folds=[4])
-    (folder.path / "fold_0" / "checkpoint_final.pth").unlink()
-    (folder.path / "fold_1" / "checkpoint_final.pth").unlink()
-    (folder.path / "fold_all" / "checkpoint_final.pth").unlink()
+    for fold in (0, 1, 2, 10):
+        (folder.path / f"fold_{fold}" / "checkpoint_final.pth").unlink()
     with pytest.raises(BundleError, match="expected fold_K/checkpoint_final.pth"):
         NnUNetFolder(folder.path)
     other = _folder(tmp_path, name="Trainer__Plans__2d")

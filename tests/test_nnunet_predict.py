@@ -63,6 +63,7 @@ def make_model(
     channel_names=None,
     configuration_name=None,
     previous_stage=None,
+    features=(4, 8, 16),
 ):
     """A model folder of the real layout with random-init weights (the same keys nnU-Net saves);
     a 2-value ``patch`` and ``spacing`` make a ``2d`` configuration; ``previous_stage`` a cascade
@@ -71,7 +72,7 @@ def make_model(
     dims = len(patch)
     name = configuration_name or ("3d_fullres" if dims == 3 else "2d")
     architecture = _architecture(
-        dims, 3, [[3] * dims] * 3, [[1] * dims, [2] * dims, [2] * dims], [4, 8, 16], kind
+        dims, 3, [[3] * dims] * 3, [[1] * dims, [2] * dims, [2] * dims], list(features), kind
     )
     configuration = {
         "data_identifier": f"nnUNetPlans_{name}",
@@ -355,7 +356,8 @@ def test_voxpipe_infer_runs_a_model_folder_case_by_case_with_failures_resume_and
     assert written == ["a.nii.gz", "b.nii.gz"]  # nnU-Net's names: the channel suffix dropped
     statistics = json.loads((tmp_path / "out" / "statistics.json").read_text())
     assert set(statistics) == {"a", "b"} and "liver" in statistics["a"]
-    direct, _ = NnUNetModel(folder).predict([inputs / "a_0000.nii.gz"])
+    # nnUNetv2_predict's default: mirroring over the checkpoint's axes (--disable-tta turns it off)
+    direct, _ = NnUNetModel(folder, mirroring=True).predict([inputs / "a_0000.nii.gz"])
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "a.nii.gz")))
     assert np.array_equal(label, direct)
     (inputs / "broken_0000.nii.gz").unlink()
@@ -397,7 +399,16 @@ def test_an_imported_bundle_runs_under_monais_runner_with_equal_labels(tmp_path)
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert main(["infer", str(folder), str(image), "-o", str(tmp_path / "voxpipe"), "--no-statistics"]) == 0
+    command = [
+        "infer",
+        str(folder),
+        str(image),
+        "-o",
+        str(tmp_path / "voxpipe"),
+        "--no-statistics",
+        "--disable-tta",
+    ]
+    assert main(command) == 0
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "voxpipe" / "ct.nii.gz")))
     theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "monai" / "ct.nii.gz")))
     assert np.array_equal(ours, theirs) and len(np.unique(ours)) > 1
@@ -431,7 +442,7 @@ def test_a_dicom_series_is_segmented_and_written_back_as_dicom_seg(tmp_path):
     _, files = write_series(tmp_path / "series")
     series = files[0].parent
     out = tmp_path / "out"
-    assert main(["infer", str(folder), str(series), "-o", str(out), "--dicom-seg"]) == 0
+    assert main(["infer", str(folder), str(series), "-o", str(out), "--dicom-seg", "--disable-tta"]) == 0
     label = load_volume(out / "series.nii.gz", label=True)
     source = load_volume(series)
     assert label.array.shape == source.array.shape and np.allclose(label.affine, source.affine, atol=1e-4)
@@ -466,7 +477,8 @@ def test_the_fast_path_skips_windows_without_body_and_bundle_options_are_refused
     assert not found[16:, 24:, 24:].any()  # reached by no window that was run: background
     assert reference[16:, 24:, 24:].any()  # (the random network finds something in air)
     out = tmp_path / "out"
-    assert main(["infer", str(folder), str(tmp_path / "ct_0000.nii.gz"), "-o", str(out), "--fast"]) == 0
+    command = ["infer", str(folder), str(tmp_path / "ct_0000.nii.gz"), "-o", str(out), "--approximate"]
+    assert main([*command, "--disable-tta"]) == 0
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "ct.nii.gz"))), found)
     code = main(
         ["infer", str(folder), str(tmp_path / "ct_0000.nii.gz"), "-o", str(out), "--precision", "bf16"]

@@ -108,7 +108,7 @@ def test_a_real_dicom_series_gives_nnunets_labels_on_the_volume_voxpipe_loads(re
     save_nifti(np.asarray(volume.array), volume.affine, tmp_path / "series_0000.nii.gz")
     expected = run_oracle(folder, [tmp_path / "series_0000.nii.gz"], tmp_path / "oracle.npz")
     out = tmp_path / "out"
-    assert main(["infer", str(folder), str(series), "-o", str(out), "--dicom-seg"]) == 0
+    assert main(["infer", str(folder), str(series), "-o", str(out), "--dicom-seg", "--disable-tta"]) == 0
     written = sitk.ReadImage(str(out / "example_ct_dicom.nii.gz"))
     assert int((sitk.GetArrayFromImage(written) != expected).sum()) == 0
     reference = sitk.ReadImage(str(tmp_path / "series_0000.nii.gz"))

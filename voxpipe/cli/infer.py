@@ -25,8 +25,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     from voxpipe.pipelines.inference.catalogue import CATALOGUE
     from voxpipe.pipelines.inference.models import model_kind
+    from voxpipe.pipelines.inference.totalseg.tasks import is_task
 
     model_dir = Path(args.model)
+    if not model_dir.exists() and is_task(args.model):  # TotalSegmentator's task, as it runs it
+        outputs = _infer_totalseg(args, shard)
+        print(f"{len(outputs)} case(s) of TotalSegmentator's {args.model!r} in {args.output}")
+        return 0
+    _refuse_totalseg_options(args, args.model)
     if not model_dir.exists() and args.model in CATALOGUE:  # a catalogue name: the pulled model
         model_dir = _pulled_model(args)
         if (model_dir / "configs").is_dir():
@@ -35,6 +41,21 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         outputs = _infer_nnunet(args, model_dir, shard)
         print(f"{len(outputs)} label map(s) in {args.output} ({args.model})")
         return 0
+    nnunet_only = {
+        "--disable-tta": args.disable_tta,
+        "--step-size": args.step_size,
+        "--checkpoint": args.checkpoint,
+        "--approximate": args.approximate,
+        "--folds": args.folds,
+    }
+    given = [name for name, value in nnunet_only.items() if value]
+    if given:
+        from voxpipe.errors import InputError
+
+        raise InputError(
+            f"{args.model!r}: a bundle runs without {', '.join(given)} (options of nnU-Net model folders)",
+            hint="--tta for flips, --precision for bf16/fp16, --set for the bundle's inference config",
+        )
     outputs = infer_with_bundle(
         args.model,
         args.inputs,
@@ -124,29 +145,230 @@ def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any
     if given:
         raise InputError(
             f"{str(folder)!r}: an nnU-Net model runs without {', '.join(given)} (options of MONAI bundles)",
-            hint="--fast for bf16 and body-only windows; --tta for nnU-Net's mirroring; --device for a GPU; "
+            hint="--approximate for bf16 and body-only windows; --tta for nnU-Net's mirroring; --device for a GPU; "
             "output is .nii.gz "
             "(+ .dcm with --dicom-seg)",
         )
     options = {
         "output_dir": args.output,
         "folds": args.folds,
-        "tta": bool(args.tta),
-        "fast": bool(args.fast),
+        # nnUNetv2_predict's defaults: mirroring over the checkpoint's axes unless --disable-tta
+        "tta": not args.disable_tta,
+        "checkpoint": args.checkpoint or "checkpoint_final.pth",
+        "fast": bool(args.approximate),
         "resume": args.resume,
         "statistics": not args.no_statistics,
         "shard": shard,
         "dicom_seg": bool(args.dicom_seg),
         "device": args.device or "auto",
     }
+    if args.step_size is not None and not 0 < args.step_size <= 1:
+        raise InputError(f"--step-size: expected a fraction of the patch in (0, 1], found {args.step_size}")
     if not (folder / MANIFEST).is_file():
-        return infer_with_nnunet(folder, args.inputs, **options)
+        return infer_with_nnunet(folder, args.inputs, step=args.step_size or 0.5, **options)
     manifest = json.loads((folder / MANIFEST).read_text())
     parts = manifest["parts"]
+    step = args.step_size or manifest["step"]
     if len(parts) == 1:
-        return infer_with_nnunet(folder / parts[0]["folder"], args.inputs, step=manifest["step"], **options)
+        return infer_with_nnunet(folder / parts[0]["folder"], args.inputs, step=step, **options)
     names = {int(k): v for k, v in manifest["labels"].items()}
-    return infer_with_nnunet(folder, args.inputs, step=manifest["step"], parts=parts, names=names, **options)
+    return infer_with_nnunet(folder, args.inputs, step=step, parts=parts, names=names, **options)
+
+
+_TOTALSEG_OPTIONS = {
+    "--ml": "ml",
+    "--roi-subset": "roi_subset",
+    "--roi-subset-robust": "roi_subset_robust",
+    "--fast": "fast",
+    "--fastest": "fastest",
+    "--body-seg": "body_seg",
+    "--robust-crop": "robust_crop",
+    "--force-split": "force_split",
+    "--remove-small-blobs": "remove_small_blobs",
+    "--higher-order-resampling": "higher_order_resampling",
+    "--save-lowres": "save_lowres",
+    "--statistics": "statistics",
+    "--stats-include-incomplete": "stats_include_incomplete",
+    "--weights-dir": "weights_dir",
+}
+
+
+def _refuse_totalseg_options(args: argparse.Namespace, model: str) -> None:
+    """TotalSegmentator's options given for a bundle or an nnU-Net folder: named, with what they mean."""
+    from voxpipe.errors import InputError
+
+    given = [flag for flag, key in _TOTALSEG_OPTIONS.items() if getattr(args, key, None)]
+    if args.resampling_order != 1 or args.stats_aggregation != "mean":
+        given.append("--resampling-order/--stats-aggregation")
+    if given:
+        hint = "TotalSegmentator's tasks take them: voxpipe infer TASK (voxpipe models list)"
+        if "--fast" in given:
+            hint = "--fast picks TotalSegmentator's 3 mm model of a task; voxpipe's bf16 path for nnU-Net folders is --approximate"
+        raise InputError(f"{model!r}: {', '.join(given)} are options of TotalSegmentator's tasks", hint=hint)
+
+
+def _infer_totalseg(args: argparse.Namespace, shard: Any) -> list[Any]:
+    """A TotalSegmentator task (``voxpipe infer total ct.nii.gz -o out``), as TotalSegmentator runs it."""
+    from voxpipe.errors import InputError
+    from voxpipe.pipelines.inference.totalseg.pipeline import Options
+    from voxpipe.pipelines.inference.totalseg.run import infer_with_totalsegmentator
+
+    others = {
+        "--weights": args.weights,
+        "--set": args.set,
+        "--precision": args.precision,
+        "--compile": args.compile,
+        "--organ-roi": args.organ_roi,
+        "--save-probabilities": args.save_probabilities,
+        "--timings": args.timings,
+        "--tta": args.tta,
+        "--approximate": args.approximate,
+        "--folds": args.folds,
+        "--no-statistics": args.no_statistics,
+        "--format": args.format if args.format != "nii.gz" else None,
+        "--step-size": args.step_size,
+        "--checkpoint": args.checkpoint,
+        "--disable-tta": args.disable_tta,
+    }
+    given = [name for name, value in others.items() if value]
+    if given:
+        raise InputError(
+            f"{args.model!r}: TotalSegmentator's task runs without {', '.join(given)}",
+            hint="TotalSegmentator's own options apply: --fast, --fastest, --roi-subset, --ml, --statistics, "
+            "--body-seg, --robust-crop, --force-split, --remove-small-blobs, --resampling-order, "
+            "--higher-order-resampling, --save-lowres, --device",
+        )
+    options = Options(
+        fast=bool(args.fast),
+        fastest=bool(args.fastest),
+        roi_subset=tuple(args.roi_subset_robust or args.roi_subset or ()) or None,
+        roi_subset_robust=bool(args.roi_subset_robust),
+        robust_crop=True if args.robust_crop else None,
+        body_seg=bool(args.body_seg),
+        force_split=bool(args.force_split),
+        remove_small_blobs=args.remove_small_blobs,
+        resampling_order=args.resampling_order,
+        higher_order_resampling=bool(args.higher_order_resampling),
+        save_lowres=bool(args.save_lowres),
+        statistics=bool(args.statistics),
+        exclude_border=not args.stats_include_incomplete,
+        aggregation=args.stats_aggregation,
+    )
+    return infer_with_totalsegmentator(
+        args.model,
+        args.inputs,
+        output_dir=args.output,
+        options=options,
+        ml=bool(args.ml),
+        root=args.weights_dir,
+        device=args.device or "auto",
+        resume=args.resume,
+        shard=shard,
+        dicom_seg=bool(args.dicom_seg),
+    )
+
+
+def _resampling_order(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else -1
+    if not 0 <= value <= 5:
+        raise argparse.ArgumentTypeError(f"expected a spline order 0..5, found {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of mm³, found {text!r}")
+    return value
+
+
+def add_totalseg_options(parser: Any) -> None:
+    """TotalSegmentator's options, under voxpipe's spelling of its names (``--roi_subset`` is ``--roi-subset``)."""
+    group = parser.add_argument_group(
+        "TotalSegmentator's tasks (voxpipe infer TASK ...; its defaults give its map)"
+    )
+    group.add_argument(
+        "--ml",
+        action="store_true",
+        help="one multilabel <case>.nii.gz with TotalSegmentator's "
+        "label table in its header, instead of <case>/<structure>.nii.gz files",
+    )
+    group.add_argument(
+        "--roi-subset",
+        nargs="+",
+        metavar="NAME",
+        help="only these structures (total, "
+        "total_mr): only the parts holding them run, on a crop found by the 6 mm model",
+    )
+    group.add_argument(
+        "--roi-subset-robust",
+        nargs="+",
+        metavar="NAME",
+        help="as --roi-subset, the crop found by the 3 mm model",
+    )
+    group.add_argument("--fast", action="store_true", help="the task's 3 mm model (total, total_mr, body...)")
+    group.add_argument("--fastest", action="store_true", help="the task's 6 mm model")
+    group.add_argument(
+        "--body-seg", action="store_true", help="crop to the body found by the 6 mm body model first"
+    )
+    group.add_argument(
+        "--robust-crop",
+        action="store_true",
+        help="crop tasks: find the crop with the 3 mm model, not the 6 mm one",
+    )
+    group.add_argument(
+        "--force-split", action="store_true", help="run the image in three overlapping thirds along z"
+    )
+    group.add_argument(
+        "--remove-small-blobs",
+        nargs="?",
+        const=200.0,
+        type=_positive,
+        metavar="MM3",
+        help="remove connected components smaller than MM3 (default 200) from every structure",
+    )
+    group.add_argument(
+        "--resampling-order",
+        type=_resampling_order,
+        default=1,
+        metavar="N",
+        help="spline order of the image's resampling to the task's spacing (0-5, default 1)",
+    )
+    group.add_argument(
+        "--higher-order-resampling",
+        action="store_true",
+        help="leave the resampling to nnU-Net (third order in, logits back)",
+    )
+    group.add_argument(
+        "--save-lowres", action="store_true", help="with --fast/--fastest: keep the map on the model's grid"
+    )
+    group.add_argument(
+        "--statistics",
+        action="store_true",
+        help="statistics.json: volume (mm³) and mean HU "
+        "per structure, 0 for structures within 3 voxels of the scan's border",
+    )
+    group.add_argument(
+        "--stats-include-incomplete",
+        action="store_true",
+        help="statistics also for structures at the scan's border",
+    )
+    group.add_argument(
+        "--stats-aggregation",
+        choices=["mean", "median"],
+        default="mean",
+        help="intensity statistic (default mean)",
+    )
+    group.add_argument(
+        "--weights-dir",
+        metavar="DIR",
+        help="TotalSegmentator's weights folder (default: "
+        "$TOTALSEG_WEIGHTS_PATH, else $TOTALSEG_HOME_DIR/nnunet/results, else "
+        "~/.totalsegmentator/nnunet/results, as TotalSegmentator looks)",
+    )
 
 
 def add_commands(commands: Any) -> None:
@@ -160,7 +382,8 @@ def add_commands(commands: Any) -> None:
         "model",
         help="bundle folder (weights from BUNDLE/models/model.pt unless --weights), an nnU-Net v2 model "
         "folder (<Trainer>__<Plans>__<configuration> with plans.json, dataset.json, fold_K/checkpoint_final.pth), "
-        "or the name of a pulled catalogue model (voxpipe models list)",
+        "the name of a pulled catalogue model (voxpipe models list), or one of TotalSegmentator's "
+        "tasks (total, lung_vessels, body, ...: run as TotalSegmentator runs it, from its weights folder)",
     )
     from voxpipe.cli.models import add_cache_option
 
@@ -201,15 +424,32 @@ def add_commands(commands: Any) -> None:
     infer.add_argument(
         "--tta",
         action="store_true",
-        help="test-time augmentation: average over flips along every axis combination (8× the time); "
-        "for an nnU-Net model folder, its mirroring over the checkpoint's allowed axes",
+        help="bundles: test-time augmentation, the average over flips along every axis combination (8× "
+        "the time); nnU-Net model folders mirror by default (as nnUNetv2_predict), see --disable-tta",
     )
     infer.add_argument(
-        "--fast",
+        "--approximate",
         action="store_true",
         help="nnU-Net models: voxpipe's fast path instead of nnU-Net's exact numbers: the network in bf16 "
         "on CPUs with native bf16, windows without body (nothing above -500 HU) not run; its agreement "
         "with the exact path is in benchmarks/README.md",
+    )
+    infer.add_argument(
+        "--disable-tta",
+        action="store_true",
+        help="nnU-Net models: no mirroring (nnUNetv2_predict's spelling; mirroring is on by default "
+        "wherever the checkpoint allows it)",
+    )
+    infer.add_argument(
+        "--step-size",
+        type=float,
+        metavar="F",
+        help="nnU-Net models: the window step as a fraction of the patch (default 0.5, as nnUNetv2_predict)",
+    )
+    infer.add_argument(
+        "--checkpoint",
+        metavar="NAME",
+        help="nnU-Net models: the checkpoint file in each fold (default checkpoint_final.pth)",
     )
     infer.add_argument(
         "--compile",
@@ -259,6 +499,7 @@ def add_commands(commands: Any) -> None:
         action="store_true",
         help="do not write statistics.csv/.json (volumes, mean/std HU, lesion count and largest diameter)",
     )
+    add_totalseg_options(infer)
     infer.set_defaults(func=_cmd_infer)
     add_detect_command(commands)
 

@@ -20,8 +20,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     cache = cache_folder(args)
     print(f"{'name':<28}{'kind':<14}{'pulled':<8}classes")
+    from voxpipe.pipelines.inference.totalseg.tasks import OPEN_TASKS, task_names
+
+    licensed = [n for n in task_names() if n not in OPEN_TASKS]
     for name, entry in CATALOGUE.items():
         print(f"{name:<28}{entry.kind:<14}{'yes' if pulled(name, cache) else 'no':<8}{entry.classes}")
+    print(
+        "TotalSegmentator's other tasks run with `voxpipe infer TASK` when their weights are already in its "
+        f"folder (licensed ones from its licence server, {'https://backend.totalsegmentator.com/license-academic/'}): "
+        + ", ".join(licensed)
+    )
     print(f"cache: {cache}")
     return 0
 
@@ -36,7 +44,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_pull(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.inference.catalogue import pull
 
-    folder = pull(args.name, cache_folder(args), mirror=args.mirror, offline=args.offline)
+    folder = pull(
+        args.name, cache_folder(args), mirror=args.mirror, offline=args.offline, weights=args.weights_dir
+    )
     print(f"{args.name}: {folder}")
     return 0
 
@@ -71,5 +81,11 @@ def add_commands(commands: Any) -> None:
         "--mirror", metavar="URL", help="fetch <URL>/<file name> instead of the publisher's URL"
     )
     pull.add_argument("--offline", action="store_true", help="use only files already in <cache>/downloads/")
+    pull.add_argument(
+        "--weights-dir",
+        metavar="DIR",
+        help="TotalSegmentator's tasks: unpack into this weights folder (default: TotalSegmentator's own, "
+        "$TOTALSEG_WEIGHTS_PATH, else $TOTALSEG_HOME_DIR/nnunet/results, else ~/.totalsegmentator/nnunet/results)",
+    )
     add_cache_option(pull)
     pull.set_defaults(func=_cmd_pull)

@@ -71,93 +71,47 @@ def _ts(folder: str, version: str = "v2.0.0-weights") -> Download:
     return Download(f"{_TS}/{version}/{folder}.zip")
 
 
-_TOTAL = (
-    "Dataset291_TotalSegmentator_part1_organs_1559subj",
-    "Dataset292_TotalSegmentator_part2_vertebrae_1532subj",
-    "Dataset293_TotalSegmentator_part3_cardiac_1559subj",
-    "Dataset294_TotalSegmentator_part4_muscles_1559subj",
-    "Dataset295_TotalSegmentator_part5_ribs_1559subj",
-)
 _TS_LICENCE = "Apache-2.0 (TotalSegmentator's open models)"
-_TS_SOURCE = "TotalSegmentator v2 (Wasserthal et al.), github.com/wasserth/TotalSegmentator"
+_TS_SOURCE = "TotalSegmentator 2.18.0 (Wasserthal et al.), github.com/wasserth/TotalSegmentator"
+
+
+def _totalseg_models() -> list[Model]:
+    """One entry per open TotalSegmentator task: the release zips of its models and its crop models
+    (with ``--fast``/``--fastest``'s where it has them), unpacked into TotalSegmentator's own weights
+    folder, where ``voxpipe infer TASK`` and TotalSegmentator itself find them."""
+    from voxpipe.pipelines.inference.totalseg import tasks
+
+    entries = []
+    for name in tasks.OPEN_TASKS:
+        ids = list(tasks.models_of(name))
+        for mode in ({"fast": True}, {"fastest": True}):
+            try:
+                ids += [i for i in tasks.task(name, **mode).task_ids if i not in ids]
+            except InputError:
+                pass
+        ids = [i for i in ids if tasks.release(i) is not None]
+        labels = tasks.classes(name)
+        entries.append(
+            Model(
+                name,
+                "totalseg",
+                _TS_SOURCE,
+                _TS_LICENCE,
+                f"{len(labels)} structures: {', '.join(list(labels.values())[:4])}{', ...' if len(labels) > 4 else ''}",
+                f"{len(ids)} nnU-Net model(s)",
+                tuple(Download(f"{_TS}/{tasks.release(i)}/{tasks.dataset_folder(i)}.zip") for i in ids),
+                notes="run as TotalSegmentator runs it (voxpipe infer " + name + " ...); weights go to "
+                "TotalSegmentator's own folder ($TOTALSEG_WEIGHTS_PATH, else ~/.totalsegmentator/nnunet/results)",
+                parts=tuple(tasks.dataset_folder(i) for i in ids),
+            )
+        )
+    return entries
+
 
 CATALOGUE: dict[str, Model] = {
     m.name: m
     for m in (
-        Model(
-            "total",
-            "nnunet-parts",
-            _TS_SOURCE,
-            _TS_LICENCE,
-            "117 structures (organs, vertebrae, cardiac, muscles, ribs), 1.5 mm",
-            "5 nnU-Net models, about 1.2 GB",
-            tuple(_ts(folder) for folder in _TOTAL),
-            step=0.8,
-            notes="TotalSegmentator runs its own 1.5 mm resampling before nnU-Net; voxpipe runs the "
-            "nnU-Net models as nnU-Net does (their plans' spacing is 1.5 mm)",
-            parts=_TOTAL,
-        ),
-        Model(
-            "total-fast",
-            "nnunet",
-            _TS_SOURCE,
-            _TS_LICENCE,
-            "117 structures, 3 mm",
-            "1 nnU-Net model, about 240 MB",
-            (_ts("Dataset297_TotalSegmentator_total_3mm_1559subj"),),
-            step=0.8,
-            parts=("Dataset297_TotalSegmentator_total_3mm_1559subj",),
-        ),
-        Model(
-            "lung_nodules",
-            "nnunet",
-            _TS_SOURCE,
-            _TS_LICENCE,
-            "lung, lung nodules, 1.5 mm (TotalSegmentator crops to the lungs first)",
-            "1 nnU-Net model",
-            (_ts("Dataset913_lung_nodules", "v2.5.0-weights"),),
-            parts=("Dataset913_lung_nodules",),
-        ),
-        Model(
-            "liver_segments",
-            "nnunet",
-            _TS_SOURCE,
-            _TS_LICENCE,
-            "Couinaud liver segments 1–8 (TotalSegmentator crops to the liver first)",
-            "1 nnU-Net model",
-            (_ts("Dataset570_ct_liver_segments", "v2.5.0-weights"),),
-            parts=("Dataset570_ct_liver_segments",),
-        ),
-        Model(
-            "liver_lesions",
-            "nnunet",
-            _TS_SOURCE,
-            _TS_LICENCE,
-            "liver lesions, 0.75 × 0.75 × 1 mm (configuration 3d_fullres_high; cropped to the liver)",
-            "1 nnU-Net model",
-            (_ts("Dataset591_ct_liver_lesions_842subj", "v2.5.0-weights"),),
-            parts=("Dataset591_ct_liver_lesions_842subj",),
-        ),
-        Model(
-            "lung_vessels",
-            "nnunet",
-            _TS_SOURCE,
-            _TS_LICENCE,
-            "lung arteries, veins, airways, airway walls (cropped to the lungs)",
-            "1 nnU-Net model",
-            (_ts("Dataset117_lung_airways_arteries_veins_282subj", "v2.5.0-weights"),),
-            parts=("Dataset117_lung_airways_arteries_veins_282subj",),
-        ),
-        Model(
-            "body",
-            "nnunet",
-            _TS_SOURCE,
-            _TS_LICENCE,
-            "body, trunk, extremities, skin, 1.5 mm",
-            "1 nnU-Net model",
-            (_ts("Dataset299_body_1559subj"),),
-            parts=("Dataset299_body_1559subj",),
-        ),
+        *_totalseg_models(),
         Model(
             "wholeBody_ct_segmentation",
             "bundle",
@@ -314,9 +268,16 @@ def fetch_file(
 
 
 def pull(
-    name: str, cache: str | os.PathLike[str], *, mirror: str | None = None, offline: bool = False
+    name: str,
+    cache: str | os.PathLike[str],
+    *,
+    mirror: str | None = None,
+    offline: bool = False,
+    weights: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Download, verify and unpack one catalogue model into ``<cache>/<name>``; its folder.
+    """Download, verify and unpack one catalogue model into ``<cache>/<name>``; its folder. A
+    TotalSegmentator task goes into TotalSegmentator's weights folder (``weights``, default the one it
+    uses on this machine), its downloads kept in ``<cache>/downloads``.
 
     ``mirror`` replaces the publisher's URL by ``<mirror>/<file name>`` (a local copy, a test server).
     Raises:
@@ -326,6 +287,8 @@ def pull(
     from voxpipe.transforms.files import write_text_atomic
 
     entry = model(name)
+    if entry.kind == "totalseg":
+        return pull_totalseg(entry, Path(cache), weights, mirror=mirror, offline=offline)
     root = Path(cache)
     final = root / name
     if (final / MANIFEST).is_file():
@@ -360,6 +323,45 @@ def pull(
         raise
     write_text_atomic(root / "hashes.json", json.dumps(recorded, indent=2, sort_keys=True) + "\n")
     return final
+
+
+def pull_totalseg(
+    entry: Model, cache: Path, weights: str | os.PathLike[str] | None, *, mirror: str | None, offline: bool
+) -> Path:
+    """A TotalSegmentator task's models into its weights folder, as its own downloader lays them out
+    (``<weights>/<DatasetNNN_name>/...``); models already there are kept. The weights folder."""
+    from voxpipe.errors import BundleError
+    from voxpipe.pipelines.bundles.export import safe_extract_zip
+    from voxpipe.pipelines.inference.totalseg.weights import weights_root
+    from voxpipe.transforms.files import write_text_atomic
+
+    root = Path(weights) if weights is not None else weights_root()
+    root.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    recorded = _hashes(cache)
+    for download, dataset in zip(entry.downloads, entry.parts, strict=True):
+        if (root / dataset).is_dir() and any((root / dataset).glob("*__*__*/plans.json")):
+            logger.info("%s: already in %s", dataset, root)
+            continue
+        path, sha256 = fetch_file(download, cache, mirror=mirror, offline=offline)
+        if path.name not in recorded:
+            recorded[path.name] = sha256
+            logger.warning("%s: no hash is published; recorded SHA-256 %s", path.name, sha256)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dataset}.", dir=root))
+        try:
+            safe_extract_zip(path, staging)
+            if not any((staging / dataset).glob("*__*__*/plans.json")):
+                raise BundleError(
+                    f"{str(path)!r}: expected TotalSegmentator's {dataset}/<trainer>__<plans>__<configuration>/"
+                    f"plans.json in the archive, found {sorted(p.name for p in staging.iterdir())[:5]}"
+                )
+            if (root / dataset).exists():
+                shutil.rmtree(root / dataset)
+            (staging / dataset).rename(root / dataset)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        write_text_atomic(cache / "hashes.json", json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    return root
 
 
 def _model_folder(root: Path, dataset: str) -> Path:
@@ -414,7 +416,16 @@ def _manifest(entry: Model, staging: Path) -> dict[str, Any]:
 
 
 def pulled(name: str, cache: str | os.PathLike[str]) -> Path | None:
-    """The model's folder in the cache when it was pulled, else None."""
+    """The model's folder in the cache when it was pulled, else None (a TotalSegmentator task: its
+    weights folder when every model of a default run is in it)."""
+    entry = CATALOGUE.get(name)
+    if entry is not None and entry.kind == "totalseg":
+        from voxpipe.pipelines.inference.totalseg.tasks import dataset_folder, models_of
+        from voxpipe.pipelines.inference.totalseg.weights import weights_root
+
+        root = weights_root()
+        needed = [dataset_folder(i) for i in models_of(name)]
+        return root if all(any((root / d).glob("*__*__*/plans.json")) for d in needed) else None
     folder = Path(cache) / name
     return folder if (folder / MANIFEST).is_file() else None
 
@@ -422,7 +433,8 @@ def pulled(name: str, cache: str | os.PathLike[str]) -> Path | None:
 def describe(entry: Model, cache: Path | None = None) -> str:
     lines = [
         f"{entry.name}: {entry.classes}",
-        f"  kind: {entry.kind}; size: {entry.size}; window step: {entry.step}",
+        f"  kind: {entry.kind}; size: {entry.size}"
+        + ("" if entry.kind == "totalseg" else f"; window step: {entry.step}"),
         f"  source: {entry.source}",
         f"  licence: {entry.licence}",
     ]

@@ -154,7 +154,8 @@ class NnUNetFolder:
 
     Args:
         path: the ``<Trainer>__<Plans>__<configuration>`` folder.
-        folds: which folds to use (default: every ``fold_K`` with a checkpoint, and ``fold_all``).
+        folds: which folds to use (default: every ``fold_K`` with a checkpoint, in nnU-Net's order;
+            ``fold_all`` only when named, as ``nnUNetv2_predict`` leaves it out of its automatic folds).
         checkpoint: the checkpoint file name in each fold.
         configuration: the configuration (default: from the folder name, else the checkpoint's).
 
@@ -229,10 +230,9 @@ class NnUNetFolder:
         return folder
 
     def _checkpoints(self, folds: Sequence[int | str] | None, name: str) -> list[Path]:
-        if folds is None:
+        if folds is None:  # nnU-Net's automatic folds: fold_K in its (name) order, never fold_all
             found = sorted(
-                (p for p in self.path.glob("fold_*") if (p / name).is_file()),
-                key=lambda p: (not p.name[5:].isdigit(), int(p.name[5:]) if p.name[5:].isdigit() else 0),
+                p for p in self.path.glob("fold_*") if p.name[5:].isdigit() and (p / name).is_file()
             )
             if not found:
                 raise BundleError(
