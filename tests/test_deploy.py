@@ -696,3 +696,58 @@ def test_a_partly_fetched_series_is_discarded_whole(tmp_path):
     assert (
         store.get(series) is None and not store.series_dir(series).exists() and store.complete_idle(0.0) == []
     )
+
+
+def test_a_totalsegmentator_task_serves_named_sided_segments_and_an_sr_with_volume_and_mean_hu(
+    tmp_path, peer, monkeypatch
+):
+    from totalseg_oracle import case_affine, phantom_array
+    from totalseg_weights import make_weights
+
+    from voxpipe.pipelines.inference.stats import case_statistics
+    from voxpipe.pipelines.inference.totalseg.pipeline import TotalSegmentator
+    from voxpipe.pipelines.inference.totalseg.run import read_image
+    from voxpipe.transforms.io import load_volume
+
+    weights = tmp_path / "weights"
+    make_weights(weights, "total", prefer=["kidney_left", "liver", "spleen"])
+    monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(weights))
+    hu = phantom_array((40, 36, 24), seed=2).astype(np.int16)
+    files = write_dicom_series(hu, case_affine("LPS", (1.6, 1.6, 2.5), (40, 36, 24)), tmp_path / "series")
+    node = DicomNode("total", workdir=tmp_path / "node", send_to=peer.destination(), port=0, idle=0.5)
+    node.start()
+    try:
+        assert send_series(files, node.port) == [0] * len(files)
+        series_uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+        job = wait_for(
+            lambda: (j := node.store.get(series_uid)) and j["state"] in ("done", "failed") and j,
+            what="the job",
+        )
+    finally:
+        node.stop()
+    assert job["state"] == "done", job.get("reason")
+    [seg_file], [sr_file] = peer.by_modality("SEG"), peer.by_modality("SR")
+    # the map is TotalSegmentator's on the series as voxpipe loads it
+    image = read_image(tmp_path / "series")
+    expected = TotalSegmentator(weights, device="cpu").run(image, "total")
+    labels = np.asarray(expected.image.dataobj)
+    volume = load_volume(tmp_path / "series")
+    assert np.array_equal(
+        seg_to_label_map(read_seg(seg_file), volume.array.shape, volume.affine) > 0, labels > 0
+    )
+    segments = pydicom.dcmread(seg_file).SegmentSequence
+    present = [expected.labels[v] for v in sorted(int(v) for v in np.unique(labels) if v)]
+    assert [str(s.SegmentLabel) for s in segments] == present and "kidney_left" in present  # every one found
+    kidney = next(s for s in segments if s.SegmentLabel == "kidney_left").SegmentedPropertyTypeCodeSequence[0]
+    assert (
+        kidney.CodeMeaning == "Kidney"
+        and kidney.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Left"
+    )
+    statistics = case_statistics(labels, image.affine, names=expected.labels, image=image.get_fdata())
+    report = read_report_volumes(sr_file)
+    for number, segment in enumerate(segments, start=1):
+        figures = report[f"segment {number}: {segment.SegmentLabel}"]
+        assert figures["Volume"] == pytest.approx(statistics[segment.SegmentLabel]["volume_ml"], rel=1e-6)
+        assert figures["Mean Attenuation Coefficient"] == pytest.approx(
+            statistics[segment.SegmentLabel]["mean"], rel=1e-6
+        )

@@ -262,13 +262,166 @@ def test_structure_names_get_their_own_snomed_codes():
         assert target in dir(codes.SCT), target
 
 
-@pytest.mark.realdata
-def test_every_totalsegmentator_class_has_a_specific_code(real_data):
-    import json
+#: TotalSegmentator's 117 ``total`` classes with the SNOMED CT type and laterality of each (for the
+#: kidney cysts: Cyst, the laterality of their region, Kidney), written out from TotalSegmentator
+#: 2.18.0's own coding table (its resources/totalsegmentator_snomed_mapping.csv).
+TOTAL_CODES = """
+    spleen: Spleen
+    kidney_right: Kidney | Right
+    kidney_left: Kidney | Left
+    gallbladder: Gallbladder
+    liver: Liver
+    stomach: Stomach
+    pancreas: Pancreas
+    adrenal_gland_right: Adrenal gland | Right
+    adrenal_gland_left: Adrenal gland | Left
+    lung_upper_lobe_left: Upper lobe of lung | Left
+    lung_lower_lobe_left: Lower lobe of lung | Left
+    lung_upper_lobe_right: Upper lobe of lung | Right
+    lung_middle_lobe_right: Middle lobe of right lung
+    lung_lower_lobe_right: Lower lobe of lung | Right
+    esophagus: Esophagus
+    trachea: Trachea
+    thyroid_gland: Thyroid gland
+    small_bowel: Small Intestine
+    duodenum: Duodenum
+    colon: Colon
+    urinary_bladder: Urinary bladder
+    prostate: Prostate
+    kidney_cyst_left: Cyst | Left
+    kidney_cyst_right: Cyst | Right
+    sacrum: Sacrum
+    vertebrae_S1: S1 vertebra
+    vertebrae_L5: L5 vertebra
+    vertebrae_L4: L4 vertebra
+    vertebrae_L3: L3 vertebra
+    vertebrae_L2: L2 vertebra
+    vertebrae_L1: L1 vertebra
+    vertebrae_T12: T12 vertebra
+    vertebrae_T11: T11 vertebra
+    vertebrae_T10: T10 vertebra
+    vertebrae_T9: T9 vertebra
+    vertebrae_T8: T8 vertebra
+    vertebrae_T7: T7 vertebra
+    vertebrae_T6: T6 vertebra
+    vertebrae_T5: T5 vertebra
+    vertebrae_T4: T4 vertebra
+    vertebrae_T3: T3 vertebra
+    vertebrae_T2: T2 vertebra
+    vertebrae_T1: T1 vertebra
+    vertebrae_C7: C7 vertebra
+    vertebrae_C6: C6 vertebra
+    vertebrae_C5: C5 vertebra
+    vertebrae_C4: C4 vertebra
+    vertebrae_C3: C3 vertebra
+    vertebrae_C2: C2 vertebra
+    vertebrae_C1: C1 vertebra
+    heart: Heart
+    aorta: Aorta
+    pulmonary_vein: Pulmonary vein
+    brachiocephalic_trunk: Brachiocephalic artery
+    subclavian_artery_right: Subclavian artery | Right
+    subclavian_artery_left: Subclavian artery | Left
+    common_carotid_artery_right: Common carotid artery | Right
+    common_carotid_artery_left: Common carotid artery | Left
+    brachiocephalic_vein_left: Brachiocephalic vein | Left
+    brachiocephalic_vein_right: Brachiocephalic vein | Right
+    atrial_appendage_left: Auricular appendage | Left
+    superior_vena_cava: Superior vena cava
+    inferior_vena_cava: Inferior vena cava
+    portal_vein_and_splenic_vein: Portal vein and splenic vein
+    iliac_artery_left: Common iliac artery | Left
+    iliac_artery_right: Common iliac artery | Right
+    iliac_vena_left: Common iliac vein | Left
+    iliac_vena_right: Common iliac vein | Right
+    humerus_left: Humerus | Left
+    humerus_right: Humerus | Right
+    scapula_left: Scapula | Left
+    scapula_right: Scapula | Right
+    clavicula_left: Clavicle | Left
+    clavicula_right: Clavicle | Right
+    femur_left: Femur | Left
+    femur_right: Femur | Right
+    hip_left: Hip | Left
+    hip_right: Hip | Right
+    spinal_cord: Spinal cord
+    gluteus_maximus_left: Gluteus maximus muscle | Left
+    gluteus_maximus_right: Gluteus maximus muscle | Right
+    gluteus_medius_left: Gluteus medius muscle | Left
+    gluteus_medius_right: Gluteus medius muscle | Right
+    gluteus_minimus_left: Gluteus minius muscle | Left
+    gluteus_minimus_right: Gluteus minius muscle | Right
+    autochthon_left: Deep muscle of back | Left
+    autochthon_right: Deep muscle of back | Right
+    iliopsoas_left: Iliopsoas muscle | Left
+    iliopsoas_right: Iliopsoas muscle | Right
+    brain: Brain
+    skull: Skull
+    rib_left_1: First rib | Left
+    rib_left_2: Second rib | Left
+    rib_left_3: Third rib | Left
+    rib_left_4: Fourth rib | Left
+    rib_left_5: Fifth rib | Left
+    rib_left_6: Sixth rib | Left
+    rib_left_7: Seventh rib | Left
+    rib_left_8: Eighth rib | Left
+    rib_left_9: Ninth rib | Left
+    rib_left_10: Tenth rib | Left
+    rib_left_11: Eleventh rib | Left
+    rib_left_12: Twelfth rib | Left
+    rib_right_1: First rib | Right
+    rib_right_2: Second rib | Right
+    rib_right_3: Third rib | Right
+    rib_right_4: Fourth rib | Right
+    rib_right_5: Fifth rib | Right
+    rib_right_6: Sixth rib | Right
+    rib_right_7: Seventh rib | Right
+    rib_right_8: Eighth rib | Right
+    rib_right_9: Ninth rib | Right
+    rib_right_10: Tenth rib | Right
+    rib_right_11: Eleventh rib | Right
+    rib_right_12: Twelfth rib | Right
+    sternum: Sternum
+    costal_cartilages: Costal cartilage
 
-    from voxpipe.transforms.dicom_seg import structure_codes
+"""
 
-    path = real_data / "totalsegmentator" / "class_map_total_and_total_mr.json"
-    names = json.loads(path.read_text())["total"].values()
-    generic = [name for name in names if structure_codes(name)[1].meaning == "Tissue"]
-    assert len(names) == 117 and generic == []
+
+def test_every_totalsegmentator_class_gets_its_specific_concept_and_side():
+    from voxpipe.pipelines.inference.totalseg.tasks import classes
+    from voxpipe.transforms.dicom_seg import structure_concept
+
+    expected = {}
+    for line in TOTAL_CODES.strip().splitlines():
+        name, coded = line.strip().split(": ", 1)
+        meaning, _, side = coded.partition(" | ")
+        expected[name] = (meaning, side or None)
+    assert len(expected) == 117 and set(expected) == set(classes("total").values())
+    for name, (meaning, side) in expected.items():
+        concept = structure_concept(name)
+        assert concept.type.meaning == meaning, name
+        found = concept.modifier or concept.region_modifier
+        assert (found.meaning if found is not None else None) == side, name
+        finding = meaning == "Cyst"
+        assert concept.category.meaning == (
+            "Morphologically Altered Structure" if finding else "Anatomical Structure"
+        )
+        assert (concept.region.meaning if finding else concept.region) == ("Kidney" if finding else None)
+    assert structure_concept("mystery_gland_left_2").modifier.meaning == "Left"  # other names keep their side
+
+
+def test_a_written_seg_keeps_the_side_of_each_structure(tmp_path, phantom):
+    from voxpipe.phantoms.dicom import write_dicom_series
+    from voxpipe.transforms.dicom_seg import write_dicom_seg
+
+    write_dicom_series(phantom.image, phantom.affine, tmp_path / "ct")
+    names = {1: "kidney_left", 2: "kidney_cyst_right"}
+    out = write_dicom_seg(phantom.label, tmp_path / "ct", tmp_path / "seg.dcm", names=names)
+    segments = pydicom.dcmread(out).SegmentSequence
+    kidney, cyst = segments
+    kind = kidney.SegmentedPropertyTypeCodeSequence[0]
+    assert (kind.CodeValue, kind.CodeMeaning) == ("64033007", "Kidney")
+    assert kind.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"  # Left
+    assert cyst.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Cyst"
+    region = cyst.AnatomicRegionSequence[0]
+    assert region.CodeMeaning == "Kidney" and region.AnatomicRegionModifierSequence[0].CodeValue == "24028007"

@@ -38,8 +38,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 0
     if args.bundle is None:
         raise InputError("serve: expected a bundle folder (or --status WORKDIR), found none")
+    from pathlib import Path
+
     from voxpipe.pipelines.bundles.config import parse_overrides
     from voxpipe.pipelines.deploy.node import DicomNode
+    from voxpipe.pipelines.inference.catalogue import CATALOGUE
+    from voxpipe.pipelines.inference.totalseg.tasks import is_task
+
+    if not Path(args.bundle).exists() and args.bundle in CATALOGUE and not is_task(args.bundle):
+        from voxpipe.cli.infer import _pulled_model
+
+        args.model = args.bundle
+        args.bundle = str(_pulled_model(args))  # a pulled catalogue model, as `voxpipe infer NAME` finds it
 
     quiet_monai_bundle(args.verbose)
     if args.workers > 1:
@@ -72,13 +82,21 @@ def add_commands(commands: Any) -> None:
         help="DICOM node: segment the CT series a PACS sends, send DICOM-SEG + SR back",
         description="A Storage SCP receives series (C-STORE); a series with no new instance for --idle seconds is "
         "queued on disk, segmented with the bundle's inference, and a DICOM-SEG plus a TID 1500 SR "
-        "(volumes, lesion count, largest diameter) are sent to --send-to. With --dicomweb URL the node polls "
+        "(volumes, mean HU on CT, lesion count, largest diameter) are sent to --send-to. With --dicomweb URL the node polls "
         "QIDO-RS, fetches with WADO-RS and stores with STOW-RS instead. Runs until Ctrl-C or SIGTERM; "
         "after a kill, restarting on the same --workdir finishes what was left.",
     )
     serve.add_argument(
-        "bundle", nargs="?", help="bundle folder (weights from BUNDLE/models/model.pt unless --weights)"
+        "bundle",
+        nargs="?",
+        metavar="MODEL",
+        help="what segments each series, as `voxpipe infer` names it: a bundle folder (weights from "
+        "BUNDLE/models/model.pt unless --weights), an nnU-Net model folder, a TotalSegmentator task "
+        "(total, ...: from its weights folder, as TotalSegmentator runs it) or a pulled catalogue model",
     )
+    from voxpipe.cli.models import add_cache_option
+
+    add_cache_option(serve)
     serve.add_argument(
         "--send-to",
         metavar="AET@HOST:PORT",

@@ -14,6 +14,7 @@ segments are an error (a label map cannot hold both).
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,6 +257,78 @@ _SYNONYMS = {
 }
 
 
+#: SNOMED laterality modifiers (segmented property type modifier).
+_SIDES = {"left": ("7771000", "Left"), "right": ("24028007", "Right")}
+
+
+@functools.cache
+def _published_codes() -> dict[str, dict[str, tuple[str, str, str] | None]]:
+    """TotalSegmentator 2.18.0's coding of its structures (``structure_codes.csv``, Apache-2.0: the
+    table its own DICOM-SEG writer uses, from the DCMQI/3D Slicer mapping): structure name → the
+    category, type and type modifier (laterality) as (scheme, value, meaning)."""
+    import csv
+    from importlib import resources
+
+    text = resources.files("voxpipe.transforms").joinpath("structure_codes.csv").read_text()
+
+    def concept(row: dict[str, str], prefix: str) -> tuple[str, str, str] | None:
+        value = row[f"{prefix}.CodeValue"]
+        return (
+            (row[f"{prefix}.CodingSchemeDesignator"], value, row[f"{prefix}.CodeMeaning"]) if value else None
+        )
+
+    return {
+        row["Structure"]: {
+            "category": concept(row, "SegmentedPropertyCategoryCodeSequence"),
+            "type": concept(row, "SegmentedPropertyTypeCodeSequence"),
+            "modifier": concept(row, "SegmentedPropertyTypeModifierCodeSequence"),
+            "region": concept(row, "AnatomicRegionSequence"),
+            "region_modifier": concept(row, "AnatomicRegionModifierSequence"),
+        }
+        for row in csv.DictReader(text.splitlines())
+    }
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A structure's coded concepts, as a DICOM-SEG segment carries them."""
+
+    category: Any
+    type: Any
+    modifier: Any | None = None  # laterality of the type (a left kidney: Kidney, Left)
+    region: Any | None = None  # where a finding lies (a kidney cyst: Kidney)
+    region_modifier: Any | None = None  # the region's laterality
+
+
+def structure_concept(name: str) -> Concept:
+    """The coded concepts of a structure name.
+
+    TotalSegmentator's structures get the codes its own DICOM-SEG writer gives them (a left kidney is
+    Kidney with the type modifier Left; a left kidney cyst is Cyst in the region Kidney, modified Left);
+    other names get :func:`structure_codes`' concept and, when they end in ``_left``/``_right``
+    (``_left_3``...), that side as the type modifier.
+    """
+    import re
+
+    from highdicom.sr import CodedConcept
+
+    def coded(code: tuple[str, str, str] | None) -> Any | None:
+        return CodedConcept(value=code[1], scheme_designator=code[0], meaning=code[2]) if code else None
+
+    published = _published_codes().get(name.strip())
+    if published is not None and published["category"] and published["type"]:
+        return Concept(
+            *(coded(published[k]) for k in ("category", "type", "modifier", "region", "region_modifier"))
+        )
+    category, kind = structure_codes(name)
+    side = re.search(r"_(left|right)(_\d+)?$", name.strip().lower())
+    modifier = None
+    if side:
+        value, meaning = _SIDES[side.group(1)]
+        modifier = CodedConcept(value=value, scheme_designator="SCT", meaning=meaning)
+    return Concept(category, kind, modifier)
+
+
 def structure_codes(name: str) -> tuple[Any, Any]:
     """(segmented property category, type) SNOMED codes for a structure name.
 
@@ -302,7 +375,8 @@ def write_dicom_seg(
     """Write ``label`` (x, y, z, on the grid voxpipe loads the series with) as a DICOM-SEG of that series.
 
     highdicom builds the object: one segment per named non-zero label, numbered 1..n in label-value
-    order and SNOMED-coded from its name (liver, lung, tumour/lesion/nodule, else tissue), frames
+    order and SNOMED-coded from its name (:func:`structure_concept`: TotalSegmentator's own codes for
+    its structures, laterality as the type modifier; liver, lung, tumour/lesion/nodule, else tissue), frames
     referencing the source slices, empty frames omitted, BINARY. The file is written atomically.
     ``sop_instance_uid`` and ``seg_series_uid`` (the SEG's own UIDs) are generated unless given: a
     caller that may write the same result twice (the DICOM node, after a restart) passes fixed ones.
@@ -364,17 +438,23 @@ def write_dicom_seg(
     for number, value in enumerate(
         described, start=1
     ):  # highdicom numbers segments 1..n: label values in order
-        category, kind = structure_codes(names[value])
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=names[value],
-                segmented_property_category=category,
-                segmented_property_type=kind,
-                algorithm_type="AUTOMATIC",
-                algorithm_identification=algorithm,
-            )
+        concept = structure_concept(names[value])
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=names[value],
+            segmented_property_category=concept.category,
+            segmented_property_type=concept.type,
+            algorithm_type="AUTOMATIC",
+            algorithm_identification=algorithm,
+            anatomic_regions=[concept.region] if concept.region is not None else None,
         )
+        if concept.modifier is not None:  # laterality: a left kidney is Kidney, modified Left
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                concept.modifier
+            ]
+        if concept.region_modifier is not None:
+            description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [concept.region_modifier]
+        descriptions.append(description)
     remap = np.zeros(int(max(described, default=0)) + 1, dtype=np.uint16)
     remap[described] = np.arange(1, len(described) + 1)
     frames = np.stack([remap[label[:, :, k]].T for k in range(label.shape[2])])

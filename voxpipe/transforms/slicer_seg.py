@@ -71,14 +71,16 @@ def _extent(mask: np.ndarray) -> str:
 
 
 def _terminology(name: str) -> str:
-    """Slicer's ``TerminologyEntry`` tag for a structure (SNOMED CT category and type, as in DICOM-SEG)."""
-    from voxpipe.transforms.dicom_seg import structure_codes
+    """Slicer's ``TerminologyEntry`` tag for a structure (SNOMED CT category, type and laterality
+    modifier, as in DICOM-SEG)."""
+    from voxpipe.transforms.dicom_seg import structure_concept
 
-    category, kind = structure_codes(name)
-    code = lambda c: f"{c.scheme_designator}^{c.value}^{c.meaning}"  # noqa: E731
+    concept = structure_concept(name)
+    code = lambda c: f"{c.scheme_designator}^{c.value}^{c.meaning}" if c is not None else "^^"  # noqa: E731
     return (
-        f"TerminologyEntry:Segmentation category and type - 3D Slicer General Anatomy list~{code(category)}"
-        f"~{code(kind)}~^^~Anatomic codes - DICOM master list~^^~^^|"
+        f"TerminologyEntry:Segmentation category and type - 3D Slicer General Anatomy list~{code(concept.category)}"
+        f"~{code(concept.type)}~{code(concept.modifier)}~Anatomic codes - DICOM master list"
+        f"~{code(concept.region)}~{code(concept.region_modifier)}|"
     )
 
 

@@ -243,9 +243,22 @@ class DicomNode:
         self._claim_lock = threading.Lock()
         self._busy: set[str] = set()  # series a worker of this node holds now
         self._local = threading.local()  # which worker this thread is
-        for worker in range(self.workers):  # every model loaded at start-up: a bad bundle stops the node here
-            self.engine(worker)
-        self.modality = _bundle_modality(self.bundle)
+        from voxpipe.pipelines.deploy.models import NodeModel, node_model_kind
+
+        self.kind = node_model_kind(bundle)  # a bundle, a TotalSegmentator task, an nnU-Net folder
+        self._models: dict[int, NodeModel] = {}
+        if self.kind != "bundle":
+            if weights is not None or overrides:
+                raise InputError(f"{str(bundle)!r}: --weights and --set are options of MONAI bundles")
+            for worker in range(self.workers):  # every model loaded at start-up: a bad one stops the node
+                self._models[worker] = NodeModel(bundle)
+            self.modality = self._models[0].modality
+        else:
+            for worker in range(
+                self.workers
+            ):  # every model loaded at start-up: a bad bundle stops the node here
+                self.engine(worker)
+            self.modality = _bundle_modality(self.bundle)
         self._server: Any = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -558,10 +571,7 @@ class DicomNode:
         """Segment the series; write the label map, statistics, DICOM-SEG and SR; their paths and UIDs."""
         import json
 
-        from voxpipe.pipelines.deploy.report import write_measurement_report
         from voxpipe.pipelines.inference.infer import infer_with_bundle, label_names
-        from voxpipe.transforms.dicom import discover_series
-        from voxpipe.transforms.dicom_seg import write_dicom_seg
         from voxpipe.transforms.io import case_id, load_volume
 
         uid, revision = job["series_uid"], job.get("revision", 0)
@@ -570,6 +580,10 @@ class DicomNode:
         if out.exists():  # what an interrupted run left; the results are made again (same UIDs)
             shutil.rmtree(out)
         screen_series(series, modality=self.modality)
+        if self.kind != "bundle":
+            model = self._models[getattr(self._local, "worker", 0)]
+            label, names, statistics = model.segment(series, out)
+            return self._write_results(uid, revision, series, out, label, names, statistics)
         engine, timings = self._engine_and_timings()
         timings.seconds.clear()  # this series' stages only
         [label_path] = infer_with_bundle(
@@ -584,17 +598,37 @@ class DicomNode:
             engine=engine,
         )
         self.store.update(uid, stage_seconds={k: round(v, 6) for k, v in timings.seconds.items()})
-        names = label_names(self.bundle)
+        statistics = json.loads((out / "statistics.json").read_text())[case_id(series)]
+        label = load_volume(label_path, label=True).array
+        return self._write_results(uid, revision, series, out, label, label_names(self.bundle), statistics)
+
+    def _write_results(
+        self,
+        uid: str,
+        revision: int,
+        series: Path,
+        out: Path,
+        label: Any,
+        names: Mapping[int, str],
+        statistics: Mapping[str, Any],
+    ) -> dict[str, dict[str, str]]:
+        """The DICOM-SEG and the SR of one segmented series; their paths and UIDs."""
+        from voxpipe.pipelines.deploy.report import write_measurement_report
+        from voxpipe.transforms.dicom import discover_series
+        from voxpipe.transforms.dicom_seg import write_dicom_seg
+
         seg_path, sr_path = out / "seg.dcm", out / "sr.dcm"
+        import numpy as np
+
+        present = {int(v) for v in np.unique(label) if v}
         write_dicom_seg(
-            load_volume(label_path, label=True).array,
+            label,
             series,
             seg_path,
-            names=names,
+            names=dict(names) if self.kind == "bundle" else {v: names[v] for v in present},
             sop_instance_uid=result_uid(uid, revision, "seg"),
             seg_series_uid=result_uid(uid, revision, "seg-series"),
         )
-        statistics = json.loads((out / "statistics.json").read_text())[case_id(series)]
         write_measurement_report(
             seg_path,
             discover_series(series)[0].headers,

@@ -1,8 +1,9 @@
 """The measurement report the node sends with each DICOM-SEG: a DICOM SR (TID 1500) built by highdicom.
 
 One volumetric measurement group per segment of the SEG (TID 1411), referencing that segment and
-the source series, with the structure's volume (mL); lesion classes add the number of lesions and the
-largest lesion's largest 3D diameter (mm). The figures are the ones ``statistics.json`` holds for the
+the source series, with the structure's volume (mL) and, for a CT series, its mean CT number (HU:
+DCM ``Attenuation Coefficient``, derivation SNOMED ``Mean``, UCUM ``[hnsf'U]``); lesion classes add
+the number of lesions and the largest lesion's largest 3D diameter (mm). The figures are the ones ``statistics.json`` holds for the
 case (:mod:`voxpipe.pipelines.inference.stats`), so the SR and the CSV cannot disagree.
 
 highdicom builds and validates the SR; voxpipe only chooses the codes: SNOMED CT ``Volume`` and
@@ -37,7 +38,7 @@ def write_measurement_report(
         seg_path: the DICOM-SEG the report refers to (its segments are the measured regions).
         source_headers: headers of the source series' instances (evidence beside the SEG, which comes
             first: highdicom takes the patient and study attributes from it).
-        statistics: ``{structure name: {"volume_ml", ["lesion_count", "largest_lesion_diameter_mm"]}}``
+        statistics: ``{structure name: {"volume_ml", ["mean"], ["lesion_count", "largest_lesion_diameter_mm"]}}``
             for one case, keyed by the SEG's segment labels.
         path: the SR file to write (atomically).
         sop_instance_uid, series_instance_uid: the SR's own UIDs.
@@ -54,6 +55,9 @@ def write_measurement_report(
     count = hd.sr.CodedConcept("C25463", "NCIt", "Count")
     lesions = hd.sr.CodedConcept("{lesions}", "UCUM", "lesions")
     algorithm = hd.sr.AlgorithmIdentification(name="voxpipe", version=__version__)
+    attenuation = hd.sr.CodedConcept("112031", "DCM", "Attenuation Coefficient")
+    hu = hd.sr.CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")
+    hounsfield = all(str(getattr(h, "Modality", "")) == "CT" for h in source_headers) and bool(source_headers)
     groups = []
     for segment in seg.SegmentSequence:
         name = str(segment.SegmentLabel)
@@ -68,6 +72,16 @@ def write_measurement_report(
                 algorithm_id=algorithm,
             )
         ]
+        if figures.get("mean") is not None and hounsfield:
+            measurements.append(  # the mean CT number over the structure (dcmqi's coding of it)
+                hd.sr.Measurement(
+                    name=attenuation,
+                    value=float(figures["mean"]),
+                    unit=hu,
+                    derivation=codes.SCT.Mean,
+                    algorithm_id=algorithm,
+                )
+            )
         if "lesion_count" in figures:
             measurements.append(
                 hd.sr.Measurement(

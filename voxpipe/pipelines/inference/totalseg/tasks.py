@@ -163,12 +163,12 @@ def classes(name: str) -> dict[int, str]:
     mapping = tables()["classes"].get(name)
     if mapping is None:
         raise InputError(f"{name!r}: TotalSegmentator defines no labels for this task")
-    return {int(k): v for k, v in mapping.items()}
+    return dict(sorted((int(k), v) for k, v in mapping.items()))  # (the JSON's keys are strings)
 
 
 def part_classes(name: str, task_id: int) -> dict[int, str]:
     """For a task of several models: the labels of model ``task_id`` (its own values → names)."""
-    return {int(k): v for k, v in tables()["parts"][name][str(task_id)].items()}
+    return dict(sorted((int(k), v) for k, v in tables()["parts"][name][str(task_id)].items()))
 
 
 def auxiliary(name: str) -> list[int]:
