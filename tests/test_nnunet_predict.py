@@ -563,3 +563,33 @@ def test_a_cascade_runs_its_first_stage_and_equals_nnunets_cascade(tmp_path):
     (models / low.name).rename(tmp_path / "gone")
     with pytest.raises(Exception, match="3d_lowres' model folder beside"):
         NnUNetModel(models / full.name)
+
+
+def test_save_probabilities_writes_nnunets_npz_and_pkl_with_its_values(tmp_path):
+    import pickle
+
+    from voxpipe.cli import main
+
+    folder = make_model(
+        tmp_path / "model",
+        spacing=[2.0, 2.0, 2.0],
+        patch=[16, 16, 16],
+        schemes=["CTNormalization"],
+        labels={"background": 0, "liver": 1, "tumour": 2},
+        transpose=(2, 0, 1),
+    )
+    image = make_image(tmp_path / "ct_0000.nii.gz", shape=(14, 22, 18), spacing=(1.6, 2.2, 2.5), seed=6)
+    expected = run_oracle(folder, [image], tmp_path / "oracle.npz", "--mirroring", "--probabilities")
+    theirs = np.load(tmp_path / "oracle.npz")["probabilities"]
+    out = tmp_path / "out"
+    assert (
+        main(["infer", str(folder), str(image), "-o", str(out), "--save-probabilities", "--no-statistics"])
+        == 0
+    )
+    ours = np.load(out / "ct.npz")["probabilities"]
+    assert ours.shape == theirs.shape == (3, 14, 22, 18) and ours.dtype == np.float32
+    assert np.array_equal(ours, theirs)  # nnU-Net's own values, float32, bit for bit
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "ct.nii.gz"))), expected)
+    properties = pickle.loads((out / "ct.pkl").read_bytes())
+    # nnU-Net's properties: the shape after its transpose_forward (2, 0, 1), the spacing as read
+    assert properties["shape_before_cropping"] == (18, 14, 22) and properties["spacing"] == [2.5, 2.2, 1.6]

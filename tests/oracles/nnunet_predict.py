@@ -3,7 +3,7 @@ voxpipe's nnU-Net path (tests/test_nnunet_predict.py runs this file in a child p
 ``sys.path`` holds the oracle's packages: ``make oracle`` installs them into ``.oracle/``).
 
     python tests/oracles/nnunet_predict.py MODEL_FOLDER OUT.npz IMAGE [IMAGE...] [--mirroring] [--step 0.5]
-        [--gpu-arithmetic]
+        [--gpu-arithmetic] [--probabilities]
 
 ``--gpu-arithmetic``: nnU-Net's CUDA path run on the CPU: its predictor enters ``torch.autocast`` only
 on CUDA (``dummy_context`` elsewhere); here that context is fp16 autocast on the CPU, so the network
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--mirroring", action="store_true")
     parser.add_argument("--step", type=float, default=0.5)
     parser.add_argument("--gpu-arithmetic", action="store_true")
+    parser.add_argument("--probabilities", action="store_true", help="also nnU-Net's exported probabilities")
     args = parser.parse_args()
     if args.gpu_arithmetic:
         import nnunetv2.inference.predict_from_raw_data as raw
@@ -125,6 +126,9 @@ def main() -> None:
         reread = SimpleITKIO().read_seg(str(written))[0][0]
         segmentation = reread
     extra = {} if logits is None else {"logits": logits}
+    if args.probabilities:  # what nnUNetv2_predict --save_probabilities writes into <case>.npz
+        _, probabilities = predictor.predict_single_npy_array(image, properties, previous, None, True)
+        extra["probabilities"] = np.asarray(probabilities)
     np.savez_compressed(args.out, segmentation=np.asarray(segmentation), **extra)
 
 

@@ -137,7 +137,6 @@ def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any
         "--precision": args.precision,
         "--compile": args.compile,
         "--organ-roi": args.organ_roi,
-        "--save-probabilities": args.save_probabilities,
         "--timings": args.timings,
         "--format": args.format if args.format != "nii.gz" else None,
     }
@@ -156,6 +155,7 @@ def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any
         "tta": not args.disable_tta,
         "checkpoint": args.checkpoint or "checkpoint_final.pth",
         "fast": bool(args.approximate),
+        "save_probabilities": bool(args.save_probabilities),
         "resume": args.resume,
         "statistics": not args.no_statistics,
         "shard": shard,
@@ -466,7 +466,9 @@ def add_commands(commands: Any) -> None:
     infer.add_argument(
         "--save-probabilities",
         action="store_true",
-        help="also write <case>_probabilities.npz: float16 class probabilities (C, X, Y, Z) on the input grid, with the affine",
+        help="bundles: also write <case>_probabilities.npz: float16 class probabilities (C, X, Y, Z) on the "
+        "input grid, with the affine; nnU-Net model folders: <case>.npz (probabilities, C, z, y, x, float32) "
+        "and <case>.pkl, as nnUNetv2_predict --save_probabilities writes them",
     )
     infer.add_argument(
         "--device",

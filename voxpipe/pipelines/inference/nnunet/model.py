@@ -310,6 +310,38 @@ class NnUNetModel:
             )
         return full
 
+    def probabilities(self, logits: torch.Tensor, case: Case) -> np.ndarray:
+        """nnU-Net's exported probabilities (``nnUNetv2_predict --save_probabilities``): the logits
+        resampled to the cropped shape as for the labels, softmax (regions: sigmoid) in float32, put
+        back into the uncropped grid (background 1 outside the crop box), ``transpose_backward``; the
+        input's array order, ``(C, z, y, x)``. Unlike the labels, the C × full grid is held: nnU-Net's
+        format needs it whole."""
+        plans, labels = self.folder.plans, self.folder.labels
+        resampler = self._resampler(case, case.properties["shape_after_resampling"])
+        source = logits.cpu().numpy()
+        rows = resampler.shape[0]
+        resampled = torch.stack(
+            [
+                torch.from_numpy(resampler.rows(source[c], 0, 0, rows).astype(np.float32))
+                for c in range(source.shape[0])
+            ]
+        )
+        regions = labels.regions is not None
+        # nnU-Net's export runs with its default_num_processes torch threads; the split into threads
+        # decides which values take the vectorised exp and which the scalar one (1 ulp apart)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(int(os.environ.get("nnUNet_def_n_proc", "8")))
+        try:
+            probabilities = torch.sigmoid(resampled) if regions else torch.softmax(resampled, 0)
+        finally:
+            torch.set_num_threads(threads)
+        full = np.zeros((probabilities.shape[0], *case.properties["shape_before_cropping"]), dtype=np.float32)
+        if not regions:
+            full[0] = 1
+        full[(slice(None), *(slice(a, b) for a, b in case.properties["box"]))] = probabilities.numpy()
+        backward = list(plans.get("transpose_backward", range(full.ndim - 1)))
+        return full.transpose([0, *(i + 1 for i in backward)])
+
     def predict(self, paths: Sequence[str | os.PathLike[str]]) -> tuple[np.ndarray, Case]:
         reader = str(self.folder.plans.get("image_reader_writer", "SimpleITKIO"))
         case = read_case(paths, reader=reader)

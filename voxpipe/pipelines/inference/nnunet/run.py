@@ -58,6 +58,7 @@ def infer_with_nnunet(
     dicom_seg: bool = False,
     fast: bool = False,
     device: str = "cpu",
+    save_probabilities: bool = False,
 ) -> list[Path]:
     """``voxpipe infer`` for an nnU-Net model folder: one ``<case>.nii.gz`` per input on its grid.
 
@@ -72,7 +73,9 @@ def infer_with_nnunet(
 
     The folds' weights are loaded once; the cases run through the one case loop
     (:func:`voxpipe.pipelines.inference.cases.run_cases`: the next case is read while this one
-    runs, each case succeeds or fails on its own). ``tta`` is nnU-Net's mirroring over the
+    runs, each case succeeds or fails on its own). With ``save_probabilities``, ``<case>.npz``
+    (``probabilities``, (C, z, y, x) float32) and ``<case>.pkl`` (the case's properties) beside the
+    map, as ``nnUNetv2_predict --save_probabilities`` writes them. ``tta`` is nnU-Net's mirroring over the
     checkpoint's allowed axes; ``fast`` is :class:`NnUNetModel`'s fast path; ``device`` where the
     networks run (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``; fp16 autocast on CUDA, as
     nnU-Net). Writes ``statistics.csv``/``.json`` with ``dataset.json``'s names.
@@ -85,6 +88,11 @@ def infer_with_nnunet(
     from voxpipe.transforms.io import read_geometry
 
     root = Path(folder)
+    if save_probabilities and parts:
+        raise InputError(
+            f"{str(root)!r}: --save-probabilities: a model of several merged parts has no one probability map",
+            hint="run a part's own folder to save its probabilities",
+        )
     entries = list(parts) if parts else [{"folder": ".", "labels": None}]
     models = [NnUNetFolder(root / e["folder"], folds=folds, checkpoint=checkpoint) for e in entries]
     model = models[0]
@@ -142,6 +150,11 @@ def infer_with_nnunet(
         for index, predictor in enumerate(predictors):
             part = item if index == 0 else read_case(files, reader=reader)  # each part: its own copy
             ready = data if data is not None else predictor.preprocess(part)
+            if save_probabilities:  # nnU-Net's format needs the whole C × grid
+                logits = predictor.logits(ready)
+                maps.append(predictor.export(logits, part))
+                _write_probabilities(predictor.probabilities(logits, part), part, output(case))
+                continue
             maps.append(predictor.export(predictor.stream(ready), part))
         segmentation = maps[0] if parts is None else merge_parts(maps, entries)
         written = predictors[0].write(segmentation, item, output(case))
@@ -190,6 +203,29 @@ def infer_with_nnunet(
             failures, total=len(images), outputs=outputs, where=f"were written to {str(out)!r}"
         )
     return outputs
+
+
+def _write_probabilities(probabilities: np.ndarray, case: Case, labels_path: Path) -> None:
+    """``<case>.npz`` and ``<case>.pkl`` as ``nnUNetv2_predict --save_probabilities`` writes them."""
+    import pickle
+
+    from voxpipe.transforms.files import atomic_path
+
+    stem = labels_path.name[: -len(".nii.gz")]
+    with atomic_path(labels_path.with_name(f"{stem}.npz")) as tmp:
+        with open(tmp, "wb") as stream:
+            np.savez_compressed(stream, probabilities=probabilities)
+    properties = {
+        "sitk_stuff": {k: tuple(case.geometry[k]) for k in ("spacing", "origin", "direction")},
+        "spacing": [float(s) for s in case.spacing],
+        "shape_before_cropping": tuple(int(s) for s in case.properties["shape_before_cropping"]),
+        "bbox_used_for_cropping": [[int(a), int(b)] for a, b in case.properties["box"]],
+        "shape_after_cropping_and_before_resampling": tuple(
+            int(s) for s in case.properties["shape_after_cropping"]
+        ),
+    }
+    with atomic_path(labels_path.with_name(f"{stem}.pkl")) as tmp:
+        tmp.write_bytes(pickle.dumps(properties))
 
 
 __all__ = ["infer_with_nnunet", "paths_of"]
