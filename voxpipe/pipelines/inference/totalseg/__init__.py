@@ -1,4 +1,5 @@
 """TotalSegmentator's tasks, run as TotalSegmentator 2.18.0 runs them, from the user's own weights folder.
+May import voxpipe.pipelines.inference (the nnU-Net path, the case loop), building blocks and errors/runtime.
 
 - :mod:`.tasks`: TotalSegmentator's task table, model folders and label names (its own tables).
 - :mod:`.weights`: where its weights already are on this machine.
