@@ -17,6 +17,13 @@ arms in air, ``voxpipe.phantoms.clinical``) or ``--image FILE``.
 
     python benchmarks/nnunet_cpu.py [--slices 120] [--features 16] [--patch 64] [--train 240] [--mirroring]
     python benchmarks/nnunet_cpu.py --memory   # voxpipe alone: 118 classes, 512 × 512 × 600, peak RSS
+    python benchmarks/nnunet_cpu.py --totalseg [--slices 300] [--features 32] [--patch 128]
+
+``--totalseg``: TotalSegmentator 2.18.0 itself (the oracle ``make oracle`` installs, offline) against
+``voxpipe infer total``, each in its own process, on a 512 × 512 × ``--slices`` CT (0.8 × 0.8 × 1.5 mm):
+``total``'s five models in TotalSegmentator's weights layout with networks of the real size (6 stages,
+``--features`` 32 → 320, patch ``--patch``³, 1.5 mm, TotalSegmentator's label counts), random weights.
+Printed: seconds and peak RSS (of the process and its children) per side, and the voxels that differ.
 """
 
 from __future__ import annotations
@@ -261,6 +268,149 @@ def memory(args: argparse.Namespace) -> None:
         print(f"  voxpipe {result['seconds']:7.1f} s   peak RSS {result['peak_mib']:7.0f} MiB")
 
 
+def _totalseg_weights(root: Path, *, features: int, patch: int) -> None:
+    """``total``'s five models of the real size in TotalSegmentator's layout, random weights."""
+    import shutil
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_nnunet_predict import make_model
+    from totalseg_weights import model_labels
+
+    from voxpipe.networks.nnunet import network_from_plans
+    from voxpipe.pipelines.inference.totalseg import tasks
+
+    spec = tasks.task("total")
+    for task_id in spec.task_ids:
+        labels = model_labels(task_id)
+        built = make_model(
+            root / f".build{task_id}",
+            spacing=[1.5, 1.5, 1.5],
+            patch=[patch] * 3,
+            schemes=["CTNormalization"],
+            labels={"background": 0, **{name: value for value, name in sorted(labels.items())}},
+        )
+        plans = json.loads((built / "plans.json").read_text())
+        arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+        arch.update(
+            n_stages=6,
+            features_per_stage=[min(features * 2**i, 320) for i in range(6)],
+            kernel_sizes=[[3, 3, 3]] * 6,
+            strides=[[1, 1, 1]] + [[2, 2, 2]] * 5,
+            n_conv_per_stage=[2] * 6,
+            n_conv_per_stage_decoder=[2] * 5,
+        )
+        (built / "plans.json").write_text(json.dumps(plans))
+        torch.manual_seed(task_id)
+        network = network_from_plans(
+            plans, plans["configurations"]["3d_fullres"], input_channels=1, num_classes=len(labels) + 1
+        )
+        checkpoint_path = built / "fold_0" / "checkpoint_final.pth"
+        checkpoint = torch.load(checkpoint_path, weights_only=False)
+        # (the checkpoint keeps trainer_name "nnUNetTrainer": nnU-Net finds a variant by importing every
+        # trainer module, and some import timm, which the oracle cannot have beside the CPU torch)
+        checkpoint.update(network_weights=network.state_dict())
+        checkpoint["init_args"]["plans"] = plans
+        torch.save(checkpoint, checkpoint_path)
+        target = root / tasks.dataset_folder(task_id) / f"{spec.trainer}__nnUNetPlans__3d_fullres"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(built), str(target))
+        shutil.rmtree(root / f".build{task_id}")
+
+
+_WRAPPER = """
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"rc": done.returncode, "seconds": time.perf_counter() - started, "peak_mib": peak,
+                  "stderr": done.stderr[-2000:]}))
+"""
+
+
+def _measured(command: list[str], env: dict) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB of the command's largest process), measured in a fresh process so that
+    one side's peak is not the other's."""
+    done = subprocess.run([sys.executable, "-c", _WRAPPER, *command], env=env, capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["rc"] != 0:
+        sys.exit(f"{command[:3]} failed: {result['stderr']}")
+    return result["seconds"], result["peak_mib"]
+
+
+def totalseg(args: argparse.Namespace) -> None:
+    """TotalSegmentator itself against ``voxpipe infer total`` (see the module docstring)."""
+    import nibabel as nib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from infer_cpu import clinical_case
+    from totalseg_oracle import oracle_site
+    from totalseg_weights import write_config
+
+    site = oracle_site()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        image, _ = clinical_case(work, 100, spacing_xy=0.8, spacing_z=1.5, slices=args.slices, name="ct")
+        weights, home = work / "weights", work / "home"
+        _totalseg_weights(weights, features=args.features, patch=args.patch)
+        write_config(home)
+        print(
+            f"image {image.name} ({_size(image)}); total: 5 PlainConvUNets of 6 stages from {args.features} "
+            f"features, patch {args.patch}³, 1.5 mm, random weights; device cpu"
+        )
+        env = {
+            **os.environ,
+            "TOTALSEG_HOME_DIR": str(home),
+            "TOTALSEG_WEIGHTS_PATH": str(weights),
+            "HOME": str(home),
+        }
+        jobs = work / "jobs.json"
+        jobs.write_text(
+            json.dumps(
+                [
+                    {
+                        "input": str(image),
+                        "output": str(work / "ts.nii.gz"),
+                        "task": "total",
+                        "options": {"ml": True},
+                    }
+                ]
+            )
+        )
+        ts_env = {**env, "PYTHONPATH": os.pathsep.join([*map(str, site), str(ROOT)])}
+        command = [
+            sys.executable,
+            str(ROOT / "tests" / "oracles" / "totalseg_run.py"),
+            str(jobs),
+            str(work / "r.json"),
+        ]
+        ts_seconds, ts_peak = _measured(command, ts_env)
+        outcome = json.loads((work / "r.json").read_text())[0]
+        if not outcome["ok"]:
+            sys.exit(f"TotalSegmentator failed: {outcome['error']}\n{outcome.get('trace', '')}")
+        print(f"  TotalSegmentator {ts_seconds:7.1f} s   peak RSS {ts_peak:7.0f} MiB", flush=True)
+        command = [
+            str(Path(sys.executable).parent / "voxpipe"),
+            "infer",
+            "total",
+            str(image),
+            "-o",
+            str(work / "vp"),
+            "--ml",
+            "--device",
+            "cpu",
+        ]
+        vp_seconds, vp_peak = _measured(command, env)
+        ours = np.asarray(nib.load(work / "vp" / "ct.nii.gz").dataobj)
+        theirs = np.asarray(nib.load(work / "ts.nii.gz").dataobj)
+        print(
+            f"  voxpipe          {vp_seconds:7.1f} s   peak RSS {vp_peak:7.0f} MiB   speed-up "
+            f"{ts_seconds / vp_seconds:.2f}x   RSS ratio {vp_peak / ts_peak:.2f}   differ {int((ours != theirs).sum())} of {ours.size}"
+        )
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         side, folder, image, out = sys.argv[2:6]
@@ -277,12 +427,17 @@ def main() -> None:
     parser.add_argument("--sides", default=",".join(SIDES), help=f"some of {','.join(SIDES)}, in order")
     parser.add_argument("--memory", action="store_true", help="voxpipe's peak RSS with --classes outputs")
     parser.add_argument(
+        "--totalseg", action="store_true", help="TotalSegmentator itself against voxpipe infer total"
+    )
+    parser.add_argument(
         "--classes",
         type=int,
         help="outputs of the network (default 3, trained; 118 with --memory; others random init)",
     )
     args = parser.parse_args()
-    if args.memory:
+    if args.totalseg:
+        totalseg(args)
+    elif args.memory:
         args.classes = args.classes or 118
         memory(args)
     else:

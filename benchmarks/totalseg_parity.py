@@ -58,15 +58,14 @@ def _prefer(task: str) -> list[str]:
 
 def run_task(task: str, cases: list[str], scratch: Path, extra: dict | None = None) -> dict[str, str]:
     """``task`` on each case (or one option set): {case: outcome}."""
+    import nibabel as nib
+    import numpy as np
     from totalseg_oracle import CASES, case_affine, differing, phantom_array, run_oracle, write_case
     from totalseg_weights import make_weights
 
-    import nibabel as nib
-    import numpy as np
-
     from voxpipe.cli import main
-    from voxpipe.pipelines.inference.totalseg import tasks
     from voxpipe.phantoms.dicom import write_dicom_series
+    from voxpipe.pipelines.inference.totalseg import tasks
 
     spec = tasks.task(task)
     fine = min(spec.resample or (1.5,)) < 1.0

@@ -67,7 +67,9 @@ def main() -> None:
             run(job)
             outcomes.append({"ok": True})
         except BaseException as error:  # (TotalSegmentator exits on some inputs)
-            outcomes.append({"ok": False, "error": f"{type(error).__name__}: {error}"})
+            import traceback
+
+            outcomes.append({"ok": False, "error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()[-3000:]})
     args.results.write_text(json.dumps(outcomes, indent=1))
 
 
