@@ -38,6 +38,7 @@ OPTIONS = {
     "total --remove-small-blobs": ("total", "RAS", {"remove_small_blobs": 200.0}, ["--remove-small-blobs"]),
     "total --resampling-order 3": ("total", "LAS", {"resampling_order": 3}, ["--resampling-order", "3"]),
     "total --statistics": ("total", "RAS", {"statistics": True}, ["--statistics"]),
+    "total --higher-order-resampling": ("total", "LPS", {"higher_order_resampling": True}, ["--higher-order-resampling"]),
     "total --fast --statistics": ("total", "RAS", {"fast": True, "statistics": True}, ["--fast", "--statistics"]),
     "lung_vessels --robust-crop": ("lung_vessels", "RAS", {"robust_crop": True}, ["--robust-crop"]),
     "total_mr --roi-subset": ("total_mr", "RAS", {"roi_subset": ["liver"]}, ["--roi-subset", "liver"]),

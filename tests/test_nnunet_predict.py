@@ -592,4 +592,6 @@ def test_save_probabilities_writes_nnunets_npz_and_pkl_with_its_values(tmp_path)
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "ct.nii.gz"))), expected)
     properties = pickle.loads((out / "ct.pkl").read_bytes())
     # nnU-Net's properties: the shape after its transpose_forward (2, 0, 1), the spacing as read
-    assert properties["shape_before_cropping"] == (18, 14, 22) and np.allclose(properties["spacing"], [2.5, 2.2, 1.6])
+    assert properties["shape_before_cropping"] == (18, 14, 22) and np.allclose(
+        properties["spacing"], [2.5, 2.2, 1.6]
+    )

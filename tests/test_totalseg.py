@@ -27,8 +27,11 @@ LOBES = ["lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right"
 #: job id: (task, case, TotalSegmentator's options, voxpipe's CLI options)
 JOBS = {
     "total RAS --ml --statistics": ("total", "RAS", {"ml": True, "statistics": True}, ["--ml", "--statistics"]),
-    "total LPS --roi-subset": (
-        "total", "LPS", {"roi_subset": ["liver", *LOBES[:2]]}, ["--roi-subset", "liver", *LOBES[:2]],
+    "total LPS --roi-subset --higher-order-resampling": (
+        "total",
+        "LPS",
+        {"roi_subset": ["liver", *LOBES[:2]], "higher_order_resampling": True},
+        ["--roi-subset", "liver", *LOBES[:2], "--higher-order-resampling"],
     ),
     "body LAS": ("body", "LAS", {}, []),
     "liver_vessels anisotropic --ml": ("liver_vessels", "anisotropic", {"ml": True}, ["--ml"]),

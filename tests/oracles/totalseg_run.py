@@ -69,7 +69,13 @@ def main() -> None:
         except BaseException as error:  # (TotalSegmentator exits on some inputs)
             import traceback
 
-            outcomes.append({"ok": False, "error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()[-3000:]})
+            outcomes.append(
+                {
+                    "ok": False,
+                    "error": f"{type(error).__name__}: {error}",
+                    "trace": traceback.format_exc()[-3000:],
+                }
+            )
     args.results.write_text(json.dumps(outcomes, indent=1))
 
 

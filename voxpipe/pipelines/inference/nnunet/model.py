@@ -285,7 +285,7 @@ class NnUNetModel:
         or the row blocks of :meth:`stream`): resampled to the cropped shape slab by slab, argmax (or
         the regions' sigmoid > 0.5 in ``regions_class_order``), pasted into the crop box,
         ``transpose_backward``. The full-resolution C × grid never exists."""
-        plans, labels = self.folder.plans, self.folder.labels
+        labels = self.folder.labels
         blocks = [(0, logits)] if isinstance(logits, torch.Tensor) else logits
         dtype = np.uint8 if len([v for v in labels.values if v]) < 255 else np.uint16
         segmentation = labels_by_rows(
@@ -297,7 +297,13 @@ class NnUNetModel:
             # on a GPU the rows stay there: resampled and argmaxed with SciPy's values, bit for bit
             device=self.device if self.steps_on_device else None,
         )
-        full = np.zeros(case.properties["shape_before_cropping"], dtype=dtype)
+        return self.place(segmentation, case, to_file=to_file)
+
+    def place(self, segmentation: np.ndarray, case: Case, *, to_file: bool = True) -> np.ndarray:
+        """A label map of the cropped preprocessed-space shape pasted into the crop box,
+        ``transpose_backward``, and (NibabelIOWithReorient) turned back to the file's order."""
+        plans = self.folder.plans
+        full = np.zeros(case.properties["shape_before_cropping"], dtype=segmentation.dtype)
         full[tuple(slice(a, b) for a, b in case.properties["box"])] = segmentation
         backward = list(plans.get("transpose_backward", range(full.ndim)))
         full = full.transpose(backward)

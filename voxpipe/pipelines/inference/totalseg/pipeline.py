@@ -112,12 +112,30 @@ class TotalSegmentator:
             )
         return self._models[key]
 
-    def _nnunet(self, model: Any, image: Path, out: Path) -> nib.Nifti1Image:
-        """``nnUNetv2_predict`` on one written file: the label map as nnU-Net writes it, read back."""
+    def _nnunet(self, model: Any, image: Path, out: Path, *, cropped: bool = False) -> nib.Nifti1Image:
+        """``nnUNetv2_predict`` on one written file: the label map as nnU-Net writes it, read back.
+        ``cropped``: TotalSegmentator's cropped-logits export (``--higher-order-resampling``)."""
         from voxpipe.pipelines.inference.nnunet.readers import read_case
 
         case = read_case([image], reader=str(model.folder.plans.get("image_reader_writer", "SimpleITKIO")))
-        segmentation = model.export(model.stream(model.preprocess(case)), case)
+        data = model.preprocess(case)
+        shape = list(case.properties["shape_after_cropping"])
+        if cropped and list(data.shape[1:]) != shape:
+            logits = model.logits(data).numpy()
+            resampler = model._resampler(case, case.properties["shape_after_resampling"])
+            labels = model.folder.labels
+            segmentation = model.place(
+                steps.cropped_logits_labels(
+                    logits,
+                    shape,
+                    resampler.rows(logits[0], 0, 0, resampler.shape[0]),
+                    regions=list(labels.regions_class_order or []) if labels.regions is not None else None,
+                    dtype=np.uint8 if len([v for v in labels.values if v]) < 255 else np.uint16,
+                ),
+                case,
+            )
+        else:
+            segmentation = model.export(model.stream(data), case)
         model.write(segmentation, case, out)
         return _read(out)
 
@@ -234,6 +252,7 @@ class TotalSegmentator:
                         "vertebrae_body",
                         "vertebrae_body",
                         False,
+                        cropped_export=o.higher_order_resampling,
                     ),
                     resampling_order=o.resampling_order,
                 )
@@ -252,6 +271,7 @@ class TotalSegmentator:
             "vertebrae_pp" if name == "vertebrae_pp_refined" else name,
             name,
             spec.several,
+            cropped_export=o.higher_order_resampling,
         )
         result = self._predict(
             image,
@@ -366,9 +386,9 @@ class TotalSegmentator:
                     for value, structure in part.items():
                         lut[value] = by_name[structure]
                     for index, piece in enumerate(pieces):
-                        seg = np.asanyarray(self._nnunet(model, piece, outputs[index]).dataobj).astype(
-                            np.uint8
-                        )
+                        seg = np.asanyarray(
+                            self._nnunet(model, piece, outputs[index], cropped=step.cropped_export).dataobj
+                        ).astype(np.uint8)
                         if seg.size and seg.max() >= len(lut):
                             lut = np.pad(lut, (0, int(seg.max()) + 1 - len(lut)))
                         mapped = lut[seg]
@@ -381,7 +401,7 @@ class TotalSegmentator:
                     tid, step.trainer, step.plans, step.configuration, step.folds, step_size, step.name
                 )
                 for piece, output in zip(pieces, outputs, strict=True):
-                    self._nnunet(model, piece, output)
+                    self._nnunet(model, piece, output, cropped=step.cropped_export)
             if split:
                 whole = np.zeros(resampled.shape, dtype=np.uint8)
                 m = _SPLIT_MARGIN
@@ -472,6 +492,7 @@ class _Step:
     output_task: str  # whose labels the written map has
     several: bool
     binary: bool = False
+    cropped_export: bool = False  # TotalSegmentator's cropped-logits export (--higher-order-resampling)
 
 
 def _read(path: Path) -> nib.Nifti1Image:

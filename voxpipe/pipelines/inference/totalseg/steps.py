@@ -246,6 +246,85 @@ def refine_vertebrae(
     return refined.astype(np.uint8, copy=False)
 
 
+# -- TotalSegmentator's cropped-logits export (--higher-order-resampling) ---------------------------
+#: The margin (voxels, model grid) around each structure's low-resolution box.
+_CROP_MARGIN = 3
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray] | None:
+    found = np.nonzero(mask)
+    if len(found[0]) == 0:
+        return None
+    shape = np.array(mask.shape)
+    start = np.maximum(np.array([f.min() for f in found]) - margin, 0)
+    end = np.minimum(np.array([f.max() + 1 for f in found]) + margin, shape)
+    return start, end
+
+
+def _channel_in_box(
+    channel: np.ndarray, shape: np.ndarray, start: np.ndarray, end: np.ndarray
+) -> tuple[Any, Any]:
+    """One channel's logits resampled (first order, edge ``nearest``) onto the part of the output grid
+    its box covers, at pixel-centre coordinates computed in float32, as TotalSegmentator computes them."""
+    old = np.array(channel.shape)
+    scale = shape / old
+    low = np.maximum(np.floor(start * scale).astype(int), 0)
+    high = np.minimum(np.ceil(end * scale).astype(int), shape)
+    if np.any(high <= low):
+        return None, None
+    crop = channel[tuple(slice(a, b) for a, b in zip(start, end, strict=True))].astype(float, copy=False)
+    axes = [
+        (np.arange(a, b, dtype=np.float32) + 0.5) * o / n - 0.5 - s
+        for a, b, o, n, s in zip(low, high, old, shape, start, strict=True)
+    ]
+    grid = np.array(np.meshgrid(*axes, indexing="ij"), dtype=np.float32)
+    values = ndimage.map_coordinates(crop, grid, order=1, mode="nearest")
+    return tuple(slice(a, b) for a, b in zip(low, high, strict=True)), values
+
+
+def cropped_logits_labels(
+    logits: np.ndarray,
+    shape: Sequence[int],
+    background: np.ndarray,
+    *,
+    regions: Sequence[int] | None,
+    dtype: Any,
+) -> np.ndarray:
+    """TotalSegmentator 2.18's export for ``--higher-order-resampling`` (its patch of nnU-Net's): not
+    nnU-Net's argmax of every resampled channel, but the background channel resampled whole
+    (``background``: nnU-Net's resampling of channel 0) and each class found on the model's grid
+    resampled only in its box (3 voxels of margin), winning where it beats the best score so far (the
+    score held in the logits' float16). Region models: each region's logit > 0 in its box, in order.
+    (Where the shapes already agree TotalSegmentator exports as nnU-Net does: the caller's job.)"""
+    out_shape = np.array(shape).astype(int)
+    labels = np.zeros(out_shape, dtype=dtype)
+    if regions is not None:
+        for c, value in enumerate(regions):
+            box = _box(logits[c] > 0, _CROP_MARGIN)
+            if box is None:
+                continue
+            where, values = _channel_in_box(logits[c], out_shape, *box)
+            if where is not None:
+                labels[where][values > 0] = value
+        return labels
+    best = np.asarray(background)
+    coarse = np.argmax(logits, axis=0)
+    for value in np.unique(coarse):
+        value = int(value)
+        if value == 0 or value >= logits.shape[0]:
+            continue
+        box = _box(coarse == value, _CROP_MARGIN)
+        if box is None:
+            continue
+        where, values = _channel_in_box(logits[value], out_shape, *box)
+        if where is None:
+            continue
+        better = values > best[where]
+        labels[where][better] = value
+        best[where][better] = values[better]
+    return labels
+
+
 # -- output ------------------------------------------------------------------------------------------
 _COLOURS = (
     (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255),
@@ -339,6 +418,7 @@ def write_statistics(stats: Mapping[str, Any], path: Path) -> Path:
 
 __all__ = [
     "change_spacing",
+    "cropped_logits_labels",
     "crop_to_mask",
     "dilate_labels",
     "extract_skin",
