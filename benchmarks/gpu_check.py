@@ -17,7 +17,12 @@ What it runs, each for real, and prints:
 4. **nnU-Net folder**: a random-init PlainConvUNet folder of the real layout (``nnunet_cpu.py``'s) run
    by ``NnUNetModel`` on the device (fp16 autocast, float16 window arithmetic, as nnU-Net on a GPU)
    and on the CPU (float32): seconds, peak GPU memory, the share of identical voxels and Dice per
-   class between the two label maps (fp16 against fp32: close, not identical).
+   class between the two label maps (fp16 against fp32: close, not identical);
+5. **TotalSegmentator task**: ``total`` (its five parts, TotalSegmentator's layout, seeded networks of
+   ``tests/totalseg_weights.py``) on a CT phantom through voxpipe's TotalSegmentator pipeline on the
+   device (nnU-Net's fp16 autocast, as TotalSegmentator on a GPU) and on the CPU: seconds, peak GPU
+   memory, identical voxels. On a GPU with TotalSegmentator installed (``.oracle/totalseg``), add
+   ``--totalseg-oracle`` to run TotalSegmentator itself there too and count the voxels that differ.
 
 Random-init SegResNet(16) unless ``--weights`` (with ``--init-filters``) names trained weights:
 agreement figures of a random network are pessimistic (near-tied logits). Nothing here downloads.
@@ -256,6 +261,61 @@ def nnunet(args: argparse.Namespace, folder: Path, device: torch.device) -> dict
     return figures
 
 
+def totalseg(args: argparse.Namespace, folder: Path, device: torch.device) -> dict:
+    import sys
+
+    import nibabel as nib
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "tests"))
+    from totalseg_oracle import case_affine, phantom_array
+    from totalseg_weights import make_weights
+
+    from voxpipe.pipelines.inference.totalseg.pipeline import TotalSegmentator
+
+    weights = folder / "totalseg"
+    make_weights(
+        weights, "total", patch=(16, 16, 16) if args.quick else (64, 64, 64), prefer=["liver", "spleen"]
+    )
+    shape = (40, 36, 30) if args.quick else (256, 256, 120)
+    spacing = (1.6, 1.4, 2.5) if args.quick else (1.2, 1.2, 2.0)
+    image = nib.Nifti1Image(phantom_array(shape, seed=3).astype(np.int16), case_affine("LPS", spacing, shape))
+    path = folder / "totalseg_ct.nii.gz"
+    nib.save(image, path)
+    figures: dict = {"image": list(shape)}
+    maps = {}
+    for name, where in (("cpu", "cpu"), (f"{device.type} device", str(device))):
+        runner = TotalSegmentator(weights, device=where)
+        if where.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        maps[name] = np.asarray(runner.run(nib.load(path), "total").image.dataobj)
+        _sync(torch.device(where))
+        figures[f"{name} seconds"] = round(time.perf_counter() - started, 2)
+        if where.startswith("cuda"):
+            figures["peak GPU MiB"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    first, second = maps.values()
+    figures["identical voxels"] = round(float(np.mean(first == second)), 6)
+    if args.totalseg_oracle:
+        from totalseg_oracle import run_oracle
+
+        jobs = [
+            {
+                "input": str(path),
+                "output": str(folder / "ts.nii.gz"),
+                "task": "total",
+                "options": {"ml": True},
+            }
+        ]
+        where = "gpu" if device.type == "cuda" else "cpu"
+        outcome = run_oracle(jobs, weights, folder / "tshome", folder, device=where)
+        figures["TotalSegmentator"] = outcome[0]
+        if outcome[0]["ok"]:
+            theirs = np.asarray(nib.load(folder / "ts.nii.gz").dataobj)
+            figures["voxels differing from TotalSegmentator on the device"] = int((theirs != second).sum())
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -264,7 +324,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small volumes and few iterations")
     parser.add_argument("--weights", help="trained liver bundle weights (default: a seeded random init)")
     parser.add_argument("--init-filters", type=int, default=16)
-    parser.add_argument("--only", choices=("inference", "stitching", "training", "nnunet"), action="append")
+    parser.add_argument(
+        "--only", choices=("inference", "stitching", "training", "nnunet", "totalseg"), action="append"
+    )
+    parser.add_argument(
+        "--totalseg-oracle",
+        action="store_true",
+        help="also run TotalSegmentator itself (make oracle) on the device",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -275,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for part in args.only or ("inference", "stitching", "training", "nnunet"):
+        for part in args.only or ("inference", "stitching", "training", "nnunet", "totalseg"):
             started = time.perf_counter()
             if part == "inference":
                 report[part] = inference(args, folder, device)
@@ -283,6 +350,8 @@ def main(argv: list[str] | None = None) -> dict:
                 report[part] = stitching(args, device)
             elif part == "nnunet":
                 report[part] = nnunet(args, folder, device)
+            elif part == "totalseg":
+                report[part] = totalseg(args, folder, device)
             else:
                 report[part] = training(args, folder, device)
             print(f"{part}: {json.dumps(report[part])} ({time.perf_counter() - started:.1f} s)", flush=True)

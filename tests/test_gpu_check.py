@@ -27,4 +27,5 @@ def test_the_gpu_script_runs_every_part_on_the_cpu(capsys):
     assert report["training"]["finite"] and not math.isnan(report["training"]["last loss"])
     # the nnU-Net part: the same torch code on the same device twice gives the same map
     assert report["nnunet"]["identical voxels"] == 1.0
+    assert report["totalseg"]["identical voxels"] == 1.0 and report["totalseg"]["image"] == [40, 36, 30]
     assert '"training"' in capsys.readouterr().out

@@ -87,14 +87,17 @@ def write_case(folder: Path, name: str, *, seed: int = 0) -> Path:
     return path
 
 
-def run_oracle(jobs: list[dict], weights: Path, home: Path, scratch: Path) -> list[dict]:
-    """TotalSegmentator on each job (one child process, offline); each job's outcome."""
+def run_oracle(
+    jobs: list[dict], weights: Path, home: Path, scratch: Path, *, device: str = "cpu"
+) -> list[dict]:
+    """TotalSegmentator on each job (one child process, offline, on ``device``: ``cpu`` or ``gpu``);
+    each job's outcome."""
     from totalseg_weights import write_config
 
     site = oracle_site()
     write_config(home)
     jobs_file, results = scratch / "jobs.json", scratch / "results.json"
-    jobs_file.write_text(json.dumps(jobs))
+    jobs_file.write_text(json.dumps([{**job, "device": device} for job in jobs]))
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([*map(str, site), str(REPO)]),

@@ -49,7 +49,7 @@ def run(job: dict) -> None:
         resampling_order=int(options.get("resampling_order", 1)),
         save_lowres=bool(options.get("save_lowres")),
         higher_order_resampling=bool(options.get("higher_order_resampling")),
-        device="cpu",
+        device=job.get("device", "cpu"),
         quiet=True,
         nr_thr_saving=1,
     )
