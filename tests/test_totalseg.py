@@ -231,3 +231,53 @@ def test_cli_errors_are_the_users_problem_and_name_what_is_missing(tmp_path, cap
     folder = next((tmp_path / "w").glob("Dataset299*/*"))
     assert main(["infer", str(folder), str(image), "-o", str(tmp_path / "n"), "--fast"]) == 2
     assert "--approximate" in capsys.readouterr().err  # the same word never means two things
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_scans_equal_totalsegmentators_output(real_data, tmp_path):
+    """TotalSegmentator's own example scans (../shared/data/totalsegmentator): a CT, an MR stored LPS
+    and the CT's DICOM series, each through TotalSegmentator and voxpipe on the same weights."""
+    folder = real_data / "totalsegmentator"
+    weights = tmp_path / "weights"
+    make_weights(weights, "total", patch=(32, 32, 32), prefer=["liver", "spleen", "kidney_left"])
+    make_weights(weights, "total_mr", patch=(32, 32, 32), prefer=["liver", "spleen"])
+    make_weights(weights, "lung_nodules", patch=(32, 32, 32), prefer=LOBES)
+    cases = [
+        ("total", folder / "example_ct_sm.nii.gz", "example_ct_sm"),
+        ("total_mr", folder / "example_mr_sm.nii.gz", "example_mr_sm"),
+        ("lung_nodules", folder / "example_ct_dicom", "example_ct_dicom"),
+    ]
+    jobs = [
+        {
+            "input": str(path),
+            "output": str(tmp_path / "ts" / f"{name}.nii.gz"),
+            "task": task,
+            "options": {"ml": True},
+        }
+        for task, path, name in cases
+    ]
+    outcomes = run_oracle(jobs, weights, tmp_path / "home", tmp_path)
+    for (task, path, name), outcome in zip(cases, outcomes, strict=True):
+        assert outcome["ok"], outcome.get("error")
+        out = tmp_path / "voxpipe"
+        assert (
+            main(
+                [
+                    "infer",
+                    task,
+                    str(path),
+                    "-o",
+                    str(out),
+                    "--ml",
+                    "--weights-dir",
+                    str(weights),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
+        ours = nib.load(out / f"{name}.nii.gz")
+        assert len(np.unique(np.asarray(ours.dataobj))) > 2, name
+        assert differing(ours, nib.load(tmp_path / "ts" / f"{name}.nii.gz")) == 0, name

@@ -30,7 +30,15 @@ def _offline(self, address):  # local (AF_UNIX) sockets stay: nnU-Net's process 
 
 
 def run(job: dict) -> None:
+    import totalsegmentator.python_api as api
     from totalsegmentator.python_api import totalsegmentator
+
+    # TotalSegmentator 2.18.0's own bug, worked around so that its map can be compared at all: a task
+    # with a crop task (teeth) calls itself with convert_device_to_string(device), which returns None
+    # for the CPU's device (a string, not a torch.device), and the nested call then fails on None
+    # before anything is computed. Given a string, the string is what it means.
+    original = api.convert_device_to_string
+    api.convert_device_to_string = lambda device: device if isinstance(device, str) else original(device)
 
     options = job.get("options", {})
     totalsegmentator(
@@ -51,7 +59,6 @@ def run(job: dict) -> None:
         higher_order_resampling=bool(options.get("higher_order_resampling")),
         device=job.get("device", "cpu"),
         quiet=True,
-        nr_thr_saving=1,
     )
 
 

@@ -77,6 +77,9 @@ class Result:
     source: nib.Nifti1Image  # the input as TotalSegmentator read it (for statistics)
     statistics: dict[str, Any] | None = None
     header: Any = None  # the input's header as the per-structure files get it (no label table)
+    # The map before vertebrae_pp_refined's refinement and remove_outside: TotalSegmentator's default
+    # per-structure writer (its process pool, up to 512·512·1000 voxels) saves its masks from it.
+    unrefined: np.ndarray | None = None
 
 
 class TotalSegmentator:
@@ -464,6 +467,10 @@ class TotalSegmentator:
         data = predicted.get_fdata().astype(np.uint8)
         if step.binary:
             data = (data > 0).astype(np.uint8)
+        refined = (body_mask is not None and step.output_task == "vertebrae_pp_refined") or (
+            remove_dilation is not None and remove_mask is not None
+        )
+        unrefined = data.copy() if refined else None  # what its default per-structure writer saves
         if body_mask is not None and step.output_task == "vertebrae_pp_refined":
             data = steps.refine_vertebrae(data, body_mask, labels, original.header.get_zooms())
         if roi_subset is not None:
@@ -474,7 +481,9 @@ class TotalSegmentator:
         header = predicted.header.copy() if save_lowres else original.header.copy()
         header.set_data_dtype(np.uint8)
         out = nib.Nifti1Image(data, predicted.affine, header)
-        return Result(steps.label_table(out, labels), labels, original, stats, header=header)
+        return Result(
+            steps.label_table(out, labels), labels, original, stats, header=header, unrefined=unrefined
+        )
 
 
 @dataclass(frozen=True)

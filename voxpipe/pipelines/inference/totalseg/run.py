@@ -45,6 +45,9 @@ from voxpipe.pipelines.inference.totalseg.tasks import task
 
 logger = logging.getLogger(__name__)
 
+#: Up to this many voxels TotalSegmentator writes the per-structure files with its process pool.
+POOL_VOXELS = 512 * 512 * 1000
+
 
 def read_image(path: Path) -> nib.Nifti1Image:
     """The input as TotalSegmentator reads it: a NIfTI file with nibabel (header and all); other formats
@@ -85,6 +88,8 @@ def write_result(result: Result, target: Path, *, ml: bool, task_name: str, stat
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         data = np.asarray(result.image.dataobj)
+        if result.unrefined is not None and data.size <= POOL_VOXELS:
+            data = result.unrefined  # (TotalSegmentator's default writer: see Result.unrefined)
         for value, name in result.labels.items():
             mask = nib.Nifti1Image((data == value).astype(np.uint8), result.image.affine, result.header)
             nib.save(mask, str(staging / f"{name}.nii.gz"))
