@@ -199,7 +199,8 @@ def vertebrae_pp(
 ) -> np.ndarray:
     """TotalSegmentator's ``vertebrae_pp`` post-processing: where two vertebra labels touch, the bodies
     (components of at least ``min_size_mm3``) are renumbered from the bottom (from C1 down in head-only
-    scans); then every vertebra is grown by ``dilation_mm`` into background."""
+    scans); then every vertebra is grown by ``dilation_mm`` into background. Where only one body is
+    kept, TotalSegmentator fails (IndexError); voxpipe labels it as it would label several."""
     data = data.astype(np.uint8, copy=False)
     if not _labels_touch(data):
         return dilate_labels(data, labels, spacing, dilation_mm)
@@ -220,9 +221,9 @@ def vertebrae_pp(
     by_name = {v: k for k, v in labels.items()}
     c1, l5 = by_name["vertebrae_C1"], by_name["vertebrae_L5"]
     from_top = l5 not in present and c1 in present
+    # (one centre per kept component: TotalSegmentator 2.18.0 wraps a single one in a list again and
+    # fails on it with an IndexError; here one vertebral body is labelled like several)
     centres = ndimage.center_of_mass(keep, components, kept)
-    if len(kept) == 1:
-        centres = [centres]
     order = sorted(
         ((int(c), centre[2]) for c, centre in zip(kept, centres, strict=True)),
         key=lambda item: item[1],
