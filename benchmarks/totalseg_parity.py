@@ -157,7 +157,7 @@ def main() -> None:
     from voxpipe.pipelines.inference.totalseg.tasks import OPEN_TASKS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="+", default=list(OPEN_TASKS))
+    parser.add_argument("--tasks", nargs="*", default=list(OPEN_TASKS))
     parser.add_argument("--cases", nargs="+", default=["RAS", "LPS", "LAS", "anisotropic", "DICOM"])
     parser.add_argument(
         "--options", nargs="*", default=list(OPTIONS), help="option sets to run (none: --options)"

@@ -728,10 +728,12 @@ def test_a_totalsegmentator_task_serves_named_sided_segments_and_an_sr_with_volu
     assert job["state"] == "done", job.get("reason")
     [seg_file], [sr_file] = peer.by_modality("SEG"), peer.by_modality("SR")
     # the map is TotalSegmentator's on the series as voxpipe loads it
+    from voxpipe.pipelines.inference.totalseg.run import on_grid_of
+
     image = read_image(tmp_path / "series")
     expected = TotalSegmentator(weights, device="cpu").run(image, "total")
-    labels = np.asarray(expected.image.dataobj)
     volume = load_volume(tmp_path / "series")
+    labels = np.asarray(on_grid_of(expected.image, volume.affine).dataobj)
     assert np.array_equal(
         seg_to_label_map(read_seg(seg_file), volume.array.shape, volume.affine) > 0, labels > 0
     )
@@ -743,7 +745,7 @@ def test_a_totalsegmentator_task_serves_named_sided_segments_and_an_sr_with_volu
         kidney.CodeMeaning == "Kidney"
         and kidney.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Left"
     )
-    statistics = case_statistics(labels, image.affine, names=expected.labels, image=image.get_fdata())
+    statistics = case_statistics(labels, volume.affine, names=expected.labels, image=np.asarray(volume.array))
     report = read_report_volumes(sr_file)
     for number, segment in enumerate(segments, start=1):
         figures = report[f"segment {number}: {segment.SegmentLabel}"]

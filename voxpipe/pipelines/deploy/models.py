@@ -73,15 +73,15 @@ class NodeModel:
 
         out.mkdir(parents=True, exist_ok=True)
         if self.kind == "totalseg":
-            from voxpipe.pipelines.inference.totalseg.run import read_image
+            from voxpipe.pipelines.inference.totalseg.run import on_grid_of, read_image
 
             image = read_image(series)
             result = self.runner.run(image, self.name)
-            label = np.asarray(result.image.dataobj)
+            volume = load_volume(series)  # the series' own grid, which the DICOM-SEG follows
+            label = np.asarray(on_grid_of(result.image, volume.affine).dataobj)
             names = dict(result.labels)
-            save_nifti(label, image.affine, out / "label.nii.gz")
-            hu = np.asarray(image.get_fdata())
-            statistics = case_statistics(label, image.affine, names=names, image=hu)
+            save_nifti(label, volume.affine, out / "label.nii.gz")
+            statistics = case_statistics(label, volume.affine, names=names, image=np.asarray(volume.array))
             (out / "statistics.json").write_text(json.dumps(statistics, indent=2))
             return label, names, statistics
         from voxpipe.pipelines.inference.nnunet.run import infer_with_nnunet

@@ -66,7 +66,24 @@ def read_image(path: Path) -> nib.Nifti1Image:
             image = nib.Nifti1Image(image.get_fdata(), image.affine)
         return image
     volume = load_volume(path)
-    return nib.Nifti1Image(np.asarray(volume.array), volume.affine)
+    image = nib.Nifti1Image(np.asarray(volume.array), volume.affine)
+    if path.is_dir():  # a DICOM series: in LAS voxel order, as dicom2nifti hands it to TotalSegmentator
+        return on_grid_of(image, _LAS)
+    return image
+
+
+#: An affine of LAS voxel order (dicom2nifti's, which TotalSegmentator reads DICOM series through).
+_LAS = np.diag([-1.0, 1.0, 1.0, 1.0])
+
+
+def on_grid_of(image: nib.Nifti1Image, affine: np.ndarray) -> nib.Nifti1Image:
+    """``image`` turned (axes permuted and flipped, no resampling) to the voxel order of ``affine``:
+    TotalSegmentator's orientation-dependent steps (``vertebrae_pp_refined``'s ellipsoid of even size)
+    see a DICOM series in dicom2nifti's LAS order; its map goes back to the series' own grid for a
+    DICOM-SEG."""
+    from nibabel.orientations import io_orientation, ornt_transform
+
+    return image.as_reoriented(ornt_transform(io_orientation(image.affine), io_orientation(affine)))
 
 
 def output_paths(out: Path, case: str, *, ml: bool) -> tuple[Path, Path]:
@@ -181,8 +198,10 @@ def infer_with_totalsegmentator(
         write_result(result, path, ml=ml, task_name=name, statistics_path=stats)
         if dicom_seg:
             from voxpipe.transforms.dicom_seg import write_dicom_seg
+            from voxpipe.transforms.io import read_geometry
 
-            labels = np.asarray(result.image.dataobj)
+            _, series_affine = read_geometry(first_path(case))  # the grid voxpipe loads the series on
+            labels = np.asarray(on_grid_of(result.image, series_affine).dataobj)
             present = {int(v) for v in np.unique(labels) if v}
             write_dicom_seg(
                 labels, case, out / f"{case_name(case)}.dcm", names={v: result.labels[v] for v in present}
@@ -228,4 +247,11 @@ def describe_run(name: str, options: Options) -> dict[str, Any]:
     }
 
 
-__all__ = ["describe_run", "infer_with_totalsegmentator", "output_paths", "read_image", "write_result"]
+__all__ = [
+    "describe_run",
+    "infer_with_totalsegmentator",
+    "on_grid_of",
+    "output_paths",
+    "read_image",
+    "write_result",
+]
