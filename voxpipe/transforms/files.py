@@ -109,7 +109,7 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
         match = _TEMPORARY.match(path.name)
         if not match or not path.is_file() or match.group("host") != _host_tag():
             continue
-        if _alive(int(match.group("pid"))):
+        if process_alive(int(match.group("pid"))):
             continue
         path.unlink(missing_ok=True)
         removed.append(path)
@@ -118,7 +118,8 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine with that pid is running (or not ours to signal)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -158,4 +159,11 @@ def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-__all__ = ["atomic_path", "exclusive_lock", "remove_stale_temporaries", "sha256_file", "write_text_atomic"]
+__all__ = [
+    "atomic_path",
+    "exclusive_lock",
+    "process_alive",
+    "remove_stale_temporaries",
+    "sha256_file",
+    "write_text_atomic",
+]

@@ -151,7 +151,7 @@ def infer_with_totalsegmentator(
         InputError: bad inputs or missing weights (before anything runs).
         InferenceFailed: some cases failed; every other case was written first.
     """
-    from voxpipe.transforms.files import remove_stale_temporaries
+    from voxpipe.transforms.files import process_alive, remove_stale_temporaries
 
     options = options or Options()
     spec = task(name, fast=options.fast, fastest=options.fastest, robust_crop=options.robust_crop)
@@ -182,7 +182,7 @@ def infer_with_totalsegmentator(
     write_text_atomic(out / "totalseg.json", json.dumps(describe_run(name, options), indent=2) + "\n")
     for stale in out.glob(".*.partial-*"):
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
     def target(case: Any) -> tuple[Path, Path]:
@@ -219,16 +219,6 @@ def infer_with_totalsegmentator(
             failures, total=len(images), outputs=written, where=f"were written to {str(out)!r}"
         )
     return written
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def describe_run(name: str, options: Options) -> dict[str, Any]:
