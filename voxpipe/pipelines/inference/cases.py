@@ -171,6 +171,20 @@ class InferenceFailed(InputError):
         )
 
 
+def require_series(cases: Sequence[Any]) -> None:
+    """``--dicom-seg`` needs DICOM series folders (a DICOM-SEG references the source slices).
+
+    Raises:
+        InputError: naming the inputs that are image files.
+    """
+    files = [str(first_path(c)) for c in cases if not (isinstance(c, Path) and c.is_dir())]
+    if files:
+        raise InputError(
+            f"--dicom-seg: expected DICOM series folders, found image files {files}",
+            hint="a DICOM-SEG references the source slices; leave out --dicom-seg for these inputs",
+        )
+
+
 def is_complete(path: Path) -> bool:
     """Whether an output file is there and readable (outputs are written atomically: then complete)."""
     try:
@@ -295,5 +309,6 @@ __all__ = [
     "is_complete",
     "machine_problem",
     "parse_shard",
+    "require_series",
     "run_cases",
 ]

@@ -480,12 +480,9 @@ def detect_with_bundle(
 
     images = collect_inputs(inputs)
     if dicom_seg:
-        files = [str(p) for p in images if isinstance(p, tuple) or not p.is_dir()]
-        if files:
-            raise InputError(
-                f"--dicom-seg: expected DICOM series folders, found image files {files}",
-                hint="a DICOM-SEG references the source slices; leave out --dicom-seg for these inputs",
-            )
+        from voxpipe.pipelines.inference.cases import require_series
+
+        require_series(images)
     checkpoint = weights_path(bundle_dir, weights)
     from voxpipe.runtime import select_device
 

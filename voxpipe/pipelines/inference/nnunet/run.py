@@ -26,6 +26,7 @@ from voxpipe.pipelines.inference.cases import (
     check_shard,
     collect_inputs,
     is_complete,
+    require_series,
     run_cases,
 )
 from voxpipe.pipelines.inference.models import merge_parts
@@ -101,12 +102,7 @@ def infer_with_nnunet(
         k, n = check_shard(shard)
         images = images[k - 1 :: n]
     if dicom_seg:
-        files = [str(paths_of(p)[0]) for p in images if not (isinstance(p, Path) and p.is_dir())]
-        if files:
-            raise InputError(
-                f"--dicom-seg: expected DICOM series folders, found image files {files}",
-                hint="a DICOM-SEG references the source slices; leave out --dicom-seg for these inputs",
-            )
+        require_series(images)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)

@@ -37,6 +37,7 @@ from voxpipe.pipelines.inference.cases import (
     check_shard,
     collect_inputs,
     first_path,
+    require_series,
     run_cases,
 )
 from voxpipe.pipelines.inference.totalseg import steps
@@ -168,12 +169,7 @@ def infer_with_totalsegmentator(
         k, n = check_shard(shard)
         images = images[k - 1 :: n]
     if dicom_seg:
-        files = [str(p) for p in images if not (isinstance(p, Path) and p.is_dir())]
-        if files:
-            raise InputError(
-                f"--dicom-seg: expected DICOM series folders, found image files {files}",
-                hint="a DICOM-SEG references the source slices; leave out --dicom-seg for these inputs",
-            )
+        require_series(images)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
