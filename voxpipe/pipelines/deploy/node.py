@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydicom.uid import generate_uid
 
-from voxpipe.errors import InputError, OutputError, VoxpipeError
+from voxpipe.errors import InputError, VoxpipeError
+from voxpipe.pipelines.deploy.dimse import DeliveryError, Destination, parse_destination, send_dimse
 from voxpipe.pipelines.deploy.jobs import JobStore, is_uid
 
 logger = logging.getLogger(__name__)
@@ -47,85 +46,6 @@ SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 # Status codes of C-STORE (PS3.4 B.2.3)
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
-
-
-@dataclass(frozen=True)
-class Destination:
-    """A DICOM peer to send results to: ``AET@HOST:PORT``."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
-
-
-def parse_destination(text: str) -> Destination:
-    """``AET@HOST:PORT`` → :class:`Destination`.
-
-    Raises:
-        InputError: not of that form (AE titles: 1–16 characters, no backslash or control characters).
-    """
-    match = re.fullmatch(r"([^@\\\x00-\x1f]{1,16})@(\[[0-9a-fA-F:]+\]|[^:@\s]+):(\d{1,5})", text.strip())
-    if not match or not match.group(1).strip() or not 0 < int(match.group(3)) < 65536:
-        raise InputError(f"--send-to: expected AET@HOST:PORT (e.g. ORTHANC@127.0.0.1:4242), found {text!r}")
-    return Destination(match.group(1).strip(), match.group(2).strip("[]"), int(match.group(3)))
-
-
-class DeliveryError(OutputError):
-    """The destination could not be reached or refused an instance; the results are kept and sent again later.
-
-    ``acknowledged``: the SOP Instance UIDs the destination did store before the failure.
-    """
-
-    def __init__(self, message: str, *, acknowledged: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.acknowledged = list(acknowledged)
-
-
-def send_dimse(
-    paths: Sequence[Path], destination: Destination, *, calling_aet: str, timeout: float = 30.0
-) -> list[str]:
-    """C-STORE each file to ``destination``; the SOP Instance UIDs it acknowledged with Success.
-
-    Raises:
-        DeliveryError: no association (peer down, AE title refused); instances refused with a
-            failure status are named (the ones acknowledged before are in ``error.acknowledged``).
-    """
-    import pydicom
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-    from pynetdicom import AE
-
-    ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    datasets = [pydicom.dcmread(path) for path in paths]
-    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    if not association.is_established:
-        raise DeliveryError(
-            f"{destination}: could not open an association (peer down, or it refused AE title {calling_aet!r})"
-        )
-    acknowledged: list[str] = []
-    refused: list[str] = []
-    try:
-        for ds in datasets:
-            status = association.send_c_store(ds)
-            code = getattr(status, "Status", None)
-            if code == SUCCESS or (
-                code is not None and 0xB000 <= code <= 0xBFFF
-            ):  # warnings store the instance too
-                acknowledged.append(str(ds.SOPInstanceUID))
-            else:
-                refused.append(
-                    f"{ds.SOPInstanceUID} ({'no answer' if code is None else f'status 0x{code:04X}'})"
-                )
-    finally:
-        association.release()
-    if refused:
-        raise DeliveryError(f"{destination}: refused {', '.join(refused)}", acknowledged=acknowledged)
-    return acknowledged
 
 
 def result_uid(series_uid: str, revision: int, kind: str) -> str:
@@ -612,40 +532,17 @@ class DicomNode:
         names: Mapping[int, str],
         statistics: Mapping[str, Any],
     ) -> dict[str, dict[str, str]]:
-        """The DICOM-SEG and the SR of one segmented series; their paths and UIDs."""
-        from voxpipe.pipelines.deploy.report import write_measurement_report
-        from voxpipe.transforms.dicom import discover_series
-        from voxpipe.transforms.dicom_seg import write_dicom_seg
+        """The DICOM-SEG and the SR of one segmented series; their paths (from the work folder) and UIDs."""
+        from voxpipe.pipelines.deploy.report import write_seg_and_report
 
-        seg_path, sr_path = out / "seg.dcm", out / "sr.dcm"
-        import numpy as np
-
-        present = {int(v) for v in np.unique(label) if v}
-        write_dicom_seg(
-            label,
-            series,
-            seg_path,
-            names=dict(names) if self.kind == "bundle" else {v: names[v] for v in present},
-            sop_instance_uid=result_uid(uid, revision, "seg"),
-            seg_series_uid=result_uid(uid, revision, "seg-series"),
-        )
-        write_measurement_report(
-            seg_path,
-            discover_series(series)[0].headers,
-            statistics,
-            sr_path,
-            sop_instance_uid=result_uid(uid, revision, "sr"),
-            series_instance_uid=result_uid(uid, revision, "sr-series"),
+        uids = {kind: result_uid(uid, revision, kind) for kind in ("seg", "seg-series", "sr", "sr-series")}
+        # a bundle names all its labels (absent ones as empty segments); other models the ones found
+        written = write_seg_and_report(
+            label, series, out, names, statistics, uids, only_found=self.kind != "bundle"
         )
         return {
-            "seg": {
-                "path": str(seg_path.relative_to(self.store.root)),
-                "sop_instance_uid": result_uid(uid, revision, "seg"),
-            },
-            "sr": {
-                "path": str(sr_path.relative_to(self.store.root)),
-                "sop_instance_uid": result_uid(uid, revision, "sr"),
-            },
+            kind: {"path": str(path.relative_to(self.store.root)), "sop_instance_uid": uids[kind]}
+            for kind, path in written.items()
         }
 
     def _deliver(self, job: dict[str, Any]) -> dict[str, Any]:

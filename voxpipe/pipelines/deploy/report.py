@@ -137,6 +137,45 @@ def write_measurement_report(
     return Path(path)
 
 
+def write_seg_and_report(
+    label: Any,
+    series: Path,
+    out: Path,
+    names: Mapping[int, str],
+    statistics: Mapping[str, Any],
+    uids: Mapping[str, str],
+    *,
+    only_found: bool,
+) -> dict[str, Path]:
+    """``out/seg.dcm`` (the DICOM-SEG of ``label`` on the series' grid) and ``out/sr.dcm`` (this
+    module's report on it), with the given UIDs (``seg``, ``seg-series``, ``sr``, ``sr-series``);
+    ``only_found``: segments for the structures found only. Their paths, by kind."""
+    import numpy as np
+
+    from voxpipe.transforms.dicom import discover_series
+    from voxpipe.transforms.dicom_seg import write_dicom_seg
+
+    seg_path, sr_path = out / "seg.dcm", out / "sr.dcm"
+    present = {int(v) for v in np.unique(label) if v}
+    write_dicom_seg(
+        label,
+        series,
+        seg_path,
+        names={v: names[v] for v in present} if only_found else dict(names),
+        sop_instance_uid=uids["seg"],
+        seg_series_uid=uids["seg-series"],
+    )
+    write_measurement_report(
+        seg_path,
+        discover_series(series)[0].headers,
+        statistics,
+        sr_path,
+        sop_instance_uid=uids["sr"],
+        series_instance_uid=uids["sr-series"],
+    )
+    return {"seg": seg_path, "sr": sr_path}
+
+
 def _referenced_segment(hd: Any, seg: Any, number: int) -> Any:
     """The SR's reference to one segment of the SEG. A segment with no voxels (no tumour found) has no
     frames, and highdicom's ``from_segmentation`` refuses it: it is then referenced with the source
