@@ -34,7 +34,8 @@ OPTIONS = {
     "total --fast --save-lowres": ("total", "RAS", {"fast": True, "save_lowres": True}, ["--fast", "--save-lowres"]),
     "total --roi-subset": ("total", "LPS", {"roi_subset": ["liver", "spleen"]}, ["--roi-subset", "liver", "spleen"]),
     "total --body-seg": ("total", "RAS", {"body_seg": True}, ["--body-seg"]),
-    "total --force-split": ("total", "anisotropic", {"force_split": True}, ["--force-split"]),
+    "total --force-split": ("total", "tall", {"force_split": True}, ["--force-split"]),
+    "total --force-split (too few slices)": ("total", "anisotropic", {"force_split": True}, ["--force-split"]),
     "total --remove-small-blobs": ("total", "RAS", {"remove_small_blobs": 200.0}, ["--remove-small-blobs"]),
     "total --resampling-order 3": ("total", "LAS", {"resampling_order": 3}, ["--resampling-order", "3"]),
     "total --statistics": ("total", "RAS", {"statistics": True}, ["--statistics"]),
@@ -92,17 +93,19 @@ def run_task(task: str, cases: list[str], scratch: Path, extra: dict | None = No
             except Exception:
                 pass
     inputs = {}
+    # vertebrae_pp numbers separate bodies (TotalSegmentator 2.18.0 itself fails on a single one)
+    spine = task.startswith("vertebrae_pp")
     for index, case in enumerate(cases):
         if case == "DICOM":
             _, spacing, shape = CASES["LPS"]
             inputs[case] = scratch / "DICOM"
             write_dicom_series(
-                phantom_array(shape, seed=7).astype(np.int16),
+                phantom_array(shape, seed=7, spine=spine).astype(np.int16),
                 case_affine("LPS", spacing, shape),
                 inputs[case],
             )
         else:
-            inputs[case] = write_case(scratch, case, seed=index)
+            inputs[case] = write_case(scratch, case, seed=index, spine=spine)
     jobs = [
         {"input": str(inputs[c]), "output": str(scratch / "ts" / f"{c}.nii.gz"), "task": task,
          "options": {**options, "ml": True}}

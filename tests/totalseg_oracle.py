@@ -29,6 +29,8 @@ CASES = {
     "LAS": ("LAS", (1.2, 1.2, 3.0), (44, 40, 24)),
     "anisotropic": ("RAS", (0.8, 0.8, 5.0), (64, 60, 14)),
 }
+#: Cases for single options: ``tall`` has the 57+ slices at 1.5 mm that the split in three needs.
+EXTRA_CASES = {"tall": ("LPS", (1.5, 1.5, 1.5), (30, 28, 66))}
 
 
 def oracle_site() -> list[Path]:
@@ -79,10 +81,10 @@ def case_affine(orientation: str, spacing, shape) -> np.ndarray:
     return affine
 
 
-def write_case(folder: Path, name: str, *, seed: int = 0) -> Path:
-    orientation, spacing, shape = CASES[name]
+def write_case(folder: Path, name: str, *, seed: int = 0, spine: bool = False) -> Path:
+    orientation, spacing, shape = {**CASES, **EXTRA_CASES}[name]
     path = folder / f"{name}.nii.gz"
-    array = phantom_array(shape, seed=seed)
+    array = phantom_array(shape, seed=seed, spine=spine)
     nib.save(nib.Nifti1Image(array.astype(np.int16), case_affine(orientation, spacing, shape)), path)
     return path
 

@@ -358,6 +358,13 @@ class TotalSegmentator:
             size = resampled.shape
             split = (np.prod(size) > SPLIT_VOXELS and size[2] > 200 and step.several) or force_split
             third = size[2] // 3
+            if split and third < _SPLIT_MARGIN - 1:  # TotalSegmentator's own split fails here too
+                raise InputError(
+                    f"--force-split: expected at least {3 * (_SPLIT_MARGIN - 1)} slices at the model's "
+                    f"spacing (three thirds with {_SPLIT_MARGIN}-slice overlaps, "
+                    f"as TotalSegmentator splits), found {size[2]}",
+                    hint="leave out --force-split for this scan",
+                )
             if split:
                 data = resampled.get_fdata()
                 m = _SPLIT_MARGIN
