@@ -4,7 +4,6 @@ TotalSegmentator archives of the real layout (its five parts, 117 classes, and i
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import json
 import threading
@@ -130,10 +129,7 @@ def test_pull_total_into_totalsegmentators_layout_then_infer_total(tmp_path, ser
     assert main([*pull_command, "--weights-dir", str(weights)]) == 0
     assert (f"/{first.name}", "bytes=1000-") in RangeHandler.seen
     assert (cache / "downloads" / first.name).read_bytes() == first.read_bytes()
-    recorded = json.loads((cache / "hashes.json").read_text())
-    assert (
-        recorded[first.name] == hashlib.sha256(first.read_bytes()).hexdigest()
-    )  # recorded at first download
+    assert not (cache / "hashes.json").exists()  # a mirror's bytes are never the publisher's hash
     for name in names:  # TotalSegmentator's own layout: where it (and voxpipe) looks
         assert (weights / name).is_dir() and any(
             (weights / name).glob("*__nnUNetPlans__3d_fullres/plans.json")
@@ -203,8 +199,9 @@ def test_a_hostile_archive_and_a_wrong_published_hash_are_refused(tmp_path, serv
     )
     with zipfile.ZipFile(served / "Dataset913_lung_nodules.zip", "w") as zipped:
         zipped.writestr("something_else/readme.txt", "x")
-    (cache / "downloads" / "Dataset913_lung_nodules.zip").unlink()
-    (cache / "hashes.json").unlink(missing_ok=True)
+    # the refused archive was moved aside, so this pull starts clean
+    assert (cache / "downloads" / "Dataset913_lung_nodules.zip.bad").is_file()
+    assert not (cache / "downloads" / "Dataset913_lung_nodules.zip").exists()
     with pytest.raises(BundleError, match="Dataset913_lung_nodules/<trainer>"):
         pull("lung_nodules", cache, mirror=url, weights=tmp_path / "weights")
     (served / "spleen_ct_segmentation_v0.5.9.zip").write_bytes(b"")
@@ -212,6 +209,50 @@ def test_a_hostile_archive_and_a_wrong_published_hash_are_refused(tmp_path, serv
     zipped = zipfile.ZipFile(served / "spleen_ct_segmentation_v0.5.9.zip", "w")
     zipped.writestr("spleen_ct_segmentation/configs/metadata.json", "{}")
     zipped.close()
+    with pytest.raises(InputError, match=r"expected sha1 8e99230050906d0d3cec484010598aa138201892"):
+        pull("spleen_ct_segmentation", cache, mirror=url)  # the Model Zoo's published checksum
+    assert (cache / "downloads" / "spleen_ct_segmentation_v0.5.9.zip.bad").is_file()
+    weights = next(d for d in CATALOGUE["spleen_ct_segmentation"].downloads if d.path)
     with pytest.raises(InputError, match=r"expected md5 be4fa95e236df91766147c112ee6fafd"):
-        pull("spleen_ct_segmentation", cache, mirror=url)
+        catalogue.fetch_file(weights, cache, mirror=url)
     assert (cache / "downloads" / "model_spleen_ct_segmentation_v1.pt.bad").is_file()
+
+
+def test_promise_a_pulled_bundle_runs_in_safe_mode_unless_trust_bundle(tmp_path, liver_bundle, capsys):
+    """A Model Zoo bundle pulled by name is a stranger's code: `voxpipe infer NAME` refuses its `$`
+    expressions (naming --trust-bundle), and runs it with --trust-bundle."""
+    import shutil
+
+    import torch
+    from helpers import OracleNet
+    from test_hostile_inputs import one_error_line
+
+    from voxpipe.cli import main
+    from voxpipe.phantoms.ct import liver_phantom
+    from voxpipe.transforms.io import write_volume
+
+    cache = tmp_path / "cache"
+    folder = cache / "spleen_ct_segmentation"
+    shutil.copytree(liver_bundle, folder / "spleen_ct_segmentation")
+    inference = folder / "spleen_ct_segmentation" / "configs" / "inference.yaml"
+    inference.write_text(inference.read_text() + '\nzoo_expression: "$1 + 1"\n')
+    (folder / "voxpipe-model.json").write_text(
+        json.dumps({"name": "spleen_ct_segmentation", "kind": "bundle", "bundle": "spleen_ct_segmentation"})
+    )
+    weights = tmp_path / "oracle.pt"
+    torch.save(OracleNet().state_dict(), weights)
+    phantom = liver_phantom(3, size="tiny")
+    image = write_volume(phantom.label.astype(np.int16) * 100, phantom.affine, tmp_path / "ct.nii.gz")
+    command = [
+        "infer", "spleen_ct_segmentation", str(image), "-o", str(tmp_path / "out"), "--models-cache", str(cache),
+        "--weights", str(weights), "--set", 'network_def={"_target_": "helpers.OracleNet"}',
+        "--set", "patch_size=[32, 32, 16]", "--set", "pixdim=[0.0, 0.0, 0.0]",
+    ]  # fmt: skip
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "safe mode refused" in err and "zoo_expression" in err and "--trust-bundle" in err
+    assert not (tmp_path / "out" / "ct.nii.gz").exists()
+    assert main([*command, "--trust-bundle"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "ct.nii.gz").is_file()
+    assert main(["infer", str(liver_bundle), str(image), "-o", str(tmp_path / "o2"), "--trust-bundle"]) == 2
+    assert "--trust-bundle is for bundles pulled by name" in one_error_line(capsys.readouterr().err)

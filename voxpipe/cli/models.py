@@ -44,8 +44,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_pull(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.inference.catalogue import pull
 
+    if not args.deadline > 0:
+        from voxpipe.errors import InputError
+
+        raise InputError(f"--deadline: expected seconds > 0, found {args.deadline}")
     folder = pull(
-        args.name, cache_folder(args), mirror=args.mirror, offline=args.offline, weights=args.weights_dir
+        args.name,
+        cache_folder(args),
+        mirror=args.mirror,
+        offline=args.offline,
+        weights=args.weights_dir,
+        deadline_s=args.deadline,
     )
     print(f"{args.name}: {folder}")
     return 0
@@ -64,8 +73,11 @@ def add_commands(commands: Any) -> None:
     models = commands.add_parser(
         "models",
         help="public models (TotalSegmentator, Model Zoo): list, describe, download into a cache",
-        description="Downloads resume, are hash-checked (a hash is recorded at first download where the "
-        "publisher gives none) and unpacked safely; offline, copy the file by hand into <cache>/downloads/.",
+        description="Downloads resume, are complete only at the size the server declares, are hash-checked "
+        "(the Model Zoo's published checksums; where the publisher gives none, the SHA-256 of the first "
+        "download from the publisher, never a mirror's, is recorded) and unpacked safely; a file that fails "
+        "a check is moved aside to <name>.bad. One pull at a time per cache. Offline, copy the file by hand "
+        "into <cache>/downloads/. A bundle pulled by name runs in safe mode unless infer --trust-bundle.",
     )
     verbs = models.add_subparsers(dest="models_command", metavar="VERB", required=True)
     listing = verbs.add_parser("list", help="the catalogue, and which models are in the cache")
@@ -81,6 +93,13 @@ def add_commands(commands: Any) -> None:
         "--mirror", metavar="URL", help="fetch <URL>/<file name> instead of the publisher's URL"
     )
     pull.add_argument("--offline", action="store_true", help="use only files already in <cache>/downloads/")
+    pull.add_argument(
+        "--deadline",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="give up on one file after this long, keeping its .part to resume (default 3600)",
+    )
     pull.add_argument(
         "--weights-dir",
         metavar="DIR",

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
 
-from voxpipe.errors import BundleError
+from voxpipe.errors import BundleError, OutputError
 from voxpipe.networks.transfer import load_torch_file
 from voxpipe.transforms.files import atomic_path, sha256_file
 
@@ -79,7 +80,9 @@ def export_bundle(
     return output
 
 
-MAX_UNCOMPRESSED_BYTES = 64 * 2**30  # far above any real bundle (weights included); a zip bomb is refused
+#: Far above any real bundle or model archive (weights included): a zip bomb is refused before the
+#: free-space check. ``$VOXPIPE_MAX_UNZIP_BYTES`` changes it.
+MAX_UNCOMPRESSED_BYTES = int(os.environ.get("VOXPIPE_MAX_UNZIP_BYTES", 64 * 2**30))
 
 
 def safe_extract_zip(archive: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
@@ -88,10 +91,12 @@ def safe_extract_zip(archive: str | os.PathLike[str], target: str | os.PathLike[
     Why our own: ``zipfile`` drops ``..`` parts silently and MONAI's ``extractall`` raises a bare
     ``ValueError``; a bundle is a stranger's file, so a member that would land outside ``target``
     (absolute, ``..``, a drive letter), a symbolic link, or a total size past
-    :data:`MAX_UNCOMPRESSED_BYTES` is refused naming the archive and the member, before anything is written.
+    :data:`MAX_UNCOMPRESSED_BYTES` is refused naming the archive and the member, before anything is
+    written; so is a total (as the members declare it: ``zipfile`` stops a member at its declared
+    size) above the free space where it is unpacked.
 
     Raises:
-        BundleError: not a zip, or one of the members above.
+        BundleError: not a zip, or one of the members above; OutputError: no room to unpack it.
     """
     import stat
 
@@ -117,6 +122,14 @@ def safe_extract_zip(archive: str | os.PathLike[str], target: str | os.PathLike[
                 raise BundleError(
                     f"{str(archive)!r}: members add up to {total:,} bytes uncompressed; expected at most "
                     f"{MAX_UNCOMPRESSED_BYTES:,} (a zip bomb?)"
+                )
+            Path(target).mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(target).free
+            if total > free:
+                raise OutputError(
+                    f"{str(target)!r}: unpacking {archive.name} needs {total:,} bytes (as its members "
+                    f"declare), {free:,} free",
+                    hint="free disk space there, or pull into another cache (--models-cache)",
                 )
             zipped.extractall(target)
     except zipfile.BadZipFile as error:

@@ -1,7 +1,8 @@
 """``voxpipe models``: a catalogue of public models, downloaded on request into a cache, verified, safely unpacked.
 
 Each entry names where its files come from (the publisher's own URLs), its licence, its classes and
-size, and a hash where the publisher gives one (the Model Zoo's MD5s). Where none is published
+size, and a hash where the publisher gives one (the Model Zoo's SHA-1 of each bundle zip, from its
+``models/model_info.json``, and the MD5 of each weights file, from the bundle's ``large_files.yml``). Where none is published
 (TotalSegmentator's release archives) the SHA-256 of the first download is recorded in the cache
 (``hashes.json``) and shown, and later downloads must match it.
 
@@ -21,27 +22,38 @@ TotalSegmentator's downloader extracts without checking member paths.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from voxpipe.errors import InputError
+from voxpipe.pipelines.inference.downloads import (
+    DEADLINE_S,
+    HASHES,
+    cache_lock,
+    check_zip,
+    digest,
+    fetch,
+    file_name,
+    move_aside,
+    read_hashes,
+    record_hash,
+)
 from voxpipe.pipelines.inference.models import MANIFEST
 
 logger = logging.getLogger(__name__)
 
 _TS = "https://github.com/wasserth/TotalSegmentator/releases/download"
 _ZOO_WEIGHTS = "https://developer.download.nvidia.com/assets/Clara/monai/tutorials/model_zoo"
-_ZOO_BUNDLES = "https://github.com/Project-MONAI/model-zoo/releases/download/hosting_storage_v1"
+_ZOO_BUNDLES = (
+    "https://api.ngc.nvidia.com/v2/models/nvidia/monaihosting"  # as models/model_info.json publishes them
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,12 @@ class Model:
 
 def _ts(folder: str, version: str = "v2.0.0-weights") -> Download:
     return Download(f"{_TS}/{version}/{folder}.zip")
+
+
+def _zoo_bundle(name: str, version: str, checksum: str) -> Download:
+    """A Model Zoo bundle zip at the source its ``models/model_info.json`` names, with the SHA-1
+    checksum published there (``<name>_v<version>``'s ``checksum``)."""
+    return Download(f"{_ZOO_BUNDLES}/{name.lower()}/versions/{version}/files/{name}_v{version}.zip", checksum)
 
 
 _TS_LICENCE = "Apache-2.0 (TotalSegmentator's open models)"
@@ -120,7 +138,9 @@ CATALOGUE: dict[str, Model] = {
             "104 structures (TotalSegmentator v1 classes), 1.5 mm SegResNet",
             "bundle + 2 weights files, about 300 MB",
             (
-                Download(f"{_ZOO_BUNDLES}/wholeBody_ct_segmentation_v0.2.5.zip"),
+                _zoo_bundle(
+                    "wholeBody_ct_segmentation", "0.2.5", "sha1:d3be077219fea4ac9630efddd81c19e0676bf206"
+                ),
                 Download(
                     f"{_ZOO_WEIGHTS}/model_wholebody_ct_segmentation.pt",
                     "md5:aded45dea52f9c00b37922bcd0a98502",
@@ -141,7 +161,9 @@ CATALOGUE: dict[str, Model] = {
             "spleen (MSD Task09), UNet",
             "bundle + weights, about 20 MB",
             (
-                Download(f"{_ZOO_BUNDLES}/spleen_ct_segmentation_v0.5.9.zip"),
+                _zoo_bundle(
+                    "spleen_ct_segmentation", "0.5.9", "sha1:8e99230050906d0d3cec484010598aa138201892"
+                ),
                 Download(
                     f"{_ZOO_WEIGHTS}/model_spleen_ct_segmentation_v1.pt",
                     "md5:be4fa95e236df91766147c112ee6fafd",
@@ -157,7 +179,9 @@ CATALOGUE: dict[str, Model] = {
             "lung nodule boxes (LUNA16), RetinaNet",
             "bundle + weights, about 80 MB",
             (
-                Download(f"{_ZOO_BUNDLES}/lung_nodule_ct_detection_v0.6.8.zip"),
+                _zoo_bundle(
+                    "lung_nodule_ct_detection", "0.6.8", "sha1:1abae7a9379861c477f7b189e0171cfcd71370b0"
+                ),
                 Download(
                     f"{_ZOO_WEIGHTS}/model_lung_nodule_ct_detection.pt",
                     "md5:b2e732a7c2786e2f8398fa45293b1e73",
@@ -186,85 +210,90 @@ def model(name: str) -> Model:
     return CATALOGUE[name]
 
 
-def _file_name(url: str) -> str:
-    return url.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _digest(path: Path, kind: str) -> str:
-    digest = hashlib.new(kind)
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fetch(url: str, part: Path, *, timeout: float = 60.0) -> None:
-    """Download ``url`` into ``part``, continuing from its current size where the server allows."""
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (the catalogue's https URLs, or a mirror the user names)
-    except urllib.error.HTTPError as error:
-        if error.code == 416 and have:  # nothing left to fetch: the part is complete
-            return
-        raise
-    with response:
-        resumed = response.status == 206
-        with part.open("ab" if resumed else "wb") as stream:
-            shutil.copyfileobj(response, stream, 1 << 20)
-
-
-def _hashes(root: Path) -> dict[str, str]:
-    path = root / "hashes.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def fetch_file(
-    download: Download, cache: Path, *, mirror: str | None = None, offline: bool = False
-) -> tuple[Path, str]:
-    """The verified local copy of one download (fetched, resumed, or copied in by hand); its SHA-256.
+    download: Download,
+    cache: Path,
+    *,
+    mirror: str | None = None,
+    offline: bool = False,
+    deadline_s: float = DEADLINE_S,
+) -> tuple[Path, str, bool]:
+    """The checked local copy of one download (fetched, resumed, or copied in by hand): its path, its
+    SHA-256, and whether its hash may be recorded as the publisher's (fetched from the publisher's
+    own URL now, no hash published, none recorded). Call under :func:`cache_lock`.
 
     Raises:
-        InputError: offline and missing, the download failed, or the hash does not match (named).
+        InputError: offline and missing, the download failed or was cut short (``.part`` kept), or the
+        file fails a check (not a zip, a hash that differs: moved aside to ``<name>.bad``, named).
     """
-    name = _file_name(download.url)
+    name = file_name(download.url)
     folder = cache / "downloads"
     folder.mkdir(parents=True, exist_ok=True)
     target, part = folder / name, folder / f"{name}.part"
     url = f"{mirror.rstrip('/')}/{name}" if mirror else download.url
+    fetched = False
     if not target.is_file():
         if offline:
             raise InputError(
                 f"{str(target)!r}: expected the file {name}, found none (offline)",
                 hint=f"fetch {download.url} on a machine with internet access and copy it to {target}",
             )
-        try:
-            _fetch(url, part)
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            raise InputError(
-                f"{url}: download failed ({getattr(error, 'reason', error)}); {part.stat().st_size if part.exists() else 0} bytes kept in {str(part)!r}",
-                hint=f"run the command again to resume, or fetch {download.url} by hand and put it at {target}",
-            ) from None
+        fetch(url, part, deadline_s=deadline_s)
         part.replace(target)
-    sha256 = _digest(target, "sha256")
+        fetched = True
+    if download.path is None:
+        why = check_zip(target)
+        if why:
+            raise move_aside(target, f"expected a zip archive, found {why}", source=url)
+    sha256 = digest(target, "sha256")
     if download.hash:
         kind, expected = download.hash.split(":", 1)
-        found = sha256 if kind == "sha256" else _digest(target, kind)
+        found = sha256 if kind == "sha256" else digest(target, kind)
         if found != expected:
-            target.replace(folder / f"{name}.bad")
-            raise InputError(
-                f"{str(target)!r}: expected {kind} {expected} (published with {download.url}), found {found}; "
-                f"the file was moved to {name}.bad",
-                hint="download it again; if this repeats, the publisher's file changed",
+            raise move_aside(
+                target,
+                f"expected {kind} {expected} (published with {download.url}), found {found}",
+                source=url,
             )
-    else:
-        recorded = _hashes(cache).get(name)
-        if recorded and recorded != sha256:
-            raise InputError(
-                f"{str(target)!r}: expected SHA-256 {recorded} (recorded at its first download), found {sha256}",
-                hint=f"remove the file and {cache / 'hashes.json'}'s entry to accept the new one",
-            )
-    return target, sha256
+        return target, sha256, False
+    recorded = read_hashes(cache).get(name)
+    if recorded and recorded != sha256:
+        error = move_aside(
+            target,
+            f"expected SHA-256 {recorded} (recorded at its first download from the publisher), found {sha256}",
+            source=url,
+        )
+        error.hint = (
+            f"run the command again to download it anew; if the publisher changed the file, remove "
+            f"{name!r} from {cache / HASHES} to accept the new one"
+        )
+        raise error
+    if not recorded and not (fetched and not mirror):
+        logger.warning(
+            "%s: no hash is published and none recorded; %s bytes are not recorded as the publisher's",
+            name,
+            "a mirror's" if mirror else "a hand-copied file's",
+        )
+    return target, sha256, bool(fetched and not mirror and not recorded)
+
+
+def _record(cache: Path, path: Path, sha256: str) -> None:
+    record_hash(cache, path.name, sha256)
+    logger.warning("%s: no hash is published; recorded SHA-256 %s", path.name, sha256)
+
+
+def _extract(path: Path, staging: Path) -> None:
+    """Unpack a checked zip; an archive refused as unsafe is moved aside (named) before the error."""
+    from voxpipe.errors import BundleError
+    from voxpipe.pipelines.bundles.export import safe_extract_zip
+
+    try:
+        safe_extract_zip(path, staging)
+    except BundleError as error:  # (no room to unpack is an OutputError: the file is kept)
+        bad = path.with_name(path.name + ".bad")
+        path.replace(bad)
+        error.args = (f"{error.args[0]}; moved to {bad.name}",)
+        raise
 
 
 def pull(
@@ -274,44 +303,52 @@ def pull(
     mirror: str | None = None,
     offline: bool = False,
     weights: str | os.PathLike[str] | None = None,
+    deadline_s: float = DEADLINE_S,
 ) -> Path:
     """Download, verify and unpack one catalogue model into ``<cache>/<name>``; its folder. A
     TotalSegmentator task goes into TotalSegmentator's weights folder (``weights``, default the one it
-    uses on this machine), its downloads kept in ``<cache>/downloads``.
+    uses on this machine), its downloads kept in ``<cache>/downloads``. One pull at a time per cache.
 
-    ``mirror`` replaces the publisher's URL by ``<mirror>/<file name>`` (a local copy, a test server).
+    ``mirror`` replaces the publisher's URL by ``<mirror>/<file name>`` (a local copy, a test server);
+    its bytes are checked against published and recorded hashes but never recorded as the publisher's.
     Raises:
-        InputError: an unknown name or a download/hash failure; BundleError: an unsafe or unexpected archive.
+        InputError: an unknown name or a download/hash failure; BundleError: an unsafe or unexpected
+        archive; OutputError: no room to unpack it.
     """
-    from voxpipe.pipelines.bundles.export import safe_extract_zip
+    entry = model(name)
+    root = Path(cache)
+    with cache_lock(root):
+        if entry.kind == "totalseg":
+            return pull_totalseg(entry, root, weights, mirror=mirror, offline=offline, deadline_s=deadline_s)
+        return _pull_into_cache(entry, root, mirror=mirror, offline=offline, deadline_s=deadline_s)
+
+
+def _pull_into_cache(
+    entry: Model, root: Path, *, mirror: str | None, offline: bool, deadline_s: float
+) -> Path:
     from voxpipe.transforms.files import write_text_atomic
 
-    entry = model(name)
-    if entry.kind == "totalseg":
-        return pull_totalseg(entry, Path(cache), weights, mirror=mirror, offline=offline)
-    root = Path(cache)
-    final = root / name
+    final = root / entry.name
     if (final / MANIFEST).is_file():
-        logger.info("%s: already in %s", name, final)
+        logger.info("%s: already in %s", entry.name, final)
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    recorded = _hashes(root)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
     try:
-        files = []
+        files, to_record = [], []
         for download in entry.downloads:
-            path, sha256 = fetch_file(download, root, mirror=mirror, offline=offline)
+            path, sha256, record = fetch_file(
+                download, root, mirror=mirror, offline=offline, deadline_s=deadline_s
+            )
             files.append(
                 {"url": download.url, "file": path.name, "sha256": sha256, "published": download.hash}
             )
-            if not download.hash and path.name not in recorded:
-                recorded[path.name] = sha256
-                logger.warning("%s: no hash is published; recorded SHA-256 %s", path.name, sha256)
             if download.path is None:
-                safe_extract_zip(path, staging)
+                _extract(path, staging)
             else:
                 (staging / download.path).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, staging / download.path)
+            if record:
+                to_record.append((path, sha256))
         manifest = _manifest(entry, staging)
         manifest["files"] = files
         write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -321,46 +358,52 @@ def pull(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    write_text_atomic(root / "hashes.json", json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    for path, sha256 in to_record:  # only files that passed every check become trusted
+        _record(root, path, sha256)
     return final
 
 
 def pull_totalseg(
-    entry: Model, cache: Path, weights: str | os.PathLike[str] | None, *, mirror: str | None, offline: bool
+    entry: Model,
+    cache: Path,
+    weights: str | os.PathLike[str] | None,
+    *,
+    mirror: str | None,
+    offline: bool,
+    deadline_s: float = DEADLINE_S,
 ) -> Path:
     """A TotalSegmentator task's models into its weights folder, as its own downloader lays them out
     (``<weights>/<DatasetNNN_name>/...``); models already there are kept. The weights folder."""
     from voxpipe.errors import BundleError
-    from voxpipe.pipelines.bundles.export import safe_extract_zip
     from voxpipe.pipelines.inference.totalseg.weights import weights_root
-    from voxpipe.transforms.files import write_text_atomic
 
     root = Path(weights) if weights is not None else weights_root()
     root.mkdir(parents=True, exist_ok=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    recorded = _hashes(cache)
     for download, dataset in zip(entry.downloads, entry.parts, strict=True):
         if (root / dataset).is_dir() and any((root / dataset).glob("*__*__*/plans.json")):
             logger.info("%s: already in %s", dataset, root)
             continue
-        path, sha256 = fetch_file(download, cache, mirror=mirror, offline=offline)
-        if path.name not in recorded:
-            recorded[path.name] = sha256
-            logger.warning("%s: no hash is published; recorded SHA-256 %s", path.name, sha256)
+        path, sha256, record = fetch_file(
+            download, cache, mirror=mirror, offline=offline, deadline_s=deadline_s
+        )
         staging = Path(tempfile.mkdtemp(prefix=f".{dataset}.", dir=root))
         try:
-            safe_extract_zip(path, staging)
+            _extract(path, staging)
             if not any((staging / dataset).glob("*__*__*/plans.json")):
+                bad = path.with_name(path.name + ".bad")
+                path.replace(bad)
                 raise BundleError(
                     f"{str(path)!r}: expected TotalSegmentator's {dataset}/<trainer>__<plans>__<configuration>/"
-                    f"plans.json in the archive, found {sorted(p.name for p in staging.iterdir())[:5]}"
+                    f"plans.json in the archive, found {sorted(p.name for p in staging.iterdir())[:5]}; "
+                    f"moved to {bad.name}"
                 )
             if (root / dataset).exists():
                 shutil.rmtree(root / dataset)
             (staging / dataset).rename(root / dataset)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        write_text_atomic(cache / "hashes.json", json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+        if record:
+            _record(cache, path, sha256)
     return root
 
 
@@ -438,9 +481,9 @@ def describe(entry: Model, cache: Path | None = None) -> str:
         f"  source: {entry.source}",
         f"  licence: {entry.licence}",
     ]
-    hashes = _hashes(cache) if cache is not None else {}
+    hashes = read_hashes(cache) if cache is not None else {}
     for download in entry.downloads:
-        name = _file_name(download.url)
+        name = file_name(download.url)
         hash_text = download.hash or (
             f"sha256:{hashes[name]} (recorded at first download)" if name in hashes else "none published"
         )
