@@ -103,7 +103,17 @@ def _folder(tmp_path, *, name="nnUNetTrainer__nnUNetPlans__3d_fullres", folds=(0
     root = tmp_path / name
     root.mkdir()
     (root / "plans.json").write_text(
-        json.dumps({"configurations": {"3d_fullres": {"patch_size": [8, 8, 8]}}})
+        json.dumps(
+            {
+                "configurations": {
+                    "3d_fullres": {
+                        "patch_size": [8, 8, 8],
+                        "spacing": [1.0, 1.0, 1.0],
+                        "normalization_schemes": ["ZScoreNormalization"],
+                    }
+                }
+            }
+        )
     )
     (root / "dataset.json").write_text(
         json.dumps(

@@ -585,6 +585,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> NnUNetCheckpoint:
         raise InputError(
             f"{str(path)!r}: expected an nnU-Net checkpoint (a dict with 'network_weights' of tensors), found {found}"
         )
+    from voxpipe.pipelines.inference.nnunet.validate import check_checkpoint
+
+    check_checkpoint(content, str(path))
     axes = content.get("inference_allowed_mirroring_axes")
     init = content.get("init_args") if isinstance(content.get("init_args"), Mapping) else {}
     return NnUNetCheckpoint(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from voxpipe.errors import BundleError, InputError
+from voxpipe.pipelines.inference.nnunet.validate import check_labels_json, check_plans
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 #: The resampling functions voxpipe reproduces (nnU-Net's default planners name this one).
@@ -128,8 +129,16 @@ def resolve_configuration(
                 f"{source}: configurations: inherits_from forms a cycle: {' → '.join([*chain, current])}"
             )
         chain.append(current)
+        if not isinstance(configurations[current], Mapping):
+            raise InputError(
+                f"{source}: configurations.{current}: expected an object, found {type(configurations[current]).__name__}"
+            )
         parent = configurations[current].get("inherits_from")
-        current = str(parent) if parent is not None else None
+        if parent is not None and not isinstance(parent, str):
+            raise InputError(
+                f"{source}: configurations.{current}.inherits_from: expected a name, found {parent!r}"
+            )
+        current = parent
     resolved: dict[str, Any] = {}
     for link in reversed(chain):
         resolved.update(json.loads(json.dumps(configurations[link])))
@@ -142,6 +151,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise BundleError(f"{str(path)!r}: expected this file of an nnU-Net model folder, found no file")
     try:
         content = json.loads(path.read_text())
+    except RecursionError:
+        raise BundleError(f"{str(path)!r}: expected JSON, found values nested too deep to read") from None
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise BundleError(f"{str(path)!r}: expected JSON, could not read it ({error})") from None
     if not isinstance(content, dict):
@@ -186,6 +197,7 @@ class NnUNetFolder:
             )
         try:
             self.configuration = resolve_configuration(self.plans, name, source=str(self.path / "plans.json"))
+            check_labels_json(self.dataset, str(self.path / "dataset.json"))
             self.labels = read_labels(self.dataset, source=str(self.path / "dataset.json"))
         except InputError as error:
             raise BundleError(str(error), hint=error.hint) from None
@@ -208,6 +220,7 @@ class NnUNetFolder:
         )
         if not self.channels:
             raise BundleError(f"{str(self.path / 'dataset.json')!r}: expected channel_names, found none")
+        check_plans(self.plans, self.configuration, name, str(self.path / "plans.json"), len(self.channels))
 
     def previous_folder(self) -> Path:
         """A cascade stage's first stage: the sibling folder ``<Trainer>__<Plans>__<previous_stage>``.

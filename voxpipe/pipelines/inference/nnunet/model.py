@@ -24,6 +24,7 @@ model folders. Named ``NnUNetModel`` so that it is not mistaken for nnU-Net's ``
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,8 @@ from voxpipe.pipelines.inference.predictor import WindowSkipper, autocast, resol
 from voxpipe.runtime import select_device
 from voxpipe.transforms.nnunet import gaussian_weights, window_starts
 from voxpipe.transforms.nnunet_resample import RowResampler, labels_by_rows
+
+logger = logging.getLogger(__name__)
 
 #: Where a CT channel counts as body for ``fast``'s window skipping (HU, before normalisation).
 BODY_HU = -500.0
@@ -78,6 +81,7 @@ class NnUNetModel:
         device: str | torch.device = "cpu",
     ) -> None:
         from voxpipe.networks.nnunet import network_from_plans, read_checkpoint
+        from voxpipe.pipelines.inference.nnunet.validate import check_outputs
 
         self.device = select_device(device) if isinstance(device, str) else torch.device(device)
         self.fast, self.channels_last = bool(fast), bool(channels_last)
@@ -92,6 +96,20 @@ class NnUNetModel:
         checkpoints = [read_checkpoint(p) for p in self.folder.checkpoints]
         self.mirror_axes = checkpoints[0].mirroring_axes
         source = str(self.folder.path / "plans.json")
+        dims = len(config["patch_size"])
+        for checkpoint in checkpoints:  # the axes index the network's input: within the patch's
+            if self.mirroring and any(a >= dims for a in checkpoint.mirroring_axes or ()):
+                raise BundleError(
+                    f"{checkpoint.path!r}: inference_allowed_mirroring_axes: expected axes below {dims} "
+                    f"(the {dims}D patch of {source!r}), found {list(checkpoint.mirroring_axes or ())}",
+                    hint="--disable-tta runs the model without mirroring",
+                )
+            check_outputs(
+                checkpoint.weights,
+                self.folder.labels.heads,
+                checkpoint.path,
+                str(self.folder.path / "dataset.json"),
+            )
         # a cascade stage: the first stage runs first, its labels are extra input channels (one-hot)
         self.previous = (
             NnUNetModel(
@@ -158,8 +176,10 @@ class NnUNetModel:
 
     def _body(self, padded: torch.Tensor) -> WindowSkipper | None:
         """The fast path's window test: a window with no body voxel is not run. The body is every
-        voxel above :data:`BODY_HU` (normalised as the plans normalise) in any CT channel; models
-        without a CT channel run every window."""
+        voxel above ``max(BODY_HU, the plans' 0.5th percentile)`` (normalised as the plans normalise)
+        in any CT channel; models without a CT channel run every window. CT normalisation clips at
+        that percentile, so below it nothing can be told apart: where a plan's percentile lies above
+        -500 HU (fat is about -100 HU), fat counts as air, and a warning says so with the number."""
         config, plans = self.folder.configuration, self.folder.plans
         schemes = config.get("normalization_schemes", [])
         properties = plans.get("foreground_intensity_properties_per_channel", {})
@@ -168,9 +188,18 @@ class NnUNetModel:
             if scheme != "CTNormalization" or str(c) not in properties:
                 continue
             p = properties[str(c)]
-            level = (max(BODY_HU, float(p["percentile_00_5"])) - float(p["mean"])) / max(
-                float(p["std"]), 1e-8
-            )
+            floor = float(p["percentile_00_5"])
+            if floor > BODY_HU and not getattr(self, "_floor_said", False):
+                logger.warning(
+                    "--approximate: windows with nothing above %.0f HU are skipped (channel %d): the plans' "
+                    "0.5th percentile, where CT normalisation clips, lies above %.0f HU, so tissue below it "
+                    "(fat, about -100 HU) counts as air",
+                    floor,
+                    c,
+                    BODY_HU,
+                )
+                self._floor_said = True
+            level = (max(BODY_HU, floor) - float(p["mean"])) / max(float(p["std"]), 1e-8)
             above = padded[c] > level
             body = above if body is None else body | above
         return WindowSkipper(body) if body is not None else None
