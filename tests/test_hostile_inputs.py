@@ -274,6 +274,18 @@ def test_promise_output_paths_that_cannot_be_written_are_the_users_problem(tmp_p
         assert str(target) in line and expected in line
 
 
+def test_promise_an_output_folder_below_a_file_is_named_before_the_model_runs(tmp_path, liver_bundle, capsys):
+    image = write_volume(np.zeros((8, 8, 8), np.int16), np.eye(4), tmp_path / "in.nii.gz")
+    (tmp_path / "somefile.txt").write_text("x")
+    for command in ("infer", "detect"):
+        target = tmp_path / "somefile.txt" / "out"
+        assert main([command, str(liver_bundle), str(image), "-o", str(target)]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert str(target) in line and "somefile.txt' above it is a file" in line, line
+    assert main(["infer", str(liver_bundle), str(image), "-o", str(tmp_path / "somefile.txt")]) == 2
+    assert "found a file at that path" in one_error_line(capsys.readouterr().err)
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 256 kB tmpfs (root only: skipped on a user's machine)."""

@@ -115,7 +115,7 @@ def add_commands(commands: Any) -> None:
         action="store_true",
         help="build only components of known kinds (transforms, networks, losses, optimisers, "
         "inferers, engines, handlers, datasets, metrics) and run no code: no $ expressions, no "
-        "loaders switched to unsafe, no scripts/ (a bundle is code; see README, Bundles)",
+        "loaders switched to unsafe, no scripts/ (a bundle is code; see docs/capabilities/bundles.md, the threat model)",
     )
     bundle_run.set_defaults(func=_cmd_bundle_run, accepts_runner_arguments=True)
     bundle_validate = bundle_actions.add_parser(

@@ -26,17 +26,28 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.inference.catalogue import CATALOGUE
     from voxpipe.pipelines.inference.models import model_kind
     from voxpipe.pipelines.inference.totalseg.tasks import is_task
+    from voxpipe.transforms.files import check_output_folder
 
+    check_output_folder(args.output)
     model_dir = Path(args.model)
     if not model_dir.exists() and is_task(args.model):  # TotalSegmentator's task, as it runs it
         outputs = _infer_totalseg(args, shard)
         print(f"{len(outputs)} case(s) of TotalSegmentator's {args.model!r} in {args.output}")
         return 0
     _refuse_totalseg_options(args, args.model)
+    safe = bool(args.safe)
     if not model_dir.exists() and args.model in CATALOGUE:  # a catalogue name: the pulled model
         model_dir = _pulled_model(args)
         if (model_dir / "configs").is_dir():
             args.model = str(model_dir)
+            safe = safe or not args.trust_bundle  # a downloaded bundle is a stranger's code
+    elif args.trust_bundle:
+        from voxpipe.errors import InputError
+
+        raise InputError(
+            f"{args.model!r}: --trust-bundle is for bundles pulled by name (voxpipe models pull); "
+            "a bundle folder runs its code unless --safe"
+        )
     if model_kind(model_dir) == "nnunet":
         outputs = _infer_nnunet(args, model_dir, shard)
         print(f"{len(outputs)} label map(s) in {args.output} ({args.model})")
@@ -75,6 +86,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         device=args.device,
         shard=shard,
         timings=timings,
+        safe=safe,
     )
     if timings is not None:
         print(timings.table())
@@ -107,11 +119,10 @@ def shard_from_environment() -> tuple[int, int] | None:
 
 def _pulled_model(args: argparse.Namespace) -> Any:
     """The cache folder of a catalogue model (its bundle folder for a Model Zoo bundle)."""
-    import json
-
     from voxpipe.cli.models import cache_folder
     from voxpipe.errors import InputError
-    from voxpipe.pipelines.inference.catalogue import MANIFEST, pulled
+    from voxpipe.pipelines.inference.catalogue import pulled
+    from voxpipe.pipelines.inference.models import read_manifest
 
     folder = pulled(args.model, cache_folder(args))
     if folder is None:
@@ -119,16 +130,14 @@ def _pulled_model(args: argparse.Namespace) -> Any:
             f"{args.model!r}: a catalogue model that is not in the cache ({cache_folder(args)})",
             hint=f"voxpipe models pull {args.model}",
         )
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = read_manifest(folder)
     return folder / manifest["bundle"] if manifest.get("kind") == "bundle" else folder
 
 
 def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any]:
     """An nnU-Net model folder, or a pulled model made of nnU-Net models (one part or several, merged)."""
-    import json
-
     from voxpipe.errors import InputError
-    from voxpipe.pipelines.inference.models import MANIFEST
+    from voxpipe.pipelines.inference.models import MANIFEST, read_manifest
     from voxpipe.pipelines.inference.nnunet.run import infer_with_nnunet
 
     bundle_only = {
@@ -166,7 +175,7 @@ def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any
         raise InputError(f"--step-size: expected a fraction of the patch in (0, 1], found {args.step_size}")
     if not (folder / MANIFEST).is_file():
         return infer_with_nnunet(folder, args.inputs, step=args.step_size or 0.5, **options)
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = read_manifest(folder)
     parts = manifest["parts"]
     step = args.step_size or manifest["step"]
     if len(parts) == 1:
@@ -411,6 +420,18 @@ def add_commands(commands: Any) -> None:
         help="for DICOM series inputs also write <case>.dcm, a DICOM-SEG referencing the series",
     )
     infer.add_argument(
+        "--safe",
+        action="store_true",
+        help="run a bundle in safe mode: known component kinds only, no code from its configs "
+        "(a bundle pulled by name always runs so unless --trust-bundle)",
+    )
+    infer.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="run the code of a Model Zoo bundle pulled by name (voxpipe models pull; default: safe mode, "
+        "which refuses the $ expressions most Model Zoo bundles hold)",
+    )
+    infer.add_argument(
         "--format",
         default="nii.gz",
         choices=["nii.gz", "nii", "nrrd", "mha", "dicom-seg"],
@@ -431,7 +452,8 @@ def add_commands(commands: Any) -> None:
         "--approximate",
         action="store_true",
         help="nnU-Net models: voxpipe's fast path instead of nnU-Net's exact numbers: the network in bf16 "
-        "on CPUs with native bf16, windows without body (nothing above -500 HU) not run; its agreement "
+        "on CPUs with native bf16, windows without body (nothing above -500 HU, or the plans' 0.5th percentile where higher: "
+        "a warning says when fat then counts as air) not run; its agreement "
         "with the exact path is in benchmarks/README.md",
     )
     infer.add_argument(
@@ -509,8 +531,10 @@ def add_commands(commands: Any) -> None:
 def _cmd_detect(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.bundles.config import parse_overrides
     from voxpipe.pipelines.inference.detect import case_table, detect_with_bundle
+    from voxpipe.transforms.files import check_output_folder
 
     quiet_monai_bundle(args.verbose)
+    check_output_folder(args.output)
     summary = detect_with_bundle(
         args.model,
         args.inputs,

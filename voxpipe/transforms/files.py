@@ -31,6 +31,24 @@ _UMASK = os.umask(
 os.umask(_UMASK)
 
 
+def check_output_folder(folder: str | os.PathLike[str]) -> Path:
+    """``folder`` can be an output folder: not a file, and not below one. Checked before a run, so
+    that the error names the output path rather than the model after the work is done.
+
+    Raises:
+        OutputError: the path or one of its parents is a file (named).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{str(folder)!r}: expected an output folder, found a file at that path")
+    blocking = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise OutputError(
+            f"{str(folder)!r}: expected an output folder, found that {str(blocking)!r} above it is a file"
+        )
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` (same suffix); rename it onto ``target`` on success.
@@ -161,6 +179,7 @@ def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
 
 __all__ = [
     "atomic_path",
+    "check_output_folder",
     "exclusive_lock",
     "process_alive",
     "remove_stale_temporaries",

@@ -474,7 +474,8 @@ def check_safe_parser(
         listing = "\n  ".join(problems)
         raise BundleError(
             f"safe mode refused {len(problems)} entr{'y' if len(problems) == 1 else 'ies'} that would run code:\n  {listing}",
-            hint="run without --safe only if you trust the bundle's author (a bundle is code; see README, Bundles)",
+            hint="a bundle is code: let it run only if you trust its author (leave out --safe; for serve "
+            "and bundles pulled by name, add --trust-bundle); see docs/capabilities/bundles.md, the threat model",
         )
 
 
