@@ -319,6 +319,39 @@ def test_largest_diameter_equals_brute_force_on_random_shapes_and_oblique_grids(
     assert largest_diameter_mm(mask, affine) == pytest.approx(brute, rel=1e-12, abs=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_largest_diameter_of_flat_and_linear_lesions_equals_brute_force_with_few_pairs(seed, monkeypatch):
+    """A lesion one slice thick (or one voxel line) has no 3D hull: hulled in its plane (or by its ends),
+    not compared pair by pair, so a 200 × 200 slab stays fast and exact."""
+    from scipy.spatial import distance
+    from scipy.spatial.transform import Rotation
+
+    from voxpipe.pipelines.inference.stats import largest_diameter_mm
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((12, 30, 30), dtype=bool)
+    axis = seed % 3
+    plane = [slice(None)] * 3
+    plane[axis] = 5
+    mask[tuple(plane)] = rng.random(mask[tuple(plane)].shape) < 0.3
+    if seed >= 6:  # a line of voxels
+        mask[:] = False
+        mask[3, 4 : 4 + 20, 7] = True
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.random(random_state=seed).as_matrix() @ np.diag(rng.uniform(0.5, 2.0, 3))
+    points = np.argwhere(mask) @ affine[:3, :3].T
+    brute = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1)).max()
+    assert largest_diameter_mm(mask, affine) == pytest.approx(brute, rel=1e-12, abs=1e-9)
+    big = np.zeros((3, 200, 200), dtype=bool)
+    big[1, 10:190, 20:180] = True  # 28 800 voxels in one slice
+    compared = []
+    real = distance.cdist
+    monkeypatch.setattr(distance, "cdist", lambda a, b: compared.append(len(a) * len(b)) or real(a, b))
+    expected = float(np.hypot(179, 159))
+    assert largest_diameter_mm(big, np.eye(4)) == pytest.approx(expected, abs=1e-9)
+    assert sum(compared) < 100  # the square's corners, not 57 600² pairs
+
+
 def test_structure_mean_and_std_equal_numpys():
     from voxpipe.pipelines.inference.stats import case_statistics
 

@@ -5,7 +5,9 @@ the model's spacing (third order) and, after the network, the logits back to the
 shape (first order). For a 117-class TotalSegmentator model on a 512 × 512 × 600 CT those logits are
 117 × 157 M voxels: 37 GB in float16 before argmax. :class:`RowResampler` computes the same values
 for output rows ``[a, b)`` along the first axis from only the input rows those rows read, so a label
-map is written slab by slab while the network's logits are still being stitched.
+map is written slab by slab while the network's logits are still being stitched. Where it cannot
+(plans resampling with third-order splines along Z, an axis resampled apart from Z, or SciPy's zoom
+kernel missing), the grid is resampled whole and one warning names the reason and the memory held.
 
 Why our own: neither MONAI nor SciPy resamples part of an array with the coordinates of the whole,
 and nnU-Net's code cannot be installed beside voxpipe (it pulls torchvision). The rule (``skimage``'s
@@ -16,6 +18,7 @@ slabs against the whole.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +30,8 @@ from scipy import ndimage
 from voxpipe.transforms.rows import RowStream
 
 ANISOTROPY = 3.0  # nnU-Net's ANISO_THRESHOLD
+
+logger = logging.getLogger(__name__)
 
 
 def resize(image: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
@@ -247,14 +252,23 @@ class RowResampler:
         self.order, self.order_z = int(order), int(order_z)
         self.same = self.in_shape == self.shape
         self.axis = None if self.same else separate_axis(current, new, force_separate_z)
+        #: why the grid is resampled whole (None: by rows)
+        self.whole_because: str | None = None
         if self.same:
-            self.by_rows = True
-        elif self.axis is None:
-            self.by_rows = self.order <= 1 and _zoom_shift() is not None
-        elif self.axis == 0:
-            self.by_rows = self.order_z <= 1
-        else:
-            self.by_rows = False  # planes across another axis hold whole columns of Z
+            pass
+        elif self.axis is None and self.order > 1:
+            self.whole_because = (
+                f"the plans resample with order {self.order} (a spline prefiltered along all of Z)"
+            )
+        elif self.axis is None and _zoom_shift() is None:
+            self.whole_because = (
+                "SciPy's zoom kernel (scipy.ndimage._nd_image.zoom_shift) is missing or differs here"
+            )
+        elif self.axis == 0 and self.order_z > 1:
+            self.whole_because = f"the plans resample Z with order {self.order_z} (a spline along all of Z)"
+        elif self.axis not in (None, 0):
+            self.whole_because = f"the plans resample axis {self.axis} apart, so each plane spans all of Z"
+        self.by_rows = self.whole_because is None
         self.scale = self.in_shape[0] / self.shape[0]
         self._scratch: np.ndarray | None = None
 
@@ -362,6 +376,15 @@ def labels_by_rows(
     to the CPU slab by slab."""
     shape = resampler.shape
     slab = slab if resampler.by_rows else shape[0]
+    if not resampler.by_rows:
+        held = 2 * heads * math.prod(resampler.in_shape) * 2 + math.prod(shape) * 8
+        logger.warning(
+            "export: resampled whole, not row by row, because %s: about %.2f GiB held "
+            "(the %d-channel logits twice in float16 and the resampled channel in float64)",
+            resampler.whole_because,
+            held / 2**30,
+            heads,
+        )
     labels = np.zeros(shape, dtype=dtype)
     slabs = [
         (a, min(a + slab, shape[0]), *resampler.needs(a, min(a + slab, shape[0])))

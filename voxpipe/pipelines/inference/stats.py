@@ -40,6 +40,22 @@ def _segment_ends(mask: np.ndarray) -> np.ndarray:
     return np.unique(ends, axis=0)
 
 
+def _hull_vertices(points: np.ndarray) -> np.ndarray:
+    """Indices of ``points`` that include every vertex of their convex hull, in the dimension the
+    points span: a flat lesion (one slice thick) is hulled in its plane, a line by its two ends, so
+    the pairs compared stay few whatever the lesion's size."""
+    centred = points - points.mean(axis=0)
+    _, singular, axes = np.linalg.svd(centred, full_matrices=False)
+    rank = int((singular > 1e-9 * max(float(singular[0]), 1.0)).sum())
+    if rank <= 1:
+        along = centred @ axes[0]
+        return np.unique([int(np.argmin(along)), int(np.argmax(along))])
+    try:
+        return ConvexHull(centred @ axes[:rank].T).vertices
+    except (QhullError, ValueError):  # degenerate after all: joggled, which keeps every extreme point's index
+        return ConvexHull(centred @ axes[:rank].T, qhull_options="QJ").vertices
+
+
 def largest_diameter_mm(mask: np.ndarray, affine: np.ndarray) -> float:
     """Longest distance (mm) between two voxel centres of ``mask`` (0 for an empty mask or one voxel).
 
@@ -50,10 +66,7 @@ def largest_diameter_mm(mask: np.ndarray, affine: np.ndarray) -> float:
     if len(index) < 2:
         return 0.0
     points = index @ np.asarray(affine, dtype=float)[:3, :3].T
-    try:
-        points = points[ConvexHull(points).vertices]
-    except (QhullError, ValueError):  # flat or tiny lesions: all points (few by construction)
-        pass
+    points = points[_hull_vertices(points)]
     from scipy.spatial.distance import cdist
 
     longest = 0.0
