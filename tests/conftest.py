@@ -59,7 +59,12 @@ def real_data_dir() -> Path | None:
 def real_data() -> Path:
     folder = real_data_dir()
     if folder is None:
-        pytest.skip("real data (../shared/data or $VOXPIPE_REAL_DATA) is not available")
+        from helpers import absent
+
+        absent(
+            "real data (../shared/data or $VOXPIPE_REAL_DATA) is not available",
+            required_by="VOXPIPE_REQUIRE_REAL_DATA",
+        )
     return folder
 
 

@@ -8,6 +8,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import absent
 
 from voxpipe.cli import main
 from voxpipe.phantoms.ct import write_msd_dataset
@@ -109,7 +110,7 @@ def test_real_ct_pairs_pass_the_check(real_data, tmp_path):
     }
     for case, (image, label) in pairs.items():
         if not (real_data / image).is_file() or not (real_data / label).is_file():
-            pytest.skip(f"{image} or {label} is absent")
+            absent(f"{image} or {label} is absent", required_by="VOXPIPE_REQUIRE_REAL_DATA")
         for folder, source in (("images", image), ("labels", label)):
             target = tmp_path / folder / (case + (".nrrd" if source.endswith(".nrrd") else ".nii.gz"))
             target.parent.mkdir(exist_ok=True)

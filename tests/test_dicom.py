@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import absent
 
 from voxpipe.errors import GeometryError, InputError
 from voxpipe.phantoms.dicom import oblique_affine, write_dicom_series
@@ -161,7 +162,7 @@ def test_several_series_are_listed_and_never_mixed(tmp_path, hu, caplog):
 def test_real_dicom_series_match_simpleitk_or_fail_clearly(real_data, folder, error):
     path = real_data / folder
     if not path.is_dir():
-        pytest.skip(f"{path} is absent")
+        absent(f"{path} is absent", required_by="VOXPIPE_REQUIRE_REAL_DATA")
     if error:
         with pytest.raises(GeometryError, match=error):
             load_volume(path)

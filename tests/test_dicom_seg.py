@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pydicom
 import pytest
+from helpers import absent
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -152,7 +153,7 @@ def test_evaluate_scores_against_seg_references(tmp_path, phantom):
 def test_dcmqi_liver_seg_equals_its_manual_nrrd(real_data, tmp_path):
     seg, nrrd = real_data / "dcmqi" / "liver.dcm", real_data / "dcmqi" / "liver_seg.nrrd"
     if not seg.is_file() or not nrrd.is_file():
-        pytest.skip("dcmqi files are absent")
+        absent("dcmqi files are absent", required_by="VOXPIPE_REQUIRE_REAL_DATA")
     manual = load_volume(nrrd)
     assert np.array_equal(seg_to_label_map(read_seg(seg), manual.array.shape, manual.affine), manual.array)
     (tmp_path / "refs").mkdir()
@@ -216,7 +217,7 @@ def test_totalsegmentator_labels_round_trip_through_seg_on_the_jpeg2000_series(r
 
     folder = real_data / "totalsegmentator"
     if not (folder / "example_ct_dicom").is_dir() or not (folder / "example_seg_dicom.nii.gz").is_file():
-        pytest.skip("TotalSegmentator DICOM example is absent")
+        absent("TotalSegmentator DICOM example is absent", required_by="VOXPIPE_REQUIRE_REAL_DATA")
     ct = load_volume(folder / "example_ct_dicom")
     label = resample_nearest(load_volume(folder / "example_seg_dicom.nii.gz", label=True), ct).astype(
         np.uint8

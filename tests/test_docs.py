@@ -75,9 +75,15 @@ def _screenshot(url: str, path: Path) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
 @pytest.mark.parametrize("page", ["index.html", "capabilities/bundles/index.html"])
 def test_pages_render_in_headless_chromium(site, tmp_path, page):
+    if CHROMIUM is None:
+        from helpers import absent
+
+        absent(
+            "Chromium is not installed (Debian: apt-get install chromium)",
+            required_by="VOXPIPE_REQUIRE_CHROMIUM",
+        )
     pixels = _screenshot((site / page).as_uri(), tmp_path / "shot.png")
     assert pixels.shape == (900, 1280)
     assert pixels.std() > 20  # text, navigation and a header bar: not a blank or error page

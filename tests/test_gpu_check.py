@@ -7,6 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
+
+from voxpipe.pipelines.inference.predictor import resolve_precision
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
@@ -20,7 +23,11 @@ def test_the_gpu_script_runs_every_part_on_the_cpu(capsys):
     inference = report["inference"]
     assert set(inference["seconds"]) == {"cpu fp32", "cpu auto"}
     agreement = inference["agreement"]["cpu auto vs cpu fp32"]
-    assert all(0.0 <= value <= 1.0 for value in agreement.values())
+    assert set(agreement) == {"1", "2"}
+    if resolve_precision(torch.device("cpu"), "auto") == "fp32":  # the same arithmetic: the same map
+        assert all(value == 1.0 for value in agreement.values()), agreement
+    else:  # bf16 on this CPU: a random network's near-tied logits still mostly agree
+        assert all(value >= 0.5 for value in agreement.values()), agreement
     stitched = report["stitching"]
     assert stitched["stitch on input"]["output device"] == stitched["stitch on cpu"]["output device"] == "cpu"
     assert stitched["12 classes streamed"]["rows handed on"] == 40  # every row of the 40-row grid, once

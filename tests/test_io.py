@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import absent
 
 from voxpipe.errors import GeometryError, InputError
 from voxpipe.phantoms.ct import liver_phantom
@@ -83,7 +84,7 @@ def test_real_nrrd_and_nifti_geometry_match_simpleitk(real_data, tmp_path):
         real_data / "totalsegmentator" / "example_ct_sm.nii.gz",
     ):
         if not path.is_file():
-            pytest.skip(f"{path} is absent")
+            absent(f"{path} is absent", required_by="VOXPIPE_REQUIRE_REAL_DATA")
         volume = load_volume(path)
         image = sitk.ReadImage(str(path))
         assert volume.array.shape == image.GetSize()
