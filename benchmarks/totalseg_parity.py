@@ -51,6 +51,8 @@ def _prefer(task: str) -> list[str]:
     """Structures the crop models should find for ``task`` (its crop, or its subtask's)."""
     from voxpipe.pipelines.inference.totalseg import tasks
 
+    if task.startswith("vertebrae_pp"):  # bodies of bone only: L1 in bone, L2 at its rim (they touch)
+        return ["background"] * 4 + ["vertebrae_L2", "vertebrae_L1"]
     spec = tasks.task(task)
     names = list(spec.crop or ())
     if spec.crop_model:

@@ -170,26 +170,19 @@ def _copy(pristine, tmp_path) -> tuple[Path, Path]:
     return copy, image
 
 
-@pytest.mark.parametrize("promise", list(PLANS))
-def test_promise_malformed_plans_are_named_by_file_and_key(pristine, tmp_path, capsys, promise):
-    change, key = PLANS[promise]
+@pytest.mark.parametrize(
+    "file,promise", [("plans.json", p) for p in PLANS] + [("dataset.json", p) for p in DATASET]
+)
+def test_promise_malformed_plans_and_dataset_json_are_named_by_file_and_key(
+    pristine, tmp_path, capsys, file, promise
+):
+    change, key = (PLANS if file == "plans.json" else DATASET)[promise]
     folder, image = _copy(pristine, tmp_path)
-    plans = json.loads((folder / "plans.json").read_text())
-    change(plans)
-    (folder / "plans.json").write_text(json.dumps(plans))
+    content = json.loads((folder / file).read_text())
+    change(content)
+    (folder / file).write_text(json.dumps(content))
     line = _run(folder, image, tmp_path / "out", capsys)
-    assert "plans.json" in line and key in line and image.name not in line, line
-
-
-@pytest.mark.parametrize("promise", list(DATASET))
-def test_promise_malformed_dataset_json_is_named_by_file_and_key(pristine, tmp_path, capsys, promise):
-    change, key = DATASET[promise]
-    folder, image = _copy(pristine, tmp_path)
-    dataset = json.loads((folder / "dataset.json").read_text())
-    change(dataset)
-    (folder / "dataset.json").write_text(json.dumps(dataset))
-    line = _run(folder, image, tmp_path / "out", capsys)
-    named = "checkpoint_final.pth" if key == "seg_layers" else "dataset.json"
+    named = "checkpoint_final.pth" if key == "seg_layers" else file  # the head that does not fit
     assert named in line and key in line and image.name not in line, line
 
 

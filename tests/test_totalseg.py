@@ -280,3 +280,34 @@ def test_real_scans_equal_totalsegmentators_output(real_data, tmp_path):
         ours = nib.load(out / f"{name}.nii.gz")
         assert len(np.unique(np.asarray(ours.dataobj))) > 2, name
         assert differing(ours, nib.load(tmp_path / "ts" / f"{name}.nii.gz")) == 0, name
+
+
+@pytest.mark.slow
+def test_several_tasks_in_one_run_load_each_model_once_and_equal_single_runs(tmp_path, monkeypatch):
+    """``voxpipe infer lung_vessels,liver_lesions CT`` writes OUT/<task>/ as separate runs would, the
+    3 mm crop model both tasks use built once."""
+    from voxpipe.pipelines.inference.nnunet import model as model_module
+
+    weights = tmp_path / "w"
+    for task in ("lung_vessels", "liver_lesions"):
+        make_weights(weights, task, prefer=["lung_upper_lobe_left", "liver"])
+    image = write_case(tmp_path, "RAS", seed=1)
+    built = []
+    real = model_module.NnUNetModel.__init__
+
+    def counting(self, folder, **options):
+        built.append(folder.path)
+        real(self, folder, **options)
+
+    monkeypatch.setattr(model_module.NnUNetModel, "__init__", counting)
+    both = tmp_path / "both"
+    common = ["--weights-dir", str(weights), "--ml", "--device", "cpu"]
+    assert main(["infer", "lung_vessels,liver_lesions", str(image), "-o", str(both), *common]) == 0
+    assert len(built) == len(set(built))  # no model built twice ...
+    assert sum("Dataset297" in str(p) for p in built) == 1  # ... the 3 mm crop model both tasks run
+    alone = tmp_path / "alone"
+    assert main(["infer", "liver_lesions", str(image), "-o", str(alone), *common]) == 0
+    ours = np.asarray(nib.load(both / "liver_lesions" / "RAS.nii.gz").dataobj)
+    assert np.array_equal(ours, np.asarray(nib.load(alone / "RAS.nii.gz").dataobj))
+    assert (both / "lung_vessels" / "RAS.nii.gz").is_file()
+    assert main(["infer", "liver_lesions,not_a_task", str(image), "-o", str(tmp_path / "x")]) == 2

@@ -43,9 +43,10 @@ def oracle_site() -> list[Path]:
     return [NNUNET_SITE, SITE]
 
 
-def phantom_array(shape, *, seed: int = 0) -> np.ndarray:
+def phantom_array(shape, *, seed: int = 0, spine: bool = False) -> np.ndarray:
     """A CT-like volume (x, y, z) in HU: air around a body ellipse holding lungs, fat, soft tissue,
-    contrast and bone of varying size along z, with noise."""
+    contrast and bone of varying size along z, with noise. ``spine``: the bone column is cut by a
+    soft-tissue disc every fifth slice, so that it holds several vertebral bodies."""
     rng = np.random.default_rng(seed)
     x, y, z = np.indices(shape).astype(float)
     sx, sy, sz = shape
@@ -63,6 +64,8 @@ def phantom_array(shape, *, seed: int = 0) -> np.ndarray:
     organ = body & (((x - sx * 0.5) / (sx / 8)) ** 2 + ((y - sy * 0.7) / (sy / 9)) ** 2 < 1.2 + np.sin(z / 5))
     hu[organ] = 160.0
     bone = body & (((x - sx * 0.5) / 2.5) ** 2 + ((y - sy * 0.25) / 2.5) ** 2 < 1 + 0.5 * np.cos(z / 2))
+    if spine:
+        bone &= np.floor(z) % 5 != 4
     hu[bone] = 700.0
     vessel = body & (((x - sx * 0.45) / 1.8) ** 2 + ((y - sy * 0.5) / 1.8) ** 2 < 1)
     hu[vessel] = 300.0

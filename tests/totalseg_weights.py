@@ -94,10 +94,10 @@ def make_model(
 
 
 def _picks(labels: dict[int, str], prefer, seed: int) -> list[int]:
-    """The label of each intensity band: background for air, then the preferred structures, then
-    the model's others from a seeded start."""
+    """The label of each intensity band: background for air, then the preferred structures
+    (``"background"`` keeps a band empty), then the model's others from a seeded start."""
     values = sorted(labels)
-    by_name = {v: k for k, v in labels.items()}
+    by_name = {"background": 0, **{v: k for k, v in labels.items()}}
     first = [by_name[n] for n in prefer if n in by_name]
     start = seed % len(values)
     rest = [v for v in values[start:] + values[:start] if v not in first]

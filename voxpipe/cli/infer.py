@@ -30,10 +30,21 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     check_output_folder(args.output)
     model_dir = Path(args.model)
-    if not model_dir.exists() and is_task(args.model):  # TotalSegmentator's task, as it runs it
-        outputs = _infer_totalseg(args, shard)
-        print(f"{len(outputs)} case(s) of TotalSegmentator's {args.model!r} in {args.output}")
+    names = args.model.split(",")
+    if not model_dir.exists() and all(is_task(n) for n in names):  # TotalSegmentator's tasks, as it runs them
+        outputs = _infer_totalseg(args, shard, names)
+        where = args.output if len(names) == 1 else f"{args.output}/<task>"
+        print(f"{len(outputs)} case(s) of TotalSegmentator's {args.model!r} in {where}")
         return 0
+    if len(names) > 1 and not model_dir.exists():
+        from voxpipe.errors import InputError
+
+        unknown = [n for n in names if not is_task(n)]
+        raise InputError(
+            f"{args.model!r}: several models run in one command only as TotalSegmentator tasks; "
+            f"expected task names, found {unknown}",
+            hint="voxpipe models list",
+        )
     _refuse_totalseg_options(args, args.model)
     safe = bool(args.safe)
     if not model_dir.exists() and args.model in CATALOGUE:  # a catalogue name: the pulled model
@@ -216,8 +227,10 @@ def _refuse_totalseg_options(args: argparse.Namespace, model: str) -> None:
         raise InputError(f"{model!r}: {', '.join(given)} are options of TotalSegmentator's tasks", hint=hint)
 
 
-def _infer_totalseg(args: argparse.Namespace, shard: Any) -> list[Any]:
-    """A TotalSegmentator task (``voxpipe infer total ct.nii.gz -o out``), as TotalSegmentator runs it."""
+def _infer_totalseg(args: argparse.Namespace, shard: Any, names: list[str]) -> list[Any]:
+    """TotalSegmentator tasks (``voxpipe infer total ct.nii.gz -o out``), as TotalSegmentator runs them;
+    several (``total,lung_vessels``) share their models and write into ``OUT/<task>/``, and a task
+    whose cases fail does not stop the next."""
     from voxpipe.errors import InputError
     from voxpipe.pipelines.inference.totalseg.pipeline import Options
     from voxpipe.pipelines.inference.totalseg.run import infer_with_totalsegmentator
@@ -263,18 +276,42 @@ def _infer_totalseg(args: argparse.Namespace, shard: Any) -> list[Any]:
         exclude_border=not args.stats_include_incomplete,
         aggregation=args.stats_aggregation,
     )
-    return infer_with_totalsegmentator(
-        args.model,
-        args.inputs,
-        output_dir=args.output,
-        options=options,
-        ml=bool(args.ml),
-        root=args.weights_dir,
-        device=args.device or "auto",
-        resume=args.resume,
-        shard=shard,
-        dicom_seg=bool(args.dicom_seg),
-    )
+    from pathlib import Path
+
+    from voxpipe.pipelines.inference.cases import InferenceFailed
+    from voxpipe.pipelines.inference.totalseg.pipeline import TotalSegmentator
+
+    runner = TotalSegmentator(args.weights_dir, device=args.device or "auto")
+    outputs: list[Any] = []
+    failures: dict[str, str] = {}
+    for name in names:
+        try:
+            outputs += infer_with_totalsegmentator(
+                name,
+                args.inputs,
+                output_dir=args.output if len(names) == 1 else Path(args.output) / name,
+                options=options,
+                ml=bool(args.ml),
+                device=args.device or "auto",
+                resume=args.resume,
+                shard=shard,
+                dicom_seg=bool(args.dicom_seg),
+                runner=runner,
+            )
+        except InferenceFailed as error:
+            if len(names) == 1:
+                raise
+            failures.update({f"{name}: {case}": reason for case, reason in error.failures.items()})
+            outputs += list(error.outputs)
+    if failures:
+        raise InferenceFailed.of(
+            failures,
+            total=len(failures) + len(outputs),
+            outputs=outputs,
+            where=f"were written to {args.output!r}/<task>",
+            noun="task runs",
+        )
+    return outputs
 
 
 def _resampling_order(text: str) -> int:
@@ -392,7 +429,8 @@ def add_commands(commands: Any) -> None:
         help="bundle folder (weights from BUNDLE/models/model.pt unless --weights), an nnU-Net v2 model "
         "folder (<Trainer>__<Plans>__<configuration> with plans.json, dataset.json, fold_K/checkpoint_final.pth), "
         "the name of a pulled catalogue model (voxpipe models list), or one of TotalSegmentator's "
-        "tasks (total, lung_vessels, body, ...: run as TotalSegmentator runs it, from its weights folder)",
+        "tasks (total, lung_vessels, body, ...: run as TotalSegmentator runs it, from its weights folder); "
+        "several tasks comma-separated (total,lung_vessels,body) share their loaded models and write OUT/<task>/",
     )
     from voxpipe.cli.models import add_cache_option
 

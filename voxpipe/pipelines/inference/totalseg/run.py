@@ -144,9 +144,12 @@ def infer_with_totalsegmentator(
     resume: bool = False,
     shard: tuple[int, int] | None = None,
     dicom_seg: bool = False,
+    runner: TotalSegmentator | None = None,
 ) -> list[Path]:
     """TotalSegmentator's task ``name`` on every input, from the weights folder ``root`` (default: the
-    one TotalSegmentator uses on this machine); the paths written (case folders or files).
+    one TotalSegmentator uses on this machine); the paths written (case folders or files). Each model
+    is loaded once for all the inputs; pass the ``runner`` of an earlier task to keep its models too
+    (``voxpipe infer total,lung_vessels,body``: the crop models are shared).
 
     Raises:
         InputError: bad inputs or missing weights (before anything runs).
@@ -156,7 +159,7 @@ def infer_with_totalsegmentator(
 
     options = options or Options()
     spec = task(name, fast=options.fast, fastest=options.fastest, robust_crop=options.robust_crop)
-    runner = TotalSegmentator(root, device=device)
+    runner = runner or TotalSegmentator(root, device=device)
     from voxpipe.pipelines.inference.totalseg.tasks import models_of
     from voxpipe.pipelines.inference.totalseg.weights import model_folder
 
