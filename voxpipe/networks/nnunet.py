@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from voxpipe.errors import InputError
+from voxpipe.errors import Fields, InputError
 
 #: The operations a plans file may name (``_kw_requires_import`` values), by every name nnU-Net writes.
 OPERATIONS: dict[str, type[nn.Module]] = {}
@@ -567,6 +567,26 @@ class NnUNetCheckpoint:
     configuration: str | None
 
 
+def check_checkpoint(content: Mapping[str, Any], source: str, *, dims: int | None = None) -> None:
+    """A checkpoint's fields besides the weights: ``inference_allowed_mirroring_axes`` (distinct axes
+    within the image), ``trainer_name``, ``init_args.configuration``; the weights finite."""
+    fields = Fields(source)
+    axes = content.get("inference_allowed_mirroring_axes")
+    if axes is not None:
+        high = (dims - 1) if dims else 2
+        values = fields.integers(axes, "inference_allowed_mirroring_axes", low=0, high=high)
+        if len(set(values)) != len(values):
+            raise fields.fail("inference_allowed_mirroring_axes", "distinct axes", axes)
+    if "trainer_name" in content:
+        fields.string(content["trainer_name"], "trainer_name")
+    init = content.get("init_args")
+    if isinstance(init, Mapping) and "configuration" in init:
+        fields.string(init["configuration"], "init_args.configuration")
+    for key, tensor in content["network_weights"].items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise fields.fail(f"network_weights.{key}", "finite values", "NaN or infinity", shown=False)
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> NnUNetCheckpoint:
     """An nnU-Net v2 checkpoint, loaded with ``torch.load(weights_only=True)`` and an allow-list of
     numpy's plain-data types (nnU-Net itself loads it with ``weights_only=False``, which runs any
@@ -585,8 +605,6 @@ def read_checkpoint(path: str | os.PathLike[str]) -> NnUNetCheckpoint:
         raise InputError(
             f"{str(path)!r}: expected an nnU-Net checkpoint (a dict with 'network_weights' of tensors), found {found}"
         )
-    from voxpipe.pipelines.inference.nnunet.validate import check_checkpoint
-
     check_checkpoint(content, str(path))
     axes = content.get("inference_allowed_mirroring_axes")
     init = content.get("init_args") if isinstance(content.get("init_args"), Mapping) else {}

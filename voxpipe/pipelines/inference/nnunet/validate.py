@@ -20,82 +20,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from voxpipe.errors import BundleError
+from voxpipe.errors import BundleError, Fields
 
 #: The label maps voxpipe writes are uint8 (as nnU-Net's for fewer than 256 classes).
 MAX_LABEL = 255
 _DIMS = (2, 3)
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-class Fields:
-    """Type and range checks for the values of one file; each failure names the file and the key."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(
-        self, key: str, expected: str, found: Any, *, hint: str | None = None, shown: bool = True
-    ) -> BundleError:
-        text = _shown(found) if shown else str(found)
-        return BundleError(f"{self.source!r}: {key}: expected {expected}, found {text}", hint=hint)
-
-    def mapping(self, value: Any, key: str) -> Mapping[str, Any]:
-        if not isinstance(value, Mapping):
-            raise self.fail(key, "an object", type(value).__name__, shown=False)
-        return value
-
-    def string(self, value: Any, key: str) -> str:
-        if not isinstance(value, str):
-            raise self.fail(key, "a string", value)
-        return value
-
-    def integer(self, value: Any, key: str, *, low: int | None = None, high: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, "an integer" + _range(low, high), value)
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise self.fail(key, "an integer" + _range(low, high), value)
-        return int(value)
-
-    def number(self, value: Any, key: str, *, positive: bool = False, low: float | None = None) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(key, "a finite number" + (" > 0" if positive else ""), value)
-        if (positive and value <= 0) or (low is not None and value < low):
-            raise self.fail(key, "a number " + ("> 0" if positive else f">= {low}"), value)
-        return float(value)
-
-    def sequence(self, value: Any, key: str, *, count: int | Sequence[int] | None = None) -> list[Any]:
-        counts = (count,) if isinstance(count, int) else tuple(count or ())
-        expected = "a list" + (
-            f" of {' or '.join(map(str, counts))} value{'s' if max(counts) > 1 else ''}" if counts else ""
-        )
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
-            raise self.fail(key, expected, value)
-        if counts and len(value) not in counts:
-            raise self.fail(key, expected, value)
-        return list(value)
-
-    def integers(
-        self, value: Any, key: str, *, count: Any = None, low: int | None = None, high: int | None = None
-    ) -> list[int]:
-        items = self.sequence(value, key, count=count)
-        return [self.integer(v, f"{key}[{i}]", low=low, high=high) for i, v in enumerate(items)]
-
-    def numbers(self, value: Any, key: str, *, count: Any = None, positive: bool = False) -> list[float]:
-        items = self.sequence(value, key, count=count)
-        return [self.number(v, f"{key}[{i}]", positive=positive) for i, v in enumerate(items)]
-
-
-def _range(low: int | None, high: int | None) -> str:
-    if low is not None and high is not None:
-        return f" in {low}..{high}"
-    if low is not None:
-        return f" >= {low}"
-    return f" <= {high}" if high is not None else ""
 
 
 def check_labels_json(dataset: Mapping[str, Any], source: str) -> None:
@@ -281,11 +210,11 @@ def check_network_memory(
     fields: Fields, configuration: Mapping[str, Any], features: Sequence[int], at: str, dims: int
 ) -> None:
     """Refuse a network whose estimated size exceeds the memory available, before it is allocated."""
-    from voxpipe.pipelines.data.caching import available_memory_bytes
+    from voxpipe.transforms.headers import available_memory
 
     weights, activations = network_bytes(features, configuration.get("patch_size") or [1] * dims, 3**dims)
-    available = available_memory_bytes()
-    if weights + activations > available:
+    available = available_memory()
+    if available is not None and weights + activations > available:
         raise fields.fail(
             f"{at} features_per_stage",
             f"a network that fits in the {available / 2**30:.1f} GiB available",
@@ -293,28 +222,6 @@ def check_network_memory(
             f"{activations / 2**30:.1f} GiB per window",
             shown=False,
         )
-
-
-def check_checkpoint(content: Mapping[str, Any], source: str, *, dims: int | None = None) -> None:
-    """A checkpoint's fields besides the weights: ``inference_allowed_mirroring_axes`` (distinct axes
-    within the image), ``trainer_name``, ``init_args.configuration``; the weights finite."""
-    import torch
-
-    fields = Fields(source)
-    axes = content.get("inference_allowed_mirroring_axes")
-    if axes is not None:
-        high = (dims - 1) if dims else 2
-        values = fields.integers(axes, "inference_allowed_mirroring_axes", low=0, high=high)
-        if len(set(values)) != len(values):
-            raise fields.fail("inference_allowed_mirroring_axes", "distinct axes", axes)
-    if "trainer_name" in content:
-        fields.string(content["trainer_name"], "trainer_name")
-    init = content.get("init_args")
-    if isinstance(init, Mapping) and "configuration" in init:
-        fields.string(init["configuration"], "init_args.configuration")
-    for key, tensor in content["network_weights"].items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise fields.fail(f"network_weights.{key}", "finite values", "NaN or infinity", shown=False)
 
 
 def check_outputs(weights: Mapping[str, Any], heads: int, source: str, dataset: str) -> None:
@@ -331,9 +238,7 @@ def check_outputs(weights: Mapping[str, Any], heads: int, source: str, dataset: 
 
 
 __all__ = [
-    "Fields",
     "MAX_LABEL",
-    "check_checkpoint",
     "check_labels_json",
     "check_outputs",
     "check_plans",
