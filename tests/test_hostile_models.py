@@ -52,6 +52,10 @@ PLANS = {
         lambda p: _arch(p).update(features_per_stage=["4", "8", "16"]),
         "features_per_stage[0]",
     ),
+    "100 000 convolutions per stage": (
+        lambda p: _arch(p).update(n_conv_per_stage=[100000] * 3),
+        "n_conv_per_stage",
+    ),
     "a kernel size of 0": (
         lambda p: _arch(p).update(kernel_sizes=[[3, 3, 3], [0, 3, 3], [3, 3, 3]]),
         "kernel_sizes[1]",
@@ -244,3 +248,14 @@ def test_promise_a_damaged_voxpipe_model_json_is_named_with_its_fix(pristine, tm
     (model / "voxpipe-model.json").write_text(content)
     line = _run(model, image, tmp_path / "out", capsys)
     assert "voxpipe-model.json" in line and image.name not in line
+
+
+def test_promise_a_spacing_too_fine_to_resample_to_is_named_before_allocating(pristine, tmp_path, capsys):
+    folder, image = _copy(pristine, tmp_path)
+    plans = json.loads((folder / "plans.json").read_text())
+    _config(plans).update(spacing=[1e-4, 1e-4, 1e-4])  # 20 000× finer: petabytes
+    (folder / "plans.json").write_text(json.dumps(plans))
+    assert main(["infer", str(folder), str(image), "-o", str(tmp_path / "out"), "--disable-tta"]) == 2
+    err = capsys.readouterr().err
+    assert "plans.json" in err and "configurations.3d_fullres.spacing" in err and "GiB" in err, err
+    assert "Traceback" not in err and not (tmp_path / "out" / "scan.nii.gz").exists()

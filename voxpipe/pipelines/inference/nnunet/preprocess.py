@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from voxpipe.pipelines.inference.nnunet.folder import NnUNetFolder
 from voxpipe.pipelines.inference.nnunet.readers import Case
+from voxpipe.pipelines.inference.nnunet.validate import check_resampled_memory
 from voxpipe.transforms.nnunet import normalise_channel
 from voxpipe.transforms.nnunet_resample import resample, resample_segmentation
 
@@ -90,6 +91,13 @@ def preprocess(
     if len(target) < len(data.shape[1:]):
         target = [spacing[0], *target]
     shape = [int(round(i / j * k)) for i, j, k in zip(spacing, target, data.shape[1:], strict=True)]
+    check_resampled_memory(
+        shape,
+        data.shape[0],
+        str(folder.path / "plans.json"),
+        f"configurations.{folder.configuration_name}.spacing",
+        config["spacing"],
+    )
     schemes = config.get("normalization_schemes", [])
     use_mask = config.get("use_mask_for_norm", [False] * len(schemes))
     properties = plans.get("foreground_intensity_properties_per_channel", {})

@@ -181,6 +181,19 @@ def _check_architecture(fields: Fields, configuration: Mapping[str, Any], at: st
         )
         features = [min(base * 2**i, ceiling) for i in range(stages)]
         key = at
+    source = kwargs if isinstance(architecture, Mapping) else configuration
+    for name, count in (
+        ("n_conv_per_stage", stages),
+        ("n_blocks_per_stage", stages),
+        ("n_conv_per_stage_decoder", stages - 1),
+        ("n_conv_per_stage_encoder", stages),
+    ):
+        if name in source:
+            value = source[name]
+            if isinstance(value, int) and not isinstance(value, bool):
+                fields.integer(value, f"{key}.{name}", low=1, high=64)
+            else:
+                fields.integers(value, f"{key}.{name}", count=count, low=1, high=64)
     kernel_key = "kernel_sizes" if isinstance(architecture, Mapping) else "conv_kernel_sizes"
     stride_key = "strides" if isinstance(architecture, Mapping) else "pool_op_kernel_sizes"
     for index, entry in enumerate(fields.sequence(kernels, f"{key}.{kernel_key}", count=stages)):
@@ -204,6 +217,21 @@ def network_bytes(features: Sequence[int], patch: Sequence[int], kernel_volume: 
         previous = width
     voxels = math.prod(int(p) for p in patch)
     return weights, 4 * 3 * int(features[0]) * voxels
+
+
+def check_resampled_memory(shape: Sequence[int], channels: int, source: str, key: str, spacing: Any) -> None:
+    """Refuse resampling an image to a grid whose arrays would not fit in memory (a tiny spacing in the
+    plans), before they are allocated: the normalised and the resampled image, float32."""
+    from voxpipe.transforms.headers import available_memory
+
+    needed = 2 * 4 * channels * math.prod(int(s) for s in shape)
+    available = available_memory()
+    if available is not None and needed > available:
+        raise BundleError(
+            f"{source!r}: {key}: expected a spacing this image can be resampled to in the "
+            f"{available / 2**30:.1f} GiB available, found {spacing}: a {list(shape)} grid needs "
+            f"{needed / 2**30:.1f} GiB"
+        )
 
 
 def check_network_memory(
@@ -239,6 +267,7 @@ def check_outputs(weights: Mapping[str, Any], heads: int, source: str, dataset: 
 
 __all__ = [
     "MAX_LABEL",
+    "check_resampled_memory",
     "check_labels_json",
     "check_outputs",
     "check_plans",
