@@ -64,10 +64,17 @@ def run_task(task: str, cases: list[str], scratch: Path, extra: dict | None = No
     """``task`` on each case (or one option set): {case: outcome}."""
     import nibabel as nib
     import numpy as np
-    from totalseg_oracle import CASES, case_affine, differing, phantom_array, run_oracle, write_case
+    from totalseg_oracle import (
+        CASES,
+        case_affine,
+        differing,
+        phantom_array,
+        run_oracle,
+        voxpipe_infer,
+        write_case,
+    )
     from totalseg_weights import make_weights
 
-    from voxpipe.cli import main
     from voxpipe.phantoms.dicom import write_dicom_series
     from voxpipe.pipelines.inference.totalseg import tasks
 
@@ -120,21 +127,7 @@ def run_task(task: str, cases: list[str], scratch: Path, extra: dict | None = No
     started = time.perf_counter()
     for case, outcome in zip(cases, outcomes, strict=True):
         out = scratch / "voxpipe"
-        code = main(
-            [
-                "infer",
-                task,
-                str(inputs[case]),
-                "-o",
-                str(out),
-                "--ml",
-                "--weights-dir",
-                str(weights),
-                "--device",
-                "cpu",
-                *flags,
-            ]
-        )
+        code = voxpipe_infer(task, inputs[case], out, weights, *flags)
         name = inputs[case].name.replace(".nii.gz", "")
         if not outcome["ok"] and code != 0:
             results[case] = f"both fail ({outcome['error'][:60]})"

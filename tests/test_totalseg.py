@@ -14,7 +14,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from totalseg_oracle import CASES, case_affine, differing, phantom_array, run_oracle, write_case
+from totalseg_oracle import (
+    CASES,
+    case_affine,
+    differing,
+    phantom_array,
+    run_oracle,
+    voxpipe_infer,
+    write_case,
+)
 from totalseg_weights import make_weights
 
 from voxpipe.cli import main
@@ -264,19 +272,7 @@ def test_real_scans_equal_totalsegmentators_output(real_data, tmp_path):
         assert outcome["ok"], outcome.get("error")
         out = tmp_path / "voxpipe"
         flags = ["--fast"] if extra.get("fast") else []
-        command = [
-            "infer",
-            task,
-            str(path),
-            "-o",
-            str(out),
-            "--ml",
-            "--weights-dir",
-            str(weights),
-            "--device",
-            "cpu",
-        ]
-        assert main([*command, *flags]) == 0
+        assert voxpipe_infer(task, path, out, weights, *flags) == 0
         ours = nib.load(out / f"{name}.nii.gz")
         assert len(np.unique(np.asarray(ours.dataobj))) > 2, name
         assert differing(ours, nib.load(tmp_path / "ts" / f"{name}.nii.gz")) == 0, name

@@ -138,3 +138,24 @@ def differing(ours: nib.Nifti1Image, theirs: nib.Nifti1Image) -> int:
         "grids do not cover each other"
     )
     return int((a.reshape(-1) != b[tuple(mapped)]).sum())
+
+
+def voxpipe_infer(task: str, image: Path, out: Path, weights: Path, *flags: str) -> int:
+    """``voxpipe infer TASK IMAGE -o OUT --ml`` on the weights folder, on the CPU: the exit code."""
+    from voxpipe.cli import main
+
+    return main(
+        [
+            "infer",
+            task,
+            str(image),
+            "-o",
+            str(out),
+            "--ml",
+            "--weights-dir",
+            str(weights),
+            "--device",
+            "cpu",
+            *flags,
+        ]
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from voxpipe.cli.common import quiet_monai_bundle
+from voxpipe.cli.common import bundle_options, quiet_monai_bundle, refuse_options
 from voxpipe.cli.totalseg import add_totalseg_options, infer_totalseg, refuse_totalseg_options
 from voxpipe.runtime import device_name
 
@@ -64,21 +64,18 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         outputs = _infer_nnunet(args, model_dir, shard)
         print(f"{len(outputs)} label map(s) in {args.output} ({args.model})")
         return 0
-    nnunet_only = {
-        "--disable-tta": args.disable_tta,
-        "--step-size": args.step_size,
-        "--checkpoint": args.checkpoint,
-        "--approximate": args.approximate,
-        "--folds": args.folds,
-    }
-    given = [name for name, value in nnunet_only.items() if value]
-    if given:
-        from voxpipe.errors import InputError
-
-        raise InputError(
-            f"{args.model!r}: a bundle runs without {', '.join(given)} (options of nnU-Net model folders)",
-            hint="--tta for flips, --precision for bf16/fp16, --set for the bundle's inference config",
-        )
+    refuse_options(
+        {
+            "--disable-tta": args.disable_tta,
+            "--step-size": args.step_size,
+            "--checkpoint": args.checkpoint,
+            "--approximate": args.approximate,
+            "--folds": args.folds,
+        },
+        args.model,
+        "a bundle runs without {options} (options of nnU-Net model folders)",
+        hint="--tta for flips, --precision for bf16/fp16, --set for the bundle's inference config",
+    )
     outputs = infer_with_bundle(
         args.model,
         args.inputs,
@@ -152,23 +149,13 @@ def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any
     from voxpipe.pipelines.inference.models import MANIFEST, read_manifest
     from voxpipe.pipelines.inference.nnunet.run import infer_with_nnunet
 
-    bundle_only = {
-        "--weights": args.weights,
-        "--set": args.set,
-        "--precision": args.precision,
-        "--compile": args.compile,
-        "--organ-roi": args.organ_roi,
-        "--timings": args.timings,
-        "--format": args.format if args.format != "nii.gz" else None,
-    }
-    given = [name for name, value in bundle_only.items() if value]
-    if given:
-        raise InputError(
-            f"{str(folder)!r}: an nnU-Net model runs without {', '.join(given)} (options of MONAI bundles)",
-            hint="--approximate for bf16 and body-only windows; --tta for nnU-Net's mirroring; --device for a GPU; "
-            "output is .nii.gz "
-            "(+ .dcm with --dicom-seg)",
-        )
+    refuse_options(
+        bundle_options(args),
+        str(folder),
+        "an nnU-Net model runs without {options} (options of MONAI bundles)",
+        hint="--approximate for bf16 and body-only windows; --tta for nnU-Net's mirroring; --device for a GPU; "
+        "output is .nii.gz (+ .dcm with --dicom-seg)",
+    )
     options = {
         "output_dir": args.output,
         "folds": args.folds,

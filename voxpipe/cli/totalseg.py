@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from voxpipe.cli.common import bundle_options, refuse_options
+
 _TOTALSEG_OPTIONS = {
     "--ml": "ml",
     "--roi-subset": "roi_subset",
@@ -42,35 +44,27 @@ def infer_totalseg(args: argparse.Namespace, shard: Any, names: list[str]) -> li
     """TotalSegmentator tasks (``voxpipe infer total ct.nii.gz -o out``), as TotalSegmentator runs them;
     several (``total,lung_vessels``) share their models and write into ``OUT/<task>/``, and a task
     whose cases fail does not stop the next."""
-    from voxpipe.errors import InputError
     from voxpipe.pipelines.inference.totalseg.pipeline import Options
     from voxpipe.pipelines.inference.totalseg.run import infer_with_totalsegmentator
 
-    others = {
-        "--weights": args.weights,
-        "--set": args.set,
-        "--precision": args.precision,
-        "--compile": args.compile,
-        "--organ-roi": args.organ_roi,
-        "--save-probabilities": args.save_probabilities,
-        "--timings": args.timings,
-        "--tta": args.tta,
-        "--approximate": args.approximate,
-        "--folds": args.folds,
-        "--no-statistics": args.no_statistics,
-        "--format": args.format if args.format != "nii.gz" else None,
-        "--step-size": args.step_size,
-        "--checkpoint": args.checkpoint,
-        "--disable-tta": args.disable_tta,
-    }
-    given = [name for name, value in others.items() if value]
-    if given:
-        raise InputError(
-            f"{args.model!r}: TotalSegmentator's task runs without {', '.join(given)}",
-            hint="TotalSegmentator's own options apply: --fast, --fastest, --roi-subset, --ml, --statistics, "
-            "--body-seg, --robust-crop, --force-split, --remove-small-blobs, --resampling-order, "
-            "--higher-order-resampling, --save-lowres, --device",
-        )
+    refuse_options(
+        {
+            **bundle_options(args),
+            "--save-probabilities": args.save_probabilities,
+            "--tta": args.tta,
+            "--approximate": args.approximate,
+            "--folds": args.folds,
+            "--no-statistics": args.no_statistics,
+            "--step-size": args.step_size,
+            "--checkpoint": args.checkpoint,
+            "--disable-tta": args.disable_tta,
+        },
+        args.model,
+        "TotalSegmentator's task runs without {options}",
+        hint="TotalSegmentator's own options apply: --fast, --fastest, --roi-subset, --ml, --statistics, "
+        "--body-seg, --robust-crop, --force-split, --remove-small-blobs, --resampling-order, "
+        "--higher-order-resampling, --save-lowres, --device",
+    )
     options = Options(
         fast=bool(args.fast),
         fastest=bool(args.fastest),
