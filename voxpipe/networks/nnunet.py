@@ -339,6 +339,13 @@ class _Decoder(nn.Module):
         self.transpconvs = nn.ModuleList(transpconvs)
         self.seg_layers = nn.ModuleList(seg_layers)
 
+    def features(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        """The last stage's output, before its segmentation layer (what ``seg_layers[-1]`` takes)."""
+        x = skips[-1]
+        for s, (transpconv, stage) in enumerate(zip(self.transpconvs, self.stages, strict=True)):
+            x = stage(torch.cat((transpconv(x), skips[-(s + 2)]), 1))
+        return x
+
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         x = skips[-1]
         outputs = []
@@ -423,6 +430,16 @@ class NnUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return self.decoder(self.encoder(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The network without its last 1 × 1 segmentation layer (:attr:`head`): ``head(features(x))``
+        is ``forward(x)`` without deep supervision. The head can then run a few classes at a time."""
+        return self.decoder.features(self.encoder(x))
+
+    @property
+    def head(self) -> nn.Module:
+        """The last 1 × 1 segmentation layer."""
+        return self.decoder.seg_layers[-1]
 
 
 def _operation(value: Any, where: str) -> type[nn.Module] | None:

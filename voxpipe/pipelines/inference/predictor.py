@@ -36,6 +36,8 @@ from voxpipe.errors import InputError
 logger = logging.getLogger(__name__)
 
 EMIT_ROWS = 8  # finished rows divided and handed on at once
+ADD_CLASSES = 8  # classes added into a band of another type at once (see _add)
+HEAD_CLASSES = 16  # classes a HeadChunks head makes at once
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
@@ -73,6 +75,48 @@ def autocast(
     if device.type == "cpu" and dtype == torch.float16 and not cpu_fp16:
         raise InputError("precision 'fp16' needs CUDA; on the CPU use 'bf16' or 'fp32'")
     return torch.autocast(device.type, dtype=dtype)
+
+
+class HeadChunks:
+    """A batch of windows' output not yet made: the network's last 1 × 1 convolution (``head``) over
+    its last features, run :data:`HEAD_CLASSES` classes at a time as the windows are added to the
+    band, so a window's C × window output (1 GB for 118 classes at 128³ in float32) never exists.
+
+    Args:
+        features: ``(N, F, *window)``, what the head takes.
+        head: the 1 × 1 convolution (``weight`` ``(C, F, 1, ...)``, ``bias``).
+        context: the autocast the network ran under (the head runs under it too).
+        finish: applied to each chunk (the type the caller sums in).
+    """
+
+    def __init__(
+        self,
+        features: torch.Tensor,
+        head: torch.nn.Module,
+        context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        finish: Callable[[torch.Tensor], torch.Tensor] = lambda values: values,
+    ) -> None:
+        self.features, self.head, self.context, self.finish = features, head, context, finish
+        self.shape = torch.Size([features.shape[0], int(head.weight.shape[0]), *features.shape[2:]])
+
+    def chunks(self, n: int) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Window ``n``'s output, ``(classes, values (k, *window))`` pieces in class order."""
+        weight, bias = self.head.weight, self.head.bias
+        convolution = {3: torch.nn.functional.conv1d, 4: torch.nn.functional.conv2d}.get(
+            weight.ndim, torch.nn.functional.conv3d
+        )
+        for first in range(0, self.shape[1], HEAD_CLASSES):
+            classes = slice(first, min(first + HEAD_CLASSES, self.shape[1]))
+            with self.context():
+                values = convolution(
+                    self.features[n : n + 1], weight[classes], bias[classes] if bias is not None else None
+                )
+            yield classes, self.finish(values[0])
+
+    def whole(self) -> torch.Tensor:
+        """All windows' output at once (the head's own call)."""
+        with self.context():
+            return self.finish(self.head(self.features))
 
 
 class NotStreamable(Exception):
@@ -133,7 +177,7 @@ class WindowCounts:
 def stream_windows(
     padded: torch.Tensor,
     windows: Sequence[tuple[slice, ...]],
-    predict: Callable[[torch.Tensor, int], torch.Tensor],
+    predict: Callable[[torch.Tensor, int], torch.Tensor | HeadChunks],
     *,
     weight: torch.Tensor,
     inner: Sequence[slice],
@@ -157,7 +201,8 @@ def stream_windows(
         padded: ``(C_in, *spatial)``, the image with the padding the windows assume.
         windows: the windows' regions on ``padded``, visited in this order; their first-axis starts
             never decrease (MONAI's and nnU-Net's grids both are so).
-        predict: ``(N, C_in, *window)`` windows and a network index (a fold) → ``(N, C, *window)``.
+        predict: ``(N, C_in, *window)`` windows and a network index (a fold) → ``(N, C, *window)``,
+            or a :class:`HeadChunks` that makes it a few classes at a time.
         weight: the window's importance, ``window``-shaped; its type is the weights' type.
         inner: the image's region within ``padded``: only its rows and columns are handed on.
         band_dtype: the type the weighted outputs are summed in.
@@ -224,11 +269,11 @@ def stream_windows(
         ran = [skip is None or not skip.empty(w) for w in group]
         run = [w for w, r in zip(group, ran, strict=True) if r]
         counts.skipped += len(group) - len(run)
-        data = torch.stack([_window(padded, w, flat) for w in (run or group[:1])])
+        data = torch.stack([cut_window(padded, w, flat) for w in (run or group[:1])])
         for fold in range(networks):
             out = predict(data, fold) if run or not bands else None  # a probe tells the classes
             if out is not None and (
-                not isinstance(out, torch.Tensor)
+                not isinstance(out, (torch.Tensor, HeadChunks))
                 or out.shape[0] != len(data)
                 or tuple(out.shape[2:]) != tuple(data.shape[2:])
             ):
@@ -247,12 +292,13 @@ def stream_windows(
             if skipped_logits is not None and skipped_values is None and len(run) < len(group):
                 fill = skipped_logits(bands[0].shape[0]).float()
                 skipped_values = (fill.view(-1, *([1] * weight.ndim)) * weight.to(fill.device)).to(device)
-            outputs = iter(out[:, :, None] if flat and out is not None else (out if out is not None else []))
+            outputs = iter(_pieces(out, flat))
             for window, r in zip(group, ran, strict=True):  # in window order: the sums' rounding
                 if r:
-                    values = as_weighted(next(outputs))  # float32, or float16 as the network gave it
-                    values.mul_(weight.to(values.device))  # in place: no second C x window array
-                    _add(bands[fold], window, base, values.to(device))
+                    for classes, piece in next(outputs):
+                        values = as_weighted(piece)  # float32, or float16 as the network gave it
+                        values.mul_(weight.to(values.device))  # in place: no second C x window array
+                        _add(bands[fold][classes], window, base, values.to(device))
                 elif skipped_values is not None:
                     _add(bands[fold], window, base, skipped_values)
             del out, outputs
@@ -267,14 +313,37 @@ def stream_windows(
         bar.close()
 
 
-def _window(padded: torch.Tensor, region: tuple[slice, ...], flat: bool) -> torch.Tensor:
+def _pieces(out: torch.Tensor | HeadChunks | None, flat: bool) -> Iterator[Iterator[tuple[slice, torch.Tensor]]]:
+    """Per window of ``out``, its output as ``(classes, values)`` pieces (one piece, or a head's chunks)."""
+    if out is None:
+        return
+    for n in range(out.shape[0]):
+        if isinstance(out, HeadChunks):
+            yield (
+                (classes, values[:, None] if flat else values) for classes, values in out.chunks(n)
+            )
+        else:
+            yield iter([(slice(None), out[n, :, None] if flat else out[n])])
+
+
+def cut_window(padded: torch.Tensor, region: tuple[slice, ...], flat: bool) -> torch.Tensor:
+    """The window ``region`` of ``padded`` as the network takes it (a 2D window without its row axis)."""
     window = padded[(slice(None), *region)]
     return (window[:, 0] if flat else window).contiguous()
 
 
 def _add(band: torch.Tensor, region: tuple[slice, ...], base: int, values: torch.Tensor) -> None:
+    """``band``'s window ``region`` += ``values``, ADD_CLASSES classes at a time: a float16 band plus
+    float32 values is computed in float32, and PyTorch makes float32 copies of both operands to do
+    it (2 GB for a 118-class 128³ window); per class chunk the copies are that chunk's. Elementwise,
+    so the sums are the same."""
     rows = slice(region[0].start - base, region[0].stop - base)
-    band[(slice(None), rows, *region[1:])] += values
+    target = band[(slice(None), rows, *region[1:])]
+    if band.dtype == values.dtype or band.shape[0] <= ADD_CLASSES:
+        target += values
+        return
+    for first in range(0, band.shape[0], ADD_CLASSES):
+        target[first : first + ADD_CLASSES] += values[first : first + ADD_CLASSES]
 
 
 def _progress(total: int) -> Any:
@@ -286,12 +355,16 @@ def _progress(total: int) -> Any:
 
 
 __all__ = [
+    "ADD_CLASSES",
     "EMIT_ROWS",
+    "HEAD_CLASSES",
+    "HeadChunks",
     "PRECISIONS",
     "NotStreamable",
     "WindowCounts",
     "WindowSkipper",
     "autocast",
+    "cut_window",
     "cpu_bf16_supported",
     "resolve_precision",
     "shift_rows",
