@@ -40,7 +40,11 @@ def test_head_chunks_make_the_heads_output_class_by_class():
 def test_a_many_class_model_gives_the_same_logits_with_its_head_in_chunks(tmp_path, monkeypatch):
     labels = {"background": 0, **{f"class_{c}": c for c in range(1, 40)}}
     folder = make_model(
-        tmp_path / "model", spacing=[2.0, 2.0, 2.0], patch=[16, 16, 16], schemes=["CTNormalization"], labels=labels
+        tmp_path / "model",
+        spacing=[2.0, 2.0, 2.0],
+        patch=[16, 16, 16],
+        schemes=["CTNormalization"],
+        labels=labels,
     )
     image = make_image(tmp_path / "ct_0000.nii.gz", shape=(20, 30, 30), spacing=(2.0, 2.0, 2.0))
     chunked = NnUNetModel(folder)

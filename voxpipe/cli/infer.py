@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from voxpipe.cli.common import bundle_options, quiet_monai_bundle, refuse_options
+from voxpipe.cli.devices import parse_devices
 from voxpipe.cli.totalseg import add_totalseg_options, infer_totalseg, refuse_totalseg_options
 from voxpipe.runtime import device_name
 
@@ -16,6 +17,12 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from voxpipe.pipelines.inference.infer import infer_with_bundle
 
     quiet_monai_bundle(args.verbose)
+    if args.devices:
+        from voxpipe.cli.devices import run_on_devices
+
+        return run_on_devices(
+            args.argv, args.devices, shard_given=bool(args.shard), device_given=bool(args.device)
+        )
     shard = parse_shard(args.shard) if args.shard else shard_from_environment()
     timings = None
     if args.timings:
@@ -89,6 +96,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         precision=args.precision,
         tta=True if args.tta else None,
         compile=True if args.compile else None,
+        runtime=args.runtime,
         organ_roi=True if args.organ_roi else None,
         save_probabilities=args.save_probabilities,
         progress=False if args.no_progress else True,
@@ -169,6 +177,7 @@ def _infer_nnunet(args: argparse.Namespace, folder: Any, shard: Any) -> list[Any
         "shard": shard,
         "dicom_seg": bool(args.dicom_seg),
         "device": args.device or "auto",
+        "runtime": args.runtime or "torch",
     }
     if args.step_size is not None and not 0 < args.step_size <= 1:
         raise InputError(f"--step-size: expected a fraction of the patch in (0, 1], found {args.step_size}")
@@ -278,6 +287,14 @@ def add_commands(commands: Any) -> None:
         help="nnU-Net models: the checkpoint file in each fold (default checkpoint_final.pth)",
     )
     infer.add_argument(
+        "--runtime",
+        choices=["torch", "openvino", "openvino-int8"],
+        help="what runs the windows on the CPU: torch (default, bundles: their config's; nnU-Net's exact numbers), openvino (float32, "
+        "~1.6x on a 128^3 window, values within ~1e-3), openvino-int8 (NNCF int8 calibrated on the first "
+        "case, ~3.8x, not nnU-Net's numbers: agreement in benchmarks/README.md); the converted model is "
+        "cached; needs pip install 'voxpipe[openvino]'",
+    )
+    infer.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the network (about a minute of compiling; pays off over many cases)",
@@ -315,6 +332,14 @@ def add_commands(commands: Any) -> None:
         action="store_true",
         help="print and write timings.json: seconds per stage (load, resample, intensity, network, stitch, "
         "invert, post-process, write, statistics)",
+    )
+    infer.add_argument(
+        "--devices",
+        type=parse_devices,
+        metavar="0,1",
+        help="one process per device over the inputs (GPU numbers, or names such as cpu, cuda:1): each "
+        "takes every N-th case (--shard K/N on --device D) and loads the models once; their outputs, "
+        "statistics and failures land in one folder",
     )
     infer.add_argument(
         "--shard",

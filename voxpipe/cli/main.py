@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_runner_arguments", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.runner_arguments = extra  # `voxpipe bundle run B --key value`, as MONAI's runner takes them
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # (infer --devices runs it again per device)
     _configure_logging(args.verbose, args.quiet)
     try:
         return int(args.func(args))

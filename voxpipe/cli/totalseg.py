@@ -86,7 +86,7 @@ def infer_totalseg(args: argparse.Namespace, shard: Any, names: list[str]) -> li
     from voxpipe.pipelines.inference.cases import InferenceFailed
     from voxpipe.pipelines.inference.totalseg.pipeline import TotalSegmentator
 
-    runner = TotalSegmentator(args.weights_dir, device=args.device or "auto")
+    runner = TotalSegmentator(args.weights_dir, device=args.device or "auto", runtime=args.runtime or "torch")
     outputs: list[Any] = []
     failures: dict[str, str] = {}
     for name in names:

@@ -14,7 +14,7 @@ this module turns a user's inputs (files, folders of files, DICOM series folders
   other cases were written; ``statistics.csv``/``.json`` (:mod:`voxpipe.pipelines.inference.stats`) cover the
   written cases.
 
-Run options (precision, flip TTA, ``torch.compile``, organ ROI, output format, float16 probabilities, progress
+Run options (precision, flip TTA, ``torch.compile``, the OpenVINO runtime, organ ROI, output format, float16 probabilities, progress
 bars) are the inference config's own keys, set as overrides; a bundle without such a key gets a
 clear error rather than a silently ignored option.
 """
@@ -65,6 +65,7 @@ def run_options(
     precision: str | None = None,
     tta: bool | None = None,
     compile: bool | None = None,
+    runtime: str | None = None,
     organ_roi: bool | None = None,
     output_format: str = "nii.gz",
     probabilities_dir: str | os.PathLike[str] | None = None,
@@ -89,6 +90,7 @@ def run_options(
         "precision": precision,
         "tta": tta,
         "compile": compile,
+        "runtime": runtime,
         "organ_roi": organ_roi,
         "progress": progress,
         "output_ext": None if output_format in ("nii.gz", "dicom-seg") else f".{output_format}",
@@ -131,6 +133,7 @@ def infer_with_bundle(
     precision: str | None = None,
     tta: bool | None = None,
     compile: bool | None = None,
+    runtime: str | None = None,
     organ_roi: bool | None = None,
     save_probabilities: bool = False,
     progress: bool | None = None,
@@ -161,6 +164,8 @@ def infer_with_bundle(
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (default: the bundle's).
         tta: flip test-time augmentation (default: the bundle's, off in voxpipe's bundles).
         compile: ``torch.compile`` the network (default: the bundle's, off).
+        runtime: what runs the windows on the CPU: ``"torch"``, ``"openvino"``, ``"openvino-int8"``
+            (:mod:`voxpipe.pipelines.inference.runtimes`; default: the bundle's, torch).
         organ_roi: coarse-to-fine inference (the inferer's ``organ_roi``; default: the bundle's, off).
         save_probabilities: also write ``<case id>_probabilities.npz`` (float16 ``(C, X, Y, Z)`` on
             the source grid, with ``affine``).
@@ -206,6 +211,7 @@ def infer_with_bundle(
         precision=precision,
         tta=tta,
         compile=compile,
+        runtime=runtime,
         organ_roi=organ_roi,
         output_format=output_format,
         probabilities_dir=out_dir if save_probabilities else None,

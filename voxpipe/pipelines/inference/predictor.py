@@ -313,15 +313,15 @@ def stream_windows(
         bar.close()
 
 
-def _pieces(out: torch.Tensor | HeadChunks | None, flat: bool) -> Iterator[Iterator[tuple[slice, torch.Tensor]]]:
+def _pieces(
+    out: torch.Tensor | HeadChunks | None, flat: bool
+) -> Iterator[Iterator[tuple[slice, torch.Tensor]]]:
     """Per window of ``out``, its output as ``(classes, values)`` pieces (one piece, or a head's chunks)."""
     if out is None:
         return
     for n in range(out.shape[0]):
         if isinstance(out, HeadChunks):
-            yield (
-                (classes, values[:, None] if flat else values) for classes, values in out.chunks(n)
-            )
+            yield ((classes, values[:, None] if flat else values) for classes, values in out.chunks(n))
         else:
             yield iter([(slice(None), out[n, :, None] if flat else out[n])])
 

@@ -307,6 +307,7 @@ class FastSlidingWindowInferer(Inferer):
         channels_last: bool = False,
         tta: bool = False,
         compile: bool = False,
+        runtime: str = "torch",
         stitch_device: str = "auto",
         stitch_dtype: str = "auto",
         stream: bool = True,
@@ -341,14 +342,56 @@ class FastSlidingWindowInferer(Inferer):
         self.stream_into: Any = None
         self.progress = bool(progress)
         self._compiled: tuple[Any, Any] | None = None  # (network, its compiled version)
+        from voxpipe.pipelines.inference.runtimes import check_runtime
+
+        self.runtime = check_runtime(runtime)
+        self._converted: tuple[Any, Any] | None = None  # (network, its OpenVINO version)
         self.last_counts: dict[str, Any] = {}
 
-    def _network(self, network: Any) -> Any:
+    def _network(self, network: Any, inputs: torch.Tensor | None = None) -> Any:
+        if self.runtime != "torch" and inputs is not None and inputs.device.type == "cpu":
+            return self._openvino(network, inputs)
         if not self.compile:
             return network
         if self._compiled is None or self._compiled[0] is not network:
             self._compiled = (network, torch.compile(network))
         return self._compiled[1]
+
+    def _openvino(self, network: Any, inputs: torch.Tensor) -> Any:
+        """``network`` converted by :mod:`voxpipe.pipelines.inference.runtimes` once per inferer (int8:
+        calibrated on windows of the first image, spread over it)."""
+        if self._converted is not None and self._converted[0] is network:
+            return self._converted[1]
+        from voxpipe.pipelines.inference.runtimes import CALIBRATION_WINDOWS, compile_network, spread
+
+        roi = self.roi_size
+
+        def calibration() -> list[Any]:
+            image = inputs[:1].float()
+            pad = [
+                p
+                for r, s in zip(reversed(roi), reversed(image.shape[2:]), strict=True)
+                for p in (0, max(r - s, 0))
+            ]
+            image = torch.nn.functional.pad(image, pad)
+            starts = itertools.product(
+                *[sorted({0, (s - r) // 2, s - r}) for r, s in zip(roi, image.shape[2:], strict=True)]
+            )
+            windows = [
+                image[(slice(None), slice(None), *(slice(a, a + r) for a, r in zip(start, roi, strict=True)))]
+                for start in starts
+            ]
+            return [w.contiguous().numpy() for w in spread(windows, CALIBRATION_WINDOWS)]
+
+        compiled = compile_network(
+            network,
+            [1, int(inputs.shape[1]), *roi],
+            self.runtime,
+            calibration=calibration,
+            calibrated_on="the first image",
+        )
+        self._converted = (network, compiled)
+        return compiled
 
     def _stitch_dtype(self, network: Any) -> torch.dtype:
         if self.stitch_dtype == "auto":
@@ -379,7 +422,7 @@ class FastSlidingWindowInferer(Inferer):
         on row block by row block (no TTA) and None is returned; otherwise the rows are gathered into
         the whole output (the same values as MONAI's ``sliding_window_inference``)."""
         predictor = _WindowNetwork(
-            self._network(network), precision=self.precision, channels_last=self.channels_last
+            self._network(network, inputs), precision=self.precision, channels_last=self.channels_last
         )
         if self._stitch_dtype(network) == torch.float16:  # MONAI blends in the input's type
             inputs = inputs.to(torch.float16)

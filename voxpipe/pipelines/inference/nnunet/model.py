@@ -28,6 +28,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,15 @@ from voxpipe.errors import BundleError, InputError
 from voxpipe.pipelines.inference.nnunet.folder import NnUNetFolder
 from voxpipe.pipelines.inference.nnunet.preprocess import preprocess, resampling_options
 from voxpipe.pipelines.inference.nnunet.readers import Case, read_case
-from voxpipe.pipelines.inference.predictor import WindowSkipper, autocast, resolve_precision, stream_windows
+from voxpipe.pipelines.inference.predictor import (
+    HEAD_CLASSES,
+    HeadChunks,
+    WindowSkipper,
+    autocast,
+    cut_window,
+    resolve_precision,
+    stream_windows,
+)
 from voxpipe.runtime import select_device
 from voxpipe.transforms.nnunet import gaussian_weights, window_starts
 from voxpipe.transforms.nnunet_resample import RowResampler, labels_by_rows
@@ -68,6 +77,9 @@ class NnUNetModel:
             ~1e-3 relative differences).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"``: where the networks run and
             the bands are held (fp16 autocast on CUDA, as nnU-Net).
+        runtime: ``"torch"`` (nnU-Net's numbers), ``"openvino"`` or ``"openvino-int8"`` (the windows
+            run by OpenVINO on the CPU: :mod:`voxpipe.pipelines.inference.runtimes`; not nnU-Net's
+            numbers, their agreement is measured by ``benchmarks/routes.py``).
     """
 
     def __init__(
@@ -79,12 +91,23 @@ class NnUNetModel:
         fast: bool = False,
         channels_last: bool = False,
         device: str | torch.device = "cpu",
+        runtime: str = "torch",
     ) -> None:
         from voxpipe.networks.nnunet import network_from_plans, read_checkpoint
         from voxpipe.pipelines.inference.nnunet.validate import check_outputs
 
         self.device = select_device(device) if isinstance(device, str) else torch.device(device)
         self.fast, self.channels_last = bool(fast), bool(channels_last)
+        from voxpipe.pipelines.inference.runtimes import check_runtime
+
+        self.runtime = check_runtime(runtime)
+        if self.runtime != "torch" and self.device.type != "cpu":
+            raise InputError(
+                f"runtime {runtime!r} runs on the CPU, not on {self.device}", hint="--device cpu"
+            )
+        self._compiled: list[Any] | None = None  # the folds' OpenVINO networks, once converted
+        self._head_chunks: bool | None = None  # whether the head runs by class chunks (probed once)
+        self.case_name = ""  # the case being run (an int8 model records what calibrated it)
         self.precision = _precision(self.device, fast=self.fast)
         # resampling and argmax in torch on the device (SciPy's values); on the CPU SciPy itself
         self.steps_on_device = self.device.type != "cpu"
@@ -119,6 +142,7 @@ class NnUNetModel:
                 fast=fast,
                 channels_last=channels_last,
                 device=self.device,
+                runtime=runtime,
             )
             if self.folder.previous_stage
             else None
@@ -173,6 +197,39 @@ class NnUNetModel:
             return [self.network]
         self.network._voxpipe_fold = None  # type: ignore[assignment]
         return [_FoldNetwork(self.network, w) for w in self.weights]
+
+    def _runtime_networks(
+        self, padded: torch.Tensor, windows: Sequence[tuple[slice, ...]], flat: bool
+    ) -> list[Any]:
+        """The folds' networks converted to :attr:`runtime` once (int8: calibrated on windows of the
+        first case, spread over its grid); all folds in PyTorch if any fold's conversion failed."""
+        if self._compiled is not None:
+            return self._compiled
+        from voxpipe.pipelines.inference.runtimes import CALIBRATION_WINDOWS, compile_network, spread
+
+        shape = [1, int(padded.shape[0]), *self.patch]
+
+        def calibration() -> list[np.ndarray]:
+            picks = spread(list(windows), CALIBRATION_WINDOWS)
+            return [cut_window(padded, w, flat)[None].float().numpy() for w in picks]
+
+        compiled = []
+        for weights in self.weights:
+            self.network.load_state_dict(weights)
+            self.network._voxpipe_fold = None  # type: ignore[assignment]
+            network = compile_network(
+                self.network,
+                shape,
+                self.runtime,
+                calibration=calibration,
+                calibrated_on=self.case_name or "the first case",
+            )
+            if network is self.network:  # fell back (warned): every fold in PyTorch
+                compiled = self._networks()
+                break
+            compiled.append(network)
+        self._compiled = compiled
+        return compiled
 
     def _body(self, padded: torch.Tensor) -> WindowSkipper | None:
         """The fast path's window test: a window with no body voxel is not run. The body is every
@@ -243,16 +300,30 @@ class NnUNetModel:
         del image
         windows, flat = self._windows(padded_shape)
         skip = self._body(padded) if self.fast else None
-        networks = self._networks()
+        networks = (
+            self._networks() if self.runtime == "torch" else self._runtime_networks(padded, windows, flat)
+        )
         axes = [a + 2 for a in (self.mirror_axes or ())] if self.mirroring else []
         combos = [c for n in range(len(axes)) for c in itertools.combinations(axes, n + 1)]
         regions = self.folder.labels.regions is not None
 
-        def predict(window: torch.Tensor, fold: int) -> torch.Tensor:
+        chunkable = (
+            not combos
+            and not flat
+            and self.runtime == "torch"
+            and self.folder.labels.heads > 2 * HEAD_CLASSES
+            and self._head_chunks is not False
+        )
+
+        def predict(window: torch.Tensor, fold: int) -> torch.Tensor | HeadChunks:
             """nnU-Net's ``_internal_maybe_mirror_and_predict``, in the type the network gives (float16
-            under CUDA autocast, as nnU-Net keeps it; bf16 is taken to float32)."""
+            under CUDA autocast, as nnU-Net keeps it; bf16 is taken to float32). With many classes and
+            no mirroring the head runs a few classes at a time (:class:`HeadChunks`), once a probe on
+            the first window found its chunks bit for bit the whole head's."""
             network = networks[fold]
             window = window.to(self.device)
+            if chunkable and self._head_chunks is not False:
+                return self._chunked(network, window)
             if self.channels_last and window.ndim == 5:
                 window = window.contiguous(memory_format=torch.channels_last_3d)
             with autocast(self.device, self.precision, cpu_fp16=True):  # (fp16 is set on CUDA only)
@@ -292,6 +363,23 @@ class NnUNetModel:
             self.skipped = skip.skipped if skip is not None else 0
             if self.channels_last:
                 self.network.to(memory_format=torch.contiguous_format)
+
+    def _chunked(self, network: Any, window: torch.Tensor) -> torch.Tensor | HeadChunks:
+        def context() -> Any:
+            return autocast(self.device, self.precision, cpu_fp16=True)
+
+        with context():
+            features = network.features(window)
+        chunks = HeadChunks(features, network.head, context=context, finish=_exact)
+        if self._head_chunks is None:  # the probe: the chunks must be the whole head's numbers
+            whole = chunks.whole()
+            self._head_chunks = all(
+                torch.equal(values, whole[0, classes]) for classes, values in chunks.chunks(0)
+            )
+            if not self._head_chunks:
+                logger.debug("the head's class chunks differ from the whole head here: it runs whole")
+            return whole
+        return chunks
 
     def logits(self, data: np.ndarray) -> torch.Tensor:
         """Fold-averaged float16 logits on the preprocessed grid, whole (for tests and probabilities)."""
@@ -380,6 +468,7 @@ class NnUNetModel:
     def predict(self, paths: Sequence[str | os.PathLike[str]]) -> tuple[np.ndarray, Case]:
         reader = str(self.folder.plans.get("image_reader_writer", "SimpleITKIO"))
         case = read_case(paths, reader=reader)
+        self.case_name = str(paths[0])
         data = self.preprocess(case)
         return self.export(self.stream(data), case), case
 
@@ -415,11 +504,23 @@ class _FoldNetwork(torch.nn.Module):
         super().__init__()
         self.network, self.weights = network, dict(weights)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _load(self) -> None:
         if getattr(self.network, "_voxpipe_fold", None) != id(self):
             self.network.load_state_dict(self.weights)
             self.network._voxpipe_fold = id(self)  # type: ignore[assignment]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._load()
         return self.network(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        self._load()
+        return self.network.features(x)
+
+    @property
+    def head(self) -> torch.nn.Module:
+        """This fold's head (its weights are in the network once :meth:`features` ran)."""
+        return self.network.head
 
 
 __all__ = ["BODY_HU", "NnUNetModel"]

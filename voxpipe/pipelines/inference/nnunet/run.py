@@ -59,6 +59,7 @@ def infer_with_nnunet(
     dicom_seg: bool = False,
     fast: bool = False,
     device: str = "cpu",
+    runtime: str = "torch",
     save_probabilities: bool = False,
 ) -> list[Path]:
     """``voxpipe infer`` for an nnU-Net model folder: one ``<case>.nii.gz`` per input on its grid.
@@ -79,7 +80,8 @@ def infer_with_nnunet(
     map, as ``nnUNetv2_predict --save_probabilities`` writes them. ``tta`` is nnU-Net's mirroring over the
     checkpoint's allowed axes; ``fast`` is :class:`NnUNetModel`'s fast path; ``device`` where the
     networks run (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``; fp16 autocast on CUDA, as
-    nnU-Net). Writes ``statistics.csv``/``.json`` with ``dataset.json``'s names.
+    nnU-Net); ``runtime`` what runs them on the CPU (``torch``, ``openvino``, ``openvino-int8``:
+    :mod:`voxpipe.pipelines.inference.runtimes`). Writes ``statistics.csv``/``.json`` with ``dataset.json``'s names.
 
     Raises:
         InputError: bad inputs (before anything runs). BundleError: the folder does not load.
@@ -107,7 +109,7 @@ def infer_with_nnunet(
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     predictors = [
-        NnUNetModel(m, step=step, mirroring=tta, fast=fast, device=device) for m in models
+        NnUNetModel(m, step=step, mirroring=tta, fast=fast, device=device, runtime=runtime) for m in models
     ]  # every part's weights, once
     failures: dict[str, str] = {}
     reader = str(model.plans.get("image_reader_writer", "SimpleITKIO"))
@@ -144,6 +146,7 @@ def infer_with_nnunet(
         case, item, files, data = prepared
         maps = []
         for index, predictor in enumerate(predictors):
+            predictor.case_name = str(files[0])
             part = item if index == 0 else read_case(files, reader=reader)  # each part: its own copy
             ready = data if data is not None else predictor.preprocess(part)
             if save_probabilities:  # nnU-Net's format needs the whole C × grid
@@ -182,7 +185,11 @@ def infer_with_nnunet(
     written = [p for p in images if str(paths(p)[0]) not in failures]
     outputs = [output(p) for p in written]
     if statistics and outputs:
-        from voxpipe.pipelines.inference.stats import case_statistics, write_statistics
+        from voxpipe.pipelines.inference.stats import (
+            case_statistics,
+            write_shard_statistics,
+            write_statistics,
+        )
         from voxpipe.transforms.io import load_volume
 
         per_case = {}
@@ -193,7 +200,10 @@ def infer_with_nnunet(
             per_case[output(image).name[: -len(".nii.gz")]] = case_statistics(
                 label.array, label.affine, names=label_names, image=intensity
             )
-        write_statistics(per_case, out)
+        if shard is not None:  # the shards of one folder: each adds its part, the last one merges all
+            write_shard_statistics(per_case, out, check_shard(shard))
+        else:
+            write_statistics(per_case, out)
     if failures:
         raise InferenceFailed.of(
             failures, total=len(images), outputs=outputs, where=f"were written to {str(out)!r}"

@@ -92,9 +92,11 @@ class TotalSegmentator:
             nnU-Net's fp16 autocast, as TotalSegmentator on a GPU.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, device: str = "cpu") -> None:
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, *, device: str = "cpu", runtime: str = "torch"
+    ) -> None:
         self.root = Path(root) if root is not None else weights_root()
-        self.device = device
+        self.device, self.runtime = device, runtime
         self._models: dict[tuple[str, float], Any] = {}
 
     # -- the models ------------------------------------------------------------------------------
@@ -112,6 +114,7 @@ class TotalSegmentator:
                 step=step,
                 mirroring=False,
                 device=self.device,
+                runtime=self.runtime,
             )
         return self._models[key]
 
@@ -121,6 +124,7 @@ class TotalSegmentator:
         from voxpipe.pipelines.inference.nnunet.readers import read_case
 
         case = read_case([image], reader=str(model.folder.plans.get("image_reader_writer", "SimpleITKIO")))
+        model.case_name = str(image)
         data = model.preprocess(case)
         shape = list(case.properties["shape_after_cropping"])
         if cropped and list(data.shape[1:]) != shape:
