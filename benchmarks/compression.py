@@ -9,7 +9,9 @@ run with each variant of the same weights:
 * ``torch int8 dynamic`` – ``torch.ao.quantization.quantize_dynamic`` (it quantizes Linear layers only);
 * ``onnxruntime fp32`` – the ``voxpipe export`` ONNX file;
 * ``onnxruntime int8 dynamic`` – ``onnxruntime.quantization.quantize_dynamic`` on Conv (ConvInteger);
-* ``onnxruntime int8 static`` – QDQ int8 calibrated on training patches (QLinearConv).
+* ``onnxruntime int8 static`` – QDQ int8 calibrated on training patches (QLinearConv);
+* ``openvino fp32`` / ``openvino int8 (NNCF)`` – ``voxpipe infer --runtime openvino|openvino-int8``
+  (:mod:`voxpipe.pipelines.inference.runtimes`), int8 calibrated on four training patches.
 
 Prints seconds per case, speed-up, Dice against the phantom labels (liver, tumour) and agreement
 (Dice) with the fp32 labels. A variant that fails prints why. Usage::
@@ -197,6 +199,24 @@ def main() -> None:
 
     variants["onnxruntime int8 dynamic"] = ort_dynamic
     variants["onnxruntime int8 static"] = ort_static
+
+    def openvino(runtime: str) -> tuple[Predictor, float]:
+        """voxpipe infer --runtime: OpenVINO fp32, or NNCF int8 calibrated on four training patches."""
+        from voxpipe.pipelines.inference.runtimes import compile_network
+
+        os.environ.setdefault("VOXPIPE_CACHE", str(work / "cache"))
+        training = load_cases(demo / "dataset", "Tr", settings, 4)
+        patches = []
+        for _, image, _ in training:
+            x, y, z = (max(0, (s - r) // 2) for s, r in zip(image.shape[2:], roi, strict=True))
+            patch = image[:, :, x : x + roi[0], y : y + roi[1], z : z + roi[2]]
+            if tuple(patch.shape[2:]) == roi:
+                patches.append(patch.numpy())
+        compiled = compile_network(network, [1, 1, *roi], runtime, calibration=lambda: patches)
+        return (lambda batch: compiled(batch)), torch_mb
+
+    variants["openvino fp32"] = lambda: openvino("openvino")
+    variants["openvino int8 (NNCF)"] = lambda: openvino("openvino-int8")
 
     reference: dict[str, np.ndarray] = {}
     results = []
