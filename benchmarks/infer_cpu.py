@@ -62,6 +62,10 @@ VARIANTS = {
     "voxpipe-fp32": {"precision": "fp32"},
     "voxpipe-bf16": {"precision": "bf16"},
     "voxpipe-bf16-cl": {"precision": "bf16", "inferer#channels_last": True},
+    # the windows run by OpenVINO (``--runtime``; the converted model is cached: the first run of a
+    # kind converts, and int8 calibrates on that case; ``--sides`` runs each twice, cold and warm)
+    "voxpipe-openvino": {"precision": "fp32", "runtime": "openvino"},
+    "voxpipe-int8": {"precision": "fp32", "runtime": "openvino-int8"},
 }
 
 
@@ -150,6 +154,7 @@ def _child(
             overrides=overrides,
             organ_roi=kind == "voxpipe-roi",
             precision=variant.get("precision"),
+            runtime=variant.get("runtime"),
             timings=timings,
         )
     else:  # the bundle's preprocessing with MONAI's loader, inferer, inversion, component filter and writer
@@ -248,7 +253,10 @@ def side(
         str(bundle),
         json.dumps(extra or {}),
     ]
-    done = subprocess.run(command, capture_output=True, text=True)
+    import os
+
+    env = {**os.environ, "VOXPIPE_CACHE": str(out.parent / "cache")}  # OpenVINO's conversions: this run's
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         print(f"  {kind:12s} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-3:]}")
         return None
@@ -293,12 +301,18 @@ def compare(images: list[Path], truths: list[Path | None], args: argparse.Namesp
     import nibabel as nib
 
     weights = _weights(args, folder)
-    kinds = (
-        ["monai", *VARIANTS]
-        if args.variants
-        else ["monai", "voxpipe"] + (["voxpipe-roi"] if args.organ_roi else [])
-    )
-    results = {kind: side(kind, images, weights, args.init_filters, folder / kind) for kind in kinds}
+    if args.sides:
+        kinds = ["monai", *args.sides.split(",")]
+    elif args.variants:
+        kinds = ["monai", *[k for k in VARIANTS if "runtime" not in VARIANTS[k]]]
+    else:
+        kinds = ["monai", "voxpipe"] + (["voxpipe-roi"] if args.organ_roi else [])
+    results = {}
+    for kind in kinds:
+        if "runtime" in VARIANTS.get(kind, {}):  # cold: converted (and calibrated) in this run
+            cold = side(kind, images, weights, args.init_filters, folder / f"{kind}-cold")
+            print(f"  {kind} cold (conversion included): {cold['seconds'] if cold else float('nan'):.1f} s")
+        results[kind] = side(kind, images, weights, args.init_filters, folder / kind)
     if results["monai"] is None:
         return
     maps = {
@@ -558,6 +572,11 @@ def main() -> None:
         "--channels-last", action="store_true", help="--network-only: voxpipe in channels-last 3D"
     )
     parser.add_argument("--no-skip-air", action="store_true", help="--network-only: run every window")
+    parser.add_argument(
+        "--sides",
+        help=f"file to file: these voxpipe kinds against plain MONAI ({','.join(['voxpipe', 'voxpipe-roi', *VARIANTS])}); "
+        "the OpenVINO kinds run cold, then warm",
+    )
     parser.add_argument(
         "--variants",
         action="store_true",

@@ -16,14 +16,17 @@ confident logits of a trained model. The CT is a 512 × 512 × N clinical-size p
 arms in air, ``voxpipe.phantoms.clinical``) or ``--image FILE``.
 
     python benchmarks/nnunet_cpu.py [--slices 120] [--features 16] [--patch 64] [--train 240] [--mirroring]
-    python benchmarks/nnunet_cpu.py --memory   # voxpipe alone: 118 classes, 512 × 512 × 600, peak RSS
-    python benchmarks/nnunet_cpu.py --totalseg [--slices 300] [--features 32] [--patch 128]
+    python benchmarks/nnunet_cpu.py --memory [--classes 3] [--sides voxpipe,voxpipe-fast,voxpipe-openvino]
+                                               # voxpipe alone: 118 classes, 512 × 512 × 600, peak RSS
+    python benchmarks/nnunet_cpu.py --totalseg [--slices 300] [--features 32] [--patch 128] [--sides voxpipe,voxpipe-openvino]
 
 ``--totalseg``: TotalSegmentator 2.18.0 itself (the oracle ``make oracle`` installs, offline) against
 ``voxpipe infer total``, each in its own process, on a 512 × 512 × ``--slices`` CT (0.8 × 0.8 × 1.5 mm):
 ``total``'s five models in TotalSegmentator's weights layout with networks of the real size (6 stages,
 ``--features`` 32 → 320, patch ``--patch``³, 1.5 mm, TotalSegmentator's label counts), random weights.
-Printed: seconds and peak RSS (of the process and its children) per side, and the voxels that differ.
+Printed: seconds and peak RSS (of the process and its children) per side, the voxels that differ and
+the lowest Dice per structure. OpenVINO sides (``--sides``) run twice: cold (the five models converted,
+int8 calibrated on this CT) and warm (from the cache).
 """
 
 from __future__ import annotations
@@ -239,7 +242,7 @@ def compare(args: argparse.Namespace) -> None:
         )
         results, maps = {}, {}
         os.environ["VOXPIPE_CACHE"] = str(work / "cache")  # the OpenVINO sides convert on their first run
-        for side in args.sides.split(","):
+        for side in (args.sides or ",".join(SIDES)).split(","):
             out = work / f"{side}.npz"
             cold = run_side(side, folder, image, out, args.mirroring) if side in RUNTIME_SIDES else None
             results[side] = run_side(side, folder, image, out, args.mirroring)
@@ -270,14 +273,19 @@ def memory(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        image, _ = clinical_case(work, 300, spacing_xy=0.75, spacing_z=0.8, slices=600, name="ct_0000")
+        cases = Path(args.phantoms) if args.phantoms else work  # the phantom takes minutes to build
+        image, _ = clinical_case(cases, 300, spacing_xy=0.75, spacing_z=0.8, slices=600, name="ct_0000")
         folder = make_folder(work, classes=args.classes, features=args.features, patch=args.patch, folds=1)
         print(
             f"image 512 x 512 x 600 (0.75 x 0.75 x 0.8 mm); random-init PlainConvUNet from {args.features} "
             f"features, {args.classes} classes, patch {args.patch}³, 1.5 mm"
         )
-        result = run_side("voxpipe", folder, image, work / "voxpipe.npz", False)
-        print(f"  voxpipe {result['seconds']:7.1f} s   peak RSS {result['peak_mib']:7.0f} MiB")
+        for side in (args.sides or "voxpipe").split(","):
+            result = run_side(side, folder, image, work / f"{side}.npz", False)
+            print(
+                f"  {side:16s} {result['seconds']:7.1f} s   peak RSS {result['peak_mib']:7.0f} MiB",
+                flush=True,
+            )
 
 
 def _totalseg_weights(root: Path, *, features: int, patch: int) -> None:
@@ -403,24 +411,41 @@ def totalseg(args: argparse.Namespace) -> None:
         if not outcome["ok"]:
             sys.exit(f"TotalSegmentator failed: {outcome['error']}\n{outcome.get('trace', '')}")
         print(f"  TotalSegmentator {ts_seconds:7.1f} s   peak RSS {ts_peak:7.0f} MiB", flush=True)
-        command = [
-            str(Path(sys.executable).parent / "voxpipe"),
-            "infer",
-            "total",
-            str(image),
-            "-o",
-            str(work / "vp"),
-            "--ml",
-            "--device",
-            "cpu",
-        ]
-        vp_seconds, vp_peak = _measured(command, env)
-        ours = np.asarray(nib.load(work / "vp" / "ct.nii.gz").dataobj)
         theirs = np.asarray(nib.load(work / "ts.nii.gz").dataobj)
-        print(
-            f"  voxpipe          {vp_seconds:7.1f} s   peak RSS {vp_peak:7.0f} MiB   speed-up "
-            f"{ts_seconds / vp_seconds:.2f}x   RSS ratio {vp_peak / ts_peak:.2f}   differ {int((ours != theirs).sum())} of {ours.size}"
-        )
+        for side in (args.sides or "voxpipe").split(","):
+            runtime = RUNTIME_SIDES.get(side, "torch")
+            command = [
+                str(Path(sys.executable).parent / "voxpipe"),
+                "infer",
+                "total",
+                str(image),
+                "-o",
+                str(work / side),
+                "--ml",
+                "--device",
+                "cpu",
+                "--runtime",
+                runtime,
+            ]
+            side_env = {**env, "VOXPIPE_CACHE": str(work / "cache")}  # converted models: this run's
+            runs = ["cold", "warm"] if runtime != "torch" else [""]
+            for run in runs:  # OpenVINO: converted (int8: calibrated) in the cold run, cached for the warm
+                vp_seconds, vp_peak = _measured(command, side_env)
+                ours = np.asarray(nib.load(work / side / "ct.nii.gz").dataobj)
+                print(
+                    f"  {side:16s} {run:4s} {vp_seconds:7.1f} s   peak RSS {vp_peak:7.0f} MiB   speed-up "
+                    f"{ts_seconds / vp_seconds:.2f}x   RSS ratio {vp_peak / ts_peak:.2f}   "
+                    f"differ {int((ours != theirs).sum())} of {ours.size}   {_structure_dice(ours, theirs)}",
+                    flush=True,
+                )
+
+
+def _structure_dice(ours: np.ndarray, theirs: np.ndarray) -> str:
+    """Dice per structure present in either map: the lowest, and how many are below 0.99."""
+    values = list(dice_per_class(ours, theirs).values())
+    if not values:
+        return "no structures"
+    return f"Dice per structure: min {min(values):.4f}, {sum(v < 0.99 for v in values)} of {len(values)} below 0.99"
 
 
 def main() -> None:
@@ -437,9 +462,14 @@ def main() -> None:
     parser.add_argument("--mirroring", action="store_true")
     parser.add_argument("--image", help="a CT file instead of the phantom")
     parser.add_argument(
-        "--sides", default=",".join(SIDES), help=f"some of {','.join([*SIDES, *RUNTIME_SIDES])}, in order"
+        "--sides",
+        help=f"some of {','.join([*SIDES, *RUNTIME_SIDES])}, in order (default: {','.join(SIDES)}; "
+        "--memory: voxpipe)",
     )
     parser.add_argument("--memory", action="store_true", help="voxpipe's peak RSS with --classes outputs")
+    parser.add_argument(
+        "--phantoms", help="--memory: keep the 600-slice phantom in this folder for later runs"
+    )
     parser.add_argument(
         "--totalseg", action="store_true", help="TotalSegmentator itself against voxpipe infer total"
     )

@@ -132,3 +132,27 @@ def test_a_bundles_inferer_runs_its_windows_in_openvino(cache):
     assert torch.equal(found, again)
     with pytest.raises(InputError, match="found 'onnx'"):
         FastSlidingWindowInferer([32, 32, 16], runtime="onnx")
+
+
+def test_timings_count_the_openvino_windows_as_the_network(cache):
+    """``--timings`` wraps the network to time it; OpenVINO converts the network inside the wrapper
+    (the cache key of the plain network) and its calls are the *network* stage, not stitching."""
+    from monai.networks.nets import SegResNet
+
+    from voxpipe.pipelines.inference.sliding_window import FastSlidingWindowInferer
+    from voxpipe.pipelines.inference.timings import Timings, _TimedInferer
+
+    torch.manual_seed(0)
+    net = SegResNet(spatial_dims=3, in_channels=1, out_channels=3, init_filters=8).eval()
+    image = torch.randn(1, 1, 48, 40, 20)
+    timings = Timings()
+    inferer = FastSlidingWindowInferer([32, 32, 16], precision="fp32", crop_body=False, runtime="openvino")
+    with torch.no_grad():
+        _TimedInferer(inferer, timings)(image, net)
+    assert timings.seconds.get("network", 0.0) > 0
+    assert len(list(cache.iterdir())) == 1
+    with torch.no_grad():  # the unwrapped network finds the same converted model
+        FastSlidingWindowInferer([32, 32, 16], precision="fp32", crop_body=False, runtime="openvino")(
+            image, net
+        )
+    assert len(list(cache.iterdir())) == 1

@@ -29,6 +29,16 @@ def device_name(text: str) -> str:
     return name
 
 
+def cpu_bf16_supported() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than fp32."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def select_device(preference: str = "auto") -> torch.device:
     """Pick the compute device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``,
     ``"cuda:N"``, ``"mps"`` (Apple GPUs).

@@ -39,8 +39,10 @@ def normalise_channel(
     nonzero: np.ndarray | None = None,
     use_mask: bool = False,
     source: str = "plans.json",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One channel, as nnU-Net's scheme of that name does it (float32; the input is not changed).
+    """One channel, as nnU-Net's scheme of that name does it (float32; the input is not changed
+    unless it is ``out``).
 
     Args:
         image: the channel's voxels.
@@ -50,11 +52,16 @@ def normalise_channel(
         nonzero: the non-zero mask of nnU-Net's crop (``seg >= 0`` there); with ``use_mask``, z-score
             statistics come from it and only its voxels change.
         use_mask: the plans' ``use_mask_for_norm`` for this channel.
+        out: a float32 array of the image's shape to write into (the image itself: in place, the
+            same values without a second copy of the channel); None: a new array.
 
     Raises:
         InputError: an unknown scheme, CT properties missing, RGB values outside 0–255 (named).
     """
-    out = np.array(image, dtype=np.float32, copy=True)
+    if out is None:
+        out = np.array(image, dtype=np.float32, copy=True)
+    elif out is not image:
+        out[...] = image
     eps = 1e-8
     if scheme == "CTNormalization":
         needed = ("mean", "std", "percentile_00_5", "percentile_99_5")

@@ -26,9 +26,8 @@ from collections.abc import Sequence
 
 import torch
 
-from voxpipe.transforms.nnunet_resample import separate_axis
+from voxpipe.transforms.nnunet_resample import SPLINE_PAD, separate_axis
 
-SPLINE_PAD = 12  # SciPy pads by this many edge voxels before the spline filter for mode="nearest"
 _POLES = {2: [math.sqrt(8.0) - 3.0], 3: [math.sqrt(3.0) - 2.0]}
 
 

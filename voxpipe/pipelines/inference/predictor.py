@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from voxpipe.errors import InputError
+from voxpipe.runtime import cpu_bf16_supported
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +41,6 @@ ADD_CLASSES = 8  # classes added into a band of another type at once (see _add)
 HEAD_CLASSES = 16  # classes a HeadChunks head makes at once
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:

@@ -383,15 +383,13 @@ class FastSlidingWindowInferer(Inferer):
             ]
             return [w.contiguous().numpy() for w in spread(windows, CALIBRATION_WINDOWS)]
 
+        timed = getattr(network, "timed", None)  # --timings' wrapper: convert what it wraps, time the calls
+        shape, source = [1, int(inputs.shape[1]), *roi], network.wrapped if timed else network
         compiled = compile_network(
-            network,
-            [1, int(inputs.shape[1]), *roi],
-            self.runtime,
-            calibration=calibration,
-            calibrated_on="the first image",
+            source, shape, self.runtime, calibration=calibration, calibrated_on="the first image"
         )
-        self._converted = (network, compiled)
-        return compiled
+        self._converted = (network, timed(compiled) if timed else compiled)
+        return self._converted[1]
 
     def _stitch_dtype(self, network: Any) -> torch.dtype:
         if self.stitch_dtype == "auto":

@@ -219,6 +219,10 @@ def _timed_network(network: Any, timings: Timings) -> Any:
         def forward(self, *args: Any, **kwargs: Any) -> Any:
             return timings.timed("network", self.wrapped)(*args, **kwargs)
 
+        def timed(self, runtime: Any) -> Any:
+            """The wrapped network as another runtime runs it (OpenVINO), timed as the network stage."""
+            return timings.timed("network", runtime)
+
     return TimedNetwork()
 
 

@@ -58,6 +58,7 @@ from voxpipe.pipelines.training.handlers import (
     batch_loss,
     is_main_process,
 )
+from voxpipe.runtime import cpu_bf16_supported
 from voxpipe.transforms.files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -210,6 +211,12 @@ def build_trainer(
     device = torch.device(device)
     use_amp = device.type == "cuda" if amp == "auto" else bool(amp)
     output_dir = Path(output_dir)
+    if cpu_bf16 and device.type == "cpu":
+        if not cpu_bf16_supported():
+            logger.warning(
+                "cpu_bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); PyTorch emulates it, "
+                "tens of times slower than fp32 (set cpu_bf16 false)"
+            )
     train_network = CpuBf16Autocast(network) if cpu_bf16 and device.type == "cpu" else network
     if idist.get_world_size() > 1:
         ids = [device] if device.type == "cuda" else None

@@ -71,7 +71,8 @@ class NnUNetModel:
         mirroring: test-time mirroring over the checkpoint's allowed axes.
         fast: voxpipe's fast path, not nnU-Net's numbers: the network in bf16 where the CPU runs
             bf16 natively, and windows holding no body voxel (nothing above -500 HU in a CT channel)
-            not run, their voxels background (:attr:`skipped` counts them per case).
+            not run, their voxels background (:attr:`skipped` counts them per case), and the image
+            resampled with float32 spline coefficients (half the memory; values within ~1e-6).
             ``benchmarks/nnunet_cpu.py`` states its agreement with the reference path.
         channels_last: run the windows in channels-last 3D layout (oneDNN; faster on some CPUs,
             ~1e-3 relative differences).
@@ -79,7 +80,8 @@ class NnUNetModel:
             the bands are held (fp16 autocast on CUDA, as nnU-Net).
         runtime: ``"torch"`` (nnU-Net's numbers), ``"openvino"`` or ``"openvino-int8"`` (the windows
             run by OpenVINO on the CPU: :mod:`voxpipe.pipelines.inference.runtimes`; not nnU-Net's
-            numbers, their agreement is measured by ``benchmarks/routes.py``).
+            numbers, their agreement is measured by ``benchmarks/routes.py``; float32 spline
+            coefficients, as ``fast``).
     """
 
     def __init__(
@@ -111,6 +113,8 @@ class NnUNetModel:
         self.precision = _precision(self.device, fast=self.fast)
         # resampling and argmax in torch on the device (SciPy's values); on the CPU SciPy itself
         self.steps_on_device = self.device.type != "cpu"
+        # nnU-Net's float64 spline coefficients where its labels are promised; float32 elsewhere
+        self.exact = self.runtime == "torch" and not self.fast and not self.channels_last
         self.skipped = 0
 
         self.folder = folder if isinstance(folder, NnUNetFolder) else NnUNetFolder(folder)
@@ -180,6 +184,7 @@ class NnUNetModel:
             previous=previous,
             foreground=self.foreground,
             device=self.device if self.steps_on_device else None,  # the CPU: SciPy, as nnU-Net
+            exact=self.exact,
         )
 
     def _previous_stage(self, case: Case) -> np.ndarray:
@@ -230,6 +235,11 @@ class NnUNetModel:
             compiled.append(network)
         self._compiled = compiled
         return compiled
+
+    def release_runtime(self) -> None:
+        """Drop the folds' OpenVINO networks (their weights and activation buffers, GBs for a large
+        model); the next case loads them again from the conversion cache."""
+        self._compiled = None
 
     def _body(self, padded: torch.Tensor) -> WindowSkipper | None:
         """The fast path's window test: a window with no body voxel is not run. The body is every

@@ -24,7 +24,9 @@ READERS = ("SimpleITKIO", "NibabelIO", "NibabelIOWithReorient")
 class Case:
     """An image as nnU-Net holds it between the steps."""
 
-    data: np.ndarray | None  # (C, *spatial), float32; released once preprocessed
+    data: (
+        np.ndarray | None
+    )  # (C, *spatial): float32, or one channel's own 8/16-bit integers; released once preprocessed
     spacing: list[float]  # nnU-Net's order (reversed from SimpleITK's)
     geometry: dict[str, Any]  # SimpleITK spacing, origin, direction, for writing
     properties: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +91,11 @@ def read_case(paths: Sequence[str | os.PathLike[str]], *, reader: str = "SimpleI
             f"{[a.shape[1:] for a in arrays]} and {spacings}"
         )
     assert first is not None
-    case = Case(np.vstack(arrays, dtype=np.float32, casting="unsafe"), spacings[0], first)
+    # nnU-Net reads float32; one channel of 8- or 16-bit integers (a CT's int16) is kept as it is:
+    # every value is exact in float32, the normalisation converts it, and it takes half the memory
+    compact = len(arrays) == 1 and arrays[0].dtype.kind in "iub" and arrays[0].dtype.itemsize <= 2
+    data = arrays[0] if compact else np.vstack(arrays, dtype=np.float32, casting="unsafe")
+    case = Case(data, spacings[0], first)
     if turn is not None:
         case.properties["from_canonical"] = turn
     return case

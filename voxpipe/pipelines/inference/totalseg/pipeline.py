@@ -116,7 +116,11 @@ class TotalSegmentator:
                 device=self.device,
                 runtime=self.runtime,
             )
-        return self._models[key]
+        model = self._models[key]
+        for other in self._models.values():  # one OpenVINO network at a time (each holds GBs of buffers;
+            if other is not model:  # the next use reloads it from the conversion cache in seconds)
+                other.release_runtime()
+        return model
 
     def _nnunet(self, model: Any, image: Path, out: Path, *, cropped: bool = False) -> nib.Nifti1Image:
         """``nnUNetv2_predict`` on one written file: the label map as nnU-Net writes it, read back.
