@@ -169,7 +169,11 @@ def _openvino(
         example = torch.zeros([int(s) for s in shape])
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on constant shapes: the window's is fixed
-            model = ov.convert_model(network.float().eval(), example_input=example)
+            # traced here without the tracer's check, which convert_model's own trace runs: a second
+            # forward pass and several copies of the output (GBs for 118 classes at 128³)
+            traced = torch.jit.trace(network.float().eval(), example, check_trace=False, strict=False)
+            model = ov.convert_model(traced, example_input=example)
+            del traced
         model.reshape({0: [int(s) for s in shape]})
         record: dict[str, Any] = {"runtime": runtime, "shape": [int(s) for s in shape]}
         if runtime == "openvino-int8":
