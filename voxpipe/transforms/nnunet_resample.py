@@ -59,9 +59,9 @@ def resize(
     # a float32 image is not copied to float64 first: SciPy reads it as double (exactly) and computes
     # in double, so the values are the same, and a CT's float64 copy (1.2 GB at 512 × 512 × 600) is saved
     shape = [int(s) for s in shape]
-    kernel = _zoom_shift() if order >= 2 and image.ndim > 0 else None
     if shape == list(image.shape):  # zoom returns the image itself at factor 1
         return image.astype(dtype)
+    kernel = _zoom_shift() if order >= 2 and image.ndim > 0 else None
     if kernel is None:
         factors = [o / n for o, n in zip(image.shape, shape, strict=True)]
         out = ndimage.zoom(
