@@ -266,8 +266,7 @@ def add_commands(commands: Any) -> None:
         action="store_true",
         help="nnU-Net models: voxpipe's fast path instead of nnU-Net's exact numbers: the network in bf16 "
         "on CPUs with native bf16, windows without body (nothing above -500 HU, or the plans' 0.5th percentile where higher: "
-        "a warning says when fat then counts as air) not run, the image resampled with float32 spline "
-        "coefficients (a 512 x 512 x 600 CT: 0.7 GB less); its agreement "
+        "a warning says when fat then counts as air) not run; its agreement "
         "with the exact path is in benchmarks/README.md",
     )
     infer.add_argument(

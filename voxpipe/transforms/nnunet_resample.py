@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from voxpipe.transforms import spline_rows
 from voxpipe.transforms.rows import RowStream
 
 ANISOTROPY = 3.0  # nnU-Net's ANISO_THRESHOLD
@@ -43,22 +44,37 @@ def resize(
     *,
     dtype: Any = np.float64,
     coefficients: Any = np.float64,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """``skimage.transform.resize(image, shape, order, mode="edge", anti_aliasing=False)``, which nnU-Net
     calls: ``scipy.ndimage.zoom`` on the grid of voxel areas, edges repeated, clipped to the input's range.
 
     ``dtype``: the result's (float32: SciPy's float64 values rounded once, as nnU-Net's cast does).
-    ``coefficients``: the spline coefficients' precision for orders 2-5. float64 is SciPy's own: the same
-    values, in less memory than ``zoom`` needs (it pads a float32 copy and filters a float64 copy of
-    that: 1.5 × the image's float32 size more than here, 0.7 GB at 512 × 512 × 600). float32 halves the
-    coefficients again, at values within ~1e-6 relative: for routes that do not promise nnU-Net's labels.
+    ``transform``: an elementwise function (nnU-Net's CT normalisation) applied first: ``resize(
+    transform(image))``, where it can without a transformed copy of the image.
+
+    3D images of orders 2 and 3 (nnU-Net's images) go slab by slab (:mod:`voxpipe.transforms.spline_rows`):
+    SciPy's values bit for bit, holding a few rows of the spline coefficients (a 512 × 512 × 600 CT:
+    ~0.2 GB instead of 1.4 GB). Other orders and 2D planes filter the whole padded image in one array
+    of ``coefficients`` precision: float64 is SciPy's own (the same values in less memory than
+    ``zoom`` needs: it pads a float32 copy and filters a float64 copy of that); float32 halves it, at
+    values within ~1e-6 relative, for routes that do not promise nnU-Net's labels.
     """
     image = np.asarray(image)
+    shape = [int(s) for s in shape]
+    if (
+        order in spline_rows.POLES
+        and image.ndim == 3
+        and shape != list(image.shape)
+        and spline_rows.available(order)
+    ):
+        return spline_rows.zoom(image, shape, order, dtype=dtype, transform=transform)
+    if transform is not None:
+        image = np.asarray(transform(image))
     if image.dtype not in (np.float32, np.float64):
         image = image.astype(np.float64)
     # a float32 image is not copied to float64 first: SciPy reads it as double (exactly) and computes
     # in double, so the values are the same, and a CT's float64 copy (1.2 GB at 512 × 512 × 600) is saved
-    shape = [int(s) for s in shape]
     if shape == list(image.shape):  # zoom returns the image itself at factor 1
         return image.astype(dtype)
     kernel = _zoom_shift() if order >= 2 and image.ndim > 0 else None
@@ -125,20 +141,30 @@ def resample(
     force_separate_z: bool | None = None,
     dtype: Any = None,
     coefficients: Any = np.float64,
+    transforms: Sequence[Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> np.ndarray:
     """nnU-Net's ``resample_data_or_seg_to_shape`` for images and probabilities (not label maps):
-    ``data`` (C, *spatial) to ``shape``, whole. ``coefficients``: as :func:`resize` takes them."""
+    ``data`` (C, *spatial) to ``shape``, whole. ``coefficients``: as :func:`resize` takes them.
+    ``transforms``: per channel, an elementwise function applied first (as :func:`resize` applies it)."""
     shape = [int(s) for s in shape]
     if list(data.shape[1:]) == shape:
+        if transforms is not None:
+            data = np.stack([np.asarray(t(channel)) for t, channel in zip(transforms, data, strict=True)])
         return np.ascontiguousarray(data, dtype=dtype or data.dtype)
+    if dtype is None and transforms is not None:
+        dtype = np.result_type(
+            *(np.asarray(t(channel[:1, :1, :1])) for t, channel in zip(transforms, data, strict=True))
+        )
     out = np.zeros((data.shape[0], *shape), dtype=dtype or data.dtype)
     axis = separate_axis(current, new, force_separate_z)
     wide = out.dtype if out.dtype in (np.float32, np.float64) else np.float64  # SciPy writes these
     for c in range(data.shape[0]):
-        channel = data[c]
+        channel, transform = data[c], transforms[c] if transforms is not None else None
         if axis is None:
-            out[c] = resize(channel, shape, order, dtype=wide, coefficients=coefficients)
+            out[c] = resize(channel, shape, order, dtype=wide, coefficients=coefficients, transform=transform)
         else:
+            if transform is not None:
+                channel = np.asarray(transform(channel))
             out[c] = _separate(channel, shape, axis, order, order_z, rows=(0, shape[0]))
     return out
 

@@ -71,8 +71,8 @@ class NnUNetModel:
         mirroring: test-time mirroring over the checkpoint's allowed axes.
         fast: voxpipe's fast path, not nnU-Net's numbers: the network in bf16 where the CPU runs
             bf16 natively, and windows holding no body voxel (nothing above -500 HU in a CT channel)
-            not run, their voxels background (:attr:`skipped` counts them per case), and the image
-            resampled with float32 spline coefficients (half the memory; values within ~1e-6).
+            not run, their voxels background (:attr:`skipped` counts them per case), and an image
+            resampled whole (spline orders 4-5) with float32 coefficients (values within ~1e-6).
             ``benchmarks/nnunet_cpu.py`` states its agreement with the reference path.
         channels_last: run the windows in channels-last 3D layout (oneDNN; faster on some CPUs,
             ~1e-3 relative differences).
@@ -80,8 +80,8 @@ class NnUNetModel:
             the bands are held (fp16 autocast on CUDA, as nnU-Net).
         runtime: ``"torch"`` (nnU-Net's numbers), ``"openvino"`` or ``"openvino-int8"`` (the windows
             run by OpenVINO on the CPU: :mod:`voxpipe.pipelines.inference.runtimes`; not nnU-Net's
-            numbers, their agreement is measured by ``benchmarks/routes.py``; float32 spline
-            coefficients, as ``fast``).
+            numbers, their agreement is measured by ``benchmarks/routes.py``; float32 coefficients
+            where an image is resampled whole, as ``fast``).
     """
 
     def __init__(
@@ -113,7 +113,8 @@ class NnUNetModel:
         self.precision = _precision(self.device, fast=self.fast)
         # resampling and argmax in torch on the device (SciPy's values); on the CPU SciPy itself
         self.steps_on_device = self.device.type != "cpu"
-        # nnU-Net's float64 spline coefficients where its labels are promised; float32 elsewhere
+        # an image resampled whole (orders 4-5): float64 spline coefficients where nnU-Net's labels
+        # are promised, float32 elsewhere (orders 2-3 go by slabs with SciPy's values on every route)
         self.exact = self.runtime == "torch" and not self.fast and not self.channels_last
         self.skipped = 0
 

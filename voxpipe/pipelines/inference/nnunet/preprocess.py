@@ -8,6 +8,7 @@ are found in a fraction of what nnU-Net's code needs (:func:`fill_holes`), with 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -71,9 +72,14 @@ def preprocess(
     ``device``: resample the image with torch there (:mod:`voxpipe.transforms.torch_resample`, SciPy's
     values to ~1e-12 relative); None: with SciPy, as nnU-Net does.
 
-    ``exact``: SciPy's float64 spline coefficients (nnU-Net's values); False: float32 ones, values
-    within ~1e-6 relative in half the memory (a 512 × 512 × 600 CT: 0.7 GB less), for the routes
-    that do not promise nnU-Net's labels.
+    ``exact``: where the image is resampled whole (spline orders other than 2 and 3, see
+    :func:`~voxpipe.transforms.nnunet_resample.resize`), SciPy's float64 spline coefficients (nnU-Net's
+    values); False: float32 ones, values within ~1e-6 relative in half the memory. Orders 2 and 3
+    (nnU-Net's default) go slab by slab with SciPy's values on every route.
+
+    Elementwise schemes (:data:`ELEMENTWISE`: CT normalisation) are applied to the rows as they are
+    resampled, so the image is held once, as read (int16 for most CTs); z-scores normalise the
+    whole channel first.
 
     ``previous``: a cascade's first-stage labels on the case's array (the reader's order), added as
     one-hot channels of the ``foreground`` labels, as nnU-Net's cascade does.
@@ -105,8 +111,63 @@ def preprocess(
         config["spacing"],
     )
     schemes = config.get("normalization_schemes", [])
-    use_mask = config.get("use_mask_for_norm", [False] * len(schemes))
     properties = plans.get("foreground_intensity_properties_per_channel", {})
+    options = resampling_options(config, "resampling_fn_data_kwargs", 3)
+    case.properties.update(target_spacing=target, shape_after_resampling=shape)
+    channels = data.shape[0]
+    if device is None and len(schemes) >= channels and all(s in ELEMENTWISE for s in schemes[:channels]):
+        # normalised as the rows are resampled (SciPy's values, spline_rows): no float32 copy of the CT
+        del mask
+        transforms = [
+            partial(
+                normalise_channel,
+                scheme=schemes[c],
+                properties=properties.get(str(c)),
+                source=str(folder.path / "plans.json"),
+            )
+            for c in range(data.shape[0])
+        ]
+        case.data = None
+        coefficients = np.float64 if exact else np.float32
+        resampled = resample(
+            data, shape, spacing, target, coefficients=coefficients, transforms=transforms, **options
+        )
+        del data
+    else:
+        resampled = _normalised_resampled(
+            case, data, mask, folder, shape, spacing, target, options, device=device, exact=exact
+        )
+        del data
+    if previous is None:
+        return resampled
+    options = resampling_options(config, "resampling_fn_seg_kwargs", 1)
+    previous = resample_segmentation(previous[None], shape, spacing, target, **options)[0]
+    one_hot = np.stack([previous == value for value in foreground]).astype(resampled.dtype)
+    return np.vstack((resampled, one_hot))
+
+
+#: schemes whose value at a voxel depends on that voxel only (and the plans): normalised slab by slab
+ELEMENTWISE = ("CTNormalization", "NoNormalization")
+
+
+def _normalised_resampled(
+    case: Case,
+    data: np.ndarray,
+    mask: np.ndarray,
+    folder: NnUNetFolder,
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    target: Sequence[float],
+    options: Mapping[str, Any],
+    *,
+    device: torch.device | str | None,
+    exact: bool,
+) -> np.ndarray:
+    """The whole channel normalised first (z-scores need the channel's statistics), then resampled."""
+    config = folder.configuration
+    schemes = config.get("normalization_schemes", [])
+    use_mask = config.get("use_mask_for_norm", [False] * len(schemes))
+    properties = folder.plans.get("foreground_intensity_properties_per_channel", {})
     # in place where the reader's float32 array allows it (it is released here anyway): a CT's
     # channel is not held twice (0.6 GB at 512 × 512 × 600)
     in_place = data.dtype == np.float32 and data.flags.writeable
@@ -123,25 +184,14 @@ def preprocess(
         )
     case.data = None  # the full-resolution image: not needed again, and as large as the CT
     del data, mask
-    case.properties.update(target_spacing=target, shape_after_resampling=shape)
-    options = resampling_options(config, "resampling_fn_data_kwargs", 3)
     if device is not None:  # torch on that device: SciPy's values to ~1e-12 relative
         from voxpipe.transforms import torch_resample
 
         on_device = torch.from_numpy(normalised).to(device)
         del normalised
-        resampled = (
-            torch_resample.resample(on_device, shape, spacing, target, **options).float().cpu().numpy()
-        )
-    else:
-        coefficients = np.float64 if exact else np.float32
-        resampled = resample(normalised, shape, spacing, target, coefficients=coefficients, **options)
-    if previous is None:
-        return resampled
-    options = resampling_options(config, "resampling_fn_seg_kwargs", 1)
-    previous = resample_segmentation(previous[None], shape, spacing, target, **options)[0]
-    one_hot = np.stack([previous == value for value in foreground]).astype(resampled.dtype)
-    return np.vstack((resampled, one_hot))
+        return torch_resample.resample(on_device, shape, spacing, target, **options).float().cpu().numpy()
+    coefficients = np.float64 if exact else np.float32
+    return resample(normalised, shape, spacing, target, coefficients=coefficients, **options)
 
 
 def resampling_options(configuration: Mapping[str, Any], key: str, order: int) -> dict[str, Any]:
