@@ -23,6 +23,7 @@ model folders. Named ``NnUNetModel`` so that it is not mistaken for nnU-Net's ``
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import os
@@ -108,6 +109,7 @@ class NnUNetModel:
                 f"runtime {runtime!r} runs on the CPU, not on {self.device}", hint="--device cpu"
             )
         self._compiled: list[Any] | None = None  # the folds' OpenVINO networks, once converted
+        self._compiled_heads: list[torch.nn.Module] | None = None  # their heads, where run apart
         self._head_chunks: bool | None = None  # whether the head runs by class chunks (probed once)
         self.case_name = ""  # the case being run (an int8 model records what calibrated it)
         self.precision = _precision(self.device, fast=self.fast)
@@ -205,10 +207,14 @@ class NnUNetModel:
         return [_FoldNetwork(self.network, w) for w in self.weights]
 
     def _runtime_networks(
-        self, padded: torch.Tensor, windows: Sequence[tuple[slice, ...]], flat: bool
+        self, padded: torch.Tensor, windows: Sequence[tuple[slice, ...]], flat: bool, *, apart: bool = False
     ) -> list[Any]:
         """The folds' networks converted to :attr:`runtime` once (int8: calibrated on windows of the
-        first case, spread over its grid); all folds in PyTorch if any fold's conversion failed."""
+        first case, spread over its grid); all folds in PyTorch if any fold's conversion failed.
+
+        ``apart``: convert the network without its head (the last 1 × 1 convolution), which then runs
+        in PyTorch a few classes at a time (:attr:`_compiled_heads`): a 118-class window's output
+        (1 GB at 128³, held by OpenVINO and again as its copy) never exists whole."""
         if self._compiled is not None:
             return self._compiled
         from voxpipe.pipelines.inference.runtimes import CALIBRATION_WINDOWS, compile_network, spread
@@ -219,28 +225,32 @@ class NnUNetModel:
             picks = spread(list(windows), CALIBRATION_WINDOWS)
             return [cut_window(padded, w, flat)[None].float().numpy() for w in picks]
 
-        compiled = []
+        apart = apart and hasattr(self.network, "features")
+        compiled, heads = [], []
         for weights in self.weights:
             self.network.load_state_dict(weights)
             self.network._voxpipe_fold = None  # type: ignore[assignment]
+            source = _Features(self.network) if apart else self.network
             network = compile_network(
-                self.network,
+                source,
                 shape,
                 self.runtime,
                 calibration=calibration,
                 calibrated_on=self.case_name or "the first case",
             )
-            if network is self.network:  # fell back (warned): every fold in PyTorch
-                compiled = self._networks()
+            if network is source:  # fell back (warned): every fold in PyTorch
+                compiled, heads = self._networks(), []
                 break
             compiled.append(network)
-        self._compiled = compiled
+            if apart:
+                heads.append(copy.deepcopy(self.network.head))
+        self._compiled, self._compiled_heads = compiled, heads or None
         return compiled
 
     def release_runtime(self) -> None:
         """Drop the folds' OpenVINO networks (their weights and activation buffers, GBs for a large
         model); the next case loads them again from the conversion cache."""
-        self._compiled = None
+        self._compiled, self._compiled_heads = None, None
 
     def _body(self, padded: torch.Tensor) -> WindowSkipper | None:
         """The fast path's window test: a window with no body voxel is not run. The body is every
@@ -311,11 +321,15 @@ class NnUNetModel:
         del image
         windows, flat = self._windows(padded_shape)
         skip = self._body(padded) if self.fast else None
-        networks = (
-            self._networks() if self.runtime == "torch" else self._runtime_networks(padded, windows, flat)
-        )
         axes = [a + 2 for a in (self.mirror_axes or ())] if self.mirroring else []
         combos = [c for n in range(len(axes)) for c in itertools.combinations(axes, n + 1)]
+        many = not combos and not flat and self.folder.labels.heads > 2 * HEAD_CLASSES
+        networks = (
+            self._networks()
+            if self.runtime == "torch"
+            else self._runtime_networks(padded, windows, flat, apart=many)
+        )
+        heads = self._compiled_heads if self.runtime != "torch" else None
         regions = self.folder.labels.regions is not None
 
         chunkable = (
@@ -333,6 +347,8 @@ class NnUNetModel:
             the first window found its chunks bit for bit the whole head's."""
             network = networks[fold]
             window = window.to(self.device)
+            if heads is not None:  # OpenVINO made the features; the head runs here, by classes
+                return HeadChunks(network(window), heads[fold], finish=_exact)
             if chunkable and self._head_chunks is not False:
                 return self._chunked(network, window)
             if self.channels_last and window.ndim == 5:
@@ -503,6 +519,17 @@ class NnUNetModel:
 def _exact(prediction: torch.Tensor) -> torch.Tensor:
     """A window's logits in the type nnU-Net sums them in: float16 stays (CUDA autocast), the rest float32."""
     return prediction if prediction.dtype in (torch.float16, torch.float32) else prediction.float()
+
+
+class _Features(torch.nn.Module):
+    """A network without its head (``network.features``), as a module OpenVINO can convert."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.features(x)  # type: ignore[operator]
 
 
 class _FoldNetwork(torch.nn.Module):
