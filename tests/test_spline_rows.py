@@ -101,3 +101,22 @@ def test_other_orders_and_planes_are_refused():
         spline_rows.zoom(np.zeros((4, 4, 4)), (2, 2, 2), 4)
     with pytest.raises(ValueError, match="2D"):
         spline_rows.zoom(np.zeros((4, 4)), (2, 2), 3)
+
+
+@pytest.mark.parametrize("grow", [1.0, 0.7])
+def test_resample_with_transforms_equals_normalising_first(grow):
+    """nnU-Net's preprocessing: the channel normalised whole, then resampled (or kept at equal shape);
+    voxpipe's: normalised as the rows are read. The same float32 values, equal shapes included."""
+    from voxpipe.transforms.nnunet_resample import resample
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(-1024, 3071, size=(1, 37, 12, 10)).astype(np.int16)
+    shape = [max(1, int(round(n * grow))) for n in data.shape[1:]]
+
+    def transform(values):
+        return normalise_channel(values, "CTNormalization", properties=CT)
+
+    expected = resample(transform(data[0])[None], shape, [1.0] * 3, [1 / grow] * 3)
+    found = resample(data, shape, [1.0] * 3, [1 / grow] * 3, transforms=[transform])
+    assert found.dtype == expected.dtype == np.float32
+    np.testing.assert_array_equal(found, expected)

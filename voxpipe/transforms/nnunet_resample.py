@@ -147,14 +147,21 @@ def resample(
     ``data`` (C, *spatial) to ``shape``, whole. ``coefficients``: as :func:`resize` takes them.
     ``transforms``: per channel, an elementwise function applied first (as :func:`resize` applies it)."""
     shape = [int(s) for s in shape]
-    if list(data.shape[1:]) == shape:
-        if transforms is not None:
-            data = np.stack([np.asarray(t(channel)) for t, channel in zip(transforms, data, strict=True)])
-        return np.ascontiguousarray(data, dtype=dtype or data.dtype)
-    if dtype is None and transforms is not None:
+    if dtype is None and transforms is not None:  # what the transforms give (a voxel of each channel)
         dtype = np.result_type(
-            *(np.asarray(t(channel[:1, :1, :1])) for t, channel in zip(transforms, data, strict=True))
+            *(
+                np.asarray(t(channel[(slice(0, 1),) * channel.ndim]))
+                for t, channel in zip(transforms, data, strict=True)
+            )
         )
+    if list(data.shape[1:]) == shape:
+        if transforms is None:
+            return np.ascontiguousarray(data, dtype=dtype or data.dtype)
+        same = np.empty(data.shape, dtype=dtype)
+        for c, t in enumerate(transforms):  # a slab at a time: no transformed copy beside the result
+            for a in range(0, max(shape[0], 1), 16):
+                same[c, a : a + 16] = t(data[c, a : a + 16])
+        return same
     out = np.zeros((data.shape[0], *shape), dtype=dtype or data.dtype)
     axis = separate_axis(current, new, force_separate_z)
     wide = out.dtype if out.dtype in (np.float32, np.float64) else np.float64  # SciPy writes these
