@@ -37,7 +37,8 @@ def test_head_chunks_make_the_heads_output_class_by_class():
             assert torch.allclose(found, whole[n], atol=1e-6)
 
 
-def test_a_many_class_model_gives_the_same_logits_with_its_head_in_chunks(tmp_path, monkeypatch):
+def many_class_case(tmp_path):
+    """A 40-class CT folder (more than twice the head's chunk) and a CT for it."""
     labels = {"background": 0, **{f"class_{c}": c for c in range(1, 40)}}
     folder = make_model(
         tmp_path / "model",
@@ -46,7 +47,11 @@ def test_a_many_class_model_gives_the_same_logits_with_its_head_in_chunks(tmp_pa
         schemes=["CTNormalization"],
         labels=labels,
     )
-    image = make_image(tmp_path / "ct_0000.nii.gz", shape=(20, 30, 30), spacing=(2.0, 2.0, 2.0))
+    return folder, make_image(tmp_path / "ct_0000.nii.gz", shape=(20, 30, 30), spacing=(2.0, 2.0, 2.0))
+
+
+def test_a_many_class_model_gives_the_same_logits_with_its_head_in_chunks(tmp_path, monkeypatch):
+    folder, image = many_class_case(tmp_path)
     chunked = NnUNetModel(folder)
     made = []
     original = HeadChunks.chunks

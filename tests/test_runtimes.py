@@ -161,19 +161,11 @@ def test_timings_count_the_openvino_windows_as_the_network(cache):
 def test_many_classes_convert_the_network_without_its_head_which_runs_by_classes(tmp_path, cache):
     """A 40-class folder: OpenVINO converts the features only (a 118-class window's output is 1 GB
     at 128³), PyTorch's head makes the classes in chunks; logits as the whole network's in PyTorch."""
-    from test_nnunet_predict import make_model
+    from test_bounded_memory import many_class_case
 
     from voxpipe.pipelines.inference.nnunet.readers import read_case
 
-    labels = {"background": 0, **{f"class_{c}": c for c in range(1, 40)}}
-    folder = make_model(
-        tmp_path / "model",
-        spacing=[2.0, 2.0, 2.0],
-        patch=[16, 16, 16],
-        schemes=["CTNormalization"],
-        labels=labels,
-    )
-    image = make_image(tmp_path / "ct_0000.nii.gz", shape=(20, 30, 30), spacing=(2.0, 2.0, 2.0))
+    folder, image = many_class_case(tmp_path)
     model = NnUNetModel(folder, runtime="openvino")
     found = model.logits(model.preprocess(read_case([image])))
     assert isinstance(model._compiled[0], OpenVINONetwork) and model._compiled_heads is not None
