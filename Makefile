@@ -19,7 +19,9 @@ TS_ORACLE_PACKAGES := totalsegmentator connected-components-3d seaborn dicom2nif
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 # Two workers, one test file each (module fixtures such as a trained model are built once per file).
-PYTEST_WORKERS ?= -n 2 --dist loadfile
+# A worker that dies is not replaced: pytest-xdist 3.8 can wait forever for a replacement's work under
+# --dist loadfile (pytest-xdist#1327); the run stops at once and names the test the worker died in.
+PYTEST_WORKERS ?= -n 2 --dist loadfile --max-worker-restart=0
 
 .PHONY: install oracle demo test docs bench lint clean
 

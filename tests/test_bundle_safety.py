@@ -417,3 +417,37 @@ def test_promise_a_bundle_zip_member_outside_its_folder_is_refused_naming_it(tmp
     error = capsys.readouterr().err
     assert "evil.zip" in error and "'b/../../escaped.txt' would be written outside" in error
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_a_bundle_zip_is_unpacked_into_a_folder_removed_on_refusal_and_at_exit(tmp_path):
+    """``voxpipe bundle run x.zip`` unpacks into a temporary folder: gone when the zip is refused at
+    once, and when the process that ran it exits (each run used to leave its copy in /tmp)."""
+    import subprocess
+    import zipfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    good, bad = tmp_path / "good.zip", tmp_path / "bad.zip"
+    metadata = json.loads((ZOO / "configs" / "metadata.json").read_text())
+    metadata["checksums"] = {"files": {"configs/inference.json": "0" * 64}}
+    for archive, meta in ((good, {k: v for k, v in metadata.items() if k != "checksums"}), (bad, metadata)):
+        with zipfile.ZipFile(archive, "w") as zipped:
+            zipped.writestr("b/configs/metadata.json", json.dumps(meta))
+            zipped.writestr("b/configs/inference.json", json.dumps({"run": []}))
+    script = (
+        "import sys; from voxpipe.pipelines.bundles.export import open_bundle_zip as o\n"
+        "print(o(sys.argv[1]), flush=True)\n"
+        "try:\n    o(sys.argv[2])\nexcept Exception as e:\n    print(type(e).__name__)\n"
+        "import os; print(len(os.listdir(sys.argv[3])))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(good), str(bad), str(temp)],
+        env={**os.environ, "TMPDIR": str(temp)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    folder, refused, during = done.stdout.split()
+    assert Path(folder).parent.parent == temp and refused == "BundleError"
+    assert during == "1"  # the good zip's folder while the process runs; the refused one's is gone
+    assert not list(temp.iterdir())  # and at exit

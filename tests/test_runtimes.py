@@ -99,6 +99,43 @@ def test_a_failed_conversion_runs_pytorch_with_one_warning(tmp_path, cache, monk
     ]
 
 
+def test_a_crash_in_openvinos_child_check_runs_pytorch_with_one_warning(tmp_path, cache, monkeypatch, caplog):
+    """OpenVINO has died of signals on some CPUs: the model is compiled and run on a window in a child
+    first; a child killed by SIGSEGV leaves this process running the windows in PyTorch."""
+    monkeypatch.setattr(runtimes, "CHILD_CHECK", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    folder = liver_model(tmp_path)
+    image = _case(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        model = NnUNetModel(folder, runtime="openvino")
+        found, _ = model.predict([image])
+    assert not isinstance(model._compiled[0], OpenVINONetwork)
+    reference, _ = NnUNetModel(folder).predict([image])
+    assert np.array_equal(found, reference)
+    warnings = [r.getMessage() for r in caplog.records if "could not compile" in r.getMessage()]
+    assert warnings == [
+        "openvino could not compile the network (OpenVINO's check in a child process died of SIGSEGV);"
+        " the windows run in PyTorch"
+    ]
+    assert not list(cache.glob("*/checked.json"))  # nothing recorded: checked again next time
+
+
+def test_the_child_check_runs_once_per_model_and_cpu(cache, monkeypatch):
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1)).eval()
+    calls = []
+    original = runtimes.subprocess.run
+    monkeypatch.setattr(runtimes.subprocess, "run", lambda *a, **k: calls.append(a) or original(*a, **k))
+    assert isinstance(compile_network(network, [1, 1, 6, 6, 6], "openvino"), OpenVINONetwork)
+    assert isinstance(compile_network(network, [1, 1, 6, 6, 6], "openvino"), OpenVINONetwork)
+    assert len(calls) == 1 and len(json.loads(next(cache.glob("*/checked.json")).read_text())) == 1
+    monkeypatch.setattr(runtimes, "_cpu", lambda: ["another CPU", "avx512f"])
+    compile_network(network, [1, 1, 6, 6, 6], "openvino")
+    assert len(calls) == 2  # another CPU: checked again
+    monkeypatch.setattr(runtimes, "CHILD_CHECK", "import sys; sys.exit('RuntimeError: no such kernel')")
+    monkeypatch.setattr(runtimes, "_cpu", lambda: ["a third CPU", ""])
+    with pytest.raises(RuntimeError, match="child process failed: RuntimeError: no such kernel"):
+        runtimes._openvino(network, [1, 1, 6, 6, 6], "openvino", None, "", None, None)
+
+
 def test_unknown_runtimes_and_gpus_are_refused():
     with pytest.raises(InputError, match="expected one of torch, openvino, openvino-int8, found 'tensorrt'"):
         check_runtime("tensorrt")

@@ -253,7 +253,10 @@ class _Grid:
 
     def close(self) -> None:
         del self.array
-        self.memory.close()
+        try:
+            self.memory.close()
+        except BufferError:  # a view still alive (an error mid-slab): unmapped with the last view
+            pass
 
 
 __all__ = ["POLES", "available", "zoom"]

@@ -10,6 +10,7 @@ extracts one (MONAI's ``extractall``) and verifies those checksums before anythi
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -144,7 +145,18 @@ def open_bundle_zip(archive: str | os.PathLike[str], *, into: str | os.PathLike[
     Raises:
         BundleError: not one top folder with configs/metadata.json, or a file whose SHA-256 differs.
     """
-    target = Path(into) if into else Path(tempfile.mkdtemp(prefix="voxpipe-bundle-"))
+    if into is None:  # a folder of this process's own, removed when it exits or the zip is refused
+        target = Path(tempfile.mkdtemp(prefix="voxpipe-bundle-"))
+        atexit.register(shutil.rmtree, target, ignore_errors=True)
+        try:
+            return _open_bundle_zip(archive, target)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+    return _open_bundle_zip(archive, Path(into))
+
+
+def _open_bundle_zip(archive: str | os.PathLike[str], target: Path) -> Path:
     safe_extract_zip(archive, target)
     tops = [p for p in target.iterdir() if (p / "configs" / "metadata.json").is_file()]
     if len(tops) != 1:

@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -475,7 +476,12 @@ def evaluate_folders(
     bar = tqdm(total=len(jobs), desc="evaluate", unit="case", disable=not progress)
     rows: list[dict[str, Any]] = []
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        # Not forked from this process: its threads (PyTorch's, OpenVINO's, a prefetch reader) may
+        # hold locks a forked child would wait on forever.
+        context = multiprocessing.get_context(
+            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        )
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
             for row in pool.map(_score_one, jobs):
                 rows.append(row)
                 bar.update()

@@ -11,8 +11,10 @@ the converted model is kept in a cache folder keyed by the weights' SHA-256, the
 route and OpenVINO's version: a later run loads it in seconds. An int8 model's cache records which
 case calibrated it, and the log says so.
 
-If OpenVINO fails to convert or compile a network (it has crashed on some AMD CPUs), the windows run
-in PyTorch and one warning line says why. Why our own: neither MONAI nor nnU-Net runs a network
+If OpenVINO fails to convert or compile a network, the windows run in PyTorch and one warning line
+says why. OpenVINO has crashed outright on some AMD CPUs (a signal, not an exception), so a model is
+first compiled and run on one window in a child process, once per model and CPU (the verdict is kept
+beside the cached model): a child that dies leaves voxpipe running in PyTorch. Why our own: neither MONAI nor nnU-Net runs a network
 through OpenVINO; this is the glue (convert, fix the window's shape, cache, calibrate, fall back).
 """
 
@@ -23,6 +25,9 @@ import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -181,6 +186,7 @@ def _openvino(
 
             if calibration is None:
                 raise RuntimeError("int8 needs calibration windows")
+            check_in_child(ov, model, shape, None, threads)  # NNCF runs the float32 model here to calibrate
             windows = [np.asarray(w, dtype=np.float32) for w in calibration()]
             model = nncf.quantize(
                 model, nncf.Dataset(windows), subset_size=len(windows), fast_bias_correction=True
@@ -194,11 +200,8 @@ def _openvino(
                 folder,
             )
         _save(ov, model, folder, record)
-    config = {
-        "INFERENCE_PRECISION_HINT": "f32",
-        "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
-    }
-    compiled = core.compile_model(model, "CPU", config)
+    check_in_child(ov, model, shape, folder, threads)
+    compiled = core.compile_model(model, "CPU", _config(threads))
     return OpenVINONetwork(compiled, shape, str(folder))
 
 
@@ -235,11 +238,98 @@ def spread(items: Sequence[Any], count: int) -> list[Any]:
     )
 
 
+def _config(threads: int | None) -> dict[str, Any]:
+    return {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+    }
+
+
+#: what the child process runs: read the model, compile it as voxpipe does, infer one window of zeros
+CHILD_CHECK = """
+import json, sys
+import numpy as np
+import openvino as ov
+core = ov.Core()
+compiled = core.compile_model(core.read_model(sys.argv[1]), "CPU", json.loads(sys.argv[2]))
+compiled.create_infer_request().infer({0: np.zeros(json.loads(sys.argv[3]), dtype=np.float32)})
+"""
+
+
+def check_in_child(
+    ov: Any, model: Any, shape: Sequence[int], folder: Path | None, threads: int | None
+) -> None:
+    """Compile ``model`` and run it on one window in a child process, unless ``folder`` (the cached
+    model) records that this CPU and OpenVINO version passed already; a pass is recorded there.
+
+    Raises:
+        RuntimeError: the child died or failed (the message says how): compiling here could crash.
+    """
+    # the CPU as /proc/cpuinfo names it: asking OpenVINO's CPU plugin could be what crashes
+    machine = hashlib.sha256(json.dumps([ov.__version__, _cpu()]).encode()).hexdigest()[:16]
+    record = folder / "checked.json" if folder is not None else None
+    passed = _read_list(record) if record is not None else []
+    if machine in passed:
+        return
+    with tempfile.TemporaryDirectory(prefix="voxpipe-openvino-") as scratch:
+        path = folder / "model.xml" if folder is not None and (folder / "model.xml").is_file() else None
+        if path is None:
+            path = Path(scratch) / "model.xml"
+            ov.save_model(model, str(path), compress_to_fp16=False)
+        config = _config(threads)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                CHILD_CHECK,
+                str(path),
+                json.dumps(config),
+                json.dumps([int(s) for s in shape]),
+            ],
+            capture_output=True,
+            text=True,
+        )
+    if done.returncode:
+        if done.returncode < 0:
+            how = f"died of {signal.Signals(-done.returncode).name}"
+        else:
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            how = f"failed: {last[:160]}"
+        raise RuntimeError(f"OpenVINO's check in a child process {how}")
+    if record is not None:
+        try:
+            record.write_text(json.dumps([*passed, machine]))
+        except OSError:
+            pass  # checked again next time
+
+
+def _read_list(path: Path) -> list[str]:
+    try:
+        found = json.loads(path.read_text())
+        return [str(item) for item in found] if isinstance(found, list) else []
+    except (OSError, ValueError):
+        return []
+
+
+def _cpu() -> list[str]:
+    """This CPU's model name and feature flags (Linux; empty elsewhere): what a check's verdict is kept for."""
+    found = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "flags") and key.strip() not in found:
+                found[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return [found.get("model name", ""), found.get("flags", "")]
+
+
 __all__ = [
     "CALIBRATION_WINDOWS",
     "RUNTIMES",
     "OpenVINONetwork",
     "cache_root",
+    "check_in_child",
     "check_runtime",
     "compile_network",
     "spread",
