@@ -136,6 +136,51 @@ def test_the_child_check_runs_once_per_model_and_cpu(cache, monkeypatch):
         runtimes._openvino(network, [1, 1, 6, 6, 6], "openvino", None, "", None, None)
 
 
+SIGNAL_STACK_SCRIPT = """
+import ctypes, faulthandler, gc, os, signal, sys
+import torch
+from voxpipe.pipelines.inference.runtimes import _Stack, compile_network
+
+faulthandler.enable()  # as pytest and `python -X faulthandler` do: the thread gets a signal stack
+libc = ctypes.CDLL(None)
+
+def stack():
+    found = _Stack()
+    libc.sigaltstack(None, ctypes.byref(found))
+    return found.ss_sp, found.ss_size
+
+before = stack()
+networks = [torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1)).eval() for _ in range(2)]
+first = compile_network(networks[0], [1, 1, 6, 6, 6], "openvino")
+second = compile_network(networks[1], [1, 1, 6, 6, 6], "openvino")
+first(torch.zeros(1, 1, 6, 6, 6)), second(torch.zeros(1, 1, 6, 6, 6))
+del first, second
+gc.collect()
+seen = []
+signal.signal(signal.SIGUSR1, lambda *args: seen.append(1))
+os.kill(os.getpid(), signal.SIGUSR1)
+print(before == stack(), seen == [1])
+"""
+
+
+def test_openvino_leaves_the_threads_signal_stack_as_it_found_it(tmp_path):
+    """Two networks compiled and freed in the order they were made: each OpenVINO Core's plugin swapped
+    the thread's signal stack and put back a freed one, and the next signal with a Python handler (here
+    SIGUSR1; in the test suite a DataLoader's SIGCHLD) killed the process with SIGSEGV."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_STACK_SCRIPT],
+        env={**__import__("os").environ, "VOXPIPE_CACHE": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == ["True", "True"]
+
+
 def test_unknown_runtimes_and_gpus_are_refused():
     with pytest.raises(InputError, match="expected one of torch, openvino, openvino-int8, found 'tensorrt'"):
         check_runtime("tensorrt")

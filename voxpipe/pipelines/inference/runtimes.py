@@ -20,6 +20,8 @@ through OpenVINO; this is the glue (convert, fix the window's shape, cache, cali
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +164,7 @@ def _openvino(
 ) -> OpenVINONetwork:
     import openvino as ov
 
-    core = ov.Core()
+    core = _core(ov)
     folder = (cache or cache_root()) / weights_key(network, shape, runtime)
     path = folder / "model.xml"
     if path.exists():
@@ -188,9 +190,10 @@ def _openvino(
                 raise RuntimeError("int8 needs calibration windows")
             check_in_child(ov, model, shape, None, threads)  # NNCF runs the float32 model here to calibrate
             windows = [np.asarray(w, dtype=np.float32) for w in calibration()]
-            model = nncf.quantize(
-                model, nncf.Dataset(windows), subset_size=len(windows), fast_bias_correction=True
-            )
+            with signal_stack_kept():  # NNCF compiles with an OpenVINO Core of its own
+                model = nncf.quantize(
+                    model, nncf.Dataset(windows), subset_size=len(windows), fast_bias_correction=True
+                )
             record["calibrated_on"] = calibrated_on
             record["calibration_windows"] = len(windows)
             logger.warning(
@@ -201,8 +204,61 @@ def _openvino(
             )
         _save(ov, model, folder, record)
     check_in_child(ov, model, shape, folder, threads)
-    compiled = core.compile_model(model, "CPU", _config(threads))
+    with signal_stack_kept():
+        compiled = core.compile_model(model, "CPU", _config(threads))
     return OpenVINONetwork(compiled, shape, str(folder))
+
+
+_CORE: list[Any] = []
+
+
+def _core(ov: Any) -> Any:
+    """One OpenVINO Core for the process: each Core makes its own CPU plugin, and the plugin swaps the
+    thread's signal stack in when made and back when destroyed; two plugins destroyed in the order
+    they were made leave the thread on the first one's freed stack (the next signal with a Python
+    handler, a Ctrl-C or a DataLoader's SIGCHLD, then kills the process with SIGSEGV)."""
+    if not _CORE:
+        _CORE.append(ov.Core())
+    return _CORE[0]
+
+
+class _Stack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """The calling thread's alternate signal stack (``sigaltstack``; Python's faulthandler sets one)
+    as it was before the block, put back if the block changed it. OpenVINO's CPU plugin installs its
+    own when made and, when destroyed, puts back the one it found, which may be gone by then (see
+    :func:`_core`); with the thread's stack put back here, the plugin finds it not its own and leaves it.
+    Why our own: neither OpenVINO nor Python guards this; Linux only (elsewhere a no-op)."""
+    libc = _libc()
+    before = _Stack()
+    if libc is None or libc.sigaltstack(None, ctypes.byref(before)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        now = _Stack()
+        if libc.sigaltstack(None, ctypes.byref(now)) == 0 and (now.ss_sp, now.ss_size, now.ss_flags) != (
+            before.ss_sp,
+            before.ss_size,
+            before.ss_flags,
+        ):
+            if before.ss_flags & 2:  # SS_DISABLE: there was none
+                before.ss_sp, before.ss_size = None, 0
+            libc.sigaltstack(ctypes.byref(before), None)
+
+
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def _read_record(folder: Path) -> dict[str, Any]:
@@ -332,6 +388,7 @@ __all__ = [
     "check_in_child",
     "check_runtime",
     "compile_network",
+    "signal_stack_kept",
     "spread",
     "weights_key",
 ]
