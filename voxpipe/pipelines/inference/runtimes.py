@@ -14,8 +14,10 @@ case calibrated it, and the log says so.
 If OpenVINO fails to convert or compile a network, the windows run in PyTorch and one warning line
 says why. OpenVINO has crashed outright on some AMD CPUs (a signal, not an exception), so a model is
 first compiled and run on one window in a child process, once per model and CPU (the verdict is kept
-beside the cached model): a child that dies leaves voxpipe running in PyTorch. Why our own: neither MONAI nor nnU-Net runs a network
-through OpenVINO; this is the glue (convert, fix the window's shape, cache, calibrate, fall back).
+beside the cached model): a child that dies leaves voxpipe running in PyTorch. One OpenVINO Core
+serves the process, and the thread's signal stack is put back after OpenVINO's CPU plugin swaps it
+(:func:`signal_stack_kept`). Why our own: neither MONAI nor nnU-Net runs a network through
+OpenVINO; this is the glue (convert, fix the window's shape, cache, calibrate, check, fall back).
 """
 
 from __future__ import annotations
@@ -347,7 +349,10 @@ def check_in_child(
         )
     if done.returncode:
         if done.returncode < 0:
-            how = f"died of {signal.Signals(-done.returncode).name}"
+            try:
+                how = f"died of {signal.Signals(-done.returncode).name}"
+            except ValueError:
+                how = f"died of signal {-done.returncode}"
         else:
             last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
             how = f"failed: {last[:160]}"
