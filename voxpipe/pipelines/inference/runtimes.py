@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import logging
@@ -171,7 +172,7 @@ def _openvino(
     path = folder / "model.xml"
     if path.exists():
         model = core.read_model(str(path))
-        record = _read_record(folder)
+        record = _read_json(folder / "voxpipe.json", dict)
         if runtime == "openvino-int8":
             logger.info("int8 model from %s (calibrated on %s)", folder, record.get("calibrated_on", "?"))
     else:
@@ -254,6 +255,7 @@ def signal_stack_kept() -> Iterator[None]:
             libc.sigaltstack(ctypes.byref(before), None)
 
 
+@functools.cache
 def _libc() -> Any:
     if not sys.platform.startswith("linux"):
         return None
@@ -263,12 +265,13 @@ def _libc() -> Any:
         return None
 
 
-def _read_record(folder: Path) -> dict[str, Any]:
+def _read_json(path: Path, kind: type) -> Any:
+    """``path``'s JSON if it is a ``kind``, else an empty ``kind`` (a missing or damaged cache file)."""
     try:
-        record = json.loads((folder / "voxpipe.json").read_text())
-        return record if isinstance(record, dict) else {}
+        found = json.loads(path.read_text())
+        return found if isinstance(found, kind) else kind()
     except (OSError, ValueError):
-        return {}
+        return kind()
 
 
 def _save(ov: Any, model: Any, folder: Path, record: dict[str, Any]) -> None:
@@ -326,7 +329,7 @@ def check_in_child(
     # the CPU as /proc/cpuinfo names it: asking OpenVINO's CPU plugin could be what crashes
     machine = hashlib.sha256(json.dumps([ov.__version__, _cpu()]).encode()).hexdigest()[:16]
     record = folder / "checked.json" if folder is not None else None
-    passed = _read_list(record) if record is not None else []
+    passed = [str(item) for item in _read_json(record, list)] if record is not None else []
     if machine in passed:
         return
     with tempfile.TemporaryDirectory(prefix="voxpipe-openvino-") as scratch:
@@ -362,14 +365,6 @@ def check_in_child(
             record.write_text(json.dumps([*passed, machine]))
         except OSError:
             pass  # checked again next time
-
-
-def _read_list(path: Path) -> list[str]:
-    try:
-        found = json.loads(path.read_text())
-        return [str(item) for item in found] if isinstance(found, list) else []
-    except (OSError, ValueError):
-        return []
 
 
 def _cpu() -> list[str]:
